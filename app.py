@@ -1,0 +1,13 @@
+"""LoRA Pilot: `python app.py` opens the wizard; `python app.py COMMAND ...` is the CLI."""
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ui.cli import run
+
+    return run(sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

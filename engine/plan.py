@@ -1,0 +1,283 @@
+"""`TrainingPlan`: the one description of a fine-tuning run.
+
+The wizard fills it, the estimator and recommender read it, the job store keeps it
+as JSON, the worker trains from it, and it round-trips to YAML and to CLI flags.
+Each field carries its own help text (`description`), which the CLI's `--help`
+and the UI's labels and tooltips render, so there is no second copy to drift.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from engine.errors import UserError
+
+DEFAULT_MODEL = "default"
+
+Method = Literal["lora", "qlora", "full"]
+Difficulty = Literal["simple", "balanced", "hard", "very_hard"]
+DataFormat = Literal["auto", "messages", "alpaca", "prompt_completion", "text"]
+Optimizer = Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"]
+Dtype = Literal["auto", "bf16", "fp16", "fp32"]
+Attention = Literal["sdpa", "eager"]
+Bias = Literal["none", "all", "lora_only"]
+Scheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]
+
+# Target presets a user can name instead of module names.
+TARGET_PRESETS = ("all-linear", "attention", "mlp")
+
+
+class TrainingPlan(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # --- what to train -------------------------------------------------------------
+    name: str | None = Field(None, description="A name for the run, shown in the job list.")
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="Base model: a catalog name, a Hugging Face hub id, a local folder, a .gguf file, "
+        "or 'default' (the embedded SmolLM2-135M-Instruct).",
+    )
+    method: Method = Field(
+        "lora",
+        description="lora trains small adapters on a frozen base; qlora does the same on a base stored "
+        "in 4-bit (much less memory, slightly lower quality); full updates every weight.",
+    )
+    difficulty: Difficulty | None = Field(
+        None,
+        description="How far the task is from what the model already does: simple (style, format), "
+        "balanced (most tasks), hard (reasoning, new domain), very_hard (a new language).",
+    )
+
+    # --- the adapter ----------------------------------------------------------------
+    r: int = Field(8, description="LoRA rank: the adapter's capacity. Higher learns more, risks overfitting, grows the file.")
+    alpha: float = Field(16, description="LoRA alpha: the update is scaled by alpha / r, like a learning-rate multiplier.")
+    dropout: float = Field(0.05, description="Dropout inside the adapter; more helps small or noisy datasets.")
+    targets: str = Field(
+        "all-linear",
+        description="Which layers get adapters: all-linear, attention, mlp, or module names separated "
+        "by commas (e.g. q_proj,v_proj).",
+    )
+    bias: Bias = Field("none", description="Which biases train: none, all, or lora_only.")
+    use_dora: bool = Field(False, description="DoRA: also learn a per-column magnitude; a bit better, a bit slower.")
+    use_rslora: bool = Field(False, description="rsLoRA: scale by alpha / sqrt(r), steadier at high ranks.")
+    modules_to_save: list[str] = Field(
+        default_factory=list, description="Modules trained in full and saved with the adapter (e.g. lm_head)."
+    )
+
+    # --- the data -------------------------------------------------------------------
+    dataset: str | None = Field(
+        None,
+        description="Training data: a JSONL, JSON, CSV, Parquet or TXT file, a hub dataset id, "
+        "or demo:NAME for a built-in demo skill.",
+    )
+    data_format: DataFormat = Field(
+        "auto", description="Data layout: auto, messages (chat), alpaca, prompt_completion or text."
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Column mapping when names differ, e.g. {'instruction': 'question', 'output': 'answer'}.",
+    )
+    dataset_rows: int | None = Field(
+        None, description="Number of training examples, for estimates made before a file is given."
+    )
+    eval_split: float = Field(0.1, description="Share of rows held out to measure eval loss (0 turns it off).")
+
+    # --- the schedule ---------------------------------------------------------------
+    seq_len: int = Field(512, description="Longest example in tokens; longer ones are cut. Memory grows with it.")
+    batch_size: int = Field(4, description="Examples per step on the device (micro-batch). Memory grows with it.")
+    grad_accum: int = Field(1, description="Steps whose gradients add up before one update; effective batch = batch x accumulation.")
+    epochs: float = Field(3, description="Passes over the training data.")
+    max_steps: int | None = Field(None, description="Stop after this many updates (overrides epochs).")
+    learning_rate: float = Field(2e-4, description="Peak learning rate; LoRA takes 2-5x that of full fine-tuning.")
+    lr_scheduler: Scheduler = Field("cosine", description="How the learning rate changes over the run.")
+    warmup_ratio: float = Field(0.03, description="Share of steps spent ramping the learning rate up.")
+    grad_ckpt: bool = Field(
+        False, description="Gradient checkpointing: recompute activations in the backward pass; much less memory, ~30% slower."
+    )
+    optimizer: Optimizer = Field("adamw_torch", description="Optimizer; 8-bit and paged variants save memory.")
+    dtype: Dtype = Field("auto", description="Compute precision: auto picks bf16 on GPUs that support it, else fp16; fp32 on CPU.")
+    attention: Attention = Field("sdpa", description="Attention kernel: sdpa (memory-efficient) or eager.")
+    seed: int = Field(42, description="Random seed, for repeatable runs.")
+    logging_steps: int = Field(1, description="Write a metrics row every this many updates.")
+    save_steps: int = Field(20, description="Save a checkpoint every this many updates.")
+
+    # --- the hardware ---------------------------------------------------------------
+    gpu: str | None = Field(None, description="GPU from the catalog (e.g. 'RTX 4090', 'A100 80GB') or 'cpu'.")
+    budget_gb: float | None = Field(None, description="GPU memory available, in GB, when the GPU is not in the catalog.")
+
+    # --- validation: one clear line per field ------------------------------------------
+    @field_validator("r", "batch_size", "grad_accum", "seq_len", "logging_steps", "save_steps")
+    @classmethod
+    def _positive_int(cls, v: int) -> int:
+        if v <= 0:
+            raise ValueError("must be a whole number of 1 or more")
+        return v
+
+    @field_validator("alpha", "learning_rate", "epochs")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be greater than 0")
+        return v
+
+    @field_validator("dropout")
+    @classmethod
+    def _dropout(cls, v: float) -> float:
+        if not 0 <= v < 1:
+            raise ValueError("must be at least 0 and below 1 (0.05 is typical)")
+        return v
+
+    @field_validator("eval_split", "warmup_ratio")
+    @classmethod
+    def _share(cls, v: float) -> float:
+        if not 0 <= v < 1:
+            raise ValueError("must be at least 0 and below 1")
+        return v
+
+    @field_validator("budget_gb")
+    @classmethod
+    def _budget(cls, v: float | None) -> float | None:
+        if v is not None and v <= 0:
+            raise ValueError("must be greater than 0 GB")
+        return v
+
+    @field_validator("max_steps", "dataset_rows")
+    @classmethod
+    def _optional_positive(cls, v: int | None) -> int | None:
+        if v is not None and v <= 0:
+            raise ValueError("must be a whole number of 1 or more")
+        return v
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v: str) -> str:
+        names = [t.strip() for t in v.split(",") if t.strip()]
+        if not names:
+            raise ValueError("must name at least one module, or one of " + ", ".join(TARGET_PRESETS))
+        return ",".join(names)
+
+    @model_validator(mode="after")
+    def _adapter_options(self) -> "TrainingPlan":
+        if self.method == "full" and (self.use_dora or self.use_rslora):
+            raise ValueError("use_dora/use_rslora apply to lora and qlora, not full fine-tuning")
+        return self
+
+    # --- helpers --------------------------------------------------------------------
+    @property
+    def target_list(self) -> list[str]:
+        """Explicit module names, or a one-element list holding a preset name."""
+        return self.targets.split(",")
+
+    @property
+    def effective_batch(self) -> int:
+        return self.batch_size * self.grad_accum
+
+    @classmethod
+    def help(cls, field: str) -> str:
+        return cls.model_fields[field].description or ""
+
+    @classmethod
+    def build(cls, **values) -> "TrainingPlan":
+        """Construct, turning pydantic's errors into one `UserError` naming the field."""
+        try:
+            return cls(**{k: v for k, v in values.items() if v is not None})
+        except ValidationError as exc:
+            raise _user_error(exc) from None
+
+    def updated(self, **changes) -> "TrainingPlan":
+        return TrainingPlan.build(**{**self.model_dump(), **changes})
+
+    # --- YAML -----------------------------------------------------------------------
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(exclude_defaults=False), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str, source: str = "plan") -> "TrainingPlan":
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise UserError(source, f"is not valid YAML ({exc.__class__.__name__} near line "
+                            f"{getattr(getattr(exc, 'problem_mark', None), 'line', 0) + 1})") from None
+        if not isinstance(data, dict):
+            raise UserError(source, "must be a YAML mapping of plan fields (model: ..., r: ...)")
+        return cls.build(**data)
+
+    # --- CLI flags ------------------------------------------------------------------
+    def to_cli_args(self) -> list[str]:
+        """The flags that rebuild this plan (only those that differ from the defaults)."""
+        args: list[str] = []
+        defaults = TrainingPlan()
+        for name, field in TrainingPlan.model_fields.items():
+            value = getattr(self, name)
+            if value == getattr(defaults, name):
+                continue
+            flag = "--" + name.replace("_", "-")
+            if isinstance(value, bool):
+                args.append(flag if value else "--no-" + name.replace("_", "-"))
+            elif isinstance(value, list):
+                args += [flag, ",".join(value)]
+            elif isinstance(value, dict):
+                args += [flag, ",".join(f"{k}={v}" for k, v in value.items())]
+            else:
+                args += [flag, str(value)]
+        return args
+
+
+def add_plan_flags(parser, fields: list[str] | None = None) -> None:
+    """Add one argparse flag per plan field (named after it, help from its description).
+
+    Defaults are None so that `plan_from_args` can tell "not given" from "given".
+    """
+    import argparse
+
+    for name, field in TrainingPlan.model_fields.items():
+        if fields is not None and name not in fields:
+            continue
+        flag = "--" + name.replace("_", "-")
+        annotation = field.annotation
+        if annotation is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=field.description)
+            continue
+        kind = {int: int, float: float}.get(annotation) or {int | None: int, float | None: float}.get(annotation, str)
+        parser.add_argument(flag, dest=name, type=kind, default=None, help=field.description)
+
+
+def plan_from_args(ns, base: TrainingPlan | None = None) -> TrainingPlan:
+    """Overlay the flags that were given on `base` (or the defaults)."""
+    values = (base or TrainingPlan()).model_dump()
+    for name in TrainingPlan.model_fields:
+        given = getattr(ns, name, None)
+        if given is None:
+            continue
+        if name == "modules_to_save":
+            given = [s.strip() for s in given.split(",") if s.strip()]
+        elif name == "columns":
+            given = _parse_mapping(given)
+        values[name] = given
+    return TrainingPlan.build(**values)
+
+
+def _parse_mapping(text: str) -> dict[str, str]:
+    mapping = {}
+    for pair in text.split(","):
+        if "=" not in pair:
+            raise UserError("columns", f"'{pair}' must look like field=column, e.g. instruction=question")
+        key, value = pair.split("=", 1)
+        mapping[key.strip()] = value.strip()
+    return mapping
+
+
+def _user_error(exc: ValidationError) -> UserError:
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or "plan"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "is not a plan field; known fields: " + ", ".join(TrainingPlan.model_fields)
+    elif err["type"] == "literal_error":
+        msg = f"got {err.get('input')!r}; " + msg.replace("Input should be", "expected")
+    elif "input" in err and err["type"].endswith(("_parsing", "_type")):
+        msg = f"got {err['input']!r}; " + msg.replace("Input should be", "expected")
+    return UserError(field, msg)

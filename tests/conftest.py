@@ -1,0 +1,19 @@
+"""Every test runs against its own LoRA Pilot home, so nothing touches ~/.lorapilot."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def lorapilot_home(tmp_path, monkeypatch):
+    home = tmp_path / "lorapilot-home"
+    home.mkdir()
+    monkeypatch.setenv("LORAPILOT_HOME", str(home))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    return home

@@ -1,0 +1,48 @@
+"""The command line: one parser, with each group of commands registered by its own module.
+
+Every command module exposes `register(subparsers)`, adding its subcommands with
+`set_defaults(handler=fn)`; a handler takes the parsed namespace and returns an
+exit code. A `UserError` anywhere becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from engine.errors import UserError
+
+# Modules that contribute subcommands, in the order they appear in --help.
+COMMAND_MODULES = ("ui.cli_serve", "ui.cli_estimate", "ui.cli_data", "ui.cli_jobs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lorapilot",
+        description="LoRA Pilot: recommend, estimate, run and evaluate LoRA / QLoRA fine-tuning.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:  # a real import failure inside the module, not "not written yet"
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def run(argv: list[str]) -> int:
+    parser = build_parser()
+    if not argv or argv[0].startswith("--host") or argv[0].startswith("--port") or argv[0] == "--share":
+        argv = ["serve", *argv]  # `python app.py [--host H] [--port P]` opens the wizard
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
