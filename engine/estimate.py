@@ -1,0 +1,132 @@
+"""`estimate(plan)`: parameters, adapter size, memory and time for one TrainingPlan.
+
+The first call for a model builds it on the meta device (cached in engine.introspect);
+later calls only do arithmetic over the cached module list, so sweeps stay fast.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from engine import catalog
+from engine.catalog import Gpu
+from engine.introspect import resolve
+from engine.memory import CPU_RESERVED_FACTOR, CUDA_CONTEXT, GiB, RESERVED_FACTOR, Recipe, memory_terms
+from engine.params import ParamCount, count
+from engine.timing import TimeEstimate, estimate_time
+
+
+class MemoryEstimate(BaseModel):
+    allocated_bytes: int
+    reserved_bytes: int
+    device_bytes: int
+    budget_bytes: int | None
+    fits: bool | None
+    terms: dict[str, int]
+    assumptions: list[str]
+    verdict: str
+
+
+class Estimate(BaseModel):
+    model: str
+    method: str
+    dtype: str
+    device: str | None
+    trainable_params: int
+    total_params: int
+    trainable_percent: float
+    adapter_bytes: int
+    by_module_type: dict[str, int]
+    by_layer: list[int]
+    memory: MemoryEstimate
+    time: TimeEstimate | None
+
+    @property
+    def fits(self) -> bool | None:
+        return self.memory.fits
+
+    def to_json(self) -> dict:
+        """The stable keys scripts rely on (see issue 2, section 5)."""
+        return {
+            "model": self.model, "method": self.method, "dtype": self.dtype, "device": self.device,
+            "trainable_params": self.trainable_params, "total_params": self.total_params,
+            "trainable_percent": self.trainable_percent, "adapter_bytes": self.adapter_bytes,
+            "by_module_type": self.by_module_type, "by_layer": self.by_layer,
+            "memory": self.memory.model_dump(), "fits": self.memory.fits,
+            "time": self.time.model_dump() if self.time else None,
+        }
+
+
+def device_of(plan) -> Gpu | None:
+    """The plan's device: its GPU, the CPU (gpu='cpu', or neither gpu nor budget), or None (budget only)."""
+    if plan.gpu:
+        return catalog.find_gpu(plan.gpu)
+    return None if plan.budget_gb else catalog.CPU
+
+
+def compute_dtype(plan, gpu: Gpu | None) -> str:
+    if plan.dtype != "auto":
+        return plan.dtype
+    if gpu is not None and gpu.is_cpu:
+        return "fp32"
+    return "bf16" if gpu is None or gpu.supports_bf16 else "fp16"
+
+
+def _recipe(plan, dtype: str, on_gpu: bool) -> Recipe:
+    return Recipe(method=plan.method, dtype=dtype, batch_size=plan.batch_size, seq_len=plan.seq_len,
+                  grad_ckpt=plan.grad_ckpt, attention=plan.attention, optimizer=plan.optimizer,
+                  dropout=plan.dropout, r=plan.r, on_gpu=on_gpu)
+
+
+def _params(info, plan, dtype: str) -> ParamCount:
+    return count(info, plan.r, plan.targets, plan.bias, plan.use_dora, tuple(plan.modules_to_save),
+                 save_dtype=dtype, method=plan.method)
+
+
+def _memory(info, plan, pc: ParamCount, gpu: Gpu | None, dtype: str) -> MemoryEstimate:
+    on_gpu = gpu is None or not gpu.is_cpu
+    terms, notes = memory_terms(info, pc, _recipe(plan, dtype, on_gpu))
+    allocated = sum(terms.values())
+    reserved = int(allocated * (RESERVED_FACTOR if on_gpu else CPU_RESERVED_FACTOR))
+    device = reserved + (CUDA_CONTEXT if on_gpu else 0)
+    if plan.budget_gb:
+        budget = int(plan.budget_gb * GiB)
+    elif gpu is not None and gpu.memory_gb:
+        budget = int(gpu.memory_gb * GiB)
+    else:
+        budget = None
+    if on_gpu:
+        notes.append(f"reserved = allocated x {RESERVED_FACTOR} (allocator cache); device adds "
+                     f"{CUDA_CONTEXT / GiB:.1f} GiB CUDA context")
+    else:
+        notes.append("CPU: fp32 by default, no CUDA context; host RAM is the budget only when budget_gb is given")
+    fits = None if budget is None else device <= budget
+    if fits is None:
+        verdict = f"needs about {device / GiB:.1f} GiB; no budget given"
+    elif fits:
+        verdict = f"fits: about {device / GiB:.1f} GiB of {budget / GiB:.1f} GiB ({device / budget:.0%})"
+    else:
+        verdict = f"does not fit: needs about {device / GiB:.1f} GiB, budget {budget / GiB:.1f} GiB"
+    return MemoryEstimate(allocated_bytes=allocated, reserved_bytes=reserved, device_bytes=device,
+                          budget_bytes=budget, fits=fits, terms=terms, assumptions=notes, verdict=verdict)
+
+
+def memory_for(plan) -> MemoryEstimate:
+    """Memory only: what sweeps and charts call many times."""
+    info = resolve(plan.model)
+    gpu = device_of(plan)
+    dtype = compute_dtype(plan, gpu)
+    return _memory(info, plan, _params(info, plan, dtype), gpu, dtype)
+
+
+def estimate(plan) -> Estimate:
+    info = resolve(plan.model)
+    gpu = device_of(plan)
+    dtype = compute_dtype(plan, gpu)
+    pc = _params(info, plan, dtype)
+    mem = _memory(info, plan, pc, gpu, dtype)
+    time = estimate_time(info, plan, gpu, dtype, pc.lora_params) if gpu is not None else None
+    return Estimate(model=plan.model, method=plan.method, dtype=dtype, device=gpu.name if gpu else None,
+                    trainable_params=pc.trainable, total_params=pc.total, trainable_percent=round(pc.percent, 4),
+                    adapter_bytes=pc.adapter_bytes, by_module_type=pc.by_module_type, by_layer=pc.by_layer,
+                    memory=mem, time=time)
