@@ -1,0 +1,255 @@
+"""Recommended settings for a model, a task difficulty, a dataset size and a budget.
+
+Two stages. First the rules table (`engine.rules.RULES`) picks every setting and
+its reason. Then the plan is *fitted*: while the memory estimate exceeds the budget,
+step down in a fixed, stated order (FIT_ORDER), recording each change with the
+memory before and after. When even the smallest setup does not fit, `advice` says
+which budget (and which catalog GPU) would.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict
+
+from engine.errors import UserError, one_of
+from engine.plan import TrainingPlan
+from engine import rules
+from engine.rules import DIFFICULTIES, FIELDS, Ctx
+
+GIB = 1024**3  # the catalogs and the estimator count GB as GiB (what nvidia-smi shows)
+MIN_R = 4      # the bottom of R1's range; below it an adapter learns little
+
+
+class Reason(BaseModel):
+    rule: str  # row id in HEURISTICS.md
+    text: str  # one line, the product's own words
+
+
+class Recommendation(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    plan: TrainingPlan
+    reasons: dict[str, Reason]
+    adjustments: list[str]
+    estimate: Any  # engine.estimate.Estimate (typed loosely: estimate imports lazily)
+    fits: bool
+    advice: str | None = None
+    warnings: list[Reason] = []
+
+    def to_json(self) -> dict:
+        return {
+            "plan": self.plan.model_dump(),
+            "reasons": {k: v.model_dump() for k, v in self.reasons.items()},
+            "adjustments": list(self.adjustments),
+            "estimate": self.estimate.to_json(),
+            "fits": self.fits,
+            "advice": self.advice,
+            "warnings": [w.model_dump() for w in self.warnings],
+        }
+
+
+# --- stage 1: the table ---------------------------------------------------------------
+
+
+def decide(ctx: Ctx, only: set[str] | None = None) -> dict[str, tuple[Any, Reason]]:
+    return {f: (v, Reason(rule=rule, text=text)) for f, (v, rule, text) in rules.decide(ctx, only).items()}
+
+
+def notes(ctx: Ctx) -> list[Reason]:
+    return [Reason(rule=rule, text=text) for rule, text in rules.applicable_notes(ctx)]
+
+
+# --- stage 2: fitting -----------------------------------------------------------------
+
+
+@dataclass
+class Step:
+    changes: dict[str, Any]  # plan fields changed by this step
+    rule: str
+    what: str                # "micro-batch 4 → 2, accumulation 4 → 8"
+    why: str
+    # fields that follow from the changed ones in the rules table (alpha from r, the
+    # optimizer from the method...): re-decided so the plan stays consistent with its reasons
+    redecide: frozenset[str] = frozenset()
+
+
+def _ckpt_on(plan: TrainingPlan, ctx: Ctx) -> Step | None:
+    if plan.grad_ckpt:
+        return None
+    return Step({"grad_ckpt": True}, "G1", "gradient checkpointing on",
+                "recomputes activations in the backward pass instead of keeping them (~30% slower)")
+
+
+def _halve_batch(plan: TrainingPlan, ctx: Ctx) -> Step | None:
+    if plan.batch_size <= 1:
+        return None
+    b = plan.batch_size // 2
+    a = plan.grad_accum * plan.batch_size // b  # keeps the effective batch
+    return Step({"batch_size": b, "grad_accum": a}, "G1",
+                f"micro-batch {plan.batch_size} → {b}, accumulation {plan.grad_accum} → {a}",
+                f"fewer examples on the GPU at once; each update still sees {b * a}")
+
+
+def _full_to_lora(plan: TrainingPlan, ctx: Ctx) -> Step | None:
+    if plan.method != "full":
+        return None
+    return Step({"method": "lora"}, "M2", "full fine-tuning → LoRA",
+                "only small adapters train, so no gradients or optimizer states for the base",
+                frozenset({"r", "alpha", "dropout", "targets", "optimizer", "learning_rate"}))
+
+
+def _to_qlora(plan: TrainingPlan, ctx: Ctx) -> Step | None:
+    if plan.method != "lora" or ctx.device == "cpu":
+        return None
+    return Step({"method": "qlora"}, "M3", "4-bit base (LoRA → QLoRA)",
+                "the frozen base is stored in 4-bit NF4, about a quarter of its 16-bit size; "
+                "costs a little quality", frozenset({"optimizer", "learning_rate"}))
+
+
+def _fewer_targets(plan: TrainingPlan, ctx: Ctx) -> Step | None:
+    order = list(dict.fromkeys(["all-linear", "attention", ctx.qv_targets]))
+    current = plan.targets
+    if current == order[-1]:
+        return None
+    nxt = order[order.index(current) + 1] if current in order else order[-1]
+    rule = "T4" if nxt == ctx.qv_targets else "T2"
+    return Step({"targets": nxt}, rule, f"target modules {current} → {nxt}",
+                "fewer adapted layers mean fewer adapter weights, gradients and optimizer states")
+
+
+def _lower_r(plan: TrainingPlan, ctx: Ctx) -> Step | None:
+    if plan.method == "full" or plan.r <= MIN_R:
+        return None
+    r = max(MIN_R, plan.r // 2)
+    return Step({"r": r}, "R5", f"r {plan.r} → {r}",
+                "a smaller adapter; memory drops only slightly, capacity drops more",
+                frozenset({"alpha", "learning_rate"}))
+
+
+# The stated order: cheapest in quality first. Each step repeats until it no longer
+# applies (e.g. micro-batch halves down to 1) before the next one is tried.
+FIT_ORDER: list[tuple[str, Callable[[TrainingPlan, Ctx], Step | None]]] = [
+    ("gradient checkpointing", _ckpt_on),
+    ("smaller micro-batch", _halve_batch),
+    ("adapters instead of full", _full_to_lora),
+    ("4-bit base", _to_qlora),
+    ("fewer target modules", _fewer_targets),
+    ("lower r", _lower_r),
+]
+
+
+def _memory(plan: TrainingPlan):
+    from engine.estimate import memory_for
+
+    return memory_for(plan)
+
+
+def _fits(mem) -> bool:
+    return True if mem.fits is None else bool(mem.fits)
+
+
+def _gb(n: float) -> str:
+    return f"{n / GIB:.1f} GB"
+
+
+def fit(plan: TrainingPlan, ctx: Ctx, reasons: dict[str, Reason]) -> tuple[TrainingPlan, list[str], bool]:
+    adjustments: list[str] = []
+    mem = _memory(plan)
+    budget = f"{ctx.budget_gb:g} GB"
+    for _, step_fn in FIT_ORDER:
+        while not _fits(mem):
+            step = step_fn(plan, ctx)
+            if step is None:
+                break
+            new = plan.updated(**step.changes)
+            ctx.plan.update(step.changes)
+            for field, value in step.changes.items():
+                reasons[field] = Reason(rule=step.rule, text=f"Changed to fit {budget}: {step.why}.")
+            if step.redecide:
+                redone = decide(ctx, only=set(step.redecide))
+                new = new.updated(**{f: v for f, (v, _) in redone.items()})
+                reasons.update({f: r for f, (_, r) in redone.items()})
+            new_mem = _memory(new)
+            adjustments.append(
+                f"{step.what} ({step.rule}): {step.why} — memory {_gb(mem.device_bytes)} → "
+                f"{_gb(new_mem.device_bytes)} (budget {budget})"
+            )
+            plan, mem = new, new_mem
+        if _fits(mem):
+            break
+    return plan, adjustments, _fits(mem)
+
+
+def advice_for(plan: TrainingPlan, ctx: Ctx) -> str:
+    """Nothing fits: say how much memory the smallest setup needs and which catalog GPU has it."""
+    from engine.catalog import list_gpus
+
+    need = _memory(plan).device_bytes
+    setup = (f"{plan.method}, targets {plan.targets}, r {plan.r}, micro-batch {plan.batch_size}, "
+             f"{plan.seq_len} tokens")
+    text = (f"Nothing fits in {ctx.budget_gb:g} GB: even the smallest setup ({setup}) needs about "
+            f"{need / GIB:.1f} GB.")
+    for gpu in sorted(list_gpus(), key=lambda g: g.memory_gb or 0):
+        if gpu.memory_gb and _fits(_memory(plan.updated(gpu=gpu.name, budget_gb=None))):
+            return (text + f" A budget of {math.ceil(need / GIB)} GB or more would do; the smallest GPU in the "
+                    f"catalog that fits is the {gpu.name} ({gpu.memory_gb:g} GB); recommend with --gpu "
+                    f"'{gpu.name}' gives settings made for it. Shorter sequences (seq_len) or a smaller "
+                    "model also help.")
+    return (text + " No single GPU in the catalog has that much: use several GPUs, shorter sequences "
+            "(seq_len) or a smaller model.")
+
+
+# --- the entry point ------------------------------------------------------------------
+
+
+def recommend(model: str, difficulty: str | None, gpu: str | None = None, budget_gb: float | None = None,
+              dataset_rows: int | None = None, base: TrainingPlan | None = None) -> Recommendation:
+    from engine.catalog import find_gpu
+    from engine.introspect import resolve
+
+    difficulty = difficulty or "balanced"
+    if difficulty not in DIFFICULTIES:
+        raise UserError("difficulty", f"unknown difficulty '{difficulty}'; expected {one_of(DIFFICULTIES)}")
+    if budget_gb is not None and budget_gb <= 0:
+        raise UserError("budget_gb", "must be greater than 0 GB")
+    if dataset_rows is not None and dataset_rows <= 0:
+        raise UserError("dataset_rows", "must be a whole number of 1 or more")
+    if gpu is None and budget_gb is None:
+        raise UserError("gpu", "give a GPU from the catalog, 'cpu', or a memory budget (budget_gb)")
+    device = find_gpu(gpu) if gpu else None
+    on_cpu = device is not None and device.is_cpu
+    budget = None if on_cpu else (budget_gb if budget_gb is not None else device.memory_gb)
+
+    info = resolve(model)
+    ctx = Ctx(
+        params_b=info.total_params / 1e9,
+        context=info.max_position,
+        target_names=list(info.target_names),
+        difficulty=difficulty,
+        rows=dataset_rows,
+        device="cpu" if on_cpu else "gpu",
+        budget_gb=budget,
+        seq_len_hint=base.seq_len if base is not None and base.seq_len != TrainingPlan().seq_len else None,
+    )
+    chosen = decide(ctx)
+    reasons = {f: chosen[f][1] for f in FIELDS}
+    plan = (base or TrainingPlan()).updated(
+        model=model, difficulty=difficulty, gpu=device.name if device else None, budget_gb=budget_gb,
+        dataset_rows=dataset_rows, **{f: chosen[f][0] for f in FIELDS},
+    )
+
+    adjustments: list[str] = []
+    fits = True
+    if not on_cpu:
+        plan, adjustments, fits = fit(plan, ctx, reasons)
+    from engine.estimate import estimate
+
+    result = estimate(plan)
+    ctx.seconds = result.time.seconds if result.time is not None else None
+    advice = None if fits else advice_for(plan, ctx)
+    return Recommendation(plan=plan, reasons=reasons, adjustments=adjustments, estimate=result,
+                          fits=fits, advice=advice, warnings=notes(ctx))

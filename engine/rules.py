@@ -1,0 +1,278 @@
+"""The recommender's rules: one table, each row citing a rule id from HEURISTICS.md.
+
+A row says which plan field it sets, when it applies, what value it picks and why,
+in the product's own words. `engine.recommend` walks the table top to bottom: the
+first row that applies to a field sets it (so within a field, specific rows come
+before the fallback row). Rows whose field is "note" are warnings: every one that
+applies is shown. Nothing else in the code decides a setting, so the table is the
+whole answer to "why this value?".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+# Every rule id in /work/shared/HEURISTICS.md. A reason must cite one of these
+# (tests check it), so a user can look the rule up.
+RULE_IDS = frozenset(
+    "M1 M2 M3 M4 M5 R1 R2 R3 R4 R5 A1 A2 A3 A4 D1 D2 D3 T1 T2 T3 T4 T5 B1 L1 G1 U1 U2 U3".split()
+)
+
+
+@dataclass(frozen=True)
+class Difficulty:
+    name: str
+    title: str
+    description: str  # plain words, with examples a non-expert recognises
+
+
+DIFFICULTIES: dict[str, Difficulty] = {
+    d.name: d
+    for d in (
+        Difficulty("simple", "Simple",
+                   "Change how the model answers, not what it knows: a tone or style, a persona, "
+                   "a fixed output format such as JSON or a template."),
+        Difficulty("balanced", "Balanced",
+                   "Most instruction tasks: answering questions in your way, summarising, "
+                   "classifying or extracting fields, writing replies."),
+        Difficulty("hard", "Hard",
+                   "Multi-step reasoning or a specialised domain the model knows little of, "
+                   "such as law, medicine or your company's internal processes."),
+        Difficulty("very_hard", "Very hard",
+                   "A large shift: a new language, a new programming language, or behaviour far "
+                   "from anything the model does today."),
+    )
+}
+
+# Thresholds, named so the table reads as sentences.
+SMALL_DATA = 1_000      # rows: below this, more dropout (D2) and more epochs
+TINY_DATA = 500         # rows: below this, warn that prompting may serve as well (M4)
+LARGE_DATA = 10_000     # rows: from here, one epoch and the upper end of the rank range
+LITTLE_MEMORY_GB = 10   # "very little memory (~8 GB)" (M4)
+AMPLE_MEMORY_GB = 80    # "ample memory (80 GB+)" (M4)
+BIG_MODEL_B = 13        # "large models (13B+)" (T4)
+DEFAULT_SEQ_LEN = 512
+EFFECTIVE_BATCH = 16
+
+
+@dataclass
+class Ctx:
+    """What the rules look at: the model, the task, the data and the hardware.
+
+    `plan` holds the values already chosen (the table is walked in field order,
+    so e.g. the learning-rate rows can read the method and r chosen above them).
+    """
+
+    params_b: float                  # base model size, billions of parameters
+    context: int | None              # the model's longest context, tokens
+    target_names: list[str]          # module short names the model has
+    difficulty: str
+    rows: int | None                 # training examples, None when unknown
+    device: str                      # 'gpu' or 'cpu'
+    budget_gb: float | None          # memory available (None on CPU: no VRAM limit)
+    seq_len_hint: int | None = None  # a sequence length the user already chose
+    seconds: float | None = None     # the estimated training time, once known (for the notes)
+    plan: dict[str, Any] = field(default_factory=dict)
+
+    # --- derived facts the rows use -------------------------------------------------
+    @property
+    def bf16_base_gb(self) -> float:
+        return self.params_b * 2  # frozen base in 16-bit, weights only
+
+    @property
+    def nf4_base_gb(self) -> float:
+        return self.params_b * 0.55  # 4-bit NF4 plus unquantized embeddings/norms, roughly
+
+    @property
+    def time_text(self) -> str:
+        if self.seconds is None:
+            return ""
+        hours = self.seconds / 3600
+        return f" (about {hours:.1f} hours for this plan)" if hours >= 1 else f" (about {self.seconds / 60:.0f} minutes for this plan)"
+
+    @property
+    def small_data(self) -> bool:
+        return self.rows is not None and self.rows < SMALL_DATA
+
+    @property
+    def large_data(self) -> bool:
+        return self.rows is not None and self.rows >= LARGE_DATA
+
+    @property
+    def qv_targets(self) -> str:
+        """q_proj,v_proj where the model has them; else its attention preset (e.g. fused qkv)."""
+        return "q_proj,v_proj" if {"q_proj", "v_proj"} <= set(self.target_names) else "attention"
+
+    @property
+    def tight_memory(self) -> bool:
+        """The base alone would take half the budget or more in the storage chosen."""
+        if self.budget_gb is None:
+            return False
+        base = self.nf4_base_gb if self.plan.get("method") == "qlora" else self.bf16_base_gb
+        return base * 2 > self.budget_gb
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str                                  # row id in HEURISTICS.md
+    field: str                               # plan field it sets, or "note"
+    when: Callable[[Ctx], bool]
+    value: Callable[[Ctx], Any]
+    text: str                                # str.format(v=value, c=ctx)
+
+    def reason(self, ctx: Ctx, value: Any) -> str:
+        return self.text.format(v=value, c=ctx)
+
+
+def always(_: Ctx) -> bool:
+    return True
+
+
+def const(value: Any) -> Callable[[Ctx], Any]:
+    return lambda _: value
+
+
+def _full_fits(c: Ctx) -> bool:
+    # Full fine-tuning keeps weights, gradients and AdamW states: ~16 bytes per parameter,
+    # plus room for activations; only worth it for a large shift with plenty of data.
+    return c.budget_gb is not None and c.params_b * 16 * 1.3 <= c.budget_gb
+
+
+def _lr(c: Ctx) -> float:
+    if c.plan["method"] == "full":
+        return 2e-5
+    r = c.plan["r"]
+    return 1e-4 if r >= 64 else 3e-4 if r <= 4 else 2e-4
+
+
+RULES: list[Rule] = [
+    # --- method -------------------------------------------------------------------
+    Rule("M2", "method", lambda c: c.device == "cpu", const("lora"),
+         "On a CPU there is no GPU memory limit but no speed either: LoRA trains the fewest "
+         "weights, in full precision (4-bit needs a GPU). Expect training to be slow."),
+    Rule("M1", "method",
+         lambda c: c.difficulty == "very_hard" and c.large_data
+         and (c.budget_gb or 0) >= AMPLE_MEMORY_GB and _full_fits(c),
+         const("full"),
+         "A very large shift with plenty of data, and {c.budget_gb:.0f} GB easily holds every "
+         "weight of the {c.params_b:.1f}B model: full fine-tuning gives the best quality."),
+    Rule("M4", "method", lambda c: c.budget_gb <= LITTLE_MEMORY_GB and c.params_b >= 1, const("qlora"),
+         "Only {c.budget_gb:.0f} GB of GPU memory: storing the frozen base in 4-bit (QLoRA) is what "
+         "makes the {c.params_b:.1f}B model fit; it costs a little quality."),
+    Rule("M3", "method", lambda c: c.bf16_base_gb > 0.75 * c.budget_gb, const("qlora"),
+         "The {c.params_b:.1f}B base takes ~{c.bf16_base_gb:.0f} GB in 16-bit, too much of "
+         "{c.budget_gb:.0f} GB: QLoRA stores it in 4-bit (~{c.nf4_base_gb:.0f} GB). It costs a "
+         "little quality, most visibly on long reasoning chains."),
+    Rule("M2", "method", always, const("lora"),
+         "The base fits in 16-bit with room to spare: LoRA trains small adapters on the frozen base "
+         "and typically reaches 95-99% of full fine-tuning quality."),
+    # --- precision and optimizer --------------------------------------------------
+    Rule("M2", "dtype", lambda c: c.device == "cpu", const("fp32"),
+         "CPUs train reliably only in 32-bit floats."),
+    Rule("M2", "dtype", always, const("auto"),
+         "bf16 where the GPU supports it, else fp16: half the memory of 32-bit at the same quality."),
+    Rule("M3", "optimizer", lambda c: c.plan["method"] == "qlora", const("paged_adamw_8bit"),
+         "QLoRA's recipe: a paged 8-bit AdamW, whose states spill to CPU memory on spikes "
+         "instead of crashing."),
+    Rule("M2", "optimizer", always, const("adamw_torch"),
+         "Plain AdamW: the standard optimizer; the adapter is small, so its states cost little."),
+    # --- adapter settings do not apply to full fine-tuning ------------------------
+    *[Rule("M1", f, lambda c: c.plan["method"] == "full", const(v),
+           "Not used: full fine-tuning trains every weight, with no adapter.")
+      for f, v in (("r", 8), ("alpha", 16), ("dropout", 0.05), ("targets", "all-linear"))],
+    # --- rank ---------------------------------------------------------------------
+    Rule("R1", "r", lambda c: c.difficulty == "simple" and c.small_data, const(4),
+         "A style or format change on a small dataset needs little capacity: r = 4 "
+         "(higher would only overfit)."),
+    Rule("R1", "r", lambda c: c.difficulty == "simple", const(8),
+         "A style or format change needs little capacity: r = 8, the top of the 4-8 range."),
+    Rule("R2", "r", lambda c: c.difficulty == "balanced" and c.large_data, const(16),
+         "Most tasks start at r = 8; with {c.rows:,} examples there is data for r = 16."),
+    Rule("R2", "r", lambda c: c.difficulty == "balanced", const(8),
+         "r = 8 is the universal starting point for most tasks."),
+    Rule("R3", "r", lambda c: c.difficulty == "hard" and c.large_data, const(32),
+         "Reasoning or a new domain needs more capacity: r = 32 with {c.rows:,} examples."),
+    Rule("R3", "r", lambda c: c.difficulty == "hard", const(16),
+         "Reasoning or a new domain needs more capacity: r = 16 (32 with a large dataset)."),
+    Rule("R4", "r", always, const(64),
+         "A new language or a large shift needs a big adapter: r = 64. Beyond that, most of "
+         "LoRA's savings are gone; consider full fine-tuning instead."),
+    # --- alpha and dropout --------------------------------------------------------
+    Rule("A1", "alpha", always, lambda c: 2 * c.plan["r"],
+         "alpha = 2 x r = {v}: the most common choice, an update scale of 2."),
+    Rule("D2", "dropout", lambda c: c.small_data, const(0.1),
+         f"Fewer than {SMALL_DATA:,} examples overfit easily: dropout 0.1."),
+    Rule("D1", "dropout", always, const(0.05), "0.05 is the usual starting dropout."),
+    # --- target modules -----------------------------------------------------------
+    Rule("T4", "targets", lambda c: c.params_b >= BIG_MODEL_B and c.tight_memory, lambda c: c.qv_targets,
+         "For a {c.params_b:.0f}B model on {c.budget_gb:.0f} GB, adapters on the query and value "
+         "projections ({v}) are enough for a model this large and save memory."),
+    Rule("T3", "targets", always, const("all-linear"),
+         "Adapters on every linear layer (attention and MLP) generally give the best quality."),
+    # --- sequence, batch, memory savers -------------------------------------------
+    Rule("G1", "seq_len", lambda c: c.seq_len_hint is not None,
+         lambda c: min(c.seq_len_hint, c.context or c.seq_len_hint),
+         "Kept from your plan ({v} tokens, within the model's context); memory grows with it."),
+    Rule("G1", "seq_len", always, lambda c: min(DEFAULT_SEQ_LEN, c.context or DEFAULT_SEQ_LEN),
+         "{v} tokens covers most chat and instruction examples (the model reads up to "
+         "{c.context} tokens); memory grows with it, so longer examples are cut."),
+    Rule("G1", "batch_size", lambda c: c.device == "cpu", const(1),
+         "One example per step on a CPU: bigger batches do not make it faster."),
+    Rule("G1", "batch_size", always, const(4),
+         "4 examples per step to use the GPU well; lowered automatically if memory is short."),
+    Rule("G1", "grad_accum", always, lambda c: max(1, EFFECTIVE_BATCH // c.plan["batch_size"]),
+         f"Add up {{v}} steps before each update, so every update sees ~{EFFECTIVE_BATCH} examples."),
+    Rule("G1", "grad_ckpt", always, const(False),
+         "Off: recomputing activations saves memory but costs ~30% speed; turned on only if "
+         "memory is short."),
+    # --- learning rate and epochs -------------------------------------------------
+    Rule("L1", "learning_rate", lambda c: c.plan["method"] == "full", _lr,
+         "Full fine-tuning moves every weight: a small learning rate, {v:g}."),
+    Rule("L1", "learning_rate", always, _lr,
+         "Adapters take a learning rate 2-5x that of full fine-tuning: {v:g} for r = {c.plan[r]}."),
+    Rule("U1", "epochs", lambda c: c.rows is None, const(2),
+         "Dataset size not given: 2 passes is a safe start; watch the eval loss."),
+    Rule("U1", "epochs", lambda c: c.small_data, const(3),
+         "A small dataset needs a few passes to be learned: 3 epochs."),
+    Rule("U2", "epochs", lambda c: not c.large_data, const(2),
+         "A medium dataset: 2 passes; more tends to overfit."),
+    Rule("U2", "epochs", always, const(1),
+         "{c.rows:,} examples are enough in one pass; more passes tend to overfit."),
+    # --- warnings (every one that applies is shown) -------------------------------
+    Rule("M4", "note", lambda c: c.rows is not None and c.rows < TINY_DATA, const(None),
+         "Only {c.rows} examples: few-shot prompting or prompt tuning may serve as well; "
+         "try a prompt with a few examples before training."),
+    Rule("M3", "note", lambda c: c.plan.get("method") == "qlora", const(None),
+         "The 4-bit base costs a little quality, most visibly on long reasoning chains."),
+    Rule("M2", "note", lambda c: c.device == "cpu", const(None),
+         "Training on the CPU is slow{c.time_text}; it suits small models and small datasets (or a quick trial)."),
+    Rule("R4", "note", lambda c: c.plan.get("method") != "full" and c.plan.get("r", 0) >= 64, const(None),
+         "At r = 64 and above most of LoRA's savings are gone; full fine-tuning is worth a look "
+         "if the budget allows."),
+]
+
+# The fields the table decides, in the order it decides them.
+FIELDS: list[str] = list(dict.fromkeys(r.field for r in RULES if r.field != "note"))
+
+
+def decide(ctx: Ctx, only: set[str] | None = None) -> dict[str, tuple[Any, str, str]]:
+    """Walk RULES; the first row that applies sets its field: field → (value, rule id, reason).
+
+    Choices are written into ctx.plan as they are made, so later rows can read them.
+    `only` re-decides a few fields (e.g. alpha after r changed) and leaves the rest alone.
+    """
+    chosen: dict[str, tuple[Any, str, str]] = {}
+    for rule in RULES:
+        if rule.field == "note" or rule.field in chosen or (only is not None and rule.field not in only):
+            continue
+        if rule.when(ctx):
+            value = rule.value(ctx)
+            ctx.plan[rule.field] = value
+            chosen[rule.field] = (value, rule.id, rule.reason(ctx, value))
+    return chosen
+
+
+def applicable_notes(ctx: Ctx) -> list[tuple[str, str]]:
+    """Every warning row that applies: (rule id, text)."""
+    return [(r.id, r.reason(ctx, None)) for r in RULES if r.field == "note" and r.when(ctx)]

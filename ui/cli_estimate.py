@@ -1,0 +1,183 @@
+"""`estimate` and `recommend`: what a plan costs, and what settings to use, from the shell.
+
+Flags are the plan's field names (engine.plan.add_plan_flags), so the same words
+work for `train` and in plan YAML files. `--json` prints stable keys for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from engine.errors import UserError
+from engine.plan import add_plan_flags, plan_from_args
+
+GIB = 1024**3
+
+# The plan fields `estimate` takes as flags.
+ESTIMATE_FIELDS = [
+    "model", "method", "r", "alpha", "dropout", "targets", "bias", "use_dora", "use_rslora",
+    "modules_to_save", "batch_size", "grad_accum", "seq_len", "grad_ckpt", "optimizer", "dtype",
+    "attention", "gpu", "budget_gb", "dataset_rows", "epochs", "max_steps",
+]
+# The plan fields `recommend` takes (difficulty is validated by the recommender, so that a
+# wrong value gets one `error: difficulty: ...` line rather than argparse's usage dump).
+RECOMMEND_FIELDS = ["model", "difficulty", "gpu", "budget_gb", "dataset_rows"]
+
+
+def register(sub) -> None:
+    p = sub.add_parser("estimate", help="Trainable parameters, adapter size, memory and time for a plan.",
+                       description="Estimate what a plan costs before running it.")
+    add_plan_flags(p, ESTIMATE_FIELDS)
+    p.add_argument("--json", action="store_true", help="Print a JSON object with stable keys.")
+    p.set_defaults(handler=run_estimate)
+
+    p = sub.add_parser("recommend", help="Recommended settings, each with its reason, fitted to a budget.",
+                       description="Recommend LoRA/QLoRA settings for a model, a task difficulty and a budget.")
+    add_plan_flags(p, RECOMMEND_FIELDS)
+    p.add_argument("--json", action="store_true", help="Print a JSON object (plan, reasons, adjustments, ...).")
+    p.set_defaults(handler=run_recommend)
+
+
+# --- estimate -------------------------------------------------------------------------
+
+
+def estimate_json(est) -> dict:
+    """The estimator's JSON, with the keys the CLI promises present even when empty."""
+    data = est.to_json()
+    memory = data.setdefault("memory", {})
+    for key in ("allocated_bytes", "reserved_bytes", "device_bytes"):
+        memory.setdefault(key, getattr(est.memory, key))
+    memory.setdefault("terms", dict(est.memory.terms))
+    data.setdefault("fits", est.memory.fits)
+    if "time" not in data:
+        t = est.time
+        data["time"] = None if t is None else {"tokens_per_second": t.tokens_per_second, "seconds": t.seconds}
+    return data
+
+
+def run_estimate(ns: argparse.Namespace) -> int:
+    from engine.estimate import estimate
+
+    _check_exclusive(ns)
+    plan = plan_from_args(ns)
+    est = estimate(plan)
+    if ns.json:
+        print(json.dumps(estimate_json(est), indent=2))
+    else:
+        print(format_estimate(plan, est))
+    return 0
+
+
+def format_estimate(plan, est) -> str:
+    lines = [f"Model {plan.model} · {plan.method} · targets {plan.targets} · r {plan.r} · alpha {plan.alpha:g}"]
+    if plan.method == "full":
+        lines.append(f"Trainable parameters  {est.trainable_params:,} (all of {est.total_params:,})")
+    else:
+        lines.append(f"Trainable parameters  {est.trainable_params:,} of {est.total_params:,} "
+                     f"({est.trainable_percent:.4f}%)")
+        lines.append(f"Adapter file          {_size(est.adapter_bytes)}")
+    lines += ["", "Memory (peak, per device)"]
+    mem = est.memory
+    width = max([len(n) for n in mem.terms] + [22])
+    for name, n in mem.terms.items():
+        lines.append(f"  {name:<{width}} {_size(n):>10}")
+    lines.append(f"  {'-' * (width + 11)}")
+    lines.append(f"  {'allocated':<{width}} {_size(mem.allocated_bytes):>10}")
+    lines.append(f"  {'reserved (allocator)':<{width}} {_size(mem.reserved_bytes):>10}")
+    lines.append(f"  {'device total':<{width}} {_size(mem.device_bytes):>10}")
+    if mem.verdict:
+        lines.append(f"  {mem.verdict}")
+    t = est.time
+    if t is not None:
+        lines += ["", f"Time on {t.device}: ~{t.tokens_per_second:,.0f} tokens/s, "
+                      f"{_duration(t.seconds)} for {t.total_tokens:,} tokens ({t.steps:,} steps)"]
+    for a in list(mem.assumptions) + (list(t.assumptions) if t is not None else []):
+        lines.append(f"  · {a}")
+    return "\n".join(lines)
+
+
+# --- recommend ------------------------------------------------------------------------
+
+
+def run_recommend(ns: argparse.Namespace) -> int:
+    from engine.recommend import recommend
+
+    _check_exclusive(ns)
+    if ns.model is None:
+        raise UserError("model", "required: a catalog name (e.g. llama-3.1-8b), a hub id, a local folder, "
+                        "a .gguf file or 'default'")
+    if ns.difficulty is None:
+        raise UserError("difficulty", "required: simple, balanced, hard or very_hard")
+    if ns.gpu is None and ns.budget_gb is None:
+        raise UserError("gpu", "required: --gpu NAME (a catalog GPU or cpu) or --budget-gb X")
+    rec = recommend(ns.model, ns.difficulty, gpu=ns.gpu, budget_gb=ns.budget_gb, dataset_rows=ns.dataset_rows)
+    if ns.json:
+        data = rec.to_json()
+        data["estimate"] = estimate_json(rec.estimate)
+        print(json.dumps(data, indent=2))
+    else:
+        print(format_recommendation(rec))
+    return 0
+
+
+def format_recommendation(rec) -> str:
+    from engine.rules import FIELDS
+
+    plan = rec.plan
+    lines = [f"Recommended settings for {plan.model} ({plan.difficulty})", ""]
+    width = max(len(f) for f in FIELDS)
+    for field in FIELDS:
+        reason = rec.reasons[field]
+        lines.append(f"  {field:<{width}}  {_value(getattr(plan, field)):<16} [{reason.rule}] {reason.text}")
+    if rec.adjustments:
+        lines += ["", "Fitted to the budget, in this order:"]
+        lines += [f"  {i}. {a}" for i, a in enumerate(rec.adjustments, 1)]
+    if rec.warnings:
+        lines += ["", "Worth knowing:"]
+        lines += [f"  [{w.rule}] {w.text}" for w in rec.warnings]
+    est = rec.estimate
+    lines += ["", "Estimate of this plan:",
+              f"  trainable {est.trainable_params:,} of {est.total_params:,} ({est.trainable_percent:.4f}%)",
+              f"  memory {_size(est.memory.device_bytes)} on the device"
+              + (f" — {est.memory.verdict}" if est.memory.verdict else "")]
+    if est.time is not None:
+        lines.append(f"  time ~{_duration(est.time.seconds)} on {est.time.device} "
+                     f"({est.time.tokens_per_second:,.0f} tokens/s)")
+    if rec.advice:
+        lines += ["", "Advice: " + rec.advice]
+    lines += ["", "Run it: python app.py train " + " ".join(plan.to_cli_args())]
+    return "\n".join(lines)
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+def _check_exclusive(ns) -> None:
+    if getattr(ns, "gpu", None) is not None and getattr(ns, "budget_gb", None) is not None:
+        raise UserError("budget_gb", "give either --gpu NAME or --budget-gb X, not both")
+
+
+def _value(v) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("GB", GIB), ("MB", 1024**2), ("KB", 1024)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
