@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from engine import catalog
+from engine import catalog, hub
 from engine.errors import UserError, one_of
 
 # Parent-module names that mark attention and MLP blocks across architectures.
@@ -116,9 +116,14 @@ def load_config(spec: str):
             raise UserError("model", f"unsupported config in '{cfg_file}': {_short(exc)}") from None
     if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
         raise _unknown(spec, "not a catalog name, an existing folder or .gguf file, or an owner/name hub id")
+    try:  # a config cached by an earlier download needs no network
+        return AutoConfig.from_pretrained(spec, local_files_only=True), "hub", None
+    except Exception:  # noqa: BLE001 - not cached: try the hub below
+        pass
+    hub.require("model", spec, "give a local folder with config.json, a .gguf file or a catalog name instead")
     try:
         return AutoConfig.from_pretrained(spec), "hub", None
-    except Exception as exc:  # noqa: BLE001 - offline, gated, missing: all one message
+    except Exception as exc:  # noqa: BLE001 - gated, missing, bad config: all one message
         raise _unknown(spec, f"hub config not available: {_short(exc)}") from None
 
 

@@ -17,8 +17,15 @@ from engine.errors import UserError
 COMMAND_MODULES = ("ui.cli_serve", "ui.cli_estimate", "ui.cli_data", "ui.cli_jobs")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one `error:` line naming it, like every other user error."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog.split()[-1]}: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lorapilot",
         description="LoRA Pilot: recommend, estimate, run and evaluate LoRA / QLoRA fine-tuning.",
     )
