@@ -242,7 +242,9 @@ def add_plan_flags(parser, fields: list[str] | None = None) -> None:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=field.description)
             continue
         kind = {int: int, float: float}.get(annotation) or {int | None: int, float | None: float}.get(annotation, str)
-        parser.add_argument(flag, dest=name, type=kind, default=None, help=field.description)
+        choices = _literal_values(annotation)
+        metavar = "{" + ",".join(choices) + "}" if choices else None
+        parser.add_argument(flag, dest=name, type=kind, default=None, metavar=metavar, help=field.description)
 
 
 def plan_from_args(ns, base: TrainingPlan | None = None) -> TrainingPlan:
@@ -258,6 +260,16 @@ def plan_from_args(ns, base: TrainingPlan | None = None) -> TrainingPlan:
             given = _parse_mapping(given)
         values[name] = given
     return TrainingPlan.build(**values)
+
+
+def _literal_values(annotation) -> list[str]:
+    """The allowed values of a Literal (or Optional Literal) field, for --help."""
+    from typing import get_args, get_origin
+
+    args = get_args(annotation)
+    if get_origin(annotation) is Literal:
+        return list(args)
+    return [v for a in args if get_origin(a) is Literal for v in get_args(a)]
 
 
 def _parse_mapping(text: str) -> dict[str, str]:
