@@ -1,0 +1,274 @@
+"""Dispatch and lifecycle: submit, start (FIFO), reconcile, cancel, resume.
+
+No daemon: the queue is the `job` table. `kick()` starts queued jobs while slots are free,
+each as its own OS process in its own session (`python -m jobs.worker ID`), and every
+worker calls `kick()` as it exits, so the queue drains with no UI or CLI open. Claiming a
+job is one conditional UPDATE, so concurrent submitters and dispatchers never start the
+same job twice. Because rows, not processes, are the truth, any process (a new UI, the
+CLI) can `reconcile()` rows whose worker died.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from engine.errors import UserError, one_of
+from engine.plan import TrainingPlan
+from jobs import store
+from jobs.store import Job
+
+ROOT = Path(__file__).resolve().parent.parent
+# A claimed row waits this long for its worker to report a pid before it counts as lost.
+SPAWN_GRACE_S = 60
+CANCEL_GRACE_S = float(os.environ.get("LORAPILOT_CANCEL_GRACE_S", "120"))
+TERM_GRACE_S = 15
+RESUMABLE = ("interrupted", "cancelled", "failed")
+
+_children: list[subprocess.Popen] = []  # reaped on each kick so no zombie looks alive
+
+
+def max_concurrent() -> int:
+    try:
+        return max(0, int(os.environ.get("LORAPILOT_MAX_CONCURRENT", "1")))
+    except ValueError:
+        raise UserError("LORAPILOT_MAX_CONCURRENT", "must be a whole number (1 = one job at a time)") from None
+
+
+# --- submit ----------------------------------------------------------------------------
+
+def validate(plan: TrainingPlan) -> dict:
+    """Everything that can be checked before a job exists; returns the estimate as JSON.
+
+    Order matters for the message a user sees: the plan, then the model (an unknown model
+    is the root cause of any later failure), then the data, then the estimate.
+    """
+    if not isinstance(plan, TrainingPlan):
+        plan = TrainingPlan.build(**dict(plan))
+    if not plan.dataset:
+        raise UserError("dataset", "is required: a JSONL/JSON/CSV/Parquet/TXT file, a hub dataset id, or demo:NAME")
+    from engine import introspect
+
+    introspect.resolve(plan.model)
+    from engine import data
+
+    data.check_data(plan.dataset, model=plan.model, seq_len=plan.seq_len, data_format=plan.data_format,
+                    columns=plan.columns).raise_if_bad()
+    from engine import estimate
+
+    return estimate.estimate(plan)
+
+
+def submit(plan: TrainingPlan, start: bool = True) -> Job:
+    """Validate, then queue. On any UserError no row exists."""
+    if not isinstance(plan, TrainingPlan):
+        plan = TrainingPlan.build(**dict(plan))
+    est = validate(plan)
+    job = Job(
+        name=plan.name or _default_name(plan),
+        plan_json=plan.model_dump_json(),
+        estimate_json=json.dumps(est.to_json()),
+        estimated_peak_bytes=int(est.memory.allocated_bytes),
+    )
+    job = store.insert_job(job)
+    store.append_log(job.id, f"queued: {job.name}")
+    if start:
+        kick()
+    return store.get_job(job.id)
+
+
+def _default_name(plan: TrainingPlan) -> str:
+    data = Path(plan.dataset).stem if plan.dataset and not plan.dataset.startswith("demo:") else plan.dataset
+    return f"{plan.method} {Path(plan.model).name} on {data}"
+
+
+# --- start ---------------------------------------------------------------------------------
+
+def kick() -> list[int]:
+    """Start queued jobs while fewer than LORAPILOT_MAX_CONCURRENT run. Returns started ids."""
+    _reap()
+    reconcile()
+    started = []
+    slots = max_concurrent()
+    while True:
+        job_id = store.claim_next(slots)
+        if job_id is None:
+            return started
+        _spawn(job_id)
+        started.append(job_id)
+
+
+def _spawn(job_id: int) -> None:
+    log = open(store.log_path(job_id), "ab")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["PYTHONUNBUFFERED"] = "1"
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jobs.worker", str(job_id)],
+            cwd=str(ROOT), env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,  # own session and process group: survives the UI, killable as a group
+        )
+    except OSError as exc:
+        store.update_job(job_id, ("running",), status="failed", finished_at=store.now(),
+                         error=f"could not start the worker process: {exc}")
+        raise
+    finally:
+        log.close()
+    _children.append(proc)
+    store.update_job(job_id, ("running",), pid=proc.pid)
+
+
+def _reap() -> None:
+    for proc in list(_children):
+        if proc.poll() is not None:
+            try:
+                _children.remove(proc)
+            except ValueError:  # another thread of this process reaped it first
+                pass
+
+
+# --- liveness ------------------------------------------------------------------------------
+
+def worker_alive(pid: int | None, job_id: int) -> bool:
+    """Is `pid` alive AND our worker for this job? (pids are reused after a process dies.)"""
+    if not pid:
+        return False
+    try:
+        import psutil
+
+        try:
+            proc = psutil.Process(pid)
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return False
+            cmd = proc.cmdline()
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            return False
+        except psutil.AccessDenied:
+            return True  # exists but not ours to inspect: do not declare it dead
+    except ImportError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            return True  # no /proc (macOS without psutil): existence is all we can know
+    return "jobs.worker" in cmd and str(job_id) in cmd
+
+
+def reconcile() -> list[int]:
+    """Rows marked running whose worker is gone become 'interrupted', with the reason."""
+    changed = []
+    for job in store.list_jobs(status="running"):
+        if job.pid is None:
+            if job.started_at and store.now() - job.started_at < timedelta(seconds=SPAWN_GRACE_S):
+                continue  # claimed a moment ago; the dispatcher is still starting it
+            reason = "the dispatcher stopped before the worker process started; resume to run it"
+        elif worker_alive(job.pid, job.id):
+            continue
+        else:
+            reason = (f"the worker process (pid {job.pid}) ended without reporting: it was killed "
+                      "(kill -9, the host ran out of memory) or the machine restarted. "
+                      "Resume to continue from the last checkpoint.")
+        if store.update_job(job.id, ("running",), status="interrupted", error=reason,
+                            finished_at=store.now(), eta_seconds=None):
+            store.append_log(job.id, "interrupted: " + reason)
+            changed.append(job.id)
+    return changed
+
+
+# --- cancel and resume ----------------------------------------------------------------
+
+def cancel(job_id, wait: bool = True, grace_s: float | None = None) -> Job:
+    """Queued → cancelled now. Running → ask the worker to stop at the next step (it saves
+    a checkpoint), then SIGTERM, then SIGKILL to its process group if it does not."""
+    job = store.get_job(job_id)
+    if job.status == "queued" and store.update_job(job.id, ("queued",), status="cancelled",
+                                                    finished_at=store.now(), error="cancelled before it started"):
+        store.append_log(job.id, "cancelled while queued")
+        return store.get_job(job.id)
+    job = store.get_job(job.id)
+    if job.status != "running":
+        raise UserError("job", f"job {job.id} is {job.status}; only queued or running jobs can be cancelled")
+    store.update_job(job.id, ("running",), cancel_requested=True)
+    store.append_log(job.id, "cancel requested: stopping at the next step")
+    grace = CANCEL_GRACE_S if grace_s is None else grace_s
+    if wait:
+        _enforce_cancel(job.id, grace)
+    else:
+        threading.Thread(target=_enforce_cancel, args=(job.id, grace), daemon=True).start()
+    return store.get_job(job.id)
+
+
+def _enforce_cancel(job_id: int, grace: float) -> None:
+    if _wait_finished(job_id, grace):
+        return
+    for sig, wait_s in ((signal.SIGTERM, TERM_GRACE_S), (signal.SIGKILL, 5)):
+        job = store.get_job(job_id)
+        if job.status != "running":
+            return
+        if worker_alive(job.pid, job_id):
+            store.append_log(job_id, f"worker did not stop within {grace:.0f}s; sending {sig.name}")
+            try:
+                os.killpg(job.pid, sig)
+            except ProcessLookupError:
+                pass
+        if _wait_finished(job_id, wait_s):
+            return
+    store.update_job(job_id, ("running",), status="cancelled", finished_at=store.now(), eta_seconds=None,
+                     error=f"cancelled; the worker did not stop within {grace:.0f}s and was killed")
+    kick()
+
+
+def _wait_finished(job_id: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        _reap()
+        job = store.get_job(job_id)
+        if job.status != "running":
+            return True
+        if job.pid and not worker_alive(job.pid, job_id):
+            reconcile()
+            return store.get_job(job_id).status != "running"
+        time.sleep(0.2)
+    return False
+
+
+def last_checkpoint_step(job_id: int) -> int | None:
+    """Step of the newest checkpoint-N folder in the job's checkpoints/ (None when there is none)."""
+    folder = store.job_dir(job_id) / "checkpoints"
+    steps = [int(m.group(1)) for p in folder.glob("checkpoint-*")
+             if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))] if folder.is_dir() else []
+    return max(steps) if steps else None
+
+
+def resume(job_id, start: bool = True) -> Job:
+    """Re-queue an interrupted/cancelled/failed job under the same id; it continues from its
+    last checkpoint, and metric rows past that checkpoint are dropped (they will be redone)."""
+    reconcile()
+    job = store.get_job(job_id)
+    if job.status not in RESUMABLE:
+        raise UserError("job", f"job {job.id} is {job.status}; only {one_of(RESUMABLE)} jobs can resume")
+    step = last_checkpoint_step(job.id) or 0
+    store.delete_metrics_after(job.id, step)
+    if not store.update_job(job.id, RESUMABLE, status="queued", queued_at=store.now(),
+                            queue_seq=store.next_queue_seq(), error=None,
+                            finished_at=None, pid=None, cancel_requested=False, eta_seconds=None, step=step):
+        raise UserError("job", f"job {job.id} changed state meanwhile; look again with `show {job.id}`")
+    store.append_log(job.id, f"resume requested: continuing from step {step}")
+    if start:
+        kick()
+    return store.get_job(job.id)
