@@ -14,6 +14,7 @@ from engine.introspect import resolve
 from engine.memory import CPU_RESERVED_FACTOR, CUDA_CONTEXT, GiB, RESERVED_FACTOR, Recipe, memory_terms
 from engine.params import ParamCount, count
 from engine.timing import TimeEstimate, estimate_time
+from engine.units import human_bytes
 
 
 class MemoryEstimate(BaseModel):
@@ -102,11 +103,11 @@ def _memory(info, plan, pc: ParamCount, gpu: Gpu | None, dtype: str) -> MemoryEs
         notes.append("CPU: fp32 by default, no CUDA context; host RAM is the budget only when budget_gb is given")
     fits = None if budget is None else device <= budget
     if fits is None:
-        verdict = f"needs about {device / GiB:.1f} GiB; no budget given"
+        verdict = f"needs about {human_bytes(device)}; no budget given"
     elif fits:
-        verdict = f"fits: about {device / GiB:.1f} GiB of {budget / GiB:.1f} GiB ({device / budget:.0%})"
+        verdict = f"fits: about {human_bytes(device)} of {human_bytes(budget)} ({device / budget:.0%})"
     else:
-        verdict = f"does not fit: needs about {device / GiB:.1f} GiB, budget {budget / GiB:.1f} GiB"
+        verdict = f"does not fit: needs about {human_bytes(device)}, budget {human_bytes(budget)}"
     return MemoryEstimate(allocated_bytes=allocated, reserved_bytes=reserved, device_bytes=device,
                           budget_bytes=budget, fits=fits, terms=terms, assumptions=notes, verdict=verdict)
 

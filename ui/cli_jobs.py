@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.units import human_bytes
 from engine.plan import TrainingPlan, add_plan_flags, plan_from_args
 
 
@@ -126,7 +127,7 @@ def cmd_show(ns) -> int:
     print(f"  status     {job.status}" + (f" (pid {job.pid}, {job.device or 'starting'})" if job.status == "running" else ""))
     print(f"  progress   {job.progress * 100:.0f}%  step {job.step}/{job.total_steps or '?'}"
           + (f"  eta {_duration(job.eta_seconds)}" if job.eta_seconds else ""))
-    print(f"  memory     estimated {_gb(job.estimated_peak_bytes)}, measured {_gb(job.measured_peak_bytes)}")
+    print(f"  memory     estimated {human_bytes(job.estimated_peak_bytes)}, measured {human_bytes(job.measured_peak_bytes)}")
     if job.base_score is not None or job.adapter_score is not None:
         print(f"  score      base {_pct(job.base_score)} -> adapter {_pct(job.adapter_score)}")
     if job.error:
@@ -206,10 +207,6 @@ def _wait(job_id: int, poll_s: float = 1.0) -> int:
 
 def _pct(v) -> str:
     return "-" if v is None else f"{v:.0f}%"
-
-
-def _gb(v) -> str:
-    return "-" if v is None else f"{v / 1e9:.2f} GB" if v >= 1e8 else f"{v / 1e6:.1f} MB"
 
 
 def _f(v, fmt: str = ".4f") -> str:

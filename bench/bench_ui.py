@@ -1,0 +1,130 @@
+"""UI performance figures (printed, never asserted):
+
+1. server handler time for an estimate update (target < 50 ms), in-process;
+2. process start to listening (target < 10 s);
+3. first page load in a real browser (target < 3 s);
+4. a change in the form to the new estimate drawn in the browser (target < 150 ms).
+
+Run: .venv/bin/python bench/bench_ui.py   (uses a temporary LORAPILOT_HOME and the
+catalog model llama-3.1-8b on an RTX 4090 for the handler, so no weights load; the browser
+part uses a tiny local model from tests/tiny.py, whose tokenizer the data step needs offline).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def ms(values) -> str:
+    values = sorted(values)
+    p90 = values[min(len(values) - 1, int(round(0.9 * (len(values) - 1))))]
+    return f"median {statistics.median(values) * 1000:.1f} ms, p90 {p90 * 1000:.1f} ms (n={len(values)})"
+
+
+def bench_handler(n: int = 40) -> None:
+    from engine.plan import TrainingPlan
+    from ui import review
+
+    plan = TrainingPlan.build(model="llama-3.1-8b", dataset="demo:ticket", gpu="RTX 4090")
+    review.estimate_view(plan)  # warm: the model's meta build is cached per model
+    review.sweep_view(plan)
+    main, sweep, sweep_cached = [], [], []
+    for i in range(n):
+        p = plan.updated(r=4 + i)  # a new rank every time: nothing cached
+        t = time.perf_counter()
+        v = review.estimate_view(p)
+        for key in ("memory", "params"):
+            v[key].to_json()  # what gr.Plot serialises
+        main.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        review.sweep_view(p).to_json()
+        sweep.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        review.sweep_view(p.updated(seq_len=1024)).to_json()
+        sweep_cached.append(time.perf_counter() - t)
+    print(f"estimate update handler (verdict + memory + params + size/time): {ms(main)}  [target < 50 ms]")
+    print(f"  follow-up sweep chart, new plan:  {ms(sweep)}")
+    print(f"  follow-up sweep chart, seq_len moved (cached): {ms(sweep_cached)}")
+
+
+def bench_browser(runs: int = 15) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_browser import launch_browser, plot_title, start_server, stop_server
+
+    from tests.tiny import make_tiny_model
+
+    home = Path(tempfile.mkdtemp(prefix="lp-bench-"))
+    model = make_tiny_model(home / "tiny-model")  # the data check needs a tokenizer that exists offline
+    proc, url, listen_s = start_server(home, model=str(model))
+    print(f"process start to listening: {listen_s:.2f} s  [target < 10 s]")
+    try:
+        with sync_playwright() as p:
+            browser = launch_browser(p)
+            loads = []
+            for _ in range(3):
+                page = browser.new_page(viewport={"width": 1360, "height": 900})
+                t = time.perf_counter()
+                page.goto(url)
+                page.wait_for_selector("#next1", state="visible")
+                loads.append(time.perf_counter() - t)
+                page.close()
+            print(f"first page load (navigation to the wizard visible): first {loads[0]:.2f} s, "
+                  f"then {ms(loads[1:])}  [target < 3 s]")
+
+            page = browser.new_page(viewport={"width": 1360, "height": 900})
+            page.goto(url)
+            page.wait_for_selector("#model-facts .lp-ok", timeout=120_000)
+            page.click("#next1")
+            page.wait_for_selector("#data-summary .lp-tiles", timeout=300_000)
+            page.click("#next2")
+            page.get_by_label("A GPU from the list").check()
+            page.locator("#gpu input").click()
+            page.keyboard.type("RTX 4090")
+            page.keyboard.press("Enter")
+            page.click("#next3")
+            page.wait_for_selector("#reasons .lp-reasons", timeout=120_000)
+            page.wait_for_function("() => document.querySelector('#params-plot .js-plotly-plot')")
+            page.click("#overrides > button, #overrides .label-wrap")
+            box = page.locator("#f-r input")
+            base = int(box.input_value())
+            times, network = [], []
+            sent = {}
+            page.on("request", lambda r: sent.setdefault(r.url, time.perf_counter()) if "/gradio_api/" in r.url else None)
+            page.on("requestfinished", lambda r: network.append(time.perf_counter() - sent.pop(r.url, time.perf_counter()))
+                    if "run/predict" in r.url else None)
+            for i in range(runs):
+                before = plot_title(page, "params-plot")
+                box.fill(str(base + 1 + i))
+                t = time.perf_counter()
+                box.press("Tab")  # commits the number: Gradio sends the input event
+                page.wait_for_function(
+                    """(b) => { const el = document.querySelector('#params-plot .js-plotly-plot');
+                               return el && el.layout && el.layout.title.text !== b; }""", arg=before,
+                    polling="raf")
+                times.append(time.perf_counter() - t)
+            print(f"change in the form → new estimate drawn in the browser: {ms(times)}  [target < 150 ms]")
+            if network:
+                print(f"  of which the HTTP round trip of the estimate request: {ms(network)}")
+            browser.close()
+    finally:
+        stop_server(proc)
+
+
+if __name__ == "__main__":
+    which = sys.argv[1:] or ["handler", "browser"]
+    if "handler" in which:
+        bench_handler()
+    if "browser" in which:
+        bench_browser()
+    print(f"(load average while measuring: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")

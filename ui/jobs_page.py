@@ -1,0 +1,233 @@
+"""The jobs list and the job page, read from the database on every refresh.
+
+Nothing here keeps job state in memory: a timer re-reads the rows (status, metrics,
+log) about every second and skips the redraw when nothing changed, so a page refresh
+or an app restart shows the same job, and a job keeps running with no page open.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+
+from engine.errors import UserError
+from ui import charts, codegen, html
+
+REFRESH_S = 1.0
+_DOWNLOADS = Path(tempfile.gettempdir()) / "lorapilot-downloads"
+
+
+def _when(dt) -> str:
+    return dt.strftime("%Y-%m-%d %H:%M UTC") if dt else "—"
+
+
+def jobs_table() -> str:
+    from jobs import store
+
+    jobs = store.list_jobs()
+    if not jobs:
+        return html.notice("No jobs yet. The wizard's last step launches one.", "info")
+    rows = []
+    for j in jobs:
+        try:
+            plan = store.job_plan(j)
+            model, method = (Path(plan.model).name if Path(plan.model).is_absolute() else plan.model), plan.method
+        except UserError:
+            model, method = "?", "?"
+        eta = charts.human_seconds(j.eta_seconds) if j.status == "running" else "—"
+        link = f'<a href="?job={j.id}" class="lp-joblink">#{j.id} {html.escape(j.name)}</a>'
+        rows.append((link, html.badge(j.status), f"{100 * (j.progress or 0):.0f}%", eta, model, method,
+                     _when(j.created_at)))
+    return html.table(["Job", "Status", "Progress", "ETA", "Base model", "Method", "Created"], rows,
+                      cls="lp-table lp-jobs", raw_cols=[0, 1])
+
+
+def job_choices() -> list[tuple[str, int]]:
+    from jobs import store
+
+    # ids travel as strings: the same type the ?job= URL parameter has
+    return [(f"#{j.id} · {j.name} ({j.status})", str(j.id)) for j in store.list_jobs()]
+
+
+def latest_job_id() -> int | None:
+    from jobs import store
+
+    jobs = store.list_jobs()
+    return str(jobs[0].id) if jobs else None
+
+
+def signature(job_id) -> tuple | None:
+    """What a redraw depends on; equal signatures mean nothing to redraw."""
+    from jobs import store
+
+    if job_id is None:
+        return None
+    try:
+        job = store.get_job(job_id)
+    except UserError:
+        return None
+    log = store.log_path(job.id)
+    return (job.id, job.status, job.step, job.progress, job.eta_seconds, job.adapter_score, job.base_score,
+            job.measured_peak_bytes, job.cancel_requested, len(store.job_metrics(job.id)),
+            log.stat().st_size if log.exists() else 0, tuple((j.id, j.status, round(j.progress or 0, 2))
+                                                             for j in store.list_jobs()))
+
+
+def _header(job, metrics) -> str:
+    tps = next((m.tokens_per_second for m in reversed(metrics) if m.tokens_per_second), None)
+    step = f"{job.step} / {job.total_steps}" if job.total_steps else str(job.step)
+    tiles = {"step": step,
+             "ETA": charts.human_seconds(job.eta_seconds) if job.status == "running" else "—",
+             "tokens / s": f"{tps:,.0f}" if tps else "—",
+             "peak memory: estimated": charts.human_bytes(job.estimated_peak_bytes),
+             "peak memory: measured": charts.human_bytes(job.measured_peak_bytes),
+             "device": job.device or "—"}
+    if job.base_score is not None or job.adapter_score is not None:
+        fmt = lambda s: "—" if s is None else f"{s:.0f}%"  # noqa: E731
+        tiles["demo score: before → after"] = f"{fmt(job.base_score)} → {fmt(job.adapter_score)}"
+    title = (f'<div class="lp-jobhead"><span class="lp-jobtitle">Job #{job.id} · {html.escape(job.name)}</span>'
+             f'{html.badge(job.status)}</div>')
+    return title + html.progress_bar(job.progress) + html.stat_tiles(tiles)
+
+
+def _failure(job) -> str:
+    if job.status == "failed":
+        return html.notice(job.error or "The job failed; the log below has the details.", "error", "Why it failed:")
+    if job.status == "interrupted":
+        return html.notice(job.error or "The job stopped unexpectedly.", "warn", "Interrupted:")
+    if job.status == "cancelled":
+        return html.notice((job.error or "Cancelled.") + " Resume continues from the last checkpoint.", "info")
+    if job.status == "queued":
+        return html.notice("Waiting for a free slot; it starts when the job before it finishes.", "info")
+    if job.cancel_requested and job.status == "running":
+        return html.notice("Stopping at the next step…", "info")
+    return ""
+
+
+def download_path(job_id) -> str | None:
+    """A copy of the job's export zip under a temp folder Gradio may serve, or None."""
+    from jobs.export import export_zip
+
+    try:
+        src = export_zip(job_id)
+    except UserError:
+        return None
+    dest = _DOWNLOADS / str(int(job_id)) / f"lorapilot-job{int(job_id)}-adapter.zip"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dest)
+    return str(dest)
+
+
+def job_view(job_id) -> dict:
+    """Everything the job page shows, as values. Keys match the page's outputs."""
+    from jobs import store
+
+    empty = {"header": html.notice("Pick a job, or launch one from the wizard.", "info"), "failure": "",
+             "loss": charts.empty("Loss", "No job selected", 360), "log": "", "download": None,
+             "yaml": "", "cli": "", "python": "", "running": False, "status": None}
+    if job_id in (None, ""):
+        return empty
+    try:
+        job = store.get_job(job_id)
+        plan = store.job_plan(job)
+    except UserError as exc:
+        return {**empty, "header": html.error_notice(exc)}
+    metrics = store.job_metrics(job.id)
+    rows = [{"step": m.step, "loss": m.loss, "eval_loss": m.eval_loss, "learning_rate": m.learning_rate}
+            for m in metrics]
+    return {
+        "header": _header(job, metrics) + _failure(job), "failure": _failure(job),
+        "loss": charts.loss_chart(rows, job.total_steps),
+        "log": store.log_tail(job.id, 50) or "(no log yet)",
+        "download": download_path(job.id) if job.status == "succeeded" else None,
+        "yaml": codegen.plan_yaml(plan), "cli": codegen.cli_command(plan), "python": codegen.python_snippet(plan),
+        "running": job.status in ("queued", "running"), "status": job.status,
+    }
+
+
+def cancel(job_id) -> tuple[bool, str]:
+    """(ok, message) — shown as a toast; the page itself redraws from the row."""
+    from jobs.dispatcher import cancel as do_cancel
+
+    try:
+        job = do_cancel(job_id, wait=False)
+    except Exception as exc:
+        return False, _plain(exc)
+    return True, f"Job {job.id}: cancel requested; it stops at the next step and keeps its checkpoint."
+
+
+def resume(job_id) -> tuple[bool, str]:
+    from jobs.dispatcher import resume as do_resume
+
+    try:
+        job = do_resume(job_id)
+    except Exception as exc:
+        return False, _plain(exc)
+    return True, f"Job {job.id} resumes from step {job.step}."
+
+
+def _plain(exc: Exception) -> str:
+    return exc.message if isinstance(exc, UserError) else f"Something went wrong ({type(exc).__name__})."
+
+
+def _toast(result: tuple[bool, str]) -> None:
+    ok, message = result
+    (gr.Info if ok else gr.Warning)(message)
+
+
+def build() -> SimpleNamespace:
+    ui = SimpleNamespace()
+    with gr.Column(elem_classes="lp-panel"):
+        gr.Markdown("### All jobs")
+        ui.table = gr.HTML(elem_id="jobs-table")
+    with gr.Column(elem_classes="lp-panel", elem_id="job-page"):
+        ui.select = gr.Dropdown([], value=None, label="Job", elem_id="job-select")
+        ui.header = gr.HTML(elem_id="job-header")
+        with gr.Row(elem_classes="lp-actions"):
+            ui.cancel = gr.Button("Cancel", variant="stop", size="md", min_width=120, elem_id="cancel")
+            ui.resume = gr.Button("Resume", size="md", min_width=120, elem_id="resume")
+            ui.download = gr.DownloadButton("Download zip", variant="primary", size="md", visible=False,
+                                            min_width=160, elem_id="download")
+        ui.loss = gr.Plot(charts.empty("Loss", "No job selected", 360), show_label=False, elem_id="loss-plot")
+        with gr.Accordion("Log (last 50 lines)", open=False):
+            ui.log = gr.Code(language=None, lines=12, max_lines=20, show_label=False, elem_id="job-log")
+        with gr.Accordion("Export as code", open=False, elem_id="export-code"):
+            with gr.Tabs():
+                with gr.Tab("Plan YAML"):
+                    ui.yaml = gr.Code(language="yaml", show_label=False, elem_id="code-yaml")
+                with gr.Tab("Command line"):
+                    ui.cli = gr.Code(language="shell", lines=6, show_label=False, elem_id="code-cli")
+                with gr.Tab("Python (transformers + PEFT + TRL)"):
+                    ui.python = gr.Code(language="python", show_label=False, elem_id="code-python")
+    ui.sig = gr.State(None)
+    ui.timer = gr.Timer(REFRESH_S)
+    ui.outputs = [ui.table, ui.select, ui.header, ui.loss, ui.log, ui.download, ui.cancel, ui.resume,
+                  ui.yaml, ui.cli, ui.python, ui.sig]
+    _wire(ui)
+    return ui
+
+
+def render(job_id, sig=None, force=True) -> list:
+    """The page's outputs for one job (gr.skip() everywhere when nothing changed)."""
+    new_sig = signature(job_id)
+    if not force and new_sig == sig:
+        return [gr.skip()] * 12
+    v = job_view(job_id)
+    download = gr.DownloadButton(value=v["download"], visible=bool(v["download"]))
+    status = v["status"]
+    return [jobs_table(), gr.Dropdown(choices=job_choices(), value=None if job_id is None else str(job_id)),
+            v["header"], v["loss"], v["log"], download, gr.Button(visible=status in ("queued", "running")),
+            gr.Button(visible=status in ("failed", "cancelled", "interrupted")), v["yaml"], v["cli"], v["python"],
+            new_sig]
+
+
+def _wire(ui: SimpleNamespace) -> None:
+    ui.timer.tick(lambda j, s: render(j, s, force=False), [ui.select, ui.sig], ui.outputs, show_progress="hidden")
+    ui.select.input(lambda j: render(j), ui.select, ui.outputs, show_progress="hidden").then(
+        None, ui.select, None, js="(j) => { if (j) history.replaceState(null, '', '?job=' + j); }")
+    ui.cancel.click(lambda j: _toast(cancel(j)), ui.select, None).then(lambda j: render(j), ui.select, ui.outputs)
+    ui.resume.click(lambda j: _toast(resume(j)), ui.select, None).then(lambda j: render(j), ui.select, ui.outputs)

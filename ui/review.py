@@ -1,0 +1,269 @@
+"""The review step's logic: plan fields → form controls, recommendation, live estimate.
+
+Controls are generated from `TrainingPlan`'s fields (type → widget, description →
+help text), so the form cannot drift from the plan. The handlers here are plain
+functions of values, called by the Gradio wiring in ui/wizard.py and by the tests.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+import typing
+from typing import Any
+
+from engine.errors import UserError
+from engine.plan import TARGET_PRESETS, TrainingPlan
+from ui import charts, html
+
+# The recommended settings, shown with their reasons, in this order.
+MAIN_FIELDS = ["method", "r", "alpha", "dropout", "targets", "batch_size", "grad_accum", "seq_len",
+               "grad_ckpt", "learning_rate", "epochs"]
+# Everything else a user may override, in the Advanced panel.
+ADVANCED_FIELDS = ["max_steps", "optimizer", "dtype", "lr_scheduler", "warmup_ratio", "eval_split", "bias",
+                   "use_dora", "use_rslora", "attention", "seed", "logging_steps", "save_steps"]
+FORM_FIELDS = MAIN_FIELDS + ADVANCED_FIELDS
+# Fields the earlier steps fill (model, data, hardware) and the launch step names.
+CONTEXT_FIELDS = ["model", "difficulty", "dataset", "dataset_rows", "gpu", "budget_gb", "name"]
+SWEEP_SEQ = [128, 256, 512, 1024, 2048, 4096, 8192]
+LABELS = {"r": "Rank (r)", "alpha": "Alpha", "grad_ckpt": "Gradient checkpointing", "lr_scheduler": "LR schedule",
+          "grad_accum": "Gradient accumulation", "seq_len": "Sequence length", "use_dora": "DoRA",
+          "use_rslora": "rsLoRA", "eval_split": "Eval share", "max_steps": "Max steps", "dtype": "Precision"}
+
+
+def label(field: str) -> str:
+    return LABELS.get(field, field.replace("_", " ").capitalize())
+
+
+def field_kind(field: str) -> tuple[str, tuple]:
+    """('choice', options) | ('bool', ()) | ('int', ()) | ('float', ()) | ('text', ())."""
+    ann = TrainingPlan.model_fields[field].annotation
+    args = [a for a in typing.get_args(ann) if a is not type(None)] if isinstance(ann, types.UnionType) or \
+        typing.get_origin(ann) is typing.Union else [ann]
+    base = args[0] if args else ann
+    if typing.get_origin(base) is typing.Literal:
+        return "choice", typing.get_args(base)
+    if base is bool:
+        return "bool", ()
+    if base is int:
+        return "int", ()
+    if base is float:
+        return "float", ()
+    return "text", ()
+
+
+def make_control(field: str, value: Any = None):
+    """The Gradio control for one plan field; label and help come from the plan."""
+    import gradio as gr
+
+    kind, options = field_kind(field)
+    common = {"label": label(field), "info": TrainingPlan.help(field), "elem_id": f"f-{field}"}
+    default = TrainingPlan.model_fields[field].default if value is None else value
+    if field == "targets":
+        return gr.Dropdown(choices=list(TARGET_PRESETS) + ["q_proj,v_proj", "q_proj,k_proj,v_proj,o_proj"],
+                           value=default, allow_custom_value=True, **common)
+    if kind == "choice":
+        return gr.Dropdown(choices=list(options), value=default, **common)
+    if kind == "bool":
+        return gr.Checkbox(value=bool(default), **common)
+    if kind == "int":
+        return gr.Number(value=default, precision=0, minimum=0 if field == "seed" else 1, **common)
+    if kind == "float":
+        return gr.Number(value=default, step=_step(field), minimum=0, **common)
+    return gr.Textbox(value=default, **common)
+
+
+def _step(field: str) -> float:
+    return {"learning_rate": 1e-5, "dropout": 0.01, "warmup_ratio": 0.01, "eval_split": 0.05, "epochs": 0.5,
+            "alpha": 1}.get(field, 0.1)
+
+
+def plan_from_values(context: dict, values: list) -> TrainingPlan:
+    """A plan from the earlier steps' context and the form's values (in FORM_FIELDS order)."""
+    data = {k: v for k, v in context.items() if k in TrainingPlan.model_fields}
+    for field, value in zip(FORM_FIELDS, values):
+        kind, _ = field_kind(field)
+        if value in ("", None):
+            data[field] = None if field in ("max_steps",) else data.get(field)
+            continue
+        if kind == "int":
+            if float(value) != int(float(value)):
+                raise UserError(field, f"got {value}; expected a whole number")
+            value = int(float(value))
+        elif kind == "float":
+            value = float(value)
+        data[field] = value
+    return TrainingPlan.build(**{k: v for k, v in data.items() if v is not None})
+
+
+def values_of(plan: TrainingPlan) -> list:
+    return [getattr(plan, f) for f in FORM_FIELDS]
+
+
+def recommend_for(context: dict):
+    """(Recommendation, plan) for the earlier steps' answers; raises UserError."""
+    from engine.recommend import recommend
+
+    answers = {k: v for k, v in context.items() if k in TrainingPlan.model_fields and v is not None}
+    base = TrainingPlan.build(**answers)
+    if (base.dataset or "").startswith("demo:"):
+        # A demo skill comes with a run length and sequence length measured to learn visibly on a CPU.
+        from engine.demo import default_plan
+
+        base = default_plan(base.dataset.split(":", 1)[1]).updated(**answers)
+    rec = recommend(model=base.model, difficulty=base.difficulty or "balanced", gpu=base.gpu,
+                    budget_gb=base.budget_gb, dataset_rows=context.get("dataset_rows"), base=base)
+    if (base.dataset or "").startswith("demo:") and base.gpu == "cpu":
+        rec = _demo_recipe(rec, base.dataset.split(":", 1)[1])
+    return rec, rec.plan
+
+
+DEMO_FIELDS = ("r", "alpha", "dropout", "batch_size", "grad_accum", "learning_rate", "seq_len")
+
+
+def _demo_recipe(rec, skill: str):
+    """On a CPU, a demo skill keeps the recipe measured to learn it within minutes (engine/demo.py).
+
+    The general rules aim at real datasets and patient GPUs; a newcomer's first click-through
+    must show a loss that falls before they lose interest, so these fields say so openly.
+    """
+    from engine.demo import default_plan
+    from engine.recommend import Reason
+
+    demo = default_plan(skill)
+    changes = {f: getattr(demo, f) for f in DEMO_FIELDS if getattr(demo, f) != getattr(rec.plan, f)}
+    if not changes:
+        return rec
+    reasons = dict(rec.reasons)
+    for f in changes:
+        reasons[f] = Reason(rule="demo", text=f"The demo recipe, measured to learn this skill in "
+                            f"{demo.max_steps} steps on a CPU.")
+    return rec.model_copy(update={"plan": rec.plan.updated(**changes), "reasons": reasons})
+
+
+def reasons_html(rec) -> str:
+    """Each recommended setting with its value, its reason and the rule it came from."""
+    rows = []
+    for field in MAIN_FIELDS:
+        if field == "epochs" and rec.plan.max_steps:  # a step limit overrides epochs: show what runs
+            reason = rec.reasons.get("max_steps")
+            rows.append((label("max_steps"), str(rec.plan.max_steps),
+                         reason.text if reason else f"Stops after {rec.plan.max_steps} updates "
+                         "(kept from the plan; it overrides epochs).",
+                         f'<span class="lp-rule">{reason.rule if reason else "demo"}</span>'))
+            continue
+        reason = rec.reasons.get(field)
+        value = getattr(rec.plan, field)
+        rule = f'<span class="lp-rule">{reason.rule}</span>' if reason else ""
+        rows.append((label(field), _show(value), reason.text if reason else "default", rule))
+    out = html.table(["Setting", "Value", "Why", "Rule"], rows, cls="lp-table lp-reasons", raw_cols=[3])
+    if getattr(rec, "adjustments", None):
+        out += html.notice(" → ".join(rec.adjustments), "info", title="Adjusted to fit:")
+    if getattr(rec, "advice", None):
+        out += html.notice(rec.advice, "warn", title="Nothing fits:")
+    return out
+
+
+def _show(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def sweep_view(plan: TrainingPlan):
+    """Memory against sequence length for full / LoRA / QLoRA, with this plan marked."""
+    budget = None
+    if plan.gpu or plan.budget_gb:
+        from engine.estimate import memory_for
+
+        budget = memory_for(plan).budget_bytes
+    return charts.memory_sweep(_sweep(plan.model_dump_json(exclude={"seq_len", "name", "method", "use_dora",
+                                                                     "use_rslora"})),
+                               budget, plan.seq_len)
+
+
+@functools.lru_cache(maxsize=64)
+def _sweep(plan_json: str) -> dict[str, list[tuple[int, float]]]:
+    """Cached on everything but the swept knobs: moving seq_len or the method costs nothing."""
+    from engine.estimate import memory_for
+
+    plan = TrainingPlan.model_validate_json(plan_json)
+    series = {}
+    for method in ("full", "lora", "qlora"):
+        variant = plan.updated(method=method)
+        series[method] = [(s, memory_for(variant.updated(seq_len=s)).device_bytes) for s in SWEEP_SEQ]
+    return series
+
+
+# Changes tried, in order, to find the one knob that makes a misfit fit.
+_FIXES = [
+    ("turn on gradient checkpointing", lambda p: {"grad_ckpt": True} if not p.grad_ckpt else None),
+    ("halve the batch (keep the effective batch with accumulation)",
+     lambda p: {"batch_size": p.batch_size // 2, "grad_accum": p.grad_accum * 2} if p.batch_size > 1 else None),
+    ("switch to QLoRA", lambda p: {"method": "qlora", "use_dora": False} if p.method != "qlora" else None),
+    ("use a paged 8-bit optimizer", lambda p: {"optimizer": "paged_adamw_8bit"} if p.optimizer == "adamw_torch" else None),
+    ("halve the sequence length", lambda p: {"seq_len": p.seq_len // 2} if p.seq_len > 128 else None),
+]
+
+
+def fixing_knob(plan: TrainingPlan) -> str | None:
+    """The first single change that makes the plan fit, else the shortest chain of them, as a sentence."""
+    from engine.estimate import memory_for
+
+    def fits(p):
+        try:
+            mem = memory_for(p)
+        except UserError:
+            return None
+        return mem if mem.fits else None
+
+    for text, change in _FIXES:  # one knob
+        delta = change(plan)
+        if delta is not None and (mem := fits(plan.updated(**delta))):
+            return f"To fit: {text} → {charts.human_bytes(mem.device_bytes)} of {charts.human_bytes(mem.budget_bytes)}."
+    steps, current = [], plan
+    for text, change in _FIXES:  # knobs in turn, keeping each
+        for _ in range(4):  # halving steps may repeat
+            delta = change(current)
+            if delta is None:
+                break
+            current = current.updated(**delta)
+            if text not in steps:
+                steps.append(text)
+            if mem := fits(current):
+                return (f"To fit: {'; '.join(steps)} → {charts.human_bytes(mem.device_bytes)} of "
+                        f"{charts.human_bytes(mem.budget_bytes)}.")
+            if not text.startswith("halve"):
+                break
+    return None
+
+
+def estimate_view(plan: TrainingPlan) -> dict:
+    """Figures and the verdict for one plan: what the review step shows on every change."""
+    from engine.estimate import estimate
+
+    est = estimate(plan)
+    mem = est.memory
+    verdict_kind = "info" if mem.fits is None else "ok" if mem.fits else "error"
+    verdict = html.notice(mem.verdict, verdict_kind)
+    if mem.fits is False:
+        knob = fixing_knob(plan)
+        verdict += html.notice(knob or "Even QLoRA with checkpointing, batch 1 and short sequences does not fit: pick a GPU with more memory or a smaller model.", "warn")
+    t = est.time
+    # Three numbers read better as tiles than as a chart, and cost the browser no Plotly redraw.
+    summary = html.stat_tiles({
+        "adapter file": charts.human_bytes(est.adapter_bytes) if plan.method != "full" else "full model",
+        "tokens to train": charts.human_count(t.total_tokens) if t else "—",
+        "estimated time" + (f" on {t.device}" if t and t.device else ""): charts.human_seconds(t.seconds) if t else "—",
+        "trainable": f"{charts.human_count(est.trainable_params)} ({est.trainable_percent:.2f}%)",
+    })
+    return {
+        "estimate": est,
+        "memory": charts.memory_breakdown(mem.terms, mem.budget_bytes, mem.fits, mem.reserved_bytes,
+                                          mem.device_bytes),
+        "params": charts.params_by_module(est.by_module_type, est.total_params),
+        "summary": summary,
+        "verdict": verdict,
+    }

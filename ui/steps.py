@@ -1,0 +1,232 @@
+"""Handlers of the wizard's first three steps and of launch: plain functions of values.
+
+Each returns what the page shows (HTML, figures, values); a `UserError` becomes a
+styled notice, never a traceback. ui/wizard.py wires them to controls; tests call
+them directly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+from engine import paths
+from engine.errors import UserError
+from ui import charts, html
+
+UPLOAD_TYPES = [".jsonl", ".json", ".csv", ".parquet", ".txt"]
+
+DIFFICULTIES = [
+    ("Simple: change the style or format (answer in JSON, write in our brand voice)", "simple"),
+    ("Balanced: most tasks (follow our instructions, answer support questions)", "balanced"),
+    ("Hard: reasoning or a new domain (legal analysis, step-by-step maths)", "hard"),
+    ("Very hard: something new (a language the model barely knows)", "very_hard"),
+]
+HARDWARE = [("A GPU from the list", "gpu"), ("I know my GPU's memory", "vram"), ("No GPU: train on this CPU", "cpu")]
+
+
+def max_upload_mb() -> int:
+    return int(os.environ.get("LORAPILOT_MAX_UPLOAD_MB") or 200)
+
+
+def default_model() -> str:
+    """The model the wizard starts with; LORAPILOT_DEFAULT_MODEL lets tests and demos pick another."""
+    return os.environ.get("LORAPILOT_DEFAULT_MODEL", "").strip() or "default"
+
+
+# --- step 1: base model ----------------------------------------------------------------
+
+def catalog_choices() -> list[tuple[str, str]]:
+    from engine.catalog import list_models
+
+    return [(f"{m.name} ({m.params_b:g}B)", m.key) for m in list_models()]
+
+
+def catalog_cards() -> str:
+    from engine.catalog import list_models
+
+    try:
+        return html.model_cards(list_models())
+    except Exception as exc:  # a broken catalog must not take the page down
+        return html.error_notice(exc)
+
+
+def model_facts(spec: str) -> tuple[str, bool]:
+    """(HTML of the architecture facts or the error, ok)."""
+    spec = (spec or "").strip()
+    if not spec:
+        return html.notice("Type a catalog name, a hub id, a local folder or a .gguf file.", "warn"), False
+    try:
+        from engine.introspect import resolve
+
+        info = resolve(spec)
+    except Exception as exc:
+        return html.error_notice(exc), False
+    heads = f"{info.heads} query / {info.kv_heads} key-value" if info.kv_heads != info.heads else str(info.heads)
+    rows = [
+        ("Source", {"default": "embedded default (SmolLM2-135M-Instruct)", "catalog": "catalog (offline config)",
+                    "hub": "Hugging Face hub", "local": "local folder", "gguf": "GGUF file"}.get(info.source, info.source)),
+        ("Architecture", info.architecture),
+        ("Parameters", f"{charts.human_count(info.total_params)} ({info.total_params:,})"),
+        ("Layers × hidden", f"{info.layers} × {info.hidden}"),
+        ("Attention heads", heads),
+        ("MLP width", info.intermediate),
+        ("Vocabulary", f"{info.vocab:,}" + (" (tied embeddings)" if info.tied_embeddings else "")),
+        ("Context", f"{info.max_position:,} tokens" if info.max_position else "unknown"),
+        ("Adapter targets", ", ".join(info.target_names)),
+    ]
+    return html.notice(f"Found {spec}.", "ok") + html.facts_table(rows), True
+
+
+# --- step 2: task and data -------------------------------------------------------------
+
+def skill_choices() -> list[tuple[str, str]]:
+    try:
+        from engine.demo import SKILLS
+    except ImportError:
+        return []
+    return [(s.title, name) for name, s in SKILLS.items()]
+
+
+def skill_description(name: str | None) -> str:
+    try:
+        from engine.demo import SKILLS
+
+        skill = SKILLS[name]
+    except (ImportError, KeyError):
+        return ""
+    return f'<div class="lp-hint">{html.escape(skill.description)}</div>'
+
+
+def safe_upload(path: str | None) -> str:
+    """Copy an upload into $LORAPILOT_HOME/uploads under a sanitised, unique name."""
+    if not path:
+        raise UserError("dataset", "no file was uploaded; choose a JSONL, JSON, CSV, Parquet or TXT file")
+    src = Path(path)
+    size_mb, limit = src.stat().st_size / 1024**2, max_upload_mb()
+    if size_mb > limit:
+        raise UserError("dataset", f"{src.name} is {size_mb:.0f} MB; the limit is {limit} MB "
+                        "(set LORAPILOT_MAX_UPLOAD_MB to raise it)")
+    suffix = src.suffix.lower()
+    if suffix not in UPLOAD_TYPES:
+        raise UserError("dataset", f"{src.name}: '{suffix or 'no extension'}' files are not accepted; "
+                        "use .jsonl, .json, .csv, .parquet or .txt")
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", src.stem).strip("._")[:60] or "data"
+    dest = paths.subdir("uploads") / f"{uuid.uuid4().hex[:8]}-{stem}{suffix}"
+    shutil.copyfile(src, dest)
+    return str(dest)
+
+
+def data_source(kind: str, skill: str | None, upload: str | None) -> str:
+    if kind == "demo":
+        if not skill:
+            raise UserError("dataset", "pick a demo skill, or choose 'My own file'")
+        return f"demo:{skill}"
+    return safe_upload(upload)
+
+
+def check_data_view(kind: str, skill: str | None, upload: str | None, model: str, seq_len: int = 512) -> dict:
+    """The data check as the page shows it. Keys: dataset, rows, ok, summary, histogram, examples."""
+    out = {"dataset": None, "rows": None, "ok": False, "examples": "",
+           "histogram": charts.empty("Token lengths", "Check the data to see token lengths", 280)}
+    source = None
+    try:
+        source = data_source(kind, skill, upload)
+        from engine.data import check_data
+
+        report = check_data(source, model=(model or "default").strip(), seq_len=int(seq_len or 512))
+    except Exception as exc:
+        if isinstance(exc, UserError) and source and upload:  # name the user's file, not our stored copy
+            exc = UserError(exc.field, exc.message.replace(Path(source).name, Path(upload).name))
+        out["summary"] = html.error_notice(exc)
+        return out
+    out.update(dataset=source, rows=report.rows, ok=bool(report.ok))
+    out["summary"] = data_summary(report, Path(upload).name if upload and kind != "demo" else None)
+    hist = report.histogram or {}
+    out["histogram"] = charts.token_histogram(_get(hist, "edges", []), _get(hist, "counts", []),
+                                              int(seq_len or 512), report.truncated_share)
+    out["examples"] = "".join(f'<pre class="lp-example">{html.escape(e)}</pre>' for e in report.examples[:3])
+    return out
+
+
+def _get(obj, key, default=None):
+    return obj.get(key, default) if isinstance(obj, dict) else getattr(obj, key, default)
+
+
+def data_summary(report, shown_name: str | None = None) -> str:
+    name = shown_name or (Path(report.source).name if not str(report.source).startswith("demo:") else report.source)
+    facts = html.stat_tiles({"format": str(report.format), "rows": f"{report.rows:,}",
+                             "empty": str(report.empty_rows), "duplicates": str(report.duplicate_rows),
+                             "cut at seq_len": f"{100 * (report.truncated_share or 0):.1f}%"})
+    parts = []
+    if report.problems:
+        first = report.problems[0]
+        parts.append(html.notice(f"{len(report.problems)} problem(s) in {name}. First: row {first.row}, "
+                                 f"{first.field}: {first.message}", "error", title="Data problems:"))
+        rows = [(p.row, p.field, p.message) for p in report.problems[:50]]
+        parts.append(html.table(["Row", "Field", "Problem"], rows, cls="lp-table lp-problems"))
+    else:
+        parts.append(html.notice(f"{name}: {report.rows:,} rows in {report.format} format, no problems found.", "ok"))
+    eos = report.eos_ok
+    eos_ok, eos_msg = (eos.get("ok"), eos.get("message")) if isinstance(eos, dict) else (eos, getattr(report, "eos_message", ""))
+    if eos_ok is False and eos_msg:
+        parts.append(html.notice(eos_msg, "warn", title="End of answer:"))
+    return "".join(parts) + facts
+
+
+# --- step 3: hardware ------------------------------------------------------------------
+
+def gpu_choices() -> list[tuple[str, str]]:
+    from engine.catalog import list_gpus
+
+    return [(f"{g.name} ({g.memory_gb:g} GiB)", g.name) for g in list_gpus() if g.memory_gb]
+
+
+def detect_hardware() -> tuple[str, str | None, float | None]:
+    """('gpu', name, None) when nvidia-smi names a catalog GPU, ('vram', None, GB), or ('cpu', ...).
+
+    Uses nvidia-smi rather than torch so the page loads without importing torch.
+    """
+    if not shutil.which("nvidia-smi"):
+        return "cpu", None, None
+    try:
+        line = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+                              capture_output=True, text=True, timeout=5).stdout.splitlines()[0]
+        name, mem = [s.strip() for s in line.split(",")[:2]]
+    except Exception:
+        return "cpu", None, None
+    from engine.catalog import find_gpu
+
+    try:
+        return "gpu", find_gpu(name.replace("NVIDIA", "")).name, None
+    except UserError:
+        return "vram", None, round(float(mem) / 1024, 1)
+
+
+def hardware_context(kind: str, gpu: str | None, budget_gb: float | None) -> dict:
+    if kind == "cpu":
+        return {"gpu": "cpu", "budget_gb": None}
+    if kind == "gpu":
+        if not gpu:
+            raise UserError("gpu", "pick a GPU from the list, or give its memory in GB")
+        return {"gpu": gpu, "budget_gb": None}
+    if not budget_gb or float(budget_gb) <= 0:
+        raise UserError("budget_gb", "give the GPU's memory in GB (e.g. 24)")
+    return {"gpu": None, "budget_gb": float(budget_gb)}
+
+
+# --- step 5: launch --------------------------------------------------------------------
+
+def launch(plan) -> tuple[int | None, str]:
+    """Submit the plan; (job id, notice). The job row is the truth from here on."""
+    try:
+        from jobs.dispatcher import submit
+
+        job = submit(plan)
+    except Exception as exc:
+        return None, html.error_notice(exc)
+    return job.id, html.notice(f"Job {job.id} queued: {job.name}.", "ok")

@@ -1,0 +1,253 @@
+"""The wizard: five steps from a base model to a launched job.
+
+Layout and event wiring only; the logic lives in ui/steps.py (model, data, hardware,
+launch) and ui/review.py (recommendation and live estimate). The wizard keeps its
+answers in its controls; once launched, the job lives in the database.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import gradio as gr
+
+from engine.errors import UserError
+from engine.plan import TrainingPlan
+from ui import charts, html, review, steps
+
+STEP_IDS = ["s1", "s2", "s3", "s4", "s5"]
+
+
+def context_from(model, difficulty, dataset, rows, hw_kind, gpu, budget, name) -> dict:
+    """The earlier steps' answers as plan fields; raises UserError naming the missing one."""
+    if not dataset:
+        raise UserError("dataset", "check the data in step 2 first (pick a demo skill or upload a file)")
+    ctx = {"model": (model or "default").strip(), "difficulty": difficulty or "balanced", "dataset": dataset,
+           "dataset_rows": int(rows) if rows else None, "name": (name or "").strip() or None}
+    ctx.update(steps.hardware_context(hw_kind, gpu, budget))
+    return ctx
+
+
+def _controls(form: dict, fields: list[str], per_row: int = 2) -> None:
+    """Plan-field controls, two to a row so labels and help texts stay readable."""
+    for i in range(0, len(fields), per_row):
+        with gr.Row(equal_height=False):
+            for f in fields[i:i + per_row]:
+                form[f] = review.make_control(f)
+
+
+def build() -> SimpleNamespace:
+    """Render the wizard inside the current Blocks context and wire its events."""
+    hw_kind, hw_gpu, hw_budget = steps.detect_hardware()
+    skills = steps.skill_choices()
+    first_skill = skills[0][1] if skills else None
+    ui = SimpleNamespace()
+
+    with gr.Tabs(selected="s1", elem_id="wizard-steps") as ui.steps:
+        # 1 ------------------------------------------------------------------------------
+        with gr.Tab("1 · Base model", id="s1"):
+            gr.Markdown("### Which model do you start from?\nThe embedded default is small enough to train on a "
+                        "CPU. Pick a catalog model to see what a larger run costs, or type your own.")
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=3):
+                    gr.HTML(steps.catalog_cards(), elem_classes="lp-cards-wrap")
+                with gr.Column(scale=2, elem_classes="lp-panel"):
+                    ui.catalog = gr.Dropdown(steps.catalog_choices(), value=None, label="From the catalog",
+                                             info="Fills the field below.")
+                    ui.model = gr.Textbox(steps.default_model(), label="Base model", elem_id="model-box",
+                                          info=TrainingPlan.help("model"))
+                    ui.check_model = gr.Button("Check model", size="md")
+                    ui.facts = gr.HTML(elem_id="model-facts")
+            ui.next1 = gr.Button("Next: task and data →", variant="primary", elem_classes="lp-next", elem_id="next1")
+
+        # 2 ------------------------------------------------------------------------------
+        with gr.Tab("2 · Task and data", id="s2"):
+            gr.Markdown("### What should the model learn?")
+            ui.difficulty = gr.Radio(steps.DIFFICULTIES, value="simple" if first_skill else "balanced",
+                                     label="How hard is the task?", info=TrainingPlan.help("difficulty"),
+                                     elem_id="difficulty")
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=2, elem_classes="lp-panel"):
+                    ui.source = gr.Radio([("A demo skill", "demo"), ("My own file", "upload")],
+                                         value="demo" if first_skill else "upload", label="Training data",
+                                         info=TrainingPlan.help("dataset"), elem_id="data-source")
+                    ui.skill = gr.Dropdown(skills, value=first_skill, label="Demo skill", elem_id="skill",
+                                           visible=bool(first_skill))
+                    ui.skill_info = gr.HTML(steps.skill_description(first_skill))
+                    ui.upload = gr.File(label="Upload a file (.jsonl, .json, .csv, .parquet, .txt)",
+                                        file_types=steps.UPLOAD_TYPES, elem_id="upload", visible=not first_skill)
+                    ui.check_data = gr.Button("Check data", size="md", elem_id="check-data")
+                with gr.Column(scale=3):
+                    ui.data_summary = gr.HTML(elem_id="data-summary")
+                    ui.histogram = gr.Plot(charts.empty("Token lengths", "Check the data to see token lengths", 280),
+                                           show_label=False, elem_id="token-hist")
+            with gr.Accordion("Formatted examples (with the chat template applied)", open=False):
+                ui.examples = gr.HTML(elem_id="examples")
+            ui.dataset = gr.State(None)
+            ui.rows = gr.State(None)
+            ui.next2 = gr.Button("Next: hardware →", variant="primary", elem_classes="lp-next", elem_id="next2")
+
+        # 3 ------------------------------------------------------------------------------
+        with gr.Tab("3 · Hardware", id="s3"):
+            gr.Markdown("### Where will it train?")
+            with gr.Column(elem_classes="lp-panel lp-narrow"):
+                ui.hw_kind = gr.Radio(steps.HARDWARE, value=hw_kind, label="Hardware", elem_id="hw-kind")
+                ui.gpu = gr.Dropdown(steps.gpu_choices(), value=hw_gpu, label="GPU", info=TrainingPlan.help("gpu"),
+                                     visible=hw_kind == "gpu", elem_id="gpu")
+                ui.budget = gr.Number(hw_budget, label="GPU memory (GB)", info=TrainingPlan.help("budget_gb"),
+                                      visible=hw_kind == "vram", minimum=0, elem_id="budget")
+                gr.HTML('<div class="lp-hint">The estimate in the next step checks the plan against this memory '
+                        'before anything runs.</div>')
+            ui.next3 = gr.Button("Next: review →", variant="primary", elem_classes="lp-next", elem_id="next3")
+
+        # 4 ------------------------------------------------------------------------------
+        with gr.Tab("4 · Review", id="s4") as ui.tab4:
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=5, elem_classes="lp-panel"):
+                    gr.Markdown("### Recommended settings")
+                    ui.reasons = gr.HTML(elem_id="reasons")
+                    ui.form = {}
+                    with gr.Accordion("Change a setting", open=False, elem_id="overrides"):
+                        _controls(ui.form, review.MAIN_FIELDS)
+                    with gr.Accordion("Advanced", open=False, elem_id="advanced"):
+                        _controls(ui.form, review.ADVANCED_FIELDS)
+                with gr.Column(scale=6):
+                    ui.verdict = gr.HTML(elem_id="verdict")
+                    ui.mem_plot = gr.Plot(show_label=False, elem_id="mem-plot")
+                    ui.summary_plot = gr.HTML(elem_id="summary-tiles")
+                    with gr.Row():
+                        ui.params_plot = gr.Plot(show_label=False, elem_id="params-plot")
+                        ui.sweep_plot = gr.Plot(show_label=False, elem_id="sweep-plot")
+            ui.rec_key = gr.State(None)
+            ui.next4 = gr.Button("Next: launch →", variant="primary", elem_classes="lp-next", elem_id="next4")
+
+        # 5 ------------------------------------------------------------------------------
+        with gr.Tab("5 · Launch", id="s5") as ui.tab5:
+            gr.Markdown("### Launch the job")
+            with gr.Column(elem_classes="lp-panel lp-narrow"):
+                ui.name = gr.Textbox(label="Run name", info=TrainingPlan.help("name"), placeholder="optional",
+                                     elem_id="run-name")
+                ui.launch_summary = gr.HTML(elem_id="launch-summary")
+                ui.launch_btn = gr.Button("Launch training", variant="primary", size="lg", elem_id="launch")
+                ui.launch_notice = gr.HTML(elem_id="launch-notice")
+
+    _wire(ui)
+    return ui
+
+
+def _wire(ui: SimpleNamespace) -> None:
+    form = [ui.form[f] for f in review.FORM_FIELDS]
+    ui.context_inputs = [ui.model, ui.difficulty, ui.dataset, ui.rows, ui.hw_kind, ui.gpu, ui.budget, ui.name]
+    ui.plan_inputs = ui.context_inputs + form
+    goto = lambda step: (lambda: gr.Tabs(selected=step))  # noqa: E731
+
+    # 1: model
+    ui.catalog.input(lambda key: key, ui.catalog, ui.model).then(
+        lambda m: steps.model_facts(m)[0], ui.model, ui.facts)
+    ui.check_model.click(lambda m: steps.model_facts(m)[0], ui.model, ui.facts)
+    ui.model.submit(lambda m: steps.model_facts(m)[0], ui.model, ui.facts)
+    ui.next1.click(goto("s2"), None, ui.steps)
+
+    # 2: data — checked when the step opens, and on every change of source
+    data_outputs = [ui.dataset, ui.rows, ui.data_summary, ui.histogram, ui.examples]
+
+    def check(kind, skill, upload, model, seq_len):
+        v = steps.check_data_view(kind, skill, upload, model, seq_len or 512)
+        return v["dataset"], v["rows"], v["summary"], v["histogram"], v["examples"]
+
+    data_inputs = [ui.source, ui.skill, ui.upload, ui.model, ui.form["seq_len"]]
+    ui.next1.click(check, data_inputs, data_outputs)
+    ui.check_data.click(check, data_inputs, data_outputs)
+    ui.skill.input(steps.skill_description, ui.skill, ui.skill_info).then(check, data_inputs, data_outputs)
+    ui.upload.upload(check, data_inputs, data_outputs)
+    ui.source.input(lambda k: (gr.update(visible=k == "demo"), gr.update(visible=k == "demo"),
+                               gr.update(visible=k == "upload")),
+                    ui.source, [ui.skill, ui.skill_info, ui.upload])
+    ui.next2.click(goto("s3"), None, ui.steps)
+
+    # 3: hardware
+    ui.hw_kind.input(lambda k: (gr.update(visible=k == "gpu"), gr.update(visible=k == "vram")),
+                     ui.hw_kind, [ui.gpu, ui.budget])
+
+    # 4: review — recommend when the answers changed, then estimate on every change
+    view_outputs = [ui.verdict, ui.mem_plot, ui.summary_plot, ui.params_plot]
+
+    def enter_review(*args):
+        ctx_values, key = args[:-1], args[-1]
+        try:
+            ctx = context_from(*ctx_values)
+        except UserError as exc:
+            return [gr.skip()] * len(form) + [html.error_notice(exc), key]
+        new_key = repr(sorted((k, v) for k, v in ctx.items() if k != "name"))
+        if new_key == key:
+            return [gr.skip()] * len(form) + [gr.skip(), key]
+        try:
+            rec, plan = review.recommend_for(ctx)
+        except Exception as exc:
+            return [gr.skip()] * len(form) + [html.error_notice(exc), key]
+        return review.values_of(plan) + [review.reasons_html(rec), new_key]
+
+    def update_view(*values):
+        ctx_values, form_values = values[:len(ui.context_inputs)], values[len(ui.context_inputs):]
+        try:
+            plan = review.plan_from_values(context_from(*ctx_values), list(form_values))
+            v = review.estimate_view(plan)
+        except Exception as exc:
+            return [html.error_notice(exc)] + [gr.skip()] * 3
+        return [v["verdict"], v["memory"], v["summary"], v["params"]]
+
+    def update_sweep(*values):
+        # A second, cached event: the figures that answer "does it fit" never wait for the sweep.
+        ctx_values, form_values = values[:len(ui.context_inputs)], values[len(ui.context_inputs):]
+        try:
+            return review.sweep_view(review.plan_from_values(context_from(*ctx_values), list(form_values)))
+        except Exception:
+            return gr.skip()
+
+    ui.update_view = update_view
+    review_in = ui.context_inputs[:-1] + [ui.name, ui.rec_key]
+    for event in (ui.next3.click(goto("s4"), None, ui.steps), ui.tab4.select(lambda: None, None, None)):
+        event.then(enter_review, review_in, form + [ui.reasons, ui.rec_key], show_progress="minimal").then(
+            update_view, ui.plan_inputs, view_outputs, show_progress="hidden").then(
+            update_sweep, ui.plan_inputs, ui.sweep_plot, show_progress="hidden")
+    for control in form:
+        # queue=False: a direct request, no queue round trips, for the < 150 ms change-to-chart budget
+        control.input(update_view, ui.plan_inputs, view_outputs, show_progress="hidden", trigger_mode="always_last",
+                      queue=False).then(update_sweep, ui.plan_inputs, ui.sweep_plot, show_progress="hidden")
+
+    # 5: launch
+    def summary(*values):
+        ctx_values, form_values = values[:len(ui.context_inputs)], values[len(ui.context_inputs):]
+        try:
+            plan = review.plan_from_values(context_from(*ctx_values), list(form_values))
+        except Exception as exc:
+            return html.error_notice(exc)
+        rows = [("Base model", plan.model), ("Data", plan.dataset), ("Method", plan.method),
+                ("Rank / alpha", f"{plan.r} / {plan.alpha:g}"), ("Targets", plan.targets),
+                ("Batch × accumulation", f"{plan.batch_size} × {plan.grad_accum}"),
+                ("Sequence length", plan.seq_len),
+                ("Length", f"{plan.max_steps} steps" if plan.max_steps else f"{plan.epochs:g} epochs"),
+                ("Hardware", plan.gpu or f"{plan.budget_gb:g} GiB GPU")]
+        try:
+            from engine.estimate import estimate
+
+            est = estimate(plan)
+            rows.append(("Memory", est.memory.verdict))
+            if est.time:
+                rows.append(("Estimated time", f"{charts.human_seconds(est.time.seconds)} on {est.time.device}"))
+        except Exception as exc:
+            return html.facts_table(rows) + html.error_notice(exc)
+        return html.facts_table(rows)
+
+    ui.next4.click(goto("s5"), None, ui.steps).then(summary, ui.plan_inputs, ui.launch_summary)
+    ui.tab5.select(summary, ui.plan_inputs, ui.launch_summary)
+
+    def launch(*values):
+        ctx_values, form_values = values[:len(ui.context_inputs)], values[len(ui.context_inputs):]
+        try:
+            plan = review.plan_from_values(context_from(*ctx_values), list(form_values))
+        except Exception as exc:
+            return None, html.error_notice(exc)
+        return steps.launch(plan)
+
+    ui.launch = launch
