@@ -6,6 +6,10 @@ NF4 for QLoRA. The activation terms follow what PyTorch autograd actually saves 
 Llama-style decoder layer (RMSNorm inputs, rotary q/k/v for SDPA, MLP gate/up/act
 products, LoRA dropout masks and A-outputs per adapted module), derived from the module
 tree, not a constant. `bench/measure_peak.py` measures the same on CPU to check it.
+
+The LM head: TRL 1.16's SFTTrainer always installs a fused, chunked head
+(trl/kernels/chunked_logprob.py), so the batch x seq x vocab logits never exist in
+training (evaluation uses the same fused forward). `fused_head` models its buffers.
 """
 
 from __future__ import annotations
@@ -26,6 +30,18 @@ _ATTN_OUT = {"o_proj", "dense", "out_proj", "wo", "c_proj"}
 _MLP_OUT = {"down_proj", "w2", "fc2", "c_proj", "dense_4h_to_h", "wo"}
 _ATTN_WORDS = ("attn", "attention")
 
+# TRL's fused LM head: a [TOKEN_TILE, VOCAB_TILE] projection buffer in the compute dtype,
+# allocated at full width even when the vocabulary is narrower (kernels/chunked_logprob.py
+# TOKEN_CHUNK_SIZE; trainer/utils.py _CHUNKED_LOGPROB_CHUNK_SIZE)
+TOKEN_TILE = 4096
+VOCAB_TILE = 32768
+# Without Triton (CPU) the tile is folded in torch ops, whose fp32 temporaries per tile
+# element peak at 13 bytes in the forward (z, the is-top1 bool mask, z - max, exp, e * z)
+# and 29 in the backward (y, z, log p, p, grad, is-target mask and its float, the
+# product): derived from _forward_tile/_backward_tile and measured with engine/peak.py.
+CPU_FOLD_FWD = 13
+CPU_FOLD_BWD = 29
+
 
 @dataclass
 class Recipe:
@@ -38,8 +54,41 @@ class Recipe:
     optimizer: str
     dropout: float
     r: int
-    on_gpu: bool
+    on_gpu: bool  # CUDA: TRL folds the head's tiles in Triton kernels; CPU: in torch ops
     double_quant: bool = True
+    modules_to_save: tuple[str, ...] = ()
+
+
+@dataclass
+class HeadBytes:
+    saved: int  # from the head's forward to its backward
+    forward: int  # transient inside the forward
+    backward: int  # transient inside the backward
+
+
+def fused_head(scored: int, vocab: int, hidden: int, dtype: str, on_gpu: bool, head_trains: bool = False,
+               softcap: bool = False) -> HeadBytes:
+    """Bytes of TRL 1.16's fused LM head (ChunkedLogProbFunction) for `scored` positions.
+
+    `scored` is every position but the last of each row on the CPU; on CUDA only positions
+    with a label (prompt tokens drop out), so batch x (seq - 1) is the upper bound there.
+    """
+    cb = _bytes(dtype)
+    rows = min(scored, TOKEN_TILE)
+    cols = min(vocab, VOCAB_TILE)  # the widest tile
+    buffer = rows * VOCAB_TILE * cb  # mm_buf, the same shape in forward and backward
+    # saved: the (copied) hidden rows, int64 targets, fp32 log Z and entropy; the outputs
+    # (log-probs, entropy, is-top1) and their masked copies live until backward too
+    saved = scored * (hidden * cb + 8 + 8 + 2 * 9 + 1)
+    stats = 7 * scored * 4  # fp32 online-logsumexp statistics per position
+    grads = scored * hidden * 4 + (vocab * hidden * 4 if head_trains else 0)  # fp32 accumulators
+    if cb != 4:
+        grads += scored * hidden * cb + (vocab * hidden * cb if head_trains else 0)  # cast back on return
+    if on_gpu:  # Triton keeps a tile's math in registers and rewrites the tile in place
+        return HeadBytes(saved, buffer + stats, buffer + grads)
+    fold_bwd = CPU_FOLD_BWD + (4 if softcap else 0)  # tanh(y / cap) stays alive for its derivative
+    return HeadBytes(saved, buffer + stats + CPU_FOLD_FWD * rows * cols,
+                     buffer + grads + fold_bwd * rows * cols)
 
 
 def _bytes(dtype: str) -> int:
@@ -168,33 +217,37 @@ def memory_terms(info: ModelInfo, pc: ParamCount, rc: Recipe) -> tuple[dict[str,
     final_norm = info.hidden * 4 + 4 + (info.hidden * cb if rc.method == "full" else 0)
     # the padding mask (batch x 1 x seq x seq, compute dtype) is saved by every SDPA call: one tensor
     mask = rc.seq_len * cb
-    head_input = info.hidden * cb if rc.method == "full" or any(m.name == info.output_name for m in pc.adapted) else 0
     if rc.grad_ckpt:
         # only each layer's input survives the forward; backward recomputes one layer at a time
-        acts = tokens * (info.layers * info.hidden * cb + final_norm + head_input + mask)
+        acts = tokens * (info.layers * info.hidden * cb + final_norm + mask)
         notes.append("gradient checkpointing: one layer input per layer kept, one layer recomputed at a time")
     else:
-        acts = tokens * (sum(per_layer) + final_norm + head_input + mask)
+        acts = tokens * (sum(per_layer) + final_norm + mask)
     terms["activations"] = int(acts)
-    # the loss keeps log_softmax's fp32 output (and the int64 labels) until backward reaches it
-    terms["logits + loss"] = int(tokens * (info.vocab * 4 + 8))
-    # transient, the largest of: the loss backward (incoming and outgoing fp32 gradients of
-    # log_softmax), the forward's logits (compute dtype + fp32 upcast) and, inside a layer's
-    # backward, gradients of the widest MLP part; plus for QLoRA one dequantized weight
-    loss_bwd = 2 * info.vocab * 4
-    loss_fwd = info.vocab * (cb + 4) if cb != 4 else info.vocab * 4
-    layer_bwd = (2 * info.intermediate + 2 * info.hidden) * cb
-    # with checkpointing a layer's activations are rebuilt in backward, after the loss is done
-    # (the loss's saved tensors are freed by then, so they are not on top of it)
-    recompute = max(per_layer) - (info.vocab * 4 + 8) if rc.grad_ckpt else 0
-    transient = tokens * max(loss_bwd, loss_fwd, layer_bwd + recompute)
+    head_trains = (rc.method == "full" or info.output_name in rc.modules_to_save
+                   or any(m.name == info.output_name for m in pc.adapted))
+    softcap = getattr(info.config, "final_logit_softcapping", None) is not None
+    scored = rc.batch_size * max(rc.seq_len - 1, 1)
+    head = fused_head(scored, info.vocab, info.hidden, rc.dtype, rc.on_gpu, head_trains, softcap)
+    terms["fused LM head"] = head.saved
+    notes.append(f"LM head: TRL's fused chunked head, no full logits; one {min(scored, TOKEN_TILE)} x {VOCAB_TILE} "
+                 f"{rc.dtype} tile buffer, folded " + ("in Triton; only labelled positions are scored, all "
+                 "counted here" if rc.on_gpu else "in torch with fp32 temporaries per tile element"))
+    # transient, the largest of: the head's forward or backward (its backward comes first,
+    # with every activation still saved) and, inside a layer's backward, gradients of the
+    # widest MLP part; plus for QLoRA one dequantized weight
+    layer_bwd = tokens * (2 * info.intermediate + 2 * info.hidden) * cb
+    if rc.grad_ckpt:
+        # a layer's activations are rebuilt in backward, after the head is done with its tensors
+        layer_bwd += tokens * max(per_layer) - head.saved
+    transient = max(head.forward, head.backward, layer_bwd)
     if rc.method == "qlora":
         widest = max((m.in_features * m.out_features for m in info.linear_modules
                       if m.name != info.output_name and not m.pseudo), default=0)
         transient += widest * cb
     terms["transient buffers"] = int(transient)
-    notes.append(f"compute dtype {rc.dtype}; {rc.attention} attention; padded batches of "
-                 f"{rc.batch_size} x {rc.seq_len} tokens")
+    notes.append(f"compute dtype {rc.dtype}; {rc.attention} attention; batches of {rc.batch_size} x "
+                 f"{rc.seq_len} tokens: an upper bound, as each batch is padded only to its longest row")
     if rc.method == "qlora":
         notes.append("4-bit NF4 base" + (" with double quantization" if rc.double_quant else "")
                      + "; embeddings, head and norms unquantized")

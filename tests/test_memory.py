@@ -54,3 +54,45 @@ def test_cpu_has_no_cuda_context_and_fp32():
 def test_budget_verdict():
     m = memory_for(TrainingPlan.build(model="llama-2-7b", budget_gb=8))
     assert m.fits is False and "does not fit" in m.verdict and m.budget_bytes == 8 * GB
+
+
+def test_fused_lm_head_replaces_full_logits():
+    from engine.memory import TOKEN_TILE, VOCAB_TILE, fused_head
+
+    cpu, gpu = memory_for(plan(gpu="cpu", seq_len=128)), memory_for(plan(seq_len=128))
+    assert "logits + loss" not in cpu.terms and "fused LM head" in gpu.terms
+    # the tile buffer is VOCAB_TILE wide even for a narrower vocabulary, and at most TOKEN_TILE rows
+    small = fused_head(252, 400, 64, "fp32", on_gpu=False)
+    assert small.backward > 252 * VOCAB_TILE * 4 > 252 * 400 * 29
+    huge = fused_head(100_000, 32_000, 4096, "bf16", on_gpu=True)
+    assert huge.backward - 100_000 * 4096 * 6 == TOKEN_TILE * VOCAB_TILE * 2  # buffer + fp32 grad + cast back
+    # Triton folds tiles in place; the CPU fallback's fp32 temporaries cost more
+    assert fused_head(4000, 128_256, 4096, "bf16", on_gpu=True).backward < \
+        fused_head(4000, 128_256, 4096, "bf16", on_gpu=False).backward
+
+
+def test_fused_lm_head_matches_trl_kernel_on_cpu():
+    """The CPU model against TRL's real kernel, measured with engine.peak (no GPU needed)."""
+    import torch
+    from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE, _ChunkedLogProbFunction
+
+    from engine.memory import VOCAB_TILE, fused_head
+    from engine.peak import LiveTensorPeak
+
+    assert _CHUNKED_LOGPROB_CHUNK_SIZE == VOCAB_TILE
+    n, vocab, hidden = 96, 700, 32
+    x = torch.randn(n, hidden, requires_grad=True)
+    weight, targets = torch.randn(vocab, hidden), torch.randint(0, vocab, (n,))
+    meter = LiveTensorPeak()
+    with meter:
+        before = meter.live
+        out = _ChunkedLogProbFunction.apply(x, weight, None, targets, 1.0, VOCAB_TILE, None, 1.0,
+                                            ("log_probs", "entropy", "is_top1"))
+        forward = meter.peak - before
+        meter.peak = meter.live
+        mid = meter.live
+        out[0].sum().backward()
+        backward = meter.peak - mid
+    model = fused_head(n, vocab, hidden, "fp32", on_gpu=False)
+    assert 0.95 < model.forward / forward < 1.05
+    assert 0.95 < model.backward / backward < 1.05
