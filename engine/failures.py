@@ -1,0 +1,125 @@
+"""Why a run failed, in plain words, with the knob most likely to fix it.
+
+The worker stores `explain(...)` on the job for people to read; the traceback goes
+to the job log only. Each rule recognises one family of failures from the exception
+(and the exceptions it was raised from) and answers "what happened" + "what to try".
+"""
+
+from __future__ import annotations
+
+import errno
+
+from engine.errors import UserError
+
+
+def _chain(exc: BaseException):
+    """The exception and every exception it was raised from or while handling."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _text(exc: BaseException) -> str:
+    return f"{exc.__class__.__name__}: {exc}".lower()
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{exc.__class__.__name__}: {text[:limit]}" if text else exc.__class__.__name__
+
+
+def _at(step) -> str:
+    return f"at step {step}" if step else "before the first training step (while loading or preparing)"
+
+
+# --- recognisers -----------------------------------------------------------------------
+def _is_oom(exc) -> bool:
+    if isinstance(exc, MemoryError) or exc.__class__.__name__ == "OutOfMemoryError":
+        return True
+    text = _text(exc)
+    return "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text
+
+
+def _is_disk_full(exc) -> bool:
+    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "no space left on device" in _text(exc)
+
+
+def _is_model_missing(exc) -> bool:
+    names = {"RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError", "LocalEntryNotFoundError"}
+    if exc.__class__.__name__ in names:
+        return True
+    text = _text(exc)
+    return isinstance(exc, OSError) and ("is not a local folder and is not a valid model identifier" in text
+                                         or "does not appear to have a file named" in text
+                                         or "can't load the configuration" in text)
+
+
+def _is_bnb(exc, plan) -> bool:
+    text = _text(exc)
+    uses_bnb = plan is not None and (plan.method == "qlora" or "8bit" in plan.optimizer)
+    return ("bitsandbytes" in text or "bnb" in text.split()) or (
+        uses_bnb and ("cuda setup" in text or "no gpu" in text or "libcudart" in text))
+
+
+def _is_data(exc) -> bool:
+    module = type(exc).__module__ or ""
+    if module.startswith(("datasets", "pyarrow")):
+        return True
+    return exc.__class__.__name__ in {"JSONDecodeError", "UnicodeDecodeError", "ArrowInvalid", "DatasetGenerationError"}
+
+
+# --- advice ------------------------------------------------------------------------------
+def memory_knobs(plan) -> list[str]:
+    """What to turn, in the order that costs least quality and time."""
+    if plan is None:
+        return ["use a smaller batch_size, a shorter seq_len, or turn on grad_ckpt"]
+    knobs = []
+    if not plan.grad_ckpt:
+        knobs.append("turn on gradient checkpointing (grad_ckpt: true) — about 30% slower, far less activation memory")
+    if plan.batch_size > 1:
+        knobs.append(f"halve batch_size to {plan.batch_size // 2} and double grad_accum to {plan.grad_accum * 2} "
+                     "(the same effective batch)")
+    if plan.method == "full":
+        knobs.append("use method lora (only small adapters train, the base stays frozen)")
+    elif plan.method == "lora":
+        knobs.append("use method qlora (the frozen base is stored in 4 bits, about a quarter of the memory)")
+    if plan.seq_len > 256:
+        knobs.append(f"shorten seq_len to {plan.seq_len // 2} (longer examples are cut)")
+    if plan.optimizer == "adamw_torch" and plan.method == "full":
+        knobs.append("use optimizer paged_adamw_8bit")
+    return knobs or ["use a GPU with more memory, or a smaller base model"]
+
+
+def explain(exc: BaseException, plan=None, step: int | None = None) -> str:
+    """One short paragraph for the job's error field."""
+    chain = list(_chain(exc))
+    for e in chain:
+        if isinstance(e, UserError):
+            return f"{e.field}: {e.message}"
+    if any(_is_oom(e) for e in chain):
+        where = "GPU memory" if any("cuda" in _text(e) for e in chain) else "memory"
+        knobs = memory_knobs(plan)
+        return (f"Ran out of {where} {_at(step)}. Try, in this order: " + "; ".join(knobs) + ". "
+                "The estimate page shows what each change saves.")
+    if any(_is_disk_full(e) for e in chain):
+        return (f"The disk is full {_at(step)} (writing checkpoints or the model files). Free some space "
+                "(old job folders under $LORAPILOT_HOME/jobs, the model cache) or raise save_steps so fewer "
+                "checkpoints are written, then resume the job.")
+    model = getattr(plan, "model", "the model")
+    if any(_is_model_missing(e) for e in chain):
+        return (f"The base model '{model}' was not found: not a local folder with config.json, not a .gguf file, "
+                "and not reachable on the Hugging Face hub. Check the name (and HF_TOKEN for gated models), or "
+                "use 'default'.")
+    if any(_is_bnb(e, plan) for e in chain):
+        what = "QLoRA's 4-bit base" if getattr(plan, "method", None) == "qlora" else "the 8-bit optimizer"
+        return (f"{what} needs bitsandbytes working on this device, and it failed ({_first_line(chain[-1])}). "
+                "Install it (`pip install -U bitsandbytes`), check the CUDA driver, or use method lora "
+                "with optimizer adamw_torch.")
+    if any(_is_data(e) for e in chain):
+        source = getattr(plan, "dataset", None) or "the dataset"
+        return (f"The dataset {source} could not be used {_at(step)}: {_first_line(chain[0])}. "
+                f"Run `python app.py check-data {source}` to see the file, row and field at fault.")
+    return (f"Training failed {_at(step)}: {_first_line(chain[0])}. "
+            "The full traceback is in the job log.")

