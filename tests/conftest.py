@@ -17,3 +17,16 @@ def lorapilot_home(tmp_path, monkeypatch):
     monkeypatch.setenv("LORAPILOT_HOME", str(home))
     monkeypatch.delenv("DATABASE_URL", raising=False)
     return home
+
+
+@pytest.fixture
+def no_worker_left_behind():
+    """A failing test must not leave a training process running on the shared machine."""
+    yield
+    import signal
+
+    from jobs import dispatcher, store
+
+    for job in store.list_jobs(status="running"):
+        if dispatcher.worker_alive(job.pid, job.id):
+            os.killpg(job.pid, signal.SIGKILL)

@@ -19,6 +19,7 @@ from jobs import store
 from tests.tiny import make_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.usefixtures("no_worker_left_behind")
 
 
 @pytest.fixture(scope="module")
@@ -30,19 +31,6 @@ def tiny(tmp_path_factory):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     model = make_tiny_model(folder / "model")
     return {"model": str(model), "dataset": str(data), "folder": folder}
-
-
-@pytest.fixture(autouse=True)
-def no_worker_left_behind():
-    """A failing test must not leave a training process running on the shared machine."""
-    yield
-    import signal as _signal
-
-    from jobs import dispatcher as _dispatcher
-
-    for job in store.list_jobs(status="running"):
-        if _dispatcher.worker_alive(job.pid, job.id):
-            os.killpg(job.pid, _signal.SIGKILL)
 
 
 def cli(*args, timeout=180):

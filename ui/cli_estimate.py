@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 
 from engine.errors import UserError
 from engine.plan import add_plan_flags, plan_from_args
@@ -146,7 +147,7 @@ def format_recommendation(rec) -> str:
                      f"({est.time.tokens_per_second:,.0f} tokens/s)")
     if rec.advice:
         lines += ["", "Advice: " + rec.advice]
-    lines += ["", "Run it: python app.py train " + " ".join(plan.to_cli_args())]
+    lines += ["", "Run it (add --dataset FILE): " + shlex.join(["python", "app.py", "train", *plan.to_cli_args()])]
     return "\n".join(lines)
 
 
