@@ -18,7 +18,7 @@ import traceback
 
 from jobs import store
 
-POLL_S = 1.0  # how often should_stop reads the cancel flag from the database
+POLL_S = 0.25  # how often should_stop reads the cancel flag from the database
 
 
 class Worker:

@@ -78,3 +78,13 @@ def test_find_gpu_is_forgiving_and_lists_known():
     with pytest.raises(UserError) as e:
         catalog.find_gpu("GTX 480")
     assert e.value.field == "gpu" and "H100" in e.value.message
+
+
+def test_gguf_file_resolves_from_its_own_metadata():
+    """The embedded default's .gguf file: the architecture comes from the file, not the catalog."""
+    from engine.default_model import embedded_gguf
+
+    info = introspect.resolve(str(embedded_gguf()))
+    assert info.source == "gguf"
+    assert (info.hidden, info.layers, info.heads, info.kv_heads, info.vocab) == (576, 30, 9, 3, 49152)
+    assert info.tied_embeddings and info.total_params == 134_515_008
