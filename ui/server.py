@@ -22,11 +22,9 @@ SET_URL_JS = "(j) => { if (j) history.replaceState(null, '', '?job=' + j); }"
 
 
 def theme() -> gr.themes.Base:
-    return gr.themes.Soft(primary_hue="blue", neutral_hue="slate",
-                          font=[gr.themes.GoogleFont("Inter"), "system-ui", "sans-serif"]) \
-        if os.environ.get("LORAPILOT_WEBFONTS") else \
-        gr.themes.Soft(primary_hue="blue", neutral_hue="slate", font=["system-ui", "Segoe UI", "sans-serif"],
-                       font_mono=["ui-monospace", "Menlo", "monospace"])
+    # System fonts only: a web font would be a network fetch, and the app works offline.
+    return gr.themes.Soft(primary_hue="blue", neutral_hue="slate", font=["system-ui", "Segoe UI", "sans-serif"],
+                          font_mono=["ui-monospace", "Menlo", "monospace"])
 
 
 def build_app() -> gr.Blocks:
