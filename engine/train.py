@@ -255,8 +255,12 @@ def _reporter_class():
 
         def on_step_end(self, args, state, control, **kw):
             self.peak.step_end(state.global_step, self.start_step)
-            done = state.global_step - self.start_step
-            rate = (time.time() - self.t0) / max(done, 1)
+            done, now = state.global_step - self.start_step, time.time()
+            if done == 1:
+                self.t_first = now
+            # The first step carries one-off costs (allocation, peak tracking), so the pace is
+            # measured from its end once a later step exists.
+            rate = (now - self.t0) if done == 1 else (now - self.t_first) / (done - 1)
             self.report({"event": "progress", "step": state.global_step, "total_steps": state.max_steps,
                          "eta_seconds": round(rate * (state.max_steps - state.global_step), 1)})
             if self.should_stop is not None and state.global_step < state.max_steps and self.should_stop():
