@@ -13,6 +13,7 @@ from engine.catalog import Gpu
 from engine.introspect import resolve
 from engine.memory import CPU_RESERVED_FACTOR, CUDA_CONTEXT, GiB, RESERVED_FACTOR, Recipe, memory_terms
 from engine.params import ParamCount, count
+from engine.plan import resolve_dtype
 from engine.timing import TimeEstimate, estimate_time
 from engine.units import human_bytes
 
@@ -66,11 +67,8 @@ def device_of(plan) -> Gpu | None:
 
 
 def compute_dtype(plan, gpu: Gpu | None) -> str:
-    if plan.dtype != "auto":
-        return plan.dtype
-    if gpu is not None and gpu.is_cpu:
-        return "fp32"
-    return "bf16" if gpu is None or gpu.supports_bf16 else "fp16"
+    return resolve_dtype(plan.dtype, on_cpu=gpu is not None and gpu.is_cpu,
+                         bf16_ok=gpu is None or gpu.supports_bf16)
 
 
 def _recipe(plan, dtype: str, on_gpu: bool) -> Recipe:

@@ -228,6 +228,18 @@ class TrainingPlan(BaseModel):
         return args
 
 
+def resolve_dtype(requested: str, on_cpu: bool, bf16_ok: bool) -> str:
+    """The precision a run uses: 'auto' is fp32 on the CPU, bf16 where the GPU has it, else fp16.
+
+    One rule for the estimator (which predicts it) and the trainer (which applies it).
+    """
+    if requested != "auto":
+        return requested
+    if on_cpu:
+        return "fp32"
+    return "bf16" if bf16_ok else "fp16"
+
+
 def add_plan_flags(parser, fields: list[str] | None = None) -> None:
     """Add one argparse flag per plan field (named after it, help from its description).
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from engine.errors import UserError
-from engine.plan import TrainingPlan
+from engine.plan import TrainingPlan, resolve_dtype
 
 Report = Callable[[dict], None]
 
@@ -47,17 +47,11 @@ def device_of(plan: TrainingPlan) -> str:
 def compute_dtype(plan: TrainingPlan, device: str):
     import torch
 
-    if plan.dtype == "fp32":
-        return torch.float32
-    if plan.dtype == "bf16":
-        return torch.bfloat16
-    if plan.dtype == "fp16":
-        if device == "cpu":
-            raise UserError("dtype", "fp16 training needs a GPU; on the CPU use fp32 (or bf16)")
-        return torch.float16
-    if device == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32  # CPUs are fastest and exact in fp32
+    name = resolve_dtype(plan.dtype, on_cpu=device == "cpu",
+                         bf16_ok=device == "cuda" and torch.cuda.is_bf16_supported())
+    if name == "fp16" and device == "cpu":
+        raise UserError("dtype", "fp16 training needs a GPU; on the CPU use fp32 (or bf16)")
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
 # --- the base model --------------------------------------------------------------------
@@ -81,15 +75,10 @@ def model_source(spec: str) -> str:
         raise UserError("model", f"{spec} is a file; give a model folder, a .gguf file or a hub id")
     if spec.startswith(("/", "./", "../", "~")):
         raise UserError("model", f"{spec} does not exist; give a model folder, a .gguf file or a hub id")
-    try:  # a catalog short name (e.g. 'llama-3.1-8b') stands for its hub id
-        from engine import catalog
+    from engine import catalog
 
-        for entry in catalog.list_models():
-            if entry.key == spec:
-                return entry.hub_id
-    except ImportError:
-        pass
-    return spec
+    entry = catalog.find_model(spec)  # a catalog short name (e.g. 'llama-3.1-8b') stands for its hub id
+    return entry.hub_id if entry else spec
 
 
 def _hub_error(spec: str, exc: Exception) -> UserError:
@@ -152,35 +141,20 @@ def _nf4_config(dtype):
 
 
 # --- plan → PEFT / TRL -----------------------------------------------------------------
-def resolve_targets(plan: TrainingPlan, model) -> str | list[str]:
+def resolve_targets(plan: TrainingPlan) -> str | list[str]:
     if plan.targets == "all-linear":
         return "all-linear"  # PEFT expands it itself (every Linear except the output head)
-    try:
-        from engine import introspect
+    from engine import introspect
 
-        return introspect.resolve_targets(introspect.resolve(plan.model), plan.targets)
-    except ImportError:
-        pass
-    # Without the introspector: expand presets from the loaded model's own Linear layers.
-    names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                    if type(m).__name__ in ("Linear", "Linear4bit", "Conv1D") and not n.endswith("lm_head")})
-    attention = {"q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "c_attn", "query_key_value", "Wqkv", "out_proj"}
-    if plan.targets == "attention":
-        return [n for n in names if n in attention] or names
-    if plan.targets == "mlp":
-        return [n for n in names if n not in attention] or names
-    unknown = [t for t in plan.target_list if t not in names]
-    if unknown:
-        raise UserError("targets", f"unknown module {unknown[0]}; valid: {', '.join(names)}")
-    return plan.target_list
+    return introspect.resolve_targets(introspect.resolve(plan.model), plan.targets)
 
 
-def lora_config(plan: TrainingPlan, model):
+def lora_config(plan: TrainingPlan):
     from peft import LoraConfig
 
     alpha = int(plan.alpha) if float(plan.alpha).is_integer() else plan.alpha
     return LoraConfig(r=plan.r, lora_alpha=alpha, lora_dropout=plan.dropout,
-                      target_modules=resolve_targets(plan, model), bias=plan.bias, use_dora=plan.use_dora,
+                      target_modules=resolve_targets(plan), bias=plan.bias, use_dora=plan.use_dora,
                       use_rslora=plan.use_rslora, modules_to_save=list(plan.modules_to_save) or None,
                       task_type="CAUSAL_LM")
 
@@ -354,7 +328,7 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        peft_config=lora_config(plan, model) if plan.method != "full" else None,
+        peft_config=lora_config(plan) if plan.method != "full" else None,
         callbacks=[reporter],
     )
     checkpoint = last_checkpoint(out_dir) if resume else None
