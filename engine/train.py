@@ -291,11 +291,15 @@ def _evaluate_skill(model, tokenizer, skill) -> float:
         model.train(was_training)
 
 
-def last_checkpoint(out_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
+def last_checkpoint(out_dir: Path) -> Path | None:
+    """The newest checkpoint-N folder under out_dir/checkpoints (the one a resume continues from)."""
     folder = Path(out_dir) / "checkpoints"
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.removeprefix("checkpoint-").isdigit()]
+    return max(found, key=checkpoint_step, default=None)
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(Path(path).name.removeprefix("checkpoint-"))
 
 
 # --- the run -----------------------------------------------------------------------------
@@ -333,7 +337,7 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
     )
     checkpoint = last_checkpoint(out_dir) if resume else None
     try:
-        trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     finally:
         reporter.peak.finish()  # never leave the CPU tracker watching after a failure
 

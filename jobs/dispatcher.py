@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -45,14 +44,12 @@ def max_concurrent() -> int:
 
 # --- submit ----------------------------------------------------------------------------
 
-def validate(plan: TrainingPlan) -> dict:
-    """Everything that can be checked before a job exists; returns the estimate as JSON.
+def validate(plan: TrainingPlan):
+    """Everything that can be checked before a job exists; returns the plan's `Estimate`.
 
     Order matters for the message a user sees: the plan, then the model (an unknown model
     is the root cause of any later failure), then the data, then the estimate.
     """
-    if not isinstance(plan, TrainingPlan):
-        plan = TrainingPlan.build(**dict(plan))
     if not plan.dataset:
         raise UserError("dataset", "is required: a JSONL/JSON/CSV/Parquet/TXT file, a hub dataset id, or demo:NAME")
     from engine import introspect
@@ -143,29 +140,17 @@ def worker_alive(pid: int | None, job_id: int) -> bool:
     """Is `pid` alive AND our worker for this job? (pids are reused after a process dies.)"""
     if not pid:
         return False
-    try:
-        import psutil
+    import psutil
 
-        try:
-            proc = psutil.Process(pid)
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                return False
-            cmd = proc.cmdline()
-        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
             return False
-        except psutil.AccessDenied:
-            return True  # exists but not ours to inspect: do not declare it dead
-    except ImportError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            return True  # no /proc (macOS without psutil): existence is all we can know
+        cmd = proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+    except psutil.AccessDenied:
+        return True  # exists but not ours to inspect: do not declare it dead
     return "jobs.worker" in cmd and str(job_id) in cmd
 
 
@@ -249,10 +234,10 @@ def _wait_finished(job_id: int, seconds: float) -> bool:
 
 def last_checkpoint_step(job_id: int) -> int | None:
     """Step of the newest checkpoint-N folder in the job's checkpoints/ (None when there is none)."""
-    folder = store.job_dir(job_id) / "checkpoints"
-    steps = [int(m.group(1)) for p in folder.glob("checkpoint-*")
-             if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))] if folder.is_dir() else []
-    return max(steps) if steps else None
+    from engine.train import checkpoint_step, last_checkpoint
+
+    path = last_checkpoint(store.job_dir(job_id))
+    return checkpoint_step(path) if path else None
 
 
 def resume(job_id, start: bool = True) -> Job:

@@ -106,7 +106,9 @@ def _run(worker: Worker) -> int:
         return 0
 
     plan = store.job_plan(job)
-    ckpt = _checkpoint_step(job_id)
+    from jobs.dispatcher import last_checkpoint_step
+
+    ckpt = last_checkpoint_step(job_id)
     resume = ckpt is not None
     # Steps after the checkpoint will be trained again: drop their rows so none appears twice.
     dropped = store.delete_metrics_after(job_id, ckpt or 0)
@@ -136,18 +138,6 @@ def _run(worker: Worker) -> int:
             measured_peak_bytes=_int(result.peak_bytes),
             **{k: getattr(result, k) for k in ("base_score", "adapter_score") if getattr(result, k, None) is not None})
     return 0
-
-
-def _checkpoint_step(job_id: int) -> int | None:
-    """The step the trainer will resume from: ask it (it knows which checkpoint is complete)."""
-    try:
-        from engine.train import last_checkpoint
-    except ImportError:
-        from jobs.dispatcher import last_checkpoint_step
-
-        return last_checkpoint_step(job_id)
-    path = last_checkpoint(store.job_dir(job_id))
-    return int(path.rstrip("/").rsplit("-", 1)[-1]) if path else None
 
 
 def _finish(job_id: int, status: str, **values) -> None:
