@@ -4,7 +4,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ui.cli import run
+    from ui.cli.main import run
 
     return run(sys.argv[1:] if argv is None else argv)
 

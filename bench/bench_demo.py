@@ -28,8 +28,9 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from engine import data, demo
-    from engine.default_model import default_model_dir
+    from engine.data import dataset
+    from engine.data import demo
+    from engine.model.default_model import default_model_dir
 
     folder = default_model_dir()
     for skill in args.skills.split(","):
@@ -41,7 +42,7 @@ def main() -> None:
         t = time.time()
         base = demo.evaluate(model, tok, skill)
         t_base = time.time() - t
-        train, ev = data.build_datasets(plan, tok)
+        train, ev = dataset.build_datasets(plan, tok)
 
         class Every(TrainerCallback):
             def on_step_end(self, a, state, control, model=None, **kw):

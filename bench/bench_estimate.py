@@ -13,11 +13,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def main() -> None:
     t = time.perf_counter()
-    from engine.estimate import estimate
+    from engine.estimate.combined import estimate
     from engine.plan import TrainingPlan
 
     print(f"import engine.estimate: {1000 * (time.perf_counter() - t):.0f} ms (torch/transformers load lazily)")
-    from engine.introspect import warm_up
+    from engine.model.introspect import warm_up
 
     t = time.perf_counter()
     warm_up()

@@ -46,7 +46,7 @@ TINY = {
 
 
 def plan_for(name: str, work: Path):
-    from engine import demo
+    from engine.data import demo
     from engine.plan import TrainingPlan
 
     if name == "demo":
@@ -67,8 +67,8 @@ def plan_for(name: str, work: Path):
 
 def measure_one(name: str) -> dict:
     """Runs in the child: train 3 steps, return measured and estimated figures."""
-    from engine.estimate import memory_for
-    from engine.train import train
+    from engine.estimate.combined import memory_for
+    from engine.train.run import train
 
     from trl import SFTTrainer
 

@@ -30,7 +30,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def make_plan(args, work: Path):
-    from engine import demo
+    from engine.data import demo
     from engine.plan import TrainingPlan
 
     # The demo skill's rows, as a plain file: no demo scoring (the plain script has none).
@@ -55,8 +55,8 @@ def plain_run(plan, out_dir: Path) -> tuple[float, int, float]:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from engine.data import build_datasets  # same rows, same split: the data is not what we compare
-    from engine.train import model_source
+    from engine.data.dataset import build_datasets  # same rows, same split: the data is not what we compare
+    from engine.train.run import model_source
 
     wall = time.time()
     source = model_source(plan.model)
@@ -98,7 +98,7 @@ def plain_run(plan, out_dir: Path) -> tuple[float, int, float]:
 
 
 def our_run(plan, out_dir: Path) -> tuple[float, int, float]:
-    from engine.train import train
+    from engine.train.run import train
 
     marks = {}
 

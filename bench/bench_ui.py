@@ -33,7 +33,7 @@ def ms(values) -> str:
 
 def bench_handler(n: int = 40) -> None:
     from engine.plan import TrainingPlan
-    from ui import review
+    from ui.web import review
 
     plan = TrainingPlan.build(model="llama-3.1-8b", dataset="demo:ticket", gpu="RTX 4090")
     review.estimate_view(plan)  # warm: the model's meta build is cached per model

@@ -108,7 +108,7 @@ def measure(config, method="lora", r=8, targets="all-linear", dropout=0.05, batc
 
 def estimate_for(config, **kw) -> dict:
     """The estimator's figures for the same setting (config written to a temporary folder)."""
-    from engine.estimate import estimate
+    from engine.estimate.combined import estimate
     from engine.plan import TrainingPlan
 
     folder = Path(tempfile.mkdtemp(prefix="lp-measure-"))
@@ -137,7 +137,7 @@ def main(argv=None) -> None:
     if ns.model:
         from transformers import AutoConfig
 
-        from engine.catalog import find_model
+        from engine.model.catalog import find_model
 
         config = AutoConfig.for_model(**find_model(ns.model).config_dict())
     else:

@@ -52,16 +52,16 @@ def validate(plan: TrainingPlan):
     """
     if not plan.dataset:
         raise UserError("dataset", "is required: a JSONL/JSON/CSV/Parquet/TXT file, a hub dataset id, or demo:NAME")
-    from engine import introspect
+    from engine.model import introspect
 
     introspect.resolve(plan.model)
-    from engine import data
+    from engine.data import dataset
 
-    data.check_data(plan.dataset, model=plan.model, seq_len=plan.seq_len, data_format=plan.data_format,
+    dataset.check_data(plan.dataset, model=plan.model, seq_len=plan.seq_len, data_format=plan.data_format,
                     columns=plan.columns).raise_if_bad()
-    from engine import estimate
+    from engine.estimate import combined
 
-    return estimate.estimate(plan)
+    return combined.estimate(plan)
 
 
 def submit(plan: TrainingPlan, start: bool = True) -> Job:
@@ -234,7 +234,7 @@ def _wait_finished(job_id: int, seconds: float) -> bool:
 
 def last_checkpoint_step(job_id: int) -> int | None:
     """Step of the newest checkpoint-N folder in the job's checkpoints/ (None when there is none)."""
-    from engine.train import checkpoint_step, last_checkpoint
+    from engine.train.run import checkpoint_step, last_checkpoint
 
     path = last_checkpoint(store.job_dir(job_id))
     return checkpoint_step(path) if path else None

@@ -65,7 +65,7 @@ class Worker:
 
 
 def _train_entry():
-    from engine.train import train
+    from engine.train.run import train
 
     return train
 
@@ -147,7 +147,7 @@ def _finish(job_id: int, status: str, **values) -> None:
 
 def _explain(exc: BaseException, plan, step: int | None) -> str:
     try:
-        from engine import failures
+        from engine.train import failures
 
         return failures.explain(exc, plan, step)
     except Exception:  # noqa: BLE001 - the explainer itself must never lose the verdict

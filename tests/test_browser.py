@@ -76,7 +76,7 @@ def app(tmp_path_factory):
         pytest.skip("Debian chromium is not installed (make browser installs it)")
     pytest.importorskip("playwright")
     from tests.tiny import make_tiny_model
-    from engine.demo import records
+    from engine.data.demo import records
 
     home = tmp_path_factory.mktemp("lp-home")
     texts = [m["content"] for r in records("ticket", "train")[:80] for m in r["messages"]]

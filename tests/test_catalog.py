@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from engine import catalog, introspect
+from engine.model import catalog
+from engine.model import introspect
 from engine.errors import UserError
 
 REQUIRED = ["llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b", "llama-3.3-70b", "llama-2-7b", "llama-2-13b",
@@ -82,7 +83,7 @@ def test_find_gpu_is_forgiving_and_lists_known():
 
 def test_gguf_file_resolves_from_its_own_metadata():
     """The embedded default's .gguf file: the architecture comes from the file, not the catalog."""
-    from engine.default_model import embedded_gguf
+    from engine.model.default_model import embedded_gguf
 
     info = introspect.resolve(str(embedded_gguf()))
     assert info.source == "gguf"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import data
+from engine.data import dataset, formats
 from engine.errors import UserError
 from engine.plan import TrainingPlan
 from tests.tiny import make_tiny_model
@@ -22,7 +22,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tok(tiny):
-    return data.load_tokenizer(str(tiny))
+    return dataset.load_tokenizer(str(tiny))
 
 
 def write_jsonl(path, rows):
@@ -43,13 +43,13 @@ def test_reads_every_file_type_to_the_same_records(tmp_path):
     import pyarrow.parquet as pq
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
     for ext in ("jsonl", "json", "csv", "parquet"):
-        assert data.load_records(str(tmp_path / f"d.{ext}")) == rows, ext
-        assert data.detect_format(rows) == "prompt_completion"
+        assert dataset.load_records(str(tmp_path / f"d.{ext}")) == rows, ext
+        assert formats.detect_format(rows) == "prompt_completion"
 
 
 def test_txt_is_one_example_per_block(tmp_path):
     (tmp_path / "t.txt").write_text("first doc\nstill first\n\nsecond doc\n")
-    assert data.load_records(str(tmp_path / "t.txt")) == [{"text": "first doc\nstill first"}, {"text": "second doc"}]
+    assert dataset.load_records(str(tmp_path / "t.txt")) == [{"text": "first doc\nstill first"}, {"text": "second doc"}]
 
 
 @pytest.mark.parametrize("content, expected", [
@@ -62,47 +62,47 @@ def test_txt_is_one_example_per_block(tmp_path):
 def test_unreadable_files_name_file_and_line(tmp_path, content, expected):
     (tmp_path / "bad.jsonl").write_bytes(content)
     with pytest.raises(UserError) as err:
-        data.load_records(str(tmp_path / "bad.jsonl"))
+        dataset.load_records(str(tmp_path / "bad.jsonl"))
     for word in expected:
         assert word in str(err.value)
 
 
 def test_missing_file_unknown_type_and_offline_hub(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        data.load_records(str(tmp_path / "nope.jsonl"))
+        dataset.load_records(str(tmp_path / "nope.jsonl"))
     (tmp_path / "x.xlsx").write_text("a")
     with pytest.raises(UserError, match="accepted"):
-        data.load_records(str(tmp_path / "x.xlsx"))
+        dataset.load_records(str(tmp_path / "x.xlsx"))
     with pytest.raises(UserError, match="could not load hub dataset 'someone/not-here'"):
-        data.load_records("someone/not-here")
+        dataset.load_records("someone/not-here")
 
 
 # --- formats -----------------------------------------------------------------------------------
 def test_detects_formats_and_honours_column_mapping():
-    assert data.detect_format([{"messages": [{"role": "user", "content": "x"}]}]) == "messages"
-    assert data.detect_format([{"conversations": [{"from": "human", "value": "x"}]}]) == "messages"
-    assert data.detect_format(ALPACA) == "alpaca"
-    assert data.detect_format([{"text": "x"}]) == "text"
+    assert formats.detect_format([{"messages": [{"role": "user", "content": "x"}]}]) == "messages"
+    assert formats.detect_format([{"conversations": [{"from": "human", "value": "x"}]}]) == "messages"
+    assert formats.detect_format(ALPACA) == "alpaca"
+    assert formats.detect_format([{"text": "x"}]) == "text"
     mapped = [{"question": "q", "answer": "a"}]
-    assert data.detect_format(mapped, {"instruction": "question", "output": "answer"}) == "alpaca"
-    assert data.to_messages(mapped[0], "alpaca", {"instruction": "question", "output": "answer"}) == [
+    assert formats.detect_format(mapped, {"instruction": "question", "output": "answer"}) == "alpaca"
+    assert formats.to_messages(mapped[0], "alpaca", {"instruction": "question", "output": "answer"}) == [
         {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
     with pytest.raises(UserError, match="question, answer.*accepted"):
-        data.detect_format(mapped)
+        formats.detect_format(mapped)
 
 
 def test_alpaca_input_and_sharegpt_roles_convert():
-    msgs = data.to_messages({"instruction": "Translate", "input": "hello", "output": "bonjour"}, "alpaca")
+    msgs = formats.to_messages({"instruction": "Translate", "input": "hello", "output": "bonjour"}, "alpaca")
     assert msgs[0]["content"] == "Translate\n\nhello" and msgs[1] == {"role": "assistant", "content": "bonjour"}
     conv = {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}
-    assert data.to_messages(conv, "messages") == [{"role": "user", "content": "hi"},
+    assert formats.to_messages(conv, "messages") == [{"role": "user", "content": "hi"},
                                                   {"role": "assistant", "content": "yo"}]
 
 
 # --- check_data ----------------------------------------------------------------------------------
 def test_check_data_reports_rows_stats_and_eos(tmp_path, tiny):
     path = write_jsonl(tmp_path / "a.jsonl", ALPACA + [ALPACA[3]])
-    report = data.check_data(str(path), model=str(tiny), seq_len=64)
+    report = dataset.check_data(str(path), model=str(tiny), seq_len=64)
     assert report.ok and report.format == "alpaca" and report.rows == 11
     assert report.duplicate_rows == 1
     assert any(p.row == 11 and p.level == "warning" and "line 4" in p.message for p in report.problems)
@@ -117,8 +117,8 @@ def test_check_data_row_problems_name_row_and_field(tmp_path, tiny):
     rows = ALPACA[:3] + [{"instruction": "x", "input": ""}, {"instruction": "y", "output": "   "}]
     path = write_jsonl(tmp_path / "p.jsonl", rows)
     with pytest.raises(UserError):
-        data.check_data(str(path), model=str(tiny), data_format="prompt_completion").raise_if_bad()
-    report = data.check_data(str(path), model=str(tiny), data_format="alpaca")
+        dataset.check_data(str(path), model=str(tiny), data_format="prompt_completion").raise_if_bad()
+    report = dataset.check_data(str(path), model=str(tiny), data_format="alpaca")
     assert not report.ok and report.empty_rows == 1
     errors = {(p.row, p.field) for p in report.errors()}
     assert (4, "output") in errors and (5, "output") in errors
@@ -128,17 +128,17 @@ def test_check_data_row_problems_name_row_and_field(tmp_path, tiny):
 
 def test_check_data_truncation_and_too_few_rows(tmp_path, tiny):
     path = write_jsonl(tmp_path / "a.jsonl", ALPACA)
-    report = data.check_data(str(path), model=str(tiny), seq_len=4)
+    report = dataset.check_data(str(path), model=str(tiny), seq_len=4)
     assert report.truncated_share == 1.0 and not report.ok
     assert report.errors()[0].field == "seq_len" and "every example is longer" in report.errors()[0].message
     one = write_jsonl(tmp_path / "one.jsonl", ALPACA[:1])
     with pytest.raises(UserError, match="at least 2"):
-        data.check_data(str(one), model=str(tiny)).raise_if_bad()
+        dataset.check_data(str(one), model=str(tiny)).raise_if_bad()
 
 
 def test_text_format_gets_eos_appended(tmp_path, tiny):
     (tmp_path / "t.txt").write_text("one story\n\nanother story\n")
-    report = data.check_data(str(tmp_path / "t.txt"), model=str(tiny))
+    report = dataset.check_data(str(tmp_path / "t.txt"), model=str(tiny))
     assert report.ok and report.format == "text" and report.examples[0].endswith("<|im_end|>")
 
 
@@ -149,9 +149,9 @@ def test_template_without_eos_gets_string_pairs_ending_in_eos(tmp_path, tiny):
     tok.chat_template = ("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
                          "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}")
     path = write_jsonl(tmp_path / "a.jsonl", ALPACA)
-    report = data.check_data(str(path), tokenizer=tok)
+    report = dataset.check_data(str(path), tokenizer=tok)
     assert report.eos_ok and "appended" in report.eos_message
-    train, _ = data.build_datasets(TrainingPlan.build(dataset=str(path), eval_split=0), tok)
+    train, _ = dataset.build_datasets(TrainingPlan.build(dataset=str(path), eval_split=0), tok)
     assert train[0] == {"prompt": "user: Say 0\nassistant: ", "completion": "number 0<|im_end|>"}
 
 
@@ -159,10 +159,10 @@ def test_template_without_eos_gets_string_pairs_ending_in_eos(tmp_path, tiny):
 def test_build_datasets_split_and_trl_accepts_them(tmp_path, tiny, tok):
     path = write_jsonl(tmp_path / "a.jsonl", ALPACA)
     plan = TrainingPlan.build(model=str(tiny), dataset=str(path), eval_split=0.2, seq_len=64)
-    train, ev = data.build_datasets(plan, tok)
+    train, ev = dataset.build_datasets(plan, tok)
     assert len(train) == 8 and len(ev) == 2
     assert train[0]["prompt"][-1]["role"] == "user" and train[0]["completion"][0]["role"] == "assistant"
-    again, _ = data.build_datasets(plan, tok)
+    again, _ = dataset.build_datasets(plan, tok)
     assert again.to_list() == train.to_list()  # the split is seeded
 
     from transformers import AutoModelForCausalLM
@@ -182,14 +182,14 @@ def test_build_datasets_split_and_trl_accepts_them(tmp_path, tiny, tok):
 def test_build_datasets_rejects_bad_rows_and_no_dataset(tmp_path, tok):
     path = write_jsonl(tmp_path / "a.jsonl", ALPACA[:3] + [{"instruction": "x"}])
     with pytest.raises(UserError, match="a.jsonl line 4: output"):
-        data.build_datasets(TrainingPlan.build(dataset=str(path)), tok)
+        dataset.build_datasets(TrainingPlan.build(dataset=str(path)), tok)
     with pytest.raises(UserError, match="no training data"):
-        data.build_datasets(TrainingPlan.build(), tok)
+        dataset.build_datasets(TrainingPlan.build(), tok)
 
 
 def test_build_datasets_demo_uses_its_own_test_split(tok):
-    from engine import demo
-    train, ev = data.build_datasets(TrainingPlan.build(dataset="demo:isodate"), tok)
+    from engine.data import demo
+    train, ev = dataset.build_datasets(TrainingPlan.build(dataset="demo:isodate"), tok)
     assert len(train) == demo.TRAIN_ROWS and len(ev) == demo.TEST_ROWS
 
 

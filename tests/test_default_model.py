@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from engine import default_model
+from engine.model import default_model
 from engine.errors import UserError
 
 

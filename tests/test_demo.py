@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from engine import data, demo
+from engine.data import dataset
+from engine.data import demo
 from engine.errors import UserError
 from tests.tiny import make_tiny_model
 
@@ -26,7 +27,7 @@ def test_dataset_path_writes_jsonl_under_home(lorapilot_home):
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert rows == demo.records("json", "test")
     assert json.loads(rows[0]["messages"][-1]["content"]).keys() == {"name", "age", "city"}
-    assert data.load_records("demo:json") == demo.records("json", "train")
+    assert dataset.load_records("demo:json") == demo.records("json", "train")
     with pytest.raises(UserError, match="unknown demo skill 'nope'.*ticket"):
         demo.dataset_path("nope")
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from engine.errors import UserError
-from engine.estimate import estimate
+from engine.estimate.combined import estimate
 from engine.plan import TrainingPlan
 
 

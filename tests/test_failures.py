@@ -3,7 +3,7 @@
 import errno
 import json
 
-from engine import failures
+from engine.train import failures
 from engine.errors import UserError
 from engine.plan import TrainingPlan
 

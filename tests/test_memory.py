@@ -1,6 +1,6 @@
 """Memory terms behave as the recipe implies."""
 
-from engine.estimate import memory_for
+from engine.estimate.combined import memory_for
 from engine.plan import TrainingPlan
 
 GB = 1024**3
@@ -57,7 +57,7 @@ def test_budget_verdict():
 
 
 def test_fused_lm_head_replaces_full_logits():
-    from engine.memory import TOKEN_TILE, VOCAB_TILE, fused_head
+    from engine.estimate.memory import TOKEN_TILE, VOCAB_TILE, fused_head
 
     cpu, gpu = memory_for(plan(gpu="cpu", seq_len=128)), memory_for(plan(seq_len=128))
     assert "logits + loss" not in cpu.terms and "fused LM head" in gpu.terms
@@ -76,8 +76,8 @@ def test_fused_lm_head_matches_trl_kernel_on_cpu():
     import torch
     from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE, _ChunkedLogProbFunction
 
-    from engine.memory import VOCAB_TILE, fused_head
-    from engine.peak import LiveTensorPeak
+    from engine.estimate.memory import VOCAB_TILE, fused_head
+    from engine.train.peak import LiveTensorPeak
 
     assert _CHUNKED_LOGPROB_CHUNK_SIZE == VOCAB_TILE
     n, vocab, hidden = 96, 700, 32

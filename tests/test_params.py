@@ -4,7 +4,9 @@ import json
 
 import pytest
 
-from engine import catalog, introspect, params
+from engine.model import catalog
+from engine.model import introspect
+from engine.estimate import params
 from engine.errors import UserError
 
 

@@ -8,8 +8,8 @@ import pytest
 
 from engine.errors import UserError
 from engine.plan import TrainingPlan
-from engine.recommend import GIB, recommend
-from engine.rules import DIFFICULTIES, FIELDS, RULE_IDS, RULES, Ctx, decide
+from engine.advice.recommend import GIB, recommend
+from engine.advice.rules import DIFFICULTIES, FIELDS, RULE_IDS, RULES, Ctx, decide
 
 SETTINGS = ["method", "r", "alpha", "dropout", "targets", "batch_size", "grad_accum", "seq_len",
             "grad_ckpt", "learning_rate", "epochs"]
@@ -67,7 +67,7 @@ def test_rank_follows_difficulty_and_alpha_is_twice_r():
 
 
 def test_dataset_size_drives_dropout_epochs_and_the_tiny_data_warning():
-    from engine.recommend import notes
+    from engine.advice.recommend import notes
 
     small, large = decide(ctx(rows=300)), decide(ctx(rows=200_000))
     assert small["dropout"][:2] == (0.1, "D2") and large["dropout"][:2] == (0.05, "D1")
@@ -151,7 +151,7 @@ def test_70b_on_24gb_is_qlora_or_says_which_budget_would_do():
     rec = recommend("llama-3.3-70b", "balanced", gpu="RTX 4090", dataset_rows=5000)
     assert rec.plan.method == "qlora"
     if not rec.fits:
-        from engine.catalog import find_gpu
+        from engine.model.catalog import find_gpu
 
         assert "GB" in rec.advice
         # the GPU it names really has room for the smallest setup
@@ -228,8 +228,8 @@ def test_ample_memory_small_model_large_shift_is_full_fine_tuning():
 
 
 def test_fitting_a_full_plan_switches_to_adapters_and_re_decides_their_settings():
-    from engine.recommend import fit
-    from engine.rules import decide as table
+    from engine.advice.recommend import fit
+    from engine.advice.rules import decide as table
 
     c = ctx(params_b=3.2, difficulty="very_hard", rows=50_000, budget_gb=20)
     c.plan.update(method="full")

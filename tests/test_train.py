@@ -64,7 +64,7 @@ def _assert_adapter_changes_output(model_dir, out_dir):
 
 
 def test_lora_run_writes_a_loadable_adapter_and_reports_events(tiny, tmp_path):
-    from engine.train import train
+    from engine.train.run import train
 
     events = []
     out = tmp_path / "job"
@@ -102,7 +102,7 @@ def test_qlora_run_writes_a_loadable_adapter(tiny, tmp_path):
         bnbf.quantize_4bit(torch.randn(64, 64), quant_type="nf4")
     except Exception as exc:  # pragma: no cover - depends on the machine
         pytest.skip(f"bitsandbytes cannot quantize to 4-bit on this machine: {exc}")
-    from engine.train import load_base, train
+    from engine.train.run import load_base, train
 
     model, _ = load_base(_plan(tiny, method="qlora"))
     assert type(model.model.layers[0].self_attn.q_proj).__name__ == "Linear4bit"
@@ -116,7 +116,7 @@ def test_qlora_run_writes_a_loadable_adapter(tiny, tmp_path):
 
 
 def test_stop_request_checkpoints_and_resume_continues_from_it(tiny, tmp_path):
-    from engine.train import train
+    from engine.train.run import train
 
     out = tmp_path / "job"
     plan = _plan(tiny, max_steps=8, save_steps=5, eval_split=0.0)
@@ -151,7 +151,7 @@ def test_full_fine_tune_updates_the_weights(tiny, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine.train import train
+    from engine.train.run import train
 
     out = tmp_path / "job"
     result = train(_plan(tiny, method="full", learning_rate=1e-3, max_steps=3), out)
@@ -163,7 +163,7 @@ def test_full_fine_tune_updates_the_weights(tiny, tmp_path):
 
 
 def test_missing_models_are_user_errors(tiny, tmp_path):
-    from engine.train import load_base
+    from engine.train.run import load_base
 
     with pytest.raises(UserError) as err:
         load_base(_plan(tiny, model=str(tmp_path / "nope")))
@@ -177,7 +177,7 @@ def test_missing_models_are_user_errors(tiny, tmp_path):
 def test_cpu_peak_counts_live_tensors_and_frees_them():
     import torch
 
-    from engine.peak import LiveTensorPeak
+    from engine.train.peak import LiveTensorPeak
 
     with LiveTensorPeak() as meter:
         start = meter.live

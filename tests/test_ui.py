@@ -16,8 +16,13 @@ import pytest
 
 from engine.errors import UserError
 from engine.plan import TrainingPlan, add_plan_flags, plan_from_args
-from ui import charts, codegen, html, jobs_page, review, steps
-from ui.cli_serve import check_exposure, is_loopback, parse_auth
+from ui.web import charts
+from ui.web import codegen
+from ui.web import html
+from ui.web import jobs_page
+from ui.web import review
+from ui.web import steps
+from ui.cli.serve import check_exposure, is_loopback, parse_auth
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -183,7 +188,7 @@ def test_form_values_round_trip_and_bad_values_name_the_field():
 
 
 def test_wizard_context_requires_checked_data():
-    from ui.wizard import context_from
+    from ui.web.wizard import context_from
 
     with pytest.raises(UserError, match="check the data"):
         context_from("default", "simple", None, None, "cpu", None, None, "")

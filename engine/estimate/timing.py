@@ -13,8 +13,8 @@ import math
 
 from pydantic import BaseModel
 
-from engine.catalog import Gpu
-from engine.introspect import ModelInfo
+from engine.model.catalog import Gpu
+from engine.model.introspect import ModelInfo
 
 GPU_UTILISATION = 0.35  # share of dense peak a HF/TRL training loop typically reaches
 CPU_UTILISATION = 0.5  # of the stated CPU peak (catalog.CPU_PEAK_TFLOPS)

@@ -194,7 +194,7 @@ def evaluate(model, tokenizer, skill, records: list[dict] | None = None, max_new
         rows = [json.loads(line) for line in dataset_path(skill.name, "test").read_text().splitlines() if line]
     if not rows:
         return 0.0
-    from engine.chat import ensure_chat_template
+    from engine.data.chat import ensure_chat_template
     ensure_chat_template(tokenizer)
     prompts = [tokenizer.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True)
                for r in rows]

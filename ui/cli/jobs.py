@@ -73,7 +73,7 @@ def cmd_train(ns) -> int:
 
 
 def cmd_demo(ns) -> int:
-    from engine import demo
+    from engine.data import demo
 
     if ns.skill is not None and ns.skill not in demo.SKILLS:
         raise UserError("skill", f"unknown demo skill '{ns.skill}'; choose one of {', '.join(demo.SKILLS)}")

@@ -57,7 +57,7 @@ def compute_dtype(plan: TrainingPlan, device: str):
 # --- the base model --------------------------------------------------------------------
 def model_source(spec: str) -> str:
     """A local folder `from_pretrained` can read, or a hub id."""
-    from engine import default_model
+    from engine.model import default_model
 
     if spec == "default":
         return str(default_model.default_model_dir())
@@ -75,7 +75,7 @@ def model_source(spec: str) -> str:
         raise UserError("model", f"{spec} is a file; give a model folder, a .gguf file or a hub id")
     if spec.startswith(("/", "./", "../", "~")):
         raise UserError("model", f"{spec} does not exist; give a model folder, a .gguf file or a hub id")
-    from engine import catalog
+    from engine.model import catalog
 
     entry = catalog.find_model(spec)  # a catalog short name (e.g. 'llama-3.1-8b') stands for its hub id
     return entry.hub_id if entry else spec
@@ -92,7 +92,7 @@ def load_base(plan: TrainingPlan, for_training: bool = True):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine.chat import ensure_chat_template
+    from engine.data.chat import ensure_chat_template
 
     device = device_of(plan)
     dtype = compute_dtype(plan, device)
@@ -144,7 +144,7 @@ def _nf4_config(dtype):
 def resolve_targets(plan: TrainingPlan) -> str | list[str]:
     if plan.targets == "all-linear":
         return "all-linear"  # PEFT expands it itself (every Linear except the output head)
-    from engine import introspect
+    from engine.model import introspect
 
     return introspect.resolve_targets(introspect.resolve(plan.model), plan.targets)
 
@@ -200,7 +200,7 @@ def sft_config(plan: TrainingPlan, out_dir: Path, device: str, dtype, has_eval: 
 def _reporter_class():
     from transformers import TrainerCallback
 
-    from engine.peak import PeakMeter
+    from engine.train.peak import PeakMeter
 
     class _Reporter(TrainerCallback):
         """Trainer events → report dicts; cancel requests → a graceful stop with a checkpoint."""
@@ -279,7 +279,7 @@ def _reporter_class():
 
 
 def _evaluate_skill(model, tokenizer, skill) -> float:
-    from engine import demo
+    from engine.data import demo
 
     was_training, use_cache = model.training, getattr(model.config, "use_cache", True)
     model.eval()
@@ -309,8 +309,9 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
     import torch
     from trl import SFTTrainer
 
-    from engine import artifacts, demo
-    from engine.data import build_datasets
+    from engine.train import artifacts
+    from engine.data import demo
+    from engine.data.dataset import build_datasets
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

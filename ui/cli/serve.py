@@ -84,7 +84,7 @@ def serve(ns) -> int:
         kick()
     except ImportError:
         pass
-    from ui import server
+    from ui.web import server
 
     shown = f"[{ns.host}]" if ":" in ns.host else ns.host
     print(f"LoRA Pilot: http://{shown}:{ns.port}" + (" (sign-in required)" if auth else ""), flush=True)

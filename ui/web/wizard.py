@@ -13,7 +13,10 @@ import gradio as gr
 
 from engine.errors import UserError
 from engine.plan import TrainingPlan
-from ui import charts, html, review, steps
+from ui.web import charts
+from ui.web import html
+from ui.web import review
+from ui.web import steps
 
 STEP_IDS = ["s1", "s2", "s3", "s4", "s5"]
 
@@ -229,7 +232,7 @@ def _wire(ui: SimpleNamespace) -> None:
                 ("Length", f"{plan.max_steps} steps" if plan.max_steps else f"{plan.epochs:g} epochs"),
                 ("Hardware", plan.gpu or f"{plan.budget_gb:g} GiB GPU")]
         try:
-            from engine.estimate import estimate
+            from engine.estimate.combined import estimate
 
             est = estimate(plan)
             rows.append(("Memory", est.memory.verdict))

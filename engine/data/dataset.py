@@ -18,8 +18,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from engine.chat import ends_with_eos, ensure_chat_template, render
-from engine.data_formats import FORMATS, Rows, detect_format, read_source, to_messages, to_text  # noqa: F401
+from engine.data.chat import ends_with_eos, ensure_chat_template, render
+from engine.data.formats import FORMATS, Rows, detect_format, read_source, to_messages, to_text  # noqa: F401
 from engine.errors import UserError, one_of
 
 MAX_PROBLEMS = 50  # more than this and the report lists the count, not each one
@@ -85,7 +85,7 @@ def load_tokenizer(model: str | None):
     spec = (model or "default").strip()
     try:
         if spec == "default":
-            from engine import default_model
+            from engine.model import default_model
             folder = default_model.default_model_dir()
             tokenizer = AutoTokenizer.from_pretrained(folder)
         elif Path(spec).expanduser().is_dir():
@@ -182,7 +182,7 @@ def build_datasets(plan, tokenizer):
 
     eval_rows: list[dict] = []
     if plan.dataset.startswith("demo:") and plan.eval_split > 0:
-        from engine import demo
+        from engine.data import demo
         test = read_source(str(demo.dataset_path(plan.dataset.removeprefix("demo:"), "test")))
         eval_rows, _, _, _ = _examples(test, "messages", {}, tokenizer)
         train_rows = examples
@@ -344,7 +344,7 @@ def _round_up(n: float) -> int:
 def _hub_id(spec: str) -> str:
     """A catalog key maps to its hub id; anything else is taken as a hub id."""
     try:
-        from engine import catalog
+        from engine.model import catalog
         for m in catalog.list_models():
             if spec.lower() in (m.key.lower(), m.hub_id.lower()):
                 return m.hub_id

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from engine import paths
 from engine.errors import UserError
-from ui import charts, html
+from ui.web import charts
+from ui.web import html
 
 UPLOAD_TYPES = [".jsonl", ".json", ".csv", ".parquet", ".txt"]
 
@@ -41,13 +42,13 @@ def default_model() -> str:
 # --- step 1: base model ----------------------------------------------------------------
 
 def catalog_choices() -> list[tuple[str, str]]:
-    from engine.catalog import list_models
+    from engine.model.catalog import list_models
 
     return [(f"{m.name} ({m.params_b:g}B)", m.key) for m in list_models()]
 
 
 def catalog_cards() -> str:
-    from engine.catalog import list_models
+    from engine.model.catalog import list_models
 
     try:
         return html.model_cards(list_models())
@@ -61,7 +62,7 @@ def model_facts(spec: str) -> tuple[str, bool]:
     if not spec:
         return html.notice("Type a catalog name, a hub id, a local folder or a .gguf file.", "warn"), False
     try:
-        from engine.introspect import resolve
+        from engine.model.introspect import resolve
 
         info = resolve(spec)
     except Exception as exc:
@@ -86,7 +87,7 @@ def model_facts(spec: str) -> tuple[str, bool]:
 
 def skill_choices() -> list[tuple[str, str]]:
     try:
-        from engine.demo import SKILLS
+        from engine.data.demo import SKILLS
     except ImportError:
         return []
     return [(s.title, name) for name, s in SKILLS.items()]
@@ -94,7 +95,7 @@ def skill_choices() -> list[tuple[str, str]]:
 
 def skill_description(name: str | None) -> str:
     try:
-        from engine.demo import SKILLS
+        from engine.data.demo import SKILLS
 
         skill = SKILLS[name]
     except (ImportError, KeyError):
@@ -136,7 +137,7 @@ def check_data_view(kind: str, skill: str | None, upload: str | None, model: str
     source = None
     try:
         source = data_source(kind, skill, upload)
-        from engine.data import check_data
+        from engine.data.dataset import check_data
 
         report = check_data(source, model=(model or "default").strip(), seq_len=int(seq_len or 512))
     except Exception as exc:
@@ -181,7 +182,7 @@ def data_summary(report, shown_name: str | None = None) -> str:
 # --- step 3: hardware ------------------------------------------------------------------
 
 def gpu_choices() -> list[tuple[str, str]]:
-    from engine.catalog import list_gpus
+    from engine.model.catalog import list_gpus
 
     return [(f"{g.name} ({g.memory_gb:g} GiB)", g.name) for g in list_gpus() if g.memory_gb]
 
@@ -199,7 +200,7 @@ def detect_hardware() -> tuple[str, str | None, float | None]:
         name, mem = [s.strip() for s in line.split(",")[:2]]
     except Exception:
         return "cpu", None, None
-    from engine.catalog import find_gpu
+    from engine.model.catalog import find_gpu
 
     try:
         return "gpu", find_gpu(name.replace("NVIDIA", "")).name, None

@@ -26,7 +26,7 @@ def register(sub) -> None:
 
 
 def run(ns) -> int:
-    from engine.data import check_data
+    from engine.data.dataset import check_data
     from engine.errors import UserError
     from engine.plan import _parse_mapping
 

@@ -15,7 +15,9 @@ from types import SimpleNamespace
 import gradio as gr
 
 from engine.errors import UserError
-from ui import charts, codegen, html
+from ui.web import charts
+from ui.web import codegen
+from ui.web import html
 
 REFRESH_S = 1.0
 _DOWNLOADS = Path(tempfile.gettempdir()) / "lorapilot-downloads"

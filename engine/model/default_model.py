@@ -117,6 +117,6 @@ def _convert(gguf_file: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dest)
     if not tokenizer.chat_template:
-        from engine.chat import ensure_chat_template
+        from engine.data.chat import ensure_chat_template
         ensure_chat_template(tokenizer)
     tokenizer.save_pretrained(dest)

@@ -58,7 +58,7 @@ def estimate_json(est) -> dict:
 
 
 def run_estimate(ns: argparse.Namespace) -> int:
-    from engine.estimate import estimate
+    from engine.estimate.combined import estimate
 
     _check_exclusive(ns)
     plan = plan_from_args(ns)
@@ -102,7 +102,7 @@ def format_estimate(plan, est) -> str:
 
 
 def run_recommend(ns: argparse.Namespace) -> int:
-    from engine.recommend import recommend
+    from engine.advice.recommend import recommend
 
     _check_exclusive(ns)
     if ns.model is None:
@@ -123,7 +123,7 @@ def run_recommend(ns: argparse.Namespace) -> int:
 
 
 def format_recommendation(rec) -> str:
-    from engine.rules import FIELDS
+    from engine.advice.rules import FIELDS
 
     plan = rec.plan
     lines = [f"Recommended settings for {plan.model} ({plan.difficulty})", ""]

@@ -15,7 +15,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from engine import catalog, hub
+from engine.model import catalog
+from engine.model import hub
 from engine.errors import UserError, one_of
 
 # Parent-module names that mark attention and MLP blocks across architectures.

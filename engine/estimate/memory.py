@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.introspect import ModelInfo
-from engine.params import ParamCount
+from engine.model.introspect import ModelInfo
+from engine.estimate.params import ParamCount
 
 GiB = 1024**3
 CUDA_CONTEXT = int(0.5 * GiB)  # CUDA context + cuBLAS/cuDNN handles, outside the allocator

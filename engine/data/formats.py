@@ -42,7 +42,7 @@ def read_source(source: str) -> Rows:
         raise UserError("dataset", "is empty; give a file (" + one_of(EXTENSIONS) + "), a hub dataset id or demo:NAME")
     source = str(source).strip()
     if source.startswith("demo:"):
-        from engine import demo
+        from engine.data import demo
         return read_file(demo.dataset_path(source.removeprefix("demo:"), "train"))
     path = Path(source).expanduser()
     if path.exists():

@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict
 
 from engine.errors import UserError, one_of
 from engine.plan import TrainingPlan
-from engine import rules
-from engine.rules import DIFFICULTIES, FIELDS, Ctx
+from engine.advice import rules
+from engine.advice.rules import DIFFICULTIES, FIELDS, Ctx
 
 GIB = 1024**3  # the catalogs and the estimator count GB as GiB (what nvidia-smi shows)
 MIN_R = 4      # the bottom of R1's range; below it an adapter learns little
@@ -143,7 +143,7 @@ FIT_ORDER: list[tuple[str, Callable[[TrainingPlan, Ctx], Step | None]]] = [
 
 
 def _memory(plan: TrainingPlan):
-    from engine.estimate import memory_for
+    from engine.estimate.combined import memory_for
 
     return memory_for(plan)
 
@@ -186,7 +186,7 @@ def fit(plan: TrainingPlan, ctx: Ctx, reasons: dict[str, Reason]) -> tuple[Train
 
 def advice_for(plan: TrainingPlan, ctx: Ctx) -> str:
     """Nothing fits: say how much memory the smallest setup needs and which catalog GPU has it."""
-    from engine.catalog import list_gpus
+    from engine.model.catalog import list_gpus
 
     need = _memory(plan).device_bytes
     setup = (f"{plan.method}, targets {plan.targets}, r {plan.r}, micro-batch {plan.batch_size}, "
@@ -208,8 +208,8 @@ def advice_for(plan: TrainingPlan, ctx: Ctx) -> str:
 
 def recommend(model: str, difficulty: str | None, gpu: str | None = None, budget_gb: float | None = None,
               dataset_rows: int | None = None, base: TrainingPlan | None = None) -> Recommendation:
-    from engine.catalog import find_gpu
-    from engine.introspect import resolve
+    from engine.model.catalog import find_gpu
+    from engine.model.introspect import resolve
 
     difficulty = difficulty or "balanced"
     if difficulty not in DIFFICULTIES:
@@ -246,7 +246,7 @@ def recommend(model: str, difficulty: str | None, gpu: str | None = None, budget
     fits = True
     if not on_cpu:
         plan, adjustments, fits = fit(plan, ctx, reasons)
-    from engine.estimate import estimate
+    from engine.estimate.combined import estimate
 
     result = estimate(plan)
     ctx.seconds = result.time.seconds if result.time is not None else None

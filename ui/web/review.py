@@ -14,7 +14,8 @@ from typing import Any
 
 from engine.errors import UserError
 from engine.plan import TARGET_PRESETS, TrainingPlan
-from ui import charts, html
+from ui.web import charts
+from ui.web import html
 
 # The recommended settings, shown with their reasons, in this order.
 MAIN_FIELDS = ["method", "r", "alpha", "dropout", "targets", "batch_size", "grad_accum", "seq_len",
@@ -102,13 +103,13 @@ def values_of(plan: TrainingPlan) -> list:
 
 def recommend_for(context: dict):
     """(Recommendation, plan) for the earlier steps' answers; raises UserError."""
-    from engine.recommend import recommend
+    from engine.advice.recommend import recommend
 
     answers = {k: v for k, v in context.items() if k in TrainingPlan.model_fields and v is not None}
     base = TrainingPlan.build(**answers)
     if (base.dataset or "").startswith("demo:"):
         # A demo skill comes with a run length and sequence length measured to learn visibly on a CPU.
-        from engine.demo import default_plan
+        from engine.data.demo import default_plan
 
         base = default_plan(base.dataset.split(":", 1)[1]).updated(**answers)
     rec = recommend(model=base.model, difficulty=base.difficulty or "balanced", gpu=base.gpu,
@@ -127,8 +128,8 @@ def _demo_recipe(rec, skill: str):
     The general rules aim at real datasets and patient GPUs; a newcomer's first click-through
     must show a loss that falls before they lose interest, so these fields say so openly.
     """
-    from engine.demo import default_plan
-    from engine.recommend import Reason
+    from engine.data.demo import default_plan
+    from engine.advice.recommend import Reason
 
     demo = default_plan(skill)
     changes = {f: getattr(demo, f) for f in DEMO_FIELDS if getattr(demo, f) != getattr(rec.plan, f)}
@@ -176,7 +177,7 @@ def sweep_view(plan: TrainingPlan):
     """Memory against sequence length for full / LoRA / QLoRA, with this plan marked."""
     budget = None
     if plan.gpu or plan.budget_gb:
-        from engine.estimate import memory_for
+        from engine.estimate.combined import memory_for
 
         budget = memory_for(plan).budget_bytes
     return charts.memory_sweep(_sweep(plan.model_dump_json(exclude={"seq_len", "name", "method", "use_dora",
@@ -187,7 +188,7 @@ def sweep_view(plan: TrainingPlan):
 @functools.lru_cache(maxsize=64)
 def _sweep(plan_json: str) -> dict[str, list[tuple[int, float]]]:
     """Cached on everything but the swept knobs: moving seq_len or the method costs nothing."""
-    from engine.estimate import memory_for
+    from engine.estimate.combined import memory_for
 
     plan = TrainingPlan.model_validate_json(plan_json)
     series = {}
@@ -210,7 +211,7 @@ _FIXES = [
 
 def fixing_knob(plan: TrainingPlan) -> str | None:
     """The first single change that makes the plan fit, else the shortest chain of them, as a sentence."""
-    from engine.estimate import memory_for
+    from engine.estimate.combined import memory_for
 
     def fits(p):
         try:
@@ -242,7 +243,7 @@ def fixing_knob(plan: TrainingPlan) -> str | None:
 
 def estimate_view(plan: TrainingPlan) -> dict:
     """Figures and the verdict for one plan: what the review step shows on every change."""
-    from engine.estimate import estimate
+    from engine.estimate.combined import estimate
 
     est = estimate(plan)
     mem = est.memory

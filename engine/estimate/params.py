@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from engine.errors import UserError, one_of
-from engine.introspect import ModelInfo, matches, meta_model, resolve_targets, targeted_modules
+from engine.model.introspect import ModelInfo, matches, meta_model, resolve_targets, targeted_modules
 
 # PEFT saves adapter weights in fp32 (it upcasts half-precision adapters by default).
 ADAPTER_SAVE_BYTES = 4

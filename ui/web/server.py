@@ -14,7 +14,9 @@ from pathlib import Path
 import gradio as gr
 
 from engine.paths import ASSETS
-from ui import jobs_page, steps, wizard
+from ui.web import jobs_page
+from ui.web import steps
+from ui.web import wizard
 
 TITLE = "LoRA Pilot"
 CSS_PATH = ASSETS / "style.css"
@@ -62,8 +64,8 @@ def warm_up() -> None:
     first model check and data check answer in a second instead of paying for the imports (and,
     on the very first run, the one-time conversion of the embedded model)."""
     try:
-        from engine.data import load_tokenizer
-        from engine.introspect import resolve
+        from engine.data.dataset import load_tokenizer
+        from engine.model.introspect import resolve
 
         resolve(steps.default_model())
         load_tokenizer(steps.default_model())

@@ -1,0 +1,4 @@
+"""A dataset's life before training: file formats, chat templates, checks, the demo skills.
+
+Imports engine/model and the top of `engine/`; never jobs/ or ui/.
+"""
