@@ -289,7 +289,7 @@ def test_serve_on_the_network_without_credentials_refuses_in_one_line():
 
 
 def test_app_builds_without_heavy_imports():
-    code = ("import sys; from ui import server; server.build_app(); "
+    code = ("import sys; from ui.web import server; server.build_app(); "
             "print([m for m in ('torch', 'transformers', 'peft', 'trl') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
