@@ -1,0 +1,276 @@
+"""Decode requests for different adapters together: one forward pass per token for the whole batch.
+
+PEFT's mixed-adapter batches (`adapter_names=[...]` on the forward call, one name per row, the
+base as "__base__") route each row through its own LoRA weights while the frozen base weights are
+read once for all rows. We call the forward pass ourselves rather than `model.generate`, because
+`generate` applies one generation config to the whole batch, and each request here keeps its own
+max_tokens, stop strings, temperature, top_p and seed. Rows are left-padded; position ids follow
+each row's own tokens, so a row's greedy output equals the same request decoded alone.
+
+`Scheduler` feeds it: requests queue up (bounded: `QueueFull` when full), and a single thread
+takes everything waiting at each tick and decodes it as one batch, off the caller's event loop.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+
+
+@dataclass
+class Request:
+    prompt_ids: list[int]
+    adapter: str | None = None  # None: the base model
+    max_tokens: int = 64
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    # Called from the decoding thread with each new piece of text (streaming); must not block.
+    on_text: Callable[[str], None] | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class Result:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (eos or a stop string) or "length"; OpenAI's words
+
+
+class QueueFull(Exception):
+    """The scheduler already holds as many waiting requests as it accepts."""
+
+
+class _Row:
+    """One request's decoding state."""
+
+    def __init__(self, request: Request, tokenizer, eos_ids: set[int]):
+        import torch
+
+        self.req = request
+        self.tokenizer = tokenizer
+        self.eos_ids = eos_ids
+        self.ids: list[int] = []
+        self.text = ""
+        self.sent = 0  # characters already handed to on_text
+        self.finish: str | None = None
+        self.generator = torch.Generator().manual_seed(
+            request.seed if request.seed is not None else random.randrange(2**63))
+
+    def pick(self, logits) -> int:
+        """Next token from this row's logits (1-D, float32) under its own sampling settings."""
+        import torch
+
+        req = self.req
+        if req.temperature <= 0:
+            return int(torch.argmax(logits))
+        probs = torch.softmax(logits / req.temperature, dim=-1)
+        if req.top_p < 1.0:  # nucleus: the smallest set of tokens whose mass reaches top_p
+            sorted_p, order = torch.sort(probs, descending=True)
+            outside = torch.cumsum(sorted_p, dim=-1) - sorted_p >= req.top_p
+            sorted_p[outside] = 0.0
+            probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+    def push(self, token: int) -> None:
+        self.ids.append(token)
+        if token in self.eos_ids:
+            self.finish = "stop"
+        else:
+            self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+            cut = min((i for i in (self.text.find(s) for s in self.req.stop if s) if i >= 0), default=-1)
+            if cut >= 0:  # OpenAI semantics: the stop string itself is not returned
+                self.text, self.finish = self.text[:cut], "stop"
+            elif len(self.ids) >= self.req.max_tokens:
+                self.finish = "length"
+        if self.req.cancelled.is_set():
+            self.finish = self.finish or "cancelled"
+        self._emit()
+
+    def _emit(self) -> None:
+        if self.req.on_text is None:
+            return
+        end = len(self.text)
+        if self.finish is None:
+            end -= _held_back(self.text, self.req.stop)
+        if end > self.sent:
+            piece, self.sent = self.text[self.sent:end], end
+            self.req.on_text(piece)
+
+    def result(self) -> Result:
+        return Result(self.text, len(self.req.prompt_ids), len(self.ids),
+                      "length" if self.finish == "length" else "stop")
+
+
+def _held_back(text: str, stops) -> int:
+    """How many trailing characters to keep back while streaming: an unfinished multi-byte
+    character (decoded as U+FFFD) or the start of a stop string must not be sent yet."""
+    if text.endswith("\ufffd"):
+        return len(text) - len(text.rstrip("\ufffd"))
+    hold = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), hold, -1):
+            if text.endswith(stop[:k]):
+                hold = k
+                break
+    return hold
+
+
+def decode_batch(model, tokenizer, requests: list[Request], pad_id: int | None = None) -> list[Result]:
+    """Decode all `requests` together; one Result per request, in order.
+
+    `model` is a PeftModel holding every adapter the requests name (or a plain model when all
+    rows are base). The caller keeps the model from changing meanwhile (the host's lock).
+    """
+    import torch
+
+    if not requests:
+        return []
+    eos = model.generation_config.eos_token_id if getattr(model, "generation_config", None) else None
+    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    eos_ids |= {tokenizer.eos_token_id} - {None}
+    pad = pad_id if pad_id is not None else (tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                                             else next(iter(eos_ids), 0))
+    rows = [_Row(r, tokenizer, eos_ids) for r in requests]
+    mixed = hasattr(model, "peft_config")  # a PeftModel: route each row through its adapter
+    names = [r.adapter or BASE for r in requests]
+
+    # Prefill: left-pad the prompts so every row's last prompt token sits in the last column.
+    width = max(len(r.prompt_ids) for r in requests)
+    input_ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + list(r.prompt_ids) for r in requests])
+    mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in requests])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    active = list(range(len(rows)))  # indices into rows of the rows still decoding
+    cache = None
+    with torch.inference_mode():
+        while True:
+            kwargs = {"adapter_names": [names[i] for i in active]} if mixed else {}
+            out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
+                        use_cache=True, logits_to_keep=1, **kwargs)
+            cache = out.cache
+            logits = out.logits[:, -1, :].float()
+            for slot, i in enumerate(active):
+                rows[i].push(rows[i].pick(logits[slot]))
+            keep = [slot for slot, i in enumerate(active) if rows[i].finish is None]
+            if not keep:
+                break
+            if len(keep) < len(active):  # finished rows leave the batch (and the KV cache)
+                index = torch.tensor(keep)
+                cache.batch_select_indices(index)
+                mask, positions = mask[index], positions[index]
+                active = [active[slot] for slot in keep]
+            input_ids = torch.tensor([[rows[i].ids[-1]] for i in active])
+            mask = torch.cat([mask, torch.ones(len(active), 1, dtype=mask.dtype)], dim=1)
+            positions = positions[:, -1:] + 1
+    return [row.result() for row in rows]
+
+
+@dataclass
+class _Ticket:
+    request: Request
+    future: Future
+
+
+class Scheduler:
+    """A bounded queue and one decoding thread that batches whatever is waiting at each tick.
+
+    prepare(name) runs on the decoding thread before each batch, with `lock` held, once per
+    adapter the batch names, and must leave it loaded on `model_fn()` (loading on first use); at most
+    `max_adapters` distinct adapters go into one batch, so an LRU of that size never evicts one
+    a batch still needs. mixed=False serves one adapter per batch instead (the baseline the
+    benchmark compares against: what serving without mixed-adapter batches would do).
+    """
+
+    def __init__(self, model_fn: Callable, tokenizer_fn: Callable, *, prepare: Callable | None = None,
+                 lock=None, max_batch: int = 32, max_queue: int = 64, max_adapters: int = 8,
+                 mixed: bool = True):
+        self.model_fn, self.tokenizer_fn, self.prepare = model_fn, tokenizer_fn, prepare
+        self.lock = lock or threading.RLock()
+        self.max_batch, self.max_queue, self.max_adapters, self.mixed = max_batch, max_queue, max_adapters, mixed
+        self._waiting: list[_Ticket] = []
+        self._cond = threading.Condition()
+        self._stopped = False
+        self.batches: list[int] = []  # size of each batch decoded (for tests and the benchmark)
+        self._thread = threading.Thread(target=self._loop, name="lora-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, request: Request) -> Future:
+        """Queue a request; its Future resolves to a Result (or the error that stopped it)."""
+        with self._cond:
+            if self._stopped:
+                raise RuntimeError("the scheduler is stopped")
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(f"{len(self._waiting)} requests are already waiting (the limit)")
+            ticket = _Ticket(request, Future())
+            self._waiting.append(ticket)
+            self._cond.notify()
+        return ticket.future
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        self._thread.join(timeout=60)
+
+    def _take(self) -> list[_Ticket]:
+        """Oldest first, up to max_batch, with at most max_adapters distinct adapters (1 unless mixed)."""
+        chosen, names = [], set()
+        limit = self.max_adapters if self.mixed else 1
+        for ticket in self._waiting:
+            name = ticket.request.adapter or BASE
+            if name not in names and len(names) >= limit:
+                continue
+            names.add(name)
+            chosen.append(ticket)
+            if len(chosen) >= self.max_batch:
+                break
+        taken = {id(t) for t in chosen}
+        self._waiting = [t for t in self._waiting if id(t) not in taken]
+        return chosen
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._stopped:
+                    self._cond.wait()
+                if self._stopped:
+                    for ticket in self._waiting:
+                        ticket.future.set_exception(RuntimeError("the server is shutting down"))
+                    self._waiting = []
+                    return
+                tickets = self._take()
+            tickets = [t for t in tickets if t.future.set_running_or_notify_cancel()]
+            with self.lock:
+                tickets = self._prepare(tickets)
+                try:
+                    results = decode_batch(self.model_fn(), self.tokenizer_fn(), [t.request for t in tickets])
+                except Exception as exc:  # noqa: BLE001 - reported to each waiting caller; the thread keeps serving
+                    for ticket in tickets:
+                        ticket.future.set_exception(exc)
+                    continue
+            self.batches.append(len(tickets))
+            for ticket, result in zip(tickets, results):
+                ticket.future.set_result(result)
+
+    def _prepare(self, tickets: list[_Ticket]) -> list[_Ticket]:
+        """Load each adapter the batch names; a request whose adapter fails to load gets that error
+        and leaves the batch, the others go on."""
+        if not self.prepare:
+            return tickets
+        failed: dict[str, Exception] = {}
+        for name in sorted({t.request.adapter for t in tickets if t.request.adapter}):
+            try:
+                self.prepare(name)
+            except Exception as exc:  # noqa: BLE001 - becomes that request's error
+                failed[name] = exc
+        for ticket in tickets:
+            if ticket.request.adapter in failed:
+                ticket.future.set_exception(failed[ticket.request.adapter])
+        return [t for t in tickets if t.request.adapter not in failed]
