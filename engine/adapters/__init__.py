@@ -1,0 +1,1 @@
+"""After training: host adapters on one base, check adapter folders, merge and compose them."""
