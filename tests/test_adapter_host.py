@@ -110,7 +110,6 @@ def test_merge_toggle_keeps_outputs_and_unmerge_restores_the_base(host, tiny):
 
 
 def test_generate_streams_greedy_text_equal_to_a_plain_generate(host, tiny):
-    import torch
 
     host.load("a", str(adapters := tiny[1]["a"]))
     chunks = list(host.generate("Hello there", adapter="a", max_new_tokens=12))

@@ -61,7 +61,7 @@ def test_import_list_rename_delete(tiny, lorapilot_home):
 def test_zip_import_and_bad_inputs_leave_nothing_behind(tiny, tmp_path, lorapilot_home):
     from jobs import library
 
-    base, adapter, root = tiny
+    _base, adapter, _root = tiny
     good = tmp_path / "good.zip"
     with zipfile.ZipFile(good, "w") as zf:
         for f in adapter.iterdir():
