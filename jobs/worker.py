@@ -16,7 +16,7 @@ import sys
 import time
 import traceback
 
-from jobs import store
+from jobs import library, store
 
 POLL_S = 0.25  # how often should_stop reads the cancel flag from the database
 
@@ -137,6 +137,7 @@ def _run(worker: Worker) -> int:
     _finish(job_id, "succeeded", step=result.steps, progress=1.0, error=None,
             measured_peak_bytes=_int(result.peak_bytes),
             **{k: getattr(result, k) for k in ("base_score", "adapter_score") if getattr(result, k, None) is not None})
+    library.register_finished(job_id)
     return 0
 
 
