@@ -5,17 +5,28 @@ import time
 
 import pytest
 
-from engine.adapters.batch import QueueFull, Request, Scheduler, decode_batch
-from tests.adapters_fixture import make_base_and_adapters
+from engine.adapters.batch import HostRunner, QueueFull, Request, Scheduler, decode_batch
+from tests.tiny import make_tiny_model
+from tests.tiny_adapters import make_tiny_adapter
+
+TARGETS = ("q_proj", "v_proj", "o_proj", "up_proj", "down_proj")
 
 
 @pytest.fixture(scope="module")
-def peft_model(tmp_path_factory):
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serving")
+    base_dir = make_tiny_model(root / "base")
+    return base_dir, {name: make_tiny_adapter(base_dir, root / name, seed=i + 1, targets=TARGETS)
+                      for i, name in enumerate(("alpha", "beta"))}
+
+
+@pytest.fixture(scope="module")
+def peft_model(tiny):
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base_dir, adapters = make_base_and_adapters(tmp_path_factory.mktemp("serving"))
+    base_dir, adapters = tiny
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     model = PeftModel.from_pretrained(base, adapters["alpha"], adapter_name="alpha")
@@ -79,20 +90,31 @@ def test_stop_strings_lengths_and_streaming(peft_model):
     assert capped.completion_tokens == 3 and capped.finish_reason == "length"
 
 
+class Gated:
+    """run_batch that decodes with the model, but holds its first batch until the test opens the gate."""
+
+    def __init__(self, model, tok):
+        self.model, self.tok = model, tok
+        self.gate, self.holding = threading.Event(), threading.Event()
+
+    def __call__(self, requests):
+        self.holding.set()
+        assert self.gate.wait(60)
+        return decode_batch(self.model, self.tok, requests)
+
+
 def test_scheduler_batches_what_waits_and_refuses_when_full(peft_model):
     model, tok = peft_model
-    sched = Scheduler(lambda: model, lambda: tok, max_queue=3)
+    runner = Gated(model, tok)
+    sched = Scheduler(runner, max_queue=3)
     try:
-        with sched.lock:  # the decoding thread blocks on the lock with its first batch in hand
-            first = sched.submit(Request(ids(tok, "hello"), adapter="alpha", max_tokens=4, temperature=0))
-            deadline = time.monotonic() + 30
-            while not first.running():
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
-            waiting = [sched.submit(Request(ids(tok, "hello there"), adapter=a, max_tokens=5, temperature=0))
-                       for a in ("alpha", "beta", None)]
-            with pytest.raises(QueueFull):
-                sched.submit(Request(ids(tok, "one too many")))
+        first = sched.submit(Request(ids(tok, "hello"), adapter="alpha", max_tokens=4, temperature=0))
+        assert runner.holding.wait(60)  # the decoding thread holds its first batch
+        waiting = [sched.submit(Request(ids(tok, "hello there"), adapter=a, max_tokens=5, temperature=0))
+                   for a in ("alpha", "beta", None)]
+        with pytest.raises(QueueFull):
+            sched.submit(Request(ids(tok, "one too many")))
+        runner.gate.set()
         results = [f.result(timeout=60) for f in [first, *waiting]]
         assert sched.batches == [1, 3]  # the three that waited were decoded together, three adapters in one
         alone = decode_batch(model, tok, [Request(ids(tok, "hello there"), adapter="beta", max_tokens=5,
@@ -104,39 +126,57 @@ def test_scheduler_batches_what_waits_and_refuses_when_full(peft_model):
 
 def test_one_adapter_per_batch_when_not_mixed(peft_model):
     model, tok = peft_model
-    sched = Scheduler(lambda: model, lambda: tok, mixed=False)
+    runner = Gated(model, tok)
+    sched = Scheduler(runner, mixed=False)
     try:
-        with sched.lock:
-            futures = [sched.submit(Request(ids(tok, "hi"), adapter=a, max_tokens=2, temperature=0))
-                       for a in ("alpha", "beta", "alpha", None)]
+        futures = [sched.submit(Request(ids(tok, "hi"), adapter="alpha", max_tokens=2, temperature=0))]
+        assert runner.holding.wait(60)
+        futures += [sched.submit(Request(ids(tok, "hi"), adapter=a, max_tokens=2, temperature=0))
+                    for a in ("beta", "alpha", None, "beta")]
+        runner.gate.set()
         [f.result(timeout=60) for f in futures]
-        assert sum(sched.batches) == 4 and max(sched.batches) <= 2
+        assert sched.batches == [1, 2, 1, 1]  # alpha; then beta+beta, alpha, base: one adapter per batch
     finally:
         sched.stop()
 
 
-def test_an_adapter_that_fails_to_load_fails_only_its_requests(peft_model):
-    model, tok = peft_model
+def test_host_runner_loads_on_first_use_and_fails_only_the_bad_adapters_requests(tiny, tmp_path):
+    from engine.adapters.host import AdapterHost
 
-    def prepare(name):
-        if name == "missing":
-            raise FileNotFoundError("no adapter called missing")
-
-    sched = Scheduler(lambda: model, lambda: tok, prepare=prepare)
+    base_dir, adapters = tiny
+    host = AdapterHost(str(base_dir), max_loaded=2)
+    tok = host.tokenizer
+    sched = Scheduler(HostRunner(host), max_adapters=host.max_loaded)
     try:
-        with sched.lock:
-            bad = sched.submit(Request(ids(tok, "hi"), adapter="missing", max_tokens=2))
-            good = sched.submit(Request(ids(tok, "hi"), adapter="alpha", max_tokens=2))
-        assert good.result(timeout=60).completion_tokens >= 1
-        with pytest.raises(FileNotFoundError):
-            bad.result(timeout=60)
+        prompt = ids(tok, "What is 2 + 2?")
+        futures = [sched.submit(Request(prompt, adapter="alpha", adapter_path=str(adapters["alpha"]), max_tokens=6,
+                                        temperature=0)),
+                   sched.submit(Request(prompt, adapter="ghost", adapter_path=str(tmp_path / "missing"),
+                                        max_tokens=6)),
+                   sched.submit(Request(prompt, adapter=None, max_tokens=6, temperature=0))]
+        good = futures[0].result(timeout=120)
+        with pytest.raises(Exception, match="adapter_config.json"):
+            futures[1].result(timeout=120)
+        base = futures[2].result(timeout=120)
+        assert host.loaded() == ["alpha"]
+        with host.using("alpha") as model:
+            expected = decode_batch(model, tok, [Request(prompt, adapter="alpha", max_tokens=6, temperature=0),
+                                                 Request(prompt, max_tokens=6, temperature=0)])
+        assert [good.text, base.text] == [r.text for r in expected]
+        assert good.text != base.text
+        # the workbench's merge toggle must not break a later mixed batch
+        host.activate("alpha")
+        host.set_merged(True)
+        again = [sched.submit(Request(prompt, adapter=a, adapter_path=str(adapters["alpha"]), max_tokens=6,
+                                      temperature=0)) for a in ("alpha", None)]
+        assert [f.result(timeout=120).text for f in again] == [good.text, base.text]
     finally:
         sched.stop()
 
 
 def test_requests_from_many_threads_all_complete(peft_model):
     model, tok = peft_model
-    sched = Scheduler(lambda: model, lambda: tok)
+    sched = Scheduler(lambda requests: decode_batch(model, tok, requests))
     results = {}
     try:
         def ask(i):

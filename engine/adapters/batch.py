@@ -8,7 +8,8 @@ max_tokens, stop strings, temperature, top_p and seed. Rows are left-padded; pos
 each row's own tokens, so a row's greedy output equals the same request decoded alone.
 
 `Scheduler` feeds it: requests queue up (bounded: `QueueFull` when full), and a single thread
-takes everything waiting at each tick and decodes it as one batch, off the caller's event loop.
+takes everything waiting at each tick and decodes it as one batch, off the caller's event loop;
+`HostRunner` runs those batches on the process's AdapterHost.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 class Request:
     prompt_ids: list[int]
     adapter: str | None = None  # None: the base model
+    adapter_path: str | None = None  # where to load the adapter from on first use (HostRunner)
     max_tokens: int = 64
     temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0
@@ -181,18 +183,15 @@ class _Ticket:
 class Scheduler:
     """A bounded queue and one decoding thread that batches whatever is waiting at each tick.
 
-    prepare(name) runs on the decoding thread before each batch, with `lock` held, once per
-    adapter the batch names, and must leave it loaded on `model_fn()` (loading on first use); at most
-    `max_adapters` distinct adapters go into one batch, so an LRU of that size never evicts one
-    a batch still needs. mixed=False serves one adapter per batch instead (the baseline the
-    benchmark compares against: what serving without mixed-adapter batches would do).
+    run_batch(requests) runs on that thread and returns, per request, a Result or the exception
+    that stopped it (see `HostRunner`). At most `max_adapters` distinct adapters go into one batch,
+    so an LRU of that size never evicts one a batch still needs. mixed=False serves one adapter per
+    batch instead: what serving without mixed-adapter batches would do (the benchmark's baseline).
     """
 
-    def __init__(self, model_fn: Callable, tokenizer_fn: Callable, *, prepare: Callable | None = None,
-                 lock=None, max_batch: int = 32, max_queue: int = 64, max_adapters: int = 8,
-                 mixed: bool = True):
-        self.model_fn, self.tokenizer_fn, self.prepare = model_fn, tokenizer_fn, prepare
-        self.lock = lock or threading.RLock()
+    def __init__(self, run_batch: Callable[[list[Request]], list], *, max_batch: int = 32, max_queue: int = 64,
+                 max_adapters: int = 8, mixed: bool = True):
+        self.run_batch = run_batch
         self.max_batch, self.max_queue, self.max_adapters, self.mixed = max_batch, max_queue, max_adapters, mixed
         self._waiting: list[_Ticket] = []
         self._cond = threading.Condition()
@@ -202,7 +201,7 @@ class Scheduler:
         self._thread.start()
 
     def submit(self, request: Request) -> Future:
-        """Queue a request; its Future resolves to a Result (or the error that stopped it)."""
+        """Queue a request; its Future resolves to a Result (or raises the error that stopped it)."""
         with self._cond:
             if self._stopped:
                 raise RuntimeError("the scheduler is stopped")
@@ -212,6 +211,10 @@ class Scheduler:
             self._waiting.append(ticket)
             self._cond.notify()
         return ticket.future
+
+    def waiting(self) -> int:
+        with self._cond:
+            return len(self._waiting)
 
     def stop(self) -> None:
         with self._cond:
@@ -247,30 +250,47 @@ class Scheduler:
                     return
                 tickets = self._take()
             tickets = [t for t in tickets if t.future.set_running_or_notify_cancel()]
-            with self.lock:
-                tickets = self._prepare(tickets)
-                try:
-                    results = decode_batch(self.model_fn(), self.tokenizer_fn(), [t.request for t in tickets])
-                except Exception as exc:  # noqa: BLE001 - reported to each waiting caller; the thread keeps serving
-                    for ticket in tickets:
-                        ticket.future.set_exception(exc)
-                    continue
-            self.batches.append(len(tickets))
-            for ticket, result in zip(tickets, results):
-                ticket.future.set_result(result)
-
-    def _prepare(self, tickets: list[_Ticket]) -> list[_Ticket]:
-        """Load each adapter the batch names; a request whose adapter fails to load gets that error
-        and leaves the batch, the others go on."""
-        if not self.prepare:
-            return tickets
-        failed: dict[str, Exception] = {}
-        for name in sorted({t.request.adapter for t in tickets if t.request.adapter}):
             try:
-                self.prepare(name)
-            except Exception as exc:  # noqa: BLE001 - becomes that request's error
+                outcomes = self.run_batch([t.request for t in tickets])
+            except Exception as exc:  # noqa: BLE001 - reported to each waiting caller; the thread keeps serving
+                outcomes = [exc] * len(tickets)
+            self.batches.append(len(tickets))
+            for ticket, outcome in zip(tickets, outcomes):
+                if isinstance(outcome, BaseException):
+                    ticket.future.set_exception(outcome)
+                else:
+                    ticket.future.set_result(outcome)
+
+
+class HostRunner:
+    """Runs a batch on an AdapterHost: loads each adapter the batch names (from its request's
+    adapter_path, on first use; the host's LRU evicts), then decodes the batch under the host's lock.
+
+    PEFT ignores `adapter_names` while adapter layers are disabled and refuses it while an
+    adapter is merged, so the batch runs inside `host.using(<one of its adapters>)`, which
+    unmerges and enables them; the host stays in that consistent state afterwards.
+    """
+
+    def __init__(self, host):
+        self.host = host
+
+    def __call__(self, requests: list[Request]) -> list:
+        failed: dict[str, Exception] = {}
+        for name, path in {r.adapter: r.adapter_path for r in requests if r.adapter}.items():
+            try:
+                self.host.load(name, path)
+            except Exception as exc:  # noqa: BLE001 - becomes those requests' error; the others go on
                 failed[name] = exc
-        for ticket in tickets:
-            if ticket.request.adapter in failed:
-                ticket.future.set_exception(failed[ticket.request.adapter])
-        return [t for t in tickets if t.request.adapter not in failed]
+        live = [r for r in requests if r.adapter not in failed]
+        names = sorted({r.adapter for r in live if r.adapter})
+        results: dict[int, object] = {}
+        if live:
+            with self.host.using(names[0] if names else None) as model:
+                present = set(getattr(model, "peft_config", {}))
+                gone = [n for n in names if n not in present]  # evicted by another user since loading
+                for name in gone:
+                    failed[name] = RuntimeError(f"adapter '{name}' was unloaded meanwhile; send the request again")
+                live = [r for r in live if r.adapter not in failed]
+                for request, result in zip(live, decode_batch(model, self.host.tokenizer, live)):
+                    results[id(request)] = result
+        return [failed[r.adapter] if r.adapter in failed else results[id(r)] for r in requests]
