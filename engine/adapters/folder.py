@@ -91,7 +91,7 @@ def weight_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
 
         try:
             with safe_open(str(st), framework="pt") as fh:
-                return {k: tuple(fh.get_slice(k).get_shape()) for k in fh}
+                return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118 - safe_open is not iterable
         except Exception as exc:  # noqa: BLE001 - a corrupt file is the user's file
             raise UserError("adapter", f"{st} is not a readable safetensors file ({exc.__class__.__name__})") from None
     import torch

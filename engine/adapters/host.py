@@ -14,6 +14,7 @@ released by any thread.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -24,6 +25,11 @@ from pathlib import Path
 from engine.errors import UserError, one_of
 
 DEFAULT_MAX_NEW_TOKENS = 128
+
+
+def peft_name(name: str) -> str:
+    """PEFT keeps adapters in torch ModuleDicts, whose keys cannot hold '.': escape what could clash."""
+    return re.sub(r"[^A-Za-z0-9_-]", lambda m: f"_x{ord(m.group()):x}_", name)
 
 
 def load_base_for_inference(spec: str):
@@ -106,14 +112,16 @@ class AdapterHost:
             if self._peft is None:
                 from peft import PeftModel
 
-                self._peft = PeftModel.from_pretrained(self._base, str(folder), adapter_name=name,
+                self._peft = PeftModel.from_pretrained(self._base, str(folder), adapter_name=peft_name(name),
                                                        is_trainable=False)
                 self._peft.eval()
                 self._disable()  # a newly attached adapter is not active until asked for
             else:
-                self._peft.load_adapter(str(folder), adapter_name=name, is_trainable=False)
-                if self._active is not None:
-                    self._peft.set_adapter(self._active)  # load_adapter must not change who answers
+                self._peft.load_adapter(str(folder), adapter_name=peft_name(name), is_trainable=False)
+                if self._active is not None:  # load_adapter must not change who answers
+                    self._peft.set_adapter(peft_name(self._active))
+                else:
+                    self._disable()
         except (RuntimeError, ValueError, KeyError) as exc:
             self._forget(name)
             raise UserError("adapter", f"{path} does not fit the base {self.base_model} "
@@ -137,8 +145,8 @@ class AdapterHost:
             self._disable()
 
     def _forget(self, name: str) -> None:
-        if self._peft is not None and name in self._peft.peft_config:
-            self._peft.delete_adapter(name)
+        if self._peft is not None and peft_name(name) in self._peft.peft_config:
+            self._peft.delete_adapter(peft_name(name))
 
     def _evict(self) -> None:
         victim = next((n for n in self._paths if n != self._active), None) or next(iter(self._paths))
@@ -163,7 +171,7 @@ class AdapterHost:
             self._disable()
         else:
             self._peft.base_model.enable_adapter_layers()
-            self._peft.set_adapter(name)
+            self._peft.set_adapter(peft_name(name))
             self._paths.move_to_end(name)
         self._active = name
         return time.perf_counter() - start
@@ -180,7 +188,7 @@ class AdapterHost:
             if merged and not self._merged:
                 if self._active is None:
                     raise UserError("adapter", "pick an adapter to merge; the base alone has nothing to merge")
-                self._peft.merge_adapter([self._active])
+                self._peft.merge_adapter([peft_name(self._active)])
                 self._merged = True
             elif not merged and self._merged:
                 self._unmerge()

@@ -1,0 +1,30 @@
+"""Skill retention: how much of each source skill a composed adapter keeps.
+
+For every source adapter with a known demo skill, the held-out exact match of the base,
+of the source alone, and of the composition, on that skill's test split. Scored through
+one AdapterHost, so the base is loaded once for the whole table.
+"""
+
+from __future__ import annotations
+
+
+def score(host, adapter: str | None, skill: str) -> float:
+    from engine.data import demo
+
+    with host.using(adapter) as model:
+        return float(demo.evaluate(model, host.tokenizer, skill))
+
+
+def table(host, composed: str, sources: list[tuple[str, str | None]]) -> list[dict]:
+    """Rows {skill, source, base, alone, composed, kept}; `sources` is [(host name, skill or None)].
+
+    `kept` is composed / alone in percent (None when the source alone scores 0).
+    """
+    rows = []
+    for name, skill in sources:
+        if not skill:
+            continue
+        alone, mixed, base = score(host, name, skill), score(host, composed, skill), score(host, None, skill)
+        rows.append({"skill": skill, "source": name, "base": base, "alone": alone, "composed": mixed,
+                     "kept": round(100.0 * mixed / alone, 1) if alone else None})
+    return rows

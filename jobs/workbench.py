@@ -1,0 +1,132 @@
+"""Library entries put to work: generate, merge, compose, score retention.
+
+The glue between the adapter library (rows) and engine.adapters (models): the CLI and
+the playground both call these, so they behave the same.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from engine import paths
+from engine.errors import UserError
+from jobs import library
+
+
+def host_for(entries: list[library.Adapter] | library.Adapter, base_model: str | None = None):
+    """The process's AdapterHost for these entries' base, with each entry loaded (name = entry name)."""
+    from engine.adapters import host as host_mod
+
+    entries = [entries] if isinstance(entries, library.Adapter) else list(entries)
+    base = base_model or (entries[0].base_model if entries else None)
+    if base is None:
+        raise UserError("base_model", "pick a base model or at least one adapter")
+    foreign = [e.name for e in entries if not same_base(e.base_model, base)]
+    if foreign:
+        raise UserError("adapter", f"{', '.join(foreign)} belong to another base than {base}; "
+                        "pick adapters of one base")
+    host = host_mod.shared(base)
+    if len(entries) > host.max_loaded:
+        raise UserError("adapters", f"{len(entries)} adapters at once, but at most {host.max_loaded} stay loaded "
+                        "(LORAPILOT_MAX_ADAPTERS)")
+    for e in entries:
+        host.load(e.name, e.path)
+    return host
+
+
+def same_base(a: str, b: str) -> bool:
+    from engine.train.run import model_source
+
+    if a == b:
+        return True
+    try:
+        return Path(model_source(a)).resolve() == Path(model_source(b)).resolve()
+    except UserError:
+        return False
+
+
+def generate(ref, prompt: str, base: bool = False, max_new_tokens: int = 128, **settings) -> dict:
+    """{'adapter': text, 'base': text (with base=True), 'switch_seconds': ...} for one library entry."""
+    entry = library.find(ref)
+    host = host_for(entry)
+    out = {"adapter_name": entry.name, "base_model": entry.base_model}
+    out["switch_seconds"] = host.activate(entry.name)
+    out["adapter"] = "".join(host.generate(prompt, adapter=entry.name, max_new_tokens=max_new_tokens, **settings))
+    if base:
+        out["base"] = "".join(host.generate(prompt, adapter=None, max_new_tokens=max_new_tokens, **settings))
+    return out
+
+
+def merged_dir(name: str) -> Path:
+    return paths.subdir("merged") / name
+
+
+def merge(ref, out: str | None = None) -> Path:
+    from engine.adapters import merge as merge_mod
+
+    entry = library.find(ref)
+    target = Path(out).expanduser() if out else merged_dir(entry.name)
+    return merge_mod.merge(entry.path, entry.base_model, target, adapter_name=entry.name,
+                           method="qlora" if entry.method == "qlora" else "lora")
+
+
+def merged_models() -> list[Path]:
+    """Merged model folders made here (each is a valid base for a new job)."""
+    root = paths.subdir("merged")
+    return sorted(p for p in root.iterdir() if p.is_dir() and (p / "config.json").is_file())
+
+
+def compose(refs: list[str], weights: list[float], combination: str, name: str,
+            density: float | None = None) -> library.Adapter:
+    """A new library entry combining `refs`, with its lineage; nothing is left behind on failure."""
+    import shutil
+
+    from engine.adapters import compose as compose_mod
+    from engine.adapters import folder
+
+    name = library.check_name(name)
+    if any(a.name == name for a in library.list_adapters()):
+        raise UserError("name", f"an adapter named '{name}' exists; pick another with --name")
+    entries = [library.find(r) for r in refs]
+    if len({e.id for e in entries}) != len(entries):
+        raise UserError("adapters", "the same adapter is named twice; compose different adapters")
+    base = entries[0].base_model
+    foreign = [e for e in entries[1:] if not same_base(e.base_model, base)]
+    if foreign:
+        raise UserError("adapters", f"'{foreign[0].name}' is an adapter of {foreign[0].base_model} but "
+                        f"'{entries[0].name}' is one of {base}; only adapters of one base compose")
+    density = compose_mod.check([e.r for e in entries], weights, combination, density)
+    dest = library._unique_dir(name)
+    # PEFT names must not hold '.'; the host's escaping does that
+    from engine.adapters.host import peft_name
+
+    compose_mod.compose([(peft_name(e.name), e.path) for e in entries], weights, combination, base, dest,
+                        density=density)
+    try:
+        info = folder.inspect(dest, base=base)
+        lineage = {"sources": [{"id": e.id, "name": e.name, "skill": e.skill} for e in entries],
+                   "weights": list(weights), "combination": combination, "density": density}
+        return library.add(library.Adapter(
+            name=name, base_model=base, path=str(dest), method="composed", r=info.r, alpha=info.alpha,
+            targets=",".join(info.targets), bytes=info.bytes,
+            description=f"{combination} of {', '.join(e.name for e in entries)} (weights "
+                        f"{', '.join(f'{w:g}' for w in weights)})",
+            lineage_json=json.dumps(lineage)))
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+
+
+def retention(ref) -> list[dict]:
+    """The skill-retention table of a composed entry (its sources with a known demo skill)."""
+    from engine.adapters import retention as retention_mod
+
+    entry = library.find(ref)
+    sources = entry.lineage.get("sources") or []
+    if not sources:
+        raise UserError("adapter", f"'{entry.name}' is not a composition; retention compares a composition "
+                        "with its sources")
+    found = [library.find(s["id"]) for s in sources]
+    host = host_for([entry, *found])
+    return retention_mod.table(host, entry.name, [(e.name, e.skill) for e in found])
