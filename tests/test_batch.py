@@ -1,11 +1,11 @@
 """Mixed-adapter batches: a row decoded in a batch with other adapters equals that request alone."""
 
 import threading
-import time
 
 import pytest
 
-from engine.adapters.batch import HostRunner, QueueFull, Request, Scheduler, decode_batch
+from engine.adapters import batch
+from engine.adapters.batch import Request, decode_batch
 from tests.tiny import make_tiny_model
 from tests.tiny_adapters import make_tiny_adapter
 
@@ -106,13 +106,13 @@ class Gated:
 def test_scheduler_batches_what_waits_and_refuses_when_full(peft_model):
     model, tok = peft_model
     runner = Gated(model, tok)
-    sched = Scheduler(runner, max_queue=3)
+    sched = batch.Scheduler(runner, max_queue=3)
     try:
         first = sched.submit(Request(ids(tok, "hello"), adapter="alpha", max_tokens=4, temperature=0))
         assert runner.holding.wait(60)  # the decoding thread holds its first batch
         waiting = [sched.submit(Request(ids(tok, "hello there"), adapter=a, max_tokens=5, temperature=0))
                    for a in ("alpha", "beta", None)]
-        with pytest.raises(QueueFull):
+        with pytest.raises(batch.QueueFull):
             sched.submit(Request(ids(tok, "one too many")))
         runner.gate.set()
         results = [f.result(timeout=60) for f in [first, *waiting]]
@@ -127,7 +127,7 @@ def test_scheduler_batches_what_waits_and_refuses_when_full(peft_model):
 def test_one_adapter_per_batch_when_not_mixed(peft_model):
     model, tok = peft_model
     runner = Gated(model, tok)
-    sched = Scheduler(runner, mixed=False)
+    sched = batch.Scheduler(runner, mixed=False)
     try:
         futures = [sched.submit(Request(ids(tok, "hi"), adapter="alpha", max_tokens=2, temperature=0))]
         assert runner.holding.wait(60)
@@ -146,7 +146,7 @@ def test_host_runner_loads_on_first_use_and_fails_only_the_bad_adapters_requests
     base_dir, adapters = tiny
     host = AdapterHost(str(base_dir), max_loaded=2)
     tok = host.tokenizer
-    sched = Scheduler(HostRunner(host), max_adapters=host.max_loaded)
+    sched = batch.Scheduler(batch.HostRunner(host), max_adapters=host.max_loaded)
     try:
         prompt = ids(tok, "What is 2 + 2?")
         futures = [sched.submit(Request(prompt, adapter="alpha", adapter_path=str(adapters["alpha"]), max_tokens=6,
@@ -176,7 +176,7 @@ def test_host_runner_loads_on_first_use_and_fails_only_the_bad_adapters_requests
 
 def test_requests_from_many_threads_all_complete(peft_model):
     model, tok = peft_model
-    sched = Scheduler(lambda requests: decode_batch(model, tok, requests))
+    sched = batch.Scheduler(lambda requests: decode_batch(model, tok, requests))
     results = {}
     try:
         def ask(i):

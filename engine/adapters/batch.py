@@ -125,11 +125,13 @@ def _held_back(text: str, stops) -> int:
     return hold
 
 
-def decode_batch(model, tokenizer, requests: list[Request], pad_id: int | None = None) -> list[Result]:
+def decode_batch(model, tokenizer, requests: list[Request], pad_id: int | None = None,
+                 peft_name: Callable[[str], str] = str) -> list[Result]:
     """Decode all `requests` together; one Result per request, in order.
 
     `model` is a PeftModel holding every adapter the requests name (or a plain model when all
-    rows are base). The caller keeps the model from changing meanwhile (the host's lock).
+    rows are base); `peft_name` maps a request's adapter to its name inside the PeftModel.
+    The caller keeps the model from changing meanwhile (the host's lock).
     """
     import torch
 
@@ -142,7 +144,7 @@ def decode_batch(model, tokenizer, requests: list[Request], pad_id: int | None =
                                              else next(iter(eos_ids), 0))
     rows = [_Row(r, tokenizer, eos_ids) for r in requests]
     mixed = hasattr(model, "peft_config")  # a PeftModel: route each row through its adapter
-    names = [r.adapter or BASE for r in requests]
+    names = [peft_name(r.adapter) if r.adapter else BASE for r in requests]
 
     # Prefill: left-pad the prompts so every row's last prompt token sits in the last column.
     width = max(len(r.prompt_ids) for r in requests)
@@ -267,14 +269,16 @@ class HostRunner:
     adapter_path, on first use; the host's LRU evicts), then decodes the batch under the host's lock.
 
     PEFT ignores `adapter_names` while adapter layers are disabled and refuses it while an
-    adapter is merged, so the batch runs inside `host.using(<one of its adapters>)`, which
-    unmerges and enables them; the host stays in that consistent state afterwards.
+    adapter is merged, so the batch unmerges and runs inside `host.using(<one of its adapters>)`,
+    which enables them; the host stays in that consistent state afterwards.
     """
 
     def __init__(self, host):
         self.host = host
 
     def __call__(self, requests: list[Request]) -> list:
+        from engine.adapters.host import peft_name
+
         failed: dict[str, Exception] = {}
         for name, path in {r.adapter: r.adapter_path for r in requests if r.adapter}.items():
             try:
@@ -285,12 +289,15 @@ class HostRunner:
         names = sorted({r.adapter for r in live if r.adapter})
         results: dict[int, object] = {}
         if live:
+            self.host.set_merged(False)  # a merged adapter (the workbench's toggle) refuses adapter_names
             with self.host.using(names[0] if names else None) as model:
+                if self.host.merged:
+                    raise RuntimeError("an adapter was merged meanwhile; send the request again")
                 present = set(getattr(model, "peft_config", {}))
-                gone = [n for n in names if n not in present]  # evicted by another user since loading
+                gone = [n for n in names if peft_name(n) not in present]  # evicted by another user since loading
                 for name in gone:
                     failed[name] = RuntimeError(f"adapter '{name}' was unloaded meanwhile; send the request again")
                 live = [r for r in live if r.adapter not in failed]
-                for request, result in zip(live, decode_batch(model, self.host.tokenizer, live)):
+                for request, result in zip(live, decode_batch(model, self.host.tokenizer, live, peft_name=peft_name)):
                     results[id(request)] = result
         return [failed[r.adapter] if r.adapter in failed else results[id(r)] for r in requests]
