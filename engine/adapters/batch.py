@@ -104,7 +104,10 @@ class _Row:
             end -= _held_back(self.text, self.req.stop)
         if end > self.sent:
             piece, self.sent = self.text[self.sent:end], end
-            self.req.on_text(piece)
+            try:
+                self.req.on_text(piece)
+            except Exception:  # noqa: BLE001 - a consumer that fails must not stop the other rows
+                self.req.cancelled.set()
 
     def result(self) -> Result:
         return Result(self.text, len(self.req.prompt_ids), len(self.ids),

@@ -1,8 +1,10 @@
-"""`python app.py serve` (or plain `python app.py`): open the wizard in the browser.
+"""`python app.py serve` (or plain `python app.py`): open the wizard in the browser, with the
+OpenAI-compatible API under /v1 on the same host and port (`--api-only`: the API alone).
 
 Safe by default: it listens on 127.0.0.1 only. Listening on any other address makes
 the app reachable from the network, so it then requires credentials (--auth user:pass
-or LORAPILOT_AUTH) and refuses to start without them. Uploads are capped in size.
+or LORAPILOT_AUTH, for the wizard; LORAPILOT_API_KEY, for /v1) and refuses to start
+without them. Uploads are capped in size.
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ def register(sub) -> None:
                    "or LORAPILOT_MAX_UPLOAD_MB).")
     p.add_argument("--share", action="store_true",
                    help="Also open a public Gradio share link (needs network access and credentials).")
+    p.add_argument("--api-only", action="store_true",
+                   help="Serve only the OpenAI-compatible /v1 API, without the wizard (for a server box).")
+    p.add_argument("--model", default="default",
+                   help="Base model the /v1 API serves, with every library adapter trained on it (default: the "
+                   "embedded SmolLM2-135M-Instruct). Loaded on the first request.")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="Requests the /v1 API holds waiting before it answers 429 (default 64).")
     p.set_defaults(handler=serve)
 
 
@@ -71,13 +80,26 @@ def upload_limit_mb(flag: int | None) -> int:
 
 
 def serve(ns) -> int:
+    from ui.api import app as api
+
+    key = api.api_key()
+    api.check_exposure(ns.host, key)
+    if not 0 < ns.port < 65536:
+        raise UserError("port", f"got {ns.port}; expected 1 to 65535")
+    if ns.max_queue < 1:
+        raise UserError("max_queue", f"got {ns.max_queue}; expected 1 or more")
+    service = api.Service(ns.model, max_queue=ns.max_queue)
+    if ns.api_only:
+        shown = f"[{ns.host}]" if ":" in ns.host else ns.host
+        print(f"LoRA Pilot API: http://{shown}:{ns.port}/v1 (model {ns.model})" + (" (key required)" if key else ""),
+              flush=True)
+        api.run_api_only(service, ns.host, ns.port, key)
+        return 0
     auth = parse_auth(ns.auth or os.environ.get("LORAPILOT_AUTH"))
     check_exposure(ns.host, auth, ns.share)
     limit = upload_limit_mb(ns.max_upload_mb)
     os.environ["LORAPILOT_MAX_UPLOAD_MB"] = str(limit)  # the upload handler reads the same figure
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    if not 0 < ns.port < 65536:
-        raise UserError("port", f"got {ns.port}; expected 1 to 65535")
     try:  # jobs whose worker died while no app was open become 'interrupted'; queued ones start
         from jobs.dispatcher import kick
 
@@ -89,7 +111,8 @@ def serve(ns) -> int:
     shown = f"[{ns.host}]" if ":" in ns.host else ns.host
     print(f"LoRA Pilot: http://{shown}:{ns.port}" + (" (sign-in required)" if auth else ""), flush=True)
     try:
-        server.launch(host=ns.host, port=ns.port, auth=auth, max_file_size=f"{limit}mb", share=ns.share)
+        server.launch(host=ns.host, port=ns.port, auth=auth, max_file_size=f"{limit}mb", share=ns.share,
+                      routes=api.routes(service, key))
     except OSError as exc:
         raise UserError("port", f"cannot listen on {ns.host}:{ns.port} ({exc.strerror or exc}); "
                         "pick another with --port") from None

@@ -74,10 +74,13 @@ def warm_up() -> None:
 
 
 def launch(host: str = "127.0.0.1", port: int = 7860, auth: tuple[str, str] | None = None,
-           max_file_size: str | int | None = None, share: bool = False, block: bool = True) -> gr.Blocks:
+           max_file_size: str | int | None = None, share: bool = False, block: bool = True,
+           routes: list | None = None) -> gr.Blocks:
+    """`routes`: more routes for the same server (the /v1 API), placed before Gradio's own."""
     app = build_app()
     app.queue(default_concurrency_limit=8)
     app.launch(server_name=host, server_port=port, auth=auth, max_file_size=max_file_size, share=share,
+               app_kwargs={"routes": routes} if routes else None,
                prevent_thread_lock=True, quiet=True, show_error=False, theme=theme(),
                css_paths=[CSS_PATH] if Path(CSS_PATH).exists() else None, footer_links=[],
                auth_message="LoRA Pilot is shared on the network: sign in with the credentials it was started with.")
