@@ -216,6 +216,8 @@ def test_refuses_to_listen_beyond_loopback_without_a_key(monkeypatch, capsys):
     monkeypatch.delenv("LORAPILOT_API_KEY", raising=False)
     assert main(["serve", "--api-only", "--host", "0.0.0.0"]) == 2
     assert "LORAPILOT_API_KEY" in capsys.readouterr().err
+    assert main(["serve", "--host", "0.0.0.0", "--auth", "me:pw"]) == 2  # the wizard's sign-in does not cover /v1
+    assert "LORAPILOT_API_KEY" in capsys.readouterr().err
 
 
 def test_a_full_queue_answers_429(world, monkeypatch):

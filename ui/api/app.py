@@ -18,12 +18,13 @@ def api_key() -> str | None:
     return os.environ.get("LORAPILOT_API_KEY") or None
 
 
-def check_exposure(host: str, key: str | None) -> None:
+def check_exposure(host: str, key: str | None, share: bool = False) -> None:
     from ui.cli.serve import is_loopback
 
-    if key is None and not is_loopback(host):
-        raise UserError("host", f"refusing to serve the /v1 API on {host}, which other machines can reach, without a "
-                        "key; set LORAPILOT_API_KEY (clients then send it as a Bearer token), or keep --host 127.0.0.1")
+    if key is None and (share or not is_loopback(host)):
+        where = "a public share link" if share else f"{host}, which other machines can reach"
+        raise UserError("host", f"refusing to serve the /v1 API on {where} without a key; set LORAPILOT_API_KEY "
+                        "(clients then send it as a Bearer token), or keep --host 127.0.0.1")
 
 
 def routes(service: Service, key: str | None) -> list:

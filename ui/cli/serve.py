@@ -83,7 +83,10 @@ def serve(ns) -> int:
     from ui.api import app as api
 
     key = api.api_key()
-    api.check_exposure(ns.host, key)
+    if not ns.api_only:
+        auth = parse_auth(ns.auth or os.environ.get("LORAPILOT_AUTH"))
+        check_exposure(ns.host, auth, ns.share)
+    api.check_exposure(ns.host, key, share=ns.share and not ns.api_only)
     if not 0 < ns.port < 65536:
         raise UserError("port", f"got {ns.port}; expected 1 to 65535")
     if ns.max_queue < 1:
@@ -95,8 +98,6 @@ def serve(ns) -> int:
               flush=True)
         api.run_api_only(service, ns.host, ns.port, key)
         return 0
-    auth = parse_auth(ns.auth or os.environ.get("LORAPILOT_AUTH"))
-    check_exposure(ns.host, auth, ns.share)
     limit = upload_limit_mb(ns.max_upload_mb)
     os.environ["LORAPILOT_MAX_UPLOAD_MB"] = str(limit)  # the upload handler reads the same figure
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
