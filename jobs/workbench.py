@@ -42,14 +42,20 @@ def host_for(entries: list[library.Adapter] | library.Adapter, base_model: str |
 
 
 def same_base(a: str, b: str) -> bool:
-    from engine.train.run import model_source
+    return a == b or _base_key(a) == _base_key(b)
 
-    if a == b:
-        return True
-    try:
-        return Path(model_source(a)).resolve() == Path(model_source(b)).resolve()
-    except UserError:
-        return False
+
+def _base_key(spec: str) -> str:
+    """What a base spec points at, without loading or converting anything (lists call this often)."""
+    from engine.model import catalog, default_model
+
+    if spec == "default":
+        return str((paths.subdir("models") / default_model.FOLDER_NAME).resolve())
+    path = Path(spec).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    entry = catalog.find_model(spec)
+    return entry.hub_id if entry else spec
 
 
 def generate(ref, prompt: str, base: bool = False, max_new_tokens: int = 128, **settings) -> dict:
