@@ -14,8 +14,12 @@ from engine.errors import UserError
 from jobs import library
 
 
-def host_for(entries: list[library.Adapter] | library.Adapter, base_model: str | None = None):
-    """The process's AdapterHost for these entries' base, with each entry loaded (name = entry name)."""
+def host_for(entries: list[library.Adapter] | library.Adapter, base_model: str | None = None,
+             timings: dict | None = None):
+    """The process's AdapterHost for these entries' base, with each entry loaded (name = entry name).
+
+    `timings`, if given, receives the seconds each load took (0 for one already loaded).
+    """
     from engine.adapters import host as host_mod
 
     entries = [entries] if isinstance(entries, library.Adapter) else list(entries)
@@ -31,19 +35,27 @@ def host_for(entries: list[library.Adapter] | library.Adapter, base_model: str |
         raise UserError("adapters", f"{len(entries)} adapters at once, but at most {host.max_loaded} stay loaded "
                         "(LORAPILOT_MAX_ADAPTERS)")
     for e in entries:
-        host.load(e.name, e.path)
+        seconds = host.load(e.name, e.path)
+        if timings is not None:
+            timings[e.name] = seconds
     return host
 
 
 def same_base(a: str, b: str) -> bool:
-    from engine.train.run import model_source
+    return a == b or _base_key(a) == _base_key(b)
 
-    if a == b:
-        return True
-    try:
-        return Path(model_source(a)).resolve() == Path(model_source(b)).resolve()
-    except UserError:
-        return False
+
+def _base_key(spec: str) -> str:
+    """What a base spec points at, without loading or converting anything (lists call this often)."""
+    from engine.model import catalog, default_model
+
+    if spec == "default":
+        return str((paths.subdir("models") / default_model.FOLDER_NAME).resolve())
+    path = Path(spec).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    entry = catalog.find_model(spec)
+    return entry.hub_id if entry else spec
 
 
 def generate(ref, prompt: str, base: bool = False, max_new_tokens: int = 128, **settings) -> dict:
@@ -56,6 +68,12 @@ def generate(ref, prompt: str, base: bool = False, max_new_tokens: int = 128, **
     if base:
         out["base"] = "".join(host.generate(prompt, adapter=None, max_new_tokens=max_new_tokens, **settings))
     return out
+
+
+def bases() -> list[str]:
+    """Base models with adapters in the library, the embedded default first."""
+    found = sorted({a.base_model for a in library.list_adapters()} - {"default"})
+    return ["default", *found]
 
 
 def merged_dir(name: str) -> Path:

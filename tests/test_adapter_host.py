@@ -83,6 +83,14 @@ def test_lru_evicts_the_least_recently_used_adapter(host, tiny):
         host.activate("b")
     host.unload("c")
     assert host.loaded() == ["a"]
+    # the same name for another folder replaces the adapter
+    import torch
+
+    _, ref_c = _reference(tiny[0], adapters["c"])
+    assert host.load("a", str(adapters["c"])) > 0
+    with host.using("a") as model:
+        assert torch.allclose(_logits(model, host.tokenizer), ref_c, atol=1e-5)
+    host.load("a", str(adapters["a"]))
 
 
 def test_merge_toggle_keeps_outputs_and_unmerge_restores_the_base(host, tiny):

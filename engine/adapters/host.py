@@ -97,8 +97,10 @@ class AdapterHost:
 
     def _load(self, name: str, path: str) -> float:
         if name in self._paths:
-            self._paths.move_to_end(name)
-            return 0.0
+            if self._paths[name] == str(path):
+                self._paths.move_to_end(name)
+                return 0.0
+            self._unload(name)  # the name now stands for another folder (renamed, replaced)
         folder = Path(path)
         if not (folder / "adapter_config.json").is_file():
             raise UserError("adapter", f"{path} has no adapter_config.json; give a PEFT adapter folder")

@@ -15,6 +15,8 @@ import gradio as gr
 
 from engine.paths import ASSETS
 from ui.web import jobs_page
+from ui.web import library_page
+from ui.web import playground
 from ui.web import steps
 from ui.web import wizard
 
@@ -39,6 +41,10 @@ def build_app() -> gr.Blocks:
                 wiz = wizard.build()
             with gr.Tab("Jobs", id="jobs", elem_id="jobs-tab"):
                 jobs = jobs_page.build()
+            with gr.Tab("Adapters", id="adapters", elem_id="adapters-tab") as lib_tab:
+                lib = library_page.build()
+            with gr.Tab("Playground", id="playground", elem_id="playground-tab") as pg_tab:
+                pg = playground.build()
         job_id = gr.State(None)
 
         def on_load(request: gr.Request):
@@ -48,6 +54,8 @@ def build_app() -> gr.Blocks:
 
         app.load(on_load, None, [tabs] + jobs.outputs, show_progress="hidden")
         app.load(lambda m: steps.model_facts(m)[0], wiz.model, wiz.facts)
+        lib_tab.select(lib.refresh, None, lib.refresh_outputs, show_progress="hidden")
+        pg_tab.select(pg.refresh, pg.base, pg.refresh_outputs, show_progress="hidden")
 
         def after_launch(new_id):
             if new_id is None:

@@ -1,0 +1,142 @@
+"""The adapter library tab: every adapter by base model; import a zip, rename, delete, merge.
+
+Read from the database on every visit and after every change, like the jobs page.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+
+from engine.units import human_bytes
+from ui.web import html
+
+
+def library_table() -> str:
+    from jobs import library
+
+    entries = library.list_adapters()
+    if not entries:
+        return html.notice("No adapters yet. A finished job adds its adapter here; or import a zip below.", "info")
+    parts, by_base = [], {}
+    for a in entries:
+        by_base.setdefault(a.base_model, []).append(a)
+    for base, items in by_base.items():
+        rows = []
+        for a in items:
+            s = a.scores
+            score = f"{s['base']:.0f}% → {s['adapter']:.0f}%" if {"base", "adapter"} <= set(s) else "—"
+            source = f"job #{a.job_id}" if a.job_id else ("composed" if a.lineage else "imported")
+            rows.append((a.id, a.name, a.description or a.skill or "—", a.method, a.r, f"{a.alpha:g}",
+                         a.targets.replace(",", ", "), human_bytes(a.bytes), score,
+                         a.created_at.strftime("%Y-%m-%d %H:%M"), source))
+        label = base if len(base) < 60 else "…" + base[-57:]
+        parts.append(f"<h4>Base: {html.escape(label)}</h4>" + html.table(
+            ["ID", "Name", "Skill / description", "Method", "r", "alpha", "Targets", "Size", "Held-out score",
+             "Created", "Source"], rows, cls="lp-table lp-library"))
+    return "".join(parts)
+
+
+def names() -> list[str]:
+    from jobs import library
+
+    return [a.name for a in library.list_adapters()]
+
+
+def _after_change(message: str, kind: str = "ok"):
+    choices = names()
+    return (html.notice(message, kind), library_table(), gr.update(choices=choices, value=None),
+            gr.update(visible=False))
+
+
+def import_zip(upload, name):
+    from jobs import library
+
+    try:
+        if not upload:
+            return (html.notice("Choose a .zip of a PEFT adapter folder first.", "error"),) + (gr.skip(),) * 3
+        path = Path(upload if isinstance(upload, str) else upload.name)
+        a = library.import_adapter(path, name=(name or "").strip() or None, description=f"uploaded {path.name}")
+        return _after_change(f"Imported '{a.name}' (base {a.base_model}, r {a.r}, {human_bytes(a.bytes)}).")
+    except Exception as exc:  # noqa: BLE001 - one line, never a traceback
+        return (html.error_notice(exc),) + (gr.skip(),) * 3
+
+
+def rename(current, new_name):
+    from jobs import library
+
+    try:
+        if not current:
+            return (html.notice("Pick an adapter to rename.", "error"),) + (gr.skip(),) * 3
+        a = library.rename(current, new_name)
+        return _after_change(f"Renamed to '{a.name}'.")
+    except Exception as exc:  # noqa: BLE001
+        return (html.error_notice(exc),) + (gr.skip(),) * 3
+
+
+def ask_delete(current):
+    if not current:
+        return html.notice("Pick an adapter to delete.", "error"), gr.update(visible=False)
+    return (html.notice(f"Delete '{current}'? Files in the library folder go too; a job's own folder stays. "
+                        "Click 'Yes, delete' to confirm.", "warn"), gr.update(visible=True))
+
+
+def delete(current):
+    from jobs import library
+
+    try:
+        a = library.delete(current)
+        return _after_change(f"Deleted '{a.name}'.")
+    except Exception as exc:  # noqa: BLE001
+        return (html.error_notice(exc),) + (gr.skip(),) * 3
+
+
+def merge(current):
+    from engine.adapters.merge import zip_folder
+    from jobs import workbench
+
+    try:
+        if not current:
+            return html.notice("Pick an adapter to merge.", "error"), gr.update(visible=False)
+        out = workbench.merged_dir(current)
+        if not (out / "config.json").is_file():
+            out = workbench.merge(current)
+        zipped = zip_folder(out)
+        return (html.notice(f"Merged model: {out}. It loads with AutoModelForCausalLM.from_pretrained and can be "
+                            "the base model of a new fine-tune (give this folder in step 1).", "ok"),
+                gr.update(value=str(zipped), visible=True))
+    except Exception as exc:  # noqa: BLE001
+        return html.error_notice(exc), gr.update(visible=False)
+
+
+def build() -> SimpleNamespace:
+    ui = SimpleNamespace()
+    ui.table = gr.HTML(elem_id="lib-table")
+    ui.status = gr.HTML(elem_id="lib-status")
+    with gr.Row():
+        with gr.Column():
+            gr.Markdown("**Import** a zip of a PEFT adapter folder (adapter_config.json + weights).")
+            ui.upload = gr.File(label="Adapter zip", file_types=[".zip"], elem_id="lib-upload")
+            ui.import_name = gr.Textbox(label="Name (optional)", elem_id="lib-import-name")
+            ui.import_btn = gr.Button("Import", elem_id="lib-import")
+        with gr.Column():
+            ui.pick = gr.Dropdown(label="Adapter", choices=[], elem_id="lib-pick")
+            with gr.Row():
+                ui.new_name = gr.Textbox(label="New name", elem_id="lib-new-name")
+                ui.rename_btn = gr.Button("Rename", elem_id="lib-rename")
+            with gr.Row():
+                ui.delete_btn = gr.Button("Delete…", variant="stop", elem_id="lib-delete")
+                ui.confirm_btn = gr.Button("Yes, delete", variant="stop", visible=False, elem_id="lib-confirm")
+            ui.merge_btn = gr.Button("Merge into a standalone model", elem_id="lib-merge")
+            ui.merged_file = gr.File(label="Merged model (zip)", visible=False, elem_id="lib-merged")
+    changed = [ui.status, ui.table, ui.pick, ui.confirm_btn]
+    ui.import_btn.click(import_zip, [ui.upload, ui.import_name], changed)
+    ui.rename_btn.click(rename, [ui.pick, ui.new_name], changed)
+    ui.delete_btn.click(ask_delete, ui.pick, [ui.status, ui.confirm_btn])
+    ui.confirm_btn.click(delete, ui.pick, changed)
+    ui.merge_btn.click(merge, ui.pick, [ui.status, ui.merged_file])
+    ui.refresh = lambda: (library_table(), gr.update(choices=names()))
+    ui.refresh_outputs = [ui.table, ui.pick]
+    return ui
