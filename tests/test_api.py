@@ -103,10 +103,12 @@ def chat(client, model, **kw):
     return client.chat.completions.create(model=model, messages=HI, **kw)
 
 
-def test_models_lists_the_base_and_every_library_adapter(client, world):
+def test_models_lists_the_base_and_every_library_adapter(client, server, world):
     models = {m.id: m for m in client.models.list()}
     assert set(models) == {world["base"], "alpha", "beta.v2", "foreign"}
     assert models["alpha"].model_extra["parent"] == world["base"]
+    page = httpx.get(server.removesuffix("/v1") + "/", timeout=60)  # the wizard, on the same port
+    assert page.status_code == 200 and "LoRA Pilot" in page.text
 
 
 def test_a_concurrent_burst_for_two_adapters_and_the_base(client, world):
