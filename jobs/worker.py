@@ -39,7 +39,8 @@ class Worker:
             step, total = int(event.get("step") or 0), event.get("total_steps")
             self.step = max(self.step, step)
             store.update_job(self.job_id, step=step, total_steps=total, eta_seconds=event.get("eta_seconds"),
-                             progress=min(1.0, step / total) if total else 0.0)
+                             progress=min(1.0, step / total) if total else 0.0,
+                             heartbeat_at=store.now(), step_seconds=event.get("step_seconds"))  # jobs.stall
         elif kind == "start":
             values = {"total_steps": event.get("total_steps"), "device": event.get("device")}
             if event.get("base_score") is not None:

@@ -14,6 +14,7 @@ from sqlalchemy import text
 from engine.errors import UserError
 from engine.plan import TrainingPlan
 from jobs import dispatcher, export, store
+from tests.checkpoint_files import write_checkpoint
 
 
 def _job(name="j", **values) -> store.Job:
@@ -128,14 +129,17 @@ def test_cancel_queued_and_resume_same_id(monkeypatch):
     assert dispatcher.cancel(job.id).status == "cancelled"
     with pytest.raises(UserError, match="only queued or running"):
         dispatcher.cancel(job.id)
-    ckpt = store.job_dir(job.id) / "checkpoints" / "checkpoint-5"
-    ckpt.mkdir(parents=True)
-    (store.job_dir(job.id) / "checkpoints" / "checkpoint-2").mkdir()
+    ckpts = store.job_dir(job.id) / "checkpoints"
+    write_checkpoint(ckpts / "checkpoint-2", 2)
+    write_checkpoint(ckpts / "checkpoint-5", 5)
+    (ckpts / "checkpoint-8").mkdir()  # a torn one (a kill mid-save): no state, no weights
     for step in range(1, 9):
         store.record_metrics(job.id, {"step": step, "loss": 1.0})
     resumed = dispatcher.resume(job.id)
     assert (resumed.id, resumed.status, resumed.step) == (job.id, "queued", 5)
     assert [m.step for m in store.job_metrics(job.id)] == [1, 2, 3, 4, 5]
+    assert (ckpts / "torn" / "checkpoint-8").is_dir() and not (ckpts / "checkpoint-8").exists()
+    assert "checkpoint-8 is incomplete (trainer_state.json is missing)" in store.log_tail(job.id)
     with pytest.raises(UserError, match="can resume"):
         dispatcher.resume(job.id)
 

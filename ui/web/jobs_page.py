@@ -64,7 +64,7 @@ def latest_job_id() -> int | None:
 
 def signature(job_id) -> tuple | None:
     """What a redraw depends on; equal signatures mean nothing to redraw."""
-    from jobs import store
+    from jobs import stall, store
 
     if job_id is None:
         return None
@@ -75,6 +75,7 @@ def signature(job_id) -> tuple | None:
     log = store.log_path(job.id)
     return (job.id, job.status, job.step, job.progress, job.eta_seconds, job.adapter_score, job.base_score,
             job.measured_peak_bytes, job.cancel_requested, len(store.job_metrics(job.id)),
+            stall.stalled_since(job) is not None,  # becomes true with no row changing
             log.stat().st_size if log.exists() else 0, tuple((j.id, j.status, round(j.progress or 0, 2))
                                                              for j in store.list_jobs()))
 
@@ -105,6 +106,11 @@ def _failure(job) -> str:
         return html.notice((job.error or "Cancelled.") + " Resume continues from the last checkpoint.", "info")
     if job.status == "queued":
         return html.notice("Waiting for a free slot; it starts when the job before it finishes.", "info")
+    from jobs import stall
+
+    stalled = stall.describe(job)
+    if stalled:  # before "stopping…": a stalled worker does not reach the next step by itself
+        return html.notice(stalled[0].upper() + stalled[1:] + " The log is below.", "warn")
     if job.cancel_requested and job.status == "running":
         return html.notice("Stopping at the next step…", "info")
     return ""
