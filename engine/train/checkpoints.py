@@ -142,6 +142,24 @@ def set_aside(path: Path) -> Path:
     return dest
 
 
+def finished(path: Path) -> bool:
+    """Does this checkpoint hold the run's last step (only the final save was missing)?"""
+    state = json.loads((Path(path) / "trainer_state.json").read_text(encoding="utf-8"))
+    return 0 < int(state.get("max_steps") or 0) <= int(state["global_step"])
+
+
+def load_finished(trainer, path: Path) -> None:
+    """Put a finished checkpoint's weights and state into `trainer` without training.
+
+    Trainer.train() from a checkpoint at max_steps would run one step past the end
+    before it notices, so a job whose final save failed is completed this way instead.
+    """
+    from transformers import TrainerState
+
+    trainer._load_from_checkpoint(str(path))
+    trainer.state = TrainerState.load_from_json(str(Path(path) / "trainer_state.json"))
+
+
 # --- atomic saves ----------------------------------------------------------------------
 def _fsync_tree(root: Path) -> None:
     for folder, _dirs, files in os.walk(root):

@@ -26,7 +26,7 @@ class TrainResult:
     out_dir: Path
     steps: int
     stopped: bool
-    peak_bytes: int
+    peak_bytes: int | None  # None when no step ran (a resume that only redid the final save)
     base_score: float | None = None
     adapter_score: float | None = None
     final_loss: float | None = None
@@ -329,7 +329,10 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
     )
     checkpoint = checkpoints.resume_point(out_dir, log=print) if resume else None
     try:
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        if checkpoint is not None and checkpoints.finished(checkpoint):  # every step done, the final save failed
+            checkpoints.load_finished(trainer, checkpoint)
+        else:
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     finally:
         reporter.peak.finish()  # never leave the CPU tracker watching after a failure
 
@@ -346,7 +349,7 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
     rows = artifacts.metric_rows(trainer.state.log_history)
     final_loss = next((r["loss"] for r in reversed(rows) if r.get("loss") is not None), None)
     result = TrainResult(out_dir=out_dir, steps=trainer.state.global_step, stopped=reporter.stopped,
-                         peak_bytes=reporter.peak.peak_bytes, base_score=base_score, adapter_score=adapter_score,
+                         peak_bytes=reporter.peak.peak_bytes or None, base_score=base_score, adapter_score=adapter_score,
                          final_loss=final_loss, total_steps=trainer.state.max_steps, device=device,
                          peak_marks=list(reporter.peak.marks) or None)
     artifacts.write_plan(plan, out_dir)
