@@ -117,6 +117,14 @@ def engine():
         return eng
 
 
+def dispose(url: str) -> None:
+    """Close the pooled connections of one database (a test's throwaway server, say)."""
+    with _lock:
+        eng = _engines.pop(url, None)
+    if eng is not None:
+        eng.dispose()
+
+
 @contextmanager
 def session():
     with Session(engine(), expire_on_commit=False) as s:
