@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -99,7 +100,7 @@ def _run(worker: Worker) -> int:
     if job.status != "running":
         print(f"worker: job {job_id} is {job.status}, not claimed for running; nothing to do", flush=True)
         return 0
-    store.update_job(job_id, ("running",), pid=os.getpid())
+    store.update_job(job_id, ("running",), pid=os.getpid(), host=socket.gethostname())
     store.append_log(job_id, f"worker pid {os.getpid()} started")
     if job.cancel_requested:  # cancelled between claim and start: do not even load torch
         _finish(job_id, "cancelled", error="cancelled before training started")

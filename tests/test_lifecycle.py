@@ -60,6 +60,7 @@ def _finished(job):
     return job.status in store.FINISHED
 
 
+@pytest.mark.usefixtures("database")
 def test_kill9_then_resume_loses_and_repeats_no_step(tiny):
     # 60 steps: an idle machine cannot finish between the poll that sees step 7 and the kill
     job = dispatcher.submit(_plan(tiny, max_steps=60))
@@ -124,6 +125,7 @@ def test_cancel_is_graceful_with_a_checkpoint_then_resumes(tiny):
     assert [m.step for m in store.job_metrics(job.id)] == list(range(1, 301))
 
 
+@pytest.mark.usefixtures("database")
 def test_twenty_concurrent_submissions_all_recorded_and_start_fifo(tiny, monkeypatch):
     monkeypatch.setenv("LORAPILOT_MAX_CONCURRENT", "0")  # hold the queue while submitting
     plan = _plan(tiny)
