@@ -23,6 +23,7 @@ from pathlib import Path
 from engine.errors import UserError, one_of
 from engine.plan import TrainingPlan
 from jobs import stall, store
+from jobs.launch import ray
 from jobs.store import Job
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,8 +101,21 @@ def kick() -> list[int]:
         job_id = store.claim_next(slots)
         if job_id is None:
             return started
-        _spawn(job_id)
+        if ray.address():
+            _submit_to_ray(job_id)
+        else:
+            _spawn(job_id)
         started.append(job_id)
+
+
+def _submit_to_ray(job_id: int) -> None:
+    try:
+        ray.submit(job_id)
+    except Exception as exc:  # noqa: BLE001 - the row must not stay 'running' with nothing behind it
+        reason = exc.message if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+        store.update_job(job_id, ("running",), status="failed", finished_at=store.now(),
+                         error=f"could not submit to the Ray cluster: {reason}; resume once it is reachable")
+        raise
 
 
 def _spawn(job_id: int) -> None:
@@ -159,7 +173,12 @@ def reconcile() -> list[int]:
     """Rows marked running whose worker is gone become 'interrupted', with the reason."""
     changed = []
     for job in store.list_jobs(status="running"):
-        if job.pid is None:
+        if job.ray_job_id:
+            if ray.status(job.ray_job_id) not in ray.TERMINAL:
+                continue
+            reason = (f"the Ray job {job.ray_job_id} ended without the worker reporting: its node was lost "
+                      "or it was stopped outside LoRA Pilot. Resume to continue from the last checkpoint.")
+        elif job.pid is None:
             if job.started_at and store.now() - job.started_at < timedelta(seconds=SPAWN_GRACE_S):
                 continue  # claimed a moment ago; the dispatcher is still starting it
             reason = "the dispatcher stopped before the worker process started; resume to run it"
@@ -215,7 +234,10 @@ def _enforce_cancel(job_id: int, grace: float, term_grace: float = TERM_GRACE_S)
         job = store.get_job(job_id)
         if job.status != "running":
             return
-        if worker_alive(job.pid, job_id):
+        if job.ray_job_id:
+            store.append_log(job_id, f"worker did not stop within {grace:.0f}s; stopping Ray job {job.ray_job_id}")
+            ray.stop(job.ray_job_id)
+        elif worker_alive(job.pid, job_id):
             store.append_log(job_id, f"worker did not stop within {grace:.0f}s; sending {sig.name}")
             try:
                 os.killpg(job.pid, sig)
@@ -235,7 +257,7 @@ def _wait_finished(job_id: int, seconds: float) -> bool:
         job = store.get_job(job_id)
         if job.status != "running":
             return True
-        if job.pid and not worker_alive(job.pid, job_id):
+        if job.pid and not job.ray_job_id and not worker_alive(job.pid, job_id):
             reconcile()
             return store.get_job(job_id).status != "running"
         time.sleep(0.2)

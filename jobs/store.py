@@ -61,6 +61,8 @@ class Job(SQLModel, table=True):
     # The step heartbeat: when the worker last finished a step, and its measured pace (jobs.stall).
     heartbeat_at: datetime | None = None
     step_seconds: float | None = None
+    host: str | None = None  # the machine the worker ran on
+    ray_job_id: str | None = None  # set when the job was submitted to a Ray cluster
 
 
 class Metric(SQLModel, table=True):
@@ -114,6 +116,14 @@ def engine():
         schema.upgrade(eng)  # Alembic: creates a new database, migrates an older one, keeps its jobs
         _engines[url] = eng
         return eng
+
+
+def dispose(url: str) -> None:
+    """Close the pooled connections of one database (a test's throwaway server, say)."""
+    with _lock:
+        eng = _engines.pop(url, None)
+    if eng is not None:
+        eng.dispose()
 
 
 @contextmanager
@@ -233,7 +243,7 @@ def claim_next(slots: int) -> int | None:
     stmt = (
         update(Job)
         .where(Job.id == oldest.scalar_subquery(), Job.status == "queued", running_count < slots)
-        .values(status="running", started_at=now(), pid=None, finished_at=None)
+        .values(status="running", started_at=now(), pid=None, finished_at=None, ray_job_id=None)
         .returning(Job.id)
     )
     with session() as s:
@@ -293,6 +303,7 @@ def job_detail(job: Job) -> dict:
     detail = job_summary(job)
     detail.update({
         "pid": job.pid, "device": job.device, "cancel_requested": job.cancel_requested,
+        "host": job.host, "ray_job_id": job.ray_job_id,
         "plan": json.loads(job.plan_json), "estimate": job_estimate(job),
         "estimated_peak_bytes": job.estimated_peak_bytes, "measured_peak_bytes": job.measured_peak_bytes,
         "metrics": [

@@ -32,6 +32,7 @@ def tiny(tmp_path_factory):
     return tiny_files(tmp_path_factory.mktemp("tiny"))
 
 
+@pytest.mark.usefixtures("database")
 def test_kill9_then_resume_loses_and_repeats_no_step(tiny, monkeypatch):
     # Each step of the first run takes at least 0.3 s, so 60 steps cannot end between the poll
     # that sees step 7 and the kill, however fast the machine; the resumed run goes at full speed.
@@ -102,6 +103,7 @@ def test_cancel_is_graceful_with_a_checkpoint_then_resumes(tiny, monkeypatch):
     assert [m.step for m in store.job_metrics(job.id)] == list(range(1, 41))
 
 
+@pytest.mark.usefixtures("database")
 def test_twenty_concurrent_submissions_all_recorded_and_start_fifo(tiny, monkeypatch):
     monkeypatch.setenv("LORAPILOT_MAX_CONCURRENT", "0")  # hold the queue while submitting
     base = plan(tiny)

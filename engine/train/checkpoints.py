@@ -21,6 +21,8 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from engine.train import distributed
+
 PREFIX = "checkpoint-"
 STAGING = ".partial"  # no "checkpoint-" prefix: Trainer's rotation never sees it
 TORN = "torn"
@@ -206,6 +208,10 @@ def atomic_trainer(trainer_cls, before_publish: Callable[[Path], None] | None = 
 
     class AtomicCheckpoints(trainer_cls):
         def _save_checkpoint(self, model, trial):
+            if distributed.world_size() > 1:
+                # Every rank writes into the checkpoint (rng_state_<rank>.pth) while rank 0 writes the
+                # rest, so one rank cannot publish the folder alone; resume_point() still skips a torn one.
+                return super()._save_checkpoint(model, trial)
             run_dir = Path(self._get_output_dir(trial=trial))
             staging = run_dir / STAGING
             name = f"{PREFIX}{self.state.global_step}"

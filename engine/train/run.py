@@ -17,6 +17,7 @@ from typing import Callable
 
 from engine.errors import UserError
 from engine.plan import TrainingPlan, resolve_dtype
+from engine.train import distributed
 
 Report = Callable[[dict], None]
 
@@ -238,7 +239,8 @@ def _reporter_class():
             self.report({"event": "progress", "step": state.global_step, "total_steps": state.max_steps,
                          "eta_seconds": round(rate * (state.max_steps - state.global_step), 1),
                          "step_seconds": round(rate, 3)})
-            if self.should_stop is not None and state.global_step < state.max_steps and self.should_stop():
+            if (self.should_stop is not None and state.global_step < state.max_steps
+                    and distributed.agree(self.should_stop())):
                 self.stopped = True
                 control.should_training_stop = True
                 control.should_save = True  # graceful cancel leaves a checkpoint to resume from
@@ -343,15 +345,17 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
         report({"event": "scores", "base_score": base_score, "adapter_score": adapter_score})
 
     # weights: the adapter for lora/qlora (adapter_model.safetensors + adapter_config.json), all for full
-    trainer.save_model(str(out_dir))
+    trainer.save_model(str(out_dir))  # every rank calls it; only rank 0 writes
     faults.check_write("final", out_dir)
-    tokenizer.save_pretrained(str(out_dir))
     rows = artifacts.metric_rows(trainer.state.log_history)
     final_loss = next((r["loss"] for r in reversed(rows) if r.get("loss") is not None), None)
     result = TrainResult(out_dir=out_dir, steps=trainer.state.global_step, stopped=reporter.stopped,
                          peak_bytes=reporter.peak.peak_bytes or None, base_score=base_score, adapter_score=adapter_score,
                          final_loss=final_loss, total_steps=trainer.state.max_steps, device=device,
                          peak_marks=list(reporter.peak.marks) or None)
+    if not distributed.is_main():
+        return result  # rank 0 writes the artifacts
+    tokenizer.save_pretrained(str(out_dir))
     artifacts.write_plan(plan, out_dir)
     artifacts.write_metrics_csv(rows, out_dir)
     artifacts.write_loss_png(rows, out_dir, title=plan.name or out_dir.name)

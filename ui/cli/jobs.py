@@ -135,6 +135,8 @@ def cmd_show(ns) -> int:
         print(f"  score      base {_pct(job.base_score)} -> adapter {_pct(job.adapter_score)}")
     if job.error:
         print(f"  reason     {job.error}")
+    if job.host or job.ray_job_id:
+        print(f"  ran on     {job.host or '?'}" + (f" (Ray job {job.ray_job_id})" if job.ray_job_id else ""))
     print(f"  folder     {job.artifact_dir}")
     metrics = detail["metrics"]
     if metrics:

@@ -88,13 +88,19 @@ def _header(job, metrics) -> str:
              "tokens / s": f"{tps:,.0f}" if tps else "—",
              "peak memory: estimated": charts.human_bytes(job.estimated_peak_bytes),
              "peak memory: measured": charts.human_bytes(job.measured_peak_bytes),
-             "device": job.device or "—"}
+             "device": job.device or "—",
+             "ran on": _where(job)}
     if job.base_score is not None or job.adapter_score is not None:
         fmt = lambda s: "—" if s is None else f"{s:.0f}%"  # noqa: E731
         tiles["demo score: before → after"] = f"{fmt(job.base_score)} → {fmt(job.adapter_score)}"
     title = (f'<div class="lp-jobhead"><span class="lp-jobtitle">Job #{job.id} · {html.escape(job.name)}</span>'
              f'{html.badge(job.status)}</div>')
     return title + html.progress_bar(job.progress) + html.stat_tiles(tiles)
+
+
+def _where(job) -> str:
+    where = job.host or "—"
+    return f"{where} (Ray job {job.ray_job_id})" if job.ray_job_id else where
 
 
 def _failure(job) -> str:
