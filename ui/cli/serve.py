@@ -24,6 +24,9 @@ def register(sub) -> None:
                    help="Address to listen on (default 127.0.0.1, this machine only). Any other address "
                    "needs credentials.")
     p.add_argument("--port", type=int, default=7860, help="Port to listen on (default 7860).")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="Run jobs on a Ray cluster (its dashboard address, e.g. http://head:8265); "
+                        "the same as LORAPILOT_RAY_ADDRESS.")
     p.add_argument("--auth", default=None, metavar="USER:PASSWORD",
                    help="Require this sign-in; the environment variable LORAPILOT_AUTH works too "
                    "(and keeps the password out of the process list).")
@@ -83,8 +86,12 @@ def serve(ns) -> int:
     from ui.api import app as api
 
     key = api.api_key()
+    auth = parse_auth(ns.auth or os.environ.get("LORAPILOT_AUTH"))
+    if ns.ray is not None:
+        if not ns.ray.strip():
+            raise UserError("ray", "must be a Ray dashboard address, e.g. http://127.0.0.1:8265")
+        os.environ["LORAPILOT_RAY_ADDRESS"] = ns.ray  # the dispatcher and every worker it starts read it
     if not ns.api_only:
-        auth = parse_auth(ns.auth or os.environ.get("LORAPILOT_AUTH"))
         check_exposure(ns.host, auth, ns.share)
     api.check_exposure(ns.host, key, share=ns.share and not ns.api_only)
     if not 0 < ns.port < 65536:
