@@ -64,8 +64,8 @@ def validate(plan: TrainingPlan):
     return combined.estimate(plan)
 
 
-def submit(plan: TrainingPlan, start: bool = True) -> Job:
-    """Validate, then queue. On any UserError no row exists."""
+def submit(plan: TrainingPlan, start: bool = True, parent_id: int | None = None) -> Job:
+    """Validate, then queue. On any UserError no row exists. `parent_id`: the run whose advice this follows."""
     if not isinstance(plan, TrainingPlan):
         plan = TrainingPlan.build(**dict(plan))
     est = validate(plan)
@@ -74,6 +74,7 @@ def submit(plan: TrainingPlan, start: bool = True) -> Job:
         plan_json=plan.model_dump_json(),
         estimate_json=json.dumps(est.to_json()),
         estimated_peak_bytes=int(est.memory.allocated_bytes),
+        parent_id=parent_id,
     )
     job = store.insert_job(job)
     store.append_log(job.id, f"queued: {job.name}")

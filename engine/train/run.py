@@ -278,19 +278,6 @@ def _reporter_class():
     return _Reporter
 
 
-def _evaluate_skill(model, tokenizer, skill) -> float:
-    from engine.data import demo
-
-    was_training, use_cache = model.training, getattr(model.config, "use_cache", True)
-    model.eval()
-    model.config.use_cache = True
-    try:
-        return float(demo.evaluate(model, tokenizer, skill))
-    finally:
-        model.config.use_cache = use_cache
-        model.train(was_training)
-
-
 def last_checkpoint(out_dir: Path) -> Path | None:
     """The newest checkpoint-N folder under out_dir/checkpoints (the one a resume continues from)."""
     folder = Path(out_dir) / "checkpoints"
@@ -306,27 +293,30 @@ def checkpoint_step(path: Path) -> int:
 def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
           should_stop: Callable[[], bool] | None = None, resume: bool = False) -> TrainResult:
     """Train per `plan`, reporting events; write the adapter and artifacts to `out_dir`."""
+    t0 = time.time()
+    report = report or (lambda event: None)
+    report({"event": "phase", "phase": "loading model"})  # before the heavy imports: they take seconds
     import torch
     from trl import SFTTrainer
 
     from engine.train import artifacts
     from engine.data import demo
     from engine.data.dataset import build_datasets
+    from engine.evaluate.heldout import Judge
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = report or (lambda event: None)
     device = device_of(plan)
     dtype = compute_dtype(plan, device)
 
     model, tokenizer = load_base(plan, for_training=True)
+    report({"event": "phase", "phase": "preparing data"})
     train_ds, eval_ds = build_datasets(plan, tokenizer)
     skill = demo.skill_of(plan)
     if device == "cuda" and plan.method != "qlora":
         model.to("cuda")
-    base_score = _evaluate_skill(model, tokenizer, skill) if skill is not None else None
 
-    reporter = _reporter_class()(report, should_stop, device, base_score)
+    reporter = _reporter_class()(report, should_stop, device, None)
     trainer = SFTTrainer(
         model=model,
         args=sft_config(plan, out_dir, device, dtype, has_eval=eval_ds is not None),
@@ -336,6 +326,11 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
         peft_config=lora_config(plan) if plan.method != "full" else None,
         callbacks=[reporter],
     )
+    # base before training (an adapter starts as a no-op, so the wrapped model is the base)
+    judge = Judge(plan, eval_ds, tokenizer, out_dir, report, train_rows=len(train_ds), t0=t0)
+    base = judge.score_base(trainer)
+    base_score = reporter.base_score = base["exact_match"] if skill is not None and base else None
+    report({"event": "phase", "phase": "training"})
     checkpoint = last_checkpoint(out_dir) if resume else None
     try:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -344,9 +339,11 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
 
     model = trainer.model
     adapter_score = None
-    if skill is not None and not reporter.stopped:
-        adapter_score = _evaluate_skill(model, tokenizer, skill)
+    if not reporter.stopped:
+        after = judge.score_adapter(trainer)
+        adapter_score = after["exact_match"] if skill is not None and after else None
         report({"event": "scores", "base_score": base_score, "adapter_score": adapter_score})
+    report({"event": "phase", "phase": "saving"})
 
     # weights: the adapter for lora/qlora (adapter_model.safetensors + adapter_config.json), all for full
     trainer.save_model(str(out_dir))

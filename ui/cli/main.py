@@ -14,7 +14,7 @@ import sys
 from engine.errors import UserError
 
 # Modules that contribute subcommands, in the order they appear in --help.
-COMMAND_MODULES = ("ui.cli.serve", "ui.cli.estimate", "ui.cli.data", "ui.cli.jobs")
+COMMAND_MODULES = ("ui.cli.serve", "ui.cli.estimate", "ui.cli.data", "ui.cli.jobs", "ui.cli.runs")
 
 
 class _Parser(argparse.ArgumentParser):
