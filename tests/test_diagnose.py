@@ -79,6 +79,12 @@ def test_nan_and_divergence_are_unstable_with_u4_remedies():
     assert found[1].change == {"alpha": 8}                       # alpha = r (A2)
     assert found[2].change == {"warmup_ratio": 0.1, "lr_scheduler": "constant_with_warmup"}
 
+    frozen = curve(train=lambda s: 3.0 if s < 5 else 5.991, grad=lambda s: 2.0 if s < 5 else 0.0)
+    found = diagnose.diagnose(frozen, None, plan)
+    assert found[0].finding == "unstable" and "collapsed from 2 to 0 at step 5" in found[0].evidence
+    converged = curve(train=lambda s: 0.0 if s > 5 else 1.0, grad=lambda s: 0.0 if s > 5 else 1.0)
+    assert diagnose.diagnose(converged, None, plan) == []  # a loss of 0 is learned, not frozen
+
     rising = curve(train=lambda s: 2.0 + 0.2 * s)
     found = diagnose.diagnose(rising, None, plan)
     assert found[0].finding == "unstable" and "ended above where it started" in found[0].evidence
@@ -90,10 +96,19 @@ def test_a_loss_spike_and_an_exploding_gradient_are_unstable():
     found = diagnose.diagnose(spike, GOOD_EVAL, plan)
     assert found[0].finding == "unstable" and "spiked to 6.000 at step 20" in found[0].evidence
     assert found[0].change == {"learning_rate": 0.0001}  # 3x lower for a spike
-    grad = curve(ev=clean_eval, grad=lambda s: 80.0 if s == 25 else 1.0)
+    # a gradient norm far above its median while the loss falls fast is learning...
+    fast = curve(ev=clean_eval, grad=lambda s: 80.0 if s == 25 else 1.0)
+    assert diagnose.diagnose(fast, GOOD_EVAL, plan) == []
+    # ...and with the loss rising it is instability
+    grad = curve(ev=clean_eval, grad=lambda s: 80.0 if s == 25 else 1.0,
+                 train=lambda s: 2.0 * 0.95 ** s + 0.5 + (0.4 if s == 26 else 0.0))
     found = diagnose.diagnose(grad, GOOD_EVAL, plan)
     assert "gradient norm reached 80 at step 25" in found[0].evidence
     assert [f.rule for f in found] == ["U4", "A4"]  # warm-up already 0.1
+    # listed after a clear overfitting curve, not instead of it
+    both = curve(ev=lambda s: 1.5 - 0.02 * s if s <= 15 else 1.2 + 0.05 * (s - 15),
+                 grad=lambda s: 80.0 if s == 25 else 1.0, train=lambda s: 2.0 * 0.95 ** s + (0.9 if s == 25 else 0.5))
+    assert [f.finding for f in diagnose.diagnose(both, None, plan)] == ["overfitting"] * 4 + ["unstable"] * 2
 
 
 def test_little_gain_over_the_base_is_underperforming_with_u1_remedies():

@@ -49,18 +49,27 @@ class Finding:
 
 
 def diagnose(metrics: list[dict], evaluation: dict | None, plan, finished: bool = True) -> list[Finding]:
-    """Findings, most urgent first; `finished=False` reads only what a running job already shows."""
-    unstable = _unstable(metrics)
-    if unstable:
-        return _u4(plan, *unstable)
+    """Findings, most urgent first; `finished=False` reads only what a running job already shows.
+
+    A NaN, a divergence or a loss spike comes first and alone: nothing else can be read from
+    a broken run. A gradient-norm outlier that clipping absorbed (the loss did not spike) is a
+    weaker sign, listed after a clear overfitting curve rather than hiding it.
+    """
+    broken = _broken(metrics)
+    if broken:
+        return _u4(plan, *broken)
+    found = []
     overfit = _overfitting(metrics)
     if overfit:
-        return _u2(plan, metrics, *overfit)
-    if finished:
+        found += _u2(plan, metrics, *overfit)
+    grad = _grad_outlier(metrics)
+    if grad:
+        found += _u4(plan, grad, False)
+    if not found and finished:
         weak = _underperforming(metrics, evaluation)
         if weak:
-            return _u1(plan, weak)
-    return []
+            found += _u1(plan, weak)
+    return found
 
 
 def verdict(findings: list[Finding], finished: bool) -> str | None:
@@ -85,13 +94,16 @@ def _series(metrics: list[dict], key: str) -> list[tuple[int, float]]:
     return [(int(m["step"]), float(m[key])) for m in metrics if m.get(key) is not None]
 
 
-def _unstable(metrics: list[dict]) -> tuple[str, bool] | None:
-    """(evidence, severe): severe (NaN, divergence) calls for a 10x lower learning rate, else 3x."""
+def _broken(metrics: list[dict]) -> tuple[str, bool] | None:
+    """(evidence, severe): severe (NaN, divergence) calls for a 10x lower learning rate, a spike 3x."""
     losses, grads = _series(metrics, "loss"), _series(metrics, "grad_norm")
     bad = next(((s, v, k) for k, pts in (("loss", losses), ("grad norm", grads)) for s, v in pts
                 if not math.isfinite(v)), None)
     if bad:
         return f"the {bad[2]} was {bad[1]} at step {bad[0]}", True
+    frozen = _collapsed(losses, grads)
+    if frozen:
+        return frozen, True
     if len(losses) >= 4:
         first, tail = losses[0][1], [v for _, v in losses[-max(2, len(losses) // 4):]]
         if statistics.mean(tail) > first:
@@ -104,13 +116,40 @@ def _unstable(metrics: list[dict]) -> tuple[str, bool] | None:
         s, v, ref = spikes[0]
         more = f" ({len(spikes)} spikes in all)" if len(spikes) > 1 else ""
         return f"the train loss spiked to {v:.3f} at step {s}, {v / ref:.1f}x its running median {ref:.3f}{more}", False
+    return None
+
+
+def _collapsed(losses, grads) -> str | None:
+    """A too-large update can saturate the network: the gradient vanishes and the loss freezes well above 0."""
+    if len(grads) < 4 or len(losses) < 4:
+        return None
+    i = len(grads)
+    while i > 0 and grads[i - 1][1] < 1e-6:
+        i -= 1
+    dead = grads[i:]
+    tail = [v for s, v in losses if dead and s >= dead[0][0]]
+    if len(dead) >= 3 and i > 0 and tail and max(tail) - min(tail) < 1e-3 and min(tail) > 0.1:
+        return (f"the gradient norm collapsed from {grads[i - 1][1]:.3g} to 0 at step {dead[0][0]} and the loss froze "
+                f"at {tail[-1]:.3f}: an update that large saturated the network")
+    return None
+
+
+def _grad_outlier(metrics: list[dict]) -> str | None:
+    grads = [(s, v) for s, v in _series(metrics, "grad_norm") if math.isfinite(v)]
     if len(grads) >= 5:
         median = statistics.median(v for _, v in grads)
         settled = grads[max(2, len(grads) // 10):]  # a fresh adapter's first updates have large gradients
-        far = [(s, v) for s, v in settled if median > 0 and v > GRAD_FAR * median]
+        loss_at = dict(_series(metrics, "loss"))
+        steps = sorted(loss_at)
+
+        def loss_rose(step):  # a large gradient while the loss falls fast is learning, not instability
+            i = steps.index(step) if step in loss_at else -1
+            return 0 < i and any(loss_at[s] > loss_at[steps[i - 1]] for s in steps[i:i + 2])
+
+        far = [(s, v) for s, v in settled if median > 0 and v > GRAD_FAR * median and loss_rose(s)]
         if far:
             s, v = max(far, key=lambda p: p[1])
-            return f"the gradient norm reached {v:.3g} at step {s}, {v / median:.0f}x its median {median:.3g}", False
+            return f"the gradient norm reached {v:.3g} at step {s}, {v / median:.0f}x its median {median:.3g}"
     return None
 
 
@@ -134,7 +173,8 @@ def _overfitting(metrics: list[dict]) -> tuple[str, int] | None:
         return (f"the eval loss rose from {best:.3f} at step {best_s} to {after[-1][1]:.3f} at step {after[-1][0]} "
                 f"over {len(after)} evaluations while the train loss fell from {t_best:.3f} to {t_last:.3f}"), best_s
     gaps = [(s, v - train_near(s)) for s, v in evals[-MIN_EVALS:] if train_near(s) is not None]
-    widening = len(gaps) == MIN_EVALS and all(b[1] > a[1] for a, b in itertools.pairwise(gaps))
+    widening = (len(gaps) == MIN_EVALS and gaps[0][1] > 0
+                and all(b[1] > a[1] for a, b in itertools.pairwise(gaps)))
     if widening and evals[-1][1] > best * (1 + RISE / 2) and falling:
         return (f"the gap between eval and train loss widened from {gaps[0][1]:.3f} at step {gaps[0][0]} to "
                 f"{gaps[-1][1]:.3f} at step {gaps[-1][0]}, while the eval loss stayed above its best "

@@ -209,3 +209,23 @@ def loss_chart(rows: Iterable[Mapping], total_steps: int | None = None) -> Figur
                    yaxis={"title": {"text": "loss"}, "rangemode": "tozero"},
                    yaxis2={"overlaying": "y", "side": "right", "showgrid": False, "title": {"text": "learning rate"},
                            "tickformat": ".1e", "rangemode": "tozero"})
+
+
+def overlay_loss_chart(runs: Iterable[Mapping]) -> Figure:
+    """Several runs' train loss (solid) and eval loss (dashed, diamonds) on one set of axes.
+
+    Each run is {"id", "name", "metrics": [{"step", "loss", "eval_loss"}]} (jobs.runs.compare).
+    """
+    data = []
+    for i, run in enumerate(runs):
+        colour, label = PALETTE[i % len(PALETTE)], f"#{run['id']}"
+        for key, dash, mode, suffix in (("loss", "solid", "lines", "train"), ("eval_loss", "dash", "lines+markers", "eval")):
+            pts = [(m["step"], m[key]) for m in run["metrics"] if m.get(key) is not None]
+            data.append({"type": "scatter", "mode": mode, "name": f"{label} {suffix}", "legendgroup": label,
+                         "x": [p[0] for p in pts], "y": [p[1] for p in pts],
+                         "line": {"color": colour, "width": 2, "dash": dash},
+                         "marker": {"size": 7, "symbol": "diamond"}})
+    if not data:
+        return empty("Loss curves", "Pick two or more jobs", 360)
+    return _figure(data, "Loss curves, overlaid", 360, xaxis={"title": {"text": "step"}},
+                   yaxis={"title": {"text": "loss"}, "rangemode": "tozero"})
