@@ -249,7 +249,7 @@ def build() -> SimpleNamespace:
     ui.sig = gr.State(None)
     ui.timer = gr.Timer(REFRESH_S)
     ui.outputs = [ui.table, ui.select, ui.header, ui.loss, ui.log, ui.download, ui.cancel, ui.resume,
-                  ui.yaml, ui.cli, ui.python, ui.sig, ui.evaluation, ui.advice, ui.next, ui.compare_pick]
+                  ui.yaml, ui.cli, ui.python, ui.evaluation, ui.advice, ui.next, ui.compare_pick, ui.sig]
     _wire(ui)
     return ui
 
@@ -265,9 +265,9 @@ def render(job_id, sig=None, force=True) -> list:
     return [jobs_table(), gr.Dropdown(choices=job_choices(), value=None if job_id is None else str(job_id)),
             v["header"], v["loss"], v["log"], download, gr.Button(visible=status in ("queued", "running")),
             gr.Button(visible=status in ("failed", "cancelled", "interrupted")), v["yaml"], v["cli"], v["python"],
-            new_sig, v["evaluation"],
+            v["evaluation"],
             gr.CheckboxGroup(choices=v["advice"], value=[rule for _, rule in v["advice"]], visible=bool(v["advice"])),
-            gr.Button(visible=bool(v["advice"])), gr.Dropdown(choices=job_choices())]
+            gr.Button(visible=bool(v["advice"])), gr.Dropdown(choices=job_choices()), new_sig]
 
 
 def _wire(ui: SimpleNamespace) -> None:
