@@ -109,7 +109,7 @@ def test_overfitting_run_is_diagnosed_with_u2_changes(files, tmp_path):
 
 
 def test_clean_run_is_not_flagged(files, tmp_path):
-    plan, events, metrics, ev = _run(files, tmp_path, "notes", r=8, alpha=16, learning_rate=5e-3, max_steps=16,
+    plan, _, metrics, ev = _run(files, tmp_path, "notes", r=8, alpha=16, learning_rate=5e-3, max_steps=16,
                                      save_steps=4, eval_split=0.25, warmup_ratio=0.1)
     assert ev["rows"] == 4 and ev["adapter"]["loss"] < 0.7 * ev["base"]["loss"]
     found = diagnose.diagnose(metrics, ev, plan)
@@ -120,7 +120,7 @@ def test_clean_run_is_not_flagged(files, tmp_path):
 def test_diverging_run_is_flagged_unstable(files, tmp_path):
     # 100 is ~500,000x a usual LoRA rate: the tiny model's norms keep the loss finite, so the update
     # saturates the network instead (the gradient vanishes, the loss freezes) - unstable all the same
-    plan, events, metrics, ev = _run(files, tmp_path, "notes", r=8, alpha=16, learning_rate=100.0, max_steps=8,
+    plan, _, metrics, ev = _run(files, tmp_path, "notes", r=8, alpha=16, learning_rate=100.0, max_steps=8,
                                      save_steps=4, eval_split=0.25)
     found = diagnose.diagnose(metrics, ev, plan)
     assert found and found[0].finding == "unstable", [f.to_json() for f in found]

@@ -22,8 +22,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 from engine.evaluate import split, textmetrics
 
@@ -86,8 +86,8 @@ class Judge:
         return self.result["adapter"]
 
     def public(self) -> dict:
-        """The evaluation as `show --json` gives it (no base answers: they are internals)."""
-        return {k: v for k, v in self.result.items() if k != "base_answers"}
+        """The evaluation as `show --json` gives it."""
+        return dict(self.result)
 
     # --- loss on the completions ------------------------------------------------------
     def _loss(self, trainer, max_batches: int | None, deadline: float | None):
@@ -151,14 +151,18 @@ class Judge:
             with _inference(model):
                 device = next(model.parameters()).device
                 for i in range(0, len(rows), batch_size):
-                    if deadline is not None and answers and time.monotonic() > deadline:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
                         break
                     chunk = rows[i:i + batch_size]
                     batch = tok([r["prompt"] for r in chunk], return_tensors="pt", padding=True,
                                 add_special_tokens=chunk[0]["add_special"]).to(device)
-                    with torch.no_grad():
+                    with torch.no_grad():  # max_time: generate stops itself when the time is up
                         out = model.generate(**batch, max_new_tokens=self._max_new_tokens(), do_sample=False,
-                                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                                             max_time=left)
+                    if deadline is not None and time.monotonic() >= deadline:
+                        break  # this batch may have been cut short: its answers would not be fair to score
                     answers += [a.strip() for a in tok.batch_decode(out[:, batch["input_ids"].shape[1]:],
                                                                     skip_special_tokens=True)]
         finally:
@@ -187,7 +191,8 @@ class Judge:
                 f"before training ({100 * base['seconds'] / job_s:.0f}% of the job's time so far; limit "
                 f"{self.plan.eval_seconds:g} s, eval_seconds).")
         if self.rows and self.result["generated_rows"] < len(self.rows):
-            text += f" The time limit stopped generation after {self.result['generated_rows']} of {len(self.rows)} rows."
+            text += (f" The time limit stopped generation after {self.result['generated_rows']} of {len(self.rows)} "
+                     "rows (raise eval_seconds for more).")
         if self.eval_ds is not None and "prompt" not in self.eval_ds.column_names:
             text += " Plain-text data has no reference answers, so only the loss is measured."
         return text
@@ -229,12 +234,3 @@ class _inference:
         self.model.train(self.was_training)
         return False
 
-
-def load(out_dir: Path) -> dict | None:
-    """evaluation.json of a job folder, as `show` gives it, or None."""
-    try:
-        data = json.loads((Path(out_dir) / "evaluation.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    data.pop("base_answers", None)
-    return data
