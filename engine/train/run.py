@@ -341,8 +341,9 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
     adapter_score = None
     if not reporter.stopped:
         after = judge.score_adapter(trainer)
-        adapter_score = after["exact_match"] if skill is not None and after else None
-        report({"event": "scores", "base_score": base_score, "adapter_score": adapter_score})
+        if skill is not None and after:  # the demo's score columns; every job has its evaluation
+            adapter_score = after["exact_match"]
+            report({"event": "scores", "base_score": base_score, "adapter_score": adapter_score})
     report({"event": "phase", "phase": "saving"})
 
     # weights: the adapter for lora/qlora (adapter_model.safetensors + adapter_config.json), all for full
