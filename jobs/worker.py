@@ -53,8 +53,9 @@ class Worker:
         elif kind == "evaluation":
             store.update_job(self.job_id, evaluation_json=json.dumps(event["evaluation"]))
         elif kind == "scores":
-            store.update_job(self.job_id, **{k: event[k] for k in ("base_score", "adapter_score")
-                                             if event.get(k) is not None})
+            scores = {k: event[k] for k in ("base_score", "adapter_score") if event.get(k) is not None}
+            if scores:  # an UPDATE with nothing to set is a SQL error
+                store.update_job(self.job_id, **scores)
 
     def should_stop(self) -> bool:
         if self.terminated or self._cancel:
