@@ -271,7 +271,7 @@ def numbers_view(plan: TrainingPlan, lengths: tuple[int, ...] | None = None) -> 
         "trainable": f"{charts.human_count(est.trainable_params)} ({est.trainable_percent:.2f}%)",
     }
     if mem.expected and mem.expected.padded_length < plan.seq_len:
-        tiles[f"memory with your data (rows ≈{mem.expected.padded_length} tokens)"] = \
+        tiles["memory with your data"] = \
             charts.human_bytes(mem.expected.device_bytes)
     return {"estimate": est, "verdict": verdict, "summary": html.stat_tiles(tiles)}
 

@@ -126,6 +126,7 @@ def build() -> SimpleNamespace:
                         ui.params_plot = gr.Plot(show_label=False, elem_id="params-plot", min_width=300)
                         ui.sweep_plot = gr.Plot(show_label=False, elem_id="sweep-plot", min_width=300)
             ui.rec_key = gr.State(None)
+            ui.ctx = gr.State(None)  # the earlier steps' answers as plan fields, set on entering the review
             ui.shown = gr.State({})  # the figures the page shows (server-side), so unchanged ones are not resent
             ui.next4 = gr.Button("Next: launch →", variant="primary", elem_classes="lp-next", elem_id="next4")
 
@@ -181,69 +182,63 @@ def _wire(ui: SimpleNamespace) -> None:
     ui.hw_kind.input(lambda k: (gr.update(visible=k == "gpu"), gr.update(visible=k == "vram")),
                      ui.hw_kind, [ui.gpu, ui.budget])
 
-    # 4: review — recommend when the answers changed, then estimate on every change: the
-    # numbers (verdict, tiles) in one small request, then the charts that changed, then the sweep
+    # 4: review — recommend when the answers changed, then estimate on every change in two
+    # requests: the numbers (verdict, tiles), then the charts that changed. The earlier steps'
+    # answers wait server-side in ui.ctx, so a change sends the browser's form values only.
     numbers_outputs = [ui.verdict, ui.summary_plot]
-    charts_outputs = [ui.mem_plot, ui.params_plot, ui.shown]
+    charts_outputs = [ui.mem_plot, ui.params_plot, ui.sweep_plot, ui.shown]
 
     def enter_review(*args):
         ctx_values, key = args[:-1], args[-1]
         try:
             ctx = context_from(*ctx_values)
         except UserError as exc:
-            return [gr.skip()] * len(form) + [html.error_notice(exc), key]
+            return [gr.skip()] * len(form) + [html.error_notice(exc), key, None]
         new_key = repr(sorted((k, v) for k, v in ctx.items() if k != "name"))
         if new_key == key:
-            return [gr.skip()] * len(form) + [gr.skip(), key]
+            return [gr.skip()] * len(form) + [gr.skip(), key, ctx]
         try:
             rec, plan = review.recommend_for(ctx)
         except Exception as exc:
-            return [gr.skip()] * len(form) + [html.error_notice(exc), key]
-        return review.values_of(plan) + [review.reasons_html(rec), new_key]
+            return [gr.skip()] * len(form) + [html.error_notice(exc), key, ctx]
+        return review.values_of(plan) + [review.reasons_html(rec), new_key, ctx]
 
-    def plan_of(values):
-        ctx_values, form_values = values[:len(ui.context_inputs)], values[len(ui.context_inputs):]
-        return review.plan_from_values(context_from(*ctx_values), list(form_values))
+    def plan_of(ctx, form_values):
+        if ctx is None:
+            raise UserError("dataset", "check the data in step 2 first (pick a demo skill or upload a file)")
+        return review.plan_from_values(ctx, list(form_values))
 
-    def update_numbers(lengths, *values):
+    def update_numbers(ctx, lengths, *form_values):
         try:
-            v = review.numbers_view(plan_of(values), lengths)
+            v = review.numbers_view(plan_of(ctx, form_values), lengths)
         except Exception as exc:
             return [html.error_notice(exc), gr.skip()]
         return [v["verdict"], v["summary"]]
 
-    def update_charts(shown, lengths, *values):
+    def update_charts(ctx, lengths, shown, *form_values):
         try:
-            v = review.charts_view(plan_of(values), lengths)
+            plan = plan_of(ctx, form_values)
+            figures = {**review.charts_view(plan, lengths), "sweep": review.sweep_view(plan)}
         except Exception:
-            return [gr.skip()] * 3
+            return [gr.skip()] * 4
         out, now = [], dict(shown or {})
-        for key in ("memory", "params"):  # a figure equal to the one shown costs the browser nothing
-            spec = v[key].to_json()
-            out.append(gr.skip() if now.get(key) == spec else v[key])
+        for key in ("memory", "params", "sweep"):  # a figure equal to the one shown costs the browser nothing
+            spec = figures[key].to_json()
+            out.append(gr.skip() if now.get(key) == spec else figures[key])
             now[key] = spec
         return out + [now]
 
-    def update_sweep(*values):
-        # A last, cached event: the figures that answer "does it fit" never wait for the sweep.
-        try:
-            return review.sweep_view(plan_of(values))
-        except Exception:
-            return gr.skip()
-
     review_in = ui.context_inputs[:-1] + [ui.name, ui.rec_key]
-    numbers_in, charts_in = [ui.lengths] + ui.plan_inputs, [ui.shown, ui.lengths] + ui.plan_inputs
+    numbers_in, charts_in = [ui.ctx, ui.lengths] + form, [ui.ctx, ui.lengths, ui.shown] + form
     for event in (ui.next3.click(goto("s4"), None, ui.steps), ui.tab4.select(lambda: None, None, None)):
-        event.then(enter_review, review_in, form + [ui.reasons, ui.rec_key], show_progress="minimal").then(
+        event.then(enter_review, review_in, form + [ui.reasons, ui.rec_key, ui.ctx], show_progress="minimal").then(
             update_numbers, numbers_in, numbers_outputs, show_progress="hidden").then(
-            update_charts, charts_in, charts_outputs, show_progress="hidden").then(
-            update_sweep, ui.plan_inputs, ui.sweep_plot, show_progress="hidden")
+            update_charts, charts_in, charts_outputs, show_progress="hidden")
     for control in form:
         # queue=False: direct requests, no queue round trips, for the < 150 ms change-to-numbers budget
         control.input(update_numbers, numbers_in, numbers_outputs, show_progress="hidden",
                       trigger_mode="always_last", queue=False).then(
-            update_charts, charts_in, charts_outputs, show_progress="hidden", queue=False).then(
-            update_sweep, ui.plan_inputs, ui.sweep_plot, show_progress="hidden")
+            update_charts, charts_in, charts_outputs, show_progress="hidden", queue=False)
 
     # 5: launch
     def summary(*values):
