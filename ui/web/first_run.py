@@ -8,7 +8,7 @@ instead of a bare spinner.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 POLL_S = 0.25  # how often the page's progress bar moves
 
