@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 
 SPIKE = 3.0             # a train loss this many times the running median is a spike...
 SPIKE_MIN_RISE = 0.25   # ...if it is also this much higher in absolute terms (nats)
-GRAD_FAR = 10.0         # a gradient norm this many times its median is "far above"
+GRAD_FAR = 10.0         # a gradient norm this many times its running median is "far above"...
+GRAD_MIN_RISE = 0.05    # ...when the loss rises at once by at least this much (nats): near 0, blips are noise
 RISE = 0.05             # eval loss this much above its best counts as rising
 MIN_EVALS = 3           # evaluations needed before overfitting can be read
 MIN_GAIN = 0.10         # the adapter should lower held-out loss by at least this share...
@@ -135,22 +136,29 @@ def _collapsed(losses, grads) -> str | None:
 
 
 def _grad_outlier(metrics: list[dict]) -> str | None:
+    """A gradient norm GRAD_FAR times the median of the few before it, with the loss rising at once.
+
+    Against the running median, not the whole run's: a run that converges ends with tiny
+    gradients, which would make any early, ordinary one look "far above"."""
     grads = [(s, v) for s, v in _series(metrics, "grad_norm") if math.isfinite(v)]
-    if len(grads) >= 5:
-        median = statistics.median(v for _, v in grads)
-        settled = grads[max(2, len(grads) // 10):]  # a fresh adapter's first updates have large gradients
-        loss_at = dict(_series(metrics, "loss"))
-        steps = sorted(loss_at)
+    loss_at = dict(_series(metrics, "loss"))
+    steps = sorted(loss_at)
 
-        def loss_rose(step):  # a large gradient while the loss falls fast is learning, not instability
-            i = steps.index(step) if step in loss_at else -1
-            return 0 < i and any(loss_at[s] > loss_at[steps[i - 1]] for s in steps[i:i + 2])
+    def loss_rose(step):  # a large gradient while the loss falls fast is learning, not instability
+        i = steps.index(step) if step in loss_at else -1
+        return 0 < i and any(loss_at[s] > loss_at[steps[i - 1]] + GRAD_MIN_RISE for s in steps[i:i + 2])
 
-        far = [(s, v) for s, v in settled if median > 0 and v > GRAD_FAR * median and loss_rose(s)]
-        if far:
-            s, v = max(far, key=lambda p: p[1])
-            return f"the gradient norm reached {v:.3g} at step {s}, {v / median:.0f}x its median {median:.3g}"
-    return None
+    start = max(2, len(grads) // 10)  # a fresh adapter's first updates have large gradients
+    far = []
+    for i in range(max(start, 3), len(grads)):
+        s, v = grads[i]
+        ref = statistics.median(g for _, g in grads[max(0, i - 5):i])
+        if ref > 0 and v > GRAD_FAR * ref and loss_rose(s):
+            far.append((s, v, ref))
+    if not far:
+        return None
+    s, v, ref = max(far, key=lambda p: p[1] / p[2])
+    return f"the gradient norm reached {v:.3g} at step {s}, {v / ref:.0f}x the median {ref:.3g} of the steps before it"
 
 
 def _overfitting(metrics: list[dict]) -> tuple[str, int] | None:
