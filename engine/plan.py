@@ -83,7 +83,13 @@ class TrainingPlan(BaseModel):
     dataset_rows: int | None = Field(
         None, description="Number of training examples, for estimates made before a file is given."
     )
-    eval_split: float = Field(0.1, description="Share of rows held out to measure eval loss (0 turns it off).")
+    eval_split: float = Field(
+        0.1, description="Share of rows held out to measure base and adapter (at least 2 rows; 0 turns it off).")
+    eval_generations: int = Field(
+        32, description="Held-out rows answered by greedy generation, base and adapter, for exact match, F1 and "
+        "ROUGE-L (0 measures the loss only).")
+    eval_seconds: float = Field(
+        120, description="Time limit for scoring the base before training; the adapter is scored on the same rows.")
 
     # --- the schedule ---------------------------------------------------------------
     seq_len: int = Field(512, description="Longest example in tokens; longer ones are cut. Memory grows with it.")
@@ -121,7 +127,14 @@ class TrainingPlan(BaseModel):
             raise ValueError("must be a whole number of 1 or more")
         return v
 
-    @field_validator("alpha", "learning_rate", "epochs")
+    @field_validator("eval_generations")
+    @classmethod
+    def _count(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("must be a whole number of 0 or more")
+        return v
+
+    @field_validator("alpha", "learning_rate", "epochs", "eval_seconds")
     @classmethod
     def _positive(cls, v: float) -> float:
         if v <= 0:

@@ -58,6 +58,11 @@ class Job(SQLModel, table=True):
     base_score: float | None = None
     adapter_score: float | None = None
     cancel_requested: bool = False
+    # what the job is doing now (engine phases: loading model, ..., saving) and since when
+    phase: str | None = None
+    phase_started_at: datetime | None = None
+    evaluation_json: str | None = None  # base vs adapter on held-out rows (engine.evaluate.heldout)
+    parent_id: int | None = Field(default=None, index=True)  # the run whose advice this one follows
     # The step heartbeat: when the worker last finished a step, and its measured pace (jobs.stall).
     heartbeat_at: datetime | None = None
     step_seconds: float | None = None
@@ -299,15 +304,32 @@ def job_summary(job: Job) -> dict:
     }
 
 
+def job_evaluation(job: Job) -> dict | None:
+    return json.loads(job.evaluation_json) if job.evaluation_json else None
+
+
+def phase_seconds(job: Job) -> float | None:
+    """How long the running job has been in its current phase."""
+    if job.status != "running" or not job.phase or not job.phase_started_at:
+        return None
+    return max(0.0, (now() - job.phase_started_at.replace(tzinfo=timezone.utc)).total_seconds())
+
+
 def job_detail(job: Job) -> dict:
+    from engine.advice import diagnose
+    from jobs import runs
+
     detail = job_summary(job)
+    findings = runs.findings(job)
     detail.update({
+        "phase": job.phase if job.status == "running" else None, "phase_seconds": phase_seconds(job),
+        "parent_id": job.parent_id, "evaluation": job_evaluation(job),
+        "verdict": diagnose.verdict(findings, finished=job.status == "succeeded"),
+        "advice": [f.to_json() for f in findings],
         "pid": job.pid, "device": job.device, "cancel_requested": job.cancel_requested,
         "host": job.host, "ray_job_id": job.ray_job_id,
         "plan": json.loads(job.plan_json), "estimate": job_estimate(job),
         "estimated_peak_bytes": job.estimated_peak_bytes, "measured_peak_bytes": job.measured_peak_bytes,
-        "metrics": [
-            {"step": m.step, **{k: getattr(m, k) for k in METRIC_FIELDS}} for m in job_metrics(job.id)
-        ],
+        "metrics": runs.metric_dicts(job.id),
     })
     return detail

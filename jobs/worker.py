@@ -10,6 +10,7 @@ Before exiting it calls `kick()` so the next queued job starts with no UI open.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -48,9 +49,15 @@ class Worker:
                 values["base_score"] = event["base_score"]
             store.update_job(self.job_id, **{k: v for k, v in values.items() if v is not None})
             store.append_log(self.job_id, f"training on {event.get('device')}: {event.get('total_steps')} steps")
+        elif kind == "phase":
+            store.update_job(self.job_id, phase=event["phase"], phase_started_at=store.now())
+            store.append_log(self.job_id, f"phase: {event['phase']}")
+        elif kind == "evaluation":
+            store.update_job(self.job_id, evaluation_json=json.dumps(event["evaluation"]))
         elif kind == "scores":
-            store.update_job(self.job_id, **{k: event[k] for k in ("base_score", "adapter_score")
-                                             if event.get(k) is not None})
+            scores = {k: event[k] for k in ("base_score", "adapter_score") if event.get(k) is not None}
+            if scores:  # an UPDATE with nothing to set is a SQL error
+                store.update_job(self.job_id, **scores)
 
     def should_stop(self) -> bool:
         if self.terminated or self._cancel:

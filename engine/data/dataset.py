@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from engine.data.chat import ends_with_eos, ensure_chat_template, render
 from engine.data.formats import FORMATS, Rows, detect_format, read_source, to_messages, to_text  # noqa: F401
 from engine.errors import UserError, one_of
+from engine.evaluate.split import holdout_size
 
 MAX_PROBLEMS = 50  # more than this and the report lists the count, not each one
 MAX_STAT_ROWS = 5000  # token statistics on a sample for very large files
@@ -166,7 +167,7 @@ def build_datasets(plan, tokenizer):
     applies the model's template and (completion_only_loss, its default for this form)
     trains on the answer and its end-of-turn token only. Plain text rows become `text`.
     The eval split is the demo's own held-out split for demo:NAME, else `plan.eval_split`
-    of the rows, drawn with `plan.seed`.
+    of the rows, drawn with `plan.seed` and sized by engine.evaluate.split (none when too few rows).
     """
     from datasets import Dataset
 
@@ -186,13 +187,10 @@ def build_datasets(plan, tokenizer):
         test = read_source(str(demo.dataset_path(plan.dataset.removeprefix("demo:"), "test")))
         eval_rows, _, _, _ = _examples(test, "messages", {}, tokenizer)
         train_rows = examples
-    elif plan.eval_split > 0:
-        if len(examples) < 2:
-            raise UserError("dataset", f"{plan.dataset} has {len(examples)} usable example(s); with eval_split "
-                            f"{plan.eval_split} at least 2 are needed (or set eval_split to 0)")
+    elif holdout_size(len(examples), plan.eval_split):
         order = list(range(len(examples)))
         random.Random(plan.seed).shuffle(order)
-        n_eval = min(len(examples) - 1, max(1, round(len(examples) * plan.eval_split)))
+        n_eval = holdout_size(len(examples), plan.eval_split)
         eval_rows = [examples[i] for i in sorted(order[:n_eval])]
         train_rows = [examples[i] for i in sorted(order[n_eval:])]
     else:

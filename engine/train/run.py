@@ -281,44 +281,36 @@ def _reporter_class():
     return _Reporter
 
 
-def _evaluate_skill(model, tokenizer, skill) -> float:
-    from engine.data import demo
-
-    was_training, use_cache = model.training, getattr(model.config, "use_cache", True)
-    model.eval()
-    model.config.use_cache = True
-    try:
-        return float(demo.evaluate(model, tokenizer, skill))
-    finally:
-        model.config.use_cache = use_cache
-        model.train(was_training)
 
 
 # --- the run -----------------------------------------------------------------------------
 def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
           should_stop: Callable[[], bool] | None = None, resume: bool = False) -> TrainResult:
     """Train per `plan`, reporting events; write the adapter and artifacts to `out_dir`."""
+    t0 = time.time()
+    report = report or (lambda event: None)
+    report({"event": "phase", "phase": "loading model"})  # before the heavy imports: they take seconds
     import torch
     from trl import SFTTrainer
 
     from engine.train import artifacts, checkpoints, faults
     from engine.data import demo
     from engine.data.dataset import build_datasets
+    from engine.evaluate.heldout import Judge
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = report or (lambda event: None)
     device = device_of(plan)
     dtype = compute_dtype(plan, device)
 
     model, tokenizer = load_base(plan, for_training=True)
+    report({"event": "phase", "phase": "preparing data"})
     train_ds, eval_ds = build_datasets(plan, tokenizer)
     skill = demo.skill_of(plan)
     if device == "cuda" and plan.method != "qlora":
         model.to("cuda")
-    base_score = _evaluate_skill(model, tokenizer, skill) if skill is not None else None
 
-    reporter = _reporter_class()(report, should_stop, device, base_score)
+    reporter = _reporter_class()(report, should_stop, device, None)
     trainer_cls = checkpoints.atomic_trainer(SFTTrainer, before_publish=lambda p: faults.check_write(p.name, p))
     trainer = trainer_cls(
         model=model,
@@ -329,6 +321,11 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
         peft_config=lora_config(plan) if plan.method != "full" else None,
         callbacks=[reporter, *faults.callbacks()],
     )
+    # base before training (an adapter starts as a no-op, so the wrapped model is the base)
+    judge = Judge(plan, eval_ds, tokenizer, out_dir, report, train_rows=len(train_ds), t0=t0)
+    base = judge.score_base(trainer)
+    base_score = reporter.base_score = base["exact_match"] if skill is not None and base else None
+    report({"event": "phase", "phase": "training"})
     checkpoint = checkpoints.resume_point(out_dir, log=print) if resume else None
     try:
         if checkpoint is not None and checkpoints.finished(checkpoint):  # every step done, the final save failed
@@ -340,9 +337,12 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
 
     model = trainer.model
     adapter_score = None
-    if skill is not None and not reporter.stopped:
-        adapter_score = _evaluate_skill(model, tokenizer, skill)
-        report({"event": "scores", "base_score": base_score, "adapter_score": adapter_score})
+    if not reporter.stopped:
+        after = judge.score_adapter(trainer)
+        if skill is not None and after:  # the demo's score columns; every job has its evaluation
+            adapter_score = after["exact_match"]
+            report({"event": "scores", "base_score": base_score, "adapter_score": adapter_score})
+    report({"event": "phase", "phase": "saving"})
 
     # weights: the adapter for lora/qlora (adapter_model.safetensors + adapter_config.json), all for full
     trainer.save_model(str(out_dir))  # every rank calls it; only rank 0 writes

@@ -85,6 +85,10 @@ def _submit(plan: TrainingPlan, wait: bool) -> int:
 
     job = dispatcher.submit(plan)
     print(f"job {job.id} {job.status}: {job.name}")
+    return _submit_wait(job, wait)
+
+
+def _submit_wait(job, wait: bool) -> int:
     print(f"artifacts: {job.artifact_dir}")
     if not wait:
         print(f"runs in the background; follow it with `python app.py show {job.id}`")
@@ -138,6 +142,10 @@ def cmd_show(ns) -> int:
     if job.host or job.ray_job_id:
         print(f"  ran on     {job.host or '?'}" + (f" (Ray job {job.ray_job_id})" if job.ray_job_id else ""))
     print(f"  folder     {job.artifact_dir}")
+    from ui.cli.runs import show_lines
+
+    for line in show_lines(detail):
+        print(line)
     metrics = detail["metrics"]
     if metrics:
         print("  last metrics:")
@@ -189,7 +197,8 @@ def _wait(job_id: int, poll_s: float = 1.0) -> int:
                 job = store.get_job(job_id)
             metrics = store.job_metrics(job_id) if job.status == "running" else []
             loss = next((m.loss for m in reversed(metrics) if m.loss is not None), None)
-            line = (f"{job.status}  step {job.step}/{job.total_steps or '?'}"
+            line = (f"{job.status}" + (f" ({job.phase})" if job.status == "running" and job.phase else "")
+                    + f"  step {job.step}/{job.total_steps or '?'}"
                     + (f"  loss {loss:.4f}" if loss is not None else "")
                     + (f"  eta {_duration(job.eta_seconds)}" if job.eta_seconds else ""))
             if line != last:

@@ -15,8 +15,8 @@ from engine import paths
 from engine.errors import UserError
 
 # Modules that contribute subcommands, in the order they appear in --help.
-COMMAND_MODULES = ("ui.cli.serve", "ui.cli.estimate", "ui.cli.data", "ui.cli.jobs", "ui.cli.adapters",
-                   "ui.cli.recipe")
+COMMAND_MODULES = ("ui.cli.serve", "ui.cli.estimate", "ui.cli.data", "ui.cli.jobs", "ui.cli.runs",
+                   "ui.cli.adapters", "ui.cli.recipe")
 
 
 class _Parser(argparse.ArgumentParser):

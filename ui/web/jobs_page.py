@@ -7,6 +7,7 @@ or an app restart shows the same job, and a job keeps running with no page open.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,6 +18,7 @@ import gradio as gr
 from engine.errors import UserError
 from ui.web import charts
 from ui.web import codegen
+from ui.web import evaluation_view
 from ui.web import html
 
 REFRESH_S = 1.0
@@ -74,20 +76,23 @@ def signature(job_id) -> tuple | None:
         return None
     log = store.log_path(job.id)
     return (job.id, job.status, job.step, job.progress, job.eta_seconds, job.adapter_score, job.base_score,
+            job.phase, int(store.phase_seconds(job) or 0), job.evaluation_json,
             job.measured_peak_bytes, job.cancel_requested, len(store.job_metrics(job.id)),
             stall.stalled_since(job) is not None,  # becomes true with no row changing
             log.stat().st_size if log.exists() else 0, tuple((j.id, j.status, round(j.progress or 0, 2))
                                                              for j in store.list_jobs()))
 
 
-def _header(job, metrics) -> str:
+def _header(job, metrics, detail: dict) -> str:
     tps = next((m.tokens_per_second for m in reversed(metrics) if m.tokens_per_second), None)
     step = f"{job.step} / {job.total_steps}" if job.total_steps else str(job.step)
-    tiles = {"step": step,
+    phase = evaluation_view.phase_text(detail)
+    tiles = {**({"phase": phase} if phase else {}), "step": step,
              "ETA": charts.human_seconds(job.eta_seconds) if job.status == "running" else "—",
              "tokens / s": f"{tps:,.0f}" if tps else "—",
              "peak memory: estimated": charts.human_bytes(job.estimated_peak_bytes),
              "peak memory: measured": charts.human_bytes(job.measured_peak_bytes),
+             **_worst_case(job),
              "device": job.device or "—",
              "ran on": _where(job)}
     if job.base_score is not None or job.adapter_score is not None:
@@ -101,6 +106,17 @@ def _header(job, metrics) -> str:
 def _where(job) -> str:
     where = job.host or "—"
     return f"{where} (Ray job {job.ray_job_id})" if job.ray_job_id else where
+
+
+def _worst_case(job) -> dict[str, str]:
+    """The estimate's worst case (every batch padded to seq_len), beside the data-based figure above."""
+    from jobs import store
+
+    mem = (store.job_estimate(job) or {}).get("memory") or {}
+    if not mem.get("expected"):
+        return {}
+    seq_len = json.loads(job.plan_json).get("seq_len")
+    return {f"worst case: padded to {seq_len}": charts.human_bytes(mem["allocated_bytes"])}
 
 
 def _failure(job) -> str:
@@ -141,6 +157,7 @@ def job_view(job_id) -> dict:
     from jobs import store
 
     empty = {"header": html.notice("Pick a job, or launch one from the wizard.", "info"), "failure": "",
+             "evaluation": "", "advice": [],
              "loss": charts.empty("Loss", "No job selected", 360), "log": "", "download": None,
              "yaml": "", "cli": "", "python": "", "running": False, "status": None}
     if job_id in (None, ""):
@@ -151,10 +168,14 @@ def job_view(job_id) -> dict:
     except UserError as exc:
         return {**empty, "header": html.error_notice(exc)}
     metrics = store.job_metrics(job.id)
+    detail = store.job_detail(job)
     rows = [{"step": m.step, "loss": m.loss, "eval_loss": m.eval_loss, "learning_rate": m.learning_rate}
             for m in metrics]
     return {
-        "header": _header(job, metrics) + _failure(job), "failure": _failure(job),
+        "header": _header(job, metrics, detail) + _failure(job), "failure": _failure(job),
+        "evaluation": evaluation_view.advice_html(detail)
+        + evaluation_view.evaluation_html(detail["evaluation"], running=job.status in ("queued", "running")),
+        "advice": evaluation_view.advice_choices(detail) if job.status in store.FINISHED else [],
         "loss": charts.loss_chart(rows, job.total_steps),
         "log": store.log_tail(job.id, 50) or "(no log yet)",
         "download": download_path(job.id) if job.status == "succeeded" else None,
@@ -184,6 +205,30 @@ def resume(job_id) -> tuple[bool, str]:
     return True, f"Job {job.id} resumes from step {job.step}."
 
 
+def next_run(job_id, rules: list[str] | None) -> tuple[bool, str, str | None]:
+    """(ok, message, new job id) for the 'Next run with this advice' button."""
+    from jobs import runs
+
+    try:
+        job, changes = runs.next_run(job_id, rules=rules or None)
+    except Exception as exc:
+        return False, _plain(exc), None
+    return True, f"Job {job.id} queued: " + ", ".join(f"{k} {v}" for k, v in changes.items()), str(job.id)
+
+
+def compare_view(job_ids) -> tuple:
+    """(figure, table HTML) for two or more jobs."""
+    from jobs import runs
+
+    if not job_ids or len(job_ids) < 2:
+        return charts.overlay_loss_chart([]), html.notice("Pick two or more jobs to compare.", "info")
+    try:
+        rows = runs.compare(job_ids)
+    except Exception as exc:
+        return charts.overlay_loss_chart([]), html.error_notice(exc)
+    return charts.overlay_loss_chart(rows), evaluation_view.compare_html(rows)
+
+
 def _plain(exc: Exception) -> str:
     return exc.message if isinstance(exc, UserError) else f"Something went wrong ({type(exc).__name__})."
 
@@ -207,6 +252,15 @@ def build() -> SimpleNamespace:
             ui.download = gr.DownloadButton("Download zip", variant="primary", size="md", visible=False,
                                             min_width=160, elem_id="download")
         ui.loss = gr.Plot(charts.empty("Loss", "No job selected", 360), show_label=False, elem_id="loss-plot")
+        ui.evaluation = gr.HTML(elem_id="job-evaluation")
+        with gr.Row(elem_classes="lp-actions"):
+            ui.advice = gr.CheckboxGroup([], label="Advice to apply", elem_id="advice-pick", visible=False)
+            ui.next = gr.Button("Next run with this advice", size="md", min_width=200, visible=False,
+                                elem_id="next-run")
+        with gr.Accordion("Compare runs", open=False, elem_id="compare"):
+            ui.compare_pick = gr.Dropdown([], multiselect=True, label="Jobs to compare", elem_id="compare-pick")
+            ui.compare_plot = gr.Plot(charts.overlay_loss_chart([]), show_label=False, elem_id="compare-plot")
+            ui.compare_table = gr.HTML(elem_id="compare-table")
         with gr.Accordion("Log (last 50 lines)", open=False):
             ui.log = gr.Code(language=None, lines=12, max_lines=20, show_label=False, elem_id="job-log")
         with gr.Accordion("Export as code", open=False, elem_id="export-code"):
@@ -220,7 +274,7 @@ def build() -> SimpleNamespace:
     ui.sig = gr.State(None)
     ui.timer = gr.Timer(REFRESH_S)
     ui.outputs = [ui.table, ui.select, ui.header, ui.loss, ui.log, ui.download, ui.cancel, ui.resume,
-                  ui.yaml, ui.cli, ui.python, ui.sig]
+                  ui.yaml, ui.cli, ui.python, ui.evaluation, ui.advice, ui.next, ui.compare_pick, ui.sig]
     _wire(ui)
     return ui
 
@@ -229,14 +283,16 @@ def render(job_id, sig=None, force=True) -> list:
     """The page's outputs for one job (gr.skip() everywhere when nothing changed)."""
     new_sig = signature(job_id)
     if not force and new_sig == sig:
-        return [gr.skip()] * 12
+        return [gr.skip()] * 16
     v = job_view(job_id)
     download = gr.DownloadButton(value=v["download"], visible=bool(v["download"]))
     status = v["status"]
     return [jobs_table(), gr.Dropdown(choices=job_choices(), value=None if job_id is None else str(job_id)),
             v["header"], v["loss"], v["log"], download, gr.Button(visible=status in ("queued", "running")),
             gr.Button(visible=status in ("failed", "cancelled", "interrupted")), v["yaml"], v["cli"], v["python"],
-            new_sig]
+            v["evaluation"],
+            gr.CheckboxGroup(choices=v["advice"], value=[rule for _, rule in v["advice"]], visible=bool(v["advice"])),
+            gr.Button(visible=bool(v["advice"])), gr.Dropdown(choices=job_choices()), new_sig]
 
 
 def _wire(ui: SimpleNamespace) -> None:
@@ -245,3 +301,12 @@ def _wire(ui: SimpleNamespace) -> None:
         None, ui.select, None, js="(j) => { if (j) history.replaceState(null, '', '?job=' + j); }")
     ui.cancel.click(lambda j: _toast(cancel(j)), ui.select, None).then(lambda j: render(j), ui.select, ui.outputs)
     ui.resume.click(lambda j: _toast(resume(j)), ui.select, None).then(lambda j: render(j), ui.select, ui.outputs)
+
+    def on_next(job_id, rules):
+        ok, message, new_id = next_run(job_id, rules)
+        _toast((ok, message))
+        return render(new_id if ok else job_id)
+
+    ui.next.click(on_next, [ui.select, ui.advice], ui.outputs).then(
+        None, ui.select, None, js="(j) => { if (j) history.replaceState(null, '', '?job=' + j); }")
+    ui.compare_pick.input(compare_view, ui.compare_pick, [ui.compare_plot, ui.compare_table], show_progress="hidden")

@@ -1,0 +1,1 @@
+"""Before/after on held-out rows: the split, the text metrics, and the scoring of base and adapter."""
