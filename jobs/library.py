@@ -197,8 +197,8 @@ def import_adapter(path, name: str | None = None, base: str | None = None, descr
         os.replace(staged, dest)  # same file system: atomic
         try:
             return add(Adapter(name=name, base_model=info.base_model, path=str(dest), method=info.method,
-                               r=info.r, alpha=info.alpha, targets=",".join(info.targets), bytes=folder.folder_bytes(dest),
-                               skill=skill, description=description or f"imported from {path}"))
+                               r=info.r, alpha=info.alpha, targets=",".join(info.targets),
+                               bytes=folder.folder_bytes(dest), skill=skill, description=description or f"imported from {path}"))
         except BaseException:
             shutil.rmtree(dest, ignore_errors=True)
             raise

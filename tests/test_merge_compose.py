@@ -42,7 +42,6 @@ def _with_adapter(base_dir, adapter_dir):
 
 
 def test_merged_folder_loads_plainly_and_equals_base_plus_adapter(tiny, tmp_path):
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from engine.adapters import merge
