@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import tempfile
-import threading
 import zipfile
 from datetime import datetime
 from pathlib import Path
@@ -58,18 +57,8 @@ class Adapter(SQLModel, table=True):
         return json.loads(self.lineage_json) if self.lineage_json else {}
 
 
-_ready: set[str] = set()
-_ready_lock = threading.Lock()
-
-
 def _session():
-    """store.session(), with the adapter table created even if the engine was made before this import."""
-    url = store.database_url()
-    if url not in _ready:
-        with _ready_lock:
-            SQLModel.metadata.create_all(store.engine(), tables=[Adapter.__table__])
-            _ready.add(url)
-    return store.session()
+    return store.session()  # the adapter table is in the store's schema (Alembic revision 0004)
 
 
 def adapters_dir() -> Path:

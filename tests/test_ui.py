@@ -137,10 +137,27 @@ def test_estimate_view_reflects_the_plan():
         fig.to_plotly()
     assert "adapter file" in small["summary"] and "estimated time" in small["summary"]
     est = small["estimate"]
-    assert sum(small["params"].data[0]["y"]) == est.trainable_params
-    assert sum(large["params"].data[0]["y"]) == 2 * est.trainable_params  # params are linear in r
+    assert sum(small["params"].data[0]["x"]) == est.trainable_params  # horizontal bars: values on x
+    assert sum(large["params"].data[0]["x"]) == 2 * est.trainable_params  # params are linear in r
     assert _bar_total(small["memory"]) == pytest.approx(est.memory.device_bytes / charts.GB, rel=1e-6)
-    assert set(small["params"].data[0]["x"]) == {"q_proj", "v_proj"}
+    assert set(small["params"].data[0]["y"]) == {"q_proj", "v_proj"}
+    # the review charts only show: no toolbar over their titles, no automargin second layout pass
+    assert small["params"]["config"]["displayModeBar"] is False
+    assert not any(ax.get("automargin") for fig in (small["memory"], small["params"])
+                   for k, ax in fig.layout.items() if k.startswith(("xaxis", "yaxis")))
+
+
+def test_numbers_come_apart_from_the_charts_and_use_the_checked_lengths():
+    plan = _plan(seq_len=2048, max_steps=5)
+    plain = review.numbers_view(plan)
+    assert set(plain) == {"estimate", "verdict", "summary"} and "with your data" not in plain["summary"]
+    lengths = tuple(60 + i % 40 for i in range(200))  # rows of 60..99 tokens: batches far below seq_len
+    view = review.numbers_view(plan, lengths)
+    mem = view["estimate"].memory
+    assert mem.expected.padded_length < 100 and charts.human_bytes(mem.expected.device_bytes) in view["summary"]
+    assert "with this data" in view["verdict"]
+    # the charts stay on the worst case, which the fit is judged on
+    assert _bar_total(review.charts_view(plan, lengths)["memory"]) == pytest.approx(mem.device_bytes / charts.GB)
 
 
 def test_misfit_names_the_knob_that_fixes_it():
@@ -156,6 +173,9 @@ def test_sweep_has_three_methods_and_the_cheaper_one_is_lower():
     assert set(by) == {"full", "LoRA", "QLoRA"}
     assert all(q < f for q, f in zip(by["QLoRA"], by["full"]))
     assert by["LoRA"] == sorted(by["LoRA"])  # memory grows with the sequence length
+    # short tick labels, so seven fit side by side in a narrow chart; the plan's value is named
+    assert fig.layout["xaxis"]["ticktext"] == ["128", "256", "512", "1k", "2k", "4k", "8k"]
+    assert "this plan 512" in fig.layout["xaxis"]["title"]["text"]
 
 
 def test_recommendation_fills_every_field_with_a_reason():
