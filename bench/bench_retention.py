@@ -36,6 +36,8 @@ def main() -> None:
     for s in sources:
         scores[("base", s.skill)] = retention.score(host, None, s.skill, args.rows)
         scores[(s.name, s.skill)] = retention.score(host, s.name, s.skill, args.rows)
+    for key, value in scores.items():
+        print(f"  {key[0]} on {key[1]}: {value}%", flush=True)  # a long run leaves figures as it goes
     mixes = []
     for combination in args.combinations.split(","):
         name = f"{sources[0].name}_{sources[1].name}_{combination}_{'-'.join(f'{w:g}' for w in weights)}"
@@ -46,6 +48,7 @@ def main() -> None:
         host = workbench.host_for([*sources, entry])
         for s in sources:
             scores[(combination, s.skill)] = retention.score(host, entry.name, s.skill, args.rows)
+            print(f"  {combination} on {s.skill}: {scores[(combination, s.skill)]}%", flush=True)
         mixes.append(combination)
     print(f"held-out exact match (%) on {args.rows or 'all'} rows per skill, weights {args.weights}, "
           f"{time.time() - t0:.0f} s of scoring", flush=True)
