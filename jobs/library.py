@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import tempfile
-import threading
 import zipfile
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +30,8 @@ NAME_RULE = "1-64 letters, digits, '.', '_' or '-', starting with a letter or di
 
 
 class Adapter(SQLModel, table=True):
+    __table_args__ = {"sqlite_autoincrement": True}  # a deleted id is never reused (lineage names ids)
+
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(index=True, unique=True)
     base_model: str = Field(index=True)  # a spec engine.train.run.model_source resolves
@@ -56,18 +57,8 @@ class Adapter(SQLModel, table=True):
         return json.loads(self.lineage_json) if self.lineage_json else {}
 
 
-_ready: set[str] = set()
-_ready_lock = threading.Lock()
-
-
 def _session():
-    """store.session(), with the adapter table created even if the engine was made before this import."""
-    url = store.database_url()
-    if url not in _ready:
-        with _ready_lock:
-            SQLModel.metadata.create_all(store.engine(), tables=[Adapter.__table__])
-            _ready.add(url)
-    return store.session()
+    return store.session()  # the adapter table is in the store's schema (Alembic revision 0005)
 
 
 def adapters_dir() -> Path:
@@ -159,7 +150,8 @@ def register_job_adapter(job) -> Adapter | None:
         scores_json=json.dumps(scores) if scores else None, job_id=job.id))
 
 
-def import_adapter(path, name: str | None = None, base: str | None = None, description: str = "") -> Adapter:
+def import_adapter(path, name: str | None = None, base: str | None = None, description: str = "",
+                   skill: str | None = None) -> Adapter:
     """Copy a PEFT adapter folder (or a .zip of one) into the library after checking it.
 
     Checked before anything is written: the config is LoRA, the weights exist, the base
@@ -169,6 +161,10 @@ def import_adapter(path, name: str | None = None, base: str | None = None, descr
     from engine.adapters import folder
 
     src = Path(str(path)).expanduser()
+    if skill is not None:
+        from engine.data import demo
+
+        demo.get(skill)  # a known demo skill: its held-out split scores the adapter
     if name is not None:
         name = check_name(name)
     default_name = src.stem if src.suffix.lower() == ".zip" else src.name
@@ -183,13 +179,15 @@ def import_adapter(path, name: str | None = None, base: str | None = None, descr
         if any(a.name == name for a in list_adapters()):
             raise UserError("name", f"an adapter named '{name}' exists; pick another with --name")
         staged = Path(tmp) / "staged"
-        shutil.copytree(src, staged, ignore=shutil.ignore_patterns("checkpoints", "*.zip"))
+        # the adapter and its companions; a trainer checkpoint's optimizer/scheduler state is not the adapter
+        shutil.copytree(src, staged, ignore=shutil.ignore_patterns(
+            "checkpoints", "*.zip", "optimizer.pt", "scheduler.pt", "rng_state*.pth", "training_args.bin"))
         dest = _unique_dir(name)
         os.replace(staged, dest)  # same file system: atomic
         try:
             return add(Adapter(name=name, base_model=info.base_model, path=str(dest), method=info.method,
-                               r=info.r, alpha=info.alpha, targets=",".join(info.targets), bytes=info.bytes,
-                               description=description or f"imported from {path}"))
+                               r=info.r, alpha=info.alpha, targets=",".join(info.targets),
+                               bytes=folder.folder_bytes(dest), skill=skill, description=description or f"imported from {path}"))
         except BaseException:
             shutil.rmtree(dest, ignore_errors=True)
             raise

@@ -333,3 +333,6 @@ def job_detail(job: Job) -> dict:
         "metrics": runs.metric_dicts(job.id),
     })
     return detail
+
+
+from jobs import library  # noqa: E402,F401 - registers the adapter table beside the job tables (one schema)

@@ -42,7 +42,6 @@ def _with_adapter(base_dir, adapter_dir):
 
 
 def test_merged_folder_loads_plainly_and_equals_base_plus_adapter(tiny, tmp_path):
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from engine.adapters import merge
@@ -142,15 +141,11 @@ def test_library_compose_lineage_foreign_base_and_retention(tiny, tmp_path, lora
     from jobs import library, workbench
 
     base, adapters = tiny
-    a = library.import_adapter(adapters["a"], name="ticket-skill")
-    b = library.import_adapter(adapters["b"], name="date.skill")  # a '.' in a name survives PEFT
+    a = library.import_adapter(adapters["a"], name="ticket-skill", skill="ticket")
+    b = library.import_adapter(adapters["b"], name="date.skill", skill="isodate")  # a '.' survives PEFT
     library.import_adapter(adapters["r8"], name="wide")
-    for entry, skill in ((a, "ticket"), (b, "isodate")):
-        with library._session() as s:
-            row = s.get(library.Adapter, entry.id)
-            row.skill = skill
-            s.add(row)
-            s.commit()
+    with pytest.raises(UserError, match="unknown demo skill 'poetry'"):
+        library.import_adapter(adapters["r8"], name="w2", skill="poetry")
 
     with pytest.raises(UserError, match="cat or svd accept different ranks"):
         workbench.compose(["ticket-skill", "wide"], [0.5, 0.5], "ties", name="mix")

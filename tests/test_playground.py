@@ -79,12 +79,7 @@ def test_compose_form_saves_and_scores(tiny):
 
     _, a, b = tiny
     for path, name, skill in ((a, "t", "ticket"), (b, "d", "isodate")):
-        entry = library.import_adapter(path, name=name)
-        with library._session() as s:
-            row = s.get(library.Adapter, entry.id)
-            row.skill = skill
-            s.add(row)
-            s.commit()
+        library.import_adapter(path, name=name, skill=skill)
     html, _ = playground.compose(["t", "d"], "0.5, 0.5", "ties", 0.5, "mix", True)
     html = unescape(html)
     assert "Saved 'mix'" in html and "Skill retention" in html and "ticket" in html and "isodate" in html

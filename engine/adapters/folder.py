@@ -101,7 +101,10 @@ def weight_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
 
 
 def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file() and "checkpoints" not in p.parts)
+    """Bytes on disk, without a job's checkpoints/ (training state, not the adapter)."""
+    folder = Path(folder)
+    return sum(p.stat().st_size for p in folder.rglob("*")
+               if p.is_file() and "checkpoints" not in p.relative_to(folder).parts)
 
 
 def inspect(folder, base: str | None = None) -> AdapterInfo:

@@ -65,6 +65,7 @@ class AdapterHost:
         self._paths: OrderedDict[str, str] = OrderedDict()  # name -> folder, oldest use first
         self._active: str | None = None
         self._merged = False
+        self._enabled = False  # adapter layers on; PEFT's toggle walks every module, so skip needless ones
 
     # --- properties -------------------------------------------------------------------
     @property
@@ -172,7 +173,9 @@ class AdapterHost:
         if name is None:
             self._disable()
         else:
-            self._peft.base_model.enable_adapter_layers()
+            if not self._enabled:
+                self._peft.base_model.enable_adapter_layers()
+                self._enabled = True
             self._peft.set_adapter(peft_name(name))
             self._paths.move_to_end(name)
         self._active = name
@@ -181,6 +184,7 @@ class AdapterHost:
     def _disable(self) -> None:
         if self._peft is not None:
             self._peft.base_model.disable_adapter_layers()
+            self._enabled = False
 
     # --- merge toggle -------------------------------------------------------------------------
     def set_merged(self, merged: bool) -> float:

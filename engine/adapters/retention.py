@@ -8,11 +8,13 @@ one AdapterHost, so the base is loaded once for the whole table.
 from __future__ import annotations
 
 
-def score(host, adapter: str | None, skill: str) -> float:
+def score(host, adapter: str | None, skill: str, rows: int | None = None) -> float:
+    """Held-out exact match (%) of `adapter` (None: the base); `rows` limits the split to its first rows."""
     from engine.data import demo
 
+    records = demo.records(skill, "test")[:rows] if rows else None
     with host.using(adapter) as model:
-        return float(demo.evaluate(model, host.tokenizer, skill))
+        return float(demo.evaluate(model, host.tokenizer, skill, records=records))
 
 
 def table(host, composed: str, sources: list[tuple[str, str | None]]) -> list[dict]:

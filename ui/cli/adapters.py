@@ -19,6 +19,7 @@ def register(sub) -> None:
     q.add_argument("path", metavar="PATH")
     q.add_argument("--name", default=None, help="library name (default: the folder or zip name)")
     q.add_argument("--base", default=None, help="base model, when the adapter's own config names one not found here")
+    q.add_argument("--skill", default=None, help="the demo skill it was trained on (its held-out split scores it)")
     q.set_defaults(handler=cmd_import)
     q = a.add_parser("rename", help="give an adapter a new name")
     q.add_argument("ref", metavar="NAME|ID")
@@ -98,7 +99,7 @@ def _table(rows) -> None:
 def cmd_import(ns) -> int:
     from jobs import library
 
-    a = library.import_adapter(ns.path, name=ns.name, base=ns.base)
+    a = library.import_adapter(ns.path, name=ns.name, base=ns.base, skill=ns.skill)
     print(f"imported '{a.name}' (id {a.id}): base {a.base_model}, r {a.r}, {human_bytes(a.bytes)}, in {a.path}")
     return 0
 

@@ -137,7 +137,8 @@ def compose(names, weights_text, combination, density, name, score):
         try:
             weights = [float(w) for w in (weights_text or "").split(",") if w.strip()]
         except ValueError:
-            raise UserError("weights", f"got {weights_text!r}; give numbers separated by commas, e.g. 0.5,0.5") from None
+            raise UserError("weights", f"got {weights_text!r}; give numbers separated by commas, "
+                            "e.g. 0.5,0.5") from None
         entry = workbench.compose(list(names or []), weights, combination, (name or "").strip(),
                                   density=float(density) if density and combination in ("ties", "dare_ties") else None)
         text = html.notice(f"Saved '{entry.name}' in the library: {entry.description}, rank {entry.r}.", "ok")
