@@ -20,6 +20,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+from engine.data.ref import DatasetRef
 from engine.errors import UserError, one_of
 from engine.plan import TrainingPlan
 from jobs import store
@@ -83,7 +84,7 @@ def submit(plan: TrainingPlan, start: bool = True) -> Job:
 
 
 def _default_name(plan: TrainingPlan) -> str:
-    data = Path(plan.dataset).stem if plan.dataset and not plan.dataset.startswith("demo:") else plan.dataset
+    data = DatasetRef.parse(plan.dataset).stem if plan.dataset else plan.dataset
     return f"{plan.method} {Path(plan.model).name} on {data}"
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from engine.data.chat import ends_with_eos, ensure_chat_template, render
+from engine.data.ref import DatasetRef
 from engine.data.formats import FORMATS, Rows, detect_format, read_source, to_messages, to_text  # noqa: F401
 from engine.errors import UserError, one_of
 
@@ -63,7 +64,7 @@ class DataReport(BaseModel):
         errors = self.errors()
         if errors:
             p = errors[0]
-            name = Path(self.source).name if not self.source.startswith("demo:") else self.source
+            name = DatasetRef.parse(self.source).label
             where = f"{name} {self.row_unit} {p.row}: " if p.row is not None else f"{name}: "
             more = f" (and {len(errors) - 1 + self.more_problems} more problems)" if len(errors) > 1 else ""
             raise UserError("dataset", f"{where}{p.field}: {p.message}{more}")
@@ -181,9 +182,10 @@ def build_datasets(plan, tokenizer):
     report.raise_if_bad()
 
     eval_rows: list[dict] = []
-    if plan.dataset.startswith("demo:") and plan.eval_split > 0:
+    ref = DatasetRef.parse(plan.dataset)
+    if ref.is_demo and plan.eval_split > 0:
         from engine.data import demo
-        test = read_source(str(demo.dataset_path(plan.dataset.removeprefix("demo:"), "test")))
+        test = read_source(str(demo.dataset_path(ref.skill, "test")))
         eval_rows, _, _, _ = _examples(test, "messages", {}, tokenizer)
         train_rows = examples
     elif plan.eval_split > 0:

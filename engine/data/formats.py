@@ -14,6 +14,7 @@ import io
 import json
 from pathlib import Path
 
+from engine.data.ref import DatasetRef
 from engine.errors import UserError, one_of
 
 FORMATS = ("messages", "alpaca", "prompt_completion", "text")
@@ -41,9 +42,10 @@ def read_source(source: str) -> Rows:
     if not source or not str(source).strip():
         raise UserError("dataset", "is empty; give a file (" + one_of(EXTENSIONS) + "), a hub dataset id or demo:NAME")
     source = str(source).strip()
-    if source.startswith("demo:"):
+    ref = DatasetRef.parse(source)
+    if ref.is_demo:
         from engine.data import demo
-        return read_file(demo.dataset_path(source.removeprefix("demo:"), "train"))
+        return read_file(demo.dataset_path(ref.skill, "train"))
     path = Path(source).expanduser()
     if path.exists():
         if path.is_dir():

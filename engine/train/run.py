@@ -17,6 +17,7 @@ from typing import Callable
 
 from engine.errors import UserError
 from engine.plan import TrainingPlan, resolve_dtype
+from engine.train import config
 
 Report = Callable[[dict], None]
 
@@ -140,60 +141,20 @@ def _nf4_config(dtype):
                               bnb_4bit_compute_dtype=dtype)
 
 
-# --- plan → PEFT / TRL -----------------------------------------------------------------
-def resolve_targets(plan: TrainingPlan) -> str | list[str]:
-    if plan.targets == "all-linear":
-        return "all-linear"  # PEFT expands it itself (every Linear except the output head)
-    from engine.model import introspect
-
-    return introspect.resolve_targets(introspect.resolve(plan.model), plan.targets)
-
-
+# --- plan → PEFT / TRL (the keywords live in engine.train.config, shared with the exported script) ---
 def lora_config(plan: TrainingPlan):
     from peft import LoraConfig
 
-    alpha = int(plan.alpha) if float(plan.alpha).is_integer() else plan.alpha
-    return LoraConfig(r=plan.r, lora_alpha=alpha, lora_dropout=plan.dropout,
-                      target_modules=resolve_targets(plan), bias=plan.bias, use_dora=plan.use_dora,
-                      use_rslora=plan.use_rslora, modules_to_save=list(plan.modules_to_save) or None,
-                      task_type="CAUSAL_LM")
+    return LoraConfig(**config.lora_kwargs(plan))
 
 
 def sft_config(plan: TrainingPlan, out_dir: Path, device: str, dtype, has_eval: bool, **overrides):
     import torch
     from trl import SFTConfig
 
-    kw = dict(
-        output_dir=str(Path(out_dir) / "checkpoints"),
-        max_length=plan.seq_len,
-        per_device_train_batch_size=plan.batch_size,
-        per_device_eval_batch_size=plan.batch_size,
-        gradient_accumulation_steps=plan.grad_accum,
-        num_train_epochs=plan.epochs,
-        max_steps=plan.max_steps or -1,
-        learning_rate=plan.learning_rate,
-        lr_scheduler_type=plan.lr_scheduler,
-        warmup_steps=plan.warmup_ratio,  # below 1 = a share of the steps (transformers 5)
-        activation_checkpointing=plan.grad_ckpt,  # TRL turns it on by default; the plan decides
-        activation_checkpointing_kwargs={"use_reentrant": False} if plan.grad_ckpt else None,
-        optim=plan.optimizer,
-        seed=plan.seed,
-        logging_steps=plan.logging_steps,
-        save_strategy="steps",
-        save_steps=plan.save_steps,
-        save_total_limit=2,
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=plan.save_steps if has_eval else None,
-        bf16=dtype == torch.bfloat16,  # TRL defaults bf16 on, even on the CPU; the plan decides
-        fp16=dtype == torch.float16,
-        use_cpu=device == "cpu",
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        packing=False,
-    )
-    kw.update(overrides)
-    return SFTConfig(**kw)
+    name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+    return SFTConfig(**{**config.sft_kwargs(plan, out_dir, has_eval), **config.precision_kwargs(name, device),
+                        **overrides})
 
 
 # --- reporting ---------------------------------------------------------------------------

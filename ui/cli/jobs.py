@@ -15,6 +15,7 @@ from pathlib import Path
 from engine.errors import UserError
 from engine.units import human_bytes
 from engine.plan import TrainingPlan, add_plan_flags, plan_from_args
+from engine.train import script
 
 
 def register(sub) -> None:
@@ -42,8 +43,10 @@ def register(sub) -> None:
     _wait_flag(p)
     p.set_defaults(handler=cmd_resume)
 
-    p = sub.add_parser("export", help="write the job's adapter zip and print its path")
+    p = sub.add_parser("export", help="write the job's adapter zip and print its path (or print its plan as code)")
     p.add_argument("job_id", metavar="ID")
+    p.add_argument("--as", dest="as_code", choices=script.FORMATS, default=None,
+                   help="print the plan instead: a standalone transformers+PEFT+TRL script, YAML, or the train command")
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("demo", help="train the embedded default model on a demo skill")
@@ -163,6 +166,11 @@ def cmd_resume(ns) -> int:
 
 
 def cmd_export(ns) -> int:
+    if ns.as_code:
+        from jobs import store
+
+        print(script.render(store.job_plan(store.get_job(ns.job_id)), ns.as_code), end="")
+        return 0
     from jobs.export import export_zip
 
     print(export_zip(ns.job_id))

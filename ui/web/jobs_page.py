@@ -15,8 +15,8 @@ from types import SimpleNamespace
 import gradio as gr
 
 from engine.errors import UserError
+from engine.train import script
 from ui.web import charts
-from ui.web import codegen
 from ui.web import html
 
 REFRESH_S = 1.0
@@ -146,9 +146,16 @@ def job_view(job_id) -> dict:
         "loss": charts.loss_chart(rows, job.total_steps),
         "log": store.log_tail(job.id, 50) or "(no log yet)",
         "download": download_path(job.id) if job.status == "succeeded" else None,
-        "yaml": codegen.plan_yaml(plan), "cli": codegen.cli_command(plan), "python": codegen.python_snippet(plan),
+        "yaml": script.plan_yaml(plan), "cli": script.cli_command(plan), "python": _python(plan),
         "running": job.status in ("queued", "running"), "status": job.status,
     }
+
+
+def _python(plan) -> str:
+    try:
+        return script.python_script(plan)
+    except UserError as exc:  # e.g. the base model's folder is gone since the job ran
+        return f"# no script: {exc}\n"
 
 
 def cancel(job_id) -> tuple[bool, str]:
