@@ -8,6 +8,7 @@ and the UI's labels and tooltips render, so there is no second copy to drift.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import yaml
@@ -30,6 +31,35 @@ Scheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]
 TARGET_PRESETS = ("all-linear", "attention", "mlp")
 
 
+@dataclass(frozen=True)
+class DifficultyLevel:
+    name: str         # the plan's value
+    title: str
+    description: str  # plain words, with examples a non-expert recognises
+
+
+DIFFICULTY_QUESTION = "How far the task is from what the model already does"
+# The one description of each difficulty: the plan's help, the wizard's choices and the
+# recommender's table all read it.
+DIFFICULTIES: dict[str, DifficultyLevel] = {
+    d.name: d
+    for d in (
+        DifficultyLevel("simple", "Simple",
+                        "Change how the model answers, not what it knows: a tone or style, a persona, "
+                        "a fixed output format such as JSON or a template."),
+        DifficultyLevel("balanced", "Balanced",
+                        "Most instruction tasks: answering questions in your way, summarising, "
+                        "classifying or extracting fields, writing replies."),
+        DifficultyLevel("hard", "Hard",
+                        "Multi-step reasoning or a specialised domain the model knows little of, "
+                        "such as law, medicine or your company's internal processes."),
+        DifficultyLevel("very_hard", "Very hard",
+                        "A large shift: a new language, a new programming language, or behaviour far "
+                        "from anything the model does today."),
+    )
+}
+
+
 class TrainingPlan(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -47,8 +77,9 @@ class TrainingPlan(BaseModel):
     )
     difficulty: Difficulty | None = Field(
         None,
-        description="How far the task is from what the model already does: simple (style, format), "
-        "balanced (most tasks), hard (reasoning, new domain), very_hard (a new language).",
+        description=DIFFICULTY_QUESTION + ": "
+        + "; ".join(f"{d.name}: {d.description[0].lower()}{d.description[1:-1]}" for d in DIFFICULTIES.values())
+        + ".",
     )
 
     # --- the adapter ----------------------------------------------------------------

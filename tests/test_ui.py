@@ -39,9 +39,9 @@ def _bar_total(fig) -> float:
 # --- charts: pure figure builders ---------------------------------------------------------
 
 def test_memory_chart_stacks_every_term_against_the_budget():
-    terms = {"base_weights": 2 * charts.GB, "adapter": 0.5 * charts.GB, "activations": 1.5 * charts.GB}
-    fig = charts.memory_breakdown(terms, budget_bytes=3 * charts.GB, fits=False,
-                                  reserved_bytes=4.5 * charts.GB, device_bytes=5 * charts.GB)
+    terms = {"base_weights": 2 * charts.GIB, "adapter": 0.5 * charts.GIB, "activations": 1.5 * charts.GIB}
+    fig = charts.memory_breakdown(terms, budget_bytes=3 * charts.GIB, fits=False,
+                                  reserved_bytes=4.5 * charts.GIB, device_bytes=5 * charts.GIB)
     fig.to_plotly()  # valid Plotly
     names = [t["name"] for t in fig.data]
     assert names[:3] == ["base weights", "adapter", "activations"]
@@ -137,14 +137,14 @@ def test_estimate_view_reflects_the_plan():
     est = small["estimate"]
     assert sum(small["params"].data[0]["y"]) == est.trainable_params
     assert sum(large["params"].data[0]["y"]) == 2 * est.trainable_params  # params are linear in r
-    assert _bar_total(small["memory"]) == pytest.approx(est.memory.device_bytes / charts.GB, rel=1e-6)
+    assert _bar_total(small["memory"]) == pytest.approx(est.memory.device_bytes / charts.GIB, rel=1e-6)
     assert set(small["params"].data[0]["x"]) == {"q_proj", "v_proj"}
 
 
 def test_misfit_names_the_knob_that_fixes_it():
     view = review.estimate_view(_plan(method="full"))
     assert "does not fit" in view["memory"].layout["title"]["text"]
-    assert "To fit:" in view["verdict"] and "QLoRA" in view["verdict"]
+    assert "To fit:" in view["verdict"] and "full fine-tuning → LoRA" in view["verdict"]  # the ladder's order
 
 
 def test_sweep_has_three_methods_and_the_cheaper_one_is_lower():

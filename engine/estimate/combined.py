@@ -11,11 +11,11 @@ from pydantic import BaseModel
 from engine.model import catalog
 from engine.model.catalog import Gpu
 from engine.model.introspect import resolve
-from engine.estimate.memory import CPU_RESERVED_FACTOR, CUDA_CONTEXT, GiB, RESERVED_FACTOR, Recipe, memory_terms
+from engine.estimate.memory import CPU_RESERVED_FACTOR, CUDA_CONTEXT, RESERVED_FACTOR, Recipe, memory_terms
 from engine.estimate.params import ParamCount, count
 from engine.plan import resolve_dtype
 from engine.estimate.timing import TimeEstimate, estimate_time
-from engine.units import human_bytes
+from engine.units import GIB, human_bytes
 
 
 class MemoryEstimate(BaseModel):
@@ -59,7 +59,7 @@ class Estimate(BaseModel):
         }
 
 
-def device_of(plan) -> Gpu | None:
+def gpu_of(plan) -> Gpu | None:
     """The plan's device: its GPU, the CPU (gpu='cpu', or neither gpu nor budget), or None (budget only)."""
     if plan.gpu:
         return catalog.find_gpu(plan.gpu)
@@ -90,14 +90,14 @@ def _memory(info, plan, pc: ParamCount, gpu: Gpu | None, dtype: str) -> MemoryEs
     reserved = int(allocated * (RESERVED_FACTOR if on_gpu else CPU_RESERVED_FACTOR))
     device = reserved + (CUDA_CONTEXT if on_gpu else 0)
     if plan.budget_gb:
-        budget = int(plan.budget_gb * GiB)
+        budget = int(plan.budget_gb * GIB)
     elif gpu is not None and gpu.memory_gb:
-        budget = int(gpu.memory_gb * GiB)
+        budget = int(gpu.memory_gb * GIB)
     else:
         budget = None
     if on_gpu:
         notes.append(f"reserved = allocated x {RESERVED_FACTOR} (allocator cache); device adds "
-                     f"{CUDA_CONTEXT / GiB:.1f} GiB CUDA context")
+                     f"{CUDA_CONTEXT / GIB:.1f} GiB CUDA context")
     else:
         notes.append("CPU: fp32 by default, no CUDA context; host RAM is the budget only when budget_gb is given")
     fits = None if budget is None else device <= budget
@@ -114,14 +114,14 @@ def _memory(info, plan, pc: ParamCount, gpu: Gpu | None, dtype: str) -> MemoryEs
 def memory_for(plan) -> MemoryEstimate:
     """Memory only: what sweeps and charts call many times."""
     info = resolve(plan.model)
-    gpu = device_of(plan)
+    gpu = gpu_of(plan)
     dtype = compute_dtype(plan, gpu)
     return _memory(info, plan, _params(info, plan, dtype), gpu, dtype)
 
 
 def estimate(plan) -> Estimate:
     info = resolve(plan.model)
-    gpu = device_of(plan)
+    gpu = gpu_of(plan)
     dtype = compute_dtype(plan, gpu)
     pc = _params(info, plan, dtype)
     mem = _memory(info, plan, pc, gpu, dtype)

@@ -37,7 +37,7 @@ class TrainResult:
 
 
 # --- device and precision -------------------------------------------------------------
-def device_of(plan: TrainingPlan) -> str:
+def train_device(plan: TrainingPlan) -> str:
     import torch
 
     if (plan.gpu or "").strip().lower() == "cpu":
@@ -45,7 +45,7 @@ def device_of(plan: TrainingPlan) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def compute_dtype(plan: TrainingPlan, device: str):
+def torch_dtype(plan: TrainingPlan, device: str):
     import torch
 
     name = resolve_dtype(plan.dtype, on_cpu=device == "cpu",
@@ -95,8 +95,8 @@ def load_base(plan: TrainingPlan, for_training: bool = True):
 
     from engine.data.chat import ensure_chat_template
 
-    device = device_of(plan)
-    dtype = compute_dtype(plan, device)
+    device = train_device(plan)
+    dtype = torch_dtype(plan, device)
     source = model_source(plan.model)
     kwargs: dict = {"attn_implementation": plan.attention}
     if plan.method == "qlora":
@@ -277,8 +277,8 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = report or (lambda event: None)
-    device = device_of(plan)
-    dtype = compute_dtype(plan, device)
+    device = train_device(plan)
+    dtype = torch_dtype(plan, device)
 
     model, tokenizer = load_base(plan, for_training=True)
     train_ds, eval_ds = build_datasets(plan, tokenizer)

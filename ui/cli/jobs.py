@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from engine.errors import UserError
-from engine.units import human_bytes
+from engine.units import human_bytes, human_seconds
 from engine.plan import TrainingPlan, add_plan_flags, plan_from_args
 from engine.train import script
 
@@ -129,7 +129,7 @@ def cmd_show(ns) -> int:
     print(f"job {job.id}: {job.name}")
     print(f"  status     {job.status}" + (f" (pid {job.pid}, {job.device or 'starting'})" if job.status == "running" else ""))
     print(f"  progress   {job.progress * 100:.0f}%  step {job.step}/{job.total_steps or '?'}"
-          + (f"  eta {_duration(job.eta_seconds)}" if job.eta_seconds else ""))
+          + (f"  eta {human_seconds(job.eta_seconds)}" if job.eta_seconds else ""))
     print(f"  memory     estimated {human_bytes(job.estimated_peak_bytes)}, measured {human_bytes(job.measured_peak_bytes)}")
     if job.base_score is not None or job.adapter_score is not None:
         print(f"  score      base {_pct(job.base_score)} -> adapter {_pct(job.adapter_score)}")
@@ -194,7 +194,7 @@ def _wait(job_id: int, poll_s: float = 1.0) -> int:
             loss = next((m.loss for m in reversed(metrics) if m.loss is not None), None)
             line = (f"{job.status}  step {job.step}/{job.total_steps or '?'}"
                     + (f"  loss {loss:.4f}" if loss is not None else "")
-                    + (f"  eta {_duration(job.eta_seconds)}" if job.eta_seconds else ""))
+                    + (f"  eta {human_seconds(job.eta_seconds)}" if job.eta_seconds else ""))
             if line != last:
                 print(line, flush=True)
                 last = line
@@ -219,8 +219,3 @@ def _pct(v) -> str:
 
 def _f(v, fmt: str = ".4f") -> str:
     return "-" if v is None else format(v, fmt)
-
-
-def _duration(s) -> str:
-    s = int(s or 0)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

@@ -1,7 +1,7 @@
 """The wizard: five steps from a base model to a launched job.
 
-Layout and event wiring only; the logic lives in ui/steps.py (model, data, hardware,
-launch) and ui/review.py (recommendation and live estimate). The wizard keeps its
+Layout and event wiring only; the logic lives in ui/web/steps.py (model, data, hardware,
+launch) and ui/web/review.py (recommendation and live estimate). The wizard keeps its
 answers in its controls; once launched, the job lives in the database.
 """
 
@@ -12,14 +12,11 @@ from types import SimpleNamespace
 import gradio as gr
 
 from engine.errors import UserError
-from engine.plan import TrainingPlan
+from engine.plan import DIFFICULTY_QUESTION, TrainingPlan
 from ui.web import charts
 from ui.web import html
 from ui.web import review
 from ui.web import steps
-
-STEP_IDS = ["s1", "s2", "s3", "s4", "s5"]
-
 
 def context_from(model, difficulty, dataset, rows, hw_kind, gpu, budget, name) -> dict:
     """The earlier steps' answers as plan fields; raises UserError naming the missing one."""
@@ -66,8 +63,8 @@ def build() -> SimpleNamespace:
         # 2 ------------------------------------------------------------------------------
         with gr.Tab("2 · Task and data", id="s2"):
             gr.Markdown("### What should the model learn?")
-            ui.difficulty = gr.Radio(steps.DIFFICULTIES, value="simple" if first_skill else "balanced",
-                                     label="How hard is the task?", info=TrainingPlan.help("difficulty"),
+            ui.difficulty = gr.Radio(steps.DIFFICULTY_CHOICES, value="simple" if first_skill else "balanced",
+                                     label="How hard is the task?", info=DIFFICULTY_QUESTION + ".",
                                      elem_id="difficulty")
             with gr.Row(equal_height=False):
                 with gr.Column(scale=2, elem_classes="lp-panel"):
@@ -138,20 +135,28 @@ def build() -> SimpleNamespace:
     return ui
 
 
-def _wire(ui: SimpleNamespace) -> None:
-    form = [ui.form[f] for f in review.FORM_FIELDS]
-    ui.context_inputs = [ui.model, ui.difficulty, ui.dataset, ui.rows, ui.hw_kind, ui.gpu, ui.budget, ui.name]
-    ui.plan_inputs = ui.context_inputs + form
-    goto = lambda step: (lambda: gr.Tabs(selected=step))  # noqa: E731
+def _goto(step: str):
+    return lambda: gr.Tabs(selected=step)
 
-    # 1: model
+
+def _wire(ui: SimpleNamespace) -> None:
+    ui.context_inputs = [ui.model, ui.difficulty, ui.dataset, ui.rows, ui.hw_kind, ui.gpu, ui.budget, ui.name]
+    ui.plan_inputs = ui.context_inputs + [ui.form[f] for f in review.FORM_FIELDS]
+    for wire in (_wire_model, _wire_data, _wire_hardware, _wire_review, _wire_launch):
+        wire(ui)
+
+
+def _wire_model(ui: SimpleNamespace) -> None:
+    """Step 1: model."""
     ui.catalog.input(lambda key: key, ui.catalog, ui.model).then(
         lambda m: steps.model_facts(m)[0], ui.model, ui.facts)
     ui.check_model.click(lambda m: steps.model_facts(m)[0], ui.model, ui.facts)
     ui.model.submit(lambda m: steps.model_facts(m)[0], ui.model, ui.facts)
-    ui.next1.click(goto("s2"), None, ui.steps)
+    ui.next1.click(_goto("s2"), None, ui.steps)
 
-    # 2: data — checked when the step opens, and on every change of source
+
+def _wire_data(ui: SimpleNamespace) -> None:
+    """Step 2: data — checked when the step opens, and on every change of source."""
     data_outputs = [ui.dataset, ui.rows, ui.data_summary, ui.histogram, ui.examples]
 
     def check(kind, skill, upload, model, seq_len):
@@ -166,13 +171,18 @@ def _wire(ui: SimpleNamespace) -> None:
     ui.source.input(lambda k: (gr.update(visible=k == "demo"), gr.update(visible=k == "demo"),
                                gr.update(visible=k == "upload")),
                     ui.source, [ui.skill, ui.skill_info, ui.upload])
-    ui.next2.click(goto("s3"), None, ui.steps)
+    ui.next2.click(_goto("s3"), None, ui.steps)
 
-    # 3: hardware
+
+def _wire_hardware(ui: SimpleNamespace) -> None:
+    """Step 3: hardware."""
     ui.hw_kind.input(lambda k: (gr.update(visible=k == "gpu"), gr.update(visible=k == "vram")),
                      ui.hw_kind, [ui.gpu, ui.budget])
 
-    # 4: review — recommend when the answers changed, then estimate on every change
+
+def _wire_review(ui: SimpleNamespace) -> None:
+    """Step 4: review — recommend when the answers changed, then estimate on every change."""
+    form = [ui.form[f] for f in review.FORM_FIELDS]
     view_outputs = [ui.verdict, ui.mem_plot, ui.summary_plot, ui.params_plot]
 
     def enter_review(*args):
@@ -209,7 +219,7 @@ def _wire(ui: SimpleNamespace) -> None:
 
     ui.update_view = update_view
     review_in = ui.context_inputs[:-1] + [ui.name, ui.rec_key]
-    for event in (ui.next3.click(goto("s4"), None, ui.steps), ui.tab4.select(lambda: None, None, None)):
+    for event in (ui.next3.click(_goto("s4"), None, ui.steps), ui.tab4.select(lambda: None, None, None)):
         event.then(enter_review, review_in, form + [ui.reasons, ui.rec_key], show_progress="minimal").then(
             update_view, ui.plan_inputs, view_outputs, show_progress="hidden").then(
             update_sweep, ui.plan_inputs, ui.sweep_plot, show_progress="hidden")
@@ -218,7 +228,9 @@ def _wire(ui: SimpleNamespace) -> None:
         control.input(update_view, ui.plan_inputs, view_outputs, show_progress="hidden", trigger_mode="always_last",
                       queue=False).then(update_sweep, ui.plan_inputs, ui.sweep_plot, show_progress="hidden")
 
-    # 5: launch
+
+def _wire_launch(ui: SimpleNamespace) -> None:
+    """Step 5: launch."""
     def summary(*values):
         ctx_values, form_values = values[:len(ui.context_inputs)], values[len(ui.context_inputs):]
         try:
@@ -242,7 +254,7 @@ def _wire(ui: SimpleNamespace) -> None:
             return html.facts_table(rows) + html.error_notice(exc)
         return html.facts_table(rows)
 
-    ui.next4.click(goto("s5"), None, ui.steps).then(summary, ui.plan_inputs, ui.launch_summary)
+    ui.next4.click(_goto("s5"), None, ui.steps).then(summary, ui.plan_inputs, ui.launch_summary)
     ui.tab5.select(summary, ui.plan_inputs, ui.launch_summary)
 
     def launch(*values):
