@@ -24,14 +24,14 @@ from engine.data.ref import DatasetRef
 from engine.errors import UserError, one_of
 from engine.plan import TrainingPlan
 from jobs import store
-from jobs.store import Job
+from jobs.store import Job, JobStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 # A claimed row waits this long for its worker to report a pid before it counts as lost.
 SPAWN_GRACE_S = 60
 CANCEL_GRACE_S = float(os.environ.get("LORAPILOT_CANCEL_GRACE_S", "120"))
 TERM_GRACE_S = 15
-RESUMABLE = ("interrupted", "cancelled", "failed")
+RESUMABLE = (JobStatus.INTERRUPTED, JobStatus.CANCELLED, JobStatus.FAILED)
 
 _children: list[subprocess.Popen] = []  # reaped on each kick so no zombie looks alive
 
@@ -117,13 +117,13 @@ def _spawn(job_id: int) -> None:
             start_new_session=True,  # own session and process group: survives the UI, killable as a group
         )
     except OSError as exc:
-        store.update_job(job_id, ("running",), status="failed", finished_at=store.now(),
+        store.update_job(job_id, (JobStatus.RUNNING,), status=JobStatus.FAILED, finished_at=store.now(),
                          error=f"could not start the worker process: {exc}")
         raise
     finally:
         log.close()
     _children.append(proc)
-    store.update_job(job_id, ("running",), pid=proc.pid)
+    store.update_job(job_id, (JobStatus.RUNNING,), pid=proc.pid)
 
 
 def _reap() -> None:
@@ -158,7 +158,7 @@ def worker_alive(pid: int | None, job_id: int) -> bool:
 def reconcile() -> list[int]:
     """Rows marked running whose worker is gone become 'interrupted', with the reason."""
     changed = []
-    for job in store.list_jobs(status="running"):
+    for job in store.list_jobs(status=JobStatus.RUNNING):
         if job.pid is None:
             if job.started_at and store.now() - job.started_at < timedelta(seconds=SPAWN_GRACE_S):
                 continue  # claimed a moment ago; the dispatcher is still starting it
@@ -169,7 +169,7 @@ def reconcile() -> list[int]:
             reason = (f"the worker process (pid {job.pid}) ended without reporting: it was killed "
                       "(kill -9, the host ran out of memory) or the machine restarted. "
                       "Resume to continue from the last checkpoint.")
-        if store.update_job(job.id, ("running",), status="interrupted", error=reason,
+        if store.update_job(job.id, (JobStatus.RUNNING,), status=JobStatus.INTERRUPTED, error=reason,
                             finished_at=store.now(), eta_seconds=None):
             store.append_log(job.id, "interrupted: " + reason)
             changed.append(job.id)
@@ -182,14 +182,14 @@ def cancel(job_id, wait: bool = True, grace_s: float | None = None) -> Job:
     """Queued → cancelled now. Running → ask the worker to stop at the next step (it saves
     a checkpoint), then SIGTERM, then SIGKILL to its process group if it does not."""
     job = store.get_job(job_id)
-    if job.status == "queued" and store.update_job(job.id, ("queued",), status="cancelled",
+    if job.status == JobStatus.QUEUED and store.update_job(job.id, (JobStatus.QUEUED,), status=JobStatus.CANCELLED,
                                                     finished_at=store.now(), error="cancelled before it started"):
         store.append_log(job.id, "cancelled while queued")
         return store.get_job(job.id)
     job = store.get_job(job.id)
-    if job.status != "running":
+    if job.status != JobStatus.RUNNING:
         raise UserError("job", f"job {job.id} is {job.status}; only queued or running jobs can be cancelled")
-    store.update_job(job.id, ("running",), cancel_requested=True)
+    store.update_job(job.id, (JobStatus.RUNNING,), cancel_requested=True)
     store.append_log(job.id, "cancel requested: stopping at the next step")
     grace = CANCEL_GRACE_S if grace_s is None else grace_s
     if wait:
@@ -204,7 +204,7 @@ def _enforce_cancel(job_id: int, grace: float) -> None:
         return
     for sig, wait_s in ((signal.SIGTERM, TERM_GRACE_S), (signal.SIGKILL, 5)):
         job = store.get_job(job_id)
-        if job.status != "running":
+        if job.status != JobStatus.RUNNING:
             return
         if worker_alive(job.pid, job_id):
             store.append_log(job_id, f"worker did not stop within {grace:.0f}s; sending {sig.name}")
@@ -214,7 +214,7 @@ def _enforce_cancel(job_id: int, grace: float) -> None:
                 pass
         if _wait_finished(job_id, wait_s):
             return
-    store.update_job(job_id, ("running",), status="cancelled", finished_at=store.now(), eta_seconds=None,
+    store.update_job(job_id, (JobStatus.RUNNING,), status=JobStatus.CANCELLED, finished_at=store.now(), eta_seconds=None,
                      error=f"cancelled; the worker did not stop within {grace:.0f}s and was killed")
     kick()
 
@@ -224,11 +224,11 @@ def _wait_finished(job_id: int, seconds: float) -> bool:
     while time.monotonic() < deadline:
         _reap()
         job = store.get_job(job_id)
-        if job.status != "running":
+        if job.status != JobStatus.RUNNING:
             return True
         if job.pid and not worker_alive(job.pid, job_id):
             reconcile()
-            return store.get_job(job_id).status != "running"
+            return store.get_job(job_id).status != JobStatus.RUNNING
         time.sleep(0.2)
     return False
 
@@ -250,7 +250,7 @@ def resume(job_id, start: bool = True) -> Job:
         raise UserError("job", f"job {job.id} is {job.status}; only {one_of(RESUMABLE)} jobs can resume")
     step = last_checkpoint_step(job.id) or 0
     store.delete_metrics_after(job.id, step)
-    if not store.update_job(job.id, RESUMABLE, status="queued", queued_at=store.now(),
+    if not store.update_job(job.id, RESUMABLE, status=JobStatus.QUEUED, queued_at=store.now(),
                             queue_seq=store.next_queue_seq(), error=None,
                             finished_at=None, pid=None, cancel_requested=False, eta_seconds=None, step=step):
         raise UserError("job", f"job {job.id} changed state meanwhile; look again with `show {job.id}`")

@@ -3,7 +3,7 @@
 Read top to bottom: `load_base` finds and loads the base model (embedded default,
 local folder, .gguf file, hub id; 4-bit NF4 for QLoRA), `lora_config` and
 `sft_config` translate the plan into PEFT's and TRL's vocabulary, `_Reporter` turns
-trainer logs into the event dicts the job store records, and `train` runs it all and
+trainer logs into the typed events of engine.train.events, and `train` runs it all and
 writes the artifacts. The worker process (jobs/) calls `train`; nothing here knows
 about the database.
 """
@@ -17,9 +17,9 @@ from typing import Callable
 
 from engine.errors import UserError
 from engine.plan import TrainingPlan, resolve_dtype
-from engine.train import config
+from engine.train import config, events
 
-Report = Callable[[dict], None]
+Report = Callable[[events.Event], None]
 
 
 @dataclass
@@ -164,14 +164,14 @@ def _reporter_class():
     from engine.train.peak import PeakMeter
 
     class _Reporter(TrainerCallback):
-        """Trainer events → report dicts; cancel requests → a graceful stop with a checkpoint."""
+        """Trainer events → typed report events; cancel requests → a graceful stop with a checkpoint."""
 
         def __init__(self, report: Report, should_stop, device: str, base_score):
             self.report, self.should_stop, self.device = report, should_stop, device
             self.base_score = base_score
             self.peak = PeakMeter(device)
             self.stopped = False
-            self.pending: dict | None = None  # a train row waiting for this step's eval loss
+            self.pending: events.Metrics | None = None  # a train row waiting for this step's eval loss
 
         def on_train_begin(self, args, state, control, **kw):
             self.start_step = state.global_step  # > 0 after a resume
@@ -180,10 +180,7 @@ def _reporter_class():
             self.time_offset = max([e.get("time", 0.0) for e in state.log_history] + [0.0])
             self.last_tokens, self.last_time = 0, self.t0
             self.peak.begin()
-            event = {"event": "start", "total_steps": state.max_steps, "device": self.device}
-            if self.base_score is not None:
-                event["base_score"] = self.base_score
-            self.report(event)
+            self.report(events.Started(total_steps=state.max_steps, device=self.device, base_score=self.base_score))
 
         def on_step_begin(self, args, state, control, **kw):
             self.peak.step_begin(state.global_step, self.start_step)
@@ -196,8 +193,8 @@ def _reporter_class():
             # The first step carries one-off costs (allocation, peak tracking), so the pace is
             # measured from its end once a later step exists.
             rate = (now - self.t0) if done == 1 else (now - self.t_first) / (done - 1)
-            self.report({"event": "progress", "step": state.global_step, "total_steps": state.max_steps,
-                         "eta_seconds": round(rate * (state.max_steps - state.global_step), 1)})
+            self.report(events.Progress(step=state.global_step, total_steps=state.max_steps,
+                                        eta_seconds=round(rate * (state.max_steps - state.global_step), 1)))
             if self.should_stop is not None and state.global_step < state.max_steps and self.should_stop():
                 self.stopped = True
                 control.should_training_stop = True
@@ -214,19 +211,17 @@ def _reporter_class():
                 # kept in log_history so checkpoints (and metrics.csv after a resume) have them too
                 entry["tokens_per_second"] = round(tps, 1) if tps else None
                 entry["time"] = round(self.time_offset + now - self.t0, 2)
-                row = {"event": "metrics", "step": state.global_step, "epoch": logs.get("epoch"),
-                       "loss": logs.get("loss"), "eval_loss": None, "learning_rate": logs.get("learning_rate"),
-                       "grad_norm": logs.get("grad_norm"), "tokens_per_second": entry["tokens_per_second"],
-                       "time": entry["time"]}
+                row = events.Metrics(step=state.global_step, epoch=logs.get("epoch"), loss=logs.get("loss"),
+                                     learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
+                                     tokens_per_second=entry["tokens_per_second"], time=entry["time"])
                 if control.should_evaluate:  # an eval follows at this step: send one merged row
                     self.pending = row
                 else:
                     self.report(row)
             elif "eval_loss" in logs:
-                row = self.pending or {"event": "metrics", "step": state.global_step, "epoch": logs.get("epoch"),
-                                       "loss": None, "learning_rate": None, "grad_norm": None,
-                                       "tokens_per_second": None, "time": round(self.time_offset + now - self.t0, 2)}
-                row["eval_loss"] = logs["eval_loss"]
+                row = self.pending or events.Metrics(step=state.global_step, epoch=logs.get("epoch"),
+                                                     time=round(self.time_offset + now - self.t0, 2))
+                row.eval_loss = logs["eval_loss"]
                 self.pending = None
                 self.report(row)
 
@@ -307,7 +302,7 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
     adapter_score = None
     if skill is not None and not reporter.stopped:
         adapter_score = _evaluate_skill(model, tokenizer, skill)
-        report({"event": "scores", "base_score": base_score, "adapter_score": adapter_score})
+        report(events.Scores(base_score=base_score, adapter_score=adapter_score))
 
     # weights: the adapter for lora/qlora (adapter_model.safetensors + adapter_config.json), all for full
     trainer.save_model(str(out_dir))

@@ -127,7 +127,8 @@ def cmd_show(ns) -> int:
         print(json.dumps(detail, indent=2))
         return 0
     print(f"job {job.id}: {job.name}")
-    print(f"  status     {job.status}" + (f" (pid {job.pid}, {job.device or 'starting'})" if job.status == "running" else ""))
+    running = job.status == store.JobStatus.RUNNING
+    print(f"  status     {job.status}" + (f" (pid {job.pid}, {job.device or 'starting'})" if running else ""))
     print(f"  progress   {job.progress * 100:.0f}%  step {job.step}/{job.total_steps or '?'}"
           + (f"  eta {human_seconds(job.eta_seconds)}" if job.eta_seconds else ""))
     print(f"  memory     estimated {human_bytes(job.estimated_peak_bytes)}, measured {human_bytes(job.measured_peak_bytes)}")
@@ -187,10 +188,10 @@ def _wait(job_id: int, poll_s: float = 1.0) -> int:
     try:
         while True:
             job = store.get_job(job_id)
-            if job.status == "running" and job.pid and not dispatcher.worker_alive(job.pid, job_id):
+            if job.status == store.JobStatus.RUNNING and job.pid and not dispatcher.worker_alive(job.pid, job_id):
                 dispatcher.reconcile()
                 job = store.get_job(job_id)
-            metrics = store.job_metrics(job_id) if job.status == "running" else []
+            metrics = store.job_metrics(job_id) if job.status == store.JobStatus.RUNNING else []
             loss = next((m.loss for m in reversed(metrics) if m.loss is not None), None)
             line = (f"{job.status}  step {job.step}/{job.total_steps or '?'}"
                     + (f"  loss {loss:.4f}" if loss is not None else "")
@@ -206,7 +207,7 @@ def _wait(job_id: int, poll_s: float = 1.0) -> int:
         return 130
     if job.base_score is not None or job.adapter_score is not None:
         print(f"score: base {_pct(job.base_score)} -> adapter {_pct(job.adapter_score)}")
-    if job.status == "succeeded":
+    if job.status == store.JobStatus.SUCCEEDED:
         print(f"succeeded: adapter in {job.artifact_dir}")
         return 0
     print(f"{job.status}: {job.error or 'no reason recorded'} (log: {store.log_path(job_id)})", file=sys.stderr)

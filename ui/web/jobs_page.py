@@ -16,6 +16,7 @@ import gradio as gr
 
 from engine.errors import UserError
 from engine.train import script
+from jobs.store import JobStatus
 from ui.web import charts
 from ui.web import html
 
@@ -40,7 +41,7 @@ def jobs_table() -> str:
             model, method = (Path(plan.model).name if Path(plan.model).is_absolute() else plan.model), plan.method
         except UserError:
             model, method = "?", "?"
-        eta = charts.human_seconds(j.eta_seconds) if j.status == "running" else "—"
+        eta = charts.human_seconds(j.eta_seconds) if j.status == JobStatus.RUNNING else "—"
         link = f'<a href="?job={j.id}" class="lp-joblink">#{j.id} {html.escape(j.name)}</a>'
         rows.append((link, html.badge(j.status), f"{100 * (j.progress or 0):.0f}%", eta, model, method,
                      _when(j.created_at)))
@@ -83,7 +84,7 @@ def _header(job, metrics) -> str:
     tps = next((m.tokens_per_second for m in reversed(metrics) if m.tokens_per_second), None)
     step = f"{job.step} / {job.total_steps}" if job.total_steps else str(job.step)
     tiles = {"step": step,
-             "ETA": charts.human_seconds(job.eta_seconds) if job.status == "running" else "—",
+             "ETA": charts.human_seconds(job.eta_seconds) if job.status == JobStatus.RUNNING else "—",
              "tokens / s": f"{tps:,.0f}" if tps else "—",
              "peak memory: estimated": charts.human_bytes(job.estimated_peak_bytes),
              "peak memory: measured": charts.human_bytes(job.measured_peak_bytes),
@@ -97,15 +98,15 @@ def _header(job, metrics) -> str:
 
 
 def _failure(job) -> str:
-    if job.status == "failed":
+    if job.status == JobStatus.FAILED:
         return html.notice(job.error or "The job failed; the log below has the details.", "error", "Why it failed:")
-    if job.status == "interrupted":
+    if job.status == JobStatus.INTERRUPTED:
         return html.notice(job.error or "The job stopped unexpectedly.", "warn", "Interrupted:")
-    if job.status == "cancelled":
+    if job.status == JobStatus.CANCELLED:
         return html.notice((job.error or "Cancelled.") + " Resume continues from the last checkpoint.", "info")
-    if job.status == "queued":
+    if job.status == JobStatus.QUEUED:
         return html.notice("Waiting for a free slot; it starts when the job before it finishes.", "info")
-    if job.cancel_requested and job.status == "running":
+    if job.cancel_requested and job.status == JobStatus.RUNNING:
         return html.notice("Stopping at the next step…", "info")
     return ""
 
@@ -145,9 +146,9 @@ def job_view(job_id) -> dict:
         "header": _header(job, metrics) + _failure(job), "failure": _failure(job),
         "loss": charts.loss_chart(rows, job.total_steps),
         "log": store.log_tail(job.id, 50) or "(no log yet)",
-        "download": download_path(job.id) if job.status == "succeeded" else None,
+        "download": download_path(job.id) if job.status == JobStatus.SUCCEEDED else None,
         "yaml": script.plan_yaml(plan), "cli": script.cli_command(plan), "python": _python(plan),
-        "running": job.status in ("queued", "running"), "status": job.status,
+        "running": job.status in (JobStatus.QUEUED, JobStatus.RUNNING), "status": job.status,
     }
 
 
@@ -229,9 +230,10 @@ def render(job_id, sig=None, force=True) -> list:
     download = gr.DownloadButton(value=v["download"], visible=bool(v["download"]))
     status = v["status"]
     return [jobs_table(), gr.Dropdown(choices=job_choices(), value=None if job_id is None else str(job_id)),
-            v["header"], v["loss"], v["log"], download, gr.Button(visible=status in ("queued", "running")),
-            gr.Button(visible=status in ("failed", "cancelled", "interrupted")), v["yaml"], v["cli"], v["python"],
-            new_sig]
+            v["header"], v["loss"], v["log"], download,
+            gr.Button(visible=status in (JobStatus.QUEUED, JobStatus.RUNNING)),
+            gr.Button(visible=status in (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.INTERRUPTED)),
+            v["yaml"], v["cli"], v["python"], new_sig]
 
 
 def _wire(ui: SimpleNamespace) -> None:
