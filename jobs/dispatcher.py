@@ -214,8 +214,8 @@ def _enforce_cancel(job_id: int, grace: float) -> None:
                 pass
         if _wait_finished(job_id, wait_s):
             return
-    store.update_job(job_id, (JobStatus.RUNNING,), status=JobStatus.CANCELLED, finished_at=store.now(), eta_seconds=None,
-                     error=f"cancelled; the worker did not stop within {grace:.0f}s and was killed")
+    store.update_job(job_id, (JobStatus.RUNNING,), status=JobStatus.CANCELLED, finished_at=store.now(),
+                     eta_seconds=None, error=f"cancelled; the worker did not stop within {grace:.0f}s and was killed")
     kick()
 
 

@@ -25,6 +25,7 @@ from engine import paths
 from engine.errors import UserError
 from engine.plan import TrainingPlan
 
+
 class JobStatus(StrEnum):
     """A job's state. A StrEnum, so the column stays plain text and compares equal to its string."""
 

@@ -121,14 +121,16 @@ def _run(worker: Worker) -> int:
         traceback.print_exc()
         sys.stdout.flush()
         if worker.terminated and isinstance(exc, KeyboardInterrupt):
-            _finish(job_id, JobStatus.INTERRUPTED, error="stopped by a signal before the next step; resume to continue")
+            _finish(job_id, JobStatus.INTERRUPTED,
+                    error="stopped by a signal before the next step; resume to continue")
             return 1
         _finish(job_id, JobStatus.FAILED, error=_explain(exc, plan, worker.step))
         return 1
 
     if getattr(result, "stopped", False):
         if worker._cancel or store.get_job(job_id).cancel_requested:
-            _finish(job_id, JobStatus.CANCELLED, step=result.steps, error=f"cancelled at step {result.steps}; resume to continue")
+            _finish(job_id, JobStatus.CANCELLED, step=result.steps,
+                    error=f"cancelled at step {result.steps}; resume to continue")
         else:
             _finish(job_id, JobStatus.INTERRUPTED, step=result.steps,
                     error=f"stopped by a signal at step {result.steps}; resume to continue from the checkpoint")

@@ -6,12 +6,11 @@ as in the GPU catalog.
 
 import pytest
 
-from engine.errors import UserError
-from engine.plan import TrainingPlan
 from engine.advice.recommend import recommend
 from engine.advice.rules import FIELDS, RULE_IDS, RULES, RuleContext
 from engine.advice.rules import choose as decide
-from engine.plan import DIFFICULTIES
+from engine.errors import UserError
+from engine.plan import DIFFICULTIES, TrainingPlan
 from engine.units import GIB
 
 SETTINGS = ["method", "r", "alpha", "dropout", "targets", "batch_size", "grad_accum", "seq_len",
@@ -51,7 +50,7 @@ def test_every_row_cites_a_heuristics_rule_and_every_setting_has_a_fallback():
 def test_table_sets_every_field_with_a_reason_in_plain_words(c):
     chosen = decide(c)
     assert set(chosen) == set(FIELDS)
-    for field, (value, rule, text) in chosen.items():
+    for field, (_value, rule, text) in chosen.items():
         assert rule in RULE_IDS
         assert text and "{" not in text and "\n" not in text, (field, text)
     # the values make a valid plan

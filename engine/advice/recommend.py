@@ -88,7 +88,7 @@ def fit(plan: TrainingPlan, ctx: RuleContext, reasons: dict[str, Reason]) -> tup
                 break
             new = plan.updated(**step.changes)
             ctx.plan.update(step.changes)
-            for field, value in step.changes.items():
+            for field in step.changes:
                 reasons[field] = Reason(rule=step.rule, text=f"Changed to fit {budget}: {step.why}.")
             if step.redecide:
                 redone = decide(ctx, only=set(step.redecide))

@@ -67,7 +67,9 @@ class RuleContext:
         if self.seconds is None:
             return ""
         hours = self.seconds / 3600
-        return f" (about {hours:.1f} hours for this plan)" if hours >= 1 else f" (about {self.seconds / 60:.0f} minutes for this plan)"
+        if hours >= 1:
+            return f" (about {hours:.1f} hours for this plan)"
+        return f" (about {self.seconds / 60:.0f} minutes for this plan)"
 
     @property
     def small_data(self) -> bool:

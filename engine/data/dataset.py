@@ -19,8 +19,8 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from engine.data.chat import ends_with_eos, ensure_chat_template, render
-from engine.data.ref import DatasetRef
 from engine.data.formats import FORMATS, Rows, detect_format, read_source, to_messages, to_text  # noqa: F401
+from engine.data.ref import DatasetRef
 from engine.errors import UserError, one_of
 
 MAX_PROBLEMS = 50  # more than this and the report lists the count, not each one

@@ -122,7 +122,8 @@ def _read_json(path: Path, text: str) -> Rows:
         raise UserError("dataset", f"{path.name}: expected a JSON list of objects [{{...}}, ...]")
     for i, item in enumerate(value, start=1):
         if not isinstance(item, dict):
-            raise UserError("dataset", f"{path.name} row {i}: expected a JSON object {{...}}, got {type(item).__name__}")
+            raise UserError("dataset", f"{path.name} row {i}: expected a JSON object {{...}}, "
+                            f"got {type(item).__name__}")
     return Rows(value)
 
 
@@ -240,7 +241,8 @@ def to_messages(record: dict, fmt: str, columns: dict | None = None) -> list[dic
         extra = _get(record, "input", columns)
         extra = "" if extra is None else str(extra)
         prompt = instruction + ("\n\n" + extra if extra.strip() else "")
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": _text(record, "output", columns)}]
+        messages = [{"role": "user", "content": prompt},
+                    {"role": "assistant", "content": _text(record, "output", columns)}]
     elif fmt == "prompt_completion":
         messages = [{"role": "user", "content": _text(record, "prompt", columns)},
                     {"role": "assistant", "content": _text(record, "completion", columns)}]

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from engine.estimate.memory import CPU_RESERVED_FACTOR, CUDA_CONTEXT, RESERVED_FACTOR, Recipe, memory_terms
+from engine.estimate.params import ParamCount, count
+from engine.estimate.timing import TimeEstimate, estimate_time
 from engine.model import catalog
 from engine.model.catalog import Gpu
 from engine.model.introspect import resolve
-from engine.estimate.memory import CPU_RESERVED_FACTOR, CUDA_CONTEXT, RESERVED_FACTOR, Recipe, memory_terms
-from engine.estimate.params import ParamCount, count
 from engine.plan import resolve_dtype
-from engine.estimate.timing import TimeEstimate, estimate_time
 from engine.units import GIB, human_bytes
 
 

@@ -68,7 +68,8 @@ def _is_data(exc) -> bool:
     module = type(exc).__module__ or ""
     if module.startswith(("datasets", "pyarrow")):
         return True
-    return exc.__class__.__name__ in {"JSONDecodeError", "UnicodeDecodeError", "ArrowInvalid", "DatasetGenerationError"}
+    names = {"JSONDecodeError", "UnicodeDecodeError", "ArrowInvalid", "DatasetGenerationError"}
+    return exc.__class__.__name__ in names
 
 
 # --- advice ------------------------------------------------------------------------------

@@ -92,8 +92,8 @@ def python_script(plan: TrainingPlan) -> str:
     return "".join(parts)
 
 
-def _kwargs(values: dict) -> str:
-    return "".join(f"    {k}={pprint.pformat(v, width=100, compact=True)},\n" for k, v in values.items())
+def _kwargs(values: dict, indent: str = "    ") -> str:
+    return "".join(f"{indent}{k}={pprint.pformat(v, width=100, compact=True)},\n" for k, v in values.items())
 
 
 def _device_line(plan: TrainingPlan) -> str:
@@ -295,20 +295,19 @@ print(f"saved to {{OUT}}")
 
 
 def _model_block(plan: TrainingPlan) -> str:
-    load = f"model = AutoModelForCausalLM.from_pretrained(BASE, attn_implementation={plan.attention!r}"
+    # engine.train.run.load_base, spelled out for this plan's method
     if plan.method == "qlora":
-        return ("bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=\"nf4\", "
-                "bnb_4bit_use_double_quant=True,\n"
-                "                         bnb_4bit_compute_dtype=TORCH_DTYPE)\n"
-                f"{load}, quantization_config=bnb,\n"
-                "                                             device_map={\"\": 0 if DEVICE == \"cuda\" else \"cpu\"}, "
-                "dtype=TORCH_DTYPE)\n"
-                "model.config.use_cache = False\n"
-                f"model = prepare_model_for_kbit_training(model, use_gradient_checkpointing={plan.grad_ckpt},\n"
-                "                                        gradient_checkpointing_kwargs={\"use_reentrant\": False})\n\n")
-    if plan.method == "full":
-        # fp16 gradients cannot be unscaled by the grad scaler: fp32 master weights, autocast to fp16
-        return (f"{load},\n"
-                "                                             dtype=torch.float32 if DTYPE == \"fp16\" else TORCH_DTYPE)\n"
-                "model.config.use_cache = False\n\n")
-    return f"{load}, dtype=TORCH_DTYPE)\nmodel.config.use_cache = False\n\n"
+        nf4 = dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True)
+        dtype = ("dtype=TORCH_DTYPE,\n    quantization_config=BitsAndBytesConfig(\n" + _kwargs(nf4, " " * 8)
+                 + "        bnb_4bit_compute_dtype=TORCH_DTYPE),\n"
+                 + '    device_map={"": 0 if DEVICE == "cuda" else "cpu"},')
+    elif plan.method == "full":  # fp16 gradients cannot be unscaled: fp32 master weights, autocast to fp16
+        dtype = 'dtype=torch.float32 if DTYPE == "fp16" else TORCH_DTYPE,'
+    else:
+        dtype = "dtype=TORCH_DTYPE,"
+    out = (f"model = AutoModelForCausalLM.from_pretrained(\n    BASE, attn_implementation={plan.attention!r},\n"
+           f"    {dtype}\n)\nmodel.config.use_cache = False\n")
+    if plan.method == "qlora":
+        out += (f"model = prepare_model_for_kbit_training(model, use_gradient_checkpointing={plan.grad_ckpt},\n"
+                '                                        gradient_checkpointing_kwargs={"use_reentrant": False})\n')
+    return out + "\n"

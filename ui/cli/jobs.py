@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 from engine.errors import UserError
-from engine.units import human_bytes, human_seconds
 from engine.plan import TrainingPlan, add_plan_flags, plan_from_args
 from engine.train import script
+from engine.units import human_bytes, human_seconds
 
 
 def register(sub) -> None:
@@ -46,7 +46,8 @@ def register(sub) -> None:
     p = sub.add_parser("export", help="write the job's adapter zip and print its path (or print its plan as code)")
     p.add_argument("job_id", metavar="ID")
     p.add_argument("--as", dest="as_code", choices=script.FORMATS, default=None,
-                   help="print the plan instead: a standalone transformers+PEFT+TRL script, YAML, or the train command")
+                   help="print the plan instead: a standalone transformers+PEFT+TRL script, YAML, "
+                   "or the train command")
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("demo", help="train the embedded default model on a demo skill")
@@ -131,7 +132,8 @@ def cmd_show(ns) -> int:
     print(f"  status     {job.status}" + (f" (pid {job.pid}, {job.device or 'starting'})" if running else ""))
     print(f"  progress   {job.progress * 100:.0f}%  step {job.step}/{job.total_steps or '?'}"
           + (f"  eta {human_seconds(job.eta_seconds)}" if job.eta_seconds else ""))
-    print(f"  memory     estimated {human_bytes(job.estimated_peak_bytes)}, measured {human_bytes(job.measured_peak_bytes)}")
+    print(f"  memory     estimated {human_bytes(job.estimated_peak_bytes)}, "
+          f"measured {human_bytes(job.measured_peak_bytes)}")
     if job.base_score is not None or job.adapter_score is not None:
         print(f"  score      base {_pct(job.base_score)} -> adapter {_pct(job.adapter_score)}")
     if job.error:

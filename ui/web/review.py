@@ -221,13 +221,16 @@ def estimate_view(plan: TrainingPlan) -> dict:
     verdict = html.notice(mem.verdict, verdict_kind)
     if mem.fits is False:
         knob = fixing_knob(plan)
-        verdict += html.notice(knob or "Even QLoRA with checkpointing, batch 1 and short sequences does not fit: pick a GPU with more memory or a smaller model.", "warn")
+        verdict += html.notice(knob or "Even every memory-saving step (checkpointing, batch 1, QLoRA, fewer targets, "
+                               "lower r, short sequences) does not fit: pick a GPU with more memory or a smaller "
+                               "model.", "warn")
     t = est.time
     # Three numbers read better as tiles than as a chart, and cost the browser no Plotly redraw.
     summary = html.stat_tiles({
         "adapter file": charts.human_bytes(est.adapter_bytes) if plan.method != "full" else "full model",
         "tokens to train": charts.human_count(t.total_tokens) if t else "—",
-        "estimated time" + (f" on {t.device}" if t and t.device else ""): charts.human_seconds(t.seconds) if t else "—",
+        "estimated time" + (f" on {t.device}" if t and t.device else ""):
+            charts.human_seconds(t.seconds) if t else "—",
         "trainable": f"{charts.human_count(est.trainable_params)} ({est.trainable_percent:.2f}%)",
     })
     return {
