@@ -127,7 +127,7 @@ def _run(worker: Worker) -> int:
         _finish(job_id, JobStatus.FAILED, error=_explain(exc, plan, worker.step))
         return 1
 
-    if getattr(result, "stopped", False):
+    if result.stopped:
         if worker._cancel or store.get_job(job_id).cancel_requested:
             _finish(job_id, JobStatus.CANCELLED, step=result.steps,
                     error=f"cancelled at step {result.steps}; resume to continue")
@@ -137,7 +137,7 @@ def _run(worker: Worker) -> int:
         return 0
     _finish(job_id, JobStatus.SUCCEEDED, step=result.steps, progress=1.0, error=None,
             measured_peak_bytes=_int(result.peak_bytes),
-            **{k: getattr(result, k) for k in ("base_score", "adapter_score") if getattr(result, k, None) is not None})
+            **{k: getattr(result, k) for k in ("base_score", "adapter_score") if getattr(result, k) is not None})
     return 0
 
 

@@ -22,6 +22,7 @@ from engine.data.chat import ends_with_eos, ensure_chat_template, render
 from engine.data.formats import FORMATS, Rows, detect_format, read_source, to_messages, to_text  # noqa: F401
 from engine.data.ref import DatasetRef
 from engine.errors import UserError, one_of
+from engine.model import catalog
 
 MAX_PROBLEMS = 50  # more than this and the report lists the count, not each one
 MAX_STAT_ROWS = 5000  # token statistics on a sample for very large files
@@ -345,11 +346,5 @@ def _round_up(n: float) -> int:
 
 def _hub_id(spec: str) -> str:
     """A catalog key maps to its hub id; anything else is taken as a hub id."""
-    try:
-        from engine.model import catalog
-        for m in catalog.list_models():
-            if spec.lower() in (m.key.lower(), m.hub_id.lower()):
-                return m.hub_id
-    except Exception:  # catalog not available: the spec is the hub id
-        pass
-    return spec
+    entry = catalog.find_model(spec)
+    return entry.hub_id if entry else spec
