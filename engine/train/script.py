@@ -67,15 +67,16 @@ def python_script(plan: TrainingPlan) -> str:
     from engine.train.run import model_source
 
     train_file, eval_file = data_files(plan)
-    lora = config.lora_kwargs(plan) if plan.method != "full" else None
-    eval_split = plan.eval_split if eval_file is None else 0.0
     has_eval = plan.eval_split > 0
+    eval_file = eval_file if has_eval else None
+    eval_split = plan.eval_split if eval_file is None else 0.0
+    lora = config.lora_kwargs(plan) if plan.method != "full" else None
     sft = config.sft_kwargs(plan, "OUT", has_eval)
     del sft["output_dir"]  # the script's own argument
+    title = " ".join((plan.name or f"{plan.method} on {DatasetRef.parse(plan.dataset).stem}").split())
     parts = [
-        _HEADER.format(title=plan.name or f"{plan.method} on {DatasetRef.parse(plan.dataset).stem}",
-                       needs=", bitsandbytes" if plan.method == "qlora" else ""),
-        _imports(plan),
+        _HEADER.format(title=title, needs=", bitsandbytes" if plan.method == "qlora" else ""),
+        _imports(plan, train_file),
         _SETTINGS.format(base=model_source(plan.model), train=train_file, eval=eval_file,
                          fmt=plan.data_format, columns=dict(plan.columns), eval_split=eval_split, seed=plan.seed,
                          device=_device_line(plan), dtype=_dtype_lines(plan)),
@@ -106,12 +107,12 @@ def _dtype_lines(plan: TrainingPlan) -> str:
     # engine.plan.resolve_dtype, spelled out
     if plan.dtype != "auto":
         return f"DTYPE = {plan.dtype!r}"
-    return ('DTYPE = "fp32" if DEVICE == "cpu" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"')
+    return 'DTYPE = "fp32" if DEVICE == "cpu" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"'
 
 
-def _imports(plan: TrainingPlan) -> str:
-    std = (["import csv"] if _ext(plan) == ".csv" else []) + ["import json", "import random", "import sys",
-                                                             "from pathlib import Path"]
+def _imports(plan: TrainingPlan, train_file: str) -> str:
+    csv = ["import csv", "import io"] if Path(train_file).suffix.lower() == ".csv" else []
+    std = [*csv, "import json", "import random", "import sys", "from pathlib import Path"]
     peft = {"qlora": "from peft import LoraConfig, prepare_model_for_kbit_training",
             "lora": "from peft import LoraConfig"}.get(plan.method)
     third = ["import torch", "from datasets import Dataset, load_dataset", *([peft] if peft else []),
@@ -119,10 +120,6 @@ def _imports(plan: TrainingPlan) -> str:
              + (", BitsAndBytesConfig" if plan.method == "qlora" else ""),
              "from trl import SFTConfig, SFTTrainer"]
     return "\n".join(std) + "\n\n" + "\n".join(third) + "\n\n"
-
-
-def _ext(plan: TrainingPlan) -> str:
-    return Path(data_files(plan)[0]).suffix.lower()
 
 
 def _tokenizer_block() -> str:
@@ -143,7 +140,7 @@ def _reader(train_file: str) -> str:
                 '        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\\t")\n'
                 "    except csv.Error:\n"
                 "        dialect = csv.excel\n"
-                "    return list(csv.DictReader(text.splitlines(), dialect=dialect))\n",
+                "    return list(csv.DictReader(io.StringIO(text), dialect=dialect))\n",
         ".parquet": '    return load_dataset("parquet", data_files=path, split="train").to_list()\n',
         ".txt": "    # blocks separated by blank lines are one example each\n"
                 "    blocks, block = [], []\n"
@@ -158,12 +155,11 @@ def _reader(train_file: str) -> str:
     return "\ndef read_rows(path):\n" + body + "\n"
 
 
-_HEADER = '''"""{title}: a LoRA Pilot plan as a standalone transformers + PEFT + TRL script.
-
-The same base model, data, conversion and settings the app trains with.
-Needs torch, transformers, peft, trl, datasets{needs}.
-Run: python this_file.py [OUTPUT_FOLDER]   (default: ./out)
-"""
+_HEADER = '''# {title}: a LoRA Pilot plan as a standalone transformers + PEFT + TRL script.
+#
+# The same base model, data, conversion and settings the app trains with.
+# Needs torch, transformers, peft, trl, datasets{needs}.
+# Run: python this_file.py [OUTPUT_FOLDER]   (default: ./out)
 
 '''
 
