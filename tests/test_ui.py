@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from engine import units
 from engine.errors import UserError
 from engine.plan import TrainingPlan
 from ui.web import charts
@@ -39,9 +40,9 @@ def _bar_total(fig) -> float:
 # --- charts: pure figure builders ---------------------------------------------------------
 
 def test_memory_chart_stacks_every_term_against_the_budget():
-    terms = {"base_weights": 2 * charts.GIB, "adapter": 0.5 * charts.GIB, "activations": 1.5 * charts.GIB}
-    fig = charts.memory_breakdown(terms, budget_bytes=3 * charts.GIB, fits=False,
-                                  reserved_bytes=4.5 * charts.GIB, device_bytes=5 * charts.GIB)
+    terms = {"base_weights": 2 * units.GIB, "adapter": 0.5 * units.GIB, "activations": 1.5 * units.GIB}
+    fig = charts.memory_breakdown(terms, budget_bytes=3 * units.GIB, fits=False,
+                                  reserved_bytes=4.5 * units.GIB, device_bytes=5 * units.GIB)
     fig.to_plotly()  # valid Plotly
     names = [t["name"] for t in fig.data]
     assert names[:3] == ["base weights", "adapter", "activations"]
@@ -72,9 +73,9 @@ def test_histogram_marks_the_cut_and_figures_serialise():
 
 
 def test_human_units():
-    assert charts.human_bytes(3 * 1024**3) == "3.00 GiB"
-    assert charts.human_seconds(3725) == "1 h 02 min"
-    assert charts.human_count(4_194_304) == "4.19M"
+    assert units.human_bytes(3 * units.GIB) == "3.00 GiB"
+    assert units.human_seconds(3725) == "1 h 02 min"
+    assert units.human_count(4_194_304) == "4.19M"
 
 
 # --- step 1 and 2 handlers ------------------------------------------------------------------
@@ -137,7 +138,7 @@ def test_estimate_view_reflects_the_plan():
     est = small["estimate"]
     assert sum(small["params"].data[0]["y"]) == est.trainable_params
     assert sum(large["params"].data[0]["y"]) == 2 * est.trainable_params  # params are linear in r
-    assert _bar_total(small["memory"]) == pytest.approx(est.memory.device_bytes / charts.GIB, rel=1e-6)
+    assert _bar_total(small["memory"]) == pytest.approx(est.memory.device_bytes / units.GIB, rel=1e-6)
     assert set(small["params"].data[0]["x"]) == {"q_proj", "v_proj"}
 
 

@@ -14,7 +14,7 @@ import json
 import math
 from typing import Iterable, Mapping
 
-from engine.units import GIB, human_bytes, human_count, human_seconds  # noqa: F401 - the pages format with these
+from engine.units import GIB, human_bytes, human_count
 
 # One palette for the whole app (colour-blind-safe, Okabe-Ito order).
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#999999"]

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from engine import units
 from engine.errors import UserError
 from engine.train import script
 from jobs.store import JobStatus
@@ -41,7 +42,7 @@ def jobs_table() -> str:
             model, method = (Path(plan.model).name if Path(plan.model).is_absolute() else plan.model), plan.method
         except UserError:
             model, method = "?", "?"
-        eta = charts.human_seconds(j.eta_seconds) if j.status == JobStatus.RUNNING else "—"
+        eta = units.human_seconds(j.eta_seconds) if j.status == JobStatus.RUNNING else "—"
         link = f'<a href="?job={j.id}" class="lp-joblink">#{j.id} {html.escape(j.name)}</a>'
         rows.append((link, html.badge(j.status), f"{100 * (j.progress or 0):.0f}%", eta, model, method,
                      _when(j.created_at)))
@@ -84,10 +85,10 @@ def _header(job, metrics) -> str:
     tps = next((m.tokens_per_second for m in reversed(metrics) if m.tokens_per_second), None)
     step = f"{job.step} / {job.total_steps}" if job.total_steps else str(job.step)
     tiles = {"step": step,
-             "ETA": charts.human_seconds(job.eta_seconds) if job.status == JobStatus.RUNNING else "—",
+             "ETA": units.human_seconds(job.eta_seconds) if job.status == JobStatus.RUNNING else "—",
              "tokens / s": f"{tps:,.0f}" if tps else "—",
-             "peak memory: estimated": charts.human_bytes(job.estimated_peak_bytes),
-             "peak memory: measured": charts.human_bytes(job.measured_peak_bytes),
+             "peak memory: estimated": units.human_bytes(job.estimated_peak_bytes),
+             "peak memory: measured": units.human_bytes(job.measured_peak_bytes),
              "device": job.device or "—"}
     if job.base_score is not None or job.adapter_score is not None:
         fmt = lambda s: "—" if s is None else f"{s:.0f}%"  # noqa: E731

@@ -13,6 +13,7 @@ import typing
 from typing import Any
 
 from engine.data.ref import DatasetRef
+from engine import units
 from engine.errors import UserError
 from engine.plan import TARGET_PRESETS, TrainingPlan
 from ui.web import charts
@@ -207,8 +208,8 @@ def fixing_knob(plan: TrainingPlan) -> str | None:
     if found is None:
         return None
     steps, mem = found
-    return (f"To fit: {'; '.join(s.what for s in steps)} → {charts.human_bytes(mem.device_bytes)} of "
-            f"{charts.human_bytes(mem.budget_bytes)}.")
+    return (f"To fit: {'; '.join(s.what for s in steps)} → {units.human_bytes(mem.device_bytes)} of "
+            f"{units.human_bytes(mem.budget_bytes)}.")
 
 
 def estimate_view(plan: TrainingPlan) -> dict:
@@ -227,11 +228,11 @@ def estimate_view(plan: TrainingPlan) -> dict:
     t = est.time
     # Three numbers read better as tiles than as a chart, and cost the browser no Plotly redraw.
     summary = html.stat_tiles({
-        "adapter file": charts.human_bytes(est.adapter_bytes) if plan.method != "full" else "full model",
-        "tokens to train": charts.human_count(t.total_tokens) if t else "—",
+        "adapter file": units.human_bytes(est.adapter_bytes) if plan.method != "full" else "full model",
+        "tokens to train": units.human_count(t.total_tokens) if t else "—",
         "estimated time" + (f" on {t.device}" if t and t.device else ""):
-            charts.human_seconds(t.seconds) if t else "—",
-        "trainable": f"{charts.human_count(est.trainable_params)} ({est.trainable_percent:.2f}%)",
+            units.human_seconds(t.seconds) if t else "—",
+        "trainable": f"{units.human_count(est.trainable_params)} ({est.trainable_percent:.2f}%)",
     })
     return {
         "estimate": est,

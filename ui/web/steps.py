@@ -16,6 +16,7 @@ from pathlib import Path
 
 from engine import paths
 from engine.data.ref import DatasetRef
+from engine import units
 from engine.errors import UserError
 from engine.plan import DIFFICULTIES
 from ui.web import charts
@@ -69,7 +70,7 @@ def model_facts(spec: str) -> tuple[str, bool]:
         ("Source", {"default": "embedded default (SmolLM2-135M-Instruct)", "catalog": "catalog (offline config)",
                     "hub": "Hugging Face hub", "local": "local folder", "gguf": "GGUF file"}.get(info.source, info.source)),
         ("Architecture", info.architecture),
-        ("Parameters", f"{charts.human_count(info.total_params)} ({info.total_params:,})"),
+        ("Parameters", f"{units.human_count(info.total_params)} ({info.total_params:,})"),
         ("Layers × hidden", f"{info.layers} × {info.hidden}"),
         ("Attention heads", heads),
         ("MLP width", info.intermediate),

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from engine import units
 from engine.errors import UserError
 from engine.plan import DIFFICULTY_QUESTION, TrainingPlan
 from ui.web import charts
@@ -249,7 +250,7 @@ def _wire_launch(ui: SimpleNamespace) -> None:
             est = estimate(plan)
             rows.append(("Memory", est.memory.verdict))
             if est.time:
-                rows.append(("Estimated time", f"{charts.human_seconds(est.time.seconds)} on {est.time.device}"))
+                rows.append(("Estimated time", f"{units.human_seconds(est.time.seconds)} on {est.time.device}"))
         except Exception as exc:
             return html.facts_table(rows) + html.error_notice(exc)
         return html.facts_table(rows)
