@@ -117,7 +117,7 @@ def test_big_model_under_tight_memory_targets_q_and_v():
 
 # --- recommendations on catalog models (need the estimator) ---------------------------
 
-STEP_PREFIXES = {  # the first words of each fitting step's adjustment line, in FIT_ORDER order
+STEP_PREFIXES = {  # the first words of each fitting step's adjustment line, in engine.advice.fitting.LADDER order
     "gradient checkpointing": 0, "micro-batch": 1, "full fine-tuning": 2, "4-bit base": 3,
     "optimizer": 4, "target modules": 5, "r ": 6,
 }
