@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -40,7 +41,8 @@ class Worker:
             self.step = max(self.step, event.step)
             store.update_job(self.job_id, step=event.step, total_steps=event.total_steps,
                              eta_seconds=event.eta_seconds,
-                             progress=min(1.0, event.step / event.total_steps) if event.total_steps else 0.0)
+                             progress=min(1.0, event.step / event.total_steps) if event.total_steps else 0.0,
+                             heartbeat_at=store.now(), step_seconds=event.step_seconds)  # jobs.stall
         elif isinstance(event, events.Started):
             values = {"total_steps": event.total_steps, "device": event.device, "base_score": event.base_score}
             store.update_job(self.job_id, **{k: v for k, v in values.items() if v is not None})
@@ -98,7 +100,7 @@ def _run(worker: Worker) -> int:
     if job.status != JobStatus.RUNNING:
         print(f"worker: job {job_id} is {job.status}, not claimed for running; nothing to do", flush=True)
         return 0
-    store.update_job(job_id, (JobStatus.RUNNING,), pid=os.getpid())
+    store.update_job(job_id, (JobStatus.RUNNING,), pid=os.getpid(), host=socket.gethostname())
     store.append_log(job_id, f"worker pid {os.getpid()} started")
     if job.cancel_requested:  # cancelled between claim and start: do not even load torch
         _finish(job_id, JobStatus.CANCELLED, error="cancelled before training started")
@@ -115,8 +117,19 @@ def _run(worker: Worker) -> int:
         store.append_log(job_id, f"resuming from checkpoint at step {ckpt} (dropped {dropped} later metric rows)")
         worker.step = ckpt
     out_dir = store.job_dir(job_id)
+    from jobs.launch import accelerate
+
     try:
-        result = _train_entry()(plan, out_dir, report=worker.report, should_stop=worker.should_stop, resume=resume)
+        if plan.processes > 1:
+            result = accelerate.run(job_id, plan.processes, resume)
+        else:
+            result = _train_entry()(plan, out_dir, report=worker.report, should_stop=worker.should_stop, resume=resume)
+    except accelerate.RankFailed as exc:
+        _finish(job_id, JobStatus.FAILED, error=str(exc))
+        return 1
+    except accelerate.RankLost as exc:
+        _finish(job_id, JobStatus.INTERRUPTED, error=str(exc))
+        return 1
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a reason on the job
         traceback.print_exc()
         sys.stdout.flush()
@@ -124,7 +137,7 @@ def _run(worker: Worker) -> int:
             _finish(job_id, JobStatus.INTERRUPTED,
                     error="stopped by a signal before the next step; resume to continue")
             return 1
-        _finish(job_id, JobStatus.FAILED, error=_explain(exc, plan, worker.step))
+        _finish(job_id, JobStatus.FAILED, error=explain(exc, plan, worker.step))
         return 1
 
     if result.stopped:
@@ -146,7 +159,7 @@ def _finish(job_id: int, status: str, **values) -> None:
     store.append_log(job_id, f"{status}" + (f": {values['error']}" if values.get("error") else ""))
 
 
-def _explain(exc: BaseException, plan, step: int | None) -> str:
+def explain(exc: BaseException, plan, step: int | None) -> str:
     try:
         from engine.train import failures
 

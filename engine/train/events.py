@@ -22,6 +22,7 @@ class Progress:
     step: int
     total_steps: int
     eta_seconds: float
+    step_seconds: float | None = None  # the measured pace, for stall detection (jobs.stall)
 
 
 @dataclass
