@@ -13,6 +13,8 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 .PHONY: run test install install-test system-packages bench clean
 
 run: install
+	# the embedded model's one-time conversion (~25 s), here rather than behind the first data check
+	$(PY) -m engine.model.default_model
 	$(PY) app.py
 
 test: install-test system-packages

@@ -60,11 +60,12 @@ def validate(plan: TrainingPlan):
     introspect.resolve(plan.model)
     from engine.data import dataset
 
-    dataset.check_data(plan.dataset, model=plan.model, seq_len=plan.seq_len, data_format=plan.data_format,
-                    columns=plan.columns).raise_if_bad()
+    report = dataset.check_data(plan.dataset, model=plan.model, seq_len=plan.seq_len, data_format=plan.data_format,
+                                columns=plan.columns)
+    report.raise_if_bad()
     from engine.estimate import combined
 
-    return combined.estimate(plan)
+    return combined.estimate(plan, lengths=report.token_lengths)  # the data's lengths: the expected peak
 
 
 def submit(plan: TrainingPlan, start: bool = True) -> Job:
@@ -76,7 +77,7 @@ def submit(plan: TrainingPlan, start: bool = True) -> Job:
         name=plan.name or _default_name(plan),
         plan_json=plan.model_dump_json(),
         estimate_json=json.dumps(est.to_json()),
-        estimated_peak_bytes=int(est.memory.allocated_bytes),
+        estimated_peak_bytes=int(est.memory.expected_allocated_bytes),  # the worst case stays in estimate_json
     )
     job = store.insert_job(job)
     store.append_log(job.id, f"queued: {job.name}")

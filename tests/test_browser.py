@@ -226,3 +226,46 @@ def test_bad_upload_shows_the_row_numbered_error(app, page, shots, tmp_path):
     assert "3" in text and ("row 3" in text or "line 3" in text), text
     assert "Traceback" not in page.inner_text("body")
     page.screenshot(path=shots / "9-bad-upload.png", full_page=True)
+
+
+def test_review_fits_a_narrow_window(app, shots):
+    """At 800 px the review's columns stack: the reasons table keeps its Rule column in view,
+    the sequence-length labels stay apart and no toolbar sits on a chart title."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = launch_browser(p)
+        page = browser.new_page(viewport={"width": 800, "height": 900})
+        page.set_default_timeout(60_000)
+        page.goto(app["url"])
+        page.wait_for_selector("#model-facts .lp-ok")
+        page.click("#next1")
+        page.wait_for_selector("#data-summary .lp-tiles", timeout=120_000)
+        page.click("#next2")
+        page.click("#next3")
+        page.wait_for_selector("#reasons .lp-reasons")
+        wait_for(lambda: plot_points(page, "sweep-plot") > 0 and plot_points(page, "params-plot") > 0, what="charts")
+        page.wait_for_function("() => document.querySelectorAll('#sweep-plot .xtick text').length >= 7")
+        page.screenshot(path=shots / "4-review-800px.png", full_page=True)
+
+        rule = page.locator("#reasons th", has_text="Rule")
+        rule.scroll_into_view_if_needed()
+        box = rule.bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= 800, box
+        # nothing is drawn over it: the topmost element at its centre is the header cell itself
+        on_top = page.evaluate("""([x, y]) => { const el = document.elementFromPoint(x, y);
+                                               return el ? el.closest('th')?.innerText || el.tagName : null; }""",
+                               [box["x"] + box["width"] / 2, box["y"] + box["height"] / 2])
+        assert on_top == "Rule", on_top
+        assert page.locator("#reasons .lp-rule").first.is_visible()
+        # the columns stacked: the estimate column starts below the reasons panel
+        reasons, verdict = page.locator("#reasons").bounding_box(), page.locator("#verdict").bounding_box()
+        assert verdict["y"] >= reasons["y"] + reasons["height"], (reasons, verdict)
+        # the sequence-length tick labels do not run together
+        ticks = page.evaluate("""() => [...document.querySelectorAll('#sweep-plot .xtick text')]
+                                 .map(t => { const r = t.getBoundingClientRect(); return [r.left, r.right]; })
+                                 .sort((a, b) => a[0] - b[0])""")
+        assert all(a[1] <= b[0] for a, b in zip(ticks, ticks[1:])), ticks
+        # no Plotly toolbar on the review's charts (it covered their titles)
+        assert page.locator("#mem-plot .modebar, #params-plot .modebar, #sweep-plot .modebar").count() == 0
+        browser.close()

@@ -17,7 +17,21 @@ def test_embedded_gguf_is_found_without_importing_the_package():
 
 
 def test_default_model_dir_converts_once_and_loads(lorapilot_home):
-    # The real conversion (~30 s on 2 CPU cores): it is the thing under test.
+    # The real conversion (~30 s on 2 CPU cores): it is the thing under test, started the way
+    # the app starts it (in the background) and waited on the way the data check waits.
+    from ui.web import first_run
+
+    assert not default_model.ready() and first_run.needs_wait("default") and not first_run.needs_wait("gpt2")
+    thread = default_model.prepare_in_background()
+    assert thread is not None and default_model.prepare_in_background() is thread  # one conversion at a time
+    reports = []
+    first_run.wait_for_model("default", lambda fraction, text: reports.append((fraction, text)))
+    assert default_model.ready() and not first_run.needs_wait("default")
+    # the page saw what was happening: tensors counted while the weights were read, never going back
+    assert any("tensors" in text and "one-time" in text for _, text in reports), reports[:3]
+    fractions = [f for f, _ in reports if f is not None]
+    assert fractions and fractions == sorted(fractions) and all(0 <= f <= 1 for f in fractions)
+    thread.join(60)
     folder = default_model.default_model_dir()
     assert folder == lorapilot_home / "models" / "smollm2-135m-instruct"
     config = json.loads((folder / "config.json").read_text())

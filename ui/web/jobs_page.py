@@ -7,6 +7,7 @@ or an app restart shows the same job, and a job keeps running with no page open.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -90,6 +91,7 @@ def _header(job, metrics) -> str:
              "tokens / s": f"{tps:,.0f}" if tps else "—",
              "peak memory: estimated": units.human_bytes(job.estimated_peak_bytes),
              "peak memory: measured": units.human_bytes(job.measured_peak_bytes),
+             **_worst_case(job),
              "device": job.device or "—",
              "ran on": _where(job)}
     if job.base_score is not None or job.adapter_score is not None:
@@ -103,6 +105,17 @@ def _header(job, metrics) -> str:
 def _where(job) -> str:
     where = job.host or "—"
     return f"{where} (Ray job {job.ray_job_id})" if job.ray_job_id else where
+
+
+def _worst_case(job) -> dict[str, str]:
+    """The estimate's worst case (every batch padded to seq_len), beside the data-based figure above."""
+    from jobs import store
+
+    mem = (store.job_estimate(job) or {}).get("memory") or {}
+    if not mem.get("expected"):
+        return {}
+    seq_len = json.loads(job.plan_json).get("seq_len")
+    return {f"worst case: padded to {seq_len}": units.human_bytes(mem["allocated_bytes"])}
 
 
 def _failure(job) -> str:

@@ -219,11 +219,21 @@ def fixing_knob(plan: TrainingPlan) -> str | None:
             f"{units.human_bytes(mem.budget_bytes)}.")
 
 
-def estimate_view(plan: TrainingPlan) -> dict:
-    """Figures and the verdict for one plan: what the review step shows on every change."""
+@functools.lru_cache(maxsize=32)
+def _estimate(plan_json: str, lengths: tuple[int, ...] | None):
+    """One estimate per plan: the numbers and the charts of a change are two requests."""
     from engine.estimate.combined import estimate
 
-    est = estimate(plan)
+    return estimate(TrainingPlan.model_validate_json(plan_json), lengths=lengths)
+
+
+def numbers_view(plan: TrainingPlan, lengths: tuple[int, ...] | None = None) -> dict:
+    """The verdict and the figures as tiles: what a change shows first, before any chart.
+
+    `lengths`: the checked data's token lengths; the memory then has an expected figure
+    (batches padded to their expected longest row) beside the worst case the fit is judged on.
+    """
+    est = _estimate(plan.model_dump_json(), tuple(lengths) if lengths else None)
     mem = est.memory
     verdict_kind = "info" if mem.fits is None else "ok" if mem.fits else "error"
     verdict = html.notice(mem.verdict, verdict_kind)
@@ -233,20 +243,31 @@ def estimate_view(plan: TrainingPlan) -> dict:
                                "lower r, short sequences) does not fit: pick a GPU with more memory or a smaller "
                                "model.", "warn")
     t = est.time
-    # Three numbers read better as tiles than as a chart, and cost the browser no Plotly redraw.
-    summary = html.stat_tiles({
+    # Numbers read better as tiles than as a chart, and cost the browser no Plotly redraw.
+    tiles = {
         "adapter file": units.human_bytes(est.adapter_bytes) if plan.method != "full" else "full model",
         "tokens to train": units.human_count(t.total_tokens) if t else "—",
-        "estimated time" + (f" on {t.device}" if t and t.device else ""):
-            units.human_seconds(t.seconds) if t else "—",
+        "estimated time" + (f" on {t.device}" if t and t.device else ""): units.human_seconds(t.seconds) if t else "—",
         "trainable": f"{units.human_count(est.trainable_params)} ({est.trainable_percent:.2f}%)",
         "effective batch": _effective_batch(plan),
-    })
+    }
+    if mem.expected and mem.expected.padded_length < plan.seq_len:
+        tiles["memory with your data"] = \
+            units.human_bytes(mem.expected.device_bytes)
+    return {"estimate": est, "verdict": verdict, "summary": html.stat_tiles(tiles)}
+
+
+def charts_view(plan: TrainingPlan, lengths: tuple[int, ...] | None = None) -> dict:
+    """The memory breakdown (worst case, as the fit is judged) and the trainable parameters."""
+    est = _estimate(plan.model_dump_json(), tuple(lengths) if lengths else None)
+    mem = est.memory
     return {
-        "estimate": est,
         "memory": charts.memory_breakdown(mem.terms, mem.budget_bytes, mem.fits, mem.reserved_bytes,
                                           mem.device_bytes),
         "params": charts.params_by_module(est.by_module_type, est.total_params),
-        "summary": summary,
-        "verdict": verdict,
     }
+
+
+def estimate_view(plan: TrainingPlan, lengths: tuple[int, ...] | None = None) -> dict:
+    """Everything the review step shows for one plan (numbers and charts)."""
+    return {**numbers_view(plan, lengths), **charts_view(plan, lengths)}

@@ -14,6 +14,7 @@ from pathlib import Path
 import gradio as gr
 
 from engine.paths import ASSETS
+from ui.web import first_run
 from ui.web import jobs_page
 from ui.web import steps
 from ui.web import wizard
@@ -62,8 +63,13 @@ def build_app() -> gr.Blocks:
 def warm_up() -> None:
     """After the server listens: resolve the default model and load its tokenizer once, so the
     first model check and data check answer in a second instead of paying for the imports (and,
-    on the very first run, the one-time conversion of the embedded model)."""
+    on the very first run, the one-time conversion of the embedded model, started first, on its
+    own thread: the data check shows its progress while it runs, see ui/web/first_run.py)."""
     try:
+        if first_run.needs_wait(steps.default_model()):
+            from engine.model import default_model
+
+            default_model.prepare_in_background()
         from engine.data.dataset import load_tokenizer
         from engine.model.introspect import resolve
 

@@ -129,8 +129,8 @@ def data_source(kind: str, skill: str | None, upload: str | None) -> str:
 
 
 def check_data_view(kind: str, skill: str | None, upload: str | None, model: str, seq_len: int = 512) -> dict:
-    """The data check as the page shows it. Keys: dataset, rows, ok, summary, histogram, examples."""
-    out = {"dataset": None, "rows": None, "ok": False, "examples": "",
+    """The data check as the page shows it. Keys: dataset, rows, lengths, ok, summary, histogram, examples."""
+    out = {"dataset": None, "rows": None, "lengths": None, "ok": False, "examples": "",
            "histogram": charts.empty("Token lengths", "Check the data to see token lengths", 280)}
     source = None
     try:
@@ -143,7 +143,7 @@ def check_data_view(kind: str, skill: str | None, upload: str | None, model: str
             exc = UserError(exc.field, exc.message.replace(Path(source).name, Path(upload).name))
         out["summary"] = html.error_notice(exc)
         return out
-    out.update(dataset=source, rows=report.rows, ok=bool(report.ok))
+    out.update(dataset=source, rows=report.rows, ok=bool(report.ok), lengths=tuple(report.token_lengths) or None)
     out["summary"] = data_summary(report, Path(upload).name if upload and kind != "demo" else None)
     hist = report.histogram
     out["histogram"] = charts.token_histogram(hist["edges"], hist["counts"], int(seq_len or 512),

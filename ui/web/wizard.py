@@ -15,6 +15,7 @@ from engine import units
 from engine.errors import UserError
 from engine.plan import DIFFICULTY_QUESTION, TrainingPlan
 from ui.web import charts
+from ui.web import first_run
 from ui.web import html
 from ui.web import review
 from ui.web import steps
@@ -86,6 +87,7 @@ def build() -> SimpleNamespace:
                 ui.examples = gr.HTML(elem_id="examples")
             ui.dataset = gr.State(None)
             ui.rows = gr.State(None)
+            ui.lengths = gr.State(None)  # the checked data's token lengths, for the expected memory
             ui.next2 = gr.Button("Next: hardware →", variant="primary", elem_classes="lp-next", elem_id="next2")
 
         # 3 ------------------------------------------------------------------------------
@@ -103,8 +105,9 @@ def build() -> SimpleNamespace:
 
         # 4 ------------------------------------------------------------------------------
         with gr.Tab("4 · Review", id="s4") as ui.tab4:
-            with gr.Row(equal_height=False):
-                with gr.Column(scale=5, elem_classes="lp-panel"):
+            # min widths: below ~1000 px the two columns stack instead of squeezing the reasons table
+            with gr.Row(equal_height=False, elem_id="review-row"):
+                with gr.Column(scale=5, min_width=480, elem_classes="lp-panel"):
                     gr.Markdown("### Recommended settings")
                     ui.reasons = gr.HTML(elem_id="reasons")
                     ui.form = {}
@@ -112,14 +115,17 @@ def build() -> SimpleNamespace:
                         _controls(ui.form, review.MAIN_FIELDS)
                     with gr.Accordion("Advanced", open=False, elem_id="advanced"):
                         _controls(ui.form, review.ADVANCED_FIELDS)
-                with gr.Column(scale=6):
+                with gr.Column(scale=6, min_width=480):
+                    # the numbers first, above the charts: they answer a change before any redraw
                     ui.verdict = gr.HTML(elem_id="verdict")
-                    ui.mem_plot = gr.Plot(show_label=False, elem_id="mem-plot")
                     ui.summary_plot = gr.HTML(elem_id="summary-tiles")
+                    ui.mem_plot = gr.Plot(show_label=False, elem_id="mem-plot")
                     with gr.Row():
-                        ui.params_plot = gr.Plot(show_label=False, elem_id="params-plot")
-                        ui.sweep_plot = gr.Plot(show_label=False, elem_id="sweep-plot")
+                        ui.params_plot = gr.Plot(show_label=False, elem_id="params-plot", min_width=300)
+                        ui.sweep_plot = gr.Plot(show_label=False, elem_id="sweep-plot", min_width=300)
             ui.rec_key = gr.State(None)
+            ui.ctx = gr.State(None)  # the earlier steps' answers as plan fields, set on entering the review
+            ui.shown = gr.State({})  # the figures the page shows (server-side), so unchanged ones are not resent
             ui.next4 = gr.Button("Next: launch →", variant="primary", elem_classes="lp-next", elem_id="next4")
 
         # 5 ------------------------------------------------------------------------------
@@ -136,102 +142,103 @@ def build() -> SimpleNamespace:
     return ui
 
 
-def _goto(step: str):
-    return lambda: gr.Tabs(selected=step)
-
-
 def _wire(ui: SimpleNamespace) -> None:
+    form = [ui.form[f] for f in review.FORM_FIELDS]
     ui.context_inputs = [ui.model, ui.difficulty, ui.dataset, ui.rows, ui.hw_kind, ui.gpu, ui.budget, ui.name]
-    ui.plan_inputs = ui.context_inputs + [ui.form[f] for f in review.FORM_FIELDS]
-    for wire in (_wire_model, _wire_data, _wire_hardware, _wire_review, _wire_launch):
-        wire(ui)
+    ui.plan_inputs = ui.context_inputs + form
+    goto = lambda step: (lambda: gr.Tabs(selected=step))  # noqa: E731
 
-
-def _wire_model(ui: SimpleNamespace) -> None:
-    """Step 1: model."""
+    # 1: model
     ui.catalog.input(lambda key: key, ui.catalog, ui.model).then(
         lambda m: steps.model_facts(m)[0], ui.model, ui.facts)
     ui.check_model.click(lambda m: steps.model_facts(m)[0], ui.model, ui.facts)
     ui.model.submit(lambda m: steps.model_facts(m)[0], ui.model, ui.facts)
-    ui.next1.click(_goto("s2"), None, ui.steps)
+    ui.next1.click(goto("s2"), None, ui.steps)
 
+    # 2: data — checked when the step opens, and on every change of source
+    data_outputs = [ui.dataset, ui.rows, ui.lengths, ui.data_summary, ui.histogram, ui.examples]
 
-def _wire_data(ui: SimpleNamespace) -> None:
-    """Step 2: data — checked when the step opens, and on every change of source."""
-    data_outputs = [ui.dataset, ui.rows, ui.data_summary, ui.histogram, ui.examples]
-
-    def check(kind, skill, upload, model, seq_len):
+    def check(kind, skill, upload, model, seq_len, progress=gr.Progress()):
+        # a fresh install converts the embedded model first: show how far, not a bare spinner
+        first_run.wait_for_model(model, lambda fraction, text: progress(fraction, desc=text))
         v = steps.check_data_view(kind, skill, upload, model, seq_len or 512)
-        return v["dataset"], v["rows"], v["summary"], v["histogram"], v["examples"]
+        return v["dataset"], v["rows"], v["lengths"], v["summary"], v["histogram"], v["examples"]
 
     data_inputs = [ui.source, ui.skill, ui.upload, ui.model, ui.form["seq_len"]]
-    ui.next1.click(check, data_inputs, data_outputs)
-    ui.check_data.click(check, data_inputs, data_outputs)
-    ui.skill.input(steps.skill_description, ui.skill, ui.skill_info).then(check, data_inputs, data_outputs)
-    ui.upload.upload(check, data_inputs, data_outputs)
+    # progress (and the first run's conversion message) on the chart, the one output with room for it
+    on = {"show_progress_on": ui.histogram}
+    ui.next1.click(check, data_inputs, data_outputs, **on)
+    ui.check_data.click(check, data_inputs, data_outputs, **on)
+    ui.skill.input(steps.skill_description, ui.skill, ui.skill_info).then(check, data_inputs, data_outputs, **on)
+    ui.upload.upload(check, data_inputs, data_outputs, **on)
     ui.source.input(lambda k: (gr.update(visible=k == "demo"), gr.update(visible=k == "demo"),
                                gr.update(visible=k == "upload")),
                     ui.source, [ui.skill, ui.skill_info, ui.upload])
-    ui.next2.click(_goto("s3"), None, ui.steps)
+    ui.next2.click(goto("s3"), None, ui.steps)
 
-
-def _wire_hardware(ui: SimpleNamespace) -> None:
-    """Step 3: hardware."""
+    # 3: hardware
     ui.hw_kind.input(lambda k: (gr.update(visible=k == "gpu"), gr.update(visible=k == "vram")),
                      ui.hw_kind, [ui.gpu, ui.budget])
 
-
-def _wire_review(ui: SimpleNamespace) -> None:
-    """Step 4: review — recommend when the answers changed, then estimate on every change."""
-    form = [ui.form[f] for f in review.FORM_FIELDS]
-    view_outputs = [ui.verdict, ui.mem_plot, ui.summary_plot, ui.params_plot]
+    # 4: review — recommend when the answers changed, then estimate on every change in two
+    # requests: the numbers (verdict, tiles), then the charts that changed. The earlier steps'
+    # answers wait server-side in ui.ctx, so a change sends the browser's form values only.
+    numbers_outputs = [ui.verdict, ui.summary_plot]
+    charts_outputs = [ui.mem_plot, ui.params_plot, ui.sweep_plot, ui.shown]
 
     def enter_review(*args):
         ctx_values, key = args[:-1], args[-1]
         try:
             ctx = context_from(*ctx_values)
         except UserError as exc:
-            return [gr.skip()] * len(form) + [html.error_notice(exc), key]
+            return [gr.skip()] * len(form) + [html.error_notice(exc), key, None]
         new_key = repr(sorted((k, v) for k, v in ctx.items() if k != "name"))
         if new_key == key:
-            return [gr.skip()] * len(form) + [gr.skip(), key]
+            return [gr.skip()] * len(form) + [gr.skip(), key, ctx]
         try:
             rec, plan = review.recommend_for(ctx)
         except Exception as exc:
-            return [gr.skip()] * len(form) + [html.error_notice(exc), key]
-        return review.values_of(plan) + [review.reasons_html(rec), new_key]
+            return [gr.skip()] * len(form) + [html.error_notice(exc), key, ctx]
+        return review.values_of(plan) + [review.reasons_html(rec), new_key, ctx]
 
-    def update_view(*values):
-        ctx_values, form_values = values[:len(ui.context_inputs)], values[len(ui.context_inputs):]
+    def plan_of(ctx, form_values):
+        if ctx is None:
+            raise UserError("dataset", "check the data in step 2 first (pick a demo skill or upload a file)")
+        return review.plan_from_values(ctx, list(form_values))
+
+    def update_numbers(ctx, lengths, *form_values):
         try:
-            plan = review.plan_from_values(context_from(*ctx_values), list(form_values))
-            v = review.estimate_view(plan)
+            v = review.numbers_view(plan_of(ctx, form_values), lengths)
         except Exception as exc:
-            return [html.error_notice(exc)] + [gr.skip()] * 3
-        return [v["verdict"], v["memory"], v["summary"], v["params"]]
+            return [html.error_notice(exc), gr.skip()]
+        return [v["verdict"], v["summary"]]
 
-    def update_sweep(*values):
-        # A second, cached event: the figures that answer "does it fit" never wait for the sweep.
-        ctx_values, form_values = values[:len(ui.context_inputs)], values[len(ui.context_inputs):]
+    def update_charts(ctx, lengths, shown, *form_values):
         try:
-            return review.sweep_view(review.plan_from_values(context_from(*ctx_values), list(form_values)))
+            plan = plan_of(ctx, form_values)
+            figures = {**review.charts_view(plan, lengths), "sweep": review.sweep_view(plan)}
         except Exception:
-            return gr.skip()
+            return [gr.skip()] * 4
+        out, now = [], dict(shown or {})
+        for key in ("memory", "params", "sweep"):  # a figure equal to the one shown costs the browser nothing
+            spec = figures[key].to_json()
+            out.append(gr.skip() if now.get(key) == spec else figures[key])
+            now[key] = spec
+        return out + [now]
 
-    ui.update_view = update_view
     review_in = ui.context_inputs[:-1] + [ui.name, ui.rec_key]
-    for event in (ui.next3.click(_goto("s4"), None, ui.steps), ui.tab4.select(lambda: None, None, None)):
-        event.then(enter_review, review_in, form + [ui.reasons, ui.rec_key], show_progress="minimal").then(
-            update_view, ui.plan_inputs, view_outputs, show_progress="hidden").then(
-            update_sweep, ui.plan_inputs, ui.sweep_plot, show_progress="hidden")
+    numbers_in, charts_in = [ui.ctx, ui.lengths] + form, [ui.ctx, ui.lengths, ui.shown] + form
+    for event in (ui.next3.click(goto("s4"), None, ui.steps), ui.tab4.select(lambda: None, None, None)):
+        event.then(enter_review, review_in, form + [ui.reasons, ui.rec_key, ui.ctx], show_progress="minimal").then(
+            update_numbers, numbers_in, numbers_outputs, show_progress="hidden").then(
+            update_charts, charts_in, charts_outputs, show_progress="hidden")
     for control in form:
-        # queue=False: a direct request, no queue round trips, for the < 150 ms change-to-chart budget
-        control.input(update_view, ui.plan_inputs, view_outputs, show_progress="hidden", trigger_mode="always_last",
-                      queue=False).then(update_sweep, ui.plan_inputs, ui.sweep_plot, show_progress="hidden")
+        # queue=False: direct requests, no queue round trips, for the < 150 ms change-to-numbers budget
+        control.input(update_numbers, numbers_in, numbers_outputs, show_progress="hidden",
+                      trigger_mode="always_last", queue=False).then(
+            update_charts, charts_in, charts_outputs, show_progress="hidden", queue=False)
 
-
-def _wire_launch(ui: SimpleNamespace) -> None:
-    """Step 5: launch."""
+    # 5: launch
     def summary(*values):
         ctx_values, form_values = values[:len(ui.context_inputs)], values[len(ui.context_inputs):]
         try:
@@ -255,7 +262,7 @@ def _wire_launch(ui: SimpleNamespace) -> None:
             return html.facts_table(rows) + html.error_notice(exc)
         return html.facts_table(rows)
 
-    ui.next4.click(_goto("s5"), None, ui.steps).then(summary, ui.plan_inputs, ui.launch_summary)
+    ui.next4.click(goto("s5"), None, ui.steps).then(summary, ui.plan_inputs, ui.launch_summary)
     ui.tab5.select(summary, ui.plan_inputs, ui.launch_summary)
 
     def launch(*values):
