@@ -15,6 +15,7 @@ def main() -> None:
     t = time.perf_counter()
     from engine.estimate.combined import estimate
     from engine.plan import TrainingPlan
+    from engine.units import human_bytes
 
     print(f"import engine.estimate: {1000 * (time.perf_counter() - t):.0f} ms (torch/transformers load lazily)")
     from engine.model.introspect import warm_up
@@ -36,7 +37,7 @@ def main() -> None:
             later.append(time.perf_counter() - t)
         print(f"{model:15s} first {first:.2f} s   later median {1000 * statistics.median(later):.1f} ms "
               f"max {1000 * max(later):.1f} ms   [{e.trainable_params:,} trainable, "
-              f"{e.memory.device_bytes / 2**30:.1f} GiB, {e.time.seconds / 3600:.2f} h]")
+              f"{human_bytes(e.memory.device_bytes)}, {e.time.seconds / 3600:.2f} h]")
 
 
 if __name__ == "__main__":

@@ -98,14 +98,15 @@ def plain_run(plan, out_dir: Path) -> tuple[float, int, float]:
 
 
 def our_run(plan, out_dir: Path) -> tuple[float, int, float]:
+    from engine.train import events
     from engine.train.run import train
 
     marks = {}
 
     def report(event):
-        if event["event"] == "start":
+        if isinstance(event, events.Started):
             marks["t0"] = time.time()
-        elif event["event"] == "progress":
+        elif isinstance(event, events.Progress):
             marks["t1"] = time.time()
 
     wall = time.time()

@@ -8,6 +8,7 @@ and the UI's labels and tooltips render, so there is no second copy to drift.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import yaml
@@ -30,6 +31,35 @@ Scheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]
 TARGET_PRESETS = ("all-linear", "attention", "mlp")
 
 
+@dataclass(frozen=True)
+class DifficultyLevel:
+    name: str         # the plan's value
+    title: str
+    description: str  # plain words, with examples a non-expert recognises
+
+
+DIFFICULTY_QUESTION = "How far the task is from what the model already does"
+# The one description of each difficulty: the plan's help, the wizard's choices and the
+# recommender's table all read it.
+DIFFICULTIES: dict[str, DifficultyLevel] = {
+    d.name: d
+    for d in (
+        DifficultyLevel("simple", "Simple",
+                        "Change how the model answers, not what it knows: a tone or style, a persona, "
+                        "a fixed output format such as JSON or a template."),
+        DifficultyLevel("balanced", "Balanced",
+                        "Most instruction tasks: answering questions in your way, summarising, "
+                        "classifying or extracting fields, writing replies."),
+        DifficultyLevel("hard", "Hard",
+                        "Multi-step reasoning or a specialised domain the model knows little of, "
+                        "such as law, medicine or your company's internal processes."),
+        DifficultyLevel("very_hard", "Very hard",
+                        "A large shift: a new language, a new programming language, or behaviour far "
+                        "from anything the model does today."),
+    )
+}
+
+
 class TrainingPlan(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -47,13 +77,18 @@ class TrainingPlan(BaseModel):
     )
     difficulty: Difficulty | None = Field(
         None,
-        description="How far the task is from what the model already does: simple (style, format), "
-        "balanced (most tasks), hard (reasoning, new domain), very_hard (a new language).",
+        description=DIFFICULTY_QUESTION + ": "
+        + "; ".join(f"{d.name}: {d.description[0].lower()}{d.description[1:-1]}" for d in DIFFICULTIES.values())
+        + ".",
     )
 
     # --- the adapter ----------------------------------------------------------------
-    r: int = Field(8, description="LoRA rank: the adapter's capacity. Higher learns more, risks overfitting, grows the file.")
-    alpha: float = Field(16, description="LoRA alpha: the update is scaled by alpha / r, like a learning-rate multiplier.")
+    r: int = Field(
+        8, description="LoRA rank: the adapter's capacity. Higher learns more, risks overfitting, grows the file."
+    )
+    alpha: float = Field(
+        16, description="LoRA alpha: the update is scaled by alpha / r, like a learning-rate multiplier."
+    )
     dropout: float = Field(0.05, description="Dropout inside the adapter; more helps small or noisy datasets.")
     targets: str = Field(
         "all-linear",
@@ -94,17 +129,23 @@ class TrainingPlan(BaseModel):
     # --- the schedule ---------------------------------------------------------------
     seq_len: int = Field(512, description="Longest example in tokens; longer ones are cut. Memory grows with it.")
     batch_size: int = Field(4, description="Examples per step on the device (micro-batch). Memory grows with it.")
-    grad_accum: int = Field(1, description="Steps whose gradients add up before one update; effective batch = batch x accumulation.")
+    grad_accum: int = Field(
+        1, description="Steps whose gradients add up before one update; effective batch = batch x accumulation."
+    )
     epochs: float = Field(3, description="Passes over the training data.")
     max_steps: int | None = Field(None, description="Stop after this many updates (overrides epochs).")
     learning_rate: float = Field(2e-4, description="Peak learning rate; LoRA takes 2-5x that of full fine-tuning.")
     lr_scheduler: Scheduler = Field("cosine", description="How the learning rate changes over the run.")
     warmup_ratio: float = Field(0.03, description="Share of steps spent ramping the learning rate up.")
     grad_ckpt: bool = Field(
-        False, description="Gradient checkpointing: recompute activations in the backward pass; much less memory, ~30% slower."
+        False,
+        description="Gradient checkpointing: recompute activations in the backward pass; much less memory, "
+        "~30% slower.",
     )
     optimizer: Optimizer = Field("adamw_torch", description="Optimizer; 8-bit and paged variants save memory.")
-    dtype: Dtype = Field("auto", description="Compute precision: auto picks bf16 on GPUs that support it, else fp16; fp32 on CPU.")
+    dtype: Dtype = Field(
+        "auto", description="Compute precision: auto picks bf16 on GPUs that support it, else fp16; fp32 on CPU."
+    )
     attention: Attention = Field("sdpa", description="Attention kernel: sdpa (memory-efficient) or eager.")
     seed: int = Field(42, description="Random seed, for repeatable runs.")
     logging_steps: int = Field(1, description="Write a metrics row every this many updates.")
@@ -112,7 +153,9 @@ class TrainingPlan(BaseModel):
 
     # --- the hardware ---------------------------------------------------------------
     gpu: str | None = Field(None, description="GPU from the catalog (e.g. 'RTX 4090', 'A100 80GB') or 'cpu'.")
-    budget_gb: float | None = Field(None, description="GPU memory available, in GB, when the GPU is not in the catalog.")
+    budget_gb: float | None = Field(
+        None, description="GPU memory available, in GiB (as nvidia-smi counts it), when the GPU is not in the catalog."
+    )
     num_processes: int | Literal["auto"] = Field(
         1,
         description="Training processes on this machine (data parallel, one per GPU): 1, a number, or auto "
@@ -245,7 +288,7 @@ class TrainingPlan(BaseModel):
         """The flags that rebuild this plan (only those that differ from the defaults)."""
         args: list[str] = []
         defaults = TrainingPlan()
-        for name, field in TrainingPlan.model_fields.items():
+        for name in TrainingPlan.model_fields:
             value = getattr(self, name)
             if value == getattr(defaults, name):
                 continue
@@ -288,7 +331,8 @@ def add_plan_flags(parser, fields: list[str] | None = None) -> None:
         flag = "--" + name.replace("_", "-")
         annotation = field.annotation
         if annotation is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=field.description)
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                                help=field.description)
             continue
         kind = {int: int, float: float}.get(annotation) or {int | None: int, float | None: float}.get(annotation, str)
         choices = _literal_values(annotation)

@@ -1,14 +1,20 @@
-"""Numbers as a person reads them: bytes, counts and durations."""
+"""Numbers as a person reads them: bytes, counts and durations.
+
+One convention everywhere (UI, CLI, estimates): sizes in binary units written as such
+(GiB, MiB, KiB: what nvidia-smi and the GPU catalog count), durations in s / min / h / days.
+"""
 
 import math
 
-GB = 1024**3
+KIB = 1024
+MIB = 1024**2
+GIB = 1024**3
 
 
 def human_bytes(n: float | None) -> str:
     if n is None:
         return "—"
-    for unit, size in (("GiB", GB), ("MiB", 1024**2), ("KiB", 1024)):
+    for unit, size in (("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
         if abs(n) >= size:
             return f"{n / size:.2f} {unit}" if unit == "GiB" else f"{n / size:.1f} {unit}"
     return f"{int(n)} B"

@@ -20,11 +20,12 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+from engine.data.ref import DatasetRef
 from engine.errors import UserError, one_of
 from engine.plan import TrainingPlan
 from jobs import stall, store
 from jobs.launch import ray
-from jobs.store import Job
+from jobs.store import Job, JobStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 # A claimed row waits this long for its worker to report a pid before it counts as lost.
@@ -32,7 +33,7 @@ SPAWN_GRACE_S = 60
 CANCEL_GRACE_S = float(os.environ.get("LORAPILOT_CANCEL_GRACE_S", "120"))
 TERM_GRACE_S = 15
 STALLED_TERM_GRACE_S = 3  # a stalled worker gets SIGTERM at once and SIGKILL this much later
-RESUMABLE = ("interrupted", "cancelled", "failed")
+RESUMABLE = (JobStatus.INTERRUPTED, JobStatus.CANCELLED, JobStatus.FAILED)
 
 _children: list[subprocess.Popen] = []  # reaped on each kick so no zombie looks alive
 
@@ -87,7 +88,7 @@ def submit(plan: TrainingPlan, start: bool = True, parent_id: int | None = None)
 
 
 def _default_name(plan: TrainingPlan) -> str:
-    data = Path(plan.dataset).stem if plan.dataset and not plan.dataset.startswith("demo:") else plan.dataset
+    data = DatasetRef.parse(plan.dataset).stem if plan.dataset else plan.dataset
     return f"{plan.method} {Path(plan.model).name} on {data}"
 
 
@@ -115,7 +116,7 @@ def _submit_to_ray(job_id: int) -> None:
         ray.submit(job_id)
     except Exception as exc:  # noqa: BLE001 - the row must not stay 'running' with nothing behind it
         reason = exc.message if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
-        store.update_job(job_id, ("running",), status="failed", finished_at=store.now(),
+        store.update_job(job_id, (JobStatus.RUNNING,), status=JobStatus.FAILED, finished_at=store.now(),
                          error=f"could not submit to the Ray cluster: {reason}; resume once it is reachable")
         raise
 
@@ -133,13 +134,13 @@ def _spawn(job_id: int) -> None:
             start_new_session=True,  # own session and process group: survives the UI, killable as a group
         )
     except OSError as exc:
-        store.update_job(job_id, ("running",), status="failed", finished_at=store.now(),
+        store.update_job(job_id, (JobStatus.RUNNING,), status=JobStatus.FAILED, finished_at=store.now(),
                          error=f"could not start the worker process: {exc}")
         raise
     finally:
         log.close()
     _children.append(proc)
-    store.update_job(job_id, ("running",), pid=proc.pid)
+    store.update_job(job_id, (JobStatus.RUNNING,), pid=proc.pid)
 
 
 def _reap() -> None:
@@ -174,7 +175,7 @@ def worker_alive(pid: int | None, job_id: int) -> bool:
 def reconcile() -> list[int]:
     """Rows marked running whose worker is gone become 'interrupted', with the reason."""
     changed = []
-    for job in store.list_jobs(status="running"):
+    for job in store.list_jobs(status=JobStatus.RUNNING):
         if job.ray_job_id:
             if ray.status(job.ray_job_id) not in ray.TERMINAL:
                 continue
@@ -190,11 +191,11 @@ def reconcile() -> list[int]:
             reason = (f"the worker process (pid {job.pid}) ended without reporting: it was killed "
                       "(kill -9, the host ran out of memory) or the machine restarted. "
                       "Resume to continue from the last checkpoint.")
-        status = "interrupted"
+        status = JobStatus.INTERRUPTED
         if job.cancel_requested and job.pid is not None:  # a cancel that had to kill the worker
-            status, reason = "cancelled", ("cancelled; the worker did not stop at a step boundary and was "
+            status, reason = JobStatus.CANCELLED, ("cancelled; the worker did not stop at a step boundary and was "
                                            "killed. Resume continues from the last checkpoint.")
-        if store.update_job(job.id, ("running",), status=status, error=reason,
+        if store.update_job(job.id, (JobStatus.RUNNING,), status=status, error=reason,
                             finished_at=store.now(), eta_seconds=None):
             store.append_log(job.id, f"{status}: " + reason)
             changed.append(job.id)
@@ -208,14 +209,14 @@ def cancel(job_id, wait: bool = True, grace_s: float | None = None) -> Job:
     a checkpoint), then SIGTERM, then SIGKILL to its process group if it does not. A stalled
     worker (jobs.stall) never reaches a step: it gets the signals without the grace period."""
     job = store.get_job(job_id)
-    if job.status == "queued" and store.update_job(job.id, ("queued",), status="cancelled",
+    if job.status == JobStatus.QUEUED and store.update_job(job.id, (JobStatus.QUEUED,), status=JobStatus.CANCELLED,
                                                     finished_at=store.now(), error="cancelled before it started"):
         store.append_log(job.id, "cancelled while queued")
         return store.get_job(job.id)
     job = store.get_job(job.id)
-    if job.status != "running":
+    if job.status != JobStatus.RUNNING:
         raise UserError("job", f"job {job.id} is {job.status}; only queued or running jobs can be cancelled")
-    store.update_job(job.id, ("running",), cancel_requested=True)
+    store.update_job(job.id, (JobStatus.RUNNING,), cancel_requested=True)
     grace, term_grace = (CANCEL_GRACE_S if grace_s is None else grace_s), TERM_GRACE_S
     if stall.stalled_since(job):  # it will not reach a step boundary: signal it now, kill it soon
         grace, term_grace = 0.0, STALLED_TERM_GRACE_S
@@ -234,7 +235,7 @@ def _enforce_cancel(job_id: int, grace: float, term_grace: float = TERM_GRACE_S)
         return
     for sig, wait_s in ((signal.SIGTERM, term_grace), (signal.SIGKILL, 5)):
         job = store.get_job(job_id)
-        if job.status != "running":
+        if job.status != JobStatus.RUNNING:
             return
         if job.ray_job_id:
             store.append_log(job_id, f"worker did not stop within {grace:.0f}s; stopping Ray job {job.ray_job_id}")
@@ -247,8 +248,8 @@ def _enforce_cancel(job_id: int, grace: float, term_grace: float = TERM_GRACE_S)
                 pass
         if _wait_finished(job_id, wait_s):
             return
-    store.update_job(job_id, ("running",), status="cancelled", finished_at=store.now(), eta_seconds=None,
-                     error=f"cancelled; the worker did not stop within {grace:.0f}s and was killed")
+    store.update_job(job_id, (JobStatus.RUNNING,), status=JobStatus.CANCELLED, finished_at=store.now(),
+                     eta_seconds=None, error=f"cancelled; the worker did not stop within {grace:.0f}s and was killed")
     kick()
 
 
@@ -257,11 +258,11 @@ def _wait_finished(job_id: int, seconds: float) -> bool:
     while time.monotonic() < deadline:
         _reap()
         job = store.get_job(job_id)
-        if job.status != "running":
+        if job.status != JobStatus.RUNNING:
             return True
         if job.pid and not job.ray_job_id and not worker_alive(job.pid, job_id):
             reconcile()
-            return store.get_job(job_id).status != "running"
+            return store.get_job(job_id).status != JobStatus.RUNNING
         time.sleep(0.2)
     return False
 
@@ -285,7 +286,7 @@ def resume(job_id, start: bool = True) -> Job:
         raise UserError("job", f"job {job.id} is {job.status}; only {one_of(RESUMABLE)} jobs can resume")
     step = last_checkpoint_step(job.id) or 0
     store.delete_metrics_after(job.id, step)
-    if not store.update_job(job.id, RESUMABLE, status="queued", queued_at=store.now(),
+    if not store.update_job(job.id, RESUMABLE, status=JobStatus.QUEUED, queued_at=store.now(),
                             queue_seq=store.next_queue_seq(), error=None,
                             finished_at=None, pid=None, cancel_requested=False, eta_seconds=None, step=step):
         raise UserError("job", f"job {job.id} changed state meanwhile; look again with `show {job.id}`")

@@ -2,7 +2,7 @@
 
 Revisions live in jobs/migrations/versions/ (inside the package, so they install with it);
 Alembic is configured here in code, so no alembic.ini is needed. `upgrade(engine)` runs
-at the first `store.engine()` of each process:
+at the first `store.db_engine()` of each process:
 
 - a database at the newest revision: one SELECT, nothing else;
 - a new database: every revision in order (0001 is the schema LoRA Pilot shipped first);

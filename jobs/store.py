@@ -14,6 +14,7 @@ import os
 import threading
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from enum import StrEnum
 from pathlib import Path
 
 from sqlalchemy import event, func, update
@@ -24,8 +25,20 @@ from engine.errors import UserError
 from engine.plan import TrainingPlan
 from jobs import stall
 
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
-FINISHED = ("succeeded", "failed", "cancelled", "interrupted")
+
+class JobStatus(StrEnum):
+    """A job's state. A StrEnum, so the column stays plain text and compares equal to its string."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+
+STATUSES = tuple(JobStatus)
+FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.INTERRUPTED)
 
 
 def now() -> datetime:
@@ -36,7 +49,7 @@ class Job(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str = ""
     plan_json: str
-    status: str = Field(default="queued", index=True)
+    status: str = Field(default=JobStatus.QUEUED, index=True)  # a JobStatus value
     created_at: datetime = Field(default_factory=now)
     # Place in the queue, assigned by the database in the statement that (re-)queues the job,
     # so it follows commit order even when submitters race; a resumed job goes to the back.
@@ -104,8 +117,8 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
-def engine():
-    """One engine per URL (tests switch LORAPILOT_HOME between runs), schema upgraded once."""
+def db_engine():
+    """One SQLAlchemy engine per URL (tests switch LORAPILOT_HOME between runs), schema upgraded once."""
     url = database_url()
     with _lock:
         eng = _engines.get(url)
@@ -133,7 +146,7 @@ def dispose(url: str) -> None:
 
 @contextmanager
 def session():
-    with Session(engine(), expire_on_commit=False) as s:
+    with Session(db_engine(), expire_on_commit=False) as s:
         yield s
 
 
@@ -242,13 +255,13 @@ def claim_next(slots: int) -> int | None:
     One UPDATE with sub-selects: SQLite serialises writers, so two dispatchers that race
     here claim different jobs (or none), and a job is never started twice.
     """
-    oldest = select(Job.id).where(Job.status == "queued").order_by(Job.queue_seq, Job.id).limit(1)
-    running = select(Job.id).where(Job.status == "running")
+    oldest = select(Job.id).where(Job.status == JobStatus.QUEUED).order_by(Job.queue_seq, Job.id).limit(1)
+    running = select(Job.id).where(Job.status == JobStatus.RUNNING)
     running_count = select(func.count()).select_from(running.subquery()).scalar_subquery()
     stmt = (
         update(Job)
-        .where(Job.id == oldest.scalar_subquery(), Job.status == "queued", running_count < slots)
-        .values(status="running", started_at=now(), pid=None, finished_at=None, ray_job_id=None)
+        .where(Job.id == oldest.scalar_subquery(), Job.status == JobStatus.QUEUED, running_count < slots)
+        .values(status=JobStatus.RUNNING, started_at=now(), pid=None, finished_at=None, ray_job_id=None)
         .returning(Job.id)
     )
     with session() as s:
@@ -258,7 +271,8 @@ def claim_next(slots: int) -> int | None:
 
 
 def record_metrics(job_id: int, event: dict) -> None:
-    """Store one 'metrics' report; a train log and an eval log at the same step merge into one row."""
+    """Store one metrics row (engine.train.events.Metrics.values()); a train log and an eval log at the
+    same step merge into one row."""
     step = int(event["step"])
     values = {k: _num(event.get(k)) for k in METRIC_FIELDS if event.get(k) is not None}
     with session() as s:

@@ -18,7 +18,9 @@ import sys
 import time
 import traceback
 
+from engine.train import events
 from jobs import library, store
+from jobs.store import JobStatus
 
 POLL_S = 0.25  # how often should_stop reads the cancel flag from the database
 
@@ -32,32 +34,30 @@ class Worker:
         self._polled = 0.0
 
     # --- callbacks given to engine.train.train ----------------------------------------
-    def report(self, event: dict) -> None:
-        kind = event.get("event")
-        if kind == "metrics" and event.get("step") is not None:
-            store.record_metrics(self.job_id, event)
-            self.step = max(self.step, int(event["step"]))
-        elif kind == "progress":
-            step, total = int(event.get("step") or 0), event.get("total_steps")
-            self.step = max(self.step, step)
-            store.update_job(self.job_id, step=step, total_steps=total, eta_seconds=event.get("eta_seconds"),
-                             progress=min(1.0, step / total) if total else 0.0,
-                             heartbeat_at=store.now(), step_seconds=event.get("step_seconds"))  # jobs.stall
-        elif kind == "start":
-            values = {"total_steps": event.get("total_steps"), "device": event.get("device")}
-            if event.get("base_score") is not None:
-                values["base_score"] = event["base_score"]
+    def report(self, event: events.Event) -> None:
+        if isinstance(event, events.Metrics):
+            store.record_metrics(self.job_id, event.values())
+            self.step = max(self.step, event.step)
+        elif isinstance(event, events.Progress):
+            self.step = max(self.step, event.step)
+            store.update_job(self.job_id, step=event.step, total_steps=event.total_steps,
+                             eta_seconds=event.eta_seconds,
+                             progress=min(1.0, event.step / event.total_steps) if event.total_steps else 0.0,
+                             heartbeat_at=store.now(), step_seconds=event.step_seconds)  # jobs.stall
+        elif isinstance(event, events.Started):
+            values = {"total_steps": event.total_steps, "device": event.device, "base_score": event.base_score}
             store.update_job(self.job_id, **{k: v for k, v in values.items() if v is not None})
-            store.append_log(self.job_id, f"training on {event.get('device')}: {event.get('total_steps')} steps")
-        elif kind == "phase":
-            store.update_job(self.job_id, phase=event["phase"], phase_started_at=store.now())
-            store.append_log(self.job_id, f"phase: {event['phase']}")
-        elif kind == "evaluation":
-            store.update_job(self.job_id, evaluation_json=json.dumps(event["evaluation"]))
-        elif kind == "scores":
-            scores = {k: event[k] for k in ("base_score", "adapter_score") if event.get(k) is not None}
-            if scores:  # an UPDATE with nothing to set is a SQL error
-                store.update_job(self.job_id, **scores)
+            store.append_log(self.job_id, f"training on {event.device}: {event.total_steps} steps")
+        elif isinstance(event, events.Scores):
+            values = {k: v for k, v in (("base_score", event.base_score), ("adapter_score", event.adapter_score))
+                      if v is not None}
+            if values:  # an UPDATE with nothing to set is a SQL error
+                store.update_job(self.job_id, **values)
+        elif isinstance(event, events.Phase):
+            store.update_job(self.job_id, phase=event.name, phase_started_at=store.now())
+            store.append_log(self.job_id, f"phase: {event.name}")
+        elif isinstance(event, events.Evaluation):
+            store.update_job(self.job_id, evaluation_json=json.dumps(event.evaluation))
 
     def should_stop(self) -> bool:
         if self.terminated or self._cancel:
@@ -105,13 +105,13 @@ def run_job(job_id: int) -> int:
 def _run(worker: Worker) -> int:
     job_id = worker.job_id
     job = store.get_job(job_id)
-    if job.status != "running":
+    if job.status != JobStatus.RUNNING:
         print(f"worker: job {job_id} is {job.status}, not claimed for running; nothing to do", flush=True)
         return 0
-    store.update_job(job_id, ("running",), pid=os.getpid(), host=socket.gethostname())
+    store.update_job(job_id, (JobStatus.RUNNING,), pid=os.getpid(), host=socket.gethostname())
     store.append_log(job_id, f"worker pid {os.getpid()} started")
     if job.cancel_requested:  # cancelled between claim and start: do not even load torch
-        _finish(job_id, "cancelled", error="cancelled before training started")
+        _finish(job_id, JobStatus.CANCELLED, error="cancelled before training started")
         return 0
 
     plan = store.job_plan(job)
@@ -133,36 +133,38 @@ def _run(worker: Worker) -> int:
         else:
             result = _train_entry()(plan, out_dir, report=worker.report, should_stop=worker.should_stop, resume=resume)
     except accelerate.RankFailed as exc:
-        _finish(job_id, "failed", error=str(exc))
+        _finish(job_id, JobStatus.FAILED, error=str(exc))
         return 1
     except accelerate.RankLost as exc:
-        _finish(job_id, "interrupted", error=str(exc))
+        _finish(job_id, JobStatus.INTERRUPTED, error=str(exc))
         return 1
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a reason on the job
         traceback.print_exc()
         sys.stdout.flush()
         if worker.terminated and isinstance(exc, KeyboardInterrupt):
-            _finish(job_id, "interrupted", error="stopped by a signal before the next step; resume to continue")
+            _finish(job_id, JobStatus.INTERRUPTED,
+                    error="stopped by a signal before the next step; resume to continue")
             return 1
-        _finish(job_id, "failed", error=explain(exc, plan, worker.step))
+        _finish(job_id, JobStatus.FAILED, error=explain(exc, plan, worker.step))
         return 1
 
-    if getattr(result, "stopped", False):
+    if result.stopped:
         if worker._cancel or store.get_job(job_id).cancel_requested:
-            _finish(job_id, "cancelled", step=result.steps, error=f"cancelled at step {result.steps}; resume to continue")
+            _finish(job_id, JobStatus.CANCELLED, step=result.steps,
+                    error=f"cancelled at step {result.steps}; resume to continue")
         else:
-            _finish(job_id, "interrupted", step=result.steps,
+            _finish(job_id, JobStatus.INTERRUPTED, step=result.steps,
                     error=f"stopped by a signal at step {result.steps}; resume to continue from the checkpoint")
         return 0
-    _finish(job_id, "succeeded", step=result.steps, progress=1.0, error=None,
+    _finish(job_id, JobStatus.SUCCEEDED, step=result.steps, progress=1.0, error=None,
             measured_peak_bytes=_int(result.peak_bytes),
-            **{k: getattr(result, k) for k in ("base_score", "adapter_score") if getattr(result, k, None) is not None})
+            **{k: getattr(result, k) for k in ("base_score", "adapter_score") if getattr(result, k) is not None})
     library.register_finished(job_id)
     return 0
 
 
 def _finish(job_id: int, status: str, **values) -> None:
-    store.update_job(job_id, ("running",), status=status, finished_at=store.now(), eta_seconds=None, **values)
+    store.update_job(job_id, (JobStatus.RUNNING,), status=status, finished_at=store.now(), eta_seconds=None, **values)
     store.append_log(job_id, f"{status}" + (f": {values['error']}" if values.get("error") else ""))
 
 

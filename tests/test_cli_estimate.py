@@ -41,7 +41,7 @@ def test_estimate_prints_a_readable_summary():
     out = p.stdout
     for word in ("Trainable parameters", "%", "Adapter file", "allocated", "reserved", "device total"):
         assert word in out, word
-    assert "GB" in out
+    assert "GiB" in out
 
 
 def test_recommend_json_and_text():
@@ -59,7 +59,7 @@ def test_recommend_json_and_text():
     p = app("recommend", "--model", "llama-3.3-70b", "--difficulty", "hard", "--gpu", "RTX 4090")
     assert p.returncode == 0, p.stderr
     for text in ("method", "qlora", "[M3]", "[A1]", "Fitted to the budget", "1. gradient checkpointing on",
-                 "Estimate of this plan", "Advice: Nothing fits in 24 GB"):
+                 "Estimate of this plan", "Advice: Nothing fits in 24 GiB"):
         assert text in p.stdout, text
 
 

@@ -17,6 +17,7 @@ import pytest
 from engine.advice import diagnose
 from engine.evaluate import split, textmetrics
 from engine.plan import TrainingPlan
+from engine.train.events import Evaluation, Metrics, Phase
 from tests.tiny import make_tiny_model
 
 WORDS = ["apple", "river", "stone", "cloud", "tiger", "piano", "lemon", "chair"]
@@ -80,8 +81,8 @@ def _run(files, tmp_path, data, **kw):
     plan = TrainingPlan.build(**values)
     events = []
     train(plan, tmp_path / "job", report=events.append)
-    metrics = [e for e in events if e["event"] == "metrics"]
-    evaluation = [e["evaluation"] for e in events if e["event"] == "evaluation"][-1]
+    metrics = [e.values() for e in events if isinstance(e, Metrics)]
+    evaluation = [e.evaluation for e in events if isinstance(e, Evaluation)][-1]
     return plan, events, metrics, evaluation
 
 
@@ -89,7 +90,7 @@ def test_overfitting_run_is_diagnosed_with_u2_changes(files, tmp_path):
     # four training rows, 60 epochs, a high learning rate and rank
     plan, events, metrics, ev = _run(files, tmp_path, "shifted", r=32, alpha=64, learning_rate=5e-3, max_steps=60,
                                      save_steps=6, eval_split=0.5, warmup_ratio=0.1)
-    assert [e["phase"] for e in events if e["event"] == "phase"] == PHASES
+    assert [e.name for e in events if isinstance(e, Phase)] == PHASES
     assert ev["rows"] == 4 and ev["generated_rows"] == 4
     for side in ("base", "adapter"):
         assert {"loss", "perplexity", "exact_match", "f1", "rougeL"} <= set(ev[side])

@@ -2,8 +2,9 @@
 
 from engine.estimate.combined import memory_for
 from engine.plan import TrainingPlan
+from engine.units import GIB
 
-GB = 1024**3
+GB = GIB  # the estimator and the catalog count GB as GiB
 
 
 def plan(**kw):

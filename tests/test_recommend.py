@@ -6,24 +6,34 @@ as in the GPU catalog.
 
 import pytest
 
+from engine.advice.recommend import recommend
+from engine.advice.rules import FIELDS, RULE_IDS, RULES, RuleContext
+from engine.advice.rules import choose as decide
 from engine.errors import UserError
-from engine.plan import TrainingPlan
-from engine.advice.recommend import GIB, recommend
-from engine.advice.rules import DIFFICULTIES, FIELDS, RULE_IDS, RULES, Ctx, decide
+from engine.plan import DIFFICULTIES, TrainingPlan
+from engine.units import GIB
 
 SETTINGS = ["method", "r", "alpha", "dropout", "targets", "batch_size", "grad_accum", "seq_len",
             "grad_ckpt", "learning_rate", "epochs"]
 
 
-def ctx(**kw) -> Ctx:
+def ctx(**kw) -> RuleContext:
     values = dict(params_b=8.0, context=131072, target_names=["q_proj", "k_proj", "v_proj", "o_proj",
                   "gate_proj", "up_proj", "down_proj"], difficulty="balanced", rows=5000, device="gpu",
                   budget_gb=80)
     values.update(kw)
-    return Ctx(**values)
+    return RuleContext(**values)
 
 
 # --- the table ------------------------------------------------------------------------
+
+
+def test_every_rule_id_is_explained_in_the_repository():
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "rules.md").read_text(encoding="utf-8")
+    explained = {line.split("|")[1].strip() for line in page.splitlines() if line.startswith("| ")}
+    assert RULE_IDS <= explained, sorted(RULE_IDS - explained)
 
 
 def test_every_row_cites_a_heuristics_rule_and_every_setting_has_a_fallback():
@@ -40,7 +50,7 @@ def test_every_row_cites_a_heuristics_rule_and_every_setting_has_a_fallback():
 def test_table_sets_every_field_with_a_reason_in_plain_words(c):
     chosen = decide(c)
     assert set(chosen) == set(FIELDS)
-    for field, (value, rule, text) in chosen.items():
+    for field, (_value, rule, text) in chosen.items():
         assert rule in RULE_IDS
         assert text and "{" not in text and "\n" not in text, (field, text)
     # the values make a valid plan
@@ -107,9 +117,9 @@ def test_big_model_under_tight_memory_targets_q_and_v():
 
 # --- recommendations on catalog models (need the estimator) ---------------------------
 
-STEP_PREFIXES = {  # the first words of each fitting step's adjustment line, in FIT_ORDER order
+STEP_PREFIXES = {  # the first words of each fitting step's adjustment line, in engine.advice.fitting.LADDER order
     "gradient checkpointing": 0, "micro-batch": 1, "full fine-tuning": 2, "4-bit base": 3,
-    "target modules": 4, "r ": 5,
+    "optimizer": 4, "target modules": 5, "r ": 6,
 }
 
 
@@ -153,7 +163,7 @@ def test_70b_on_24gb_is_qlora_or_says_which_budget_would_do():
     if not rec.fits:
         from engine.model.catalog import find_gpu
 
-        assert "GB" in rec.advice
+        assert "GiB" in rec.advice
         # the GPU it names really has room for the smallest setup
         named = [g for g in ("A100 40GB", "RTX A6000", "L40S", "A100 80GB", "H100", "H200") if g in rec.advice]
         assert named, rec.advice
@@ -174,7 +184,7 @@ def test_fitting_steps_come_in_the_stated_order_and_the_result_fits():
     assert order == sorted(order), rec.adjustments
     assert order[0] == 0 and rec.plan.grad_ckpt and rec.reasons["grad_ckpt"].rule == "G1"
     for line in rec.adjustments:  # each step says what changed, why, and memory before → after
-        assert "→" in line and "GB" in line and "budget 12 GB" in line
+        assert "→" in line and "GiB" in line and "budget 12 GiB" in line
     assert rec.fits and rec.estimate.memory.fits is True
     assert rec.estimate.memory.device_bytes <= 12 * GIB
     assert rec.plan.effective_batch == 16  # halving the micro-batch kept the effective batch
@@ -187,7 +197,7 @@ def test_nothing_fits_names_a_budget():
     order = [step_index(a) for a in rec.adjustments]
     assert order == sorted(order) and 0 in order and 3 not in order  # already qlora: no 4-bit step
     assert rec.plan.targets in ("q_proj,v_proj",) and rec.plan.r == 4 and rec.plan.batch_size == 1
-    assert "Nothing fits in 4 GB" in rec.advice and "GB" in rec.advice
+    assert "Nothing fits in 4 GiB" in rec.advice and "GiB" in rec.advice
 
 
 def test_cpu_recommends_fp32_lora_and_says_it_is_slow():
@@ -229,7 +239,7 @@ def test_ample_memory_small_model_large_shift_is_full_fine_tuning():
 
 def test_fitting_a_full_plan_switches_to_adapters_and_re_decides_their_settings():
     from engine.advice.recommend import fit
-    from engine.advice.rules import decide as table
+    from engine.advice.rules import choose as table
 
     c = ctx(params_b=3.2, difficulty="very_hard", rows=50_000, budget_gb=20)
     c.plan.update(method="full")

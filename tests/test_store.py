@@ -13,6 +13,7 @@ from sqlalchemy import text
 
 from engine.errors import UserError
 from engine.plan import TrainingPlan
+from engine.train.events import Metrics
 from jobs import dispatcher, export, store
 from tests.checkpoint_files import write_checkpoint
 
@@ -25,7 +26,7 @@ def _job(name="j", **values) -> store.Job:
 def test_sqlite_in_wal_mode_under_home(lorapilot_home):
     _job()
     assert (lorapilot_home / "lorapilot.db").exists()
-    with store.engine().connect() as conn:
+    with store.db_engine().connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30000
 
@@ -59,8 +60,8 @@ def test_unknown_job_is_a_user_error(bad):
 def test_metrics_merge_per_step_and_trim_after_checkpoint():
     job = _job()
     for step in range(1, 8):
-        store.record_metrics(job.id, {"event": "metrics", "step": step, "loss": 1.0 / step})
-    store.record_metrics(job.id, {"event": "metrics", "step": 5, "eval_loss": 0.5})
+        store.record_metrics(job.id, Metrics(step=step, loss=1.0 / step).values())
+    store.record_metrics(job.id, Metrics(step=5, eval_loss=0.5).values())
     rows = store.job_metrics(job.id)
     assert [m.step for m in rows] == list(range(1, 8))
     assert rows[4].loss == pytest.approx(0.2) and rows[4].eval_loss == 0.5

@@ -14,6 +14,7 @@ import pytest
 
 from engine.errors import UserError
 from engine.plan import TrainingPlan
+from engine.train.events import Metrics, Progress, Started
 from tests.tiny import make_tiny_model
 
 QUESTIONS = [(f"What colour is item {i}?", f"Item {i} is {c}.") for i, c in
@@ -81,16 +82,13 @@ def test_lora_run_writes_a_loadable_adapter_and_reports_events(tiny, tmp_path):
     assert "PeftModel.from_pretrained" in card and "rank r | 4" in card
     _assert_adapter_changes_output(tiny[0], out)
 
-    kinds = [e["event"] for e in events if e["event"] not in ("phase", "evaluation")]  # see tests/test_evaluate.py
-    start = next(e for e in events if e["event"] == "start")
-    assert kinds[0] == "start" and start["total_steps"] == 6 and start["device"] == "cpu"
-    metrics = [e for e in events if e["event"] == "metrics"]
-    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]  # one row per step, eval merged in
-    assert {"step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_second",
-            "time"} <= set(metrics[0])
-    assert metrics[2]["eval_loss"] is not None and metrics[2]["loss"] is not None  # save_steps=3 → eval at 3
-    progress = [e for e in events if e["event"] == "progress"]
-    assert progress[-1]["step"] == 6 and progress[-1]["eta_seconds"] == 0
+    assert next(e for e in events if isinstance(e, Started)) == Started(total_steps=6, device="cpu")
+    metrics = [e for e in events if isinstance(e, Metrics)]
+    assert [m.step for m in metrics] == [1, 2, 3, 4, 5, 6]  # one row per step, eval merged in
+    assert None not in (metrics[0].epoch, metrics[0].learning_rate, metrics[0].grad_norm, metrics[0].time)
+    assert metrics[2].eval_loss is not None and metrics[2].loss is not None  # save_steps=3 → eval at 3
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert progress[-1].step == 6 and progress[-1].eta_seconds == 0
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
 
@@ -121,7 +119,7 @@ def test_stop_request_checkpoints_and_resume_continues_from_it(tiny, tmp_path):
 
     out = tmp_path / "job"
     plan = _plan(tiny, max_steps=8, save_steps=5, eval_split=0.0)
-    first: list[dict] = []
+    first: list = []
     steps_seen = []
 
     def should_stop():
@@ -129,19 +127,18 @@ def test_stop_request_checkpoints_and_resume_continues_from_it(tiny, tmp_path):
 
     def report(event):
         first.append(event)
-        if event["event"] == "progress":
-            steps_seen.append(event["step"])
+        if isinstance(event, Progress):
+            steps_seen.append(event.step)
 
     stopped = train(plan, out, report=report, should_stop=should_stop)
     assert stopped.stopped and stopped.steps == 2
     assert (out / "checkpoints" / "checkpoint-2").is_dir()  # saved on stop, not only every save_steps
 
-    second: list[dict] = []
+    second: list = []
     resumed = train(plan, out, report=second.append, resume=True)
     assert not resumed.stopped and resumed.steps == 8
-    start = next(e for e in second if e["event"] == "start")
-    assert start["total_steps"] == 8
-    assert [e["step"] for e in second if e["event"] == "metrics"] == [3, 4, 5, 6, 7, 8]
+    assert next(e for e in second if isinstance(e, Started)).total_steps == 8
+    assert [e.step for e in second if isinstance(e, Metrics)] == [3, 4, 5, 6, 7, 8]
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert [int(r["step"]) for r in rows] == list(range(1, 9))  # history restored, nothing doubled
     times = [float(r["time"]) for r in rows]

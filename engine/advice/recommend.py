@@ -1,31 +1,28 @@
 """Recommended settings for a model, a task difficulty, a dataset size and a budget.
 
-Two stages. First the rules table (`engine.rules.RULES`) picks every setting and
+Two stages. First the rules table (`engine.advice.rules.RULES`) picks every setting and
 its reason. Then the plan is *fitted*: while the memory estimate exceeds the budget,
-step down in a fixed, stated order (FIT_ORDER), recording each change with the
-memory before and after. When even the smallest setup does not fit, `advice` says
+step down the one memory ladder (`engine.advice.fitting.LADDER`), recording each change
+with the memory before and after. When even the smallest setup does not fit, `advice` says
 which budget (and which catalog GPU) would.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from engine.advice import fitting, rules
+from engine.advice.rules import FIELDS, RuleContext
 from engine.errors import UserError, one_of
-from engine.plan import TrainingPlan
-from engine.advice import rules
-from engine.advice.rules import DIFFICULTIES, FIELDS, Ctx
-
-GIB = 1024**3  # the catalogs and the estimator count GB as GiB (what nvidia-smi shows)
-MIN_R = 4      # the bottom of R1's range; below it an adapter learns little
+from engine.plan import DIFFICULTIES, TrainingPlan
+from engine.units import GIB, human_bytes  # the catalogs and the estimator count GB as GiB (what nvidia-smi shows)
 
 
 class Reason(BaseModel):
-    rule: str  # row id in HEURISTICS.md
+    rule: str  # rule id (docs/rules.md)
     text: str  # one line, the product's own words
 
 
@@ -55,91 +52,15 @@ class Recommendation(BaseModel):
 # --- stage 1: the table ---------------------------------------------------------------
 
 
-def decide(ctx: Ctx, only: set[str] | None = None) -> dict[str, tuple[Any, Reason]]:
-    return {f: (v, Reason(rule=rule, text=text)) for f, (v, rule, text) in rules.decide(ctx, only).items()}
+def decide(ctx: RuleContext, only: set[str] | None = None) -> dict[str, tuple[Any, Reason]]:
+    return {f: (v, Reason(rule=rule, text=text)) for f, (v, rule, text) in rules.choose(ctx, only).items()}
 
 
-def notes(ctx: Ctx) -> list[Reason]:
+def notes(ctx: RuleContext) -> list[Reason]:
     return [Reason(rule=rule, text=text) for rule, text in rules.applicable_notes(ctx)]
 
 
 # --- stage 2: fitting -----------------------------------------------------------------
-
-
-@dataclass
-class Step:
-    changes: dict[str, Any]  # plan fields changed by this step
-    rule: str
-    what: str                # "micro-batch 4 → 2, accumulation 4 → 8"
-    why: str
-    # fields that follow from the changed ones in the rules table (alpha from r, the
-    # optimizer from the method...): re-decided so the plan stays consistent with its reasons
-    redecide: frozenset[str] = frozenset()
-
-
-def _ckpt_on(plan: TrainingPlan, ctx: Ctx) -> Step | None:
-    if plan.grad_ckpt:
-        return None
-    return Step({"grad_ckpt": True}, "G1", "gradient checkpointing on",
-                "recomputes activations in the backward pass instead of keeping them (~30% slower)")
-
-
-def _halve_batch(plan: TrainingPlan, ctx: Ctx) -> Step | None:
-    if plan.batch_size <= 1:
-        return None
-    b = plan.batch_size // 2
-    a = plan.grad_accum * plan.batch_size // b  # keeps the effective batch
-    return Step({"batch_size": b, "grad_accum": a}, "G1",
-                f"micro-batch {plan.batch_size} → {b}, accumulation {plan.grad_accum} → {a}",
-                f"fewer examples on the GPU at once; each update still sees {b * a}")
-
-
-def _full_to_lora(plan: TrainingPlan, ctx: Ctx) -> Step | None:
-    if plan.method != "full":
-        return None
-    return Step({"method": "lora"}, "M2", "full fine-tuning → LoRA",
-                "only small adapters train, so no gradients or optimizer states for the base",
-                frozenset({"r", "alpha", "dropout", "targets", "optimizer", "learning_rate"}))
-
-
-def _to_qlora(plan: TrainingPlan, ctx: Ctx) -> Step | None:
-    if plan.method != "lora" or ctx.device == "cpu":
-        return None
-    return Step({"method": "qlora"}, "M3", "4-bit base (LoRA → QLoRA)",
-                "the frozen base is stored in 4-bit NF4, about a quarter of its 16-bit size; "
-                "costs a little quality", frozenset({"optimizer", "learning_rate"}))
-
-
-def _fewer_targets(plan: TrainingPlan, ctx: Ctx) -> Step | None:
-    order = list(dict.fromkeys(["all-linear", "attention", ctx.qv_targets]))
-    current = plan.targets
-    if current == order[-1]:
-        return None
-    nxt = order[order.index(current) + 1] if current in order else order[-1]
-    rule = "T4" if nxt == ctx.qv_targets else "T2"
-    return Step({"targets": nxt}, rule, f"target modules {current} → {nxt}",
-                "fewer adapted layers mean fewer adapter weights, gradients and optimizer states")
-
-
-def _lower_r(plan: TrainingPlan, ctx: Ctx) -> Step | None:
-    if plan.method == "full" or plan.r <= MIN_R:
-        return None
-    r = max(MIN_R, plan.r // 2)
-    return Step({"r": r}, "R5", f"r {plan.r} → {r}",
-                "a smaller adapter; memory drops only slightly, capacity drops more",
-                frozenset({"alpha", "learning_rate"}))
-
-
-# The stated order: cheapest in quality first. Each step repeats until it no longer
-# applies (e.g. micro-batch halves down to 1) before the next one is tried.
-FIT_ORDER: list[tuple[str, Callable[[TrainingPlan, Ctx], Step | None]]] = [
-    ("gradient checkpointing", _ckpt_on),
-    ("smaller micro-batch", _halve_batch),
-    ("adapters instead of full", _full_to_lora),
-    ("4-bit base", _to_qlora),
-    ("fewer target modules", _fewer_targets),
-    ("lower r", _lower_r),
-]
 
 
 def _memory(plan: TrainingPlan):
@@ -152,22 +73,22 @@ def _fits(mem) -> bool:
     return True if mem.fits is None else bool(mem.fits)
 
 
-def _gb(n: float) -> str:
-    return f"{n / GIB:.1f} GB"
-
-
-def fit(plan: TrainingPlan, ctx: Ctx, reasons: dict[str, Reason]) -> tuple[TrainingPlan, list[str], bool]:
+def fit(plan: TrainingPlan, ctx: RuleContext, reasons: dict[str, Reason]) -> tuple[TrainingPlan, list[str], bool]:
+    """Step down the ladder (engine.advice.fitting) until the estimate fits the budget."""
     adjustments: list[str] = []
     mem = _memory(plan)
-    budget = f"{ctx.budget_gb:g} GB"
-    for _, step_fn in FIT_ORDER:
+    budget = f"{ctx.budget_gb:g} GiB"
+    where = fitting.Where(on_cpu=ctx.device == "cpu", qv_targets=ctx.qv_targets)
+    for rung in fitting.LADDER:
+        if not rung.automatic:
+            continue
         while not _fits(mem):
-            step = step_fn(plan, ctx)
+            step = rung.step(plan, where)
             if step is None:
                 break
             new = plan.updated(**step.changes)
             ctx.plan.update(step.changes)
-            for field, value in step.changes.items():
+            for field in step.changes:
                 reasons[field] = Reason(rule=step.rule, text=f"Changed to fit {budget}: {step.why}.")
             if step.redecide:
                 redone = decide(ctx, only=set(step.redecide))
@@ -175,8 +96,8 @@ def fit(plan: TrainingPlan, ctx: Ctx, reasons: dict[str, Reason]) -> tuple[Train
                 reasons.update({f: r for f, (_, r) in redone.items()})
             new_mem = _memory(new)
             adjustments.append(
-                f"{step.what} ({step.rule}): {step.why} — memory {_gb(mem.device_bytes)} → "
-                f"{_gb(new_mem.device_bytes)} (budget {budget})"
+                f"{step.what} ({step.rule}): {step.why} — memory {human_bytes(mem.device_bytes)} → "
+                f"{human_bytes(new_mem.device_bytes)} (budget {budget})"
             )
             plan, mem = new, new_mem
         if _fits(mem):
@@ -184,19 +105,19 @@ def fit(plan: TrainingPlan, ctx: Ctx, reasons: dict[str, Reason]) -> tuple[Train
     return plan, adjustments, _fits(mem)
 
 
-def advice_for(plan: TrainingPlan, ctx: Ctx) -> str:
+def advice_for(plan: TrainingPlan, ctx: RuleContext) -> str:
     """Nothing fits: say how much memory the smallest setup needs and which catalog GPU has it."""
     from engine.model.catalog import list_gpus
 
     need = _memory(plan).device_bytes
     setup = (f"{plan.method}, targets {plan.targets}, r {plan.r}, micro-batch {plan.batch_size}, "
              f"{plan.seq_len} tokens")
-    text = (f"Nothing fits in {ctx.budget_gb:g} GB: even the smallest setup ({setup}) needs about "
-            f"{need / GIB:.1f} GB.")
+    text = (f"Nothing fits in {ctx.budget_gb:g} GiB: even the smallest setup ({setup}) needs about "
+            f"{human_bytes(need)}.")
     for gpu in sorted(list_gpus(), key=lambda g: g.memory_gb or 0):
         if gpu.memory_gb and _fits(_memory(plan.updated(gpu=gpu.name, budget_gb=None))):
-            return (text + f" A budget of {math.ceil(need / GIB)} GB or more would do; the smallest GPU in the "
-                    f"catalog that fits is the {gpu.name} ({gpu.memory_gb:g} GB); recommend with --gpu "
+            return (text + f" A budget of {math.ceil(need / GIB)} GiB or more would do; the smallest GPU in the "
+                    f"catalog that fits is the {gpu.name} ({gpu.memory_gb:g} GiB); recommend with --gpu "
                     f"'{gpu.name}' gives settings made for it. Shorter sequences (seq_len) or a smaller "
                     "model also help.")
     return (text + " No single GPU in the catalog has that much: use several GPUs, shorter sequences "
@@ -225,7 +146,7 @@ def recommend(model: str, difficulty: str | None, gpu: str | None = None, budget
     budget = None if on_cpu else (budget_gb if budget_gb is not None else device.memory_gb)
 
     info = resolve(model)
-    ctx = Ctx(
+    ctx = RuleContext(
         params_b=info.total_params / 1e9,
         context=info.max_position,
         target_names=list(info.target_names),

@@ -1,7 +1,7 @@
-"""The recommender's rules: one table, each row citing a rule id from HEURISTICS.md.
+"""The recommender's rules: one table, each row citing a rule id explained in docs/rules.md.
 
 A row says which plan field it sets, when it applies, what value it picks and why,
-in the product's own words. `engine.recommend` walks the table top to bottom: the
+in the product's own words. `engine.advice.recommend` walks the table top to bottom: the
 first row that applies to a field sets it (so within a field, specific rows come
 before the fallback row). Rows whose field is "note" are warnings: every one that
 applies is shown. Nothing else in the code decides a setting, so the table is the
@@ -13,37 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-# Every rule id in /work/shared/HEURISTICS.md. A reason must cite one of these
-# (tests check it), so a user can look the rule up.
+from engine.advice import fitting
+
+# Every rule id in docs/rules.md, which states each rule and where it comes from. A reason
+# must cite one of these (tests check it, and that the page explains each), so a user can
+# look the rule up.
 RULE_IDS = frozenset(
     "M1 M2 M3 M4 M5 R1 R2 R3 R4 R5 A1 A2 A3 A4 D1 D2 D3 T1 T2 T3 T4 T5 B1 L1 G1 U1 U2 U3".split()
 )
 
-
-@dataclass(frozen=True)
-class Difficulty:
-    name: str
-    title: str
-    description: str  # plain words, with examples a non-expert recognises
-
-
-DIFFICULTIES: dict[str, Difficulty] = {
-    d.name: d
-    for d in (
-        Difficulty("simple", "Simple",
-                   "Change how the model answers, not what it knows: a tone or style, a persona, "
-                   "a fixed output format such as JSON or a template."),
-        Difficulty("balanced", "Balanced",
-                   "Most instruction tasks: answering questions in your way, summarising, "
-                   "classifying or extracting fields, writing replies."),
-        Difficulty("hard", "Hard",
-                   "Multi-step reasoning or a specialised domain the model knows little of, "
-                   "such as law, medicine or your company's internal processes."),
-        Difficulty("very_hard", "Very hard",
-                   "A large shift: a new language, a new programming language, or behaviour far "
-                   "from anything the model does today."),
-    )
-}
 
 # Thresholds, named so the table reads as sentences.
 SMALL_DATA = 1_000      # rows: below this, more dropout (D2) and more epochs
@@ -57,7 +35,7 @@ EFFECTIVE_BATCH = 16
 
 
 @dataclass
-class Ctx:
+class RuleContext:
     """What the rules look at: the model, the task, the data and the hardware.
 
     `plan` holds the values already chosen (the table is walked in field order,
@@ -89,7 +67,9 @@ class Ctx:
         if self.seconds is None:
             return ""
         hours = self.seconds / 3600
-        return f" (about {hours:.1f} hours for this plan)" if hours >= 1 else f" (about {self.seconds / 60:.0f} minutes for this plan)"
+        if hours >= 1:
+            return f" (about {hours:.1f} hours for this plan)"
+        return f" (about {self.seconds / 60:.0f} minutes for this plan)"
 
     @property
     def small_data(self) -> bool:
@@ -102,7 +82,7 @@ class Ctx:
     @property
     def qv_targets(self) -> str:
         """q_proj,v_proj where the model has them; else its attention preset (e.g. fused qkv)."""
-        return "q_proj,v_proj" if {"q_proj", "v_proj"} <= set(self.target_names) else "attention"
+        return fitting.qv_targets(self.target_names)
 
     @property
     def tight_memory(self) -> bool:
@@ -115,31 +95,31 @@ class Ctx:
 
 @dataclass(frozen=True)
 class Rule:
-    id: str                                  # row id in HEURISTICS.md
+    id: str                                  # rule id, explained in docs/rules.md
     field: str                               # plan field it sets, or "note"
-    when: Callable[[Ctx], bool]
-    value: Callable[[Ctx], Any]
+    when: Callable[[RuleContext], bool]
+    value: Callable[[RuleContext], Any]
     text: str                                # str.format(v=value, c=ctx)
 
-    def reason(self, ctx: Ctx, value: Any) -> str:
+    def reason(self, ctx: RuleContext, value: Any) -> str:
         return self.text.format(v=value, c=ctx)
 
 
-def always(_: Ctx) -> bool:
+def always(_: RuleContext) -> bool:
     return True
 
 
-def const(value: Any) -> Callable[[Ctx], Any]:
+def const(value: Any) -> Callable[[RuleContext], Any]:
     return lambda _: value
 
 
-def _full_fits(c: Ctx) -> bool:
+def _full_fits(c: RuleContext) -> bool:
     # Full fine-tuning keeps weights, gradients and AdamW states: ~16 bytes per parameter,
     # plus room for activations; only worth it for a large shift with plenty of data.
     return c.budget_gb is not None and c.params_b * 16 * 1.3 <= c.budget_gb
 
 
-def _lr(c: Ctx) -> float:
+def _lr(c: RuleContext) -> float:
     if c.plan["method"] == "full":
         return 2e-5
     r = c.plan["r"]
@@ -256,7 +236,7 @@ RULES: list[Rule] = [
 FIELDS: list[str] = list(dict.fromkeys(r.field for r in RULES if r.field != "note"))
 
 
-def decide(ctx: Ctx, only: set[str] | None = None) -> dict[str, tuple[Any, str, str]]:
+def choose(ctx: RuleContext, only: set[str] | None = None) -> dict[str, tuple[Any, str, str]]:
     """Walk RULES; the first row that applies sets its field: field → (value, rule id, reason).
 
     Choices are written into ctx.plan as they are made, so later rows can read them.
@@ -273,6 +253,6 @@ def decide(ctx: Ctx, only: set[str] | None = None) -> dict[str, tuple[Any, str, 
     return chosen
 
 
-def applicable_notes(ctx: Ctx) -> list[tuple[str, str]]:
+def applicable_notes(ctx: RuleContext) -> list[tuple[str, str]]:
     """Every warning row that applies: (rule id, text)."""
     return [(r.id, r.reason(ctx, None)) for r in RULES if r.field == "note" and r.when(ctx)]

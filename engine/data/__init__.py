@@ -1,4 +1,5 @@
-"""A dataset's life before training: file formats, chat templates, checks, the demo skills.
+"""A dataset's life before training: what a dataset string names (`ref`), file formats, chat templates, checks, the
+demo skills.
 
 Imports engine/model and the top of `engine/`; never jobs/ or ui/.
 """

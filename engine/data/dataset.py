@@ -20,8 +20,10 @@ from pydantic import BaseModel
 
 from engine.data.chat import ends_with_eos, ensure_chat_template, render
 from engine.data.formats import FORMATS, Rows, detect_format, read_source, to_messages, to_text  # noqa: F401
+from engine.data.ref import DatasetRef
 from engine.errors import UserError, one_of
 from engine.evaluate.split import holdout_size
+from engine.model import catalog
 
 MAX_PROBLEMS = 50  # more than this and the report lists the count, not each one
 MAX_STAT_ROWS = 5000  # token statistics on a sample for very large files
@@ -64,7 +66,7 @@ class DataReport(BaseModel):
         errors = self.errors()
         if errors:
             p = errors[0]
-            name = Path(self.source).name if not self.source.startswith("demo:") else self.source
+            name = DatasetRef.parse(self.source).label
             where = f"{name} {self.row_unit} {p.row}: " if p.row is not None else f"{name}: "
             more = f" (and {len(errors) - 1 + self.more_problems} more problems)" if len(errors) > 1 else ""
             raise UserError("dataset", f"{where}{p.field}: {p.message}{more}")
@@ -182,9 +184,10 @@ def build_datasets(plan, tokenizer):
     report.raise_if_bad()
 
     eval_rows: list[dict] = []
-    if plan.dataset.startswith("demo:") and plan.eval_split > 0:
+    ref = DatasetRef.parse(plan.dataset)
+    if ref.is_demo and plan.eval_split > 0:
         from engine.data import demo
-        test = read_source(str(demo.dataset_path(plan.dataset.removeprefix("demo:"), "test")))
+        test = read_source(str(demo.dataset_path(ref.skill, "test")))
         eval_rows, _, _, _ = _examples(test, "messages", {}, tokenizer)
         train_rows = examples
     elif holdout_size(len(examples), plan.eval_split):
@@ -341,11 +344,5 @@ def _round_up(n: float) -> int:
 
 def _hub_id(spec: str) -> str:
     """A catalog key maps to its hub id; anything else is taken as a hub id."""
-    try:
-        from engine.model import catalog
-        for m in catalog.list_models():
-            if spec.lower() in (m.key.lower(), m.hub_id.lower()):
-                return m.hub_id
-    except Exception:  # catalog not available: the spec is the hub id
-        pass
-    return spec
+    entry = catalog.find_model(spec)
+    return entry.hub_id if entry else spec

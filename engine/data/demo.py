@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine import paths
+from engine.data.ref import DatasetRef
 from engine.errors import UserError, one_of
 
 TRAIN_ROWS = 240
@@ -154,8 +155,8 @@ def dataset_path(name: str, split: str = "train") -> Path:
 
 
 def skill_of(plan) -> Skill | None:
-    dataset = getattr(plan, "dataset", None) or ""
-    return SKILLS.get(dataset.removeprefix("demo:")) if dataset.startswith("demo:") else None
+    ref = DatasetRef.parse(getattr(plan, "dataset", None) or "")
+    return SKILLS.get(ref.skill) if ref.is_demo else None
 
 
 def default_plan(skill_name: str = DEFAULT_SKILL):
@@ -173,7 +174,7 @@ def default_plan(skill_name: str = DEFAULT_SKILL):
     return TrainingPlan.build(
         name=f"demo-{skill_name}", model="default", method="lora", difficulty="simple",
         r=16, alpha=32, dropout=0.0, targets="all-linear",
-        dataset=f"demo:{skill_name}", data_format="messages", eval_split=0.1,
+        dataset=str(DatasetRef.demo(skill_name)), data_format="messages", eval_split=0.1,
         seq_len=96, batch_size=4, grad_accum=1, max_steps=30, learning_rate=2e-3,
         lr_scheduler="constant_with_warmup", warmup_ratio=0.1, logging_steps=1, save_steps=10, gpu="cpu", seed=42,
     )

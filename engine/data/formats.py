@@ -14,6 +14,7 @@ import io
 import json
 from pathlib import Path
 
+from engine.data.ref import DatasetRef
 from engine.errors import UserError, one_of
 
 FORMATS = ("messages", "alpaca", "prompt_completion", "text")
@@ -41,9 +42,10 @@ def read_source(source: str) -> Rows:
     if not source or not str(source).strip():
         raise UserError("dataset", "is empty; give a file (" + one_of(EXTENSIONS) + "), a hub dataset id or demo:NAME")
     source = str(source).strip()
-    if source.startswith("demo:"):
+    ref = DatasetRef.parse(source)
+    if ref.is_demo:
         from engine.data import demo
-        return read_file(demo.dataset_path(source.removeprefix("demo:"), "train"))
+        return read_file(demo.dataset_path(ref.skill, "train"))
     path = Path(source).expanduser()
     if path.exists():
         if path.is_dir():
@@ -120,7 +122,8 @@ def _read_json(path: Path, text: str) -> Rows:
         raise UserError("dataset", f"{path.name}: expected a JSON list of objects [{{...}}, ...]")
     for i, item in enumerate(value, start=1):
         if not isinstance(item, dict):
-            raise UserError("dataset", f"{path.name} row {i}: expected a JSON object {{...}}, got {type(item).__name__}")
+            raise UserError("dataset", f"{path.name} row {i}: expected a JSON object {{...}}, "
+                            f"got {type(item).__name__}")
     return Rows(value)
 
 
@@ -238,7 +241,8 @@ def to_messages(record: dict, fmt: str, columns: dict | None = None) -> list[dic
         extra = _get(record, "input", columns)
         extra = "" if extra is None else str(extra)
         prompt = instruction + ("\n\n" + extra if extra.strip() else "")
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": _text(record, "output", columns)}]
+        messages = [{"role": "user", "content": prompt},
+                    {"role": "assistant", "content": _text(record, "output", columns)}]
     elif fmt == "prompt_completion":
         messages = [{"role": "user", "content": _text(record, "prompt", columns)},
                     {"role": "assistant", "content": _text(record, "completion", columns)}]

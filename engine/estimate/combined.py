@@ -16,15 +16,15 @@ from dataclasses import replace
 
 from pydantic import BaseModel
 
+from engine.estimate.lengths import padded_length, peak_rows
+from engine.estimate.memory import CPU_RESERVED_FACTOR, CUDA_CONTEXT, RESERVED_FACTOR, Recipe, memory_terms
+from engine.estimate.params import ParamCount, count
+from engine.estimate.timing import TimeEstimate, estimate_time
 from engine.model import catalog
 from engine.model.catalog import Gpu
 from engine.model.introspect import resolve
-from engine.estimate.lengths import padded_length, peak_rows
-from engine.estimate.memory import CPU_RESERVED_FACTOR, CUDA_CONTEXT, GiB, RESERVED_FACTOR, Recipe, memory_terms
-from engine.estimate.params import ParamCount, count
 from engine.plan import resolve_dtype
-from engine.estimate.timing import TimeEstimate, estimate_time
-from engine.units import human_bytes
+from engine.units import GIB, human_bytes
 
 
 class ExpectedMemory(BaseModel):
@@ -83,7 +83,7 @@ class Estimate(BaseModel):
         }
 
 
-def device_of(plan) -> Gpu | None:
+def gpu_of(plan) -> Gpu | None:
     """The plan's device: its GPU, the CPU (gpu='cpu', or neither gpu nor budget), or None (budget only)."""
     if plan.gpu:
         return catalog.find_gpu(plan.gpu)
@@ -131,14 +131,14 @@ def _memory(info, plan, pc: ParamCount, gpu: Gpu | None, dtype: str, lengths=Non
                      f"longest of the {rows} rows of {span} → {human_bytes(expected.device_bytes)}; the fit is "
                      f"judged on the worst case, every batch padded to {plan.seq_len}")
     if plan.budget_gb:
-        budget = int(plan.budget_gb * GiB)
+        budget = int(plan.budget_gb * GIB)
     elif gpu is not None and gpu.memory_gb:
-        budget = int(gpu.memory_gb * GiB)
+        budget = int(gpu.memory_gb * GIB)
     else:
         budget = None
     if on_gpu:
         notes.append(f"reserved = allocated x {RESERVED_FACTOR} (allocator cache); device adds "
-                     f"{CUDA_CONTEXT / GiB:.1f} GiB CUDA context")
+                     f"{CUDA_CONTEXT / GIB:.1f} GiB CUDA context")
     else:
         notes.append("CPU: fp32 by default, no CUDA context; host RAM is the budget only when budget_gb is given")
     fits = None if budget is None else device <= budget
@@ -160,7 +160,7 @@ def _memory(info, plan, pc: ParamCount, gpu: Gpu | None, dtype: str, lengths=Non
 def memory_for(plan, lengths=None) -> MemoryEstimate:
     """Memory only: what sweeps and charts call many times. `lengths`: the data's token lengths."""
     info = resolve(plan.model)
-    gpu = device_of(plan)
+    gpu = gpu_of(plan)
     dtype = compute_dtype(plan, gpu)
     return _memory(info, plan, _params(info, plan, dtype), gpu, dtype, lengths)
 
@@ -168,7 +168,7 @@ def memory_for(plan, lengths=None) -> MemoryEstimate:
 def estimate(plan, lengths=None) -> Estimate:
     """The whole estimate; `lengths` (the checked data's token lengths) adds the expected memory."""
     info = resolve(plan.model)
-    gpu = device_of(plan)
+    gpu = gpu_of(plan)
     dtype = compute_dtype(plan, gpu)
     pc = _params(info, plan, dtype)
     mem = _memory(info, plan, pc, gpu, dtype, lengths)

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.model.introspect import ModelInfo
 from engine.estimate.params import ParamCount
+from engine.model.introspect import ModelInfo
+from engine.units import GIB
 
-GiB = 1024**3
-CUDA_CONTEXT = int(0.5 * GiB)  # CUDA context + cuBLAS/cuDNN handles, outside the allocator
+CUDA_CONTEXT = int(0.5 * GIB)  # CUDA context + cuBLAS/cuDNN handles, outside the allocator
 RESERVED_FACTOR = 1.10  # PyTorch caching allocator: reserved vs allocated at the peak
 CPU_RESERVED_FACTOR = 1.0
 

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from engine.evaluate import split, textmetrics
+from engine.train import events
 
 SAMPLES = 5            # rows shown side by side
 MAX_NEW_TOKENS = 256   # longest generated answer, whatever the references' length
@@ -51,14 +52,14 @@ class Judge:
     # --- the two passes ------------------------------------------------------------------
     def score_base(self, trainer) -> dict | None:
         if self.eval_ds is None:
-            self.report({"event": "evaluation", "evaluation": dict(self.result)})
+            self.report(events.Evaluation(dict(self.result)))
             return None
         saved = self._saved_base()
         if saved is not None:  # a resumed run: the base has not changed since
             self.result, self.base_answers = saved
-            self.report({"event": "evaluation", "evaluation": self.public()})
+            self.report(events.Evaluation(self.public()))
             return self.result["base"]
-        self.report({"event": "phase", "phase": "scoring base"})
+        self.report(events.Phase("scoring base"))
         start = time.monotonic()
         deadline = start + self.plan.eval_seconds
         loss, tokens, batches = self._loss(trainer, None, start + LOSS_SHARE * self.plan.eval_seconds)
@@ -68,13 +69,13 @@ class Judge:
         self.result["base"] = self._metrics(loss, answers, time.monotonic() - start)
         self.result["note"] = self._note()
         self._save()
-        self.report({"event": "evaluation", "evaluation": self.public()})
+        self.report(events.Evaluation(self.public()))
         return self.result["base"]
 
     def score_adapter(self, trainer) -> dict | None:
         if self.eval_ds is None or "base" not in self.result:
             return None
-        self.report({"event": "phase", "phase": "scoring adapter"})
+        self.report(events.Phase("scoring adapter"))
         start = time.monotonic()
         loss, _, _ = self._loss(trainer, self.result["loss_batches"], None)
         answers = self._generate(trainer.model, len(self.base_answers), None)
@@ -82,7 +83,7 @@ class Judge:
         self.result["samples"] = self._samples(answers)
         self.result["note"] = self._note()
         self._save()
-        self.report({"event": "evaluation", "evaluation": self.public()})
+        self.report(events.Evaluation(self.public()))
         return self.result["adapter"]
 
     def public(self) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 
+from engine.advice import fitting
 from engine.errors import UserError
 
 
@@ -74,29 +75,18 @@ def _is_data(exc) -> bool:
     module = type(exc).__module__ or ""
     if module.startswith(("datasets", "pyarrow")):
         return True
-    return exc.__class__.__name__ in {"JSONDecodeError", "UnicodeDecodeError", "ArrowInvalid", "DatasetGenerationError"}
+    names = {"JSONDecodeError", "UnicodeDecodeError", "ArrowInvalid", "DatasetGenerationError"}
+    return exc.__class__.__name__ in names
 
 
 # --- advice ------------------------------------------------------------------------------
-def memory_knobs(plan) -> list[str]:
-    """What to turn, in the order that costs least quality and time."""
+def memory_knobs(plan, on_gpu: bool = True) -> list[str]:
+    """What to turn: the memory ladder's rungs (engine.advice.fitting) that apply, in its order."""
     if plan is None:
         return ["use a smaller batch_size, a shorter seq_len, or turn on grad_ckpt"]
-    knobs = []
-    if not plan.grad_ckpt:
-        knobs.append("turn on gradient checkpointing (grad_ckpt: true) — about 30% slower, far less activation memory")
-    if plan.batch_size > 1:
-        knobs.append(f"halve batch_size to {plan.batch_size // 2} and double grad_accum to {plan.grad_accum * 2} "
-                     "(the same effective batch)")
-    if plan.method == "full":
-        knobs.append("use method lora (only small adapters train, the base stays frozen)")
-    elif plan.method == "lora":
-        knobs.append("use method qlora (the frozen base is stored in 4 bits, about a quarter of the memory)")
-    if plan.seq_len > 256:
-        knobs.append(f"shorten seq_len to {plan.seq_len // 2} (longer examples are cut)")
-    if plan.optimizer == "adamw_torch" and plan.method == "full":
-        knobs.append("use optimizer paged_adamw_8bit")
-    return knobs or ["use a GPU with more memory, or a smaller base model"]
+    steps = fitting.first_steps(plan, fitting.Where.of(plan, on_cpu=not on_gpu))
+    return [f"{s.what} (set {s.knobs}): {s.why}" for s in steps] + \
+        ["or use a GPU with more memory, or a smaller base model"]
 
 
 def explain(exc: BaseException, plan=None, step: int | None = None) -> str:
@@ -106,8 +96,9 @@ def explain(exc: BaseException, plan=None, step: int | None = None) -> str:
         if isinstance(e, UserError):
             return f"{e.field}: {e.message}"
     if any(_is_oom(e) for e in chain):
-        where = "GPU memory" if any("cuda" in _text(e) for e in chain) else "memory"
-        knobs = memory_knobs(plan)
+        on_gpu = any("cuda" in _text(e) for e in chain)
+        knobs = memory_knobs(plan, on_gpu)
+        where = "GPU memory" if on_gpu else "memory"
         return (f"Ran out of {where} {_at(step)}. Try, in this order: " + "; ".join(knobs) + ". "
                 "The estimate page shows what each change saves.")
     if any(_is_disk_full(e) for e in chain):

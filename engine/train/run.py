@@ -3,7 +3,7 @@
 Read top to bottom: `load_base` finds and loads the base model (embedded default,
 local folder, .gguf file, hub id; 4-bit NF4 for QLoRA), `lora_config` and
 `sft_config` translate the plan into PEFT's and TRL's vocabulary, `_Reporter` turns
-trainer logs into the event dicts the job store records, and `train` runs it all and
+trainer logs into the typed events of engine.train.events, and `train` runs it all and
 writes the artifacts. The worker process (jobs/) calls `train`; nothing here knows
 about the database.
 """
@@ -17,9 +17,9 @@ from typing import Callable
 
 from engine.errors import UserError
 from engine.plan import TrainingPlan, resolve_dtype
-from engine.train import distributed
+from engine.train import config, distributed, events
 
-Report = Callable[[dict], None]
+Report = Callable[[events.Event], None]
 
 
 @dataclass
@@ -37,7 +37,7 @@ class TrainResult:
 
 
 # --- device and precision -------------------------------------------------------------
-def device_of(plan: TrainingPlan) -> str:
+def train_device(plan: TrainingPlan) -> str:
     import torch
 
     if (plan.gpu or "").strip().lower() == "cpu":
@@ -45,7 +45,7 @@ def device_of(plan: TrainingPlan) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def compute_dtype(plan: TrainingPlan, device: str):
+def torch_dtype(plan: TrainingPlan, device: str):
     import torch
 
     name = resolve_dtype(plan.dtype, on_cpu=device == "cpu",
@@ -95,8 +95,8 @@ def load_base(plan: TrainingPlan, for_training: bool = True):
 
     from engine.data.chat import ensure_chat_template
 
-    device = device_of(plan)
-    dtype = compute_dtype(plan, device)
+    device = train_device(plan)
+    dtype = torch_dtype(plan, device)
     source = model_source(plan.model)
     kwargs: dict = {"attn_implementation": plan.attention}
     if plan.method == "qlora":
@@ -141,60 +141,20 @@ def _nf4_config(dtype):
                               bnb_4bit_compute_dtype=dtype)
 
 
-# --- plan → PEFT / TRL -----------------------------------------------------------------
-def resolve_targets(plan: TrainingPlan) -> str | list[str]:
-    if plan.targets == "all-linear":
-        return "all-linear"  # PEFT expands it itself (every Linear except the output head)
-    from engine.model import introspect
-
-    return introspect.resolve_targets(introspect.resolve(plan.model), plan.targets)
-
-
+# --- plan → PEFT / TRL (the keywords live in engine.train.config, shared with the exported script) ---
 def lora_config(plan: TrainingPlan):
     from peft import LoraConfig
 
-    alpha = int(plan.alpha) if float(plan.alpha).is_integer() else plan.alpha
-    return LoraConfig(r=plan.r, lora_alpha=alpha, lora_dropout=plan.dropout,
-                      target_modules=resolve_targets(plan), bias=plan.bias, use_dora=plan.use_dora,
-                      use_rslora=plan.use_rslora, modules_to_save=list(plan.modules_to_save) or None,
-                      task_type="CAUSAL_LM")
+    return LoraConfig(**config.lora_kwargs(plan))
 
 
 def sft_config(plan: TrainingPlan, out_dir: Path, device: str, dtype, has_eval: bool, **overrides):
     import torch
     from trl import SFTConfig
 
-    kw = dict(
-        output_dir=str(Path(out_dir) / "checkpoints"),
-        max_length=plan.seq_len,
-        per_device_train_batch_size=plan.batch_size,
-        per_device_eval_batch_size=plan.batch_size,
-        gradient_accumulation_steps=plan.grad_accum,
-        num_train_epochs=plan.epochs,
-        max_steps=plan.max_steps or -1,
-        learning_rate=plan.learning_rate,
-        lr_scheduler_type=plan.lr_scheduler,
-        warmup_steps=plan.warmup_ratio,  # below 1 = a share of the steps (transformers 5)
-        activation_checkpointing=plan.grad_ckpt,  # TRL turns it on by default; the plan decides
-        activation_checkpointing_kwargs={"use_reentrant": False} if plan.grad_ckpt else None,
-        optim=plan.optimizer,
-        seed=plan.seed,
-        logging_steps=plan.logging_steps,
-        save_strategy="steps",
-        save_steps=plan.save_steps,
-        save_total_limit=2,
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=plan.save_steps if has_eval else None,
-        bf16=dtype == torch.bfloat16,  # TRL defaults bf16 on, even on the CPU; the plan decides
-        fp16=dtype == torch.float16,
-        use_cpu=device == "cpu",
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        packing=False,
-    )
-    kw.update(overrides)
-    return SFTConfig(**kw)
+    name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+    return SFTConfig(**{**config.sft_kwargs(plan, out_dir, has_eval), **config.precision_kwargs(name, device),
+                        **overrides})
 
 
 # --- reporting ---------------------------------------------------------------------------
@@ -204,14 +164,14 @@ def _reporter_class():
     from engine.train.peak import PeakMeter
 
     class _Reporter(TrainerCallback):
-        """Trainer events → report dicts; cancel requests → a graceful stop with a checkpoint."""
+        """Trainer events → typed report events; cancel requests → a graceful stop with a checkpoint."""
 
         def __init__(self, report: Report, should_stop, device: str, base_score):
             self.report, self.should_stop, self.device = report, should_stop, device
             self.base_score = base_score
             self.peak = PeakMeter(device)
             self.stopped = False
-            self.pending: dict | None = None  # a train row waiting for this step's eval loss
+            self.pending: events.Metrics | None = None  # a train row waiting for this step's eval loss
 
         def on_train_begin(self, args, state, control, **kw):
             self.start_step = state.global_step  # > 0 after a resume
@@ -220,10 +180,7 @@ def _reporter_class():
             self.time_offset = max([e.get("time", 0.0) for e in state.log_history] + [0.0])
             self.last_tokens, self.last_time = 0, self.t0
             self.peak.begin()
-            event = {"event": "start", "total_steps": state.max_steps, "device": self.device}
-            if self.base_score is not None:
-                event["base_score"] = self.base_score
-            self.report(event)
+            self.report(events.Started(total_steps=state.max_steps, device=self.device, base_score=self.base_score))
 
         def on_step_begin(self, args, state, control, **kw):
             self.peak.step_begin(state.global_step, self.start_step)
@@ -236,9 +193,9 @@ def _reporter_class():
             # The first step carries one-off costs (allocation, peak tracking), so the pace is
             # measured from its end once a later step exists.
             rate = (now - self.t0) if done == 1 else (now - self.t_first) / (done - 1)
-            self.report({"event": "progress", "step": state.global_step, "total_steps": state.max_steps,
-                         "eta_seconds": round(rate * (state.max_steps - state.global_step), 1),
-                         "step_seconds": round(rate, 3)})
+            self.report(events.Progress(step=state.global_step, total_steps=state.max_steps,
+                                        eta_seconds=round(rate * (state.max_steps - state.global_step), 1),
+                                        step_seconds=round(rate, 3)))
             if (self.should_stop is not None and state.global_step < state.max_steps
                     and distributed.agree(self.should_stop())):
                 self.stopped = True
@@ -256,19 +213,17 @@ def _reporter_class():
                 # kept in log_history so checkpoints (and metrics.csv after a resume) have them too
                 entry["tokens_per_second"] = round(tps, 1) if tps else None
                 entry["time"] = round(self.time_offset + now - self.t0, 2)
-                row = {"event": "metrics", "step": state.global_step, "epoch": logs.get("epoch"),
-                       "loss": logs.get("loss"), "eval_loss": None, "learning_rate": logs.get("learning_rate"),
-                       "grad_norm": logs.get("grad_norm"), "tokens_per_second": entry["tokens_per_second"],
-                       "time": entry["time"]}
+                row = events.Metrics(step=state.global_step, epoch=logs.get("epoch"), loss=logs.get("loss"),
+                                     learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
+                                     tokens_per_second=entry["tokens_per_second"], time=entry["time"])
                 if control.should_evaluate:  # an eval follows at this step: send one merged row
                     self.pending = row
                 else:
                     self.report(row)
             elif "eval_loss" in logs:
-                row = self.pending or {"event": "metrics", "step": state.global_step, "epoch": logs.get("epoch"),
-                                       "loss": None, "learning_rate": None, "grad_norm": None,
-                                       "tokens_per_second": None, "time": round(self.time_offset + now - self.t0, 2)}
-                row["eval_loss"] = logs["eval_loss"]
+                row = self.pending or events.Metrics(step=state.global_step, epoch=logs.get("epoch"),
+                                                     time=round(self.time_offset + now - self.t0, 2))
+                row.eval_loss = logs["eval_loss"]
                 self.pending = None
                 self.report(row)
 
@@ -289,7 +244,7 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
     """Train per `plan`, reporting events; write the adapter and artifacts to `out_dir`."""
     t0 = time.time()
     report = report or (lambda event: None)
-    report({"event": "phase", "phase": "loading model"})  # before the heavy imports: they take seconds
+    report(events.Phase("loading model"))  # before the heavy imports: they take seconds
     import torch
     from trl import SFTTrainer
 
@@ -300,11 +255,11 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = device_of(plan)
-    dtype = compute_dtype(plan, device)
+    device = train_device(plan)
+    dtype = torch_dtype(plan, device)
 
     model, tokenizer = load_base(plan, for_training=True)
-    report({"event": "phase", "phase": "preparing data"})
+    report(events.Phase("preparing data"))
     train_ds, eval_ds = build_datasets(plan, tokenizer)
     skill = demo.skill_of(plan)
     if device == "cuda" and plan.method != "qlora":
@@ -325,7 +280,7 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
     judge = Judge(plan, eval_ds, tokenizer, out_dir, report, train_rows=len(train_ds), t0=t0)
     base = judge.score_base(trainer)
     base_score = reporter.base_score = base["exact_match"] if skill is not None and base else None
-    report({"event": "phase", "phase": "training"})
+    report(events.Phase("training"))
     checkpoint = checkpoints.resume_point(out_dir, log=print) if resume else None
     try:
         if checkpoint is not None and checkpoints.finished(checkpoint):  # every step done, the final save failed
@@ -341,8 +296,8 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
         after = judge.score_adapter(trainer)
         if skill is not None and after:  # the demo's score columns; every job has its evaluation
             adapter_score = after["exact_match"]
-            report({"event": "scores", "base_score": base_score, "adapter_score": adapter_score})
-    report({"event": "phase", "phase": "saving"})
+            report(events.Scores(base_score=base_score, adapter_score=adapter_score))
+    report(events.Phase("saving"))
 
     # weights: the adapter for lora/qlora (adapter_model.safetensors + adapter_config.json), all for full
     trainer.save_model(str(out_dir))  # every rank calls it; only rank 0 writes

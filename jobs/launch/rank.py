@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _silent(event: dict) -> None:
+def _silent(event) -> None:
     """Ranks other than 0 train the same steps; reporting them too would write every row twice."""
 
 

@@ -12,8 +12,7 @@ import shlex
 
 from engine.errors import UserError
 from engine.plan import add_plan_flags, plan_from_args
-
-GIB = 1024**3
+from engine.units import human_bytes, human_seconds
 
 # The plan fields `estimate` takes as flags.
 ESTIMATE_FIELDS = [
@@ -77,22 +76,22 @@ def format_estimate(plan, est) -> str:
     else:
         lines.append(f"Trainable parameters  {est.trainable_params:,} of {est.total_params:,} "
                      f"({est.trainable_percent:.4f}%)")
-        lines.append(f"Adapter file          {_size(est.adapter_bytes)}")
+        lines.append(f"Adapter file          {human_bytes(est.adapter_bytes)}")
     lines += ["", "Memory (peak, per device)"]
     mem = est.memory
     width = max([len(n) for n in mem.terms] + [22])
     for name, n in mem.terms.items():
-        lines.append(f"  {name:<{width}} {_size(n):>10}")
+        lines.append(f"  {name:<{width}} {human_bytes(n):>10}")
     lines.append(f"  {'-' * (width + 11)}")
-    lines.append(f"  {'allocated':<{width}} {_size(mem.allocated_bytes):>10}")
-    lines.append(f"  {'reserved (allocator)':<{width}} {_size(mem.reserved_bytes):>10}")
-    lines.append(f"  {'device total':<{width}} {_size(mem.device_bytes):>10}")
+    lines.append(f"  {'allocated':<{width}} {human_bytes(mem.allocated_bytes):>10}")
+    lines.append(f"  {'reserved (allocator)':<{width}} {human_bytes(mem.reserved_bytes):>10}")
+    lines.append(f"  {'device total':<{width}} {human_bytes(mem.device_bytes):>10}")
     if mem.verdict:
         lines.append(f"  {mem.verdict}")
     t = est.time
     if t is not None:
         lines += ["", f"Time on {t.device}: ~{t.tokens_per_second:,.0f} tokens/s, "
-                      f"{_duration(t.seconds)} for {t.total_tokens:,} tokens ({t.steps:,} steps)"]
+                      f"{human_seconds(t.seconds)} for {t.total_tokens:,} tokens ({t.steps:,} steps)"]
     for a in list(mem.assumptions) + (list(t.assumptions) if t is not None else []):
         lines.append(f"  · {a}")
     return "\n".join(lines)
@@ -140,10 +139,10 @@ def format_recommendation(rec) -> str:
     est = rec.estimate
     lines += ["", "Estimate of this plan:",
               f"  trainable {est.trainable_params:,} of {est.total_params:,} ({est.trainable_percent:.4f}%)",
-              f"  memory {_size(est.memory.device_bytes)} on the device"
+              f"  memory {human_bytes(est.memory.device_bytes)} on the device"
               + (f" — {est.memory.verdict}" if est.memory.verdict else "")]
     if est.time is not None:
-        lines.append(f"  time ~{_duration(est.time.seconds)} on {est.time.device} "
+        lines.append(f"  time ~{human_seconds(est.time.seconds)} on {est.time.device} "
                      f"({est.time.tokens_per_second:,.0f} tokens/s)")
     if rec.advice:
         lines += ["", "Advice: " + rec.advice]
@@ -163,22 +162,3 @@ def _value(v) -> str:
     if isinstance(v, float):
         return f"{v:g}"
     return str(v)
-
-
-def _size(n: float) -> str:
-    for unit, scale in (("GB", GIB), ("MB", 1024**2), ("KB", 1024)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n:.0f} B"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "unknown"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 2 * 3600:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 3 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"

@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 from engine.errors import UserError
-from engine.units import human_bytes
 from engine.plan import TrainingPlan, add_plan_flags, plan_from_args
+from engine.train import script
+from engine.units import human_bytes, human_seconds
 
 
 def register(sub) -> None:
@@ -42,8 +43,11 @@ def register(sub) -> None:
     _wait_flag(p)
     p.set_defaults(handler=cmd_resume)
 
-    p = sub.add_parser("export", help="write the job's adapter zip and print its path")
+    p = sub.add_parser("export", help="write the job's adapter zip and print its path (or print its plan as code)")
     p.add_argument("job_id", metavar="ID")
+    p.add_argument("--as", dest="as_code", choices=script.FORMATS, default=None,
+                   help="print the plan instead: a standalone transformers+PEFT+TRL script, YAML, "
+                   "or the train command")
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("demo", help="train the embedded default model on a demo skill")
@@ -128,13 +132,15 @@ def cmd_show(ns) -> int:
         print(json.dumps(detail, indent=2))
         return 0
     print(f"job {job.id}: {job.name}")
-    print(f"  status     {job.status}" + (f" (pid {job.pid}, {job.device or 'starting'})" if job.status == "running" else ""))
+    running = job.status == store.JobStatus.RUNNING
+    print(f"  status     {job.status}" + (f" (pid {job.pid}, {job.device or 'starting'})" if running else ""))
     stalled = stall.describe(job)
     if stalled:
         print(f"  STALLED    {stalled}")
     print(f"  progress   {job.progress * 100:.0f}%  step {job.step}/{job.total_steps or '?'}"
-          + (f"  eta {_duration(job.eta_seconds)}" if job.eta_seconds else ""))
-    print(f"  memory     estimated {human_bytes(job.estimated_peak_bytes)}, measured {human_bytes(job.measured_peak_bytes)}")
+          + (f"  eta {human_seconds(job.eta_seconds)}" if job.eta_seconds else ""))
+    print(f"  memory     estimated {human_bytes(job.estimated_peak_bytes)}, "
+          f"measured {human_bytes(job.measured_peak_bytes)}")
     if job.base_score is not None or job.adapter_score is not None:
         print(f"  score      base {_pct(job.base_score)} -> adapter {_pct(job.adapter_score)}")
     if job.error:
@@ -176,6 +182,11 @@ def cmd_resume(ns) -> int:
 
 
 def cmd_export(ns) -> int:
+    if ns.as_code:
+        from jobs import store
+
+        print(script.render(store.job_plan(store.get_job(ns.job_id)), ns.as_code), end="")
+        return 0
     from jobs.export import export_zip
 
     print(export_zip(ns.job_id))
@@ -192,15 +203,15 @@ def _wait(job_id: int, poll_s: float = 1.0) -> int:
     try:
         while True:
             job = store.get_job(job_id)
-            if job.status == "running" and job.pid and not dispatcher.worker_alive(job.pid, job_id):
+            if job.status == store.JobStatus.RUNNING and job.pid and not dispatcher.worker_alive(job.pid, job_id):
                 dispatcher.reconcile()
                 job = store.get_job(job_id)
-            metrics = store.job_metrics(job_id) if job.status == "running" else []
+            metrics = store.job_metrics(job_id) if job.status == store.JobStatus.RUNNING else []
             loss = next((m.loss for m in reversed(metrics) if m.loss is not None), None)
             line = (f"{job.status}" + (f" ({job.phase})" if job.status == "running" and job.phase else "")
                     + f"  step {job.step}/{job.total_steps or '?'}"
                     + (f"  loss {loss:.4f}" if loss is not None else "")
-                    + (f"  eta {_duration(job.eta_seconds)}" if job.eta_seconds else ""))
+                    + (f"  eta {human_seconds(job.eta_seconds)}" if job.eta_seconds else ""))
             if line != last:
                 print(line, flush=True)
                 last = line
@@ -212,7 +223,7 @@ def _wait(job_id: int, poll_s: float = 1.0) -> int:
         return 130
     if job.base_score is not None or job.adapter_score is not None:
         print(f"score: base {_pct(job.base_score)} -> adapter {_pct(job.adapter_score)}")
-    if job.status == "succeeded":
+    if job.status == store.JobStatus.SUCCEEDED:
         print(f"succeeded: adapter in {job.artifact_dir}")
         return 0
     print(f"{job.status}: {job.error or 'no reason recorded'} (log: {store.log_path(job_id)})", file=sys.stderr)
@@ -225,8 +236,3 @@ def _pct(v) -> str:
 
 def _f(v, fmt: str = ".4f") -> str:
     return "-" if v is None else format(v, fmt)
-
-
-def _duration(s) -> str:
-    s = int(s or 0)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

@@ -18,9 +18,8 @@ import json
 import math
 from typing import Iterable, Mapping
 
-from engine.units import human_bytes, human_count, human_seconds  # noqa: F401 - the pages format with these
+from engine.units import GIB, human_bytes, human_count
 
-GB = 1024**3
 # One palette for the whole app (colour-blind-safe, Okabe-Ito order).
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#999999"]
 METHOD_COLOURS = {"full": "#D55E00", "lora": "#0072B2", "qlora": "#009E73"}
@@ -105,25 +104,25 @@ def memory_breakdown(terms: Mapping[str, float], budget_bytes: float | None, fit
     context are drawn as extra segments, so the top of the bar is what the device holds.
     """
     x = ["this plan"]
-    data = [{"type": "bar", "name": name.replace("_", " "), "x": x, "y": [value / GB],
+    data = [{"type": "bar", "name": name.replace("_", " "), "x": x, "y": [value / GIB],
              "marker": {"color": PALETTE[i % len(PALETTE)]},
              "hovertemplate": "%{fullData.name}: %{y:.3f} GiB<extra></extra>"}
             for i, (name, value) in enumerate(terms.items())]
     top = sum(terms.values())
     for name, level, colour in (("allocator headroom", reserved_bytes, "#d1d5db"), ("CUDA context", device_bytes, "#9ca3af")):
         if level and level > top:
-            data.append({"type": "bar", "name": name, "x": x, "y": [(level - top) / GB], "marker": {"color": colour},
+            data.append({"type": "bar", "name": name, "x": x, "y": [(level - top) / GIB], "marker": {"color": colour},
                          "hovertemplate": name + ": %{y:.3f} GiB<extra></extra>"})
             top = level
     shapes, notes = [], []
     if budget_bytes:
-        shape, note = _hline(budget_bytes / GB, FIT_COLOUR if fits else MISFIT_COLOUR,
-                             f"budget {budget_bytes / GB:.1f} GiB")
+        shape, note = _hline(budget_bytes / GIB, FIT_COLOUR if fits else MISFIT_COLOUR,
+                             f"budget {budget_bytes / GIB:.1f} GiB")
         shapes, notes = [shape], [note]
     title = f"Memory: {human_bytes(top)}"
     if fits is not None:
         title += " — fits" if fits else " — does not fit"
-    ymax = max(top, budget_bytes or 0) / GB * 1.15 or 1
+    ymax = max(top, budget_bytes or 0) / GIB * 1.15 or 1
     return _figure(data, title, 340, config=STATIC, barmode="stack", bargap=0.45, shapes=shapes, annotations=notes,
                    yaxis={"title": {"text": "GiB"}, "range": [0, ymax]},
                    legend={"orientation": "v", "y": 1, "x": 1.02, "xanchor": "left", "yanchor": "top",
@@ -156,12 +155,12 @@ def memory_sweep(series: Mapping[str, Iterable[tuple[float, float]]], budget_byt
     for method, points in series.items():
         pts = list(points)
         data.append({"type": "scatter", "mode": "lines+markers", "name": METHOD_NAMES.get(method, method),
-                     "x": [p[0] for p in pts], "y": [p[1] / GB for p in pts],
+                     "x": [p[0] for p in pts], "y": [p[1] / GIB for p in pts],
                      "line": {"color": METHOD_COLOURS.get(method, PALETTE[4]), "width": 2.5},
                      "hovertemplate": METHOD_NAMES.get(method, method) + " at %{x}: %{y:.2f} GiB<extra></extra>"})
     shapes, notes = [], []
     if budget_bytes:
-        s, n = _hline(budget_bytes / GB, GREY, f"budget {budget_bytes / GB:.1f} GiB")
+        s, n = _hline(budget_bytes / GIB, GREY, f"budget {budget_bytes / GIB:.1f} GiB")
         shapes.append(s), notes.append(n)
     if current_x:
         # the line marks the plan; its value goes in the axis title, where no budget label can hide it

@@ -15,9 +15,11 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from engine import units
 from engine.errors import UserError
+from engine.train import script
+from jobs.store import JobStatus
 from ui.web import charts
-from ui.web import codegen
 from ui.web import evaluation_view
 from ui.web import html
 
@@ -42,7 +44,7 @@ def jobs_table() -> str:
             model, method = (Path(plan.model).name if Path(plan.model).is_absolute() else plan.model), plan.method
         except UserError:
             model, method = "?", "?"
-        eta = charts.human_seconds(j.eta_seconds) if j.status == "running" else "—"
+        eta = units.human_seconds(j.eta_seconds) if j.status == JobStatus.RUNNING else "—"
         link = f'<a href="?job={j.id}" class="lp-joblink">#{j.id} {html.escape(j.name)}</a>'
         rows.append((link, html.badge(j.status), f"{100 * (j.progress or 0):.0f}%", eta, model, method,
                      _when(j.created_at)))
@@ -88,10 +90,10 @@ def _header(job, metrics, detail: dict) -> str:
     step = f"{job.step} / {job.total_steps}" if job.total_steps else str(job.step)
     phase = evaluation_view.phase_text(detail)
     tiles = {**({"phase": phase} if phase else {}), "step": step,
-             "ETA": charts.human_seconds(job.eta_seconds) if job.status == "running" else "—",
+             "ETA": units.human_seconds(job.eta_seconds) if job.status == JobStatus.RUNNING else "—",
              "tokens / s": f"{tps:,.0f}" if tps else "—",
-             "peak memory: estimated": charts.human_bytes(job.estimated_peak_bytes),
-             "peak memory: measured": charts.human_bytes(job.measured_peak_bytes),
+             "peak memory: estimated": units.human_bytes(job.estimated_peak_bytes),
+             "peak memory: measured": units.human_bytes(job.measured_peak_bytes),
              **_worst_case(job),
              "device": job.device or "—",
              "ran on": _where(job)}
@@ -116,24 +118,24 @@ def _worst_case(job) -> dict[str, str]:
     if not mem.get("expected"):
         return {}
     seq_len = json.loads(job.plan_json).get("seq_len")
-    return {f"worst case: padded to {seq_len}": charts.human_bytes(mem["allocated_bytes"])}
+    return {f"worst case: padded to {seq_len}": units.human_bytes(mem["allocated_bytes"])}
 
 
 def _failure(job) -> str:
-    if job.status == "failed":
+    if job.status == JobStatus.FAILED:
         return html.notice(job.error or "The job failed; the log below has the details.", "error", "Why it failed:")
-    if job.status == "interrupted":
+    if job.status == JobStatus.INTERRUPTED:
         return html.notice(job.error or "The job stopped unexpectedly.", "warn", "Interrupted:")
-    if job.status == "cancelled":
+    if job.status == JobStatus.CANCELLED:
         return html.notice((job.error or "Cancelled.") + " Resume continues from the last checkpoint.", "info")
-    if job.status == "queued":
+    if job.status == JobStatus.QUEUED:
         return html.notice("Waiting for a free slot; it starts when the job before it finishes.", "info")
     from jobs import stall
 
     stalled = stall.describe(job)
     if stalled:  # before "stopping…": a stalled worker does not reach the next step by itself
         return html.notice(stalled[0].upper() + stalled[1:] + " The log is below.", "warn")
-    if job.cancel_requested and job.status == "running":
+    if job.cancel_requested and job.status == JobStatus.RUNNING:
         return html.notice("Stopping at the next step…", "info")
     return ""
 
@@ -178,10 +180,17 @@ def job_view(job_id) -> dict:
         "advice": evaluation_view.advice_choices(detail) if job.status in store.FINISHED else [],
         "loss": charts.loss_chart(rows, job.total_steps),
         "log": store.log_tail(job.id, 50) or "(no log yet)",
-        "download": download_path(job.id) if job.status == "succeeded" else None,
-        "yaml": codegen.plan_yaml(plan), "cli": codegen.cli_command(plan), "python": codegen.python_snippet(plan),
-        "running": job.status in ("queued", "running"), "status": job.status,
+        "download": download_path(job.id) if job.status == JobStatus.SUCCEEDED else None,
+        "yaml": script.plan_yaml(plan), "cli": script.cli_command(plan), "python": _python(plan),
+        "running": job.status in (JobStatus.QUEUED, JobStatus.RUNNING), "status": job.status,
     }
+
+
+def _python(plan) -> str:
+    try:
+        return script.python_script(plan)
+    except UserError as exc:  # e.g. the base model's folder is gone since the job ran
+        return f"# no script: {exc}\n"
 
 
 def cancel(job_id) -> tuple[bool, str]:
@@ -288,11 +297,9 @@ def render(job_id, sig=None, force=True) -> list:
     download = gr.DownloadButton(value=v["download"], visible=bool(v["download"]))
     status = v["status"]
     return [jobs_table(), gr.Dropdown(choices=job_choices(), value=None if job_id is None else str(job_id)),
-            v["header"], v["loss"], v["log"], download, gr.Button(visible=status in ("queued", "running")),
-            gr.Button(visible=status in ("failed", "cancelled", "interrupted")), v["yaml"], v["cli"], v["python"],
-            v["evaluation"],
-            gr.CheckboxGroup(choices=v["advice"], value=[rule for _, rule in v["advice"]], visible=bool(v["advice"])),
-            gr.Button(visible=bool(v["advice"])), gr.Dropdown(choices=job_choices()), new_sig]
+    phase = evaluation_view.phase_text(detail)
+    tiles = {**({"phase": phase} if phase else {}), "step": step,
+             "ETA": units.human_seconds(job.eta_seconds) if job.status == JobStatus.RUNNING else "—",
 
 
 def _wire(ui: SimpleNamespace) -> None:

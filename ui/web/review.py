@@ -2,7 +2,7 @@
 
 Controls are generated from `TrainingPlan`'s fields (type → widget, description →
 help text), so the form cannot drift from the plan. The handlers here are plain
-functions of values, called by the Gradio wiring in ui/wizard.py and by the tests.
+functions of values, called by the Gradio wiring in ui/web/wizard.py and by the tests.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import types
 import typing
 from typing import Any
 
+from engine.data.ref import DatasetRef
+from engine import units
 from engine.errors import UserError
 from engine.plan import TARGET_PRESETS, TrainingPlan
 from ui.web import charts
@@ -24,8 +26,6 @@ MAIN_FIELDS = ["method", "r", "alpha", "dropout", "targets", "batch_size", "grad
 ADVANCED_FIELDS = ["max_steps", "optimizer", "dtype", "lr_scheduler", "warmup_ratio", "eval_split", "bias",
                    "use_dora", "use_rslora", "attention", "seed", "logging_steps", "save_steps", "num_processes"]
 FORM_FIELDS = MAIN_FIELDS + ADVANCED_FIELDS
-# Fields the earlier steps fill (model, data, hardware) and the launch step names.
-CONTEXT_FIELDS = ["model", "difficulty", "dataset", "dataset_rows", "gpu", "budget_gb", "name"]
 SWEEP_SEQ = [128, 256, 512, 1024, 2048, 4096, 8192]
 LABELS = {"r": "Rank (r)", "alpha": "Alpha", "grad_ckpt": "Gradient checkpointing", "lr_scheduler": "LR schedule",
           "grad_accum": "Gradient accumulation", "seq_len": "Sequence length", "use_dora": "DoRA",
@@ -114,15 +114,16 @@ def recommend_for(context: dict):
 
     answers = {k: v for k, v in context.items() if k in TrainingPlan.model_fields and v is not None}
     base = TrainingPlan.build(**answers)
-    if (base.dataset or "").startswith("demo:"):
+    ref = DatasetRef.parse(base.dataset or "")
+    if ref.is_demo:
         # A demo skill comes with a run length and sequence length measured to learn visibly on a CPU.
         from engine.data.demo import default_plan
 
-        base = default_plan(base.dataset.split(":", 1)[1]).updated(**answers)
+        base = default_plan(ref.skill).updated(**answers)
     rec = recommend(model=base.model, difficulty=base.difficulty or "balanced", gpu=base.gpu,
                     budget_gb=base.budget_gb, dataset_rows=context.get("dataset_rows"), base=base)
-    if (base.dataset or "").startswith("demo:") and base.gpu == "cpu":
-        rec = _demo_recipe(rec, base.dataset.split(":", 1)[1])
+    if ref.is_demo and base.gpu == "cpu":
+        rec = _demo_recipe(rec, ref.skill)
     return rec, rec.plan
 
 
@@ -165,9 +166,9 @@ def reasons_html(rec) -> str:
         rule = f'<span class="lp-rule">{reason.rule}</span>' if reason else ""
         rows.append((label(field), _show(value), reason.text if reason else "default", rule))
     out = html.table(["Setting", "Value", "Why", "Rule"], rows, cls="lp-table lp-reasons", raw_cols=[3])
-    if getattr(rec, "adjustments", None):
+    if rec.adjustments:
         out += html.notice(" → ".join(rec.adjustments), "info", title="Adjusted to fit:")
-    if getattr(rec, "advice", None):
+    if rec.advice:
         out += html.notice(rec.advice, "warn", title="Nothing fits:")
     return out
 
@@ -205,47 +206,17 @@ def _sweep(plan_json: str) -> dict[str, list[tuple[int, float]]]:
     return series
 
 
-# Changes tried, in order, to find the one knob that makes a misfit fit.
-_FIXES = [
-    ("turn on gradient checkpointing", lambda p: {"grad_ckpt": True} if not p.grad_ckpt else None),
-    ("halve the batch (keep the effective batch with accumulation)",
-     lambda p: {"batch_size": p.batch_size // 2, "grad_accum": p.grad_accum * 2} if p.batch_size > 1 else None),
-    ("switch to QLoRA", lambda p: {"method": "qlora", "use_dora": False} if p.method != "qlora" else None),
-    ("use a paged 8-bit optimizer", lambda p: {"optimizer": "paged_adamw_8bit"} if p.optimizer == "adamw_torch" else None),
-    ("halve the sequence length", lambda p: {"seq_len": p.seq_len // 2} if p.seq_len > 128 else None),
-]
-
-
 def fixing_knob(plan: TrainingPlan) -> str | None:
-    """The first single change that makes the plan fit, else the shortest chain of them, as a sentence."""
-    from engine.estimate.combined import memory_for
+    """The first single change that makes the plan fit, else the shortest run down the memory
+    ladder (engine.advice.fitting) that does, as a sentence."""
+    from engine.advice import fitting
 
-    def fits(p):
-        try:
-            mem = memory_for(p)
-        except UserError:
-            return None
-        return mem if mem.fits else None
-
-    for text, change in _FIXES:  # one knob
-        delta = change(plan)
-        if delta is not None and (mem := fits(plan.updated(**delta))):
-            return f"To fit: {text} → {charts.human_bytes(mem.device_bytes)} of {charts.human_bytes(mem.budget_bytes)}."
-    steps, current = [], plan
-    for text, change in _FIXES:  # knobs in turn, keeping each
-        for _ in range(4):  # halving steps may repeat
-            delta = change(current)
-            if delta is None:
-                break
-            current = current.updated(**delta)
-            if text not in steps:
-                steps.append(text)
-            if mem := fits(current):
-                return (f"To fit: {'; '.join(steps)} → {charts.human_bytes(mem.device_bytes)} of "
-                        f"{charts.human_bytes(mem.budget_bytes)}.")
-            if not text.startswith("halve"):
-                break
-    return None
+    found = fitting.fix(plan)
+    if found is None:
+        return None
+    steps, mem = found
+    return (f"To fit: {'; '.join(s.what for s in steps)} → {units.human_bytes(mem.device_bytes)} of "
+            f"{units.human_bytes(mem.budget_bytes)}.")
 
 
 @functools.lru_cache(maxsize=32)
@@ -268,19 +239,21 @@ def numbers_view(plan: TrainingPlan, lengths: tuple[int, ...] | None = None) -> 
     verdict = html.notice(mem.verdict, verdict_kind)
     if mem.fits is False:
         knob = fixing_knob(plan)
-        verdict += html.notice(knob or "Even QLoRA with checkpointing, batch 1 and short sequences does not fit: pick a GPU with more memory or a smaller model.", "warn")
+        verdict += html.notice(knob or "Even every memory-saving step (checkpointing, batch 1, QLoRA, fewer targets, "
+                               "lower r, short sequences) does not fit: pick a GPU with more memory or a smaller "
+                               "model.", "warn")
     t = est.time
     # Numbers read better as tiles than as a chart, and cost the browser no Plotly redraw.
     tiles = {
-        "adapter file": charts.human_bytes(est.adapter_bytes) if plan.method != "full" else "full model",
-        "tokens to train": charts.human_count(t.total_tokens) if t else "—",
-        "estimated time" + (f" on {t.device}" if t and t.device else ""): charts.human_seconds(t.seconds) if t else "—",
-        "trainable": f"{charts.human_count(est.trainable_params)} ({est.trainable_percent:.2f}%)",
+        "adapter file": units.human_bytes(est.adapter_bytes) if plan.method != "full" else "full model",
+        "tokens to train": units.human_count(t.total_tokens) if t else "—",
+        "estimated time" + (f" on {t.device}" if t and t.device else ""): units.human_seconds(t.seconds) if t else "—",
+        "trainable": f"{units.human_count(est.trainable_params)} ({est.trainable_percent:.2f}%)",
         "effective batch": _effective_batch(plan),
     }
     if mem.expected and mem.expected.padded_length < plan.seq_len:
         tiles["memory with your data"] = \
-            charts.human_bytes(mem.expected.device_bytes)
+            units.human_bytes(mem.expected.device_bytes)
     return {"estimate": est, "verdict": verdict, "summary": html.stat_tiles(tiles)}
 
 

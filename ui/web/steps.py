@@ -15,18 +15,16 @@ import uuid
 from pathlib import Path
 
 from engine import paths
+from engine.data.ref import DatasetRef
+from engine import units
 from engine.errors import UserError
+from engine.plan import DIFFICULTIES
 from ui.web import charts
 from ui.web import html
 
 UPLOAD_TYPES = [".jsonl", ".json", ".csv", ".parquet", ".txt"]
 
-DIFFICULTIES = [
-    ("Simple: change the style or format (answer in JSON, write in our brand voice)", "simple"),
-    ("Balanced: most tasks (follow our instructions, answer support questions)", "balanced"),
-    ("Hard: reasoning or a new domain (legal analysis, step-by-step maths)", "hard"),
-    ("Very hard: something new (a language the model barely knows)", "very_hard"),
-]
+DIFFICULTY_CHOICES = [(f"{d.title}: {d.description}", d.name) for d in DIFFICULTIES.values()]
 HARDWARE = [("A GPU from the list", "gpu"), ("I know my GPU's memory", "vram"), ("No GPU: train on this CPU", "cpu")]
 
 
@@ -72,7 +70,7 @@ def model_facts(spec: str) -> tuple[str, bool]:
         ("Source", {"default": "embedded default (SmolLM2-135M-Instruct)", "catalog": "catalog (offline config)",
                     "hub": "Hugging Face hub", "local": "local folder", "gguf": "GGUF file"}.get(info.source, info.source)),
         ("Architecture", info.architecture),
-        ("Parameters", f"{charts.human_count(info.total_params)} ({info.total_params:,})"),
+        ("Parameters", f"{units.human_count(info.total_params)} ({info.total_params:,})"),
         ("Layers × hidden", f"{info.layers} × {info.hidden}"),
         ("Attention heads", heads),
         ("MLP width", info.intermediate),
@@ -126,7 +124,7 @@ def data_source(kind: str, skill: str | None, upload: str | None) -> str:
     if kind == "demo":
         if not skill:
             raise UserError("dataset", "pick a demo skill, or choose 'My own file'")
-        return f"demo:{skill}"
+        return str(DatasetRef.demo(skill))
     return safe_upload(upload)
 
 
@@ -147,19 +145,15 @@ def check_data_view(kind: str, skill: str | None, upload: str | None, model: str
         return out
     out.update(dataset=source, rows=report.rows, ok=bool(report.ok), lengths=tuple(report.token_lengths) or None)
     out["summary"] = data_summary(report, Path(upload).name if upload and kind != "demo" else None)
-    hist = report.histogram or {}
-    out["histogram"] = charts.token_histogram(_get(hist, "edges", []), _get(hist, "counts", []),
-                                              int(seq_len or 512), report.truncated_share)
+    hist = report.histogram
+    out["histogram"] = charts.token_histogram(hist["edges"], hist["counts"], int(seq_len or 512),
+                                              report.truncated_share)
     out["examples"] = "".join(f'<pre class="lp-example">{html.escape(e)}</pre>' for e in report.examples[:3])
     return out
 
 
-def _get(obj, key, default=None):
-    return obj.get(key, default) if isinstance(obj, dict) else getattr(obj, key, default)
-
-
 def data_summary(report, shown_name: str | None = None) -> str:
-    name = shown_name or (Path(report.source).name if not str(report.source).startswith("demo:") else report.source)
+    name = shown_name or DatasetRef.parse(report.source).label
     facts = html.stat_tiles({"format": str(report.format), "rows": f"{report.rows:,}",
                              "empty": str(report.empty_rows), "duplicates": str(report.duplicate_rows),
                              "cut at seq_len": f"{100 * (report.truncated_share or 0):.1f}%"})
@@ -172,10 +166,8 @@ def data_summary(report, shown_name: str | None = None) -> str:
         parts.append(html.table(["Row", "Field", "Problem"], rows, cls="lp-table lp-problems"))
     else:
         parts.append(html.notice(f"{name}: {report.rows:,} rows in {report.format} format, no problems found.", "ok"))
-    eos = report.eos_ok
-    eos_ok, eos_msg = (eos.get("ok"), eos.get("message")) if isinstance(eos, dict) else (eos, getattr(report, "eos_message", ""))
-    if eos_ok is False and eos_msg:
-        parts.append(html.notice(eos_msg, "warn", title="End of answer:"))
+    if not report.eos_ok and report.eos_message:
+        parts.append(html.notice(report.eos_message, "warn", title="End of answer:"))
     return "".join(parts) + facts
 
 

@@ -1,7 +1,7 @@
 """The wizard: five steps from a base model to a launched job.
 
-Layout and event wiring only; the logic lives in ui/steps.py (model, data, hardware,
-launch) and ui/review.py (recommendation and live estimate). The wizard keeps its
+Layout and event wiring only; the logic lives in ui/web/steps.py (model, data, hardware,
+launch) and ui/web/review.py (recommendation and live estimate). The wizard keeps its
 answers in its controls; once launched, the job lives in the database.
 """
 
@@ -11,16 +11,14 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from engine import units
 from engine.errors import UserError
-from engine.plan import TrainingPlan
+from engine.plan import DIFFICULTY_QUESTION, TrainingPlan
 from ui.web import charts
 from ui.web import first_run
 from ui.web import html
 from ui.web import review
 from ui.web import steps
-
-STEP_IDS = ["s1", "s2", "s3", "s4", "s5"]
-
 
 def context_from(model, difficulty, dataset, rows, hw_kind, gpu, budget, name) -> dict:
     """The earlier steps' answers as plan fields; raises UserError naming the missing one."""
@@ -67,8 +65,8 @@ def build() -> SimpleNamespace:
         # 2 ------------------------------------------------------------------------------
         with gr.Tab("2 · Task and data", id="s2"):
             gr.Markdown("### What should the model learn?")
-            ui.difficulty = gr.Radio(steps.DIFFICULTIES, value="simple" if first_skill else "balanced",
-                                     label="How hard is the task?", info=TrainingPlan.help("difficulty"),
+            ui.difficulty = gr.Radio(steps.DIFFICULTY_CHOICES, value="simple" if first_skill else "balanced",
+                                     label="How hard is the task?", info=DIFFICULTY_QUESTION + ".",
                                      elem_id="difficulty")
             with gr.Row(equal_height=False):
                 with gr.Column(scale=2, elem_classes="lp-panel"):
@@ -259,7 +257,7 @@ def _wire(ui: SimpleNamespace) -> None:
             est = estimate(plan)
             rows.append(("Memory", est.memory.verdict))
             if est.time:
-                rows.append(("Estimated time", f"{charts.human_seconds(est.time.seconds)} on {est.time.device}"))
+                rows.append(("Estimated time", f"{units.human_seconds(est.time.seconds)} on {est.time.device}"))
         except Exception as exc:
             return html.facts_table(rows) + html.error_notice(exc)
         return html.facts_table(rows)

@@ -1,0 +1,102 @@
+"""Export as code: `python app.py export ID --as python|yaml|cli`.
+
+The YAML and the command rebuild the plan; the Python script is run as a user would run
+it (its own process, no LoRA Pilot import) on a tiny model and Alpaca rows, and the
+adapter it writes must carry the job's LoRA settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.plan import TrainingPlan, add_plan_flags, plan_from_args
+from engine.train import script
+from jobs import store
+from tests.tiny import make_tiny_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args, timeout=180):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, str(ROOT / "app.py"), *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _catalog_plan(**kw) -> TrainingPlan:
+    return TrainingPlan.build(**{"model": "llama-3.1-8b", "dataset": "demo:ticket", "gpu": "RTX 4090", **kw})
+
+
+def test_cli_command_and_yaml_rebuild_the_same_plan():
+    plan = _catalog_plan(r=32, alpha=64, targets="q_proj,v_proj", grad_ckpt=True, learning_rate=1e-4, max_steps=50)
+    parser = argparse.ArgumentParser()
+    add_plan_flags(parser)
+    args = shlex.split(script.cli_command(plan).replace("\\\n", " "))[3:]  # as a shell joins continued lines
+    assert plan_from_args(parser.parse_args(args)) == plan
+    assert TrainingPlan.from_yaml(script.plan_yaml(plan)) == plan
+    for method in ("lora", "qlora", "full"):
+        code = script.python_script(plan.updated(method=method))
+        compile(code, "script", "exec")
+        assert ("LoraConfig(" in code) == (method != "full")
+        assert ("BitsAndBytesConfig(" in code) == (method == "qlora")
+        assert "warmup_ratio" not in code and "\n    gradient_checkpointing=" not in code  # TRL 1.x names only
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-export")
+    rows = [{"instruction": f"What colour is item {i}?", "output": f"Item {i} is {c}."}
+            for i, c in enumerate(["red", "blue", "green", "black"] * 3)]
+    data = folder / "alpaca.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    model = make_tiny_model(folder / "model", vocab_texts=[r["instruction"] + " " + r["output"] for r in rows])
+    return model, data
+
+
+def _job(plan: TrainingPlan) -> int:
+    return store.insert_job(store.Job(name="export", plan_json=plan.model_dump_json())).id
+
+
+def test_export_as_yaml_and_cli_print_the_jobs_plan(tiny):
+    model, data = tiny
+    plan = TrainingPlan.build(model=str(model), dataset=str(data), gpu="cpu", r=4, max_steps=2)
+    job_id = _job(plan)
+    out = cli("export", job_id, "--as", "yaml")
+    assert out.returncode == 0, out.stderr
+    assert TrainingPlan.from_yaml(out.stdout) == plan
+    out = cli("export", job_id, "--as", "cli")
+    assert out.returncode == 0 and out.stdout.startswith("python app.py train"), out.stderr
+    bad = cli("export", job_id, "--as", "notebook")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--as" in bad.stderr
+
+
+@pytest.mark.slow
+def test_exported_script_runs_and_writes_the_jobs_adapter(tiny, tmp_path):
+    model, data = tiny
+    plan = TrainingPlan.build(model=str(model), dataset=str(data), gpu="cpu", method="lora", r=4, alpha=12,
+                              dropout=0.1, targets="attention", seq_len=64, batch_size=4, max_steps=2,
+                              eval_split=0.25, save_steps=50, warmup_ratio=0.1, learning_rate=1e-3)
+    out = cli("export", _job(plan), "--as", "python")
+    assert out.returncode == 0, out.stderr
+    path = tmp_path / "train_job.py"
+    path.write_text(out.stdout, encoding="utf-8")
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # standalone: no LoRA Pilot on the path
+    run = subprocess.run([sys.executable, str(path), str(tmp_path / "adapter")], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+
+    written = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert (written["r"], written["lora_alpha"], written["lora_dropout"]) == (4, 12, 0.1)
+    assert sorted(written["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]  # the llama attention preset
+    assert written["base_model_name_or_path"] == str(model)  # the folder the job loads the base from
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    assert "eval_loss" in run.stdout + run.stderr  # the held-out share of the job's rows was evaluated
