@@ -28,8 +28,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from engine.data import dataset
-    from engine.data import demo
+    from engine.data import dataset, demo
     from engine.model.default_model import default_model_dir
 
     folder = default_model_dir()

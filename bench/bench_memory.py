@@ -71,11 +71,11 @@ def plan_for(name: str, work: Path):
 
 def measure_one(name: str) -> dict:
     """Runs in the child: train 3 steps, return measured and estimated figures."""
+    from trl import SFTTrainer
+
     from engine.data.dataset import check_data
     from engine.estimate.combined import memory_for
     from engine.train.run import train
-
-    from trl import SFTTrainer
 
     work = Path(tempfile.mkdtemp(prefix=f"bench-mem-{name}-"))
     os.environ["LORAPILOT_HOME"] = os.environ.get("LORAPILOT_HOME") or str(work / "home")

@@ -61,7 +61,6 @@ def bench_browser(runs: int = 15) -> None:
     from playwright.sync_api import sync_playwright
 
     from tests.test_browser import launch_browser, plot_title, start_server, stop_server
-
     from tests.tiny import make_tiny_model
 
     home = Path(tempfile.mkdtemp(prefix="lp-bench-"))

@@ -75,8 +75,8 @@ def app(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian chromium is not installed (make browser installs it)")
     pytest.importorskip("playwright")
-    from tests.tiny import make_tiny_model
     from engine.data.demo import records
+    from tests.tiny import make_tiny_model
 
     home = tmp_path_factory.mktemp("lp-home")
     texts = [m["content"] for r in records("ticket", "train")[:80] for m in r["messages"]]

@@ -4,9 +4,8 @@ import json
 
 import pytest
 
-from engine.model import catalog
-from engine.model import introspect
 from engine.errors import UserError
+from engine.model import catalog, introspect
 
 REQUIRED = ["llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b", "llama-3.3-70b", "llama-2-7b", "llama-2-13b",
             "mistral-7b", "mixtral-8x7b", "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-7b", "qwen2.5-14b",

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from engine.model import default_model
 from engine.errors import UserError
+from engine.model import default_model
 
 
 def test_embedded_gguf_is_found_without_importing_the_package():

@@ -4,8 +4,7 @@ import json
 
 import pytest
 
-from engine.data import dataset
-from engine.data import demo
+from engine.data import dataset, demo
 from engine.errors import UserError
 from tests.tiny import make_tiny_model
 

@@ -3,9 +3,9 @@
 import errno
 import json
 
-from engine.train import failures
 from engine.errors import UserError
 from engine.plan import TrainingPlan
+from engine.train import failures
 
 
 def test_out_of_memory_names_the_step_and_knobs_in_order():

@@ -4,10 +4,9 @@ import json
 
 import pytest
 
-from engine.model import catalog
-from engine.model import introspect
-from engine.estimate import params
 from engine.errors import UserError
+from engine.estimate import params
+from engine.model import catalog, introspect
 
 
 def small_copy(tmp_path, key, layers=2):

@@ -16,12 +16,8 @@ import pytest
 from engine import units
 from engine.errors import UserError
 from engine.plan import TrainingPlan
-from ui.web import charts
-from ui.web import html
-from ui.web import jobs_page
-from ui.web import review
-from ui.web import steps
 from ui.cli.serve import check_exposure, is_loopback, parse_auth
+from ui.web import charts, html, jobs_page, review, steps
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -29,7 +29,7 @@ def merge(adapter_dir, base_model: str, out_dir, adapter_name: str = "adapter", 
 
     from engine.adapters import folder
     from engine.plan import TrainingPlan
-    from engine.train.run import compute_dtype, load_base, model_source
+    from engine.train.run import load_base, model_source, torch_dtype
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir).expanduser()
     folder.read_config(adapter_dir)
@@ -37,7 +37,7 @@ def merge(adapter_dir, base_model: str, out_dir, adapter_name: str = "adapter", 
         raise UserError("out", f"{out_dir} exists and is not empty; give a new folder")
     plan = TrainingPlan.build(model=base_model, method="qlora" if method == "qlora" else "lora", dtype=dtype,
                               gpu=None if torch.cuda.is_available() else "cpu")
-    target_dtype = compute_dtype(plan, "cuda" if torch.cuda.is_available() else "cpu")
+    target_dtype = torch_dtype(plan, "cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_base(plan, for_training=False)
     if method == "qlora":
         model = model.dequantize(dtype=target_dtype)  # the weights the adapter was trained against

@@ -15,9 +15,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from engine.model import catalog
-from engine.model import hub
 from engine.errors import UserError, one_of
+from engine.model import catalog, hub
 
 # Parent-module names that mark attention and MLP blocks across architectures.
 _ATTN_PARENTS = re.compile(r"(^|\.)(self_attn|attn|attention|self_attention)(\.|$)")
@@ -338,8 +337,11 @@ def warm_up() -> None:
     """Import the heavy modelling code once (seconds), e.g. from a background thread at app start,
     so that the first estimate for any model pays only for its own meta build."""
     import torch  # noqa: F401
-    from transformers import AutoConfig, AutoModelForCausalLM  # noqa: F401
-    from transformers import modeling_utils  # noqa: F401
+    from transformers import (  # noqa: F401
+        AutoConfig,
+        AutoModelForCausalLM,
+        modeling_utils,  # noqa: F401
+    )
     from transformers.pytorch_utils import Conv1D  # noqa: F401
 
     meta_model("default")

@@ -248,10 +248,10 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
     import torch
     from trl import SFTTrainer
 
-    from engine.train import artifacts, checkpoints, faults
     from engine.data import demo
     from engine.data.dataset import build_datasets
     from engine.evaluate.heldout import Judge
+    from engine.train import artifacts, checkpoints, faults
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

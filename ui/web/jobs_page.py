@@ -19,9 +19,7 @@ from engine import units
 from engine.errors import UserError
 from engine.train import script
 from jobs.store import JobStatus
-from ui.web import charts
-from ui.web import evaluation_view
-from ui.web import html
+from ui.web import charts, evaluation_view, html
 
 REFRESH_S = 1.0
 _DOWNLOADS = Path(tempfile.gettempdir()) / "lorapilot-downloads"
@@ -297,9 +295,13 @@ def render(job_id, sig=None, force=True) -> list:
     download = gr.DownloadButton(value=v["download"], visible=bool(v["download"]))
     status = v["status"]
     return [jobs_table(), gr.Dropdown(choices=job_choices(), value=None if job_id is None else str(job_id)),
-    phase = evaluation_view.phase_text(detail)
-    tiles = {**({"phase": phase} if phase else {}), "step": step,
-             "ETA": units.human_seconds(job.eta_seconds) if job.status == JobStatus.RUNNING else "—",
+            v["header"], v["loss"], v["log"], download,
+            gr.Button(visible=status in (JobStatus.QUEUED, JobStatus.RUNNING)),
+            gr.Button(visible=status in (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.INTERRUPTED)),
+            v["yaml"], v["cli"], v["python"],
+            v["evaluation"],
+            gr.CheckboxGroup(choices=v["advice"], value=[rule for _, rule in v["advice"]], visible=bool(v["advice"])),
+            gr.Button(visible=bool(v["advice"])), gr.Dropdown(choices=job_choices()), new_sig]
 
 
 def _wire(ui: SimpleNamespace) -> None:

@@ -12,12 +12,11 @@ import types
 import typing
 from typing import Any
 
-from engine.data.ref import DatasetRef
 from engine import units
+from engine.data.ref import DatasetRef
 from engine.errors import UserError
 from engine.plan import TARGET_PRESETS, TrainingPlan
-from ui.web import charts
-from ui.web import html
+from ui.web import charts, html
 
 # The recommended settings, shown with their reasons, in this order.
 MAIN_FIELDS = ["method", "r", "alpha", "dropout", "targets", "batch_size", "grad_accum", "seq_len",
@@ -136,8 +135,8 @@ def _demo_recipe(rec, skill: str):
     The general rules aim at real datasets and patient GPUs; a newcomer's first click-through
     must show a loss that falls before they lose interest, so these fields say so openly.
     """
-    from engine.data.demo import default_plan
     from engine.advice.recommend import Reason
+    from engine.data.demo import default_plan
 
     demo = default_plan(skill)
     changes = {f: getattr(demo, f) for f in DEMO_FIELDS if getattr(demo, f) != getattr(rec.plan, f)}

@@ -14,12 +14,7 @@ from pathlib import Path
 import gradio as gr
 
 from engine.paths import ASSETS
-from ui.web import first_run
-from ui.web import jobs_page
-from ui.web import library_page
-from ui.web import playground
-from ui.web import steps
-from ui.web import wizard
+from ui.web import first_run, jobs_page, library_page, playground, steps, wizard
 
 TITLE = "LoRA Pilot"
 CSS_PATH = ASSETS / "style.css"

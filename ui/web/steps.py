@@ -14,13 +14,11 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from engine import paths
+from engine import paths, units
 from engine.data.ref import DatasetRef
-from engine import units
 from engine.errors import UserError
 from engine.plan import DIFFICULTIES
-from ui.web import charts
-from ui.web import html
+from ui.web import charts, html
 
 UPLOAD_TYPES = [".jsonl", ".json", ".csv", ".parquet", ".txt"]
 

@@ -14,11 +14,8 @@ import gradio as gr
 from engine import units
 from engine.errors import UserError
 from engine.plan import DIFFICULTY_QUESTION, TrainingPlan
-from ui.web import charts
-from ui.web import first_run
-from ui.web import html
-from ui.web import review
-from ui.web import steps
+from ui.web import charts, first_run, html, review, steps
+
 
 def context_from(model, difficulty, dataset, rows, hw_kind, gpu, budget, name) -> dict:
     """The earlier steps' answers as plan fields; raises UserError naming the missing one."""
