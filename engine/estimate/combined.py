@@ -93,22 +93,33 @@ def _memory(info, plan, pc: ParamCount, gpu: Gpu | None, dtype: str) -> MemoryEs
         budget = int(plan.budget_gb * GiB)
     elif gpu is not None and gpu.memory_gb:
         budget = int(gpu.memory_gb * GiB)
+    elif gpu is not None and gpu.is_cpu and plan.gpu:
+        budget = host_ram_bytes()  # training on the CPU means on this machine: its RAM is the limit
     else:
         budget = None
     if on_gpu:
         notes.append(f"reserved = allocated x {RESERVED_FACTOR} (allocator cache); device adds "
                      f"{CUDA_CONTEXT / GiB:.1f} GiB CUDA context")
     else:
-        notes.append("CPU: fp32 by default, no CUDA context; host RAM is the budget only when budget_gb is given")
+        notes.append("CPU: fp32 by default, no CUDA context; the budget is budget_gb if given, else this "
+                     "machine's RAM (gpu=cpu), else none (no device named)")
     fits = None if budget is None else device <= budget
     if fits is None:
         verdict = f"needs about {human_bytes(device)}; no budget given"
     elif fits:
         verdict = f"fits: about {human_bytes(device)} of {human_bytes(budget)} ({device / budget:.0%})"
     else:
-        verdict = f"does not fit: needs about {human_bytes(device)}, budget {human_bytes(budget)}"
+        limit = "this machine's RAM" if not on_gpu and not plan.budget_gb else "budget"
+        verdict = f"does not fit: needs about {human_bytes(device)}, {limit} {human_bytes(budget)}"
     return MemoryEstimate(allocated_bytes=allocated, reserved_bytes=reserved, device_bytes=device,
                           budget_bytes=budget, fits=fits, terms=terms, assumptions=notes, verdict=verdict)
+
+
+def host_ram_bytes() -> int:
+    """This machine's physical RAM: the CPU's counterpart of a GPU's memory."""
+    import psutil
+
+    return int(psutil.virtual_memory().total)
 
 
 def memory_for(plan) -> MemoryEstimate:

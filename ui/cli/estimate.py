@@ -91,8 +91,12 @@ def format_estimate(plan, est) -> str:
         lines.append(f"  {mem.verdict}")
     t = est.time
     if t is not None:
-        lines += ["", f"Time on {t.device}: ~{t.tokens_per_second:,.0f} tokens/s, "
-                      f"{_duration(t.seconds)} for {t.total_tokens:,} tokens ({t.steps:,} steps)"]
+        line = f"Time on {t.device}: ~{t.tokens_per_second:,.0f} tokens/s"
+        if t.seconds is not None and t.total_tokens:
+            line += f", {_duration(t.seconds)} for {t.total_tokens:,} tokens ({t.steps:,} steps)"
+        else:  # no row count or step limit: the speed is known, the total is not
+            line += "; total time unknown (give --dataset-rows N or --max-steps N)"
+        lines += ["", line]
     for a in list(mem.assumptions) + (list(t.assumptions) if t is not None else []):
         lines.append(f"  · {a}")
     return "\n".join(lines)
@@ -112,6 +116,7 @@ def run_recommend(ns: argparse.Namespace) -> int:
         raise UserError("difficulty", "required: simple, balanced, hard or very_hard")
     if ns.gpu is None and ns.budget_gb is None:
         raise UserError("gpu", "required: --gpu NAME (a catalog GPU or cpu) or --budget-gb X")
+    plan_from_args(ns)  # the same one-line checks as every plan field (blank, NaN, negative)
     rec = recommend(ns.model, ns.difficulty, gpu=ns.gpu, budget_gb=ns.budget_gb, dataset_rows=ns.dataset_rows)
     if ns.json:
         data = rec.to_json()
