@@ -342,12 +342,7 @@ def _round_up(n: float) -> int:
 
 
 def _hub_id(spec: str) -> str:
-    """A catalog key maps to its hub id; anything else is taken as a hub id."""
-    try:
-        from engine.model import catalog
-        for m in catalog.list_models():
-            if spec.lower() in (m.key.lower(), m.hub_id.lower()):
-                return m.hub_id
-    except Exception:  # catalog not available: the spec is the hub id
-        pass
-    return spec
+    """A catalog name maps to the hub id it names; anything else is taken as a hub id."""
+    from engine.model import catalog
+
+    return catalog.hub_id_of(spec)

@@ -77,8 +77,7 @@ def model_source(spec: str) -> str:
         raise UserError("model", f"{spec} does not exist; give a model folder, a .gguf file or a hub id")
     from engine.model import catalog
 
-    entry = catalog.find_model(spec)  # a catalog short name (e.g. 'llama-3.1-8b') stands for its hub id
-    return entry.hub_id if entry else spec
+    return catalog.hub_id_of(spec)  # a catalog name (e.g. 'llama-3.1-8b') stands for its hub id
 
 
 def _hub_error(spec: str, exc: Exception) -> UserError:

@@ -80,6 +80,9 @@ def model_facts(spec: str) -> tuple[str, bool]:
         ("Context", f"{info.max_position:,} tokens" if info.max_position else "unknown"),
         ("Adapter targets", ", ".join(info.target_names)),
     ]
+    if info.extra.get("card"):  # a catalog name: which checkpoint it names, which one the card describes
+        rows.insert(1, ("Checkpoint", f"{info.extra['hub_id']} ({info.extra['variant']}); the catalog card "
+                        f"describes the {info.extra['card']}"))
     return html.notice(f"Found {spec}.", "ok") + html.facts_table(rows), True
 
 
