@@ -350,6 +350,8 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
     # weights: the adapter for lora/qlora (adapter_model.safetensors + adapter_config.json), all for full
     trainer.save_model(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
+    base = artifacts.base_reference(plan.model)
+    artifacts.point_adapter_at(base, out_dir)
     rows = artifacts.metric_rows(trainer.state.log_history)
     final_loss = next((r["loss"] for r in reversed(rows) if r.get("loss") is not None), None)
     result = TrainResult(out_dir=out_dir, steps=trainer.state.global_step, stopped=reporter.stopped,
@@ -359,7 +361,7 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
     artifacts.write_plan(plan, out_dir)
     artifacts.write_metrics_csv(rows, out_dir)
     artifacts.write_loss_png(rows, out_dir, title=plan.name or out_dir.name)
-    artifacts.write_model_card(plan, out_dir, result, rows, base_source=model_source(plan.model),
+    artifacts.write_model_card(plan, out_dir, result, rows, base=base,
                                train_rows=len(train_ds), eval_rows=len(eval_ds) if eval_ds is not None else None)
     del trainer
     if device == "cuda":

@@ -42,7 +42,7 @@ def register(sub) -> None:
     _wait_flag(p)
     p.set_defaults(handler=cmd_resume)
 
-    p = sub.add_parser("export", help="write the job's adapter zip and print its path")
+    p = sub.add_parser("export", help="write the job's zip (the adapter; the whole model for method full) and print its path")
     p.add_argument("job_id", metavar="ID")
     p.set_defaults(handler=cmd_export)
 
