@@ -199,3 +199,14 @@ def test_format_estimate_without_a_row_count_says_the_total_is_unknown():
     assert "total time unknown (give --dataset-rows N or --max-steps N)" in text
     text = format_estimate(plan.updated(dataset_rows=1000), estimate(plan.updated(dataset_rows=1000)))
     assert "steps)" in text and "unknown" not in text.split("Time on")[1].splitlines()[0]
+
+
+def test_estimate_flags_a_rank_above_the_layers_width(quiet_world):
+    code, out, err = _run(["estimate", "--model", "default", "--gpu", "cpu", "--r", "100000", "--json"])
+    assert code == 0, err
+    warnings = json.loads(out)["warnings"]
+    assert [w["rule"] for w in warnings] == ["R6"] and "above 192" in warnings[0]["text"]
+    code, out, err = _run(["estimate", "--model", "default", "--gpu", "cpu", "--r", "100000"])
+    assert code == 0 and "[R6] Rank 100,000 is above 192" in out
+    code, out, err = _run(["estimate", "--model", "default", "--gpu", "cpu", "--json"])
+    assert json.loads(out)["warnings"] == []

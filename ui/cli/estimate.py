@@ -62,11 +62,14 @@ def run_estimate(ns: argparse.Namespace) -> int:
 
     _check_exclusive(ns)
     plan = plan_from_args(ns)
+    from engine.advice.checks import plan_warnings
+
     est = estimate(plan)
+    warnings = plan_warnings(plan)  # e.g. a rank above the width of the layers it adapts (R6)
     if ns.json:
-        print(json.dumps(estimate_json(est), indent=2))
+        print(json.dumps({**estimate_json(est), "warnings": [{"rule": r, "text": t} for r, t in warnings]}, indent=2))
     else:
-        print(format_estimate(plan, est))
+        print(format_estimate(plan, est) + "".join(f"\n\n[{r}] {t}" for r, t in warnings))
     return 0
 
 

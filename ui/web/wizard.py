@@ -15,6 +15,7 @@ from engine.errors import UserError
 from engine.plan import TrainingPlan
 from ui.web import charts
 from ui.web import html
+from ui.web import refusals
 from ui.web import review
 from ui.web import steps
 
@@ -77,8 +78,10 @@ def build() -> SimpleNamespace:
                     ui.skill = gr.Dropdown(skills, value=first_skill, label="Demo skill", elem_id="skill",
                                            visible=bool(first_skill))
                     ui.skill_info = gr.HTML(steps.skill_description(first_skill))
+                    # No file_types: Gradio would refuse other files with a bare "Error" toast; the data
+                    # check refuses them in place instead, naming the file and what is accepted.
                     ui.upload = gr.File(label="Upload a file (.jsonl, .json, .csv, .parquet, .txt)",
-                                        file_types=steps.UPLOAD_TYPES, elem_id="upload", visible=not first_skill)
+                                        elem_id="upload", visible=not first_skill)
                     ui.check_data = gr.Button("Check data", size="md", elem_id="check-data")
                 with gr.Column(scale=3):
                     ui.data_summary = gr.HTML(elem_id="data-summary")
@@ -86,7 +89,7 @@ def build() -> SimpleNamespace:
                                            show_label=False, elem_id="token-hist")
             with gr.Accordion("Formatted examples (with the chat template applied)", open=False):
                 ui.examples = gr.HTML(elem_id="examples")
-            ui.dataset = gr.State(None)
+            ui.dataset = gr.State(f"demo:{first_skill}" if first_skill else None)
             ui.rows = gr.State(None)
             ui.next2 = gr.Button("Next: hardware →", variant="primary", elem_classes="lp-next", elem_id="next2")
 
@@ -111,8 +114,10 @@ def build() -> SimpleNamespace:
                     ui.reasons = gr.HTML(elem_id="reasons")
                     ui.form = {}
                     with gr.Accordion("Change a setting", open=False, elem_id="overrides"):
+                        ui.main_error = gr.HTML(elem_id="main-error")  # a bad value's one line, in place
                         _controls(ui.form, review.MAIN_FIELDS)
                     with gr.Accordion("Advanced", open=False, elem_id="advanced"):
+                        ui.advanced_error = gr.HTML(elem_id="advanced-error")
                         _controls(ui.form, review.ADVANCED_FIELDS)
                 with gr.Column(scale=6):
                     ui.verdict = gr.HTML(elem_id="verdict")
@@ -131,6 +136,7 @@ def build() -> SimpleNamespace:
                 ui.name = gr.Textbox(label="Run name", info=TrainingPlan.help("name"), placeholder="optional",
                                      elem_id="run-name")
                 ui.launch_summary = gr.HTML(elem_id="launch-summary")
+                ui.override = gr.Checkbox(False, label="Launch anyway", visible=False, elem_id="launch-anyway")
                 ui.launch_btn = gr.Button("Launch training", variant="primary", size="lg", elem_id="launch")
                 ui.launch_notice = gr.HTML(elem_id="launch-notice")
 
@@ -155,6 +161,10 @@ def _wire(ui: SimpleNamespace) -> None:
     data_outputs = [ui.dataset, ui.rows, ui.data_summary, ui.histogram, ui.examples]
 
     def check(kind, skill, upload, model, seq_len):
+        if kind == "upload" and not upload:  # nothing chosen yet (or the file removed): no report, no error
+            return None, None, html.notice("Choose a file to check it: " + ", ".join(steps.UPLOAD_TYPES) + ".",
+                                           "info"), charts.empty("Token lengths", "Check the data to see token "
+                                                                  "lengths", 280), ""
         v = steps.check_data_view(kind, skill, upload, model, seq_len or 512)
         return v["dataset"], v["rows"], v["summary"], v["histogram"], v["examples"]
 
@@ -165,7 +175,8 @@ def _wire(ui: SimpleNamespace) -> None:
     ui.upload.upload(check, data_inputs, data_outputs)
     ui.source.input(lambda k: (gr.update(visible=k == "demo"), gr.update(visible=k == "demo"),
                                gr.update(visible=k == "upload")),
-                    ui.source, [ui.skill, ui.skill_info, ui.upload])
+                    ui.source, [ui.skill, ui.skill_info, ui.upload]).then(check, data_inputs, data_outputs)
+    ui.upload.clear(check, data_inputs, data_outputs)  # removing the file removes its report too
     ui.next2.click(goto("s3"), None, ui.steps)
 
     # 3: hardware
@@ -173,7 +184,7 @@ def _wire(ui: SimpleNamespace) -> None:
                      ui.hw_kind, [ui.gpu, ui.budget])
 
     # 4: review — recommend when the answers changed, then estimate on every change
-    view_outputs = [ui.verdict, ui.mem_plot, ui.summary_plot, ui.params_plot]
+    view_outputs = [ui.verdict, ui.mem_plot, ui.summary_plot, ui.params_plot, ui.main_error, ui.advanced_error]
 
     def enter_review(*args):
         ctx_values, key = args[:-1], args[-1]
@@ -195,17 +206,17 @@ def _wire(ui: SimpleNamespace) -> None:
         try:
             plan = review.plan_from_values(context_from(*ctx_values), list(form_values))
             v = review.estimate_view(plan)
-        except Exception as exc:
-            return [html.error_notice(exc)] + [gr.skip()] * 3
-        return [v["verdict"], v["memory"], v["summary"], v["params"]]
+        except Exception as exc:  # charts of another plan must not stay beside the message
+            return refusals.invalid_view(exc)
+        return [v["verdict"] + refusals.warnings_html(plan), v["memory"], v["summary"], v["params"], "", ""]
 
     def update_sweep(*values):
         # A second, cached event: the figures that answer "does it fit" never wait for the sweep.
         ctx_values, form_values = values[:len(ui.context_inputs)], values[len(ui.context_inputs):]
         try:
             return review.sweep_view(review.plan_from_values(context_from(*ctx_values), list(form_values)))
-        except Exception:
-            return gr.skip()
+        except Exception as exc:
+            return refusals.sweep_placeholder(exc)
 
     ui.update_view = update_view
     review_in = ui.context_inputs[:-1] + [ui.name, ui.rec_key]
@@ -224,7 +235,7 @@ def _wire(ui: SimpleNamespace) -> None:
         try:
             plan = review.plan_from_values(context_from(*ctx_values), list(form_values))
         except Exception as exc:
-            return html.error_notice(exc)
+            return html.error_notice(exc), gr.update(visible=False, value=False)
         rows = [("Base model", plan.model), ("Data", plan.dataset), ("Method", plan.method),
                 ("Rank / alpha", f"{plan.r} / {plan.alpha:g}"), ("Targets", plan.targets),
                 ("Batch × accumulation", f"{plan.batch_size} × {plan.grad_accum}"),
@@ -238,19 +249,26 @@ def _wire(ui: SimpleNamespace) -> None:
             rows.append(("Memory", est.memory.verdict))
             if est.time:
                 rows.append(("Estimated time", f"{charts.human_seconds(est.time.seconds)} on {est.time.device}"))
+            consequence = refusals.misfit(plan)
         except Exception as exc:
-            return html.facts_table(rows) + html.error_notice(exc)
-        return html.facts_table(rows)
+            return html.facts_table(rows) + html.error_notice(exc), gr.update(visible=False, value=False)
+        override = gr.update(visible=consequence is not None, label=consequence or "Launch anyway", value=False)
+        return html.facts_table(rows) + refusals.warnings_html(plan), override
 
-    ui.next4.click(goto("s5"), None, ui.steps).then(summary, ui.plan_inputs, ui.launch_summary)
-    ui.tab5.select(summary, ui.plan_inputs, ui.launch_summary)
+    launch_view = [ui.launch_summary, ui.override]
+    ui.next4.click(goto("s5"), None, ui.steps).then(summary, ui.plan_inputs, launch_view)
+    ui.tab5.select(summary, ui.plan_inputs, launch_view)
 
     def launch(*values):
-        ctx_values, form_values = values[:len(ui.context_inputs)], values[len(ui.context_inputs):]
+        ctx_values, form_values = values[:len(ui.context_inputs)], values[len(ui.context_inputs):-1]
         try:
             plan = review.plan_from_values(context_from(*ctx_values), list(form_values))
+            refusal = refusals.launch_refusal(plan, bool(values[-1]))
         except Exception as exc:
             return None, html.error_notice(exc)
+        if refusal:
+            return None, refusal
         return steps.launch(plan)
 
     ui.launch = launch
+    ui.launch_inputs = ui.plan_inputs + [ui.override]  # the plan, and the "launch anyway" box
