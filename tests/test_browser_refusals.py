@@ -18,14 +18,14 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 HUGE_R = 5_000_000  # on the tiny model (layers 32-128 wide): terabytes of adapter states, far above any RAM
 
 
-def _set(page, elem_id: str, value) -> None:
-    box = page.locator(f"#{elem_id} input")
+def _set(pg, elem_id: str, value) -> None:
+    box = pg.locator(f"#{elem_id} input")
     box.fill(str(value))
     box.press("Tab")
 
 
-def _toasts(page) -> list[str]:
-    return page.locator(".toast-body").all_inner_texts()
+def _toasts(pg) -> list[str]:
+    return pg.locator(".toast-body").all_inner_texts()
 
 
 def _jobs(home) -> int:

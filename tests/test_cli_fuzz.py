@@ -210,3 +210,11 @@ def test_estimate_flags_a_rank_above_the_layers_width(quiet_world):
     assert code == 0 and "[R6] Rank 100,000 is above 192" in out
     code, out, err = _run(["estimate", "--model", "default", "--gpu", "cpu", "--json"])
     assert json.loads(out)["warnings"] == []
+
+
+def test_top_level_nonsense_is_one_error_line(quiet_world):
+    for argv in (["bogus"], ["--bogus"], [""], ["--port", "abc"], ["--host", "0.0.0.0"]):
+        code, out, err = _run(argv)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), (argv, err)
+        assert "Traceback" not in out + err
+    assert _run([])[0] == 0  # plain `python app.py` opens the wizard (its port binding replaced here)

@@ -62,8 +62,8 @@ def _hub_cache(root, hub_id: str, folder, commit: str = "a" * 40):
     return root
 
 
-def test_lora_on_the_default_names_the_hub_base_and_loads_elsewhere(tiny, lorapilot_home, tmp_path, monkeypatch):
-    model, data = tiny
+def test_lora_on_the_default_names_the_hub_base_and_loads_elsewhere(tiny, lorapilot_home, tmp_path):
+    _, data = tiny
     stand_in = lorapilot_home / "models" / default_model.FOLDER_NAME
     stand_in.parent.mkdir(parents=True, exist_ok=True)
     make_tiny_model(stand_in, vocab_texts=[q + " " + a for q, a in ROWS])
