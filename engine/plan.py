@@ -27,6 +27,8 @@ Attention = Literal["sdpa", "eager"]
 Bias = Literal["none", "all", "lora_only"]
 Scheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]
 
+MAX_INT = 2**31 - 1  # the largest whole-number setting (SQLite, torch and the hub all take it)
+
 # Target presets a user can name instead of module names.
 TARGET_PRESETS = ("all-linear", "attention", "mlp")
 
@@ -61,7 +63,8 @@ DIFFICULTIES: dict[str, DifficultyLevel] = {
 
 
 class TrainingPlan(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: 'nan' and 'inf' parse as floats but are never a setting.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     # --- what to train -------------------------------------------------------------
     name: str | None = Field(None, description="A name for the run, shown in the job list.")
@@ -177,6 +180,14 @@ class TrainingPlan(BaseModel):
             raise ValueError("must be a whole number of 0 or more")
         return v
 
+    @field_validator("r", "batch_size", "grad_accum", "seq_len", "logging_steps", "save_steps", "max_steps",
+                     "dataset_rows", "seed")
+    @classmethod
+    def _not_huge(cls, v: int | None) -> int | None:
+        if v is not None and abs(v) > MAX_INT:  # a typo, and more than a job row can store
+            raise ValueError(f"got {v}; at most {MAX_INT:,}")
+        return v
+
     @field_validator("alpha", "learning_rate", "epochs", "eval_seconds")
     @classmethod
     def _positive(cls, v: float) -> float:
@@ -218,6 +229,15 @@ class TrainingPlan(BaseModel):
         if v != "auto" and v <= 0:
             raise ValueError("must be a whole number of 1 or more, or auto (one per visible GPU)")
         return v
+
+    @field_validator("model", "gpu")
+    @classmethod
+    def _not_blank(cls, v: str | None, info) -> str | None:
+        if v is not None and not v.strip():
+            accepted = {"model": "a catalog name, a hub id, a local folder, a .gguf file or 'default'",
+                        "gpu": "a GPU from the catalog (e.g. 'RTX 4090') or cpu"}[info.field_name]
+            raise ValueError(f"is empty; give {accepted}")
+        return v.strip() if v is not None else v
 
     @field_validator("targets")
     @classmethod
@@ -383,6 +403,8 @@ def _user_error(exc: ValidationError) -> UserError:
         msg = "is not a plan field; known fields: " + ", ".join(TrainingPlan.model_fields)
     elif err["type"] == "literal_error":
         msg = f"got {err.get('input')!r}; " + msg.replace("Input should be", "expected")
+    elif err["type"] == "finite_number":
+        msg = f"got {err.get('input')!r}; expected a finite number"
     elif "input" in err and err["type"].endswith(("_parsing", "_type")):
         msg = f"got {err['input']!r}; " + msg.replace("Input should be", "expected")
     return UserError(field, msg)

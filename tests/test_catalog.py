@@ -88,3 +88,47 @@ def test_gguf_file_resolves_from_its_own_metadata():
     assert info.source == "gguf"
     assert (info.hidden, info.layers, info.heads, info.kv_heads, info.vocab) == (576, 30, 9, 3, 49152)
     assert info.tied_embeddings and info.total_params == 134_515_008
+
+
+@pytest.mark.parametrize("spec, hub_id, variant", [
+    ("meta-llama/Llama-3.2-3B", "meta-llama/Llama-3.2-3B", "base"),
+    ("meta-llama/Llama-3.2-3B-Instruct", "meta-llama/Llama-3.2-3B-Instruct", "instruct"),
+    ("Llama-3.2-3B-Instruct", "meta-llama/Llama-3.2-3B-Instruct", "instruct"),
+    ("Qwen3-8B-Base", "Qwen/Qwen3-8B-Base", "base"),
+    ("llama-3.2-3b-instruct", "meta-llama/Llama-3.2-3B-Instruct", "instruct"),
+    ("llama-3.2-3b-base", "meta-llama/Llama-3.2-3B", "base"),
+    ("Qwen/Qwen2.5-7B", "Qwen/Qwen2.5-7B", "base"),
+    ("google/gemma-2-2b", "google/gemma-2-2b", "base"),
+    ("mistralai/Mistral-7B-Instruct-v0.1", "mistralai/Mistral-7B-Instruct-v0.1", "instruct"),
+    ("meta-llama/Llama-2-7b-chat-hf", "meta-llama/Llama-2-7b-chat-hf", "instruct"),
+    ("HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-135M", "base"),
+])
+def test_base_and_instruct_ids_both_resolve_offline(spec, hub_id, variant):
+    # HF_HUB_OFFLINE=1 (conftest): these resolve from the catalog's configs alone
+    found = catalog.match_model(spec)
+    assert (found.hub_id, found.variant) == (hub_id, variant)
+    info = introspect.resolve(spec)
+    assert info.source == "catalog" and info.extra["hub_id"] == hub_id and info.extra["variant"] == variant
+    assert info.extra["card"].startswith(found.entry.variant + " variant (" + found.entry.hub_id)
+    # the same architecture, so the same figures as the checkpoint the card describes
+    assert info.total_params == introspect.resolve(found.entry.hub_id).total_params
+
+
+def test_the_key_names_the_checkpoint_the_card_describes_and_training_uses_the_named_one():
+    from engine.train.run import model_source
+
+    entry = catalog.find_model("llama-3.2-3b")
+    assert entry.variant == "instruct" and entry.hub_id == "meta-llama/Llama-3.2-3B-Instruct"
+    assert entry.variants == {"base": "meta-llama/Llama-3.2-3B", "instruct": "meta-llama/Llama-3.2-3B-Instruct"}
+    assert "also answers to the base meta-llama/Llama-3.2-3B" in entry.describes()
+    assert model_source("llama-3.2-3b") == "meta-llama/Llama-3.2-3B-Instruct"
+    assert model_source("meta-llama/Llama-3.2-3B") == "meta-llama/Llama-3.2-3B"  # never swapped for its sibling
+    assert catalog.hub_id_of("someone/else") == "someone/else"
+
+
+def test_every_catalog_entry_lists_the_checkpoint_it_describes():
+    for m in catalog.list_models():
+        assert m.variant in ("base", "instruct")
+        assert m.variants.get(m.variant) == m.hub_id, m.key
+        for hub_id in m.variants.values():
+            assert catalog.find_model(hub_id) is m

@@ -48,8 +48,19 @@ def test_eight_bit_optimizer_smaller():
 def test_cpu_has_no_cuda_context_and_fp32():
     m = memory_for(TrainingPlan.build(model="default", gpu="cpu"))
     assert m.device_bytes == m.reserved_bytes == m.allocated_bytes
-    assert m.fits is None
     assert m.terms["base weights"] == 134_515_008 * 4
+
+
+def test_cpu_budget_is_this_machines_ram():
+    import psutil
+
+    m = memory_for(TrainingPlan.build(model="default", gpu="cpu"))
+    assert m.budget_bytes == psutil.virtual_memory().total
+    assert m.fits is (m.device_bytes <= m.budget_bytes)
+    huge = memory_for(TrainingPlan.build(model="llama-3.3-70b", gpu="cpu", method="full"))
+    assert huge.fits is False and "this machine's RAM" in huge.verdict
+    # no device named: no budget to compare with
+    assert memory_for(TrainingPlan.build(model="default")).fits is None
 
 
 def test_budget_verdict():

@@ -141,7 +141,7 @@ def recommend(model: str, difficulty: str | None, gpu: str | None = None, budget
         raise UserError("dataset_rows", "must be a whole number of 1 or more")
     if gpu is None and budget_gb is None:
         raise UserError("gpu", "give a GPU from the catalog, 'cpu', or a memory budget (budget_gb)")
-    device = find_gpu(gpu) if gpu else None
+    device = find_gpu(gpu) if gpu is not None else None
     on_cpu = device is not None and device.is_cpu
     budget = None if on_cpu else (budget_gb if budget_gb is not None else device.memory_gb)
 

@@ -18,8 +18,9 @@ from engine.advice import fitting
 # Every rule id in docs/rules.md, which states each rule and where it comes from. A reason
 # must cite one of these (tests check it, and that the page explains each), so a user can
 # look the rule up.
+# R6 (rank above layer width) is stated in PLAN_CHECKS below.
 RULE_IDS = frozenset(
-    "M1 M2 M3 M4 M5 R1 R2 R3 R4 R5 A1 A2 A3 A4 D1 D2 D3 T1 T2 T3 T4 T5 B1 L1 G1 U1 U2 U3".split()
+    "M1 M2 M3 M4 M5 R1 R2 R3 R4 R5 R6 A1 A2 A3 A4 D1 D2 D3 T1 T2 T3 T4 T5 B1 L1 G1 U1 U2 U3".split()
 )
 
 
@@ -52,6 +53,8 @@ class RuleContext:
     seq_len_hint: int | None = None  # a sequence length the user already chose
     seconds: float | None = None     # the estimated training time, once known (for the notes)
     plan: dict[str, Any] = field(default_factory=dict)
+    target_width: int | None = None  # min(in, out) of the narrowest layer the plan adapts
+    narrowest: str = ""              # that layer's short name, e.g. k_proj
 
     # --- derived facts the rows use -------------------------------------------------
     @property
@@ -230,6 +233,18 @@ RULES: list[Rule] = [
     Rule("R4", "note", lambda c: c.plan.get("method") != "full" and c.plan.get("r", 0) >= 64, const(None),
          "At r = 64 and above most of LoRA's savings are gone; full fine-tuning is worth a look "
          "if the budget allows."),
+]
+
+# Checks of a plan a user set by hand (the review's overrides, the CLI): every one that applies
+# is shown next to the estimate. The recommender never breaks these, so they are not in RULES.
+PLAN_CHECKS: list[Rule] = [
+    Rule("R6", "note",
+         lambda c: c.plan.get("method") != "full" and c.target_width is not None
+         and c.plan.get("r", 0) > c.target_width, const(None),
+         "Rank {c.plan[r]:,} is above {c.target_width:,}, the width of the narrowest layer it adapts "
+         "({c.narrowest}): an adapter B x A on a layer of in x out features has at most min(in, out) "
+         "independent directions, so a higher rank adds parameters, memory and file size but no "
+         "capacity. Use r of {c.target_width:,} or less (R1-R4 give 4 to 64)."),
 ]
 
 # The fields the table decides, in the order it decides them.

@@ -343,6 +343,5 @@ def _round_up(n: float) -> int:
 
 
 def _hub_id(spec: str) -> str:
-    """A catalog key maps to its hub id; anything else is taken as a hub id."""
-    entry = catalog.find_model(spec)
-    return entry.hub_id if entry else spec
+    """A catalog name maps to the hub id it names; anything else is taken as a hub id."""
+    return catalog.hub_id_of(spec)

@@ -134,13 +134,16 @@ def _memory(info, plan, pc: ParamCount, gpu: Gpu | None, dtype: str, lengths=Non
         budget = int(plan.budget_gb * GIB)
     elif gpu is not None and gpu.memory_gb:
         budget = int(gpu.memory_gb * GIB)
+    elif gpu is not None and gpu.is_cpu and plan.gpu:
+        budget = host_ram_bytes()  # training on the CPU means on this machine: its RAM is the limit
     else:
         budget = None
     if on_gpu:
         notes.append(f"reserved = allocated x {RESERVED_FACTOR} (allocator cache); device adds "
                      f"{CUDA_CONTEXT / GIB:.1f} GiB CUDA context")
     else:
-        notes.append("CPU: fp32 by default, no CUDA context; host RAM is the budget only when budget_gb is given")
+        notes.append("CPU: fp32 by default, no CUDA context; the budget is budget_gb if given, else this "
+                     "machine's RAM (gpu=cpu), else none (no device named)")
     fits = None if budget is None else device <= budget
     # with the data known, the worst case is named as such and the expected figure follows
     worst = " at worst" if expected and expected.padded_length < plan.seq_len else ""
@@ -149,12 +152,20 @@ def _memory(info, plan, pc: ParamCount, gpu: Gpu | None, dtype: str, lengths=Non
     elif fits:
         verdict = f"fits: about {human_bytes(device)} of {human_bytes(budget)} ({device / budget:.0%}){worst}"
     else:
-        verdict = f"does not fit: needs about {human_bytes(device)}{worst}, budget {human_bytes(budget)}"
+        limit = "this machine's RAM" if not on_gpu and not plan.budget_gb else "budget"
+        verdict = f"does not fit: needs about {human_bytes(device)}{worst}, {limit} {human_bytes(budget)}"
     if worst:
         verdict += f"; about {human_bytes(expected.device_bytes)} with this data's lengths"
     return MemoryEstimate(allocated_bytes=allocated, reserved_bytes=reserved, device_bytes=device,
                           budget_bytes=budget, fits=fits, terms=terms, assumptions=notes, verdict=verdict,
                           expected=expected)
+
+
+def host_ram_bytes() -> int:
+    """This machine's physical RAM: the CPU's counterpart of a GPU's memory."""
+    import psutil
+
+    return int(psutil.virtual_memory().total)
 
 
 def memory_for(plan, lengths=None) -> MemoryEstimate:

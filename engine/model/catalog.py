@@ -2,6 +2,13 @@
 
 Both are plain JSON read once and kept; nothing here imports torch or transformers,
 so the app can list models and GPUs at start-up without paying for heavy imports.
+
+A model entry's config describes one checkpoint (`hub_id`, its `variant`: base or
+instruct); `variants` names the base and instruct checkpoints of the same architecture
+(same shapes, so the same estimate), and every one of them resolves to the entry,
+by hub id, by its name without the owner, or by the key with -base / -instruct. The bare
+key (e.g. llama-3.2-3b) names the checkpoint the card describes, also where it reads like
+a hub name without its owner: give the owner/name id to pick the other one.
 """
 
 from __future__ import annotations
@@ -33,9 +40,24 @@ class CatalogModel(BaseModel):
     context: int
     licence: str
     config: str  # file name under assets/model_configs/
+    variant: str = "base"  # the checkpoint the config and this card describe: base or instruct
+    variants: dict[str, str] = {}  # base / instruct hub ids sharing the architecture
 
     def config_dict(self) -> dict:
         return json.loads((CONFIG_DIR / self.config).read_text())
+
+    def describes(self) -> str:
+        """One line for cards and facts: which checkpoint this entry describes, and its siblings."""
+        others = [f"{v} {hub}" for v, hub in self.variants.items() if hub != self.hub_id]
+        return f"{self.variant} variant ({self.hub_id})" + (
+            f"; also answers to the {', '.join(others)} (same architecture)" if others else "")
+
+
+class CatalogMatch(BaseModel):
+    """A spec found in the catalog: the entry, and the checkpoint the spec names."""
+    entry: CatalogModel
+    hub_id: str
+    variant: str
 
 
 class Gpu(BaseModel):
@@ -77,13 +99,38 @@ def list_models() -> list[CatalogModel]:
     return list(_models())
 
 
-def find_model(spec: str) -> CatalogModel | None:
-    """Catalog entry by short key or hub id (case-insensitive), or None."""
-    s = spec.strip().lower()
+@lru_cache(maxsize=1)
+def _names() -> dict[str, tuple[CatalogModel, str, str]]:
+    """Every name a catalog checkpoint answers to (lower case) -> (entry, hub id, variant)."""
+    names: dict[str, tuple[CatalogModel, str, str]] = {}
     for m in _models():
-        if s in (m.key.lower(), m.hub_id.lower()):
-            return m
-    return None
+        variants = {m.variant: m.hub_id, **m.variants}
+        for variant, hub_id in variants.items():
+            for name in (hub_id, hub_id.split("/", 1)[-1], f"{m.key}-{variant}"):
+                names.setdefault(name.lower(), (m, hub_id, variant))
+        names[m.key.lower()] = (m, m.hub_id, m.variant)  # the bare key: the checkpoint the card describes
+    return names
+
+
+def match_model(spec: str) -> CatalogMatch | None:
+    """The catalog entry and checkpoint a spec names (key, hub id, hub name, key-base/-instruct), or None."""
+    found = _names().get((spec or "").strip().lower())
+    if found is None:
+        return None
+    entry, hub_id, variant = found
+    return CatalogMatch(entry=entry, hub_id=hub_id, variant=variant)
+
+
+def find_model(spec: str) -> CatalogModel | None:
+    """Catalog entry by any name one of its checkpoints answers to (case-insensitive), or None."""
+    found = match_model(spec)
+    return found.entry if found else None
+
+
+def hub_id_of(spec: str) -> str:
+    """The hub id a catalog name stands for (base or instruct as named); any other spec unchanged."""
+    found = match_model(spec)
+    return found.hub_id if found else spec
 
 
 @lru_cache(maxsize=1)

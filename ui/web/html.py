@@ -70,7 +70,8 @@ def model_cards(models) -> str:
         ctx = f"{m.context // 1024}k" if getattr(m, "context", 0) and m.context >= 1024 else str(getattr(m, "context", "?"))
         cards.append(
             f'<div class="lp-card"><div class="lp-card-title">{escape(m.name)}</div>'
-            f'<div class="lp-card-key">{escape(m.key)}</div>'
+            f'<div class="lp-card-key" title="{escape(m.describes()) if hasattr(m, "describes") else ""}">'
+            f'{escape(m.key)} · {escape(getattr(m, "variant", ""))}</div>'
             f'<div class="lp-card-meta"><span>{_size(m.params_b)} params</span><span>{escape(m.architecture)}</span>'
             f'<span>{escape(ctx)} context</span></div>'
             f'<div class="lp-card-lic">{escape(m.licence)}</div></div>'

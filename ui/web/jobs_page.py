@@ -146,7 +146,7 @@ def download_path(job_id) -> str | None:
         src = export_zip(job_id)
     except UserError:
         return None
-    dest = _DOWNLOADS / str(int(job_id)) / f"lorapilot-job{int(job_id)}-adapter.zip"
+    dest = _DOWNLOADS / str(int(job_id)) / src.name  # -adapter.zip, or -model.zip for a full fine-tune
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dest)
     return str(dest)

@@ -73,10 +73,12 @@ def make_control(field: str, value: Any = None):
         return gr.Dropdown(choices=list(options), value=default, **common)
     if kind == "bool":
         return gr.Checkbox(value=bool(default), **common)
+    # No minimum/maximum: Gradio would refuse out-of-range values with a bare "Error"; the plan's
+    # own validation answers instead, with one line naming the field (ui/web/refusals.py).
     if kind == "int":
-        return gr.Number(value=default, precision=0, minimum=0 if field == "seed" else 1, **common)
+        return gr.Number(value=default, precision=0, **common)
     if kind == "float":
-        return gr.Number(value=default, step=_step(field), minimum=0, **common)
+        return gr.Number(value=default, step=_step(field), **common)
     return gr.Textbox(value=default, **common)
 
 

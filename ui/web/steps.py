@@ -76,6 +76,9 @@ def model_facts(spec: str) -> tuple[str, bool]:
         ("Context", f"{info.max_position:,} tokens" if info.max_position else "unknown"),
         ("Adapter targets", ", ".join(info.target_names)),
     ]
+    if info.extra.get("card"):  # a catalog name: which checkpoint it names, which one the card describes
+        rows.insert(1, ("Checkpoint", f"{info.extra['hub_id']} ({info.extra['variant']}); the catalog card "
+                        f"describes the {info.extra['card']}"))
     return html.notice(f"Found {spec}.", "ok") + html.facts_table(rows), True
 
 
@@ -126,6 +129,22 @@ def data_source(kind: str, skill: str | None, upload: str | None) -> str:
     return safe_upload(upload)
 
 
+# The engine's hints name the CLI's --columns flag; the wizard has no column mapping, so it says
+# what the wizard offers instead: rename the file's columns and upload it again.
+_CLI_HINTS = (
+    (re.compile(r"; or map yours with --columns, e\.g\. [^;]*$"),
+     "; rename your file's columns to one of these layouts (e.g. instruction and output, or prompt and "
+     "completion) and upload it again"),
+    (re.compile(r" \(rename with --columns field=column\)"), " (rename that column in your file and upload it again)"),
+)
+
+
+def wizard_words(text: str) -> str:
+    for pattern, words in _CLI_HINTS:
+        text = pattern.sub(words, text)
+    return text
+
+
 def check_data_view(kind: str, skill: str | None, upload: str | None, model: str, seq_len: int = 512) -> dict:
     """The data check as the page shows it. Keys: dataset, rows, lengths, ok, summary, histogram, examples."""
     out = {"dataset": None, "rows": None, "lengths": None, "ok": False, "examples": "",
@@ -139,6 +158,8 @@ def check_data_view(kind: str, skill: str | None, upload: str | None, model: str
     except Exception as exc:
         if isinstance(exc, UserError) and source and upload:  # name the user's file, not our stored copy
             exc = UserError(exc.field, exc.message.replace(Path(source).name, Path(upload).name))
+        if isinstance(exc, UserError):
+            exc = UserError(exc.field, wizard_words(exc.message))
         out["summary"] = html.error_notice(exc)
         return out
     out.update(dataset=source, rows=report.rows, ok=bool(report.ok), lengths=tuple(report.token_lengths) or None)
@@ -159,8 +180,8 @@ def data_summary(report, shown_name: str | None = None) -> str:
     if report.problems:
         first = report.problems[0]
         parts.append(html.notice(f"{len(report.problems)} problem(s) in {name}. First: row {first.row}, "
-                                 f"{first.field}: {first.message}", "error", title="Data problems:"))
-        rows = [(p.row, p.field, p.message) for p in report.problems[:50]]
+                                 f"{first.field}: {wizard_words(first.message)}", "error", title="Data problems:"))
+        rows = [(p.row, p.field, wizard_words(p.message)) for p in report.problems[:50]]
         parts.append(html.table(["Row", "Field", "Problem"], rows, cls="lp-table lp-problems"))
     else:
         parts.append(html.notice(f"{name}: {report.rows:,} rows in {report.format} format, no problems found.", "ok"))

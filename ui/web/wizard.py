@@ -14,7 +14,7 @@ import gradio as gr
 from engine import units
 from engine.errors import UserError
 from engine.plan import DIFFICULTY_QUESTION, TrainingPlan
-from ui.web import charts, first_run, html, review, steps
+from ui.web import charts, first_run, html, refusals, review, steps
 
 
 def context_from(model, difficulty, dataset, rows, hw_kind, gpu, budget, name) -> dict:
@@ -73,8 +73,10 @@ def build() -> SimpleNamespace:
                     ui.skill = gr.Dropdown(skills, value=first_skill, label="Demo skill", elem_id="skill",
                                            visible=bool(first_skill))
                     ui.skill_info = gr.HTML(steps.skill_description(first_skill))
+                    # No file_types: Gradio would refuse other files with a bare "Error" toast; the data
+                    # check refuses them in place instead, naming the file and what is accepted.
                     ui.upload = gr.File(label="Upload a file (.jsonl, .json, .csv, .parquet, .txt)",
-                                        file_types=steps.UPLOAD_TYPES, elem_id="upload", visible=not first_skill)
+                                        elem_id="upload", visible=not first_skill)
                     ui.check_data = gr.Button("Check data", size="md", elem_id="check-data")
                 with gr.Column(scale=3):
                     ui.data_summary = gr.HTML(elem_id="data-summary")
@@ -82,7 +84,7 @@ def build() -> SimpleNamespace:
                                            show_label=False, elem_id="token-hist")
             with gr.Accordion("Formatted examples (with the chat template applied)", open=False):
                 ui.examples = gr.HTML(elem_id="examples")
-            ui.dataset = gr.State(None)
+            ui.dataset = gr.State(f"demo:{first_skill}" if first_skill else None)
             ui.rows = gr.State(None)
             ui.lengths = gr.State(None)  # the checked data's token lengths, for the expected memory
             ui.next2 = gr.Button("Next: hardware →", variant="primary", elem_classes="lp-next", elem_id="next2")
@@ -109,8 +111,10 @@ def build() -> SimpleNamespace:
                     ui.reasons = gr.HTML(elem_id="reasons")
                     ui.form = {}
                     with gr.Accordion("Change a setting", open=False, elem_id="overrides"):
+                        ui.main_error = gr.HTML(elem_id="main-error")  # a bad value's one line, in place
                         _controls(ui.form, review.MAIN_FIELDS)
                     with gr.Accordion("Advanced", open=False, elem_id="advanced"):
+                        ui.advanced_error = gr.HTML(elem_id="advanced-error")
                         _controls(ui.form, review.ADVANCED_FIELDS)
                 with gr.Column(scale=6, min_width=480):
                     # the numbers first, above the charts: they answer a change before any redraw
@@ -132,6 +136,7 @@ def build() -> SimpleNamespace:
                 ui.name = gr.Textbox(label="Run name", info=TrainingPlan.help("name"), placeholder="optional",
                                      elem_id="run-name")
                 ui.launch_summary = gr.HTML(elem_id="launch-summary")
+                ui.override = gr.Checkbox(False, label="Launch anyway", visible=False, elem_id="launch-anyway")
                 ui.launch_btn = gr.Button("Launch training", variant="primary", size="lg", elem_id="launch")
                 ui.launch_notice = gr.HTML(elem_id="launch-notice")
 
@@ -158,6 +163,10 @@ def _wire(ui: SimpleNamespace) -> None:
     def check(kind, skill, upload, model, seq_len, progress=gr.Progress()):
         # a fresh install converts the embedded model first: show how far, not a bare spinner
         first_run.wait_for_model(model, lambda fraction, text: progress(fraction, desc=text))
+        if kind == "upload" and not upload:  # nothing chosen yet (or the file removed): no report, no error
+            return None, None, None, html.notice("Choose a file to check it: " + ", ".join(steps.UPLOAD_TYPES) + ".",
+                                                 "info"), charts.empty("Token lengths", "Check the data to see token "
+                                                                       "lengths", 280), ""
         v = steps.check_data_view(kind, skill, upload, model, seq_len or 512)
         return v["dataset"], v["rows"], v["lengths"], v["summary"], v["histogram"], v["examples"]
 
@@ -170,7 +179,8 @@ def _wire(ui: SimpleNamespace) -> None:
     ui.upload.upload(check, data_inputs, data_outputs, **on)
     ui.source.input(lambda k: (gr.update(visible=k == "demo"), gr.update(visible=k == "demo"),
                                gr.update(visible=k == "upload")),
-                    ui.source, [ui.skill, ui.skill_info, ui.upload])
+                    ui.source, [ui.skill, ui.skill_info, ui.upload]).then(check, data_inputs, data_outputs)
+    ui.upload.clear(check, data_inputs, data_outputs)  # removing the file removes its report too
     ui.next2.click(goto("s3"), None, ui.steps)
 
     # 3: hardware
@@ -180,7 +190,8 @@ def _wire(ui: SimpleNamespace) -> None:
     # 4: review — recommend when the answers changed, then estimate on every change in two
     # requests: the numbers (verdict, tiles), then the charts that changed. The earlier steps'
     # answers wait server-side in ui.ctx, so a change sends the browser's form values only.
-    numbers_outputs = [ui.verdict, ui.summary_plot]
+    # a bad value's one line goes in place, beside the field, and the charts say what to fix
+    numbers_outputs = [ui.verdict, ui.summary_plot, ui.main_error, ui.advanced_error]
     charts_outputs = [ui.mem_plot, ui.params_plot, ui.sweep_plot, ui.shown]
 
     def enter_review(*args):
@@ -205,17 +216,20 @@ def _wire(ui: SimpleNamespace) -> None:
 
     def update_numbers(ctx, lengths, *form_values):
         try:
-            v = review.numbers_view(plan_of(ctx, form_values), lengths)
+            plan = plan_of(ctx, form_values)
+            v = review.numbers_view(plan, lengths)
         except Exception as exc:
-            return [html.error_notice(exc), gr.skip()]
-        return [v["verdict"], v["summary"]]
+            verdict, _, summary, _, main, advanced = refusals.invalid_view(exc)
+            return [verdict, summary, main, advanced]
+        return [v["verdict"] + refusals.warnings_html(plan), v["summary"], "", ""]
 
     def update_charts(ctx, lengths, shown, *form_values):
         try:
             plan = plan_of(ctx, form_values)
             figures = {**review.charts_view(plan, lengths), "sweep": review.sweep_view(plan)}
-        except Exception:
-            return [gr.skip()] * 4
+        except Exception as exc:  # charts of another plan must not stay beside the message
+            _, memory, _, params, _, _ = refusals.invalid_view(exc)
+            return [memory, params, refusals.sweep_placeholder(exc), {}]
         out, now = [], dict(shown or {})
         for key in ("memory", "params", "sweep"):  # a figure equal to the one shown costs the browser nothing
             spec = figures[key].to_json()
@@ -241,7 +255,7 @@ def _wire(ui: SimpleNamespace) -> None:
         try:
             plan = review.plan_from_values(context_from(*ctx_values), list(form_values))
         except Exception as exc:
-            return html.error_notice(exc)
+            return html.error_notice(exc), gr.update(visible=False, value=False)
         rows = [("Base model", plan.model), ("Data", plan.dataset), ("Method", plan.method),
                 ("Rank / alpha", f"{plan.r} / {plan.alpha:g}"), ("Targets", plan.targets),
                 ("Batch × accumulation", f"{plan.batch_size} × {plan.grad_accum}"),
@@ -255,19 +269,26 @@ def _wire(ui: SimpleNamespace) -> None:
             rows.append(("Memory", est.memory.verdict))
             if est.time:
                 rows.append(("Estimated time", f"{units.human_seconds(est.time.seconds)} on {est.time.device}"))
+            consequence = refusals.misfit(plan)
         except Exception as exc:
-            return html.facts_table(rows) + html.error_notice(exc)
-        return html.facts_table(rows)
+            return html.facts_table(rows) + html.error_notice(exc), gr.update(visible=False, value=False)
+        override = gr.update(visible=consequence is not None, label=consequence or "Launch anyway", value=False)
+        return html.facts_table(rows) + refusals.warnings_html(plan), override
 
-    ui.next4.click(goto("s5"), None, ui.steps).then(summary, ui.plan_inputs, ui.launch_summary)
-    ui.tab5.select(summary, ui.plan_inputs, ui.launch_summary)
+    launch_view = [ui.launch_summary, ui.override]
+    ui.next4.click(goto("s5"), None, ui.steps).then(summary, ui.plan_inputs, launch_view)
+    ui.tab5.select(summary, ui.plan_inputs, launch_view)
 
     def launch(*values):
-        ctx_values, form_values = values[:len(ui.context_inputs)], values[len(ui.context_inputs):]
+        ctx_values, form_values = values[:len(ui.context_inputs)], values[len(ui.context_inputs):-1]
         try:
             plan = review.plan_from_values(context_from(*ctx_values), list(form_values))
+            refusal = refusals.launch_refusal(plan, bool(values[-1]))
         except Exception as exc:
             return None, html.error_notice(exc)
+        if refusal:
+            return None, refusal
         return steps.launch(plan)
 
     ui.launch = launch
+    ui.launch_inputs = ui.plan_inputs + [ui.override]  # the plan, and the "launch anyway" box
