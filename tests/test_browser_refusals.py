@@ -11,7 +11,7 @@ import sqlite3
 
 import pytest
 
-from tests.test_browser import app, page, shots, plot_title, wait_for  # noqa: F401 - fixtures and helpers
+from tests.test_browser import app, page, plot_title, shots, wait_for  # noqa: F401 - fixtures and helpers
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

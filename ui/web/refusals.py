@@ -10,9 +10,7 @@ explicit override whose label says what will happen.
 from __future__ import annotations
 
 from engine.errors import UserError
-from ui.web import charts
-from ui.web import html
-from ui.web import review
+from ui.web import charts, html, review
 
 CHARTS = (("Memory", 360), ("Trainable parameters", 320), ("Memory vs sequence length", 320))
 
