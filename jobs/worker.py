@@ -46,6 +46,8 @@ class Worker:
                 values["base_score"] = event["base_score"]
             store.update_job(self.job_id, **{k: v for k, v in values.items() if v is not None})
             store.append_log(self.job_id, f"training on {event.get('device')}: {event.get('total_steps')} steps")
+        elif kind == "note":  # e.g. why training stopped early; shown in the job's log
+            store.append_log(self.job_id, event["message"])
         elif kind == "scores":
             store.update_job(self.job_id, **{k: event[k] for k in ("base_score", "adapter_score")
                                              if event.get(k) is not None})

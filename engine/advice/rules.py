@@ -92,6 +92,10 @@ class Ctx:
         return f" (about {hours:.1f} hours for this plan)" if hours >= 1 else f" (about {self.seconds / 60:.0f} minutes for this plan)"
 
     @property
+    def cpu_precision_reason(self) -> str:
+        return _cpu_precision()[1]
+
+    @property
     def small_data(self) -> bool:
         return self.rows is not None and self.rows < SMALL_DATA
 
@@ -133,6 +137,12 @@ def const(value: Any) -> Callable[[Ctx], Any]:
     return lambda _: value
 
 
+def _cpu_precision() -> tuple[str, str]:
+    from engine.estimate import hardware  # measured once per machine, then cached
+
+    return hardware.cpu_precision()
+
+
 def _full_fits(c: Ctx) -> bool:
     # Full fine-tuning keeps weights, gradients and AdamW states: ~16 bytes per parameter,
     # plus room for activations; only worth it for a large shift with plenty of data.
@@ -168,8 +178,8 @@ RULES: list[Rule] = [
          "The base fits in 16-bit with room to spare: LoRA trains small adapters on the frozen base "
          "and typically reaches 95-99% of full fine-tuning quality."),
     # --- precision and optimizer --------------------------------------------------
-    Rule("M2", "dtype", lambda c: c.device == "cpu", const("fp32"),
-         "CPUs train reliably only in 32-bit floats."),
+    Rule("M2", "dtype", lambda c: c.device == "cpu", lambda c: _cpu_precision()[0],
+         "Measured on this machine: {c.cpu_precision_reason}."),
     Rule("M2", "dtype", always, const("auto"),
          "bf16 where the GPU supports it, else fp16: half the memory of 32-bit at the same quality."),
     Rule("M3", "optimizer", lambda c: c.plan["method"] == "qlora", const("paged_adamw_8bit"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from engine.estimate import hardware
 from engine.model import catalog
 from engine.model.catalog import Gpu
 from engine.model.introspect import resolve
@@ -67,8 +68,9 @@ def device_of(plan) -> Gpu | None:
 
 
 def compute_dtype(plan, gpu: Gpu | None) -> str:
-    return resolve_dtype(plan.dtype, on_cpu=gpu is not None and gpu.is_cpu,
-                         bf16_ok=gpu is None or gpu.supports_bf16)
+    on_cpu = gpu is not None and gpu.is_cpu
+    bf16_ok = hardware.calibration().bf16_native if on_cpu else (gpu is None or gpu.supports_bf16)
+    return resolve_dtype(plan.dtype, on_cpu=on_cpu, bf16_ok=bf16_ok)
 
 
 def _recipe(plan, dtype: str, on_gpu: bool) -> Recipe:
@@ -99,7 +101,7 @@ def _memory(info, plan, pc: ParamCount, gpu: Gpu | None, dtype: str) -> MemoryEs
         notes.append(f"reserved = allocated x {RESERVED_FACTOR} (allocator cache); device adds "
                      f"{CUDA_CONTEXT / GiB:.1f} GiB CUDA context")
     else:
-        notes.append("CPU: fp32 by default, no CUDA context; host RAM is the budget only when budget_gb is given")
+        notes.append("CPU: no CUDA context; host RAM is the budget only when budget_gb is given")
     fits = None if budget is None else device <= budget
     if fits is None:
         verdict = f"needs about {human_bytes(device)}; no budget given"
@@ -109,6 +111,15 @@ def _memory(info, plan, pc: ParamCount, gpu: Gpu | None, dtype: str) -> MemoryEs
         verdict = f"does not fit: needs about {human_bytes(device)}, budget {human_bytes(budget)}"
     return MemoryEstimate(allocated_bytes=allocated, reserved_bytes=reserved, device_bytes=device,
                           budget_bytes=budget, fits=fits, terms=terms, assumptions=notes, verdict=verdict)
+
+
+def _cpu_precision_note(plan, dtype: str) -> str:
+    """Why this precision on this CPU, and what a bf16 request costs where bf16 is not native."""
+    if plan.dtype == "auto":
+        return "precision auto: " + hardware.cpu_precision()[1]
+    if dtype == "bf16":
+        return hardware.bf16_cost_note() or f"precision bf16 (asked): native on this CPU"
+    return f"precision {dtype} (asked)"
 
 
 def memory_for(plan) -> MemoryEstimate:
@@ -126,6 +137,8 @@ def estimate(plan) -> Estimate:
     pc = _params(info, plan, dtype)
     mem = _memory(info, plan, pc, gpu, dtype)
     time = estimate_time(info, plan, gpu, dtype, pc.lora_params) if gpu is not None else None
+    if time is not None and gpu.is_cpu:
+        time.assumptions.insert(0, _cpu_precision_note(plan, dtype))
     return Estimate(model=plan.model, method=plan.method, dtype=dtype, device=gpu.name if gpu else None,
                     trainable_params=pc.trainable, total_params=pc.total, trainable_percent=round(pc.percent, 4),
                     adapter_bytes=pc.adapter_bytes, by_module_type=pc.by_module_type, by_layer=pc.by_layer,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from engine.errors import UserError
+from engine.train import stopping
 from engine.plan import TrainingPlan, resolve_dtype
 
 Report = Callable[[dict], None]
@@ -31,6 +32,7 @@ class TrainResult:
     adapter_score: float | None = None
     final_loss: float | None = None
     total_steps: int | None = None
+    stop_reason: str | None = None  # early stopping: why training ended before total_steps
     device: str = "cpu"
     peak_marks: list[int] | None = None  # CPU: live bytes at each tracked step's start (see engine.peak)
 
@@ -47,8 +49,10 @@ def device_of(plan: TrainingPlan) -> str:
 def compute_dtype(plan: TrainingPlan, device: str):
     import torch
 
-    name = resolve_dtype(plan.dtype, on_cpu=device == "cpu",
-                         bf16_ok=device == "cuda" and torch.cuda.is_bf16_supported())
+    from engine.estimate import hardware
+
+    bf16_ok = torch.cuda.is_bf16_supported() if device == "cuda" else hardware.calibration().bf16_native
+    name = resolve_dtype(plan.dtype, on_cpu=device == "cpu", bf16_ok=bf16_ok)
     if name == "fp16" and device == "cpu":
         raise UserError("dtype", "fp16 training needs a GPU; on the CPU use fp32 (or bf16)")
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
@@ -191,6 +195,7 @@ def sft_config(plan: TrainingPlan, out_dir: Path, device: str, dtype, has_eval: 
         disable_tqdm=True,
         dataloader_num_workers=0,
         packing=False,
+        **stopping.trainer_args(plan, has_eval),
     )
     kw.update(overrides)
     return SFTConfig(**kw)
@@ -327,6 +332,7 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
     base_score = _evaluate_skill(model, tokenizer, skill) if skill is not None else None
 
     reporter = _reporter_class()(report, should_stop, device, base_score)
+    early = stopping.callback(plan.patience) if stopping.enabled(plan, eval_ds is not None) else None
     trainer = SFTTrainer(
         model=model,
         args=sft_config(plan, out_dir, device, dtype, has_eval=eval_ds is not None),
@@ -334,7 +340,7 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
         peft_config=lora_config(plan) if plan.method != "full" else None,
-        callbacks=[reporter],
+        callbacks=[reporter] + ([early] if early else []),
     )
     checkpoint = last_checkpoint(out_dir) if resume else None
     try:
@@ -342,6 +348,10 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
     finally:
         reporter.peak.finish()  # never leave the CPU tracker watching after a failure
 
+    stop_reason = early.reason if early else None
+    for note in (stop_reason, stopping.kept_note(trainer.state) if early else None):
+        if note:
+            report({"event": "note", "message": note})
     model = trainer.model
     adapter_score = None
     if skill is not None and not reporter.stopped:
@@ -356,7 +366,7 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
     result = TrainResult(out_dir=out_dir, steps=trainer.state.global_step, stopped=reporter.stopped,
                          peak_bytes=reporter.peak.peak_bytes, base_score=base_score, adapter_score=adapter_score,
                          final_loss=final_loss, total_steps=trainer.state.max_steps, device=device,
-                         peak_marks=list(reporter.peak.marks) or None)
+                         peak_marks=list(reporter.peak.marks) or None, stop_reason=stop_reason)
     artifacts.write_plan(plan, out_dir)
     artifacts.write_metrics_csv(rows, out_dir)
     artifacts.write_loss_png(rows, out_dir, title=plan.name or out_dir.name)
