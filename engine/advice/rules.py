@@ -13,10 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from engine.plan import TrainingPlan
+
 # Every rule id in /work/shared/HEURISTICS.md. A reason must cite one of these
 # (tests check it), so a user can look the rule up.
 RULE_IDS = frozenset(
-    "M1 M2 M3 M4 M5 R1 R2 R3 R4 R5 A1 A2 A3 A4 D1 D2 D3 T1 T2 T3 T4 T5 B1 L1 G1 U1 U2 U3".split()
+    "M1 M2 M3 M4 M5 R1 R2 R3 R4 R5 A1 A2 A3 A4 D1 D2 D3 T1 T2 T3 T4 T5 B1 L1 G1 U1 U2 U3 E1".split()
 )
 
 
@@ -143,6 +145,14 @@ def _cpu_precision() -> tuple[str, str]:
     return hardware.cpu_precision()
 
 
+def _eval_every(c: Ctx) -> int:
+    """About a quarter of an epoch (5 to 200 steps): often enough for early stopping to act, rarely
+    enough that evaluating ~10% of the rows costs little next to training on a quarter of them."""
+    train_rows = c.rows * (1 - TrainingPlan.model_fields["eval_split"].default)
+    per_epoch = train_rows / (c.plan["batch_size"] * c.plan["grad_accum"])
+    return int(min(200, max(5, round(per_epoch / 4))))
+
+
 def _full_fits(c: Ctx) -> bool:
     # Full fine-tuning keeps weights, gradients and AdamW states: ~16 bytes per parameter,
     # plus room for activations; only worth it for a large shift with plenty of data.
@@ -249,6 +259,12 @@ RULES: list[Rule] = [
          "A medium dataset: 2 passes; more tends to overfit."),
     Rule("U2", "epochs", always, const(1),
          "{c.rows:,} examples are enough in one pass; more passes tend to overfit."),
+    # the held-out loss is measured every save_steps; early stopping (plan.patience) acts on it
+    Rule("E1", "save_steps", lambda c: c.rows is not None, _eval_every,
+         "Evaluate and checkpoint every {v} steps (about a quarter of a pass over the data): training stops "
+         "once the held-out loss is flat for 3 evaluations, so the epochs above are a ceiling."),
+    Rule("E1", "save_steps", always, const(20),
+         "Evaluate and checkpoint every 20 steps; training stops once the held-out loss is flat for 3 evaluations."),
     # --- warnings (every one that applies is shown) -------------------------------
     Rule("M4", "note", lambda c: c.rows is not None and c.rows < TINY_DATA, const(None),
          "Only {c.rows} examples: few-shot prompting or prompt tuning may serve as well; "
