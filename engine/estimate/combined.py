@@ -118,7 +118,7 @@ def _cpu_precision_note(plan, dtype: str) -> str:
     if plan.dtype == "auto":
         return "precision auto: " + hardware.cpu_precision()[1]
     if dtype == "bf16":
-        return hardware.bf16_cost_note() or f"precision bf16 (asked): native on this CPU"
+        return hardware.bf16_cost_note() or "precision bf16 (asked): native on this CPU"
     return f"precision {dtype} (asked)"
 
 

@@ -75,8 +75,11 @@ def estimate_time(info: ModelInfo, plan, gpu: Gpu, dtype: str, adapter_params: i
         from engine.estimate import hardware
 
         cal = hardware.calibration()
-        tflops = cal.tflops(dtype)
-        source = f"CPU ({cal.cpu}, {cal.threads} threads): {tflops:.3g} TFLOP/s measured ({dtype} matmul)"
+        tflops = cal.step_tflops(dtype)
+        source = f"CPU ({cal.cpu}, {cal.threads} threads): {cal.tflops(dtype):.3g} TFLOP/s measured ({dtype} matmul)"
+        if dtype != "fp32":
+            source += (f", {tflops:.3g} for a whole step ({hardware.BF16_STEP_SHARE:.0%} of it in {dtype}, "
+                       f"the rest at the fp32 rate {cal.fp32_tflops:.3g})")
     else:
         tflops = gpu.peak_tflops(dtype)
         source = f"{gpu.name}: {tflops:g} TFLOPs peak ({dtype})"

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 from engine.errors import UserError
-from engine.train import stopping
 from engine.plan import TrainingPlan, resolve_dtype
+from engine.train import stopping
 
 Report = Callable[[dict], None]
 
