@@ -59,3 +59,12 @@ def test_flat_held_out_loss_stops_the_run_and_says_why(tiny, tmp_path):
     # the trainer tracked the best checkpoint and loaded it as the adapter
     state = json.loads((tmp_path / "out" / "checkpoints" / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["best_model_checkpoint"] and state["best_metric"] is not None
+
+
+def test_the_worker_writes_the_reason_into_the_jobs_log():
+    from jobs import store
+    from jobs.worker import Worker
+
+    job = store.insert_job(store.Job(name="early", plan_json=TrainingPlan().model_dump_json()))
+    Worker(job.id).report({"event": "note", "message": "stopped at step 3 of 12: held-out loss flat for 2 evaluations"})
+    assert "stopped at step 3 of 12: held-out loss flat for 2 evaluations" in store.log_tail(job.id)
