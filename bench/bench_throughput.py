@@ -69,7 +69,8 @@ def plain(data: str, out: str, bf16: bool, ckpt: bool) -> None:
         model=str(default_model.default_model_dir()),
         args=SFTConfig(output_dir=out, per_device_train_batch_size=SETTING["batch_size"],
                        max_length=SETTING["seq_len"], max_steps=SETTING["steps"],
-                       learning_rate=SETTING["learning_rate"], use_cpu=True, report_to="none", **extra),
+                       learning_rate=SETTING["learning_rate"], use_cpu=True, report_to="none",
+                       logging_steps=min(10, SETTING["steps"]), **extra),  # a log (with tokens) at the last step
         train_dataset=load_dataset("json", data_files=data, split="train"),
         peft_config=LoraConfig(r=SETTING["r"], lora_alpha=SETTING["alpha"], target_modules="all-linear",
                                task_type="CAUSAL_LM"),
@@ -83,7 +84,7 @@ def plain(data: str, out: str, bf16: bool, ckpt: bool) -> None:
 
 def run_plain(work: Path, i: int, bf16: bool, ckpt: bool, env: dict) -> dict:
     out = work / f"plain-{i}"
-    cmd = [sys.executable, __file__, "--plain", str(work / "data.jsonl"), str(out)]
+    cmd = [sys.executable, __file__, "--plain", str(work / "data.jsonl"), str(out), "--steps", str(SETTING["steps"])]
     cmd += ["--bf16"] if bf16 else []
     cmd += [] if ckpt else ["--plain-no-ckpt"]
     start = time.time()
@@ -102,7 +103,7 @@ def run_job(work: Path, i: int, env: dict) -> dict:
         name=f"bench-{i}", model="default", dataset=str(work / "data.jsonl"), data_format="messages",
         eval_split=0.0, r=SETTING["r"], alpha=SETTING["alpha"], dropout=0.0, targets="all-linear",
         seq_len=SETTING["seq_len"], batch_size=SETTING["batch_size"], grad_accum=1, max_steps=SETTING["steps"],
-        learning_rate=SETTING["learning_rate"], save_steps=SETTING["steps"], logging_steps=10, gpu="cpu")
+        learning_rate=SETTING["learning_rate"], save_steps=SETTING["steps"], logging_steps=min(10, SETTING["steps"]), gpu="cpu")
     plan_file = work / f"plan-{i}.yaml"
     plan_file.write_text(plan.to_yaml(), encoding="utf-8")
     start = time.time()
@@ -122,11 +123,13 @@ def run_job(work: Path, i: int, env: dict) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=2, help="pairs of runs (plain, job)")
+    parser.add_argument("--steps", type=int, default=SETTING["steps"], help="optimizer steps per run (issue: 30)")
     parser.add_argument("--plain-no-ckpt", action="store_true", help="the plain script without TRL's default "
                         "gradient checkpointing")
     parser.add_argument("--plain", nargs=2, metavar=("DATA", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    SETTING["steps"] = args.steps
     if args.plain:
         plain(*args.plain, bf16=args.bf16, ckpt=not args.plain_no_ckpt)
         return 0
