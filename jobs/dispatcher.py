@@ -22,7 +22,8 @@ from pathlib import Path
 
 from engine.errors import UserError, one_of
 from engine.plan import TrainingPlan
-from jobs import store
+from jobs import stall, store
+from jobs.launch import ray
 from jobs.store import Job
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SPAWN_GRACE_S = 60
 CANCEL_GRACE_S = float(os.environ.get("LORAPILOT_CANCEL_GRACE_S", "120"))
 TERM_GRACE_S = 15
+STALLED_TERM_GRACE_S = 3  # a stalled worker gets SIGTERM at once and SIGKILL this much later
 RESUMABLE = ("interrupted", "cancelled", "failed")
 
 _children: list[subprocess.Popen] = []  # reaped on each kick so no zombie looks alive
@@ -99,8 +101,21 @@ def kick() -> list[int]:
         job_id = store.claim_next(slots)
         if job_id is None:
             return started
-        _spawn(job_id)
+        if ray.address():
+            _submit_to_ray(job_id)
+        else:
+            _spawn(job_id)
         started.append(job_id)
+
+
+def _submit_to_ray(job_id: int) -> None:
+    try:
+        ray.submit(job_id)
+    except Exception as exc:  # noqa: BLE001 - the row must not stay 'running' with nothing behind it
+        reason = exc.message if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+        store.update_job(job_id, ("running",), status="failed", finished_at=store.now(),
+                         error=f"could not submit to the Ray cluster: {reason}; resume once it is reachable")
+        raise
 
 
 def _spawn(job_id: int) -> None:
@@ -158,7 +173,12 @@ def reconcile() -> list[int]:
     """Rows marked running whose worker is gone become 'interrupted', with the reason."""
     changed = []
     for job in store.list_jobs(status="running"):
-        if job.pid is None:
+        if job.ray_job_id:
+            if ray.status(job.ray_job_id) not in ray.TERMINAL:
+                continue
+            reason = (f"the Ray job {job.ray_job_id} ended without the worker reporting: its node was lost "
+                      "or it was stopped outside LoRA Pilot. Resume to continue from the last checkpoint.")
+        elif job.pid is None:
             if job.started_at and store.now() - job.started_at < timedelta(seconds=SPAWN_GRACE_S):
                 continue  # claimed a moment ago; the dispatcher is still starting it
             reason = "the dispatcher stopped before the worker process started; resume to run it"
@@ -168,9 +188,13 @@ def reconcile() -> list[int]:
             reason = (f"the worker process (pid {job.pid}) ended without reporting: it was killed "
                       "(kill -9, the host ran out of memory) or the machine restarted. "
                       "Resume to continue from the last checkpoint.")
-        if store.update_job(job.id, ("running",), status="interrupted", error=reason,
+        status = "interrupted"
+        if job.cancel_requested and job.pid is not None:  # a cancel that had to kill the worker
+            status, reason = "cancelled", ("cancelled; the worker did not stop at a step boundary and was "
+                                           "killed. Resume continues from the last checkpoint.")
+        if store.update_job(job.id, ("running",), status=status, error=reason,
                             finished_at=store.now(), eta_seconds=None):
-            store.append_log(job.id, "interrupted: " + reason)
+            store.append_log(job.id, f"{status}: " + reason)
             changed.append(job.id)
     return changed
 
@@ -179,7 +203,8 @@ def reconcile() -> list[int]:
 
 def cancel(job_id, wait: bool = True, grace_s: float | None = None) -> Job:
     """Queued → cancelled now. Running → ask the worker to stop at the next step (it saves
-    a checkpoint), then SIGTERM, then SIGKILL to its process group if it does not."""
+    a checkpoint), then SIGTERM, then SIGKILL to its process group if it does not. A stalled
+    worker (jobs.stall) never reaches a step: it gets the signals without the grace period."""
     job = store.get_job(job_id)
     if job.status == "queued" and store.update_job(job.id, ("queued",), status="cancelled",
                                                     finished_at=store.now(), error="cancelled before it started"):
@@ -189,23 +214,30 @@ def cancel(job_id, wait: bool = True, grace_s: float | None = None) -> Job:
     if job.status != "running":
         raise UserError("job", f"job {job.id} is {job.status}; only queued or running jobs can be cancelled")
     store.update_job(job.id, ("running",), cancel_requested=True)
-    store.append_log(job.id, "cancel requested: stopping at the next step")
-    grace = CANCEL_GRACE_S if grace_s is None else grace_s
-    if wait:
-        _enforce_cancel(job.id, grace)
+    grace, term_grace = (CANCEL_GRACE_S if grace_s is None else grace_s), TERM_GRACE_S
+    if stall.stalled_since(job):  # it will not reach a step boundary: signal it now, kill it soon
+        grace, term_grace = 0.0, STALLED_TERM_GRACE_S
+        store.append_log(job.id, "cancel requested: the job is stalled, stopping its worker by signal")
     else:
-        threading.Thread(target=_enforce_cancel, args=(job.id, grace), daemon=True).start()
+        store.append_log(job.id, "cancel requested: stopping at the next step")
+    if wait:
+        _enforce_cancel(job.id, grace, term_grace)
+    else:
+        threading.Thread(target=_enforce_cancel, args=(job.id, grace, term_grace), daemon=True).start()
     return store.get_job(job.id)
 
 
-def _enforce_cancel(job_id: int, grace: float) -> None:
+def _enforce_cancel(job_id: int, grace: float, term_grace: float = TERM_GRACE_S) -> None:
     if _wait_finished(job_id, grace):
         return
-    for sig, wait_s in ((signal.SIGTERM, TERM_GRACE_S), (signal.SIGKILL, 5)):
+    for sig, wait_s in ((signal.SIGTERM, term_grace), (signal.SIGKILL, 5)):
         job = store.get_job(job_id)
         if job.status != "running":
             return
-        if worker_alive(job.pid, job_id):
+        if job.ray_job_id:
+            store.append_log(job_id, f"worker did not stop within {grace:.0f}s; stopping Ray job {job.ray_job_id}")
+            ray.stop(job.ray_job_id)
+        elif worker_alive(job.pid, job_id):
             store.append_log(job_id, f"worker did not stop within {grace:.0f}s; sending {sig.name}")
             try:
                 os.killpg(job.pid, sig)
@@ -225,7 +257,7 @@ def _wait_finished(job_id: int, seconds: float) -> bool:
         job = store.get_job(job_id)
         if job.status != "running":
             return True
-        if job.pid and not worker_alive(job.pid, job_id):
+        if job.pid and not job.ray_job_id and not worker_alive(job.pid, job_id):
             reconcile()
             return store.get_job(job_id).status != "running"
         time.sleep(0.2)
@@ -233,11 +265,13 @@ def _wait_finished(job_id: int, seconds: float) -> bool:
 
 
 def last_checkpoint_step(job_id: int) -> int | None:
-    """Step of the newest checkpoint-N folder in the job's checkpoints/ (None when there is none)."""
-    from engine.train.run import checkpoint_step, last_checkpoint
+    """Step of the newest complete checkpoint (None when there is none); torn ones are set aside and logged.
 
-    path = last_checkpoint(store.job_dir(job_id))
-    return checkpoint_step(path) if path else None
+    Only for a job no worker is writing to (resume, worker start)."""
+    from engine.train import checkpoints
+
+    path = checkpoints.resume_point(store.job_dir(job_id), log=lambda line: store.append_log(job_id, line))
+    return checkpoints.step_of(path) if path else None
 
 
 def resume(job_id, start: bool = True) -> Job:

@@ -17,12 +17,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import event, func, update
-from sqlalchemy.exc import OperationalError
 from sqlmodel import Field, Session, SQLModel, create_engine, delete, select
 
 from engine import paths
 from engine.errors import UserError
 from engine.plan import TrainingPlan
+from jobs import stall
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 FINISHED = ("succeeded", "failed", "cancelled", "interrupted")
@@ -58,6 +58,11 @@ class Job(SQLModel, table=True):
     base_score: float | None = None
     adapter_score: float | None = None
     cancel_requested: bool = False
+    # The step heartbeat: when the worker last finished a step, and its measured pace (jobs.stall).
+    heartbeat_at: datetime | None = None
+    step_seconds: float | None = None
+    host: str | None = None  # the machine the worker ran on
+    ray_job_id: str | None = None  # set when the job was submitted to a Ray cluster
 
 
 class Metric(SQLModel, table=True):
@@ -95,7 +100,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 
 def engine():
-    """One engine per URL (tests switch LORAPILOT_HOME between runs), tables created once."""
+    """One engine per URL (tests switch LORAPILOT_HOME between runs), schema upgraded once."""
     url = database_url()
     with _lock:
         eng = _engines.get(url)
@@ -106,15 +111,19 @@ def engine():
             event.listen(eng, "connect", _sqlite_pragmas)
         else:
             eng = create_engine(url, pool_pre_ping=True)
-        for attempt in range(5):
-            try:
-                SQLModel.metadata.create_all(eng)
-                break
-            except OperationalError:  # another process created the tables between check and create
-                if attempt == 4:
-                    raise
+        from jobs import schema
+
+        schema.upgrade(eng)  # Alembic: creates a new database, migrates an older one, keeps its jobs
         _engines[url] = eng
         return eng
+
+
+def dispose(url: str) -> None:
+    """Close the pooled connections of one database (a test's throwaway server, say)."""
+    with _lock:
+        eng = _engines.pop(url, None)
+    if eng is not None:
+        eng.dispose()
 
 
 @contextmanager
@@ -234,7 +243,7 @@ def claim_next(slots: int) -> int | None:
     stmt = (
         update(Job)
         .where(Job.id == oldest.scalar_subquery(), Job.status == "queued", running_count < slots)
-        .values(status="running", started_at=now(), pid=None, finished_at=None)
+        .values(status="running", started_at=now(), pid=None, finished_at=None, ray_job_id=None)
         .returning(Job.id)
     )
     with session() as s:
@@ -286,6 +295,7 @@ def job_summary(job: Job) -> dict:
         "progress": job.progress, "eta_seconds": job.eta_seconds,
         "base_score": job.base_score, "adapter_score": job.adapter_score,
         "error": job.error, "artifact_dir": job.artifact_dir,
+        "stalled_since": _iso(stall.stalled_since(job)),
     }
 
 
@@ -293,6 +303,7 @@ def job_detail(job: Job) -> dict:
     detail = job_summary(job)
     detail.update({
         "pid": job.pid, "device": job.device, "cancel_requested": job.cancel_requested,
+        "host": job.host, "ray_job_id": job.ray_job_id,
         "plan": json.loads(job.plan_json), "estimate": job_estimate(job),
         "estimated_peak_bytes": job.estimated_peak_bytes, "measured_peak_bytes": job.measured_peak_bytes,
         "metrics": [

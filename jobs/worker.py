@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -39,7 +40,8 @@ class Worker:
             step, total = int(event.get("step") or 0), event.get("total_steps")
             self.step = max(self.step, step)
             store.update_job(self.job_id, step=step, total_steps=total, eta_seconds=event.get("eta_seconds"),
-                             progress=min(1.0, step / total) if total else 0.0)
+                             progress=min(1.0, step / total) if total else 0.0,
+                             heartbeat_at=store.now(), step_seconds=event.get("step_seconds"))  # jobs.stall
         elif kind == "start":
             values = {"total_steps": event.get("total_steps"), "device": event.get("device")}
             if event.get("base_score") is not None:
@@ -101,7 +103,7 @@ def _run(worker: Worker) -> int:
     if job.status != "running":
         print(f"worker: job {job_id} is {job.status}, not claimed for running; nothing to do", flush=True)
         return 0
-    store.update_job(job_id, ("running",), pid=os.getpid())
+    store.update_job(job_id, ("running",), pid=os.getpid(), host=socket.gethostname())
     store.append_log(job_id, f"worker pid {os.getpid()} started")
     if job.cancel_requested:  # cancelled between claim and start: do not even load torch
         _finish(job_id, "cancelled", error="cancelled before training started")
@@ -118,15 +120,26 @@ def _run(worker: Worker) -> int:
         store.append_log(job_id, f"resuming from checkpoint at step {ckpt} (dropped {dropped} later metric rows)")
         worker.step = ckpt
     out_dir = store.job_dir(job_id)
+    from jobs.launch import accelerate
+
     try:
-        result = _train_entry()(plan, out_dir, report=worker.report, should_stop=worker.should_stop, resume=resume)
+        if plan.processes > 1:
+            result = accelerate.run(job_id, plan.processes, resume)
+        else:
+            result = _train_entry()(plan, out_dir, report=worker.report, should_stop=worker.should_stop, resume=resume)
+    except accelerate.RankFailed as exc:
+        _finish(job_id, "failed", error=str(exc))
+        return 1
+    except accelerate.RankLost as exc:
+        _finish(job_id, "interrupted", error=str(exc))
+        return 1
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a reason on the job
         traceback.print_exc()
         sys.stdout.flush()
         if worker.terminated and isinstance(exc, KeyboardInterrupt):
             _finish(job_id, "interrupted", error="stopped by a signal before the next step; resume to continue")
             return 1
-        _finish(job_id, "failed", error=_explain(exc, plan, worker.step))
+        _finish(job_id, "failed", error=explain(exc, plan, worker.step))
         return 1
 
     if getattr(result, "stopped", False):
@@ -147,7 +160,7 @@ def _finish(job_id: int, status: str, **values) -> None:
     store.append_log(job_id, f"{status}" + (f": {values['error']}" if values.get("error") else ""))
 
 
-def _explain(exc: BaseException, plan, step: int | None) -> str:
+def explain(exc: BaseException, plan, step: int | None) -> str:
     try:
         from engine.train import failures
 

@@ -40,3 +40,27 @@ def no_worker_left_behind():
     for job in store.list_jobs(status="running"):
         if dispatcher.worker_alive(job.pid, job.id):
             os.killpg(job.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    from tests.postgres import PostgresServer
+
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request, monkeypatch):
+    """Run a test once on SQLite (the default store) and once on a real PostgreSQL server."""
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres_server").new_database()
+        monkeypatch.setenv("DATABASE_URL", url)
+        yield url
+        from jobs import store
+
+        store.dispose(url)  # close pooled connections so the server can be stopped cleanly
+    else:
+        yield None

@@ -61,3 +61,14 @@ def test_dataset_decode_error_points_at_check_data():
 def test_anything_else_is_short_and_points_at_the_log():
     msg = failures.explain(ZeroDivisionError("division by zero\nlong\ntraceback"), TrainingPlan(), step=3)
     assert msg == "Training failed at step 3: ZeroDivisionError: division by zero. The full traceback is in the job log."
+
+
+def test_disk_full_says_the_checkpoints_are_kept():
+    msg = failures.explain(OSError(errno.ENOSPC, "No space left on device"), TrainingPlan(), step=4)
+    assert "Checkpoints already written are kept" in msg and "last complete checkpoint" in msg
+
+
+def test_unwritable_place_names_the_path():
+    exc = PermissionError(errno.EACCES, "Permission denied", "/data/jobs/3/checkpoints")
+    msg = failures.explain(exc, TrainingPlan(), step=7)
+    assert msg.startswith("Could not write /data/jobs/3/checkpoints at step 7") and "LORAPILOT_HOME" in msg

@@ -13,15 +13,14 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import update
 
-from engine.plan import TrainingPlan
+from engine.train import faults
 from jobs import dispatcher, store
-from tests.tiny import make_tiny_model
+from tests.jobwait import finished, plan, tiny_files, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_worker_left_behind")]
@@ -30,45 +29,22 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_worker_left_behind")
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny model and a small chat dataset, shared by the tests of this module."""
-    folder = tmp_path_factory.mktemp("tiny")
-    rows = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
-                          {"role": "assistant", "content": f"The answer is {2 * i}."}]} for i in range(24)]
-    data = folder / "sums.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    model = make_tiny_model(folder / "model", texts=[r["messages"][1]["content"] for r in rows])
-    return {"model": str(model), "dataset": str(data)}
+    return tiny_files(tmp_path_factory.mktemp("tiny"))
 
 
-def _plan(tiny, **kw) -> TrainingPlan:
-    values = dict(model=tiny["model"], dataset=tiny["dataset"], gpu="cpu", batch_size=1, seq_len=48,
-                  eval_split=0, logging_steps=1, save_steps=5, max_steps=20, warmup_ratio=0)
-    return TrainingPlan.build(**{**values, **kw})
-
-
-def _wait(job_id, until, timeout=120.0, poll=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        dispatcher._reap()  # this test process is the workers' parent: reap them like kick() does
-        job = store.get_job(job_id)
-        if until(job):
-            return job
-        time.sleep(poll)
-    raise AssertionError(f"job {job_id} still {job.status} at step {job.step}; log:\n{store.log_tail(job_id)}")
-
-
-def _finished(job):
-    return job.status in store.FINISHED
-
-
-def test_kill9_then_resume_loses_and_repeats_no_step(tiny):
-    # 60 steps: an idle machine cannot finish between the poll that sees step 7 and the kill
-    job = dispatcher.submit(_plan(tiny, max_steps=60))
+@pytest.mark.usefixtures("database")
+def test_kill9_then_resume_loses_and_repeats_no_step(tiny, monkeypatch):
+    # Each step of the first run takes at least 0.3 s, so 60 steps cannot end between the poll
+    # that sees step 7 and the kill, however fast the machine; the resumed run goes at full speed.
+    monkeypatch.setenv(faults.DELAY, "0.3")
+    job = dispatcher.submit(plan(tiny, max_steps=60))
+    monkeypatch.delenv(faults.DELAY)  # the worker has its environment already
     assert job.status == "running" and job.estimated_peak_bytes > 0
     ckpts = store.job_dir(job.id) / "checkpoints"
-    running = _wait(job.id, lambda j: j.status != "running" or (j.step >= 7 and (ckpts / "checkpoint-5").is_dir()))
+    running = wait_for(job.id, lambda j: j.status != "running" or (j.step >= 7 and (ckpts / "checkpoint-5").is_dir()))
     assert running.status == "running", store.log_tail(job.id)
     os.killpg(running.pid, signal.SIGKILL)  # no goodbye: the worker cannot write anything
-    _wait(job.id, lambda j: not dispatcher.worker_alive(j.pid, j.id), timeout=10)
+    wait_for(job.id, lambda j: not dispatcher.worker_alive(j.pid, j.id))
 
     assert job.id in dispatcher.reconcile()
     dead = store.get_job(job.id)
@@ -78,7 +54,7 @@ def test_kill9_then_resume_loses_and_repeats_no_step(tiny):
 
     resumed = dispatcher.resume(job.id)
     assert resumed.id == job.id and resumed.status == "running"
-    done = _wait(job.id, _finished)
+    done = wait_for(job.id, finished)
     assert done.status == "succeeded", done.error
     rows = store.job_metrics(job.id)
     assert [m.step for m in rows] == list(range(1, 61))  # none lost, none twice
@@ -91,7 +67,7 @@ def test_kill9_then_resume_loses_and_repeats_no_step(tiny):
 def test_job_outlives_its_submitter_and_dispatcher_restarts(tiny, lorapilot_home):
     env = {**os.environ, "LORAPILOT_HOME": str(lorapilot_home)}
     cli = [sys.executable, str(ROOT / "app.py")]
-    out = subprocess.run(cli + ["train", *_plan(tiny, max_steps=8).to_cli_args()], env=env,
+    out = subprocess.run(cli + ["train", *plan(tiny, max_steps=8).to_cli_args()], env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     job_id = int(out.stdout.split()[1])  # "job N running: ..."
@@ -101,7 +77,7 @@ def test_job_outlives_its_submitter_and_dispatcher_restarts(tiny, lorapilot_home
     assert shown["status"] == "running" and shown["pid"]
     assert dispatcher.reconcile() == []  # a restarted dispatcher leaves a live worker alone
     assert dispatcher.kick() == []  # and does not start the job a second time
-    done = _wait(job_id, _finished)
+    done = wait_for(job_id, finished)
     assert done.status == "succeeded", done.error
     listed = json.loads(subprocess.run(cli + ["jobs", "--json"], env=env, capture_output=True,
                                        text=True, timeout=60).stdout)
@@ -109,29 +85,33 @@ def test_job_outlives_its_submitter_and_dispatcher_restarts(tiny, lorapilot_home
     assert [m.step for m in store.job_metrics(job_id)] == list(range(1, 9))
 
 
-def test_cancel_is_graceful_with_a_checkpoint_then_resumes(tiny):
-    # long enough that an idle machine cannot finish it between the poll and the cancel
-    job = dispatcher.submit(_plan(tiny, max_steps=300, save_steps=1000))
-    _wait(job.id, lambda j: j.step >= 2 or _finished(j))
+def test_cancel_is_graceful_with_a_checkpoint_then_resumes(tiny, monkeypatch):
+    # Each step of the first run takes at least 0.5 s, so 40 steps cannot end before the cancel
+    # lands, however fast the machine; the resumed run goes at full speed.
+    monkeypatch.setenv(faults.DELAY, "0.5")
+    job = dispatcher.submit(plan(tiny, max_steps=40, save_steps=1000))
+    monkeypatch.delenv(faults.DELAY)
+    wait_for(job.id, lambda j: j.step >= 2 or finished(j))
     cancelled = dispatcher.cancel(job.id, wait=True, grace_s=60)
     assert cancelled.status == "cancelled", cancelled.error
     stopped_at = cancelled.step
-    assert stopped_at < 300
+    assert 2 <= stopped_at < 40
     assert (store.job_dir(job.id) / "checkpoints" / f"checkpoint-{stopped_at}").is_dir()
     dispatcher.resume(job.id)
-    done = _wait(job.id, _finished)
+    done = wait_for(job.id, finished)
     assert done.status == "succeeded", done.error
-    assert [m.step for m in store.job_metrics(job.id)] == list(range(1, 301))
+    assert [m.step for m in store.job_metrics(job.id)] == list(range(1, 41))
 
 
+@pytest.mark.usefixtures("database")
 def test_twenty_concurrent_submissions_all_recorded_and_start_fifo(tiny, monkeypatch):
     monkeypatch.setenv("LORAPILOT_MAX_CONCURRENT", "0")  # hold the queue while submitting
-    plan = _plan(tiny)
+    base = plan(tiny)
     errors = []
 
     def submit(i):
         try:
-            dispatcher.submit(plan.updated(name=f"job-{i}"))
+            dispatcher.submit(base.updated(name=f"job-{i}"))
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -156,7 +136,7 @@ def test_twenty_concurrent_submissions_all_recorded_and_start_fifo(tiny, monkeyp
     for t in kickers:
         t.join()
     for job in jobs:
-        _wait(job.id, _finished, timeout=60)
+        wait_for(job.id, finished)
     jobs = sorted(store.list_jobs(), key=lambda j: j.id)
     assert {j.status for j in jobs} == {"cancelled"}
     starts = [j.started_at for j in jobs]
@@ -168,10 +148,10 @@ def test_twenty_concurrent_submissions_all_recorded_and_start_fifo(tiny, monkeyp
 def test_a_failing_run_gets_a_plain_reason_and_the_traceback_goes_to_the_log(tiny, tmp_path):
     # Data that passed the check at submission and is gone when the worker starts: the row is
     # inserted directly, as submit() would have after a successful check.
-    plan = _plan(tiny, dataset=str(tmp_path / "deleted-after-submit.jsonl"))
-    job = store.insert_job(store.Job(name="doomed", plan_json=plan.model_dump_json()))
+    doomed = plan(tiny, dataset=str(tmp_path / "deleted-after-submit.jsonl"))
+    job = store.insert_job(store.Job(name="doomed", plan_json=doomed.model_dump_json()))
     dispatcher.kick()
-    done = _wait(job.id, _finished)
+    done = wait_for(job.id, finished)
     assert done.status == "failed"
     assert "deleted-after-submit.jsonl" in done.error and "Traceback" not in done.error
     assert "Traceback" in store.log_tail(job.id, 200)

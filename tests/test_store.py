@@ -14,6 +14,7 @@ from sqlalchemy import text
 from engine.errors import UserError
 from engine.plan import TrainingPlan
 from jobs import dispatcher, export, store
+from tests.checkpoint_files import write_checkpoint
 
 
 def _job(name="j", **values) -> store.Job:
@@ -37,6 +38,7 @@ def test_database_url_overrides(tmp_path, monkeypatch, lorapilot_home):
     assert store.get_job(job.id).name == "elsewhere"
 
 
+@pytest.mark.usefixtures("database")
 def test_job_round_trip_folder_and_plan():
     job = _job("first")
     assert job.id == 1 and job.status == "queued"
@@ -45,6 +47,7 @@ def test_job_round_trip_folder_and_plan():
     assert [j.id for j in store.list_jobs()] == [1]
 
 
+@pytest.mark.usefixtures("database")
 @pytest.mark.parametrize("bad", ["99", "abc"])
 def test_unknown_job_is_a_user_error(bad):
     with pytest.raises(UserError) as err:
@@ -52,6 +55,7 @@ def test_unknown_job_is_a_user_error(bad):
     assert err.value.field == "job"
 
 
+@pytest.mark.usefixtures("database")
 def test_metrics_merge_per_step_and_trim_after_checkpoint():
     job = _job()
     for step in range(1, 8):
@@ -72,6 +76,7 @@ def test_log_tail(lorapilot_home):
     assert len(tail) == 3 and tail[-1].endswith("line 99")
 
 
+@pytest.mark.usefixtures("database")
 def test_claim_respects_slots_and_fifo():
     a, b, c = _job("a"), _job("b"), _job("c")
     assert store.claim_next(1) == a.id
@@ -88,6 +93,7 @@ def _claim_all(queue):
     queue.put(out)
 
 
+@pytest.mark.usefixtures("database")
 def test_concurrent_claims_never_start_a_job_twice():
     ids = [_job(f"j{i}").id for i in range(30)]
     ctx = mp.get_context("spawn")  # separate processes, separate connections, as in real dispatchers
@@ -101,6 +107,28 @@ def test_concurrent_claims_never_start_a_job_twice():
     assert sorted(claimed) == ids  # every job claimed exactly once
 
 
+def _claim_one_slot(queue, barrier):
+    barrier.wait()  # all racers hit the database at the same moment
+    queue.put([job_id for _ in range(20) if (job_id := store.claim_next(1)) is not None])
+
+
+@pytest.mark.usefixtures("database")
+def test_concurrent_claims_never_exceed_the_slots():
+    for i in range(10):
+        _job(f"j{i}")
+    ctx = mp.get_context("spawn")
+    queue, barrier = ctx.Queue(), ctx.Barrier(4)
+    procs = [ctx.Process(target=_claim_one_slot, args=(queue, barrier)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    claimed = [job_id for _ in procs for job_id in queue.get(timeout=60)]
+    for p in procs:
+        p.join(timeout=30)
+    assert len(claimed) == 1  # one slot: one job runs, however many dispatchers race
+    assert [j.id for j in store.list_jobs(status="running")] == claimed
+
+
+@pytest.mark.usefixtures("database")
 def test_reconcile_marks_dead_or_foreign_pids_interrupted():
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -122,20 +150,24 @@ def test_reconcile_marks_dead_or_foreign_pids_interrupted():
         alive.wait()
 
 
+@pytest.mark.usefixtures("database")
 def test_cancel_queued_and_resume_same_id(monkeypatch):
     monkeypatch.setenv("LORAPILOT_MAX_CONCURRENT", "0")  # keep everything queued: no worker here
     job = _job()
     assert dispatcher.cancel(job.id).status == "cancelled"
     with pytest.raises(UserError, match="only queued or running"):
         dispatcher.cancel(job.id)
-    ckpt = store.job_dir(job.id) / "checkpoints" / "checkpoint-5"
-    ckpt.mkdir(parents=True)
-    (store.job_dir(job.id) / "checkpoints" / "checkpoint-2").mkdir()
+    ckpts = store.job_dir(job.id) / "checkpoints"
+    write_checkpoint(ckpts / "checkpoint-2", 2)
+    write_checkpoint(ckpts / "checkpoint-5", 5)
+    (ckpts / "checkpoint-8").mkdir()  # a torn one (a kill mid-save): no state, no weights
     for step in range(1, 9):
         store.record_metrics(job.id, {"step": step, "loss": 1.0})
     resumed = dispatcher.resume(job.id)
     assert (resumed.id, resumed.status, resumed.step) == (job.id, "queued", 5)
     assert [m.step for m in store.job_metrics(job.id)] == [1, 2, 3, 4, 5]
+    assert (ckpts / "torn" / "checkpoint-8").is_dir() and not (ckpts / "checkpoint-8").exists()
+    assert "checkpoint-8 is incomplete (trainer_state.json is missing)" in store.log_tail(job.id)
     with pytest.raises(UserError, match="can resume"):
         dispatcher.resume(job.id)
 
@@ -158,6 +190,7 @@ def test_export_zip_holds_only_the_jobs_files(tmp_path):
         assert all("not yours" not in zf.read(n).decode() for n in names)
 
 
+@pytest.mark.usefixtures("database")
 def test_resumed_job_queues_behind_those_already_waiting(monkeypatch):
     monkeypatch.setenv("LORAPILOT_MAX_CONCURRENT", "0")
     a, b = _job("a"), _job("b")

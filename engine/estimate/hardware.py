@@ -4,8 +4,10 @@ CPUs differ by two orders of magnitude in bf16: with AMX or AVX512-BF16 a bf16 m
 runs several times faster than fp32, without them PyTorch emulates it and it runs ~100x
 slower. So the precision `dtype: auto` picks on a CPU, and the throughput the estimator
 assumes, come from this machine: its CPU flags, and a short matmul per precision timed
-once (about a second) and kept in $LORAPILOT_HOME/hardware.json, keyed by CPU, thread
-count and torch version so a different machine or build measures again.
+once (about a second) and kept in $LORAPILOT_HOME/hardware.json, keyed by CPU, core
+count and torch version so a different machine or build measures again (delete the file to
+measure again, e.g. after it was measured on a busy machine: the numbers are best-of, but a
+saturated CPU still lowers them).
 
 Tests write that file (`save`) with the numbers they need; nothing here assumes a CPU.
 """

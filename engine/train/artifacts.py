@@ -123,7 +123,8 @@ def write_model_card(plan, out_dir: Path, result, rows: list[dict], base_source:
         "",
         f"- steps: {result.steps}" + (" (stopped early; resume to finish)" if result.stopped else ""),
         f"- final train loss: {_fmt(result.final_loss)}; final eval loss: {_fmt(last_eval)}",
-        f"- measured peak memory: {result.peak_bytes / 2**20:.1f} MiB ({result.device})",
+        "- measured peak memory: " + (f"{result.peak_bytes / 2**20:.1f} MiB ({result.device})" if result.peak_bytes
+                                      else "not measured (no step ran in the run that wrote these files)"),
     ]
     if result.base_score is not None or result.adapter_score is not None:
         lines.append(f"- held-out exact match: base {_fmt(result.base_score, 3)}% → tuned {_fmt(result.adapter_score, 3)}%")

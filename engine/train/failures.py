@@ -46,6 +46,13 @@ def _is_disk_full(exc) -> bool:
     return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "no space left on device" in _text(exc)
 
 
+def _unwritable(exc) -> str | None:
+    """The path a write was refused at (permissions, read-only mount), or None."""
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return exc.filename or "a folder under $LORAPILOT_HOME"
+    return None
+
+
 def _is_model_missing(exc) -> bool:
     names = {"RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError", "LocalEntryNotFoundError"}
     if exc.__class__.__name__ in names:
@@ -104,9 +111,14 @@ def explain(exc: BaseException, plan=None, step: int | None = None) -> str:
         return (f"Ran out of {where} {_at(step)}. Try, in this order: " + "; ".join(knobs) + ". "
                 "The estimate page shows what each change saves.")
     if any(_is_disk_full(e) for e in chain):
-        return (f"The disk is full {_at(step)} (writing checkpoints or the model files). Free some space "
-                "(old job folders under $LORAPILOT_HOME/jobs, the model cache) or raise save_steps so fewer "
-                "checkpoints are written, then resume the job.")
+        return (f"The disk is full {_at(step)} (writing checkpoints or the model files). Checkpoints already "
+                "written are kept. Free some space (old job folders under $LORAPILOT_HOME/jobs, the model cache) "
+                "or raise save_steps so fewer checkpoints are written, then resume the job: it continues from "
+                "its last complete checkpoint.")
+    where = next((w for w in map(_unwritable, chain) if w), None)
+    if where:
+        return (f"Could not write {where} {_at(step)}: permission denied or a read-only disk. Make it writable "
+                "(or set LORAPILOT_HOME to a folder you can write to), then resume the job.")
     model = getattr(plan, "model", "the model")
     if any(_is_model_missing(e) for e in chain):
         return (f"The base model '{model}' was not found: not a local folder with config.json, not a .gguf file, "

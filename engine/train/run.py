@@ -17,7 +17,7 @@ from typing import Callable
 
 from engine.errors import UserError
 from engine.plan import TrainingPlan, resolve_dtype
-from engine.train import stopping
+from engine.train import distributed, stopping
 
 Report = Callable[[dict], None]
 
@@ -27,7 +27,7 @@ class TrainResult:
     out_dir: Path
     steps: int
     stopped: bool
-    peak_bytes: int
+    peak_bytes: int | None  # None when no step ran (a resume that only redid the final save)
     base_score: float | None = None
     adapter_score: float | None = None
     final_loss: float | None = None
@@ -241,8 +241,10 @@ def _reporter_class():
             # measured from its end once a later step exists.
             rate = (now - self.t0) if done == 1 else (now - self.t_first) / (done - 1)
             self.report({"event": "progress", "step": state.global_step, "total_steps": state.max_steps,
-                         "eta_seconds": round(rate * (state.max_steps - state.global_step), 1)})
-            if self.should_stop is not None and state.global_step < state.max_steps and self.should_stop():
+                         "eta_seconds": round(rate * (state.max_steps - state.global_step), 1),
+                         "step_seconds": round(rate, 3)})
+            if (self.should_stop is not None and state.global_step < state.max_steps
+                    and distributed.agree(self.should_stop())):
                 self.stopped = True
                 control.should_training_stop = True
                 control.should_save = True  # graceful cancel leaves a checkpoint to resume from
@@ -296,17 +298,6 @@ def _evaluate_skill(model, tokenizer, skill) -> float:
         model.train(was_training)
 
 
-def last_checkpoint(out_dir: Path) -> Path | None:
-    """The newest checkpoint-N folder under out_dir/checkpoints (the one a resume continues from)."""
-    folder = Path(out_dir) / "checkpoints"
-    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.removeprefix("checkpoint-").isdigit()]
-    return max(found, key=checkpoint_step, default=None)
-
-
-def checkpoint_step(path: Path) -> int:
-    return int(Path(path).name.removeprefix("checkpoint-"))
-
-
 # --- the run -----------------------------------------------------------------------------
 def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
           should_stop: Callable[[], bool] | None = None, resume: bool = False) -> TrainResult:
@@ -314,7 +305,7 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
     import torch
     from trl import SFTTrainer
 
-    from engine.train import artifacts
+    from engine.train import artifacts, checkpoints, faults
     from engine.data import demo
     from engine.data.dataset import build_datasets
 
@@ -333,18 +324,22 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
 
     reporter = _reporter_class()(report, should_stop, device, base_score)
     early = stopping.callback(plan.patience) if stopping.enabled(plan, eval_ds is not None) else None
-    trainer = SFTTrainer(
+    trainer_cls = checkpoints.atomic_trainer(SFTTrainer, before_publish=lambda p: faults.check_write(p.name, p))
+    trainer = trainer_cls(
         model=model,
         args=sft_config(plan, out_dir, device, dtype, has_eval=eval_ds is not None),
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
         peft_config=lora_config(plan) if plan.method != "full" else None,
-        callbacks=[reporter] + ([early] if early else []),
+        callbacks=[reporter, *faults.callbacks()] + ([early] if early else []),
     )
-    checkpoint = last_checkpoint(out_dir) if resume else None
+    checkpoint = checkpoints.resume_point(out_dir, log=print) if resume else None
     try:
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        if checkpoint is not None and checkpoints.finished(checkpoint):  # every step done, the final save failed
+            checkpoints.load_finished(trainer, checkpoint)
+        else:
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     finally:
         reporter.peak.finish()  # never leave the CPU tracker watching after a failure
 
@@ -359,14 +354,17 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
         report({"event": "scores", "base_score": base_score, "adapter_score": adapter_score})
 
     # weights: the adapter for lora/qlora (adapter_model.safetensors + adapter_config.json), all for full
-    trainer.save_model(str(out_dir))
-    tokenizer.save_pretrained(str(out_dir))
+    trainer.save_model(str(out_dir))  # every rank calls it; only rank 0 writes
+    faults.check_write("final", out_dir)
     rows = artifacts.metric_rows(trainer.state.log_history)
     final_loss = next((r["loss"] for r in reversed(rows) if r.get("loss") is not None), None)
     result = TrainResult(out_dir=out_dir, steps=trainer.state.global_step, stopped=reporter.stopped,
-                         peak_bytes=reporter.peak.peak_bytes, base_score=base_score, adapter_score=adapter_score,
+                         peak_bytes=reporter.peak.peak_bytes or None, base_score=base_score, adapter_score=adapter_score,
                          final_loss=final_loss, total_steps=trainer.state.max_steps, device=device,
                          peak_marks=list(reporter.peak.marks) or None, stop_reason=stop_reason)
+    if not distributed.is_main():
+        return result  # rank 0 writes the artifacts
+    tokenizer.save_pretrained(str(out_dir))
     artifacts.write_plan(plan, out_dir)
     artifacts.write_metrics_csv(rows, out_dir)
     artifacts.write_loss_png(rows, out_dir, title=plan.name or out_dir.name)

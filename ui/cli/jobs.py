@@ -93,7 +93,7 @@ def _submit(plan: TrainingPlan, wait: bool) -> int:
 
 
 def cmd_jobs(ns) -> int:
-    from jobs import dispatcher, store
+    from jobs import dispatcher, stall, store
 
     dispatcher.reconcile()
     jobs = store.list_jobs()
@@ -105,7 +105,7 @@ def cmd_jobs(ns) -> int:
         return 0
     rows = [("ID", "STATUS", "PROGRESS", "BASE", "ADAPTER", "CREATED", "NAME")]
     for j in jobs:
-        rows.append((str(j.id), j.status, f"{j.progress * 100:.0f}% {j.step}/{j.total_steps or '?'}",
+        rows.append((str(j.id), j.status + (" (stalled)" if stall.stalled_since(j) else ""), f"{j.progress * 100:.0f}% {j.step}/{j.total_steps or '?'}",
                      _pct(j.base_score), _pct(j.adapter_score),
                      j.created_at.strftime("%Y-%m-%d %H:%M"), j.name))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
@@ -115,7 +115,7 @@ def cmd_jobs(ns) -> int:
 
 
 def cmd_show(ns) -> int:
-    from jobs import dispatcher, store
+    from jobs import dispatcher, stall, store
 
     dispatcher.reconcile()
     job = store.get_job(ns.job_id)
@@ -125,6 +125,9 @@ def cmd_show(ns) -> int:
         return 0
     print(f"job {job.id}: {job.name}")
     print(f"  status     {job.status}" + (f" (pid {job.pid}, {job.device or 'starting'})" if job.status == "running" else ""))
+    stalled = stall.describe(job)
+    if stalled:
+        print(f"  STALLED    {stalled}")
     print(f"  progress   {job.progress * 100:.0f}%  step {job.step}/{job.total_steps or '?'}"
           + (f"  eta {_duration(job.eta_seconds)}" if job.eta_seconds else ""))
     print(f"  memory     estimated {human_bytes(job.estimated_peak_bytes)}, measured {human_bytes(job.measured_peak_bytes)}")
@@ -132,6 +135,8 @@ def cmd_show(ns) -> int:
         print(f"  score      base {_pct(job.base_score)} -> adapter {_pct(job.adapter_score)}")
     if job.error:
         print(f"  reason     {job.error}")
+    if job.host or job.ray_job_id:
+        print(f"  ran on     {job.host or '?'}" + (f" (Ray job {job.ray_job_id})" if job.ray_job_id else ""))
     print(f"  folder     {job.artifact_dir}")
     metrics = detail["metrics"]
     if metrics:

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 
+from engine import paths
 from engine.errors import UserError
 
 # Modules that contribute subcommands, in the order they appear in --help.
@@ -47,6 +48,7 @@ def run(argv: list[str]) -> int:
         argv = ["serve", *argv]  # `python app.py [--host H] [--port P]` opens the wizard
     args = parser.parse_args(argv)
     try:
+        paths.home()  # every command needs a writable home; say so before anything else fails
         return int(args.handler(args) or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

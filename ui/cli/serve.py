@@ -22,6 +22,9 @@ def register(sub) -> None:
                    help="Address to listen on (default 127.0.0.1, this machine only). Any other address "
                    "needs credentials.")
     p.add_argument("--port", type=int, default=7860, help="Port to listen on (default 7860).")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="Run jobs on a Ray cluster (its dashboard address, e.g. http://head:8265); "
+                        "the same as LORAPILOT_RAY_ADDRESS.")
     p.add_argument("--auth", default=None, metavar="USER:PASSWORD",
                    help="Require this sign-in; the environment variable LORAPILOT_AUTH works too "
                    "(and keeps the password out of the process list).")
@@ -72,6 +75,10 @@ def upload_limit_mb(flag: int | None) -> int:
 
 def serve(ns) -> int:
     auth = parse_auth(ns.auth or os.environ.get("LORAPILOT_AUTH"))
+    if ns.ray is not None:
+        if not ns.ray.strip():
+            raise UserError("ray", "must be a Ray dashboard address, e.g. http://127.0.0.1:8265")
+        os.environ["LORAPILOT_RAY_ADDRESS"] = ns.ray  # the dispatcher and every worker it starts read it
     check_exposure(ns.host, auth, ns.share)
     limit = upload_limit_mb(ns.max_upload_mb)
     os.environ["LORAPILOT_MAX_UPLOAD_MB"] = str(limit)  # the upload handler reads the same figure

@@ -64,7 +64,7 @@ def latest_job_id() -> int | None:
 
 def signature(job_id) -> tuple | None:
     """What a redraw depends on; equal signatures mean nothing to redraw."""
-    from jobs import store
+    from jobs import stall, store
 
     if job_id is None:
         return None
@@ -75,6 +75,7 @@ def signature(job_id) -> tuple | None:
     log = store.log_path(job.id)
     return (job.id, job.status, job.step, job.progress, job.eta_seconds, job.adapter_score, job.base_score,
             job.measured_peak_bytes, job.cancel_requested, len(store.job_metrics(job.id)),
+            stall.stalled_since(job) is not None,  # becomes true with no row changing
             log.stat().st_size if log.exists() else 0, tuple((j.id, j.status, round(j.progress or 0, 2))
                                                              for j in store.list_jobs()))
 
@@ -87,13 +88,19 @@ def _header(job, metrics) -> str:
              "tokens / s": f"{tps:,.0f}" if tps else "—",
              "peak memory: estimated": charts.human_bytes(job.estimated_peak_bytes),
              "peak memory: measured": charts.human_bytes(job.measured_peak_bytes),
-             "device": job.device or "—"}
+             "device": job.device or "—",
+             "ran on": _where(job)}
     if job.base_score is not None or job.adapter_score is not None:
         fmt = lambda s: "—" if s is None else f"{s:.0f}%"  # noqa: E731
         tiles["demo score: before → after"] = f"{fmt(job.base_score)} → {fmt(job.adapter_score)}"
     title = (f'<div class="lp-jobhead"><span class="lp-jobtitle">Job #{job.id} · {html.escape(job.name)}</span>'
              f'{html.badge(job.status)}</div>')
     return title + html.progress_bar(job.progress) + html.stat_tiles(tiles)
+
+
+def _where(job) -> str:
+    where = job.host or "—"
+    return f"{where} (Ray job {job.ray_job_id})" if job.ray_job_id else where
 
 
 def _failure(job) -> str:
@@ -105,6 +112,11 @@ def _failure(job) -> str:
         return html.notice((job.error or "Cancelled.") + " Resume continues from the last checkpoint.", "info")
     if job.status == "queued":
         return html.notice("Waiting for a free slot; it starts when the job before it finishes.", "info")
+    from jobs import stall
+
+    stalled = stall.describe(job)
+    if stalled:  # before "stopping…": a stalled worker does not reach the next step by itself
+        return html.notice(stalled[0].upper() + stalled[1:] + " The log is below.", "warn")
     if job.cancel_requested and job.status == "running":
         return html.notice("Stopping at the next step…", "info")
     return ""

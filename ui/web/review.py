@@ -22,7 +22,7 @@ MAIN_FIELDS = ["method", "r", "alpha", "dropout", "targets", "batch_size", "grad
                "grad_ckpt", "learning_rate", "epochs"]
 # Everything else a user may override, in the Advanced panel.
 ADVANCED_FIELDS = ["max_steps", "optimizer", "dtype", "lr_scheduler", "warmup_ratio", "eval_split", "bias",
-                   "use_dora", "use_rslora", "attention", "seed", "logging_steps", "save_steps"]
+                   "use_dora", "use_rslora", "attention", "seed", "logging_steps", "save_steps", "num_processes"]
 FORM_FIELDS = MAIN_FIELDS + ADVANCED_FIELDS
 # Fields the earlier steps fill (model, data, hardware) and the launch step names.
 CONTEXT_FIELDS = ["model", "difficulty", "dataset", "dataset_rows", "gpu", "budget_gb", "name"]
@@ -30,6 +30,13 @@ SWEEP_SEQ = [128, 256, 512, 1024, 2048, 4096, 8192]
 LABELS = {"r": "Rank (r)", "alpha": "Alpha", "grad_ckpt": "Gradient checkpointing", "lr_scheduler": "LR schedule",
           "grad_accum": "Gradient accumulation", "seq_len": "Sequence length", "use_dora": "DoRA",
           "use_rslora": "rsLoRA", "eval_split": "Eval share", "max_steps": "Max steps", "dtype": "Precision"}
+
+
+def _effective_batch(plan: TrainingPlan) -> str:
+    parts = f"{plan.batch_size} x {plan.grad_accum}"
+    if plan.num_processes != 1:
+        parts += f" x {plan.num_processes} processes"
+    return f"{plan.effective_batch} ({parts})"
 
 
 def label(field: str) -> str:
@@ -259,6 +266,7 @@ def estimate_view(plan: TrainingPlan) -> dict:
         "tokens to train": charts.human_count(t.total_tokens) if t else "—",
         "estimated time" + (f" on {t.device}" if t and t.device else ""): charts.human_seconds(t.seconds) if t else "—",
         "trainable": f"{charts.human_count(est.trainable_params)} ({est.trainable_percent:.2f}%)",
+        "effective batch": _effective_batch(plan),
     })
     return {
         "estimate": est,

@@ -1,0 +1,93 @@
+"""Jobs on a Ray cluster, through Ray Jobs (`JobSubmissionClient`); no scheduler of our own.
+
+With `LORAPILOT_RAY_ADDRESS` set (the cluster's dashboard address, e.g. http://head:8265), the
+dispatcher submits each claimed job as a Ray job whose entrypoint is the ordinary worker
+(`python -m jobs.worker ID`), asking Ray for the plan's devices as entrypoint resources, so Ray
+decides where it runs and when there is room. The worker writes rows to the same database
+(`DATABASE_URL`: PostgreSQL for a real cluster) and files to the shared `LORAPILOT_HOME`; the
+Ray job id on the row is how status, logs and a forced stop go back through Ray.
+API: https://docs.ray.io/en/latest/cluster/running-applications/job-submission/sdk.html
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from engine import paths
+from engine.errors import UserError
+from engine.plan import TrainingPlan
+from jobs import store
+
+ENV = "LORAPILOT_RAY_ADDRESS"
+ROOT = Path(__file__).resolve().parent.parent.parent
+# What a worker on a node must see: the same database, the same home, the same code.
+SHARED_ENV = ("DATABASE_URL", "LORAPILOT_HOME", "LORAPILOT_CANCEL_GRACE_S", "LORAPILOT_MAX_CONCURRENT",
+              "HF_HUB_OFFLINE", "HF_HOME")
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def address() -> str | None:
+    return os.environ.get(ENV) or None
+
+
+def _client():
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address())
+    except Exception as exc:  # noqa: BLE001 - any connection failure is one line for the user
+        raise UserError(ENV, f"cannot reach the Ray cluster at {address()} ({type(exc).__name__}: {exc}); "
+                             "start it (`ray start --head`) or unset the variable to run jobs locally") from None
+
+
+def resources(plan: TrainingPlan) -> dict:
+    """Entrypoint resources for Ray: one GPU per training process when the plan is for a GPU."""
+    on_cpu = (plan.gpu or "").strip().lower() == "cpu"
+    processes = plan.num_processes if isinstance(plan.num_processes, int) else 1
+    if on_cpu:
+        return {"entrypoint_num_cpus": processes}
+    return {"entrypoint_num_cpus": 1, "entrypoint_num_gpus": processes}
+
+
+def submit(job_id: int) -> str:
+    """Submit the claimed job to the cluster and record the Ray job id on its row."""
+    plan = store.job_plan(store.get_job(job_id))
+    env = {key: os.environ[key] for key in SHARED_ENV if os.environ.get(key)}
+    env["LORAPILOT_HOME"] = str(paths.home())
+    env["DATABASE_URL"] = store.database_url()
+    env[ENV] = address()  # the worker's closing kick() submits the next queued job here too
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    ray_id = _client().submit_job(
+        entrypoint=f"{shlex.quote(sys.executable)} -m jobs.worker {int(job_id)}",
+        submission_id=f"lorapilot-{int(job_id)}-{os.urandom(3).hex()}",  # a resume is a new Ray job
+        runtime_env={"env_vars": env},
+        metadata={"lorapilot_job": str(job_id)},
+        **resources(plan),
+    )
+    store.update_job(job_id, ("running",), ray_job_id=ray_id)
+    store.append_log(job_id, f"submitted to the Ray cluster at {address()} as {ray_id} ({resources(plan)})")
+    return ray_id
+
+
+def status(ray_id: str) -> str:
+    """Ray's word for the job (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED), or UNREACHABLE."""
+    try:
+        return str(_client().get_job_status(ray_id).value)
+    except Exception:  # noqa: BLE001 - a cluster we cannot reach says nothing about the job: keep the row
+        return "UNREACHABLE"
+
+
+def stop(ray_id: str) -> None:
+    """Ray sends the entrypoint SIGTERM, then SIGKILL: the worker's own graceful path."""
+    _client().stop_job(ray_id)
+
+
+def log_tail(ray_id: str, lines: int = 50) -> str:
+    try:
+        return "\n".join(_client().get_job_logs(ray_id).splitlines()[-lines:])
+    except Exception as exc:  # noqa: BLE001 - logs are a courtesy; the row keeps the verdict
+        return f"(Ray logs unavailable: {type(exc).__name__}: {exc})"

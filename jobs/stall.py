@@ -1,0 +1,79 @@
+"""Is a running job stalled? Read from the step heartbeat, never guessed from the process.
+
+A worker that is alive but makes no step (a hung data loader, a deadlock, a device hang)
+still looks "running". The worker stamps `heartbeat_at` and its measured `step_seconds`
+on the job at every step; a running job whose last sign of life is older than the
+threshold is stalled since that moment. The threshold is LORAPILOT_STALL_AFTER_S when
+set, else a generous multiple of the job's own step time with a floor (evaluation and
+checkpoint saves also pass without a step), and longer before the first step, while
+the model loads or downloads.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+
+from engine.errors import UserError
+
+ENV = "LORAPILOT_STALL_AFTER_S"
+MULTIPLE = 20  # steps of the job's own pace
+FLOOR_S = 600.0
+BEFORE_FIRST_STEP_S = 1800.0
+
+
+def threshold_s(job) -> float:
+    raw = os.environ.get(ENV)
+    if raw:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = 0.0
+        if value <= 0:
+            raise UserError(ENV, f"'{raw}' is not a number of seconds above 0 (e.g. 900)")
+        return value
+    if _heartbeat(job) is None:
+        return BEFORE_FIRST_STEP_S
+    return max(FLOOR_S, MULTIPLE * (job.step_seconds or 0.0))
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _heartbeat(job) -> datetime | None:
+    """The last step of this run (a resumed job's heartbeat from before its restart does not count)."""
+    if job.heartbeat_at is None:
+        return None
+    beat = _aware(job.heartbeat_at)
+    return beat if job.started_at is None or beat >= _aware(job.started_at) else None
+
+
+def stalled_since(job, now: datetime | None = None) -> datetime | None:
+    """The job's last sign of progress when that is longer ago than the threshold, else None."""
+    if job.status != "running":
+        return None
+    last = _heartbeat(job) or job.started_at
+    if last is None:
+        return None
+    last = _aware(last)
+    now = now or datetime.now(timezone.utc)
+    return last if (now - last).total_seconds() > threshold_s(job) else None
+
+
+def describe(job, now: datetime | None = None) -> str | None:
+    """One line for people ('stalled since …'), or None when the job is not stalled."""
+    since = stalled_since(job, now)
+    if since is None:
+        return None
+    now = now or datetime.now(timezone.utc)
+    quiet = _minutes((now - since).total_seconds())
+    what = "no step finished" if _heartbeat(job) else "no first step"
+    return (f"stalled since {since.strftime('%Y-%m-%d %H:%M:%S')} UTC: {what} for {quiet} (threshold "
+            f"{_minutes(threshold_s(job))}, set by {ENV}). It may be hung; the log tail shows its last "
+            "words, and cancel stops it (a worker that does not stop is killed).")
+
+
+def _minutes(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"

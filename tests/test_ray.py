@@ -1,0 +1,127 @@
+"""Jobs through a real Ray cluster: a local head started here (loopback only, CPU only).
+
+The dispatcher submits the job with Ray Jobs, the worker on the 'cluster' writes to the same
+database and home, the row records the Ray job id and the host it ran on; cancel stops it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.plan import TrainingPlan
+from jobs import dispatcher, store
+from jobs.launch import ray
+from tests.tiny import make_tiny_model
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_worker_left_behind")]
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    gcs, dashboard = _free_port(), _free_port()
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true",
+                    "--num-cpus=2", "--num-gpus=0", f"--temp-dir={temp}", "--disable-usage-stats"],
+                   check=True, env=env, capture_output=True, timeout=240)
+    address = f"http://127.0.0.1:{dashboard}"
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.monotonic() + 120
+    while True:  # the dashboard's job API comes up a little after `ray start` returns
+        try:
+            JobSubmissionClient(address).list_jobs()
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    yield address
+    subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-ray")
+    rows = [{"messages": [{"role": "user", "content": f"Triple {i}."},
+                          {"role": "assistant", "content": f"{3 * i}"}]} for i in range(16)]
+    data = folder / "triple.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    model = make_tiny_model(folder / "model", texts=[r["messages"][1]["content"] for r in rows])
+    return {"model": str(model), "dataset": str(data)}
+
+
+def _plan(tiny, **kw) -> TrainingPlan:
+    values = dict(model=tiny["model"], dataset=tiny["dataset"], gpu="cpu", batch_size=2, seq_len=32,
+                  eval_split=0, logging_steps=1, save_steps=2, max_steps=4, warmup_ratio=0)
+    return TrainingPlan.build(**{**values, **kw})
+
+
+def _wait(job_id, until, timeout=300.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        dispatcher.reconcile()
+        job = store.get_job(job_id)
+        if until(job):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} still {job.status} at step {job.step}; log:\n{store.log_tail(job_id, 80)}")
+
+
+def _ray_finished(ray_id: str, timeout: float = 120.0) -> str:
+    deadline = time.monotonic() + timeout
+    while (state := ray.status(ray_id)) not in ray.TERMINAL and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return state
+
+
+def test_resources_follow_the_plan():
+    assert ray.resources(TrainingPlan.build(gpu="cpu")) == {"entrypoint_num_cpus": 1}
+    assert ray.resources(TrainingPlan.build(gpu="A100 80GB", num_processes=4)) == {
+        "entrypoint_num_cpus": 1, "entrypoint_num_gpus": 4}
+
+
+def test_unreachable_cluster_fails_the_job_with_a_plain_reason(tiny, monkeypatch):
+    monkeypatch.setenv(ray.ENV, f"http://127.0.0.1:{_free_port()}")  # nothing listens there
+    with pytest.raises(Exception):
+        dispatcher.submit(_plan(tiny))
+    job = store.list_jobs()[0]
+    assert job.status == "failed" and "Ray cluster" in job.error and "resume" in job.error
+
+
+def test_a_job_runs_through_ray_and_cancel_stops_it(tiny, ray_head, monkeypatch, lorapilot_home):
+    monkeypatch.setenv(ray.ENV, ray_head)
+    job = dispatcher.submit(_plan(tiny))
+    assert job.ray_job_id and job.ray_job_id.startswith("lorapilot-")
+    job = _wait(job.id, lambda j: j.status in store.FINISHED)
+    assert job.status == "succeeded", ray.log_tail(job.ray_job_id, 80)
+    assert job.host == socket.gethostname()
+    assert _ray_finished(job.ray_job_id) == "SUCCEEDED"  # the worker exits just after its last row
+    assert (Path(job.artifact_dir) / "adapter_model.safetensors").exists()
+    assert store.job_detail(job)["ray_job_id"] == job.ray_job_id
+
+    long = dispatcher.submit(_plan(tiny, max_steps=100000))
+    _wait(long.id, lambda j: j.status != "running" or j.step >= 1)
+    dispatcher.cancel(long.id, grace_s=60)
+    long = _wait(long.id, lambda j: j.status in store.FINISHED)
+    assert long.status == "cancelled", store.log_tail(long.id, 80)
+    assert _ray_finished(long.ray_job_id) in ray.TERMINAL

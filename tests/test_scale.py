@@ -1,0 +1,107 @@
+"""Scaling out: one job trained by two real processes (`accelerate launch`, gloo on the CPU).
+
+Rank 0 alone writes rows and artifacts, the log shows world size 2, the adapter loads; a rank
+killed with -9 makes the job `interrupted` and resume finishes it with the same processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+from engine.plan import TrainingPlan
+from jobs import dispatcher, store
+from tests.tiny import make_tiny_model
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_worker_left_behind")]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-ddp")
+    rows = [{"messages": [{"role": "user", "content": f"Double {i}."},
+                          {"role": "assistant", "content": f"{2 * i}"}]} for i in range(16)]
+    data = folder / "double.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    model = make_tiny_model(folder / "model", texts=[r["messages"][1]["content"] for r in rows])
+    return {"model": str(model), "dataset": str(data)}
+
+
+def _plan(tiny, **kw) -> TrainingPlan:
+    values = dict(model=tiny["model"], dataset=tiny["dataset"], gpu="cpu", batch_size=2, seq_len=32,
+                  eval_split=0, logging_steps=1, save_steps=2, max_steps=6, warmup_ratio=0, num_processes=2)
+    return TrainingPlan.build(**{**values, **kw})
+
+
+def _wait(job_id, until, timeout=300.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        dispatcher._reap()
+        job = store.get_job(job_id)
+        if until(job):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} still {job.status} at step {job.step}; log:\n{store.log_tail(job_id, 80)}")
+
+
+def _ranks(job) -> list[psutil.Process]:
+    """The training processes under the job's worker (accelerate's launcher starts them)."""
+    try:
+        children = psutil.Process(job.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    ranks = []
+    for child in children:
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "jobs.launch.rank" in " ".join(child.cmdline()):
+                ranks.append(child)
+        except psutil.Error:  # ended while we looked
+            pass
+    return ranks
+
+
+def test_effective_batch_counts_processes():
+    plan = TrainingPlan.build(batch_size=4, grad_accum=2, num_processes=2)
+    assert plan.effective_batch == 16
+    with pytest.raises(Exception, match="num_processes"):
+        TrainingPlan.build(num_processes=0)
+
+
+def test_two_cpu_processes_train_one_job(tiny):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    job = dispatcher.submit(_plan(tiny))
+    job = _wait(job.id, lambda j: j.status in store.FINISHED)
+    log = store.log_tail(job.id, 400)
+    assert job.status == "succeeded", log
+    assert "world size 2" in log
+    steps = [m.step for m in store.job_metrics(job.id)]
+    assert steps == sorted(set(steps)) and steps[-1] == 6  # one row per step: rank 0 alone reports
+    adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny["model"]), job.artifact_dir)
+    assert any("lora_A" in name for name, _ in adapter.named_parameters())
+
+
+def test_a_killed_rank_interrupts_and_resume_finishes(tiny):
+    job = dispatcher.submit(_plan(tiny, max_steps=40, save_steps=2))
+    # wait for a checkpoint to exist, so the resume has somewhere to continue from
+    job = _wait(job.id, lambda j: j.status != "running" or
+                (dispatcher.last_checkpoint_step(j.id) or 0) >= 2 and len(_ranks(j)) == 2)
+    assert job.status == "running", store.log_tail(job.id, 80)
+    victim = max(_ranks(job), key=lambda p: p.pid)
+    os.kill(victim.pid, signal.SIGKILL)
+    job = _wait(job.id, lambda j: j.status in store.FINISHED)
+    assert job.status == "interrupted", store.log_tail(job.id, 80)
+    assert "resume" in job.error.lower()
+    step = dispatcher.last_checkpoint_step(job.id)
+    dispatcher.resume(job.id)
+    job = _wait(job.id, lambda j: j.status in store.FINISHED)
+    assert job.status == "succeeded", store.log_tail(job.id, 80)
+    assert f"resuming from checkpoint at step {step}" in store.log_tail(job.id, 400)
+    steps = [m.step for m in store.job_metrics(job.id)]
+    assert steps == sorted(set(steps)) and steps[-1] == 40
