@@ -146,13 +146,15 @@ class TrainingPlan(BaseModel):
         "~30% slower.",
     )
     optimizer: Optimizer = Field("adamw_torch", description="Optimizer; 8-bit and paged variants save memory.")
-    dtype: Dtype = Field(
-        "auto", description="Compute precision: auto picks bf16 on GPUs that support it, else fp16; fp32 on CPU."
-    )
+    dtype: Dtype = Field("auto", description="Compute precision: auto picks bf16 where the GPU or CPU runs it natively "
+                                "(measured once per machine), else fp16 on a GPU and fp32 on a CPU.")
     attention: Attention = Field("sdpa", description="Attention kernel: sdpa (memory-efficient) or eager.")
     seed: int = Field(42, description="Random seed, for repeatable runs.")
     logging_steps: int = Field(1, description="Write a metrics row every this many updates.")
     save_steps: int = Field(20, description="Save a checkpoint every this many updates.")
+    patience: int = Field(
+        3, description="Stop once the held-out loss has not improved for this many evaluations in a row, keeping "
+        "the best checkpoint as the adapter (0 = always train to the end). Evaluations come every save_steps.")
 
     # --- the hardware ---------------------------------------------------------------
     gpu: str | None = Field(None, description="GPU from the catalog (e.g. 'RTX 4090', 'A100 80GB') or 'cpu'.")
@@ -186,6 +188,13 @@ class TrainingPlan(BaseModel):
     def _not_huge(cls, v: int | None) -> int | None:
         if v is not None and abs(v) > MAX_INT:  # a typo, and more than a job row can store
             raise ValueError(f"got {v}; at most {MAX_INT:,}")
+        return v
+
+    @field_validator("patience")
+    @classmethod
+    def _not_negative(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("must be 0 (off) or a whole number of evaluations")
         return v
 
     @field_validator("alpha", "learning_rate", "epochs", "eval_seconds")
@@ -327,15 +336,16 @@ class TrainingPlan(BaseModel):
 
 
 def resolve_dtype(requested: str, on_cpu: bool, bf16_ok: bool) -> str:
-    """The precision a run uses: 'auto' is fp32 on the CPU, bf16 where the GPU has it, else fp16.
+    """The precision a run uses: 'auto' is bf16 where the device runs it natively (a GPU with
+    bf16, a CPU with a native bf16 matmul: `bf16_ok`), else fp16 on a GPU and fp32 on a CPU.
 
     One rule for the estimator (which predicts it) and the trainer (which applies it).
     """
     if requested != "auto":
         return requested
-    if on_cpu:
-        return "fp32"
-    return "bf16" if bf16_ok else "fp16"
+    if bf16_ok:
+        return "bf16"
+    return "fp32" if on_cpu else "fp16"
 
 
 def add_plan_flags(parser, fields: list[str] | None = None) -> None:

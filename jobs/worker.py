@@ -58,6 +58,8 @@ class Worker:
             store.append_log(self.job_id, f"phase: {event.name}")
         elif isinstance(event, events.Evaluation):
             store.update_job(self.job_id, evaluation_json=json.dumps(event.evaluation))
+        elif isinstance(event, events.Note):  # e.g. why training stopped early; shown in the job's log
+            store.append_log(self.job_id, event.message)
 
     def should_stop(self) -> bool:
         if self.terminated or self._cancel:

@@ -35,7 +35,7 @@ def plan_warnings(plan: TrainingPlan) -> list[tuple[str, str]]:
 
     info = introspect.resolve(plan.model)
     narrow = narrowest_target(plan)
-    ctx = rules.Ctx(params_b=info.total_params / 1e9, context=info.max_position,
+    ctx = rules.RuleContext(params_b=info.total_params / 1e9, context=info.max_position,
                     target_names=list(info.target_names), difficulty=plan.difficulty or "balanced",
                     rows=plan.dataset_rows, device="cpu" if plan.gpu == "cpu" else "gpu",
                     budget_gb=plan.budget_gb, plan=plan.model_dump(),

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from engine.advice import fitting
+from engine.plan import TrainingPlan
 
 # Every rule id in docs/rules.md, which states each rule and where it comes from. A reason
 # must cite one of these (tests check it, and that the page explains each), so a user can
 # look the rule up.
 # R6 (rank above layer width) is stated in PLAN_CHECKS below.
 RULE_IDS = frozenset(
-    "M1 M2 M3 M4 M5 R1 R2 R3 R4 R5 R6 A1 A2 A3 A4 D1 D2 D3 T1 T2 T3 T4 T5 B1 L1 G1 U1 U2 U3".split()
+    "M1 M2 M3 M4 M5 R1 R2 R3 R4 R5 R6 A1 A2 A3 A4 D1 D2 D3 T1 T2 T3 T4 T5 B1 L1 G1 U1 U2 U3 E1".split()
 )
 
 
@@ -75,6 +76,10 @@ class RuleContext:
         return f" (about {self.seconds / 60:.0f} minutes for this plan)"
 
     @property
+    def cpu_precision_reason(self) -> str:
+        return _cpu_precision()[1]
+
+    @property
     def small_data(self) -> bool:
         return self.rows is not None and self.rows < SMALL_DATA
 
@@ -116,6 +121,20 @@ def const(value: Any) -> Callable[[RuleContext], Any]:
     return lambda _: value
 
 
+def _cpu_precision() -> tuple[str, str]:
+    from engine.estimate import hardware  # measured once per machine, then cached
+
+    return hardware.cpu_precision()
+
+
+def _eval_every(c: RuleContext) -> int:
+    """About a quarter of an epoch (5 to 200 steps): often enough for early stopping to act, rarely
+    enough that evaluating ~10% of the rows costs little next to training on a quarter of them."""
+    train_rows = c.rows * (1 - TrainingPlan.model_fields["eval_split"].default)
+    per_epoch = train_rows / (c.plan["batch_size"] * c.plan["grad_accum"])
+    return int(min(200, max(5, round(per_epoch / 4))))
+
+
 def _full_fits(c: RuleContext) -> bool:
     # Full fine-tuning keeps weights, gradients and AdamW states: ~16 bytes per parameter,
     # plus room for activations; only worth it for a large shift with plenty of data.
@@ -151,8 +170,8 @@ RULES: list[Rule] = [
          "The base fits in 16-bit with room to spare: LoRA trains small adapters on the frozen base "
          "and typically reaches 95-99% of full fine-tuning quality."),
     # --- precision and optimizer --------------------------------------------------
-    Rule("M2", "dtype", lambda c: c.device == "cpu", const("fp32"),
-         "CPUs train reliably only in 32-bit floats."),
+    Rule("M2", "dtype", lambda c: c.device == "cpu", lambda c: _cpu_precision()[0],
+         "Measured on this machine: {c.cpu_precision_reason}."),
     Rule("M2", "dtype", always, const("auto"),
          "bf16 where the GPU supports it, else fp16: half the memory of 32-bit at the same quality."),
     Rule("M3", "optimizer", lambda c: c.plan["method"] == "qlora", const("paged_adamw_8bit"),
@@ -222,6 +241,12 @@ RULES: list[Rule] = [
          "A medium dataset: 2 passes; more tends to overfit."),
     Rule("U2", "epochs", always, const(1),
          "{c.rows:,} examples are enough in one pass; more passes tend to overfit."),
+    # the held-out loss is measured every save_steps; early stopping (plan.patience) acts on it
+    Rule("E1", "save_steps", lambda c: c.rows is not None, _eval_every,
+         "Evaluate and checkpoint every {v} steps (about a quarter of a pass over the data): training stops "
+         "once the held-out loss is flat for 3 evaluations, so the epochs above are a ceiling."),
+    Rule("E1", "save_steps", always, const(20),
+         "Evaluate and checkpoint every 20 steps; training stops once the held-out loss is flat for 3 evaluations."),
     # --- warnings (every one that applies is shown) -------------------------------
     Rule("M4", "note", lambda c: c.rows is not None and c.rows < TINY_DATA, const(None),
          "Only {c.rows} examples: few-shot prompting or prompt tuning may serve as well; "

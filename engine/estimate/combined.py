@@ -20,6 +20,7 @@ from engine.estimate.lengths import padded_length, peak_rows
 from engine.estimate.memory import CPU_RESERVED_FACTOR, CUDA_CONTEXT, RESERVED_FACTOR, Recipe, memory_terms
 from engine.estimate.params import ParamCount, count
 from engine.estimate.timing import TimeEstimate, estimate_time
+from engine.estimate import hardware
 from engine.model import catalog
 from engine.model.catalog import Gpu
 from engine.model.introspect import resolve
@@ -91,8 +92,9 @@ def gpu_of(plan) -> Gpu | None:
 
 
 def compute_dtype(plan, gpu: Gpu | None) -> str:
-    return resolve_dtype(plan.dtype, on_cpu=gpu is not None and gpu.is_cpu,
-                         bf16_ok=gpu is None or gpu.supports_bf16)
+    on_cpu = gpu is not None and gpu.is_cpu
+    bf16_ok = hardware.calibration().bf16_native if on_cpu else (gpu is None or gpu.supports_bf16)
+    return resolve_dtype(plan.dtype, on_cpu=on_cpu, bf16_ok=bf16_ok)
 
 
 def _recipe(plan, dtype: str, on_gpu: bool) -> Recipe:
@@ -142,8 +144,8 @@ def _memory(info, plan, pc: ParamCount, gpu: Gpu | None, dtype: str, lengths=Non
         notes.append(f"reserved = allocated x {RESERVED_FACTOR} (allocator cache); device adds "
                      f"{CUDA_CONTEXT / GIB:.1f} GiB CUDA context")
     else:
-        notes.append("CPU: fp32 by default, no CUDA context; the budget is budget_gb if given, else this "
-                     "machine's RAM (gpu=cpu), else none (no device named)")
+        notes.append("CPU: no CUDA context; the budget is budget_gb if given, else this machine's RAM "
+                     "(gpu=cpu), else none (no device named)")
     fits = None if budget is None else device <= budget
     # with the data known, the worst case is named as such and the expected figure follows
     worst = " at worst" if expected and expected.padded_length < plan.seq_len else ""
@@ -159,6 +161,15 @@ def _memory(info, plan, pc: ParamCount, gpu: Gpu | None, dtype: str, lengths=Non
     return MemoryEstimate(allocated_bytes=allocated, reserved_bytes=reserved, device_bytes=device,
                           budget_bytes=budget, fits=fits, terms=terms, assumptions=notes, verdict=verdict,
                           expected=expected)
+
+
+def _cpu_precision_note(plan, dtype: str) -> str:
+    """Why this precision on this CPU, and what a bf16 request costs where bf16 is not native."""
+    if plan.dtype == "auto":
+        return "precision auto: " + hardware.cpu_precision()[1]
+    if dtype == "bf16":
+        return hardware.bf16_cost_note() or "precision bf16 (asked): native on this CPU"
+    return f"precision {dtype} (asked)"
 
 
 def host_ram_bytes() -> int:
@@ -184,6 +195,8 @@ def estimate(plan, lengths=None) -> Estimate:
     pc = _params(info, plan, dtype)
     mem = _memory(info, plan, pc, gpu, dtype, lengths)
     time = estimate_time(info, plan, gpu, dtype, pc.lora_params) if gpu is not None else None
+    if time is not None and gpu.is_cpu:
+        time.assumptions.insert(0, _cpu_precision_note(plan, dtype))
     return Estimate(model=plan.model, method=plan.method, dtype=dtype, device=gpu.name if gpu else None,
                     trainable_params=pc.trainable, total_params=pc.total, trainable_percent=round(pc.percent, 4),
                     adapter_bytes=pc.adapter_bytes, by_module_type=pc.by_module_type, by_layer=pc.by_layer,

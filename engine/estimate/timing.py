@@ -17,7 +17,7 @@ from engine.model.catalog import Gpu
 from engine.model.introspect import ModelInfo
 
 GPU_UTILISATION = 0.35  # share of dense peak a HF/TRL training loop typically reaches
-CPU_UTILISATION = 0.5  # of the stated CPU peak (catalog.CPU_PEAK_TFLOPS)
+CPU_UTILISATION = 0.5  # of this CPU's measured matmul rate (engine.estimate.hardware)
 QLORA_OVERHEAD = 1.15
 
 
@@ -76,10 +76,21 @@ def train_tokens(plan) -> tuple[int | None, int | None]:
 def estimate_time(info: ModelInfo, plan, gpu: Gpu, dtype: str, adapter_params: int) -> TimeEstimate:
     fpt = flops_per_token(info, plan.method, adapter_params, plan.seq_len, plan.grad_ckpt)
     util = CPU_UTILISATION if gpu.is_cpu else GPU_UTILISATION
-    peak = gpu.peak_tflops(dtype) * 1e12
-    tps = peak * util / fpt
+    if gpu.is_cpu:
+        from engine.estimate import hardware
+
+        cal = hardware.calibration()
+        tflops = cal.step_tflops(dtype)
+        source = f"CPU ({cal.cpu}, {cal.threads} threads): {cal.tflops(dtype):.3g} TFLOP/s measured ({dtype} matmul)"
+        if dtype != "fp32":
+            source += (f", {tflops:.3g} for a whole step ({hardware.BF16_STEP_SHARE:.0%} of it in {dtype}, "
+                       f"the rest at the fp32 rate {cal.fp32_tflops:.3g})")
+    else:
+        tflops = gpu.peak_tflops(dtype)
+        source = f"{gpu.name}: {tflops:g} TFLOPs peak ({dtype})"
+    tps = tflops * 1e12 * util / fpt
     steps, tokens = train_tokens(plan)
-    notes = [f"{gpu.name}: {gpu.peak_tflops(dtype):g} TFLOPs peak ({dtype}) at {util:.0%} utilisation",
+    notes = [f"{source} at {util:.0%} utilisation",
              "tokens counted padded to seq_len (batch_size x seq_len per micro-batch)"]
     processes = plan.num_processes if isinstance(plan.num_processes, int) else 1
     if processes > 1:

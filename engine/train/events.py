@@ -62,4 +62,11 @@ class Evaluation:
     evaluation: dict
 
 
-Event = Started | Progress | Metrics | Scores | Phase | Evaluation
+@dataclass(frozen=True)
+class Note:
+    """A line for the job's log, e.g. why training stopped early."""
+
+    message: str
+
+
+Event = Started | Progress | Metrics | Scores | Phase | Evaluation | Note

@@ -17,7 +17,7 @@ from typing import Callable
 
 from engine.errors import UserError
 from engine.plan import TrainingPlan, resolve_dtype
-from engine.train import config, distributed, events
+from engine.train import config, distributed, events, stopping
 
 Report = Callable[[events.Event], None]
 
@@ -32,6 +32,7 @@ class TrainResult:
     adapter_score: float | None = None
     final_loss: float | None = None
     total_steps: int | None = None
+    stop_reason: str | None = None  # early stopping: why training ended before total_steps
     device: str = "cpu"
     peak_marks: list[int] | None = None  # CPU: live bytes at each tracked step's start (see engine.peak)
 
@@ -48,8 +49,10 @@ def train_device(plan: TrainingPlan) -> str:
 def torch_dtype(plan: TrainingPlan, device: str):
     import torch
 
-    name = resolve_dtype(plan.dtype, on_cpu=device == "cpu",
-                         bf16_ok=device == "cuda" and torch.cuda.is_bf16_supported())
+    from engine.estimate import hardware
+
+    bf16_ok = torch.cuda.is_bf16_supported() if device == "cuda" else hardware.calibration().bf16_native
+    name = resolve_dtype(plan.dtype, on_cpu=device == "cpu", bf16_ok=bf16_ok)
     if name == "fp16" and device == "cpu":
         raise UserError("dtype", "fp16 training needs a GPU; on the CPU use fp32 (or bf16)")
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
@@ -153,7 +156,7 @@ def sft_config(plan: TrainingPlan, out_dir: Path, device: str, dtype, has_eval: 
 
     name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
     return SFTConfig(**{**config.sft_kwargs(plan, out_dir, has_eval), **config.precision_kwargs(name, device),
-                        **overrides})
+                        **stopping.trainer_args(plan, has_eval), **overrides})
 
 
 # --- reporting ---------------------------------------------------------------------------
@@ -265,6 +268,7 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
         model.to("cuda")
 
     reporter = _reporter_class()(report, should_stop, device, None)
+    early = stopping.callback(plan.patience) if stopping.enabled(plan, eval_ds is not None) else None
     trainer_cls = checkpoints.atomic_trainer(SFTTrainer, before_publish=lambda p: faults.check_write(p.name, p))
     trainer = trainer_cls(
         model=model,
@@ -273,7 +277,7 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
         peft_config=lora_config(plan) if plan.method != "full" else None,
-        callbacks=[reporter, *faults.callbacks()],
+        callbacks=[reporter, *faults.callbacks()] + ([early] if early else []),
     )
     # base before training (an adapter starts as a no-op, so the wrapped model is the base)
     judge = Judge(plan, eval_ds, tokenizer, out_dir, report, train_rows=len(train_ds), t0=t0)
@@ -289,6 +293,10 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
     finally:
         reporter.peak.finish()  # never leave the CPU tracker watching after a failure
 
+    stop_reason = early.reason if early else None
+    for note in (stop_reason, stopping.kept_note(trainer.state) if early else None):
+        if note:
+            report(events.Note(note))
     model = trainer.model
     adapter_score = None
     if not reporter.stopped:
@@ -308,7 +316,7 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
     result = TrainResult(out_dir=out_dir, steps=trainer.state.global_step, stopped=reporter.stopped,
                          peak_bytes=reporter.peak.peak_bytes or None, base_score=base_score, adapter_score=adapter_score,
                          final_loss=final_loss, total_steps=trainer.state.max_steps, device=device,
-                         peak_marks=list(reporter.peak.marks) or None)
+                         peak_marks=list(reporter.peak.marks) or None, stop_reason=stop_reason)
     if not distributed.is_main():
         return result  # rank 0 writes the artifacts
     tokenizer.save_pretrained(str(out_dir))

@@ -1,0 +1,100 @@
+"""The CPU precision rule and the estimator's CPU speed come from this machine's measured
+numbers; here those numbers are injected (tests/conftest.py), so no test depends on the CPU
+it runs on. One test runs the real (shrunken) calibration to check it measures and caches.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.estimate import combined, hardware
+from engine.plan import TrainingPlan
+from tests.conftest import cpu_without_bf16
+
+AMX = {"cpu": "Intel Xeon (AMX)", "bf16_flags": ["amx_bf16", "avx512_bf16"], "fp32_tflops": 0.34, "bf16_tflops": 2.7}
+AVX2 = {"cpu": "AMD EPYC (AVX2)", "bf16_flags": [], "fp32_tflops": 0.128, "bf16_tflops": 0.001}
+FLAGS_BUT_SLOW = {"cpu": "Odd CPU", "bf16_flags": ["avx512_bf16"], "fp32_tflops": 0.1, "bf16_tflops": 0.11}
+
+
+def _plan(**kw) -> TrainingPlan:
+    return TrainingPlan.build(**{"model": "smollm2-135m", "gpu": "cpu", "seq_len": 96, "batch_size": 4, "max_steps": 30,
+                                 **kw})
+
+
+def test_auto_is_bf16_where_the_cpu_runs_it_natively_and_says_why():
+    cpu_without_bf16(**AMX)
+    est = combined.estimate(_plan())
+    assert est.dtype == "bf16"
+    note = est.time.assumptions[0]
+    assert note.startswith("precision auto:") and "native bf16" in note and "amx_bf16" in note
+    assert "adapters kept in fp32" in note
+
+
+@pytest.mark.parametrize("numbers, why", [(AVX2, "no native bf16"), (FLAGS_BUT_SLOW, "not faster here")])
+def test_auto_is_fp32_without_a_fast_bf16_matmul(numbers, why):
+    cpu_without_bf16(**numbers)
+    est = combined.estimate(_plan())
+    assert est.dtype == "fp32"
+    assert why in est.time.assumptions[0]
+
+
+def test_asking_bf16_on_a_cpu_without_it_states_the_cost():
+    cpu_without_bf16(**AVX2)
+    est = combined.estimate(_plan(dtype="bf16"))
+    assert est.dtype == "bf16"
+    assert "not native" in est.time.assumptions[0] and "128.0x as long" in est.time.assumptions[0]
+    cpu_without_bf16(**AMX)
+    assert "native on this CPU" in combined.estimate(_plan(dtype="bf16")).time.assumptions[0]
+
+
+def test_cpu_time_follows_the_measured_matmul_rate():
+    cpu_without_bf16(**{**AVX2, "fp32_tflops": 0.1})
+    slow = combined.estimate(_plan()).time
+    cpu_without_bf16(**{**AVX2, "fp32_tflops": 0.2})
+    fast = combined.estimate(_plan()).time
+    assert fast.seconds == pytest.approx(slow.seconds / 2)
+    assert "0.2 TFLOP/s measured (fp32 matmul)" in fast.assumptions[1]
+    cpu_without_bf16(**AMX)  # bf16 speeds up only part of a step: 1.6x for an 8x faster matmul
+    fp32 = combined.estimate(_plan(dtype="fp32")).time.seconds
+    assert fp32 / combined.estimate(_plan()).time.seconds == pytest.approx(1.6, rel=0.02)
+
+
+def test_trainer_applies_the_same_rule():
+    import torch
+
+    from engine.train.run import compute_dtype
+
+    cpu_without_bf16(**AMX)
+    assert compute_dtype(_plan(), "cpu") == torch.bfloat16
+    cpu_without_bf16(**AVX2)
+    assert compute_dtype(_plan(), "cpu") == torch.float32
+
+
+def test_recommendation_for_the_cpu_states_the_measured_choice():
+    from engine.advice import recommend
+
+    cpu_without_bf16(**AMX)
+    rec = recommend.recommend("smollm2-135m", "simple", gpu="cpu", dataset_rows=300)
+    assert rec.plan.dtype == "bf16" and rec.estimate.dtype == "bf16"
+    assert "Measured on this machine" in rec.reasons["dtype"].text and "native bf16" in rec.reasons["dtype"].text
+
+
+def test_calibration_measures_once_and_is_cached_per_machine(monkeypatch, lorapilot_home):
+    hardware.cache_path().unlink()  # no injected numbers: measure this machine (shrunken, so it is quick)
+    monkeypatch.setattr(hardware, "SHAPE", (64, 64, 64))
+    monkeypatch.setattr(hardware, "MEASURE_S", 0.02)
+    cal = hardware.calibration()
+    assert cal.fp32_tflops > 0 and cal.bf16_tflops > 0 and cal.key == hardware.cache_key()
+    assert set(cal.bf16_flags) <= set(hardware.BF16_FLAGS)
+    assert hardware.Calibration.model_validate_json(hardware.cache_path().read_text()) == cal
+
+    def no_second_measurement():
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(hardware, "measure", no_second_measurement)
+    hardware._memo.clear()
+    assert hardware.calibration() == cal  # from the file
+    # numbers from another machine (or torch build) are not used
+    hardware.save(cal.model_copy(update={"key": "another CPU | 64 cores | torch 0"}))
+    monkeypatch.setattr(hardware, "measure", lambda: cal.model_copy(update={"fp32_tflops": 9.0}))
+    assert hardware.calibration().fp32_tflops == 9.0
