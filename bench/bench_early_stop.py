@@ -81,8 +81,8 @@ def make_task(name: str, folder: Path) -> tuple[Path, list[dict]]:
 def run(name: str, data: Path, test: list[dict], patience: int, out: Path) -> dict:
     from engine.advice import recommend
     from engine.data import demo
-    from engine.train.run import load_base, train
     from engine.plan import TrainingPlan
+    from engine.train.run import load_base, train
 
     rec = recommend.recommend("default", "simple", gpu="cpu", dataset_rows=TRAIN_ROWS,
                               base=TrainingPlan.build(model="default", dataset=str(data), gpu="cpu"))

@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     bf16 = cal.bf16_native
     print(f"CPU: {cal.cpu}, {cal.threads} threads, bf16 flags {cal.bf16_flags or 'none'}; matmul "
           f"fp32 {cal.fp32_tflops:.3g} / bf16 {cal.bf16_tflops:.3g} TFLOP/s")
-    print(f"plain baseline: TRL defaults with " + ("bf16 autocast (native here)" if bf16 else
+    print("plain baseline: TRL defaults with " + ("bf16 autocast (native here)" if bf16 else
           "bf16=False (bf16 not native here)") + (", gradient checkpointing off" if args.plain_no_ckpt else
           ", TRL's default gradient checkpointing on"))
     print(f"job: dtype auto -> {hardware.cpu_precision()[0]}; setting {SETTING}", flush=True)

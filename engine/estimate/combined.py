@@ -16,11 +16,11 @@ from dataclasses import replace
 
 from pydantic import BaseModel
 
+from engine.estimate import hardware
 from engine.estimate.lengths import padded_length, peak_rows
 from engine.estimate.memory import CPU_RESERVED_FACTOR, CUDA_CONTEXT, RESERVED_FACTOR, Recipe, memory_terms
 from engine.estimate.params import ParamCount, count
 from engine.estimate.timing import TimeEstimate, estimate_time
-from engine.estimate import hardware
 from engine.model import catalog
 from engine.model.catalog import Gpu
 from engine.model.introspect import resolve

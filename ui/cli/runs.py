@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 
-from ui.cli.jobs import _duration, _submit_wait
+from engine.units import human_seconds
+from ui.cli.jobs import _submit_wait
 
 
 def register(sub) -> None:
@@ -60,7 +61,7 @@ def cmd_compare(ns) -> int:
 def show_lines(detail: dict) -> list[str]:
     lines = []
     if detail.get("phase"):
-        lines.append(f"  phase      {detail['phase']} for {_duration(detail.get('phase_seconds'))}")
+        lines.append(f"  phase      {detail['phase']} for {human_seconds(detail.get('phase_seconds'))}")
     if detail.get("parent_id"):
         lines.append(f"  parent     job {detail['parent_id']} (this run follows its advice)")
     ev = detail.get("evaluation")

@@ -9,6 +9,7 @@ explicit override whose label says what will happen.
 
 from __future__ import annotations
 
+from engine import units
 from engine.errors import UserError
 from ui.web import charts, html, review
 
@@ -61,7 +62,7 @@ def misfit(plan) -> str | None:
     mem = memory_for(plan)
     if mem.fits is not False:
         return None
-    need, have = charts.human_bytes(mem.device_bytes), charts.human_bytes(mem.budget_bytes)
+    need, have = units.human_bytes(mem.device_bytes), units.human_bytes(mem.budget_bytes)
     if plan.gpu == "cpu":
         return (f"Launch anyway: it needs about {need} and this machine has {have} of RAM, so the job will "
                 "most likely be killed for lack of memory (or the machine will swap until it stalls); "
