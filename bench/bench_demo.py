@@ -44,9 +44,13 @@ def main() -> None:
         train, ev = dataset.build_datasets(plan, tok)
 
         class Every(TrainerCallback):
+            def __init__(self, skill, tok):
+                self.skill, self.tok = skill, tok
+
             def on_step_end(self, a, state, control, model=None, **kw):
                 if args.eval_every and state.global_step % args.eval_every == 0:
-                    print(f"  [{skill}] step {state.global_step}: {demo.evaluate(model, tok, skill)}%", flush=True)
+                    score = demo.evaluate(model, self.tok, self.skill)
+                    print(f"  [{self.skill}] step {state.global_step}: {score}%", flush=True)
 
         cfg = SFTConfig(output_dir=f"/tmp/bench-demo-{skill}", max_steps=plan.max_steps,
                         per_device_train_batch_size=plan.batch_size, learning_rate=plan.learning_rate,
@@ -57,7 +61,7 @@ def main() -> None:
         lora = LoraConfig(r=plan.r, lora_alpha=plan.alpha, lora_dropout=plan.dropout,
                           target_modules="all-linear", task_type="CAUSAL_LM")
         trainer = SFTTrainer(model=model, args=cfg, train_dataset=train, processing_class=tok,
-                             peft_config=lora, callbacks=[Every()])
+                             peft_config=lora, callbacks=[Every(skill, tok)])
         t, c = time.time(), time.process_time()
         trainer.train()
         t_train, c_train = time.time() - t, time.process_time() - c

@@ -113,7 +113,8 @@ def report(r: dict) -> None:
         static_m, states_m, dynamic_m = marks[0], marks[1] - marks[0], r["measured"] - marks[1]
         static_e = terms.get("base weights", 0) + terms.get("adapter weights", 0)
         states_e = terms.get("optimizer states", 0)
-        dynamic_e = sum(v for k, v in terms.items() if k not in ("base weights", "adapter weights", "optimizer states"))
+        static = ("base weights", "adapter weights", "optimizer states")
+        dynamic_e = sum(v for k, v in terms.items() if k not in static)
         for label, m, e in (("weights+adapters (+data)", static_m, static_e), ("optimizer states", states_m, states_e),
                             ("grads+activations+logits+transient", dynamic_m, dynamic_e)):
             print(f"    {label:36s} measured {m / MiB:8.2f} MiB  estimated {e / MiB:8.2f} MiB  "

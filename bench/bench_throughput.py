@@ -103,7 +103,8 @@ def run_job(work: Path, i: int, env: dict) -> dict:
         name=f"bench-{i}", model="default", dataset=str(work / "data.jsonl"), data_format="messages",
         eval_split=0.0, r=SETTING["r"], alpha=SETTING["alpha"], dropout=0.0, targets="all-linear",
         seq_len=SETTING["seq_len"], batch_size=SETTING["batch_size"], grad_accum=1, max_steps=SETTING["steps"],
-        learning_rate=SETTING["learning_rate"], save_steps=SETTING["steps"], logging_steps=min(10, SETTING["steps"]), gpu="cpu")
+        learning_rate=SETTING["learning_rate"], save_steps=SETTING["steps"], logging_steps=min(10, SETTING["steps"]),
+        gpu="cpu")
     plan_file = work / f"plan-{i}.yaml"
     plan_file.write_text(plan.to_yaml(), encoding="utf-8")
     start = time.time()

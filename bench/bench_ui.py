@@ -99,13 +99,16 @@ def bench_browser(runs: int = 15) -> None:
             base = int(box.input_value())
             times, network = [], []
             sent = {}
-            page.on("request", lambda r: sent.setdefault(r.url, time.perf_counter()) if "/gradio_api/" in r.url else None)
-            page.on("requestfinished", lambda r: network.append(time.perf_counter() - sent.pop(r.url, time.perf_counter()))
+            page.on("request",
+                    lambda r: sent.setdefault(r.url, time.perf_counter()) if "/gradio_api/" in r.url else None)
+            page.on("requestfinished",
+                    lambda r: network.append(time.perf_counter() - sent.pop(r.url, time.perf_counter()))
                     if "run/predict" in r.url else None)
             charts, starts, sent_at = [], [], []
             page.on("request", lambda r: sent_at.append(time.perf_counter()) if "/gradio_api/" in r.url else None)
             for i in range(runs):
-                page.wait_for_timeout(1500)  # let the previous change's charts finish drawing, as between a person's edits
+                # let the previous change's charts finish drawing, as between a person's edits
+                page.wait_for_timeout(1500)
                 before = plot_title(page, "params-plot")
                 tiles = page.inner_text("#summary-tiles")
                 box.fill(str(base + 1 + i))

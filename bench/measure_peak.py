@@ -103,7 +103,8 @@ def measure(config, method="lora", r=8, targets="all-linear", dropout=0.05, batc
             opt.step()
             opt.zero_grad(set_to_none=True)
             del loss
-    return {"peak_bytes": mode.peak, "weights_bytes": weights, "dtype": str(next(model.parameters()).dtype), "params": sum(p.numel() for p in model.parameters())}
+    return {"peak_bytes": mode.peak, "weights_bytes": weights, "dtype": str(next(model.parameters()).dtype),
+            "params": sum(p.numel() for p in model.parameters())}
 
 
 def estimate_for(config, **kw) -> dict:
@@ -122,7 +123,8 @@ def estimate_for(config, **kw) -> dict:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=None, help="catalog name; default: a tiny Llama (hidden 64, 2 layers, vocab 512)")
+    ap.add_argument("--model", default=None,
+                    help="catalog name; default: a tiny Llama (hidden 64, 2 layers, vocab 512)")
     ap.add_argument("--layers", type=int, default=None, help="override the number of layers")
     ap.add_argument("--method", default="lora")
     ap.add_argument("--targets", default="all-linear")

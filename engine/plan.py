@@ -146,7 +146,8 @@ class TrainingPlan(BaseModel):
         "~30% slower.",
     )
     optimizer: Optimizer = Field("adamw_torch", description="Optimizer; 8-bit and paged variants save memory.")
-    dtype: Dtype = Field("auto", description="Compute precision: auto picks bf16 where the GPU or CPU runs it natively "
+    dtype: Dtype = Field("auto",
+                         description="Compute precision: auto picks bf16 where the GPU or CPU runs it natively "
                                 "(measured once per machine), else fp16 on a GPU and fp32 on a CPU.")
     attention: Attention = Field("sdpa", description="Attention kernel: sdpa (memory-efficient) or eager.")
     seed: int = Field(42, description="Random seed, for repeatable runs.")

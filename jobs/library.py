@@ -187,7 +187,8 @@ def import_adapter(path, name: str | None = None, base: str | None = None, descr
         try:
             return add(Adapter(name=name, base_model=info.base_model, path=str(dest), method=info.method,
                                r=info.r, alpha=info.alpha, targets=",".join(info.targets),
-                               bytes=folder.folder_bytes(dest), skill=skill, description=description or f"imported from {path}"))
+                               bytes=folder.folder_bytes(dest), skill=skill,
+                               description=description or f"imported from {path}"))
         except BaseException:
             shutil.rmtree(dest, ignore_errors=True)
             raise

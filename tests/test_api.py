@@ -189,7 +189,8 @@ def test_every_bad_request_gets_a_clear_error_and_the_server_keeps_serving(clien
         client.chat.completions.create(model="alpha", messages=[{"role": "user", "content": 5}])
     with pytest.raises(openai.BadRequestError, match="n"):
         chat(client, "alpha", n=2)
-    raw = [httpx.post(server + "/chat/completions", content=b"{not json", headers={"content-type": "application/json"}),
+    raw = [httpx.post(server + "/chat/completions", content=b"{not json",
+                      headers={"content-type": "application/json"}),
            httpx.post(server + "/completions", json={"model": "alpha"}),
            httpx.post(server + "/chat/completions", json=["a list"]),
            httpx.post(server + "/unload_lora_adapter", json={"lora_name": "ghost"})]

@@ -48,7 +48,7 @@ def test_resume_skips_torn_checkpoints_sets_them_aside_and_redoes_their_steps(ti
     # its weights cut short. Each time the job is marked as a kill would have left it.
     tears = [("trainer_state.json is missing", lambda c: (c / "trainer_state.json").unlink()),
              ("adapter_model.safetensors is unreadable", lambda c: _cut_short(c / "adapter_model.safetensors"))]
-    for n, (why, tear) in enumerate(tears, start=1):
+    for why, tear in tears:
         tear(ckpts / "checkpoint-6")
         store.update_job(job.id, status="interrupted", error="killed")
         resumed = dispatcher.resume(job.id, start=False)

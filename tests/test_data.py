@@ -49,7 +49,8 @@ def test_reads_every_file_type_to_the_same_records(tmp_path):
 
 def test_txt_is_one_example_per_block(tmp_path):
     (tmp_path / "t.txt").write_text("first doc\nstill first\n\nsecond doc\n")
-    assert dataset.load_records(str(tmp_path / "t.txt")) == [{"text": "first doc\nstill first"}, {"text": "second doc"}]
+    assert dataset.load_records(str(tmp_path / "t.txt")) == [{"text": "first doc\nstill first"},
+                                                             {"text": "second doc"}]
 
 
 @pytest.mark.parametrize("content, expected", [

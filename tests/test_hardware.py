@@ -17,7 +17,8 @@ FLAGS_BUT_SLOW = {"cpu": "Odd CPU", "bf16_flags": ["avx512_bf16"], "fp32_tflops"
 
 
 def _plan(**kw) -> TrainingPlan:
-    return TrainingPlan.build(**{"model": "smollm2-135m", "gpu": "cpu", "seq_len": 96, "batch_size": 4, "max_steps": 30,
+    return TrainingPlan.build(**{"model": "smollm2-135m", "gpu": "cpu", "seq_len": 96, "batch_size": 4,
+                                 "max_steps": 30,
                                  **kw})
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.errors import UserError
 from engine.plan import TrainingPlan
 from jobs import dispatcher, store
 from jobs.launch import ray
@@ -102,7 +103,7 @@ def test_resources_follow_the_plan():
 
 def test_unreachable_cluster_fails_the_job_with_a_plain_reason(tiny, monkeypatch):
     monkeypatch.setenv(ray.ENV, f"http://127.0.0.1:{_free_port()}")  # nothing listens there
-    with pytest.raises(Exception):
+    with pytest.raises(UserError, match="Ray cluster"):
         dispatcher.submit(_plan(tiny))
     job = store.list_jobs()[0]
     assert job.status == "failed" and "Ray cluster" in job.error and "resume" in job.error

@@ -73,7 +73,8 @@ def test_next_creates_the_linked_job_with_the_advice(tiny):
 
 
 def cli(*args, **env):
-    return subprocess.run([sys.executable, str(ROOT / "app.py"), *map(str, args)], capture_output=True, text=True, check=False,
+    return subprocess.run([sys.executable, str(ROOT / "app.py"), *map(str, args)], capture_output=True, text=True,
+                          check=False,
                           timeout=180, env={**os.environ, "PYTHONPATH": str(ROOT), **env})
 
 

@@ -92,7 +92,8 @@ class Recipe:
             tag = "cannot serve" if issue.blocking else "note"
             lines.append(f"{tag}: {issue.adapter}: {issue.reason}; fix: {issue.fix}.")
         lines.append("The base and adapter paths are this machine's: copy the folders to the same paths on the GPU "
-                     "box (or name the base by its Hugging Face id). Clients pick an adapter as the request's `model`, "
+                     "box (or name the base by its Hugging Face id). "
+                     "Clients pick an adapter as the request's `model`, "
                      "as with LoRA Pilot's /v1 endpoint.")
         return "\n".join(lines)
 

@@ -116,7 +116,8 @@ def _broken(metrics: list[dict]) -> tuple[str, bool] | None:
     if spikes:
         s, v, ref = spikes[0]
         more = f" ({len(spikes)} spikes in all)" if len(spikes) > 1 else ""
-        return f"the train loss spiked to {v:.3f} at step {s}, {v / ref:.1f}x its running median {ref:.3f}{more}", False
+        return (f"the train loss spiked to {v:.3f} at step {s}, {v / ref:.1f}x its running median {ref:.3f}{more}",
+                False)
     return None
 
 
@@ -263,13 +264,15 @@ def _u1(plan, evidence: str) -> list[Finding]:
     out = []
     if plan.r < 64:
         r = min(64, plan.r * 2)
-        out.append(Finding("U1", "underperforming", evidence, f"raise the rank {plan.r} -> {r} (alpha keeps alpha / r)",
+        out.append(Finding("U1", "underperforming", evidence,
+                           f"raise the rank {plan.r} -> {r} (alpha keeps alpha / r)",
                            {"r": r, "alpha": _sig(plan.alpha * r / plan.r)}))
     wider = {"q_proj,v_proj": "attention", "attention": "all-linear", "mlp": "all-linear"}.get(plan.targets)
     if wider is None and plan.targets != "all-linear":
         wider = "all-linear"
     if wider:
-        out.append(Finding("U1", "underperforming", evidence, f"put adapters on more layers: {plan.targets} -> {wider}",
+        out.append(Finding("U1", "underperforming", evidence,
+                           f"put adapters on more layers: {plan.targets} -> {wider}",
                            {"targets": wider}))
     lr = _sig(plan.learning_rate * 3)
     out.append(Finding("L1", "underperforming", evidence, f"raise the learning rate 3x: {plan.learning_rate:g} -> "

@@ -93,7 +93,7 @@ def count(info: ModelInfo, r: int, targets: str, bias: str = "none", use_dora: b
     extra = 0
     extra_bytes = 0
     if bias == "all":
-        for name, n in _bias_params(info.spec):
+        for _name, n in _bias_params(info.spec):
             extra += n
             tensors += 1
             by_type["bias"] = by_type.get("bias", 0) + n

@@ -174,7 +174,8 @@ class Judge:
     def _metrics(self, loss: float | None, answers: list[str], seconds: float) -> dict:
         good = loss is not None and math.isfinite(loss)
         refs = [r["reference"] for r in self.rows[:len(answers)]]
-        return {"loss": round(loss, 4) if good else loss, "perplexity": round(math.exp(min(loss, 50)), 3) if good else None,
+        return {"loss": round(loss, 4) if good else loss,
+                "perplexity": round(math.exp(min(loss, 50)), 3) if good else None,
                 **textmetrics.scores(answers, refs), "seconds": round(seconds, 1)}
 
     def _samples(self, adapter_answers: list[str]) -> list[dict]:

@@ -229,7 +229,7 @@ def resolve(spec: str) -> ModelInfo:
     counts = {"embedding": 0, "head": 0, "linear": 0, "expert": 0, "other": 0}
     linear_names = {m.name for m in linears if not m.router and not m.pseudo}
     for mod_name, mod in model.named_modules():
-        for pname, p in mod.named_parameters(recurse=False):
+        for _pname, p in mod.named_parameters(recurse=False):
             if id(p) in seen:
                 continue
             seen.add(id(p))
@@ -252,7 +252,8 @@ def resolve(spec: str) -> ModelInfo:
     dtype = str(dtype).replace("torch.", "")
     names = sorted({m.type for m in linears})
     return ModelInfo(
-        spec=spec, source=source, config=cfg, architecture=(getattr(cfg, "architectures", None) or [type(model).__name__])[0],
+        spec=spec, source=source, config=cfg,
+        architecture=(getattr(cfg, "architectures", None) or [type(model).__name__])[0],
         total_params=total, layers=int(_get(text_cfg, "num_hidden_layers", "n_layer")), hidden=hidden, heads=heads,
         kv_heads=int(_get(text_cfg, "num_key_value_heads", default=heads)),
         head_dim=int(_get(text_cfg, "head_dim", default=hidden // heads)),

@@ -152,7 +152,8 @@ def write_model_card(plan, out_dir: Path, result, rows: list[dict], base: BaseRe
     name = plan.name or out_dir.name
     adapter = plan.method != "full"
     last_eval = next((r["eval_loss"] for r in reversed(rows) if r.get("eval_loss") is not None), None)
-    method = {"lora": "LoRA", "qlora": "QLoRA (4-bit NF4 base, double quantization)", "full": "full fine-tune"}[plan.method]
+    method = {"lora": "LoRA", "qlora": "QLoRA (4-bit NF4 base, double quantization)",
+              "full": "full fine-tune"}[plan.method]
     lines = ["---"] + ([] if base.local else [f"base_model: {base.name}"]) + [
         "library_name: peft" if adapter else "library_name: transformers",
         "tags: [lora-pilot, sft" + (", lora" if adapter else "") + "]",
@@ -198,8 +199,10 @@ def write_model_card(plan, out_dir: Path, result, rows: list[dict], base: BaseRe
                                       else "not measured (no step ran in the run that wrote these files)"),
     ]
     if result.base_score is not None or result.adapter_score is not None:
-        lines.append(f"- held-out exact match: base {_fmt(result.base_score, 3)}% → tuned {_fmt(result.adapter_score, 3)}%")
-    lines += ["", "The loss curve is in `loss.png`, every logged step in `metrics.csv`, the full plan in `plan.yaml`.", ""]
+        lines.append(f"- held-out exact match: base {_fmt(result.base_score, 3)}% → "
+                     f"tuned {_fmt(result.adapter_score, 3)}%")
+    lines += ["", "The loss curve is in `loss.png`, every logged step in `metrics.csv`, "
+              "the full plan in `plan.yaml`.", ""]
     lines += ["## How to load", "", "```python"] + _load_snippet(base, adapter) + ["```", ""]
     path = out_dir / "README.md"
     path.write_text("\n".join(lines), encoding="utf-8")

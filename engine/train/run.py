@@ -314,7 +314,8 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
     rows = artifacts.metric_rows(trainer.state.log_history)
     final_loss = next((r["loss"] for r in reversed(rows) if r.get("loss") is not None), None)
     result = TrainResult(out_dir=out_dir, steps=trainer.state.global_step, stopped=reporter.stopped,
-                         peak_bytes=reporter.peak.peak_bytes or None, base_score=base_score, adapter_score=adapter_score,
+                         peak_bytes=reporter.peak.peak_bytes or None, base_score=base_score,
+                         adapter_score=adapter_score,
                          final_loss=final_loss, total_steps=trainer.state.max_steps, device=device,
                          peak_marks=list(reporter.peak.marks) or None, stop_reason=stop_reason)
     if not distributed.is_main():

@@ -17,7 +17,8 @@ def register(sub) -> None:
     p.add_argument("file", help="JSONL, JSON, CSV, Parquet or TXT file, a hub dataset id, or demo:NAME")
     p.add_argument("--model", default="default", help="Model whose tokenizer and chat template to use (default: the "
                    "embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--seq-len", dest="seq_len", type=int, default=512, help="Sequence length to measure truncation against")
+    p.add_argument("--seq-len", dest="seq_len", type=int, default=512,
+                   help="Sequence length to measure truncation against")
     p.add_argument("--data-format", dest="data_format", default="auto",
                    help="auto, messages, alpaca, prompt_completion or text")
     p.add_argument("--columns", default=None, help="Column mapping, e.g. instruction=question,output=answer")

@@ -114,7 +114,8 @@ def cmd_jobs(ns) -> int:
         return 0
     rows = [("ID", "STATUS", "PROGRESS", "BASE", "ADAPTER", "CREATED", "NAME")]
     for j in jobs:
-        rows.append((str(j.id), j.status + (" (stalled)" if stall.stalled_since(j) else ""), f"{j.progress * 100:.0f}% {j.step}/{j.total_steps or '?'}",
+        rows.append((str(j.id), j.status + (" (stalled)" if stall.stalled_since(j) else ""),
+                     f"{j.progress * 100:.0f}% {j.step}/{j.total_steps or '?'}",
                      _pct(j.base_score), _pct(j.adapter_score),
                      j.created_at.strftime("%Y-%m-%d %H:%M"), j.name))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]

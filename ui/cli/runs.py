@@ -66,12 +66,14 @@ def show_lines(detail: dict) -> list[str]:
         lines.append(f"  parent     job {detail['parent_id']} (this run follows its advice)")
     ev = detail.get("evaluation")
     if ev:
-        lines.append(f"  evaluation on {ev.get('rows', 0)} held-out rows" + (f": {ev['note']}" if ev.get("note") else ""))
+        lines.append(f"  evaluation on {ev.get('rows', 0)} held-out rows"
+                     + (f": {ev['note']}" if ev.get("note") else ""))
         if ev.get("base"):
             lines.append(f"    {'':16}{'base':>12}{'adapter':>12}")
             for label, key in (("loss", "loss"), ("perplexity", "perplexity"), ("exact match %", "exact_match"),
                                ("token F1 %", "f1"), ("ROUGE-L %", "rougeL")):
-                lines.append(f"    {label:16}{_f(ev['base'].get(key)):>12}{_f((ev.get('adapter') or {}).get(key)):>12}")
+                after = (ev.get("adapter") or {}).get(key)
+                lines.append(f"    {label:16}{_f(ev['base'].get(key)):>12}{_f(after):>12}")
         for s in ev.get("samples") or []:
             lines.append(f"    prompt    {_one_line(s['prompt'])}")
             for key in ("reference", "base", "adapter"):

@@ -109,7 +109,8 @@ def memory_breakdown(terms: Mapping[str, float], budget_bytes: float | None, fit
              "hovertemplate": "%{fullData.name}: %{y:.3f} GiB<extra></extra>"}
             for i, (name, value) in enumerate(terms.items())]
     top = sum(terms.values())
-    for name, level, colour in (("allocator headroom", reserved_bytes, "#d1d5db"), ("CUDA context", device_bytes, "#9ca3af")):
+    for name, level, colour in (("allocator headroom", reserved_bytes, "#d1d5db"),
+                                ("CUDA context", device_bytes, "#9ca3af")):
         if level and level > top:
             data.append({"type": "bar", "name": name, "x": x, "y": [(level - top) / GIB], "marker": {"color": colour},
                          "hovertemplate": name + ": %{y:.3f} GiB<extra></extra>"})
@@ -233,7 +234,8 @@ def overlay_loss_chart(runs: Iterable[Mapping]) -> Figure:
     data = []
     for i, run in enumerate(runs):
         colour, label = PALETTE[i % len(PALETTE)], f"#{run['id']}"
-        for key, dash, mode, suffix in (("loss", "solid", "lines", "train"), ("eval_loss", "dash", "lines+markers", "eval")):
+        for key, dash, mode, suffix in (("loss", "solid", "lines", "train"),
+                                        ("eval_loss", "dash", "lines+markers", "eval")):
             pts = [(m["step"], m[key]) for m in run["metrics"] if m.get(key) is not None]
             data.append({"type": "scatter", "mode": mode, "name": f"{label} {suffix}", "legendgroup": label,
                          "x": [p[0] for p in pts], "y": [p[1] for p in pts],

@@ -59,7 +59,8 @@ def evaluation_html(ev: dict | None, running: bool = False) -> str:
             out.append('<div class="lp-sample">'
                        f'<div><b>prompt</b> {escape(s["prompt"])}</div>'
                        f'<div><b>reference</b> {escape(s["reference"])}</div>'
-                       f'<div class="{_hit(s["base"], s["reference"])}"><b>base</b> {_marked(s["base"], s["reference"])}</div>'
+                       f'<div class="{_hit(s["base"], s["reference"])}"><b>base</b> '
+                       f'{_marked(s["base"], s["reference"])}</div>'
                        f'<div class="{_hit(s["adapter"], s["reference"])}"><b>adapter</b> '
                        f'{_marked(s["adapter"], s["reference"])}</div></div>')
     out.append("</div>")

@@ -36,7 +36,8 @@ def facts_table(rows: Iterable[tuple[str, object]], cls: str = "lp-facts") -> st
     return f'<table class="{cls}">{body}</table>'
 
 
-def table(headers: list[str], rows: Iterable[Iterable[object]], cls: str = "lp-table", raw_cols: Iterable[int] = ()) -> str:
+def table(headers: list[str], rows: Iterable[Iterable[object]], cls: str = "lp-table",
+          raw_cols: Iterable[int] = ()) -> str:
     """A plain table; columns in raw_cols are trusted HTML built by us (badges, links)."""
     raw = set(raw_cols)
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
@@ -67,7 +68,8 @@ def model_cards(models) -> str:
     """Catalog cards: size, architecture, context, licence."""
     cards = []
     for m in models:
-        ctx = f"{m.context // 1024}k" if getattr(m, "context", 0) and m.context >= 1024 else str(getattr(m, "context", "?"))
+        context = getattr(m, "context", 0)
+        ctx = f"{context // 1024}k" if context and context >= 1024 else str(context or "?")
         cards.append(
             f'<div class="lp-card"><div class="lp-card-title">{escape(m.name)}</div>'
             f'<div class="lp-card-key" title="{escape(m.describes()) if hasattr(m, "describes") else ""}">'

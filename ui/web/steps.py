@@ -66,7 +66,8 @@ def model_facts(spec: str) -> tuple[str, bool]:
     heads = f"{info.heads} query / {info.kv_heads} key-value" if info.kv_heads != info.heads else str(info.heads)
     rows = [
         ("Source", {"default": "embedded default (SmolLM2-135M-Instruct)", "catalog": "catalog (offline config)",
-                    "hub": "Hugging Face hub", "local": "local folder", "gguf": "GGUF file"}.get(info.source, info.source)),
+                    "hub": "Hugging Face hub", "local": "local folder",
+                    "gguf": "GGUF file"}.get(info.source, info.source)),
         ("Architecture", info.architecture),
         ("Parameters", f"{units.human_count(info.total_params)} ({info.total_params:,})"),
         ("Layers × hidden", f"{info.layers} × {info.hidden}"),

@@ -160,7 +160,7 @@ def _wire(ui: SimpleNamespace) -> None:
     # 2: data — checked when the step opens, and on every change of source
     data_outputs = [ui.dataset, ui.rows, ui.lengths, ui.data_summary, ui.histogram, ui.examples]
 
-    def check(kind, skill, upload, model, seq_len, progress=gr.Progress()):
+    def check(kind, skill, upload, model, seq_len, progress=gr.Progress()):  # noqa: B008 - how Gradio injects it
         # a fresh install converts the embedded model first: show how far, not a bare spinner
         first_run.wait_for_model(model, lambda fraction, text: progress(fraction, desc=text))
         if kind == "upload" and not upload:  # nothing chosen yet (or the file removed): no report, no error

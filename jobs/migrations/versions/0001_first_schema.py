@@ -1,7 +1,7 @@
 """The first schema: the job and metric tables as LoRA Pilot shipped them before migrations.
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-25
 
 """
