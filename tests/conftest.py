@@ -10,6 +10,18 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_home(tmp_path_factory):
+    """Module-scoped fixtures are built before any test's own home exists: give them one too, with
+    the same injected CPU, so nothing they load depends on the machine (or touches ~/.lorapilot)."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("LORAPILOT_HOME", str(tmp_path_factory.mktemp("session-home")))
+    patch.delenv("DATABASE_URL", raising=False)
+    cpu_without_bf16()
+    yield
+    patch.undo()
+
+
 @pytest.fixture(autouse=True)
 def lorapilot_home(tmp_path, monkeypatch):
     home = tmp_path / "lorapilot-home"
