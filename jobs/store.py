@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from enum import StrEnum
 from pathlib import Path
 
-from sqlalchemy import event, func, update
+from sqlalchemy import event, func, text, update
 from sqlmodel import Field, Session, SQLModel, create_engine, delete, select
 
 from engine import paths
@@ -39,6 +39,9 @@ class JobStatus(StrEnum):
 
 STATUSES = tuple(JobStatus)
 FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.INTERRUPTED)
+
+
+QUEUE_LOCK = 0x4C50_5155  # 'LPQU': the advisory lock key for the job queue on PostgreSQL
 
 
 def now() -> datetime:
@@ -221,8 +224,20 @@ def next_queue_seq():
     return select(func.coalesce(func.max(Job.queue_seq), 0) + 1).scalar_subquery()
 
 
+def _hold_queue(s: Session) -> None:
+    """Make places in the queue follow commit order on every database.
+
+    SQLite runs one writer at a time already. PostgreSQL runs concurrent INSERTs side by side, so
+    two could read the same max(queue_seq), and ids (taken from a sequence) could disagree with
+    queue places; a transaction-scoped advisory lock orders the writers that touch the queue.
+    """
+    if s.get_bind().dialect.name == "postgresql":
+        s.exec(text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=QUEUE_LOCK))
+
+
 def insert_job(job: Job) -> Job:
     with session() as s:
+        _hold_queue(s)
         job.queue_seq = next_queue_seq()  # a SQL expression: computed atomically by the INSERT
         s.add(job)
         s.commit()
@@ -244,6 +259,8 @@ def update_job(job_id: int, only_if_status: tuple[str, ...] | None = None, **val
     if only_if_status:
         stmt = stmt.where(Job.status.in_(only_if_status))
     with session() as s:
+        if "queue_seq" in values:  # a re-queue takes a new place: in commit order, as an insert does
+            _hold_queue(s)
         result = s.exec(stmt)
         s.commit()
         return result.rowcount == 1
