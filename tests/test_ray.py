@@ -6,7 +6,6 @@ database and home, the row records the Ray job id and the host it ran on; cancel
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -22,7 +21,7 @@ from engine.errors import UserError
 from engine.plan import TrainingPlan
 from jobs import dispatcher, store
 from jobs.launch import ray
-from tests.tiny import make_tiny_model
+from tests.jobwait import finished, plan, tiny_files, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_worker_left_behind")]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -62,30 +61,11 @@ def ray_head():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-ray")
-    rows = [{"messages": [{"role": "user", "content": f"Triple {i}."},
-                          {"role": "assistant", "content": f"{3 * i}"}]} for i in range(16)]
-    data = folder / "triple.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    model = make_tiny_model(folder / "model", texts=[r["messages"][1]["content"] for r in rows])
-    return {"model": str(model), "dataset": str(data)}
+    return tiny_files(tmp_path_factory.mktemp("tiny"))
 
 
 def _plan(tiny, **kw) -> TrainingPlan:
-    values = dict(model=tiny["model"], dataset=tiny["dataset"], gpu="cpu", batch_size=2, seq_len=32,
-                  eval_split=0, logging_steps=1, save_steps=2, max_steps=4, warmup_ratio=0)
-    return TrainingPlan.build(**{**values, **kw})
-
-
-def _wait(job_id, until, timeout=300.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        dispatcher.reconcile()
-        job = store.get_job(job_id)
-        if until(job):
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} still {job.status} at step {job.step}; log:\n{store.log_tail(job_id, 80)}")
+    return plan(tiny, **{**dict(batch_size=2, seq_len=32, save_steps=2, max_steps=4), **kw})
 
 
 def _ray_finished(ray_id: str, timeout: float = 120.0) -> str:
@@ -113,7 +93,7 @@ def test_a_job_runs_through_ray_and_cancel_stops_it(tiny, ray_head, monkeypatch,
     monkeypatch.setenv(ray.ENV, ray_head)
     job = dispatcher.submit(_plan(tiny))
     assert job.ray_job_id and job.ray_job_id.startswith("lorapilot-")
-    job = _wait(job.id, lambda j: j.status in store.FINISHED)
+    job = wait_for(job.id, finished)
     assert job.status == "succeeded", ray.log_tail(job.ray_job_id, 80)
     assert job.host == socket.gethostname()
     assert _ray_finished(job.ray_job_id) == "SUCCEEDED"  # the worker exits just after its last row
@@ -121,8 +101,8 @@ def test_a_job_runs_through_ray_and_cancel_stops_it(tiny, ray_head, monkeypatch,
     assert store.job_detail(job)["ray_job_id"] == job.ray_job_id
 
     long = dispatcher.submit(_plan(tiny, max_steps=100000))
-    _wait(long.id, lambda j: j.status != "running" or j.step >= 1)
+    wait_for(long.id, lambda j: j.status != "running" or j.step >= 1)
     dispatcher.cancel(long.id, grace_s=60)
-    long = _wait(long.id, lambda j: j.status in store.FINISHED)
+    long = wait_for(long.id, finished)
     assert long.status == "cancelled", store.log_tail(long.id, 80)
     assert _ray_finished(long.ray_job_id) in ray.TERMINAL

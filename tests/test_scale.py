@@ -6,47 +6,26 @@ killed with -9 makes the job `interrupted` and resume finishes it with the same 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import time
 
 import psutil
 import pytest
 
 from engine.plan import TrainingPlan
 from jobs import dispatcher, store
-from tests.tiny import make_tiny_model
+from tests.jobwait import finished, plan, tiny_files, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_worker_left_behind")]
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-ddp")
-    rows = [{"messages": [{"role": "user", "content": f"Double {i}."},
-                          {"role": "assistant", "content": f"{2 * i}"}]} for i in range(16)]
-    data = folder / "double.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    model = make_tiny_model(folder / "model", texts=[r["messages"][1]["content"] for r in rows])
-    return {"model": str(model), "dataset": str(data)}
+    return tiny_files(tmp_path_factory.mktemp("tiny"))
 
 
 def _plan(tiny, **kw) -> TrainingPlan:
-    values = dict(model=tiny["model"], dataset=tiny["dataset"], gpu="cpu", batch_size=2, seq_len=32,
-                  eval_split=0, logging_steps=1, save_steps=2, max_steps=6, warmup_ratio=0, num_processes=2)
-    return TrainingPlan.build(**{**values, **kw})
-
-
-def _wait(job_id, until, timeout=300.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        dispatcher._reap()
-        job = store.get_job(job_id)
-        if until(job):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} still {job.status} at step {job.step}; log:\n{store.log_tail(job_id, 80)}")
+    return plan(tiny, **{**dict(batch_size=2, seq_len=32, save_steps=2, max_steps=6, num_processes=2), **kw})
 
 
 def _ranks(job) -> list[psutil.Process]:
@@ -77,7 +56,7 @@ def test_two_cpu_processes_train_one_job(tiny):
     from transformers import AutoModelForCausalLM
 
     job = dispatcher.submit(_plan(tiny))
-    job = _wait(job.id, lambda j: j.status in store.FINISHED)
+    job = wait_for(job.id, finished)
     log = store.log_tail(job.id, 400)
     assert job.status == "succeeded", log
     assert "world size 2" in log
@@ -90,17 +69,17 @@ def test_two_cpu_processes_train_one_job(tiny):
 def test_a_killed_rank_interrupts_and_resume_finishes(tiny):
     job = dispatcher.submit(_plan(tiny, max_steps=40, save_steps=2))
     # wait for a checkpoint to exist, so the resume has somewhere to continue from
-    job = _wait(job.id, lambda j: j.status != "running" or
+    job = wait_for(job.id, lambda j: j.status != "running" or
                 (dispatcher.last_checkpoint_step(j.id) or 0) >= 2 and len(_ranks(j)) == 2)
     assert job.status == "running", store.log_tail(job.id, 80)
     victim = max(_ranks(job), key=lambda p: p.pid)
     os.kill(victim.pid, signal.SIGKILL)
-    job = _wait(job.id, lambda j: j.status in store.FINISHED)
+    job = wait_for(job.id, finished)
     assert job.status == "interrupted", store.log_tail(job.id, 80)
     assert "resume" in job.error.lower()
     step = dispatcher.last_checkpoint_step(job.id)
     dispatcher.resume(job.id)
-    job = _wait(job.id, lambda j: j.status in store.FINISHED)
+    job = wait_for(job.id, finished)
     assert job.status == "succeeded", store.log_tail(job.id, 80)
     assert f"resuming from checkpoint at step {step}" in store.log_tail(job.id, 400)
     steps = [m.step for m in store.job_metrics(job.id)]
