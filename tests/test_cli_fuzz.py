@@ -7,7 +7,8 @@ command has it. A refusal is exactly one `error:` line and exit 2; anything else
 
 Runs in-process through `app.main(argv)` (a handful of real subprocesses check the shell
 path). Nothing trains or serves: LORAPILOT_MAX_CONCURRENT=0 keeps any queued job queued, and
-`serve`'s last step (binding the port) is replaced by a marker, the one double here.
+`serve`'s last step (binding the port, for the wizard or --api-only) is replaced by a marker, the one
+double here.
 """
 
 from __future__ import annotations
@@ -147,12 +148,14 @@ def quiet_world(monkeypatch, fuzz_home):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("LORAPILOT_AUTH", raising=False)
     monkeypatch.delenv("LORAPILOT_DEBUG", raising=False)
+    from ui.api import app as api
     from ui.web import server
 
-    def would_serve(**kwargs):
+    def would_serve(*args, **kwargs):
         raise _WouldServe()
 
     monkeypatch.setattr(server, "launch", would_serve)
+    monkeypatch.setattr(api, "run_api_only", would_serve)  # `serve --api-only` binds its port there
 
 
 @pytest.mark.parametrize("command", sorted(_commands()))
