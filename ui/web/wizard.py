@@ -144,20 +144,28 @@ def build() -> SimpleNamespace:
     return ui
 
 
-def _wire(ui: SimpleNamespace) -> None:
-    form = [ui.form[f] for f in review.FORM_FIELDS]
-    ui.context_inputs = [ui.model, ui.difficulty, ui.dataset, ui.rows, ui.hw_kind, ui.gpu, ui.budget, ui.name]
-    ui.plan_inputs = ui.context_inputs + form
-    goto = lambda step: (lambda: gr.Tabs(selected=step))  # noqa: E731
+def _goto(step: str):
+    return lambda: gr.Tabs(selected=step)
 
-    # 1: model
+
+def _wire(ui: SimpleNamespace) -> None:
+    ui.context_inputs = [ui.model, ui.difficulty, ui.dataset, ui.rows, ui.hw_kind, ui.gpu, ui.budget, ui.name]
+    ui.plan_inputs = ui.context_inputs + [ui.form[f] for f in review.FORM_FIELDS]
+    for wire_step in (_wire_model, _wire_data, _wire_hardware, _wire_review, _wire_launch):
+        wire_step(ui)
+
+
+def _wire_model(ui: SimpleNamespace) -> None:
+    """Step 1: the catalog, a typed id, and the facts of the model it names."""
     ui.catalog.input(lambda key: key, ui.catalog, ui.model).then(
         lambda m: steps.model_facts(m)[0], ui.model, ui.facts)
     ui.check_model.click(lambda m: steps.model_facts(m)[0], ui.model, ui.facts)
     ui.model.submit(lambda m: steps.model_facts(m)[0], ui.model, ui.facts)
-    ui.next1.click(goto("s2"), None, ui.steps)
+    ui.next1.click(_goto("s2"), None, ui.steps)
 
-    # 2: data — checked when the step opens, and on every change of source
+
+def _wire_data(ui: SimpleNamespace) -> None:
+    """Step 2: the data check, run when the step opens and on every change of source."""
     data_outputs = [ui.dataset, ui.rows, ui.lengths, ui.data_summary, ui.histogram, ui.examples]
 
     def check(kind, skill, upload, model, seq_len, progress=gr.Progress()):  # noqa: B008 - how Gradio injects it
@@ -181,16 +189,21 @@ def _wire(ui: SimpleNamespace) -> None:
                                gr.update(visible=k == "upload")),
                     ui.source, [ui.skill, ui.skill_info, ui.upload]).then(check, data_inputs, data_outputs)
     ui.upload.clear(check, data_inputs, data_outputs)  # removing the file removes its report too
-    ui.next2.click(goto("s3"), None, ui.steps)
+    ui.next2.click(_goto("s3"), None, ui.steps)
 
-    # 3: hardware
+
+def _wire_hardware(ui: SimpleNamespace) -> None:
+    """Step 3: GPU from the catalog, a memory figure, or the CPU."""
     ui.hw_kind.input(lambda k: (gr.update(visible=k == "gpu"), gr.update(visible=k == "vram")),
                      ui.hw_kind, [ui.gpu, ui.budget])
 
-    # 4: review — recommend when the answers changed, then estimate on every change in two
-    # requests: the numbers (verdict, tiles), then the charts that changed. The earlier steps'
-    # answers wait server-side in ui.ctx, so a change sends the browser's form values only.
-    # a bad value's one line goes in place, beside the field, and the charts say what to fix
+
+def _wire_review(ui: SimpleNamespace) -> None:
+    """Step 4: recommend when the earlier answers changed, then estimate on every change."""
+    form = [ui.form[f] for f in review.FORM_FIELDS]
+    # The estimate comes in two requests: the numbers (verdict, tiles), then the charts that changed.
+    # The earlier steps' answers wait server-side in ui.ctx, so a change sends the form values only;
+    # a bad value's one line goes in place, beside the field, and the charts say what to fix.
     numbers_outputs = [ui.verdict, ui.summary_plot, ui.main_error, ui.advanced_error]
     charts_outputs = [ui.mem_plot, ui.params_plot, ui.sweep_plot, ui.shown]
 
@@ -239,7 +252,7 @@ def _wire(ui: SimpleNamespace) -> None:
 
     review_in = ui.context_inputs[:-1] + [ui.name, ui.rec_key]
     numbers_in, charts_in = [ui.ctx, ui.lengths] + form, [ui.ctx, ui.lengths, ui.shown] + form
-    for event in (ui.next3.click(goto("s4"), None, ui.steps), ui.tab4.select(lambda: None, None, None)):
+    for event in (ui.next3.click(_goto("s4"), None, ui.steps), ui.tab4.select(lambda: None, None, None)):
         event.then(enter_review, review_in, form + [ui.reasons, ui.rec_key, ui.ctx], show_progress="minimal").then(
             update_numbers, numbers_in, numbers_outputs, show_progress="hidden").then(
             update_charts, charts_in, charts_outputs, show_progress="hidden")
@@ -249,7 +262,9 @@ def _wire(ui: SimpleNamespace) -> None:
                       trigger_mode="always_last", queue=False).then(
             update_charts, charts_in, charts_outputs, show_progress="hidden", queue=False)
 
-    # 5: launch
+
+def _wire_launch(ui: SimpleNamespace) -> None:
+    """Step 5: the summary, the override for a plan that does not fit, and the launch."""
     def summary(*values):
         ctx_values, form_values = values[:len(ui.context_inputs)], values[len(ui.context_inputs):]
         try:
@@ -276,7 +291,7 @@ def _wire(ui: SimpleNamespace) -> None:
         return html.facts_table(rows) + refusals.warnings_html(plan), override
 
     launch_view = [ui.launch_summary, ui.override]
-    ui.next4.click(goto("s5"), None, ui.steps).then(summary, ui.plan_inputs, launch_view)
+    ui.next4.click(_goto("s5"), None, ui.steps).then(summary, ui.plan_inputs, launch_view)
     ui.tab5.select(summary, ui.plan_inputs, launch_view)
 
     def launch(*values):
