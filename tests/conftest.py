@@ -28,6 +28,7 @@ def lorapilot_home(tmp_path, monkeypatch):
     home.mkdir()
     monkeypatch.setenv("LORAPILOT_HOME", str(home))
     monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("LORAPILOT_RAY_ADDRESS", raising=False)  # jobs run locally unless a test says otherwise
     cpu_without_bf16()  # tests never depend on the CPU they run on; tests/test_hardware.py varies it
     return home
 

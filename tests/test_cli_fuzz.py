@@ -151,10 +151,9 @@ def quiet_world(monkeypatch, fuzz_home):
     # `serve` sets these for the process it runs in: here that is the test process, so they are
     # put back afterwards (a leaked Ray address would send later tests' jobs to a cluster)
     for name in ("LORAPILOT_RAY_ADDRESS", "LORAPILOT_MAX_UPLOAD_MB", "GRADIO_ANALYTICS_ENABLED"):
-        if name in os.environ:
-            monkeypatch.setenv(name, os.environ[name])
-        else:
-            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, os.environ.get(name, ""))  # recorded, so whatever serve sets is undone
+        if not os.environ[name]:
+            monkeypatch.delenv(name)
     from ui.api import app as api
     from ui.web import server
 
