@@ -63,12 +63,12 @@ def test_cpu_time_follows_the_measured_matmul_rate():
 def test_trainer_applies_the_same_rule():
     import torch
 
-    from engine.train.run import compute_dtype
+    from engine.train.run import torch_dtype
 
     cpu_without_bf16(**AMX)
-    assert compute_dtype(_plan(), "cpu") == torch.bfloat16
+    assert torch_dtype(_plan(), "cpu") == torch.bfloat16
     cpu_without_bf16(**AVX2)
-    assert compute_dtype(_plan(), "cpu") == torch.float32
+    assert torch_dtype(_plan(), "cpu") == torch.float32
 
 
 def test_recommendation_for_the_cpu_states_the_measured_choice():
