@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from engine.plan import TrainingPlan
+from engine.train import faults
 from jobs import dispatcher, store
 from tests.jobwait import finished, plan, tiny_files, wait_for
 
@@ -66,13 +67,17 @@ def test_two_cpu_processes_train_one_job(tiny):
     assert any("lora_A" in name for name, _ in adapter.named_parameters())
 
 
-def test_a_killed_rank_interrupts_and_resume_finishes(tiny):
+def test_a_killed_rank_interrupts_and_resume_finishes(tiny, monkeypatch):
+    # Each step of the first run takes at least 0.5 s, so it cannot end before the kill however fast
+    # the machine; the resumed run goes at full speed.
+    monkeypatch.setenv(faults.DELAY, "0.5")
     job = dispatcher.submit(_plan(tiny, max_steps=40, save_steps=2))
+    monkeypatch.delenv(faults.DELAY)  # the worker has its environment already
     # wait for a checkpoint to exist, so the resume has somewhere to continue from
     # read-only while the ranks write: last_checkpoint_step() would set an unfinished checkpoint aside
-    first = store.job_dir(job.id) / "checkpoints" / "checkpoint-2"
-    job = wait_for(job.id, lambda j: j.status != "running" or (first / "trainer_state.json").is_file()
-                   and len(_ranks(j)) == 2)
+    ckpts = store.job_dir(job.id) / "checkpoints"
+    job = wait_for(job.id, lambda j: j.status != "running" or any(
+        (c / "trainer_state.json").is_file() for c in ckpts.glob("checkpoint-*")) and len(_ranks(j)) == 2)
     assert job.status == "running", store.log_tail(job.id, 80)
     victim = max(_ranks(job), key=lambda p: p.pid)
     os.kill(victim.pid, signal.SIGKILL)
