@@ -148,3 +148,27 @@ def retention(ref) -> list[dict]:
     found = [library.find(s["id"]) for s in sources]
     host = host_for([entry, *found])
     return retention_mod.table(host, entry.name, [(e.name, e.skill) for e in found])
+
+
+def recipe_adapter(ref) -> tuple[str, Path]:
+    """(name, folder) of an adapter given as a folder saved by PEFT or as a library name/id."""
+    folder = Path(str(ref)).expanduser()
+    if (folder / "adapter_config.json").is_file():
+        return folder.resolve().name, folder.resolve()
+    if folder.is_dir():
+        raise UserError("adapter", f"{folder} is a folder without adapter_config.json; give a folder saved by "
+                        "PEFT (save_pretrained) or a library adapter's name or id")
+    entry = library.find(ref)
+    return entry.name, Path(entry.path)
+
+
+def serve_recipe(refs: list[str]):
+    """The vLLM recipe (engine.adapters.recipe.Recipe) for these adapters, by name, id or folder."""
+    from engine.adapters import recipe
+
+    adapters = [recipe_adapter(ref) for ref in refs]
+    names = [n for n, _ in adapters]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise UserError("adapters", f"{', '.join(dupes)} named twice; each adapter needs its own name in vLLM")
+    return recipe.build(adapters)

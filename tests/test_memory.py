@@ -1,5 +1,7 @@
 """Memory terms behave as the recipe implies."""
 
+import pytest
+
 from engine.estimate.combined import memory_for
 from engine.plan import TrainingPlan
 from engine.units import GIB
@@ -108,3 +110,32 @@ def test_fused_lm_head_matches_trl_kernel_on_cpu():
     model = fused_head(n, vocab, hidden, "fp32", on_gpu=False)
     assert 0.95 < model.forward / forward < 1.05
     assert 0.95 < model.backward / backward < 1.05
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_cpu_lm_head_matches_its_measured_peak(dtype, monkeypatch):
+    """engine.estimate.memory.cpu_head against engine.train.lm_head, measured with engine.peak."""
+    import torch
+
+    from engine.estimate.memory import cpu_head
+    from engine.train import lm_head
+    from engine.train.peak import LiveTensorPeak
+
+    monkeypatch.setattr(lm_head, "ROW_CHUNK", 64)  # several chunks
+    n, vocab, hidden = 150, 3000, 32
+    torch_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
+    x = torch.randn(n, hidden, dtype=torch_dtype, requires_grad=True)
+    weight, targets = torch.randn(vocab, hidden, dtype=torch_dtype), torch.randint(0, vocab, (n,))
+    meter = LiveTensorPeak()
+    with meter:
+        before = meter.live
+        log_p, _, _ = lm_head.labelled_log_probs(x, weight, None, targets)
+        forward = meter.peak - before
+        meter.peak = meter.live
+        mid = meter.live
+        log_p.sum().backward()
+        backward = meter.peak - mid
+    model = cpu_head(n, vocab, hidden, dtype)
+    block = 64 * vocab  # the model's per-element bytes dominate; the small per-row terms are in `saved`
+    assert 0.9 < model.forward / forward < 1.1, (model.forward / block, forward / block)
+    assert 0.9 < model.backward / backward < 1.1, (model.backward / block, backward / block)

@@ -91,3 +91,19 @@ def test_cli_prints_the_recipe_and_fails_on_blocked_adapters(base, tmp_path, cap
     assert "error: adapter:" in capsys.readouterr().err
     assert main(["serve-recipe", str(ok), "--engine", "tgi"]) == 2
     assert "error: engine:" in capsys.readouterr().err
+
+
+def test_library_tab_writes_the_recipe_for_library_adapters(base, tmp_path):
+    from jobs import library
+    from ui.web import library_page
+
+    library.import_adapter(adapter(base, tmp_path / "src-support"), name="support")
+    library.import_adapter(adapter(base, tmp_path / "src-dora", use_dora=True), name="dora-skill")
+    page = library_page.serve_recipe(["support"])
+    assert "vLLM can serve every adapter" in page
+    assert f"--lora-modules support={library.find('support').path} --max-lora-rank 8" in page
+    page = library_page.serve_recipe(["support", "dora-skill"])
+    assert "Left out of the command: dora-skill" in page and "it uses DoRA" in page
+    assert "dora-skill=" not in page
+    assert "Pick one or more" in library_page.serve_recipe([])
+    assert "no adapter named or numbered &#x27;missing&#x27;" in library_page.serve_recipe(["missing"])

@@ -9,7 +9,9 @@ tree, not a constant. `bench/measure_peak.py` measures the same on CPU to check 
 
 The LM head: TRL 1.16's SFTTrainer always installs a fused, chunked head
 (trl/kernels/chunked_logprob.py), so the batch x seq x vocab logits never exist in
-training (evaluation uses the same fused forward). `fused_head` models its buffers.
+training (evaluation uses the same fused forward). `fused_head` models its buffers on a
+GPU; on a CPU the job swaps in engine.train.lm_head (row chunks, labelled positions only),
+which `cpu_head` models.
 """
 
 from __future__ import annotations
@@ -89,6 +91,24 @@ def fused_head(scored: int, vocab: int, hidden: int, dtype: str, on_gpu: bool, h
     fold_bwd = CPU_FOLD_BWD + (4 if softcap else 0)  # tanh(y / cap) stays alive for its derivative
     return HeadBytes(saved, buffer + stats + CPU_FOLD_FWD * rows * cols,
                      buffer + grads + fold_bwd * rows * cols)
+
+
+def cpu_head(scored: int, vocab: int, hidden: int, dtype: str, head_trains: bool = False) -> HeadBytes:
+    """Bytes of engine.train.lm_head for `scored` labelled positions (at most batch x (seq - 1)).
+
+    One ROW_CHUNK x vocab block at a time: forward, the logits in the compute dtype, their fp32
+    log-softmax and the entropy's exp and product; backward, the same block rebuilt (the logits, an
+    fp32 copy of half-precision ones and the log-softmax, which becomes the gradient in place).
+    """
+    from engine.train.lm_head import ROW_CHUNK
+
+    cb = _bytes(dtype)
+    block = min(scored, ROW_CHUNK) * vocab
+    # saved: the gathered hidden rows, int64 targets, fp32 log-probs and entropy and bool top-1,
+    # each also scattered back to batch x seq, and the label mask
+    saved = scored * (hidden * cb + 8 + 2 * 9 + 1)
+    grads = scored * hidden * cb + (vocab * hidden * 4 if head_trains else 0)
+    return HeadBytes(saved, (cb + 12) * block, (cb + 4 + (4 if cb != 4 else 0)) * block + grads)
 
 
 def _bytes(dtype: str) -> int:
@@ -228,11 +248,20 @@ def memory_terms(info: ModelInfo, pc: ParamCount, rc: Recipe) -> tuple[dict[str,
                    or any(m.name == info.output_name for m in pc.adapted))
     softcap = getattr(info.config, "final_logit_softcapping", None) is not None
     scored = rc.batch_size * max(rc.seq_len - 1, 1)
-    head = fused_head(scored, info.vocab, info.hidden, rc.dtype, rc.on_gpu, head_trains, softcap)
-    terms["fused LM head"] = head.saved
-    notes.append(f"LM head: TRL's fused chunked head, no full logits; one {min(scored, TOKEN_TILE)} x {VOCAB_TILE} "
-                 f"{rc.dtype} tile buffer, folded " + ("in Triton; only labelled positions are scored, all "
-                 "counted here" if rc.on_gpu else "in torch with fp32 temporaries per tile element"))
+    if rc.on_gpu or softcap:  # engine.train.lm_head leaves a soft-capped head to TRL
+        head = fused_head(scored, info.vocab, info.hidden, rc.dtype, rc.on_gpu, head_trains, softcap)
+        terms["fused LM head"] = head.saved
+        notes.append(f"LM head: TRL's fused chunked head, no full logits; one {min(scored, TOKEN_TILE)} x "
+                     f"{VOCAB_TILE} {rc.dtype} tile buffer, folded " + (
+                         "in Triton; only labelled positions are scored, all counted here" if rc.on_gpu
+                         else "in torch with fp32 temporaries per tile element"))
+    else:
+        from engine.train.lm_head import ROW_CHUNK
+
+        head = cpu_head(scored, info.vocab, info.hidden, rc.dtype, head_trains)
+        terms["LM head"] = head.saved
+        notes.append(f"LM head: only labelled positions are scored, {ROW_CHUNK} at a time (a {ROW_CHUNK} x "
+                     f"{info.vocab} block), no full logits; every position counted here")
     # transient, the largest of: the head's forward or backward (its backward comes first,
     # with every activation still saved) and, inside a layer's backward, gradients of the
     # widest MLP part; plus for QLoRA one dequantized weight

@@ -253,7 +253,7 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
     from engine.data import demo
     from engine.data.dataset import build_datasets
     from engine.evaluate.heldout import Judge
-    from engine.train import artifacts, checkpoints, faults
+    from engine.train import artifacts, checkpoints, faults, lm_head
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -279,6 +279,8 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
         peft_config=lora_config(plan) if plan.method != "full" else None,
         callbacks=[reporter, *faults.callbacks()] + ([early] if early else []),
     )
+    if device == "cpu":
+        lm_head.use_on_cpu(trainer.model)  # TRL's fused head scores every position there, slowly
     # base before training (an adapter starts as a no-op, so the wrapped model is the base)
     judge = Judge(plan, eval_ds, tokenizer, out_dir, report, train_rows=len(train_ds), t0=t0)
     base = judge.score_base(trainer)

@@ -7,8 +7,6 @@ the fix, and left out of the command. Exit 0 when every adapter is in the comman
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from engine.errors import UserError
 
 ENGINES = ("vllm",)
@@ -22,29 +20,11 @@ def register(sub) -> None:
     p.set_defaults(handler=run)
 
 
-def resolve(ref: str) -> tuple[str, Path]:
-    """(name, folder) of an adapter given as a folder or as a library name/id."""
-    folder = Path(ref).expanduser()
-    if (folder / "adapter_config.json").is_file():
-        return folder.resolve().name, folder.resolve()
-    try:
-        from jobs import library
-    except ImportError:  # the library arrives with the workbench; until then only folders work
-        raise UserError("adapter", f"{ref} is not an adapter folder (no adapter_config.json in it)") from None
-    adapter = library.find(ref)
-    return adapter.name, Path(adapter.path)
-
-
 def run(ns) -> int:
-    from engine.adapters import recipe
+    from jobs import workbench
 
     if ns.engine not in ENGINES:
         raise UserError("engine", f"got {ns.engine!r}; LoRA Pilot writes recipes for {', '.join(ENGINES)}")
-    adapters = [resolve(ref) for ref in ns.adapters]
-    names = [n for n, _ in adapters]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise UserError("adapters", f"{', '.join(dupes)} named twice; each adapter needs its own name in vLLM")
-    result = recipe.build(adapters)
+    result = workbench.serve_recipe(ns.adapters)
     print(result.text())
     return 2 if any(i.blocking for i in result.issues) else 0

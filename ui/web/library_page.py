@@ -1,4 +1,5 @@
-"""The adapter library tab: every adapter by base model; import a zip, rename, delete, merge.
+"""The adapter library tab: every adapter by base model; import a zip, rename, delete, merge, and the
+command that serves chosen adapters with vLLM on a GPU box.
 
 Read from the database on every visit and after every change, like the jobs page.
 """
@@ -111,6 +112,25 @@ def merge(current):
         return html.error_notice(exc), gr.update(visible=False)
 
 
+def serve_recipe(chosen):
+    """The `vllm serve` command for the chosen adapters and what vLLM would refuse, with the fix."""
+    from jobs import workbench
+
+    if not chosen:
+        return html.notice("Pick one or more adapters of one base to serve together.", "error")
+    try:
+        result = workbench.serve_recipe(list(chosen))
+    except Exception as exc:  # noqa: BLE001 - one line, never a traceback
+        return html.error_notice(exc)
+    blocked = {i.adapter for i in result.issues if i.blocking}
+    verdict = (html.notice(f"Left out of the command: {', '.join(sorted(blocked))}. vLLM cannot load them as "
+                           "they are; the fix is below.", "warn") if blocked
+               else html.notice("vLLM can serve every adapter as it is.", "ok"))
+    notes = "".join(f"<li>{html.escape(line)}</li>" for line in result.text().splitlines()[2:])
+    return (verdict + f"<pre class='lp-example' id='lib-recipe-command'>{html.escape(result.command())}</pre>"
+            f"<ul class='lp-recipe-notes'>{notes}</ul>")
+
+
 def build() -> SimpleNamespace:
     ui = SimpleNamespace()
     ui.table = gr.HTML(elem_id="lib-table")
@@ -131,12 +151,21 @@ def build() -> SimpleNamespace:
                 ui.confirm_btn = gr.Button("Yes, delete", variant="stop", visible=False, elem_id="lib-confirm")
             ui.merge_btn = gr.Button("Merge into a standalone model", elem_id="lib-merge")
             ui.merged_file = gr.File(label="Merged model (zip)", visible=False, elem_id="lib-merged")
+    with gr.Accordion("Serve on a GPU box with vLLM", open=False, elem_id="lib-recipe"):
+        gr.Markdown("LoRA Pilot's `/v1` endpoint suits one machine; a GPU fleet runs vLLM. Pick the adapters "
+                    "to serve from one base: the command below loads them all, and adapters vLLM would refuse "
+                    "are named with the fix.")
+        with gr.Row():
+            ui.recipe_pick = gr.Dropdown(label="Adapters", choices=[], multiselect=True, elem_id="lib-recipe-pick")
+            ui.recipe_btn = gr.Button("Write the vLLM command", elem_id="lib-recipe-go")
+        ui.recipe_out = gr.HTML(elem_id="lib-recipe-out")
+    ui.recipe_btn.click(serve_recipe, ui.recipe_pick, ui.recipe_out)
     changed = [ui.status, ui.table, ui.pick, ui.confirm_btn]
     ui.import_btn.click(import_zip, [ui.upload, ui.import_name], changed)
     ui.rename_btn.click(rename, [ui.pick, ui.new_name], changed)
     ui.delete_btn.click(ask_delete, ui.pick, [ui.status, ui.confirm_btn])
     ui.confirm_btn.click(delete, ui.pick, changed)
     ui.merge_btn.click(merge, ui.pick, [ui.status, ui.merged_file])
-    ui.refresh = lambda: (library_table(), gr.update(choices=names()))
-    ui.refresh_outputs = [ui.table, ui.pick]
+    ui.refresh = lambda: (library_table(), gr.update(choices=names()), gr.update(choices=names()))
+    ui.refresh_outputs = [ui.table, ui.pick, ui.recipe_pick]
     return ui
