@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -60,6 +61,9 @@ def test_flat_held_out_loss_stops_the_run_and_says_why(tiny, tmp_path):
     # the trainer tracked the best checkpoint and loaded it as the adapter
     state = json.loads((tmp_path / "out" / "checkpoints" / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["best_model_checkpoint"] and state["best_metric"] is not None
+    # named where it was published (not the staging folder it was written in), so the trainer found it
+    assert Path(state["best_model_checkpoint"]).parent == tmp_path / "out" / "checkpoints"
+    assert Path(state["best_model_checkpoint"]).is_dir()
 
 
 def test_the_worker_writes_the_reason_into_the_jobs_log():

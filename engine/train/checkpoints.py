@@ -224,6 +224,10 @@ def atomic_trainer(trainer_cls, before_publish: Callable[[Path], None] | None = 
                 super()._save_checkpoint(model, trial)
             finally:
                 del self._get_output_dir
+            best = self.state.best_model_checkpoint
+            if best and Path(best).parent == staging:  # recorded while it sat in staging: name its final place
+                self.state.best_model_checkpoint = str(run_dir / Path(best).name)
+                self.state.save_to_json(str(staging / name / "trainer_state.json"))
             if before_publish is not None:
                 before_publish(staging / name)
             publish(staging / name, run_dir / name)
