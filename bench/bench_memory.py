@@ -81,7 +81,7 @@ def measure_one(name: str) -> dict:
     os.environ["LORAPILOT_HOME"] = os.environ.get("LORAPILOT_HOME") or str(work / "home")
     plan = plan_for(name, work)
     report = check_data(plan.dataset, model=plan.model, seq_len=plan.seq_len, data_format=plan.data_format)
-    est = memory_for(plan, lengths=report.token_lengths)
+    est = memory_for(plan, lengths=report.token_lengths, label_share=report.label_share)
     shapes: list[tuple[int, int]] = []  # (batch, padded length) of each training micro-batch, in order
     compute_loss = SFTTrainer.compute_loss
 

@@ -65,7 +65,8 @@ def validate(plan: TrainingPlan):
     report.raise_if_bad()
     from engine.estimate import combined
 
-    return combined.estimate(plan, lengths=report.token_lengths)  # the data's lengths: the expected peak
+    # the data's lengths and the share of them with a label: the expected peak
+    return combined.estimate(plan, lengths=report.token_lengths, label_share=report.label_share)
 
 
 def submit(plan: TrainingPlan, start: bool = True, parent_id: int | None = None) -> Job:

@@ -112,6 +112,10 @@ def test_check_data_reports_rows_stats_and_eos(tmp_path, tiny):
     assert report.truncated_share == 0
     assert report.eos_ok and "<|im_end|>" in report.eos_message
     assert report.examples[0].startswith("<|im_start|>user\nSay 0")
+    # the loss is on the answers only: their tokens (and end of turn) over all tokens
+    tok = __import__("transformers").AutoTokenizer.from_pretrained(str(tiny))
+    answers = sum(len(tok(r["output"], add_special_tokens=False)["input_ids"]) + 1 for r in ALPACA + [ALPACA[3]])
+    assert report.label_share == round(answers / sum(report.token_lengths), 4) and 0 < report.label_share < 1
 
 
 def test_check_data_row_problems_name_row_and_field(tmp_path, tiny):

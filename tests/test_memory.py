@@ -139,3 +139,14 @@ def test_cpu_lm_head_matches_its_measured_peak(dtype, monkeypatch):
     block = 64 * vocab  # the model's per-element bytes dominate; the small per-row terms are in `saved`
     assert 0.9 < model.forward / forward < 1.1, (model.forward / block, forward / block)
     assert 0.9 < model.backward / backward < 1.1, (model.backward / block, backward / block)
+
+
+def test_only_labelled_positions_reach_the_cpu_head():
+    worst = memory_for(plan(gpu="cpu", seq_len=128))
+    lengths = [128] * 64
+    answers_only = memory_for(plan(gpu="cpu", seq_len=128), lengths=lengths, label_share=0.25)
+    every = memory_for(plan(gpu="cpu", seq_len=128), lengths=lengths)
+    assert every.expected.terms == worst.terms  # full-length rows, every position labelled
+    assert answers_only.expected.terms["LM head"] < every.expected.terms["LM head"]
+    assert answers_only.expected.allocated_bytes < every.expected.allocated_bytes
+    assert "on 25% of them: the answers" in " ".join(answers_only.assumptions)

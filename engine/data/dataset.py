@@ -51,6 +51,7 @@ class DataReport(BaseModel):
     row_unit: str = "row"
     seq_len: int = 512
     token_lengths: list[int] = []
+    label_share: float = 1.0  # of those tokens, the share the loss is on (the answers, for chat-like rows)
     stats: dict[str, float] = {}
     truncated_share: float = 0.0
     histogram: dict[str, list] = {"edges": [], "counts": []}
@@ -139,6 +140,7 @@ def check_data(source: str, model: str | None = None, seq_len: int = 512, data_f
     if good:
         lengths = _token_lengths(tokenizer, good[:MAX_STAT_ROWS])
         report.token_lengths = lengths
+        report.label_share = _label_share(tokenizer, examples[:MAX_STAT_ROWS], lengths)
         report.stats = _stats(lengths)
         report.histogram = _histogram(lengths, seq_len)
         over = sum(n > seq_len for n in lengths)
@@ -313,6 +315,18 @@ def _accepted_hint(fmt: str, columns: dict, message: str) -> str:
 def _token_lengths(tokenizer, texts: list[str]) -> list[int]:
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
     return [len(ids) for ids in encoded]
+
+
+def _label_share(tokenizer, examples: list[dict], lengths: list[int]) -> float:
+    """Share of the tokens the loss is on: the answers (plus their end of turn) of prompt/completion
+    examples, which TRL trains on alone; every token of plain text."""
+    answers = [e["completion"] for e in examples if "completion" in e]
+    if not answers or len(answers) != len(lengths):
+        return 1.0
+    texts = [a if isinstance(a, str) else a[-1]["content"] for a in answers]
+    end = [0 if isinstance(a, str) else 1 for a in answers]  # the template's end-of-turn token
+    counts = [len(ids) + e for ids, e in zip(tokenizer(texts, add_special_tokens=False)["input_ids"], end)]
+    return round(min(1.0, sum(counts) / max(1, sum(lengths))), 4)
 
 
 def _stats(lengths: list[int]) -> dict[str, float]:

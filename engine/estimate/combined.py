@@ -114,7 +114,8 @@ def _device_bytes(allocated: int, on_gpu: bool) -> tuple[int, int]:
     return reserved, reserved + (CUDA_CONTEXT if on_gpu else 0)
 
 
-def _memory(info, plan, pc: ParamCount, gpu: Gpu | None, dtype: str, lengths=None) -> MemoryEstimate:
+def _memory(info, plan, pc: ParamCount, gpu: Gpu | None, dtype: str, lengths=None,
+            label_share: float = 1.0) -> MemoryEstimate:
     on_gpu = gpu is None or not gpu.is_cpu
     recipe = _recipe(plan, dtype, on_gpu)
     terms, notes = memory_terms(info, pc, recipe)
@@ -124,14 +125,16 @@ def _memory(info, plan, pc: ParamCount, gpu: Gpu | None, dtype: str, lengths=Non
     if lengths:
         rows = min(peak_rows(plan, on_gpu), len(lengths))
         length = padded_length(lengths, rows, plan.seq_len)
-        e_terms = memory_terms(info, pc, replace(recipe, seq_len=length))[0] if length < plan.seq_len else terms
+        e_recipe = replace(recipe, seq_len=length, label_share=label_share)
+        e_terms = memory_terms(info, pc, e_recipe)[0] if e_recipe != recipe else terms
         e_allocated = sum(e_terms.values())
         expected = ExpectedMemory(padded_length=length, rows=rows, allocated_bytes=e_allocated,
                                   device_bytes=_device_bytes(e_allocated, on_gpu)[1], terms=e_terms)
         span = "the first steps, which the CPU peak tracks" if not on_gpu else "the run"
-        notes.append(f"with the checked data: the longest batch is padded to about {length} tokens, the expected "
-                     f"longest of the {rows} rows of {span} → {human_bytes(expected.device_bytes)}; the fit is "
-                     f"judged on the worst case, every batch padded to {plan.seq_len}")
+        labelled = f" (the loss, and the LM head, on {label_share:.0%} of them: the answers)" if label_share < 1 else ""
+        notes.append(f"with the checked data: the longest batch is padded to about {length} tokens{labelled}, the "
+                     f"expected longest of the {rows} rows of {span} → {human_bytes(expected.device_bytes)}; the fit "
+                     f"is judged on the worst case, every batch padded to {plan.seq_len}")
     if plan.budget_gb:
         budget = int(plan.budget_gb * GIB)
     elif gpu is not None and gpu.memory_gb:
@@ -179,21 +182,22 @@ def host_ram_bytes() -> int:
     return int(psutil.virtual_memory().total)
 
 
-def memory_for(plan, lengths=None) -> MemoryEstimate:
-    """Memory only: what sweeps and charts call many times. `lengths`: the data's token lengths."""
+def memory_for(plan, lengths=None, label_share: float = 1.0) -> MemoryEstimate:
+    """Memory only: what sweeps and charts call many times. `lengths`: the data's token lengths;
+    `label_share`: the share of them the loss is on (engine.data.dataset.DataReport.label_share)."""
     info = resolve(plan.model)
     gpu = gpu_of(plan)
     dtype = compute_dtype(plan, gpu)
-    return _memory(info, plan, _params(info, plan, dtype), gpu, dtype, lengths)
+    return _memory(info, plan, _params(info, plan, dtype), gpu, dtype, lengths, label_share)
 
 
-def estimate(plan, lengths=None) -> Estimate:
+def estimate(plan, lengths=None, label_share: float = 1.0) -> Estimate:
     """The whole estimate; `lengths` (the checked data's token lengths) adds the expected memory."""
     info = resolve(plan.model)
     gpu = gpu_of(plan)
     dtype = compute_dtype(plan, gpu)
     pc = _params(info, plan, dtype)
-    mem = _memory(info, plan, pc, gpu, dtype, lengths)
+    mem = _memory(info, plan, pc, gpu, dtype, lengths, label_share)
     time = estimate_time(info, plan, gpu, dtype, pc.lora_params) if gpu is not None else None
     if time is not None and gpu.is_cpu:
         time.assumptions.insert(0, _cpu_precision_note(plan, dtype))

@@ -58,6 +58,7 @@ class Recipe:
     r: int
     on_gpu: bool  # CUDA: TRL folds the head's tiles in Triton kernels; CPU: in torch ops
     double_quant: bool = True
+    label_share: float = 1.0  # positions with a label (the LM head scores only those); 1 = the upper bound
     modules_to_save: tuple[str, ...] = ()
 
 
@@ -247,7 +248,7 @@ def memory_terms(info: ModelInfo, pc: ParamCount, rc: Recipe) -> tuple[dict[str,
     head_trains = (rc.method == "full" or info.output_name in rc.modules_to_save
                    or any(m.name == info.output_name for m in pc.adapted))
     softcap = getattr(info.config, "final_logit_softcapping", None) is not None
-    scored = rc.batch_size * max(rc.seq_len - 1, 1)
+    scored = max(1, round(rc.batch_size * max(rc.seq_len - 1, 1) * rc.label_share))
     if rc.on_gpu or softcap:  # engine.train.lm_head leaves a soft-capped head to TRL
         head = fused_head(scored, info.vocab, info.hidden, rc.dtype, rc.on_gpu, head_trains, softcap)
         terms["fused LM head"] = head.saved
@@ -261,7 +262,8 @@ def memory_terms(info: ModelInfo, pc: ParamCount, rc: Recipe) -> tuple[dict[str,
         head = cpu_head(scored, info.vocab, info.hidden, rc.dtype, head_trains)
         terms["LM head"] = head.saved
         notes.append(f"LM head: only labelled positions are scored, {ROW_CHUNK} at a time (a {ROW_CHUNK} x "
-                     f"{info.vocab} block), no full logits; every position counted here")
+                     f"{info.vocab} block), no full logits; " + ("every position counted" if rc.label_share >= 1
+                                                                  else f"{rc.label_share:.0%} of positions"))
     # transient, the largest of: the head's forward or backward (its backward comes first,
     # with every activation still saved) and, inside a layer's backward, gradients of the
     # widest MLP part; plus for QLoRA one dequantized weight
