@@ -192,13 +192,15 @@ def memory_for(plan, lengths=None, label_share: float = 1.0) -> MemoryEstimate:
 
 
 def estimate(plan, lengths=None, label_share: float = 1.0) -> Estimate:
-    """The whole estimate; `lengths` (the checked data's token lengths) adds the expected memory."""
+    """The whole estimate; `lengths` (the checked data's token lengths) adds the expected memory and
+    sizes the time by batches padded to their expected longest row rather than to seq_len."""
     info = resolve(plan.model)
     gpu = gpu_of(plan)
     dtype = compute_dtype(plan, gpu)
     pc = _params(info, plan, dtype)
     mem = _memory(info, plan, pc, gpu, dtype, lengths, label_share)
-    time = estimate_time(info, plan, gpu, dtype, pc.lora_params) if gpu is not None else None
+    padded_to = padded_length(lengths, plan.batch_size, plan.seq_len) if lengths else None
+    time = estimate_time(info, plan, gpu, dtype, pc.lora_params, padded_to) if gpu is not None else None
     if time is not None and gpu.is_cpu:
         time.assumptions.insert(0, _cpu_precision_note(plan, dtype))
     return Estimate(model=plan.model, method=plan.method, dtype=dtype, device=gpu.name if gpu else None,

@@ -61,9 +61,10 @@ def flops_per_token(info: ModelInfo, method: str, adapter_params: int, seq_len: 
     return float(flops)
 
 
-def train_tokens(plan) -> tuple[int | None, int | None]:
-    """(steps, total padded tokens) from max_steps or dataset_rows x epochs; (None, None) if unknown."""
-    per_step = plan.effective_batch * plan.seq_len
+def train_tokens(plan, padded_to: int | None = None) -> tuple[int | None, int | None]:
+    """(steps, total padded tokens) from max_steps or dataset_rows x epochs; (None, None) if unknown.
+    Each micro-batch is `padded_to` tokens long (its expected longest row), else seq_len."""
+    per_step = plan.effective_batch * (padded_to or plan.seq_len)
     if plan.max_steps:
         return plan.max_steps, plan.max_steps * per_step
     if plan.dataset_rows:
@@ -73,8 +74,10 @@ def train_tokens(plan) -> tuple[int | None, int | None]:
     return None, None
 
 
-def estimate_time(info: ModelInfo, plan, gpu: Gpu, dtype: str, adapter_params: int) -> TimeEstimate:
-    fpt = flops_per_token(info, plan.method, adapter_params, plan.seq_len, plan.grad_ckpt)
+def estimate_time(info: ModelInfo, plan, gpu: Gpu, dtype: str, adapter_params: int,
+                  padded_to: int | None = None) -> TimeEstimate:
+    """`padded_to`: the expected longest row of a batch, from the checked data (else seq_len)."""
+    fpt = flops_per_token(info, plan.method, adapter_params, padded_to or plan.seq_len, plan.grad_ckpt)
     util = CPU_UTILISATION if gpu.is_cpu else GPU_UTILISATION
     if gpu.is_cpu:
         from engine.estimate import hardware
@@ -89,9 +92,10 @@ def estimate_time(info: ModelInfo, plan, gpu: Gpu, dtype: str, adapter_params: i
         tflops = gpu.peak_tflops(dtype)
         source = f"{gpu.name}: {tflops:g} TFLOPs peak ({dtype})"
     tps = tflops * 1e12 * util / fpt
-    steps, tokens = train_tokens(plan)
+    steps, tokens = train_tokens(plan, padded_to)
     notes = [f"{source} at {util:.0%} utilisation",
-             "tokens counted padded to seq_len (batch_size x seq_len per micro-batch)"]
+             f"tokens counted padded to about {padded_to}, the expected longest row of a batch of the checked data"
+             if padded_to else "tokens counted padded to seq_len (batch_size x seq_len per micro-batch)"]
     processes = plan.num_processes if isinstance(plan.num_processes, int) else 1
     if processes > 1:
         tps *= processes * DATA_PARALLEL_SCALING
