@@ -42,7 +42,6 @@ def test_bad_input(kw, field):
 
 
 def test_checked_data_sizes_the_time_by_real_batch_lengths():
-
     p = TrainingPlan.build(model="llama-3.1-8b", gpu="RTX 4090", seq_len=512, batch_size=4, max_steps=100)
     worst = estimate(p).time
     short = estimate(p, lengths=[60] * 200).time  # every row 60 tokens: batches padded to 60, not 512
