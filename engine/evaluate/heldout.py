@@ -62,8 +62,11 @@ class Judge:
         self.report(events.Phase("scoring base"))
         start = time.monotonic()
         deadline = start + self.plan.eval_seconds
-        loss, tokens, batches = self._loss(trainer, None, start + LOSS_SHARE * self.plan.eval_seconds)
-        answers = self._generate(trainer.model, None, deadline)
+        # A new adapter is a no-op (B = 0), so the base's figures are exact with its layers switched
+        # off, and a LoRA forward costs a third more on a CPU (its own casts and matmuls).
+        with _adapters_off(trainer.model):
+            loss, tokens, batches = self._loss(trainer, None, start + LOSS_SHARE * self.plan.eval_seconds)
+            answers = self._generate(trainer.model, None, deadline)
         self.base_answers = answers
         self.result.update(loss_batches=batches, loss_tokens=tokens, generated_rows=len(answers))
         self.result["base"] = self._metrics(loss, answers, time.monotonic() - start)
@@ -215,6 +218,13 @@ class Judge:
         answers = data.pop("base_answers", [])
         data.pop("adapter", None), data.pop("samples", None)
         return data, answers
+
+
+def _adapters_off(model):
+    """PEFT's disable_adapter() for a PeftModel; nothing to switch off for a full fine-tune."""
+    from contextlib import nullcontext
+
+    return model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
 
 
 class _inference:
