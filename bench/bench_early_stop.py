@@ -90,7 +90,7 @@ def run(name: str, data: Path, test: list[dict], patience: int, out: Path) -> di
     skill = demo.Skill(name, name, name, test[0]["messages"][0]["content"], 24)
     start = time.time()
     marks = {}
-    result = train(plan, out, report=lambda e: marks.setdefault(e["event"], time.time()))
+    result = train(plan, out, report=lambda e: marks.setdefault(type(e).__name__, time.time()))  # typed events
     wall = time.time() - start
     from peft import PeftModel
 
@@ -99,7 +99,7 @@ def run(name: str, data: Path, test: list[dict], patience: int, out: Path) -> di
     model = PeftModel.from_pretrained(base, str(out))
     score = demo.evaluate(model, tok, skill, records=test)
     return {"task": name, "patience": patience, "steps": result.steps, "total_steps": result.total_steps,
-            "train_s": round(wall - (marks.get("start", start) - start), 1), "wall_s": round(wall, 1),
+            "train_s": round(wall - (marks.get("Started", start) - start), 1), "wall_s": round(wall, 1),
             "base_exact": base_score, "adapter_exact": score, "reason": result.stop_reason,
             "plan": {k: getattr(plan, k) for k in ("batch_size", "grad_accum", "epochs", "seq_len", "r",
                                                      "learning_rate", "save_steps", "dtype")}}

@@ -13,6 +13,7 @@ import json
 import os
 import threading
 from contextlib import contextmanager
+from dataclasses import fields
 from datetime import datetime, timezone
 from enum import StrEnum
 from pathlib import Path
@@ -23,6 +24,7 @@ from sqlmodel import Field, Session, SQLModel, create_engine, delete, select
 from engine import paths
 from engine.errors import UserError
 from engine.plan import TrainingPlan
+from engine.train.events import Metrics
 from jobs import stall
 
 
@@ -99,7 +101,8 @@ class Metric(SQLModel, table=True):
     time: float | None = None
 
 
-METRIC_FIELDS = ("epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_second", "time")
+# the columns a metrics event fills: the trainer's Metrics fields, owned by engine.train.events
+METRIC_FIELDS = tuple(f.name for f in fields(Metrics) if f.name != "step")
 
 # --- engine and sessions ---------------------------------------------------------------
 

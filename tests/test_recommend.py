@@ -208,6 +208,7 @@ def test_cpu_recommends_fp32_lora_and_says_it_is_slow():
     assert any("slow" in w.text for w in rec.warnings)
     assert any(w.rule == "M4" for w in rec.warnings)  # 300 examples: prompting may do
     assert rec.plan.dropout == 0.1
+    assert rec.plan.batch_size == 8 and rec.plan.effective_batch == 16  # rows at once: a CPU's matmul needs them
 
 
 def test_base_plan_fields_are_kept():
