@@ -189,7 +189,7 @@ def evaluate(model, tokenizer, skill, records: list[dict] | None = None, max_new
     """
     import torch
 
-    skill = get(skill.name if isinstance(skill, Skill) else skill)
+    skill = skill if isinstance(skill, Skill) else get(skill)
     rows = records  # (the parameter shadows the module's records() here; it is not called below)
     if rows is None:
         rows = [json.loads(line) for line in dataset_path(skill.name, "test").read_text().splitlines() if line]
