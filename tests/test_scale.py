@@ -38,7 +38,10 @@ def _ranks(job) -> list[psutil.Process]:
     ranks = []
     for child in children:
         try:
-            if child.status() != psutil.STATUS_ZOMBIE and "jobs.launch.rank" in " ".join(child.cmdline()):
+            cmd = " ".join(child.cmdline())
+            # accelerate's launcher names the rank module too (`-m jobs.launch.rank` in its own
+            # arguments): counting it made "2 ranks" true only in passing moments, a flaky wait
+            if child.status() != psutil.STATUS_ZOMBIE and "jobs.launch.rank" in cmd and "accelerate" not in cmd:
                 ranks.append(child)
         except psutil.Error:  # ended while we looked
             pass

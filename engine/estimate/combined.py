@@ -131,7 +131,8 @@ def _memory(info, plan, pc: ParamCount, gpu: Gpu | None, dtype: str, lengths=Non
         expected = ExpectedMemory(padded_length=length, rows=rows, allocated_bytes=e_allocated,
                                   device_bytes=_device_bytes(e_allocated, on_gpu)[1], terms=e_terms)
         span = "the first steps, which the CPU peak tracks" if not on_gpu else "the run"
-        labelled = f" (the loss, and the LM head, on {label_share:.0%} of them: the answers)" if label_share < 1 else ""
+        labelled = (f" (the loss, and the LM head, on {label_share:.0%} of them: the answers)" if label_share < 1
+                    else "")
         notes.append(f"with the checked data: the longest batch is padded to about {length} tokens{labelled}, the "
                      f"expected longest of the {rows} rows of {span} → {human_bytes(expected.device_bytes)}; the fit "
                      f"is judged on the worst case, every batch padded to {plan.seq_len}")

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
                        should_stop=worker.should_stop if main_rank else lambda: worker.terminated, resume=resume)
     except BaseException as exc:
         traceback.print_exc()
-        if main_rank:
+        if main_rank and not _peer_lost(exc):  # a lost peer is the launcher's to report: interrupted
             outcome.write_text(json.dumps({"error": explain(exc, plan, worker.step)}))
         return 1
     if main_rank:
@@ -50,6 +50,16 @@ def main(argv: list[str] | None = None) -> int:
             "base_score": result.base_score, "adapter_score": result.adapter_score,
         }))
     return 0
+
+
+def _peer_lost(exc: BaseException) -> bool:
+    """True when a collective failed because another rank went away (killed, out of memory): gloo
+    reports it as a RuntimeError naming the closed connection, NCCL as a DistBackendError."""
+    import torch.distributed as dist
+
+    text = str(exc)
+    return isinstance(exc, getattr(dist, "DistBackendError", ())) or (
+        isinstance(exc, RuntimeError) and ("Connection closed by peer" in text or "Connection reset by peer" in text))
 
 
 def _silent(event) -> None:
