@@ -22,6 +22,8 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="queue a training job from a plan file and/or plan flags")
     p.add_argument("plan_file", nargs="?", metavar="PLAN.yaml", help="a plan saved by the wizard or `estimate`")
     add_plan_flags(p)
+    p.add_argument("--anyway", action="store_true",
+                   help="queue it even when the estimate says it needs more memory than the device has")
     _wait_flag(p)
     p.set_defaults(handler=cmd_train)
 
@@ -74,7 +76,28 @@ def cmd_train(ns) -> int:
         except UnicodeDecodeError:
             raise UserError("plan", f"{path} is not UTF-8 text; a plan is a YAML file") from None
         base = TrainingPlan.from_yaml(text, source=str(path))
-    return _submit(plan_from_args(ns, base=base), ns.wait)
+    plan = plan_from_args(ns, base=base)
+    if not ns.anyway:
+        _refuse_misfit(plan)
+    return _submit(plan, ns.wait)
+
+
+def _refuse_misfit(plan: TrainingPlan) -> None:
+    """The wizard's launch refusal, on the command line: a plan the estimate says cannot fit is not
+    queued (it would fail at its first steps) unless --anyway; the message names the fix."""
+    from engine.advice import fitting
+    from engine.estimate.combined import memory_for
+
+    try:
+        mem = memory_for(plan)
+    except UserError:
+        return  # the submit's validation names what is wrong with the plan itself
+    if mem.fits is not False:
+        return
+    found = fitting.fix(plan)
+    fix = (f"; to fit: {'; '.join(step.what for step in found[0])}" if found else
+           "; nothing in LoRA Pilot's fitting steps makes it fit: a smaller model or a larger device")
+    raise UserError("memory", f"not queued: {mem.verdict}{fix}. Add --anyway to queue it regardless")
 
 
 def cmd_demo(ns) -> int:
