@@ -73,7 +73,7 @@ def launch_browser(playwright):
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed (make browser installs it)")
+        pytest.skip("Debian chromium is not installed (`make test` installs it: its system-packages step)")
     pytest.importorskip("playwright")
     from engine.data.demo import records
     from tests.tiny import make_tiny_model

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed (make browser installs it)")
+        pytest.skip("Debian chromium is not installed (`make test` installs it: its system-packages step)")
     pytest.importorskip("playwright")
     from tests.tiny import make_tiny_model
     from tests.tiny_adapters import make_tiny_adapter
