@@ -249,7 +249,10 @@ def memory_terms(info: ModelInfo, pc: ParamCount, rc: Recipe) -> tuple[dict[str,
                    or any(m.name == info.output_name for m in pc.adapted))
     softcap = getattr(info.config, "final_logit_softcapping", None) is not None
     scored = max(1, round(rc.batch_size * max(rc.seq_len - 1, 1) * rc.label_share))
-    if rc.on_gpu or softcap:  # engine.train.lm_head leaves a soft-capped head to TRL
+    from engine.train import lm_head
+
+    text_config = info.config.get_text_config() if hasattr(info.config, "get_text_config") else info.config
+    if rc.on_gpu or not lm_head.applies(text_config):  # where the job keeps TRL's fused head
         head = fused_head(scored, info.vocab, info.hidden, rc.dtype, rc.on_gpu, head_trains, softcap)
         terms["fused LM head"] = head.saved
         notes.append(f"LM head: TRL's fused chunked head, no full logits; one {min(scored, TOKEN_TILE)} x "
@@ -257,11 +260,10 @@ def memory_terms(info: ModelInfo, pc: ParamCount, rc: Recipe) -> tuple[dict[str,
                          "in Triton; only labelled positions are scored, all counted here" if rc.on_gpu
                          else "in torch with fp32 temporaries per tile element"))
     else:
-        from engine.train.lm_head import ROW_CHUNK
-
         head = cpu_head(scored, info.vocab, info.hidden, rc.dtype, head_trains)
         terms["LM head"] = head.saved
-        notes.append(f"LM head: only labelled positions are scored, {ROW_CHUNK} at a time (a {ROW_CHUNK} x "
+        chunk = lm_head.ROW_CHUNK
+        notes.append(f"LM head: only labelled positions are scored, {chunk} at a time (a {chunk} x "
                      f"{info.vocab} block), no full logits; " + ("every position counted" if rc.label_share >= 1
                                                                   else f"{rc.label_share:.0%} of positions"))
     # transient, the largest of: the head's forward or backward (its backward comes first,

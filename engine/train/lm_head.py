@@ -94,18 +94,21 @@ def labelled_log_probs(hidden, weight, bias, targets):
     return _labelled_head().apply(hidden, weight, bias, targets)
 
 
+def applies(text_config) -> bool:
+    """Whether this head replaces TRL's for a model: heads TRL scales, soft-caps or adds a router
+    loss to (trl/trainer/utils.py add_fused_lm_head reads the same attributes) stay with TRL."""
+    scaled = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+    return all(getattr(text_config, a, None) in (None, 1, 1.0) for a in scaled) and not getattr(
+        text_config, "output_router_logits", False)
+
+
 def use_on_cpu(model) -> bool:
     """Route the fused-head calls of this TRL-patched model (a PeftModel or a plain HF model) through
     `labelled_log_probs` on the CPU. False, and nothing changed, where it does not apply."""
     from trl.trainer.utils import FusedCausalLMOutput
 
     hf = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = hf.config.get_text_config()
-    # heads TRL scales, soft-caps or adds a router loss to stay with TRL (add_fused_lm_head reads the same)
-    scaled = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
-    plain = all(getattr(config, a, None) in (None, 1, 1.0) for a in scaled) and not getattr(
-        config, "output_router_logits", False)
-    if not plain or hf.device.type != "cpu" or hf.get_output_embeddings() is None:
+    if not applies(hf.config.get_text_config()) or hf.device.type != "cpu" or hf.get_output_embeddings() is None:
         return False
     trl_forward = hf.forward  # TRL's fused forward; it still serves every other kind of call
 
