@@ -1,5 +1,6 @@
 """Where a base model comes from and what it is made of: the offline catalog, meta-device introspection, hub access,
 the embedded default.
 
-Imports only the top of `engine/` (plan, errors, paths, units); never jobs/ or ui/.
+Imports the top of `engine/` (plan, errors, paths, units) and, to give the embedded default its chat
+template when its file has none, `engine.data.chat`; never jobs/ or ui/.
 """
