@@ -62,6 +62,43 @@ def test_each_row_of_a_mixed_batch_equals_the_request_alone(peft_model):
     assert len(set(texts)) == 3, texts
 
 
+def test_stacked_lora_matches_peft_mixed_batch(tiny, tmp_path):
+    """engine.adapters.gathered replaces PEFT's per-adapter loop; the logits must not move.
+    Adapters of different ranks and targets (a layer some adapters lack) and base rows, mixed."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from engine.adapters import gathered
+
+    base_dir, adapters = tiny
+    gamma = make_tiny_adapter(base_dir, tmp_path / "gamma", r=8, seed=7, targets=("q_proj", "down_proj"))
+
+    def load():
+        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        model = PeftModel.from_pretrained(base, adapters["alpha"], adapter_name="alpha")
+        model.load_adapter(adapters["beta"], adapter_name="beta")
+        model.load_adapter(str(gamma), adapter_name="gamma")
+        return model.eval()
+
+    torch.manual_seed(0)
+    input_ids = torch.randint(3, 100, (6, 9))
+    names = ["alpha", "__base__", "gamma", "beta", "alpha", "gamma"]
+    peft_own, ours = load(), load()
+    assert gathered.install(ours) > 0
+    with torch.inference_mode():
+        expected = peft_own(input_ids=input_ids, adapter_names=names).logits
+        got = ours(input_ids=input_ids, adapter_names=names).logits
+        fewer = ours(input_ids=input_ids[:3], adapter_names=names[:3]).logits  # rows left: mask rebuilt
+        only_base = ours(input_ids=input_ids[:2], adapter_names=["__base__"] * 2).logits
+        with ours.disable_adapter():
+            plain = ours(input_ids=input_ids[:2]).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fewer, expected[:3], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(only_base, plain, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(expected[0], expected[1], atol=1e-3)  # the adapters change the rows
+
+
 def test_seeded_sampling_is_the_same_in_a_batch_and_alone(peft_model):
     model, tok = peft_model
     requests = [Request(ids(tok, "Paris is"), adapter=a, max_tokens=10, temperature=0.9, top_p=0.8, seed=7)
@@ -204,3 +241,24 @@ def test_left_padding_keeps_absolute_positions(tmp_path):
     together = decode_batch(model, tok, requests)
     alone = [decode_batch(model, tok, [r])[0] for r in requests]
     assert [r.text for r in together] == [r.text for r in alone]
+
+
+def test_the_lm_head_gets_a_contiguous_input_when_generation_keeps_one_position(tiny):
+    """engine.model.head_input: torch copies the whole head per row for a strided 3-D input to a
+    frozen weight (seconds on the embedded model); every model load_base makes hands it a
+    contiguous one. Checked on what the head receives, not on time (machines differ)."""
+    import torch
+
+    from engine.plan import TrainingPlan
+    from engine.train.run import load_base
+
+    base_dir, _ = tiny
+    model, tok = load_base(TrainingPlan.build(model=str(base_dir), method="lora"), for_training=False)
+    seen = []
+    model.get_output_embeddings().register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    input_ids = torch.randint(3, 100, (3, 7), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        kept = model(input_ids=input_ids, logits_to_keep=1).logits
+        full = model(input_ids=input_ids).logits
+    assert seen == [True, True]
+    torch.testing.assert_close(kept[:, -1], full[:, -1])

@@ -147,6 +147,10 @@ def decode_batch(model, tokenizer, requests: list[Request], pad_id: int | None =
                                              else next(iter(eos_ids), 0))
     rows = [_Row(r, tokenizer, eos_ids) for r in requests]
     mixed = hasattr(model, "peft_config")  # a PeftModel: route each row through its adapter
+    if mixed:
+        from engine.adapters import gathered
+
+        gathered.install(model)  # two matmuls per layer instead of PEFT's loop over the batch's adapters
     names = [peft_name(r.adapter) if r.adapter else BASE for r in requests]
 
     # Prefill: left-pad the prompts so every row's last prompt token sits in the last column.

@@ -96,6 +96,7 @@ def load_base(plan: TrainingPlan, for_training: bool = True):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from engine.data.chat import ensure_chat_template
+    from engine.model import head_input
 
     device = train_device(plan)
     dtype = torch_dtype(plan, device)
@@ -118,6 +119,7 @@ def load_base(plan: TrainingPlan, for_training: bool = True):
             raise _hub_error(plan.model, exc) from None
         raise
     ensure_chat_template(tokenizer)
+    head_input.make_contiguous(model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if for_training:
