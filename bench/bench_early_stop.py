@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -78,7 +80,7 @@ def make_task(name: str, folder: Path) -> tuple[Path, list[dict]]:
     return path, rows[TRAIN_ROWS:]
 
 
-def run(name: str, data: Path, test: list[dict], patience: int, out: Path) -> dict:
+def run(name: str, data: Path, test: list[dict], patience: int, out: Path, overrides: dict | None = None) -> dict:
     from engine.advice import recommend
     from engine.data import demo
     from engine.plan import TrainingPlan
@@ -86,7 +88,7 @@ def run(name: str, data: Path, test: list[dict], patience: int, out: Path) -> di
 
     rec = recommend.recommend("default", "simple", gpu="cpu", dataset_rows=TRAIN_ROWS,
                               base=TrainingPlan.build(model="default", dataset=str(data), gpu="cpu"))
-    plan = rec.plan.updated(patience=patience, name=f"{name}-p{patience}")
+    plan = rec.plan.updated(patience=patience, name=f"{name}-p{patience}", **(overrides or {}))
     skill = demo.Skill(name, name, name, test[0]["messages"][0]["content"], 24)
     start = time.time()
     marks = {}
@@ -109,7 +111,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--compare", action="store_true", help="also train every epoch (patience 0)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a field of the recommended plan (to try another setting)")
     args = parser.parse_args(argv)
+    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
     work = Path(tempfile.mkdtemp(prefix="bench-early-"))
     os.environ.setdefault("LORAPILOT_HOME", str(work / "home"))
     from engine.estimate import hardware
@@ -120,7 +125,7 @@ def main(argv=None) -> int:
     for name in args.tasks.split(","):
         data, test = make_task(name, work)
         for patience in ([3, 0] if args.compare else [3]):
-            print(json.dumps(run(name, data, test, patience, work / f"{name}-{patience}")), flush=True)
+            print(json.dumps(run(name, data, test, patience, work / f"{name}-{patience}", overrides)), flush=True)
     return 0
 
 
