@@ -208,7 +208,15 @@ def test_cpu_recommends_fp32_lora_and_says_it_is_slow():
     assert any("slow" in w.text for w in rec.warnings)
     assert any(w.rule == "M4" for w in rec.warnings)  # 300 examples: prompting may do
     assert rec.plan.dropout == 0.1
-    assert rec.plan.batch_size == 8 and rec.plan.effective_batch == 16  # rows at once: a CPU's matmul needs them
+    assert rec.plan.batch_size == 8  # rows at once: a CPU's matmul needs them
+    # 300 rows: no accumulation (dozens of updates per pass), a small model's higher adapter lr, r 8
+    assert rec.plan.grad_accum == 1 and rec.reasons["grad_accum"].rule == "B2"
+    assert rec.plan.learning_rate == pytest.approx(1e-3) and "under 1B" in rec.reasons["learning_rate"].text
+    assert rec.plan.r == 8
+    big = recommend("smollm2-135m", "simple", gpu="cpu", dataset_rows=5000)
+    assert big.plan.effective_batch == 16 and big.reasons["grad_accum"].rule == "G1"
+    gpu_8b = recommend("llama-3.1-8b", "simple", gpu="RTX 4090", dataset_rows=300)
+    assert gpu_8b.plan.learning_rate == pytest.approx(2e-4)
 
 
 def test_base_plan_fields_are_kept():

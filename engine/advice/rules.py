@@ -21,7 +21,7 @@ from engine.plan import TrainingPlan
 # look the rule up.
 # R6 (rank above layer width) is stated in PLAN_CHECKS below.
 RULE_IDS = frozenset(
-    "M1 M2 M3 M4 M5 R1 R2 R3 R4 R5 R6 A1 A2 A3 A4 D1 D2 D3 T1 T2 T3 T4 T5 B1 L1 G1 U1 U2 U3 E1".split()
+    "M1 M2 M3 M4 M5 R1 R2 R3 R4 R5 R6 A1 A2 A3 A4 D1 D2 D3 T1 T2 T3 T4 T5 B1 B2 L1 G1 U1 U2 U3 E1".split()
 )
 
 
