@@ -220,7 +220,7 @@ def cmd_export(ns) -> int:
 
 # --- waiting -------------------------------------------------------------------------------
 
-def _wait(job_id: int, poll_s: float = 1.0) -> int:
+def _wait(job_id: int, poll_s: float = 0.5) -> int:
     """Follow the job's rows until it finishes. Ctrl-C leaves the job running."""
     from jobs import dispatcher, store
 
