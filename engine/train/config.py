@@ -31,18 +31,13 @@ def lora_kwargs(plan: TrainingPlan) -> dict:
                 modules_to_save=list(plan.modules_to_save) or None, task_type="CAUSAL_LM")
 
 
-# Evaluation keeps no activations for a backward pass, so it takes more rows per batch than
-# training in less memory (fewer, fuller matmuls).
-EVAL_BATCH_FACTOR = 4
-
-
 def sft_kwargs(plan: TrainingPlan, out_dir: str | Path, has_eval: bool) -> dict:
     """Keyword arguments of `trl.SFTConfig`, all but the device and precision ones."""
     return dict(
         output_dir=str(Path(out_dir) / "checkpoints"),
         max_length=plan.seq_len,
         per_device_train_batch_size=plan.batch_size,
-        per_device_eval_batch_size=plan.batch_size * EVAL_BATCH_FACTOR,
+        per_device_eval_batch_size=plan.batch_size,
         gradient_accumulation_steps=plan.grad_accum,
         num_train_epochs=plan.epochs,
         max_steps=plan.max_steps or -1,
