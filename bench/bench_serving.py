@@ -107,10 +107,13 @@ def main() -> None:
                 r = rounds[m][-1]
                 print(f"  round {k + 1} {m}: {r['rps']:.2f} req/s, {r['wall']:.1f} s", flush=True)
     texts = {m: rounds[m][0]["texts"] for m in modes}
-    same = all(texts[m] == texts["mixed"] for m in modes)
+    # In bf16 a row's logits depend a little on how many rows share the matmul, so greedy answers
+    # may part ways between batched and one-at-a-time decoding; mixed and one-adapter batches match.
+    differ = ", ".join(f"{m} {sum(a != b for a, b in zip(texts[m], texts['mixed']))}/{len(texts[m])}"
+                       for m in modes if m != "mixed")
     print(f"{ADAPTERS} adapters x {PER_ADAPTER} concurrent requests, max_tokens {args.max_tokens}, greedy; "
           f"torch threads {torch.get_num_threads()}, load avg {os.getloadavg()[0]:.1f}; "
-          f"answers identical across modes: {same}")
+          f"answers differing from mixed: {differ}")
     print(f"{'mode':12} {'req/s':>7} {'tok/s':>7} {'p50 s':>7} {'p95 s':>7} {'wall s':>7}  batches")
     summary = {}
     for m in modes:
