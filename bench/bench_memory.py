@@ -42,6 +42,7 @@ MiB = 2**20
 TINY = {
     "tiny-lora": dict(method="lora", r=8, targets="all-linear", batch_size=4, seq_len=64, grad_ckpt=False),
     "tiny-qlora-ckpt": dict(method="qlora", r=8, targets="attention", batch_size=4, seq_len=128, grad_ckpt=True),
+    "tiny-qlora": dict(method="qlora", r=8, targets="all-linear", batch_size=4, seq_len=64, grad_ckpt=False),
     "tiny-full": dict(method="full", batch_size=2, seq_len=64, grad_ckpt=False, dropout=0.0),
     # rows of 8 to 100 words under a seq_len of 256: batches padded well short of seq_len
     "tiny-lora-varied": dict(method="lora", r=8, targets="all-linear", batch_size=4, seq_len=256, grad_ckpt=False),

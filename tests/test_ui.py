@@ -166,7 +166,10 @@ def test_sweep_has_three_methods_and_the_cheaper_one_is_lower():
     fig.to_plotly()
     by = {t["name"]: t["y"] for t in fig.data}
     assert set(by) == {"full", "LoRA", "QLoRA"}
-    assert all(q < f for q, f in zip(by["QLoRA"], by["full"]))
+    # QLoRA saves the weights' memory; its residual stream and MLP flow run in fp32 (PEFT's k-bit
+    # preparation), so at 4k-8k tokens without checkpointing its activations overtake that saving
+    assert all(q < f for q, f in zip(by["QLoRA"][:5], by["full"][:5]))
+    assert by["QLoRA"][0] < by["LoRA"][0] and by["QLoRA"][-1] > by["LoRA"][-1]
     assert by["LoRA"] == sorted(by["LoRA"])  # memory grows with the sequence length
     # short tick labels, so seven fit side by side in a narrow chart; the plan's value is named
     assert fig.layout["xaxis"]["ticktext"] == ["128", "256", "512", "1k", "2k", "4k", "8k"]

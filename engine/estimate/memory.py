@@ -116,6 +116,16 @@ def _bytes(dtype: str) -> int:
     return 4 if dtype == "fp32" else 2
 
 
+def _flow_bytes(rc: Recipe) -> int:
+    """Bytes per element of the residual stream and the MLP's elementwise flow.
+
+    The compute dtype, except under QLoRA: PEFT's `prepare_model_for_kbit_training` upcasts the
+    unquantized weights (embeddings, norms) to fp32, and bitsandbytes' 4-bit layers hand back
+    their input's dtype, so the residual stream and the MLP between its matmuls run in fp32.
+    """
+    return 4 if rc.method == "qlora" else _bytes(rc.dtype)
+
+
 def _slot(info: ModelInfo, m) -> tuple[str, int]:
     """Which saved tensor a module's input is (shared by modules reading the same tensor)."""
     attn = any(w in m.name for w in _ATTN_WORDS)
@@ -126,7 +136,7 @@ def _slot(info: ModelInfo, m) -> tuple[str, int]:
 
 def activation_bytes_per_token_layer(info: ModelInfo, rc: Recipe, adapted: list, layer: int = 0) -> dict[str, float]:
     """Bytes saved for backward per token in one decoder layer, by part."""
-    cb = _bytes(rc.dtype)
+    cb, fb = _bytes(rc.dtype), _flow_bytes(rc)
     h, q = info.hidden, info.heads * info.head_dim
     kv = info.kv_heads * info.head_dim
     inter = info.intermediate
@@ -146,7 +156,7 @@ def activation_bytes_per_token_layer(info: ModelInfo, rc: Recipe, adapted: list,
         parts["attention"] += info.heads * rc.seq_len * (4 + (cb if cb != 4 else 0))
     # MLP: gate output (activation input), activation output, up output (both for the product)
     experts_active = getattr(info.config, "num_experts_per_tok", 1) or 1
-    parts["mlp"] = 3 * inter * cb * experts_active
+    parts["mlp"] = 3 * inter * fb * experts_active
 
     # Inputs of layers whose weights need gradients, and LoRA's per-module tensors
     layer_mods = [m for m in _by_layer(info).get(layer, []) if not m.pseudo]
@@ -240,7 +250,7 @@ def memory_terms(info: ModelInfo, pc: ParamCount, rc: Recipe) -> tuple[dict[str,
     mask = rc.seq_len * cb
     if rc.grad_ckpt:
         # only each layer's input survives the forward; backward recomputes one layer at a time
-        acts = tokens * (info.layers * info.hidden * cb + final_norm + mask)
+        acts = tokens * (info.layers * info.hidden * _flow_bytes(rc) + final_norm + mask)
         notes.append("gradient checkpointing: one layer input per layer kept, one layer recomputed at a time")
     else:
         acts = tokens * (sum(per_layer) + final_norm + mask)
@@ -269,7 +279,7 @@ def memory_terms(info: ModelInfo, pc: ParamCount, rc: Recipe) -> tuple[dict[str,
     # transient, the largest of: the head's forward or backward (its backward comes first,
     # with every activation still saved) and, inside a layer's backward, gradients of the
     # widest MLP part; plus for QLoRA one dequantized weight
-    layer_bwd = tokens * (2 * info.intermediate + 2 * info.hidden) * cb
+    layer_bwd = tokens * (2 * info.intermediate + 2 * info.hidden) * _flow_bytes(rc)
     if rc.grad_ckpt:
         # a layer's activations are rebuilt in backward, after the head is done with its tensors
         layer_bwd += tokens * max(per_layer) - head.saved
@@ -283,7 +293,8 @@ def memory_terms(info: ModelInfo, pc: ParamCount, rc: Recipe) -> tuple[dict[str,
                  f"{rc.seq_len} tokens: an upper bound, as each batch is padded only to its longest row")
     if rc.method == "qlora":
         notes.append("4-bit NF4 base" + (" with double quantization" if rc.double_quant else "")
-                     + "; embeddings, head and norms unquantized")
+                     + "; embeddings, head and norms unquantized, in fp32 after PEFT's k-bit preparation, "
+                       "so the residual stream and the MLP's activations are fp32")
     if rc.optimizer.startswith("paged"):
         notes.append("paged optimizer: states can spill to CPU RAM on spikes; counted on the device here")
     return terms, notes
