@@ -69,22 +69,31 @@ def validate(plan: TrainingPlan):
     return combined.estimate(plan, lengths=report.token_lengths, label_share=report.label_share)
 
 
-def submit(plan: TrainingPlan, start: bool = True, parent_id: int | None = None) -> Job:
-    """Validate, then queue. On any UserError no row exists. `parent_id`: the run whose advice this follows."""
-    if not isinstance(plan, TrainingPlan):
-        plan = TrainingPlan.build(**dict(plan))
-    est = validate(plan)
-    job = Job(
-        name=plan.name or _default_name(plan),
-        plan_json=plan.model_dump_json(),
-        estimate_json=json.dumps(est.to_json()),
-        estimated_peak_bytes=int(est.memory.expected_allocated_bytes),  # the worst case stays in estimate_json
-        parent_id=parent_id,
-    )
-    job = store.insert_job(job)
-    store.append_log(job.id, f"queued: {job.name}")
-    if start:
-        kick()
+def submit(plan: TrainingPlan, start: bool = True, parent_id: int | None = None,
+           standby: subprocess.Popen | None = None) -> Job:
+    """Validate, then queue. On any UserError no row exists. `parent_id`: the run whose advice this follows.
+
+    `standby` (from `standby()`) is a worker already importing its libraries while this validates;
+    the job started by this submit takes it over, or it is let go.
+    """
+    try:
+        if not isinstance(plan, TrainingPlan):
+            plan = TrainingPlan.build(**dict(plan))
+        est = validate(plan)
+        job = Job(
+            name=plan.name or _default_name(plan),
+            plan_json=plan.model_dump_json(),
+            estimate_json=json.dumps(est.to_json()),
+            estimated_peak_bytes=int(est.memory.expected_allocated_bytes),  # the worst case stays in estimate_json
+            parent_id=parent_id,
+        )
+        job = store.insert_job(job)
+        store.append_log(job.id, f"queued: {job.name}")
+        if start:
+            kick(standby)
+            standby = None
+    finally:
+        _release(standby)
     return store.get_job(job.id)
 
 
@@ -95,21 +104,52 @@ def _default_name(plan: TrainingPlan) -> str:
 
 # --- start ---------------------------------------------------------------------------------
 
-def kick() -> list[int]:
-    """Start queued jobs while fewer than LORAPILOT_MAX_CONCURRENT run. Returns started ids."""
+def kick(standby: subprocess.Popen | None = None) -> list[int]:
+    """Start queued jobs while fewer than LORAPILOT_MAX_CONCURRENT run. Returns started ids.
+    The first job started locally takes over `standby`, if given; otherwise it is let go."""
     _reap()
     reconcile()
     started = []
     slots = max_concurrent()
-    while True:
-        job_id = store.claim_next(slots)
-        if job_id is None:
-            return started
-        if ray.address():
-            _submit_to_ray(job_id)
-        else:
-            _spawn(job_id)
-        started.append(job_id)
+    try:
+        while True:
+            job_id = store.claim_next(slots)
+            if job_id is None:
+                return started
+            if ray.address():
+                _submit_to_ray(job_id)
+            else:
+                _spawn(job_id, standby)
+                standby = None
+            started.append(job_id)
+    finally:
+        _release(standby)
+
+
+def standby() -> subprocess.Popen | None:
+    """A worker process started before its job exists: it imports torch, transformers, PEFT and
+    TRL (about 4 s on 2 cores) while the submitter validates the plan (as long again: the model's
+    introspection imports much the same), then reads its job id on stdin. None when jobs run on a
+    Ray cluster or may not start here."""
+    if ray.address() or max_concurrent() < 1:
+        return None
+    try:
+        return subprocess.Popen([sys.executable, "-m", "jobs.worker", "--standby"], cwd=str(ROOT), env=_worker_env(),
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    except OSError:
+        return None  # the job will start the usual way
+
+
+def _release(standby: subprocess.Popen | None) -> None:
+    """Let an unused standby worker go: end of input makes it exit."""
+    if standby is None:
+        return
+    try:
+        standby.stdin.close()
+    except OSError:
+        pass
+    _children.append(standby)  # reaped by a later kick, so it never lingers as a zombie
 
 
 def _submit_to_ray(job_id: int) -> None:
@@ -122,16 +162,30 @@ def _submit_to_ray(job_id: int) -> None:
         raise
 
 
-def _spawn(job_id: int) -> None:
-    log = open(store.log_path(job_id), "ab")
+def _worker_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _spawn(job_id: int, standby: subprocess.Popen | None = None) -> None:
+    if standby is not None and standby.poll() is None:
+        try:  # the standby worker sends its output to the job's log once it has the id
+            standby.stdin.write(f"{job_id}\n".encode())
+            standby.stdin.close()
+        except OSError:  # it died meanwhile: start one the usual way
+            pass
+        else:
+            _children.append(standby)
+            store.update_job(job_id, (JobStatus.RUNNING,), pid=standby.pid)
+            return
+    log = open(store.log_path(job_id), "ab")
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "jobs.worker", str(job_id)],
-            cwd=str(ROOT), env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            cwd=str(ROOT), env=_worker_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,  # own session and process group: survives the UI, killable as a group
         )
     except OSError as exc:
@@ -170,7 +224,8 @@ def worker_alive(pid: int | None, job_id: int) -> bool:
         return False
     except psutil.AccessDenied:
         return True  # exists but not ours to inspect: do not declare it dead
-    return "jobs.worker" in cmd and str(job_id) in cmd
+    # a standby worker (started before its job existed) names no id; the pid the row holds is its own
+    return "jobs.worker" in cmd and (str(job_id) in cmd or "--standby" in cmd)
 
 
 def reconcile() -> list[int]:

@@ -83,10 +83,29 @@ def _train_entry():
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--standby"]:
+        return _standby()
     if len(argv) != 1 or not argv[0].isdigit():
-        print("usage: python -m jobs.worker JOB_ID", file=sys.stderr)
+        print("usage: python -m jobs.worker JOB_ID | --standby", file=sys.stderr)
         return 2
     return run_job(int(argv[0]))
+
+
+def _standby() -> int:
+    """Import what training needs first, then take a job id from stdin (dispatcher.standby).
+    End of input means the submit did not start a job here (a bad plan, a full queue)."""
+    import peft  # noqa: F401 - the imports engine.train.run makes first, paid ahead of the job
+    import torch  # noqa: F401
+    from trl import SFTTrainer  # noqa: F401
+
+    line = sys.stdin.readline().strip()
+    if not line.isdigit():
+        return 0
+    job_id = int(line)
+    with open(store.log_path(job_id), "ab") as log:  # from here on, output goes where _spawn's would
+        os.dup2(log.fileno(), sys.stdout.fileno())
+        os.dup2(log.fileno(), sys.stderr.fileno())
+    return run_job(job_id)
 
 
 def run_job(job_id: int) -> int:

@@ -155,3 +155,25 @@ def test_a_failing_run_gets_a_plain_reason_and_the_traceback_goes_to_the_log(tin
     assert done.status == "failed"
     assert "deleted-after-submit.jsonl" in done.error and "Traceback" not in done.error
     assert "Traceback" in store.log_tail(job.id, 200)
+
+
+def test_a_standby_worker_takes_the_job_or_goes_away(tiny, tmp_path):
+    """dispatcher.standby(): a worker that imports its libraries while the plan is validated.
+    A valid plan's job runs in it (its log gets the output); a refused plan leaves no row and the
+    standby exits on its own, with no process left behind."""
+    from engine.errors import UserError
+
+    before = len(store.list_jobs())
+    refused = dispatcher.standby()
+    with pytest.raises(UserError, match="dataset"):
+        dispatcher.submit(plan(tiny, dataset=str(tmp_path / "missing.jsonl")), standby=refused)
+    assert len(store.list_jobs()) == before
+    assert refused.wait(timeout=120) == 0  # end of input: no job came
+
+    standby = dispatcher.standby()
+    job = dispatcher.submit(plan(tiny, max_steps=2), standby=standby)
+    done = wait_for(job.id, finished)
+    assert done.status == "succeeded", store.log_tail(job.id, 40)
+    assert standby.wait(timeout=120) == 0
+    assert f"worker pid {standby.pid} started" in store.log_tail(job.id, 200)
+    assert "training on cpu" in store.log_tail(job.id, 200)

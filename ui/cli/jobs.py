@@ -111,7 +111,8 @@ def cmd_demo(ns) -> int:
 def _submit(plan: TrainingPlan, wait: bool) -> int:
     from jobs import dispatcher
 
-    job = dispatcher.submit(plan)
+    # Waiting means the user wants the result soon: start the worker's imports alongside validation.
+    job = dispatcher.submit(plan, standby=dispatcher.standby() if wait else None)
     print(f"job {job.id} {job.status}: {job.name}")
     return _submit_wait(job, wait)
 
