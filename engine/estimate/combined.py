@@ -101,7 +101,7 @@ def _recipe(plan, dtype: str, on_gpu: bool) -> Recipe:
     return Recipe(method=plan.method, dtype=dtype, batch_size=plan.batch_size, seq_len=plan.seq_len,
                   grad_ckpt=plan.grad_ckpt, attention=plan.attention, optimizer=plan.optimizer,
                   dropout=plan.dropout, r=plan.r, on_gpu=on_gpu,
-                  modules_to_save=tuple(plan.modules_to_save))
+                  modules_to_save=tuple(plan.modules_to_save), grad_accum=plan.grad_accum)
 
 
 def _params(info, plan, dtype: str) -> ParamCount:

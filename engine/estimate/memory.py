@@ -60,6 +60,7 @@ class Recipe:
     double_quant: bool = True
     label_share: float = 1.0  # positions with a label (the LM head scores only those); 1 = the upper bound
     modules_to_save: tuple[str, ...] = ()
+    grad_accum: int = 1
 
 
 @dataclass
@@ -172,8 +173,11 @@ def activation_bytes_per_token_layer(info: ModelInfo, rc: Recipe, adapted: list,
             slot, f_in = _slot(info, m)
             k = experts_active if m.pseudo and m.experts > 1 else 1
             if rc.dropout > 0 and not m.pseudo:
-                # dropout: a mask (bool on CUDA, a float noise tensor on CPU) + its output, per module
-                mask = 0 if first and slot == "attn_in" else (1 if rc.on_gpu else cb)
+                # dropout: a mask (bool on CUDA; on the CPU a float noise tensor, in the adapters'
+                # fp32 as PEFT's LoRA layer casts its input to their dtype first, while its 4-bit
+                # layer under autocast keeps the input's dtype) + its output, per module
+                noise = cb if rc.method == "qlora" else 4
+                mask = 0 if first and slot == "attn_in" else (1 if rc.on_gpu else noise)
                 lora += f_in * (mask + cb) * k
             else:
                 saved_inputs[slot] = f_in
@@ -289,6 +293,13 @@ def memory_terms(info: ModelInfo, pc: ParamCount, rc: Recipe) -> tuple[dict[str,
                       if m.name != info.output_name and not m.pseudo), default=0)
         transient += widest * cb
     terms["transient buffers"] = int(transient)
+    if rc.grad_accum == 1:
+        # The trainer drops the gradients after each update (set to None), so they are born in the
+        # backward as the activations they replace are freed: only what outgrows those coexists.
+        # With accumulation the last micro-batch's gradients stay alive through the next forward.
+        terms["gradients"] = max(0, terms["gradients"] - terms["activations"] - terms["transient buffers"])
+        notes.append("gradients appear in the backward as activations are freed (no accumulation): "
+                     "only their excess over the activations is counted")
     notes.append(f"compute dtype {rc.dtype}; {rc.attention} attention; batches of {rc.batch_size} x "
                  f"{rc.seq_len} tokens: an upper bound, as each batch is padded only to its longest row")
     if rc.method == "qlora":
