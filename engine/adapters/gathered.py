@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import types
 
-BASE = "__base__"
+from engine.adapters.batch import BASE
+
 _ATTR = "_lorapilot_gathered"  # per-layer cache: (adapters, weights, stacks) and (rows, mask)
 
 
