@@ -231,7 +231,7 @@ def _optimizer_bytes_per_param(rc: Recipe, param_bytes: int) -> float:
 
 
 def memory_terms(info: ModelInfo, pc: ParamCount, rc: Recipe) -> tuple[dict[str, int], list[str]]:
-    cb = _bytes(rc.dtype)
+    cb, fb = _bytes(rc.dtype), _flow_bytes(rc)
     tokens = rc.batch_size * rc.seq_len
     terms: dict[str, int] = {}
     notes: list[str] = []
@@ -254,7 +254,7 @@ def memory_terms(info: ModelInfo, pc: ParamCount, rc: Recipe) -> tuple[dict[str,
     mask = rc.seq_len * cb
     if rc.grad_ckpt:
         # only each layer's input survives the forward; backward recomputes one layer at a time
-        acts = tokens * (info.layers * info.hidden * _flow_bytes(rc) + final_norm + mask)
+        acts = tokens * (info.layers * info.hidden * fb + final_norm + mask)
         notes.append("gradient checkpointing: one layer input per layer kept, one layer recomputed at a time")
     else:
         acts = tokens * (sum(per_layer) + final_norm + mask)
@@ -283,7 +283,7 @@ def memory_terms(info: ModelInfo, pc: ParamCount, rc: Recipe) -> tuple[dict[str,
     # transient, the largest of: the head's forward or backward (its backward comes first,
     # with every activation still saved) and, inside a layer's backward, gradients of the
     # widest MLP part; plus for QLoRA one dequantized weight
-    layer_bwd = tokens * (2 * info.intermediate + 2 * info.hidden) * _flow_bytes(rc)
+    layer_bwd = tokens * (2 * info.intermediate + 2 * info.hidden) * fb
     if rc.grad_ckpt:
         # a layer's activations are rebuilt in backward, after the head is done with its tensors
         layer_bwd += tokens * max(per_layer) - head.saved
