@@ -173,11 +173,9 @@ def activation_bytes_per_token_layer(info: ModelInfo, rc: Recipe, adapted: list,
             slot, f_in = _slot(info, m)
             k = experts_active if m.pseudo and m.experts > 1 else 1
             if rc.dropout > 0 and not m.pseudo:
-                # dropout: a mask (bool on CUDA; on the CPU a float noise tensor, in the adapters'
-                # fp32 as PEFT's LoRA layer casts its input to their dtype first, while its 4-bit
-                # layer under autocast keeps the input's dtype) + its output, per module
-                noise = cb if rc.method == "qlora" else 4
-                mask = 0 if first and slot == "attn_in" else (1 if rc.on_gpu else noise)
+                # dropout: a bool mask (torch's CUDA kernel; engine.train.dropout on the CPU)
+                # + its output, per module
+                mask = 0 if first and slot == "attn_in" else 1
                 lora += f_in * (mask + cb) * k
             else:
                 saved_inputs[slot] = f_in

@@ -255,7 +255,7 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
     from engine.data import demo
     from engine.data.dataset import build_datasets
     from engine.evaluate.heldout import Judge
-    from engine.train import artifacts, checkpoints, faults, lm_head
+    from engine.train import artifacts, checkpoints, dropout, faults, lm_head
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -283,6 +283,7 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
     )
     if device == "cpu":
         lm_head.use_on_cpu(trainer.model)  # TRL's fused head scores every position there, slowly
+        dropout.use_on_cpu(trainer.model)  # torch's CPU dropout draws a float per element
     # base before training (an adapter starts as a no-op, so the wrapped model is the base)
     judge = Judge(plan, eval_ds, tokenizer, out_dir, report, train_rows=len(train_ds), t0=t0)
     base = judge.score_base(trainer)
