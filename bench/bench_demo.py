@@ -36,7 +36,7 @@ def main() -> None:
         plan = demo.default_plan(skill)
         t0 = time.time()
         tok = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation=plan.attention)
         t_load = time.time() - t0
         t = time.time()
         base = demo.evaluate(model, tok, skill)
