@@ -29,6 +29,7 @@ def main() -> None:
     from trl import SFTConfig, SFTTrainer
 
     from engine.data import dataset, demo
+    from engine.estimate import hardware
     from engine.model.default_model import default_model_dir
 
     folder = default_model_dir()
@@ -36,7 +37,8 @@ def main() -> None:
         plan = demo.default_plan(skill)
         t0 = time.time()
         tok = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation=plan.attention)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
+                                                     attn_implementation=hardware.attention_to_load(plan.attention))
         t_load = time.time() - t0
         t = time.time()
         base = demo.evaluate(model, tok, skill)

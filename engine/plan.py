@@ -23,7 +23,7 @@ Difficulty = Literal["simple", "balanced", "hard", "very_hard"]
 DataFormat = Literal["auto", "messages", "alpaca", "prompt_completion", "text"]
 Optimizer = Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"]
 Dtype = Literal["auto", "bf16", "fp16", "fp32"]
-Attention = Literal["sdpa", "eager"]
+Attention = Literal["auto", "sdpa", "eager"]
 Bias = Literal["none", "all", "lora_only"]
 Scheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]
 
@@ -149,7 +149,9 @@ class TrainingPlan(BaseModel):
     dtype: Dtype = Field("auto",
                          description="Compute precision: auto picks bf16 where the GPU or CPU runs it natively "
                                 "(measured once per machine), else fp16 on a GPU and fp32 on a CPU.")
-    attention: Attention = Field("sdpa", description="Attention kernel: sdpa (memory-efficient) or eager.")
+    attention: Attention = Field(
+        "auto", description="Attention kernel: auto (eager on a CPU training in bf16 where the data's rows are "
+        "short enough that it measured faster there, else sdpa), sdpa (memory-efficient) or eager.")
     seed: int = Field(42, description="Random seed, for repeatable runs.")
     logging_steps: int = Field(1, description="Write a metrics row every this many updates.")
     save_steps: int = Field(20, description="Save a checkpoint every this many updates.")

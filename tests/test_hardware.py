@@ -86,6 +86,7 @@ def test_calibration_measures_once_and_is_cached_per_machine(monkeypatch, lorapi
     hardware.cache_path().unlink()  # no injected numbers: measure this machine (shrunken, so it is quick)
     monkeypatch.setattr(hardware, "SHAPE", (64, 64, 64))
     monkeypatch.setattr(hardware, "MEASURE_S", 0.02)
+    monkeypatch.setattr(hardware, "ATTENTION_LENGTHS", (16, 32))
     cal = hardware.calibration()
     assert cal.fp32_tflops > 0 and cal.bf16_tflops > 0 and cal.key == hardware.cache_key()
     assert set(cal.bf16_flags) <= set(hardware.BF16_FLAGS)
@@ -101,3 +102,78 @@ def test_calibration_measures_once_and_is_cached_per_machine(monkeypatch, lorapi
     hardware.save(cal.model_copy(update={"key": "another CPU | 64 cores | torch 0"}))
     monkeypatch.setattr(hardware, "measure", lambda: cal.model_copy(update={"fp32_tflops": 9.0}))
     assert hardware.calibration().fp32_tflops == 9.0
+
+
+# --- the attention rule: `auto` is eager only on a CPU in bf16 with rows this CPU measured it faster for ----
+SHORT_ROWS = [30 + i % 40 for i in range(60)]  # 30..69 tokens
+
+
+def _attention_in(est) -> str:
+    return next(a for a in est.memory.assumptions if " attention;" in a).split(" attention;")[0].split("; ")[-1]
+
+
+def test_auto_attention_is_eager_only_for_rows_this_cpu_measured_it_faster_for():
+    cpu_without_bf16(**AMX, eager_until=128)
+    assert _attention_in(combined.estimate(_plan(), lengths=SHORT_ROWS)) == "eager"
+    # rows longer than the measured limit, no data checked yet, or an asked-for kernel: sdpa / as asked
+    assert _attention_in(combined.estimate(_plan(seq_len=512), lengths=SHORT_ROWS + [300])) == "sdpa"
+    assert _attention_in(combined.estimate(_plan())) == "sdpa"
+    assert _attention_in(combined.estimate(_plan(attention="sdpa"), lengths=SHORT_ROWS)) == "sdpa"
+    # a row longer than seq_len is cut to it before it is trained on
+    assert _attention_in(combined.estimate(_plan(seq_len=96), lengths=SHORT_ROWS + [300])) == "eager"
+    # in fp32 (asked, or a CPU without native bf16) and on a GPU: sdpa
+    assert _attention_in(combined.estimate(_plan(dtype="fp32"), lengths=SHORT_ROWS)) == "sdpa"
+    assert _attention_in(combined.estimate(_plan(gpu="a100-80gb"), lengths=SHORT_ROWS)) == "sdpa"
+    cpu_without_bf16(**AVX2, eager_until=128)
+    assert _attention_in(combined.estimate(_plan(), lengths=SHORT_ROWS)) == "sdpa"
+    cpu_without_bf16(**AMX)  # measured never faster
+    assert _attention_in(combined.estimate(_plan(), lengths=SHORT_ROWS)) == "sdpa"
+
+
+def test_eager_until_is_the_longest_length_before_sdpa_first_wins(monkeypatch):
+    def timings(eager_wins_at):
+        return lambda kernel, length: (1.0 if length in eager_wins_at else 3.0) if kernel == "eager" else 2.0
+
+    monkeypatch.setattr(hardware, "_attention_seconds", timings({64, 128}))
+    assert hardware._eager_until() == 128
+    monkeypatch.setattr(hardware, "_attention_seconds", timings({64, 256}))
+    assert hardware._eager_until() == 64  # past the first loss, a later win does not count
+    monkeypatch.setattr(hardware, "_attention_seconds", timings(set()))
+    assert hardware._eager_until() == 0
+
+
+def test_both_attention_kernels_time_a_real_forward_and_backward():
+    assert hardware._attention_seconds("eager", 16, repeats=1) > 0
+    assert hardware._attention_seconds("sdpa", 16, repeats=1) > 0
+
+
+def test_the_job_switches_to_eager_with_the_same_rule(tmp_path):
+    """engine.train.run applies `auto` once the rows are tokenized: on a tiny model, with the CPU's numbers
+    injected (the switch is what is tested, not this machine's speed)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from engine.train import run
+    from tests.tiny import make_tiny_model
+
+    folder = make_tiny_model(tmp_path / "tiny")
+    from datasets import Dataset
+
+    rows = Dataset.from_list([{"input_ids": list(range(n))} for n in (12, 40, 70)])
+    notes = []
+
+    def choose(plan, dtype=torch.bfloat16):
+        model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation=hardware.attention_to_load(
+            plan.attention))
+        run._choose_attention(plan, model, "cpu", dtype, (rows, None), notes.append)
+        return model.config._attn_implementation
+
+    cpu_without_bf16(**AMX, eager_until=128)
+    assert choose(_plan(model=str(folder))) == "eager"
+    assert "at most 70 tokens" in notes[-1].message
+    assert choose(_plan(model=str(folder), seq_len=64)) == "eager"  # rows are cut to seq_len
+    assert choose(_plan(model=str(folder)), dtype=torch.float32) == "sdpa"
+    assert choose(_plan(model=str(folder), attention="sdpa")) == "sdpa"
+    cpu_without_bf16(**AMX, eager_until=64)
+    count = len(notes)
+    assert choose(_plan(model=str(folder))) == "sdpa" and len(notes) == count

@@ -167,18 +167,17 @@ def default_plan(skill_name: str = DEFAULT_SKILL):
     --eval-every 10), held-out exact match at steps 0/10/20/30: ticket 0/42/75/100,
     isodate 4/88/96/88, json 0/79/100/100. Held-out loss is measured at steps 15 and 30 only:
     each evaluation with its checkpoint cost ~1.5 s, and a 30-step run cannot stop early anyway.
-    Eager attention: the rows are short (at most 96 tokens), and there torch's CPU flash-attention
-    backward is the slow part of SDPA in bf16 (4 x 9 heads x 48 tokens: 3.6 ms against 1.1 ms for
-    eager's matmuls and softmax, forward and backward); a demo step took 0.60 s against 0.66 s, and
-    as long either way in fp32. On two idle cores `demo --wait` (ticket) took 43-45 s in all with
-    SDPA, base 0% -> adapter 100%.
+    Its rows are short (at most 96 tokens), so `attention: auto` picks eager on a CPU where that
+    measured faster in bf16 (engine.estimate.hardware): there a demo step took 0.60 s against 0.66 s
+    with SDPA, and `demo --wait` (ticket) 38.6-41.5 s in all against 41.7-45.4 s, base 0% -> adapter
+    100%, on two idle AVX512-BF16 cores.
     """
     from engine.plan import TrainingPlan
 
     get(skill_name)
     return TrainingPlan.build(
         name=f"demo-{skill_name}", model="default", method="lora", difficulty="simple",
-        r=16, alpha=32, dropout=0.0, targets="all-linear", attention="eager",
+        r=16, alpha=32, dropout=0.0, targets="all-linear",
         dataset=str(DatasetRef.demo(skill_name)), data_format="messages", eval_split=0.1,
         seq_len=96, batch_size=4, grad_accum=1, max_steps=30, learning_rate=2e-3,
         lr_scheduler="constant_with_warmup", warmup_ratio=0.1, logging_steps=1, save_steps=15, gpu="cpu", seed=42,

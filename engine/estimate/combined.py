@@ -97,9 +97,11 @@ def compute_dtype(plan, gpu: Gpu | None) -> str:
     return resolve_dtype(plan.dtype, on_cpu=on_cpu, bf16_ok=bf16_ok)
 
 
-def _recipe(plan, dtype: str, on_gpu: bool) -> Recipe:
+def _recipe(plan, dtype: str, on_gpu: bool, lengths=None) -> Recipe:
+    longest = min(max(lengths), plan.seq_len) if lengths else None  # what the job decides `auto` from
+    attention = hardware.attention_for(plan.attention, not on_gpu, dtype, longest)
     return Recipe(method=plan.method, dtype=dtype, batch_size=plan.batch_size, seq_len=plan.seq_len,
-                  grad_ckpt=plan.grad_ckpt, attention=plan.attention, optimizer=plan.optimizer,
+                  grad_ckpt=plan.grad_ckpt, attention=attention, optimizer=plan.optimizer,
                   dropout=plan.dropout, r=plan.r, on_gpu=on_gpu,
                   modules_to_save=tuple(plan.modules_to_save), grad_accum=plan.grad_accum)
 
@@ -117,7 +119,7 @@ def _device_bytes(allocated: int, on_gpu: bool) -> tuple[int, int]:
 def _memory(info, plan, pc: ParamCount, gpu: Gpu | None, dtype: str, lengths=None,
             label_share: float = 1.0) -> MemoryEstimate:
     on_gpu = gpu is None or not gpu.is_cpu
-    recipe = _recipe(plan, dtype, on_gpu)
+    recipe = _recipe(plan, dtype, on_gpu, lengths)
     terms, notes = memory_terms(info, pc, recipe)
     allocated = sum(terms.values())
     reserved, device = _device_bytes(allocated, on_gpu)

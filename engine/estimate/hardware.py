@@ -1,4 +1,4 @@
-"""This CPU's matmul speed per precision, measured once and cached; the CPU precision rule.
+"""This CPU's matmul speed per precision, measured once and cached; the CPU precision and attention rules.
 
 CPUs differ by two orders of magnitude in bf16: with AMX or AVX512-BF16 a bf16 matmul
 runs several times faster than fp32, without them PyTorch emulates it and it runs ~100x
@@ -39,6 +39,15 @@ CACHE_FILE = "hardware.json"
 BF16_STEP_SHARE = 0.66
 
 
+# Row lengths at which eager attention (matmuls and a softmax) is timed against SDPA in bf16, forward
+# and backward: torch's CPU flash-attention backward is slow for short rows in bf16 (4 x 9 heads x 48
+# tokens: 3.6 ms against 1.1 ms eager on an AVX512-BF16 CPU), while it wins in fp32. Not beyond 128:
+# eager keeps heads x length probabilities per token, and there a whole step gained nothing (4 x 256
+# tokens of the embedded model: 3.30 s eager, 3.24 s SDPA) though attention alone still did.
+ATTENTION_LENGTHS = (64, 128)
+CALIBRATION_VERSION = 2  # in the cache key: a file measured before eager_until existed is measured again
+
+
 class Calibration(BaseModel):
     key: str  # cpu | threads | torch version
     cpu: str
@@ -46,6 +55,7 @@ class Calibration(BaseModel):
     bf16_flags: list[str]
     fp32_tflops: float
     bf16_tflops: float
+    eager_until: int = 0  # longest row (tokens) up to which eager attention beat SDPA in bf16; 0: never
 
     @property
     def bf16_native(self) -> bool:
@@ -91,7 +101,7 @@ def cache_key() -> str:
     from importlib.metadata import version
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu_name()} | {cores} cores | torch {version('torch')}"
+    return f"{cpu_name()} | {cores} cores | torch {version('torch')} | calibration {CALIBRATION_VERSION}"
 
 
 def cache_path() -> Path:
@@ -135,8 +145,11 @@ def measure() -> Calibration:
     flags = sorted(set(BF16_FLAGS) & cpu_flags())
     # Without the flags bf16 is emulated (~100x slower): an 8x smaller matmul tells as much, in a second less.
     rows = SHAPE[0] if flags else SHAPE[0] // 8
-    return Calibration(key=cache_key(), cpu=cpu_name(), threads=torch.get_num_threads(), bf16_flags=flags,
-                       fp32_tflops=_matmul_tflops(torch.float32), bf16_tflops=_matmul_tflops(torch.bfloat16, rows))
+    cal = Calibration(key=cache_key(), cpu=cpu_name(), threads=torch.get_num_threads(), bf16_flags=flags,
+                      fp32_tflops=_matmul_tflops(torch.float32), bf16_tflops=_matmul_tflops(torch.bfloat16, rows))
+    if cal.bf16_native:  # fp32 runs flash attention's own kernel well: eager is only timed where bf16 is used
+        cal.eager_until = _eager_until()
+    return cal
 
 
 def _matmul_tflops(dtype, rows: int | None = None) -> float:
@@ -157,6 +170,43 @@ def _matmul_tflops(dtype, rows: int | None = None) -> float:
             a @ b
             best = min(best, time.perf_counter() - t)
     return 2 * m * k * n / best / 1e12
+
+
+def _eager_until() -> int:
+    """The longest of ATTENTION_LENGTHS up to which eager attention is faster than SDPA in bf16 (0: none)."""
+    until = 0
+    for length in ATTENTION_LENGTHS:
+        if _attention_seconds("eager", length) >= _attention_seconds("sdpa", length):
+            break
+        until = length
+    return until
+
+
+def _attention_seconds(kernel: str, length: int, repeats: int = 3) -> float:
+    """Best-of time of one causal attention, forward and backward, of 4 rows x 9 heads x 64 (the embedded
+    model's heads), as transformers' eager and SDPA paths compute it."""
+    import torch
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(4, 9, length, 64, generator=gen).bfloat16().requires_grad_() for _ in range(3))
+    causal = torch.full((length, length), float("-inf")).triu(1).bfloat16()
+
+    def once():
+        if kernel == "sdpa":
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            weights = torch.softmax(q @ k.transpose(-1, -2) * 64 ** -0.5 + causal, dim=-1, dtype=torch.float32)
+            out = weights.to(q.dtype) @ v
+        out.sum().backward()
+
+    once()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        once()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 # --- the precision rule -----------------------------------------------------------------------
@@ -182,3 +232,19 @@ def bf16_cost_note() -> str | None:
             "it gains too little over fp32 to be worth the lower precision")
     return (f"bf16 on this CPU ({cal.cpu}) is not native: its matmul runs at {cal.bf16_tflops:.3g} TFLOP/s against "
             f"{cal.fp32_tflops:.3g} in fp32, so {cost}")
+
+
+# --- the attention rule -----------------------------------------------------------------------
+def attention_for(requested: str, on_cpu: bool, dtype: str, longest: int | None) -> str:
+    """The kernel `attention: auto` means: eager on a CPU training in bf16 when the data's longest row is
+    no longer than this CPU's measured `eager_until`, else SDPA; an asked-for kernel stays."""
+    if requested != "auto":
+        return requested
+    if not on_cpu or dtype == "fp32" or longest is None:
+        return "sdpa"
+    return "eager" if longest <= calibration().eager_until else "sdpa"
+
+
+def attention_to_load(requested: str) -> str:
+    """What a model is loaded with before the data is known (`auto` may switch to eager after)."""
+    return "sdpa" if requested == "auto" else requested

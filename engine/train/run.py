@@ -96,12 +96,13 @@ def load_base(plan: TrainingPlan, for_training: bool = True):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from engine.data.chat import ensure_chat_template
+    from engine.estimate import hardware
     from engine.model import head_input
 
     device = train_device(plan)
     dtype = torch_dtype(plan, device)
     source = model_source(plan.model)
-    kwargs: dict = {"attn_implementation": plan.attention}
+    kwargs: dict = {"attn_implementation": hardware.attention_to_load(plan.attention)}
     if plan.method == "qlora":
         kwargs["quantization_config"] = _nf4_config(dtype)
         kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
@@ -146,6 +147,24 @@ def _nf4_config(dtype):
 
 
 # --- plan → PEFT / TRL (the keywords live in engine.train.config, shared with the exported script) ---
+def _choose_attention(plan: TrainingPlan, model, device: str, dtype, datasets, report: Report) -> None:
+    """`attention: auto`, now that the rows are tokenized: the same rule the estimate applies."""
+    import torch
+
+    from engine.estimate import hardware
+
+    if plan.attention != "auto":
+        return
+    longest = min(plan.seq_len, max((len(ids) for ds in datasets if ds is not None for ids in ds["input_ids"]),
+                                    default=plan.seq_len))
+    name = "bf16" if dtype == torch.bfloat16 else "fp16" if dtype == torch.float16 else "fp32"
+    kernel = hardware.attention_for("auto", device == "cpu", name, longest)
+    if kernel != hardware.attention_to_load("auto"):
+        model.set_attn_implementation(kernel)
+        report(events.Note(f"attention auto: {kernel}, the rows are at most {longest} tokens, where it measured "
+                           f"faster than sdpa in {name} on this CPU"))
+
+
 def lora_config(plan: TrainingPlan):
     from peft import LoraConfig
 
@@ -281,6 +300,8 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
         peft_config=lora_config(plan) if plan.method != "full" else None,
         callbacks=[reporter, *faults.callbacks()] + ([early] if early else []),
     )
+    # the rows are tokenized now (TRL does it in the trainer's constructor); the PEFT wrapper shares the model
+    _choose_attention(plan, model, device, dtype, (trainer.train_dataset, trainer.eval_dataset), report)
     if device == "cpu":
         lm_head.use_on_cpu(trainer.model)  # TRL's fused head scores every position there, slowly
         dropout.use_on_cpu(trainer.model)  # torch's CPU dropout draws a float per element

@@ -17,6 +17,7 @@ from pathlib import Path
 from engine.data.chat import CHATML_EOS, CHATML_TEMPLATE
 from engine.data.ref import DatasetRef
 from engine.errors import UserError
+from engine.estimate import hardware
 from engine.plan import TrainingPlan
 from engine.train import config
 
@@ -301,7 +302,8 @@ def _model_block(plan: TrainingPlan) -> str:
         dtype = 'dtype=torch.float32 if DTYPE == "fp16" else TORCH_DTYPE,'
     else:
         dtype = "dtype=TORCH_DTYPE,"
-    out = (f"model = AutoModelForCausalLM.from_pretrained(\n    BASE, attn_implementation={plan.attention!r},\n"
+    attention = hardware.attention_to_load(plan.attention)
+    out = (f"model = AutoModelForCausalLM.from_pretrained(\n    BASE, attn_implementation={attention!r},\n"
            f"    {dtype}\n)\nmodel.config.use_cache = False\n")
     if plan.method == "qlora":
         out += (f"model = prepare_model_for_kbit_training(model, use_gradient_checkpointing={plan.grad_ckpt},\n"
