@@ -34,3 +34,13 @@ def agree(flag: bool) -> bool:
     vote = torch.tensor([1 if flag else 0], dtype=torch.int32)
     dist.all_reduce(vote, op=dist.ReduceOp.MAX)  # gloo and nccl both take a CPU tensor for MAX
     return bool(vote.item())
+
+
+def leave() -> None:
+    """Leave the process group before the interpreter exits. Left to the interpreter's teardown, the
+    gloo group can abort its process ("terminate called without an active exception", SIGABRT) while
+    another rank is still saving: the launcher takes that for a crashed rank and stops the job."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         if main_rank and not _peer_lost(exc):  # a lost peer is the launcher's to report: interrupted
             outcome.write_text(json.dumps({"error": explain(exc, plan, worker.step)}))
         return 1
+    finally:
+        distributed.leave()
     if main_rank:
         outcome.write_text(json.dumps({
             "steps": result.steps, "stopped": result.stopped, "peak_bytes": result.peak_bytes,
