@@ -150,7 +150,6 @@ def test_both_attention_kernels_time_a_real_forward_and_backward():
 def test_the_job_switches_to_eager_with_the_same_rule(tmp_path):
     """engine.train.run applies `auto` once the rows are tokenized: on a tiny model, with the CPU's numbers
     injected (the switch is what is tested, not this machine's speed)."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     from engine.train import run
@@ -162,17 +161,17 @@ def test_the_job_switches_to_eager_with_the_same_rule(tmp_path):
     rows = Dataset.from_list([{"input_ids": list(range(n))} for n in (12, 40, 70)])
     notes = []
 
-    def choose(plan, dtype=torch.bfloat16):
+    def choose(plan):
         model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation=hardware.attention_to_load(
             plan.attention))
-        run._choose_attention(plan, model, "cpu", dtype, (rows, None), notes.append)
+        run._choose_attention(plan, model, "cpu", (rows, None), notes.append)
         return model.config._attn_implementation
 
     cpu_without_bf16(**AMX, eager_until=128)
     assert choose(_plan(model=str(folder))) == "eager"
     assert "at most 70 tokens" in notes[-1].message
     assert choose(_plan(model=str(folder), seq_len=64)) == "eager"  # rows are cut to seq_len
-    assert choose(_plan(model=str(folder)), dtype=torch.float32) == "sdpa"
+    assert choose(_plan(model=str(folder), dtype="fp32")) == "sdpa"
     assert choose(_plan(model=str(folder), attention="sdpa")) == "sdpa"
     cpu_without_bf16(**AMX, eager_until=64)
     count = len(notes)

@@ -46,7 +46,8 @@ def train_device(plan: TrainingPlan) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def torch_dtype(plan: TrainingPlan, device: str):
+def dtype_name(plan: TrainingPlan, device: str) -> str:
+    """The plan's compute precision on this device: fp32, bf16 or fp16."""
     import torch
 
     from engine.estimate import hardware
@@ -55,7 +56,13 @@ def torch_dtype(plan: TrainingPlan, device: str):
     name = resolve_dtype(plan.dtype, on_cpu=device == "cpu", bf16_ok=bf16_ok)
     if name == "fp16" and device == "cpu":
         raise UserError("dtype", "fp16 training needs a GPU; on the CPU use fp32 (or bf16)")
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    return name
+
+
+def torch_dtype(plan: TrainingPlan, device: str):
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name(plan, device)]
 
 
 # --- the base model --------------------------------------------------------------------
@@ -146,18 +153,15 @@ def _nf4_config(dtype):
                               bnb_4bit_compute_dtype=dtype)
 
 
-# --- plan → PEFT / TRL (the keywords live in engine.train.config, shared with the exported script) ---
-def _choose_attention(plan: TrainingPlan, model, device: str, dtype, datasets, report: Report) -> None:
+def _choose_attention(plan: TrainingPlan, model, device: str, datasets, report: Report) -> None:
     """`attention: auto`, now that the rows are tokenized: the same rule the estimate applies."""
-    import torch
-
     from engine.estimate import hardware
 
     if plan.attention != "auto":
         return
     longest = min(plan.seq_len, max((len(ids) for ds in datasets if ds is not None for ids in ds["input_ids"]),
                                     default=plan.seq_len))
-    name = "bf16" if dtype == torch.bfloat16 else "fp16" if dtype == torch.float16 else "fp32"
+    name = dtype_name(plan, device)
     kernel = hardware.attention_for("auto", device == "cpu", name, longest)
     if kernel != hardware.attention_to_load("auto"):
         model.set_attn_implementation(kernel)
@@ -165,6 +169,7 @@ def _choose_attention(plan: TrainingPlan, model, device: str, dtype, datasets, r
                            f"faster than sdpa in {name} on this CPU"))
 
 
+# --- plan → PEFT / TRL (the keywords live in engine.train.config, shared with the exported script) ---
 def lora_config(plan: TrainingPlan):
     from peft import LoraConfig
 
@@ -301,7 +306,7 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
         callbacks=[reporter, *faults.callbacks()] + ([early] if early else []),
     )
     # the rows are tokenized now (TRL does it in the trainer's constructor); the PEFT wrapper shares the model
-    _choose_attention(plan, model, device, dtype, (trainer.train_dataset, trainer.eval_dataset), report)
+    _choose_attention(plan, model, device, (trainer.train_dataset, trainer.eval_dataset), report)
     if device == "cpu":
         lm_head.use_on_cpu(trainer.model)  # TRL's fused head scores every position there, slowly
         dropout.use_on_cpu(trainer.model)  # torch's CPU dropout draws a float per element
