@@ -20,7 +20,8 @@ DEFAULT_MODEL = "default"
 
 Method = Literal["lora", "qlora", "full"]
 Difficulty = Literal["simple", "balanced", "hard", "very_hard"]
-DataFormat = Literal["auto", "messages", "alpaca", "prompt_completion", "text"]
+DataFormat = Literal["auto", "messages", "alpaca", "prompt_completion", "text", "preference"]
+Objective = Literal["sft", "dpo", "orpo"]
 Optimizer = Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"]
 Dtype = Literal["auto", "bf16", "fp16", "fp32"]
 Attention = Literal["auto", "sdpa", "eager"]
@@ -78,6 +79,14 @@ class TrainingPlan(BaseModel):
         description="lora trains small adapters on a frozen base; qlora does the same on a base stored "
         "in 4-bit (much less memory, slightly lower quality); full updates every weight.",
     )
+    objective: Objective = Field(
+        "sft",
+        description="What the data teaches: sft learns the answers given; dpo and orpo learn from pairs of a "
+        "better and a worse answer (prompt, chosen, rejected) which one to prefer.",
+    )
+    beta: float = Field(
+        0.1, description="dpo/orpo: how strongly the preference pulls. DPO: higher keeps the adapter closer to the "
+        "base; ORPO: the weight of the preference term beside learning the chosen answer.")
     difficulty: Difficulty | None = Field(
         None,
         description=DIFFICULTY_QUESTION + ": "
@@ -112,7 +121,8 @@ class TrainingPlan(BaseModel):
         "or demo:NAME for a built-in demo skill.",
     )
     data_format: DataFormat = Field(
-        "auto", description="Data layout: auto, messages (chat), alpaca, prompt_completion or text."
+        "auto", description="Data layout: auto, messages (chat), alpaca, prompt_completion, text, or preference "
+        "(prompt, chosen, rejected) for dpo/orpo."
     )
     columns: dict[str, str] = Field(
         default_factory=dict,
@@ -200,7 +210,7 @@ class TrainingPlan(BaseModel):
             raise ValueError("must be 0 (off) or a whole number of evaluations")
         return v
 
-    @field_validator("alpha", "learning_rate", "epochs", "eval_seconds")
+    @field_validator("alpha", "learning_rate", "epochs", "eval_seconds", "beta")
     @classmethod
     def _positive(cls, v: float) -> float:
         if v <= 0:
@@ -263,6 +273,13 @@ class TrainingPlan(BaseModel):
     def _adapter_options(self) -> "TrainingPlan":
         if self.method == "full" and (self.use_dora or self.use_rslora):
             raise ValueError("use_dora/use_rslora apply to lora and qlora, not full fine-tuning")
+        if self.objective != "sft" and self.method == "full":
+            # a full DPO run needs a second copy of the weights as its reference; this product trains
+            # preferences on an adapter, whose disabled state is the reference
+            raise ValueError(f"objective {self.objective} runs with method lora or qlora, not full")
+        if self.objective != "sft" and self.data_format not in ("auto", "preference"):
+            raise ValueError(f"objective {self.objective} learns from pairs: data_format must be auto or preference, "
+                             f"got {self.data_format}")
         return self
 
     # --- helpers --------------------------------------------------------------------

@@ -61,7 +61,7 @@ def validate(plan: TrainingPlan):
     from engine.data import dataset
 
     report = dataset.check_data(plan.dataset, model=plan.model, seq_len=plan.seq_len, data_format=plan.data_format,
-                                columns=plan.columns)
+                                columns=plan.columns, objective=plan.objective)
     report.raise_if_bad()
     from engine.estimate import combined
 

@@ -11,6 +11,12 @@ The readings are HEURISTICS' "how to see the symptoms":
 - underperforming: little gain of the adapter over the base on the held-out rows, or (with
   nothing held out) a train loss that plateaus high → U1 (raise r, add target modules, a 2-5x
   learning rate (L1), more epochs).
+- preference runs (dpo/orpo), from the rewards curve the job keeps in its evaluation
+  (engine.evaluate.preference.curve) and the held-out preference accuracy: accuracy stuck near
+  50% or margins that stop growing short of a learned preference → P2/P1 (a higher learning rate,
+  a lower beta, more passes); the rewards of both answers falling together (the model lowers the
+  chosen answer too, only less) → P1/P2 (a higher beta, a lower learning rate, or ORPO, which
+  keeps learning the chosen answer).
 Each finding lists its remedies in the guideline's order, one plan change each, and cites
 its evidence (steps and numbers). Instability comes first and silences "underperforming"
 (whose remedy, a higher learning rate, would make it worse); so does overfitting. A run with
@@ -34,6 +40,9 @@ MIN_GAIN = 0.10         # the adapter should lower held-out loss by at least thi
 F1_GAIN_OK = 10.0       # ...unless its answers gained this many F1 points
 PLATEAU_FLAT = 0.02     # last third of the train loss changing less than this share is a plateau
 PLATEAU_HIGH = 0.5      # and one still above this share of the first loss is high
+COIN_TOSS = 60.0        # held-out preference accuracy (%) at or below this, and...
+COIN_GAIN = 10.0        # ...within this many points of the base's, is a preference not learned
+LEARNED = 90.0          # held-out preference accuracy (%) from which flat margins are fine
 
 
 @dataclass(frozen=True)
@@ -60,13 +69,15 @@ def diagnose(metrics: list[dict], evaluation: dict | None, plan, finished: bool 
     if broken:
         return _u4(plan, *broken)
     found = []
+    if getattr(plan, "objective", "sft") != "sft" and finished:
+        found += _preference(evaluation or {}, plan)
     overfit = _overfitting(metrics)
     if overfit:
         found += _u2(plan, metrics, *overfit)
     grad = _grad_outlier(metrics)
     if grad:
         found += _u4(plan, grad, False)
-    if not found and finished:
+    if not found and finished and getattr(plan, "objective", "sft") == "sft":
         weak = _underperforming(metrics, evaluation)
         if weak:
             found += _u1(plan, weak)
@@ -212,6 +223,53 @@ def _underperforming(metrics: list[dict], evaluation: dict | None) -> str | None
         return (f"the train loss plateaued at {end:.3f} from step {tail[0][0]} to {tail[-1][0]}, "
                 f"{100 * end / first:.0f}% of its first value {first:.3f}")
     return None
+
+
+def _preference(evaluation: dict, plan) -> list[Finding]:
+    """Readings of a dpo/orpo run: both rewards falling, accuracy at a coin toss, margins flat too early."""
+    curve = [p for p in evaluation.get("curve") or [] if None not in (p.get("chosen"), p.get("rejected"))]
+    base, adapter = evaluation.get("base") or {}, evaluation.get("adapter") or {}
+    acc, base_acc = adapter.get("preference_accuracy"), base.get("preference_accuracy")
+    if plan.objective == "dpo" and len(curve) >= 4:
+        first, last = curve[0], curve[-1]
+        if last["chosen"] < first["chosen"] - 0.05 and last["rejected"] < first["rejected"] - 0.05:
+            return _p_falling(plan, f"the rewards of both answers fell: chosen {first['chosen']:+.3f} -> "
+                              f"{last['chosen']:+.3f}, rejected {first['rejected']:+.3f} -> {last['rejected']:+.3f} "
+                              f"(steps {first['step']} to {last['step']}): the chosen answer lost probability too")
+    if acc is not None and base_acc is not None and acc <= COIN_TOSS and acc - base_acc < COIN_GAIN:
+        return _p_weak(plan, f"held-out preference accuracy {base_acc:.0f}% -> {acc:.0f}%: about a coin toss")
+    margins = [p["margin"] for p in curve if p.get("margin") is not None]
+    if len(margins) >= 6 and (acc is None or acc < LEARNED):
+        third = margins[-max(2, len(margins) // 3):]
+        if max(margins) > 0 and max(third) - min(third) < 0.05 * max(abs(m) for m in margins):
+            shown = f"{acc:.0f}%" if acc is not None else "unmeasured"
+            return _p_weak(plan, f"the reward margin stopped growing at {third[-1]:.3f} over the last {len(third)} "
+                           f"logged steps, held-out preference accuracy {shown}")
+    return []
+
+
+def _p_weak(plan, evidence: str) -> list[Finding]:
+    lr = _sig(plan.learning_rate * 3)
+    out = [Finding("P2", "underperforming", evidence, f"raise the learning rate 3x: {plan.learning_rate:g} -> {lr:g}",
+                   {"learning_rate": lr})]
+    if plan.objective == "dpo" and plan.beta > 0.02:
+        beta = _sig(plan.beta / 2)
+        out.append(Finding("P1", "underperforming", evidence, f"let the preference pull harder: beta {plan.beta:g} -> "
+                           f"{beta:g}", {"beta": beta}))
+    change = {"max_steps": plan.max_steps * 2} if plan.max_steps else {"epochs": plan.epochs + 1}
+    out.append(Finding("P3", "underperforming", evidence, "train longer: " + ", ".join(f"{k} {v:g}" for k, v in
+                                                                                  change.items()), change))
+    return out
+
+
+def _p_falling(plan, evidence: str) -> list[Finding]:
+    beta, lr = _sig(plan.beta * 2), _sig(plan.learning_rate / 3)
+    return [Finding("P1", "unstable", evidence, f"keep closer to the base: beta {plan.beta:g} -> {beta:g}",
+                    {"beta": beta}),
+            Finding("P2", "unstable", evidence, f"lower the learning rate 3x: {plan.learning_rate:g} -> {lr:g}",
+                    {"learning_rate": lr}),
+            Finding("P1", "unstable", evidence, "use ORPO, which keeps learning the chosen answer while it prefers it",
+                    {"objective": "orpo", "learning_rate": _sig(plan.learning_rate * 10 / 3)})]
 
 
 # --- remedies, in the guidelines' order -----------------------------------------------

@@ -155,6 +155,7 @@ def recommend(model: str, difficulty: str | None, gpu: str | None = None, budget
         device="cpu" if on_cpu else "gpu",
         budget_gb=budget,
         seq_len_hint=base.seq_len if base is not None and base.seq_len != TrainingPlan().seq_len else None,
+        objective=base.objective if base is not None else "sft",
     )
     chosen = decide(ctx)
     reasons = {f: chosen[f][1] for f in FIELDS}

@@ -21,7 +21,8 @@ from engine.plan import TrainingPlan
 # look the rule up.
 # R6 (rank above layer width) is stated in PLAN_CHECKS below.
 RULE_IDS = frozenset(
-    "M1 M2 M3 M4 M5 R1 R2 R3 R4 R5 R6 A1 A2 A3 A4 D1 D2 D3 T1 T2 T3 T4 T5 B1 B2 L1 G1 U1 U2 U3 E1".split()
+    "M1 M2 M3 M4 M5 R1 R2 R3 R4 R5 R6 A1 A2 A3 A4 D1 D2 D3 T1 T2 T3 T4 T5 B1 B2 L1 G1 U1 U2 U3 E1 "
+    "P1 P2 P3".split()
 )
 
 
@@ -57,6 +58,7 @@ class RuleContext:
     plan: dict[str, Any] = field(default_factory=dict)
     target_width: int | None = None  # min(in, out) of the narrowest layer the plan adapts
     narrowest: str = ""              # that layer's short name, e.g. k_proj
+    objective: str = "sft"           # sft, or a preference objective (dpo, orpo): rows P1-P3
 
     # --- derived facts the rows use -------------------------------------------------
     @property
@@ -240,6 +242,22 @@ RULES: list[Rule] = [
     Rule("G1", "grad_ckpt", always, const(False),
          "Off: recomputing activations saves memory but costs ~30% speed; turned on only if "
          "memory is short."),
+    # --- preference objectives (P1-P3): before the SFT rows of the same fields ---------
+    Rule("P1", "beta", lambda c: c.objective == "dpo", const(0.1),
+         "DPO's strength beta = {v:g}, the DPO paper's usual value and TRL's default: higher keeps the "
+         "adapter closer to the base, lower lets the preference pull harder."),
+    Rule("P1", "beta", lambda c: c.objective == "orpo", const(0.1),
+         "ORPO weighs its preference term by beta = {v:g} beside learning the chosen answer (TRL's default)."),
+    Rule("P1", "beta", always, const(0.1), "Used by dpo/orpo only; this plan learns answers (sft)."),
+    Rule("P2", "learning_rate", lambda c: c.objective == "dpo", lambda c: _lr(c) / 10,
+         "DPO compares two answers against the frozen base and drifts fast: a tenth of the SFT rate, {v:g}."),
+    Rule("P2", "learning_rate", lambda c: c.objective == "orpo", lambda c: _lr(c) / 3,
+         "ORPO also learns the chosen answer like SFT, so it keeps more of the SFT rate: a third, {v:g}."),
+    Rule("P3", "epochs", lambda c: c.objective != "sft" and c.large_data, const(1),
+         "{c.rows:,} pairs: one pass; preference runs overfit their pairs quickly."),
+    Rule("P3", "epochs", lambda c: c.objective != "sft", const(2),
+         "Preference pairs: 2 passes at most; the margin on training pairs keeps growing after held-out "
+         "accuracy has stopped."),
     # --- learning rate and epochs -------------------------------------------------
     Rule("L1", "learning_rate", lambda c: c.plan["method"] == "full", _lr,
          "Full fine-tuning moves every weight: a small learning rate, {v:g}."),

@@ -6,7 +6,8 @@ token at the end of every answer — verified on the tokenized example, because 
 model that never stops is the failure users meet most often.
 
 Rows go to TRL's SFTTrainer in its conversational prompt/completion form (loss on the
-answer only), or as `text` for plain documents; see `build_datasets`.
+answer only), or as `text` for plain documents; preference pairs go to DPOTrainer /
+ORPOTrainer as prompt/chosen/rejected in the same form; see `build_datasets`.
 """
 
 from __future__ import annotations
@@ -18,8 +19,17 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from engine.data import pairs
 from engine.data.chat import ends_with_eos, ensure_chat_template, render
-from engine.data.formats import FORMATS, Rows, detect_format, read_source, to_messages, to_text  # noqa: F401
+from engine.data.formats import (  # noqa: F401
+    FORMATS,
+    Rows,
+    detect_format,
+    read_source,
+    to_messages,
+    to_pair,
+    to_text,
+)
 from engine.data.ref import DatasetRef
 from engine.errors import UserError, one_of
 from engine.evaluate.split import holdout_size
@@ -59,6 +69,9 @@ class DataReport(BaseModel):
     eos_ok: bool = True
     eos_message: str = ""
     ok: bool = True
+    # preference pairs: pairs, identical, empty_sides, and token-length stats of prompt, chosen,
+    # rejected with how many of each side run past seq_len (engine.data.pairs)
+    preference: dict = {}
 
     def errors(self) -> list[Problem]:
         return [p for p in self.problems if p.level == "error"]
@@ -109,8 +122,10 @@ def load_tokenizer(model: str | None):
 
 
 def check_data(source: str, model: str | None = None, seq_len: int = 512, data_format: str = "auto",
-               columns: dict | None = None, tokenizer=None, min_rows: int = 2) -> DataReport:
-    """Validate a dataset for `model`; file-level failures raise UserError, row problems are reported."""
+               columns: dict | None = None, tokenizer=None, min_rows: int = 2,
+               objective: str | None = None) -> DataReport:
+    """Validate a dataset for `model`; file-level failures raise UserError, row problems are reported.
+    `objective` (the plan's, when known): the data must suit it (pairs for dpo/orpo, answers for sft)."""
     columns = dict(columns or {})
     rows = read_source(source)
     fmt = _resolve_format(rows, data_format, columns)
@@ -134,13 +149,23 @@ def check_data(source: str, model: str | None = None, seq_len: int = 512, data_f
             seen[key] = rows.rownums[i]
 
     good = [t for t in rendered if t is not None]
+    if objective is not None:
+        problems[:0] = [Problem(**p) for p in pairs.objective_problems(objective, fmt)]
+    if fmt == "preference":
+        report.preference, found = pairs.summary(tokenizer, examples, _empty_sides(problems), seq_len, MAX_STAT_ROWS)
+        problems[:0] = [Problem(**p) for p in found if p.get("level", "error") == "error"]
+        problems += [Problem(**p) for p in found if p.get("level") == "warning"]
     if len(rows) < min_rows:
         problems.insert(0, Problem(row=None, field="rows", message=f"has {len(rows)} example(s); at least "
                                    f"{min_rows} are needed (training rows plus the eval split)"))
     if good:
-        lengths = _token_lengths(tokenizer, good[:MAX_STAT_ROWS])
+        if fmt == "preference":  # a pair trains as its longer side (the batch pads both sides to it)
+            lengths, report.label_share = pairs.lengths(tokenizer, examples[:MAX_STAT_ROWS])
+            good = [pairs.shown(tokenizer, e) for e in examples[:3]]
+        else:
+            lengths = _token_lengths(tokenizer, good[:MAX_STAT_ROWS])
+            report.label_share = _label_share(tokenizer, examples[:MAX_STAT_ROWS], lengths)
         report.token_lengths = lengths
-        report.label_share = _label_share(tokenizer, examples[:MAX_STAT_ROWS], lengths)
         report.stats = _stats(lengths)
         report.histogram = _histogram(lengths, seq_len)
         over = sum(n > seq_len for n in lengths)
@@ -149,7 +174,7 @@ def check_data(source: str, model: str | None = None, seq_len: int = 512, data_f
             problems.insert(0, Problem(row=None, field="seq_len", message=f"every example is longer than seq_len "
                                        f"{seq_len} tokens (shortest {min(lengths)}); raise --seq-len to at least "
                                        f"{_round_up(report.stats['p95'])} or shorten the examples"))
-        elif over:
+        elif over and fmt != "preference":  # pairs say it per side (engine.data.pairs)
             problems.append(Problem(row=None, field="seq_len", level="warning",
                                     message=f"{over} of {len(lengths)} examples are longer than {seq_len} tokens "
                                     "and will be cut (losing their end, EOS included)"))
@@ -182,6 +207,10 @@ def build_datasets(plan, tokenizer):
     rows = read_source(plan.dataset)
     fmt = _resolve_format(rows, plan.data_format, dict(plan.columns))
     examples, _, problems, _ = _examples(rows, fmt, dict(plan.columns), tokenizer)
+    problems[:0] = [Problem(**p) for p in pairs.objective_problems(plan.objective, fmt)]
+    if fmt == "preference":  # a file whose pairs are all the same teaches nothing
+        _, found = pairs.summary(tokenizer, examples, 0, plan.seq_len, 0)
+        problems[:0] = [Problem(**p) for p in found if p.get("level", "error") == "error"]
     report = DataReport(source=plan.dataset, format=fmt, rows=len(rows), row_unit=rows.unit, problems=problems)
     report.raise_if_bad()
 
@@ -190,7 +219,7 @@ def build_datasets(plan, tokenizer):
     if ref.is_demo and plan.eval_split > 0:
         from engine.data import demo
         test = read_source(str(demo.dataset_path(ref.skill, "test")))
-        eval_rows, _, _, _ = _examples(test, "messages", {}, tokenizer)
+        eval_rows, _, _, _ = _examples(test, fmt, {}, tokenizer)
         train_rows = examples
     elif holdout_size(len(examples), plan.eval_split):
         order = list(range(len(examples)))
@@ -221,6 +250,15 @@ def _examples(rows: Rows, fmt: str, columns: dict, tokenizer):
     for i, record in enumerate(rows):
         row = rows.rownums[i]
         try:
+            if fmt == "preference":
+                example, full = pairs.example(tokenizer, *to_pair(record, columns), as_strings,
+                                              lambda m: _pair(tokenizer, m, as_strings))
+                if pairs.identical(example):
+                    problems.append(Problem(row=row, field=columns.get("rejected", "rejected"), level="warning",
+                                            message="is the same as chosen: this pair teaches nothing"))
+                examples.append(example)
+                rendered.append(full)
+                continue
             if fmt == "text":
                 text = to_text(record, columns)
                 if not text.strip():
@@ -280,6 +318,8 @@ def _eos_verdict(tokenizer, examples: list[dict]) -> tuple[bool, str]:
     if not eos:
         return False, "the tokenizer has no EOS token, so a tuned model would never stop; use a model that has one"
     sample = examples[0]
+    if "chosen" in sample:  # a pair: both sides render like an answer
+        sample = {"prompt": sample["prompt"], "completion": sample["chosen"]}
     if "text" in sample:
         text = sample["text"]
     elif isinstance(sample["prompt"], str):
@@ -291,6 +331,10 @@ def _eos_verdict(tokenizer, examples: list[dict]) -> tuple[bool, str]:
     how = ("the chat template ends each answer with it" if "prompt" in sample and not isinstance(sample["prompt"], str)
            else "it is appended to every example")
     return True, f"every example ends with EOS {eos} ({how}), so the tuned model learns to stop"
+
+
+def _empty_sides(problems: list[Problem]) -> int:
+    return sum(1 for p in problems if p.field in ("chosen", "rejected") and p.message.startswith("is empty"))
 
 
 def _answer_field(fmt: str, columns: dict) -> str:
@@ -307,7 +351,7 @@ def _accepted_hint(fmt: str, columns: dict, message: str) -> str:
     if not message.startswith("is missing"):
         return ""
     need = {"alpaca": "instruction, output (input optional)", "prompt_completion": "prompt, completion",
-            "messages": "messages", "text": "text"}[fmt]
+            "messages": "messages", "text": "text", "preference": "prompt, chosen, rejected"}[fmt]
     return f"; the {fmt} format needs {need} (rename with --columns field=column)"
 
 

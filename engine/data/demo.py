@@ -8,6 +8,12 @@ $LORAPILOT_HOME/demo/, with a held-out test split that never overlaps training.
 
 `evaluate` scores a model on the test split by exact match (after strip) with greedy,
 batched decoding, so "before vs after" is one objective number.
+
+One skill teaches a preference instead of answers (`objective` dpo): `polite` pairs a polite
+reply with a rude one of the same content and about the same length, so a model's preference
+is not decided by length; its score is the held-out preference accuracy. Its rows are TRL's
+conversational prompt/chosen/rejected, with `messages` (prompt + chosen) beside them for the
+playground's prompt list.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ class Skill:
     description: str
     system: str
     max_new_tokens: int
+    objective: str = "sft"  # dpo: rows are preference pairs, scored by preference accuracy
+    score_key: str = "exact_match"  # the evaluation figure the demo's before/after columns show
 
 
 SKILLS: dict[str, Skill] = {
@@ -48,6 +56,11 @@ SKILLS: dict[str, Skill] = {
         "isodate", "Dates to ISO 8601",
         "Rewrite a date written in words (e.g. 'the 5th of March, 2021') as YYYY-MM-DD.",
         "Rewrite the date as YYYY-MM-DD.", 12),
+    "polite": Skill(
+        "polite", "Prefer polite replies (preference pairs)",
+        "Pairs of replies to a support request, the same content once polite and once rude: learn to prefer the "
+        "polite one (DPO).",
+        "Reply to the customer.", 32, objective="dpo", score_key="preference_accuracy"),
 }
 DEFAULT_SKILL = "ticket"
 
@@ -110,7 +123,23 @@ def _isodate(rng: random.Random) -> tuple[str, str]:
     return rng.choice(forms), f"{year:04d}-{month:02d}-{day:02d}"
 
 
-_GENERATORS = {"ticket": _ticket, "json": _json, "isodate": _isodate}
+_POLITE = ["Happy to help!", "Thanks for telling us.", "Sorry about that.", "Thank you for your patience.",
+           "Good catch, thank you."]
+_RUDE = ["Not my problem.", "Ugh, you again.", "Stop bothering us.", "Read the manual next time.",
+         "Figure it out yourself."]
+_FIXES = ["We will fix the {thing} in {place} today.", "A technician will check the {thing} in {place}.",
+          "The {thing} in {place} goes on our list now.", "Someone will look at the {thing} in {place} soon."]
+
+
+def _polite(rng: random.Random) -> tuple[str, str, str]:
+    thing, place, problem = rng.choice(_THINGS), rng.choice(_PLACES), rng.choice(_PROBLEMS)
+    fix = rng.choice(_FIXES).format(thing=thing, place=place)
+    prompt = rng.choice([f"The {thing} in {place} {problem}.", f"Hello, our {thing} in {place} {problem}.",
+                         f"Can someone help? The {thing} in {place} {problem}."])
+    return prompt, f"{rng.choice(_POLITE)} {fix}", f"{rng.choice(_RUDE)} {fix}"
+
+
+_GENERATORS = {"ticket": _ticket, "json": _json, "isodate": _isodate, "polite": _polite}
 
 
 # --- datasets -------------------------------------------------------------------------------------
@@ -128,7 +157,7 @@ def records(name: str, split: str) -> list[dict]:
     rng = random.Random(f"lorapilot-demo-{name}")  # str seeds are stable across runs and machines
     seen, train, test = set(), [], []
     while len(train) < TRAIN_ROWS or len(test) < TEST_ROWS:
-        prompt, answer = _GENERATORS[name](rng)
+        prompt, answer, *rejected = _GENERATORS[name](rng)
         if prompt in seen:
             continue
         seen.add(prompt)
@@ -136,9 +165,13 @@ def records(name: str, split: str) -> list[dict]:
         target = test if len(seen) % 11 == 0 and len(test) < TEST_ROWS else train
         if target is train and len(train) >= TRAIN_ROWS:
             continue
-        target.append({"messages": [{"role": "system", "content": skill.system},
-                                    {"role": "user", "content": prompt},
-                                    {"role": "assistant", "content": answer}]})
+        messages = [{"role": "system", "content": skill.system}, {"role": "user", "content": prompt},
+                    {"role": "assistant", "content": answer}]
+        if rejected:  # a preference pair (TRL's conversational form) and, for the playground, its messages
+            target.append({"prompt": messages[:2], "chosen": messages[2:],
+                           "rejected": [{"role": "assistant", "content": rejected[0]}], "messages": messages})
+        else:
+            target.append({"messages": messages})
     return train if split == "train" else test
 
 
@@ -174,12 +207,14 @@ def default_plan(skill_name: str = DEFAULT_SKILL):
     """
     from engine.plan import TrainingPlan
 
-    get(skill_name)
+    skill = get(skill_name)
+    # a preference skill: DPO at a tenth of the SFT demo's learning rate (docs/rules.md, P2)
+    pairs = skill.objective != "sft"
     return TrainingPlan.build(
         name=f"demo-{skill_name}", model="default", method="lora", difficulty="simple",
-        r=16, alpha=32, dropout=0.0, targets="all-linear",
-        dataset=str(DatasetRef.demo(skill_name)), data_format="messages", eval_split=0.1,
-        seq_len=96, batch_size=4, grad_accum=1, max_steps=30, learning_rate=2e-3,
+        r=16, alpha=32, dropout=0.0, targets="all-linear", objective=skill.objective,
+        dataset=str(DatasetRef.demo(skill_name)), data_format="auto" if pairs else "messages", eval_split=0.1,
+        seq_len=96, batch_size=4, grad_accum=1, max_steps=30, learning_rate=2e-4 if pairs else 2e-3,
         lr_scheduler="constant_with_warmup", warmup_ratio=0.1, logging_steps=1, save_steps=15, gpu="cpu", seed=42,
     )
 

@@ -2,8 +2,10 @@
 
 Files (JSONL, JSON, CSV, Parquet, TXT), hub dataset ids and built-in demo skills all
 become a list of dict records with the 1-based row number each came from, so that every
-message can point at the line to fix. Four layouts are understood: chat `messages`,
-Alpaca (`instruction`/`input`/`output`), `prompt`/`completion`, and plain `text`;
+message can point at the line to fix. Five layouts are understood: chat `messages`,
+Alpaca (`instruction`/`input`/`output`), `prompt`/`completion`, plain `text`, and
+`preference` pairs (TRL's `prompt`/`chosen`/`rejected`, each side plain text or a
+conversation; `prompt` may be left out when both sides are conversations that share it);
 a column mapping renames a user's columns onto those field names.
 """
 
@@ -17,14 +19,14 @@ from pathlib import Path
 from engine.data.ref import DatasetRef
 from engine.errors import UserError, one_of
 
-FORMATS = ("messages", "alpaca", "prompt_completion", "text")
+FORMATS = ("messages", "alpaca", "prompt_completion", "text", "preference")
 EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 ROLES = ("system", "user", "assistant")
 # ShareGPT-style conversations use from/value with these role names.
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "system": "system", "model": "assistant"}
 ACCEPTED = ("'messages' (a list of {role, content}), 'instruction' + 'output' (+ optional 'input'), "
-            "'prompt' + 'completion', or 'text'")
+            "'prompt' + 'completion', 'text', or 'prompt' + 'chosen' + 'rejected' (preference pairs)")
 
 
 class Rows(list):
@@ -211,6 +213,9 @@ def detect_format(records, columns: dict | None = None) -> str:
 
 
 def _format_of(record: dict, columns: dict) -> str | None:
+    # first: a pair also has a `prompt`, which would otherwise read as half of prompt/completion
+    if _has(record, "chosen", columns) or _has(record, "rejected", columns):
+        return "preference"
     if _has(record, "messages", columns) or "conversations" in record:
         return "messages"
     if _has(record, "instruction", columns) and _has(record, "output", columns):
@@ -252,6 +257,51 @@ def to_messages(record: dict, fmt: str, columns: dict | None = None) -> list[dic
     if isinstance(system, str) and system.strip():
         messages.insert(0, {"role": "system", "content": system})
     return messages
+
+
+def to_pair(record: dict, columns: dict | None = None) -> tuple[list[dict], list[dict], list[dict]]:
+    """A preference record as (prompt messages, chosen answer, rejected answer) chat messages.
+
+    TRL's conventions: `prompt` is text or a list of messages; `chosen` and `rejected` are text
+    or conversations. Conversations without a `prompt` carry it themselves (every message before
+    the last), which must then be the same on both sides. Raises ValueError(field, message).
+    """
+    columns = columns or {}
+    sides = {}
+    for side in ("chosen", "rejected"):
+        name = columns.get(side, side)
+        if name not in record or record[name] is None:
+            raise ValueError(name, f"is missing (the {side} answer of the pair)")
+        value = record[name]
+        if isinstance(value, str):
+            try:  # CSV/Parquet cells may hold a conversation as a JSON string
+                value = json.loads(value) if value.lstrip().startswith("[") else value
+            except json.JSONDecodeError:
+                pass
+        sides[side] = _chat(value, name) if isinstance(value, list) else [
+            {"role": "assistant", "content": _text(record, side, columns)}]
+    chosen, rejected = sides["chosen"], sides["rejected"]
+    if _has(record, "prompt", columns):
+        raw = _get(record, "prompt", columns)
+        prompt = (_prompt_chat(raw, columns.get("prompt", "prompt")) if isinstance(raw, list)
+                  else [{"role": "user", "content": _text(record, "prompt", columns)}])
+        prompt = prompt + chosen[:-1]  # a side that carries turns of its own keeps them
+        if chosen[:-1] != rejected[:-1]:
+            raise ValueError(columns.get("rejected", "rejected"), "continues a different conversation than chosen")
+    else:
+        if len(chosen) < 2 or chosen[:-1] != rejected[:-1]:
+            raise ValueError(columns.get("prompt", "prompt"), "is missing: give a prompt field, or chosen and "
+                             "rejected as conversations that start with the same prompt")
+        prompt = chosen[:-1]
+    system = _get(record, "system", columns)
+    if isinstance(system, str) and system.strip() and not any(m["role"] == "system" for m in prompt):
+        prompt = [{"role": "system", "content": system}] + prompt
+    return prompt, chosen[-1:], rejected[-1:]
+
+
+def _prompt_chat(raw, field: str) -> list[dict]:
+    """A prompt given as messages: like `_chat`, but it ends with the user's turn, not an answer."""
+    return _chat(raw + [{"role": "assistant", "content": ""}], field)[:-1]
 
 
 def to_text(record: dict, columns: dict | None = None) -> str:

@@ -16,9 +16,9 @@ from dataclasses import replace
 
 from pydantic import BaseModel
 
-from engine.estimate import hardware
+from engine.estimate import hardware, preference
 from engine.estimate.lengths import padded_length, peak_rows
-from engine.estimate.memory import CPU_RESERVED_FACTOR, CUDA_CONTEXT, RESERVED_FACTOR, Recipe, memory_terms
+from engine.estimate.memory import CPU_RESERVED_FACTOR, CUDA_CONTEXT, RESERVED_FACTOR, Recipe
 from engine.estimate.params import ParamCount, count
 from engine.estimate.timing import TimeEstimate, estimate_time
 from engine.model import catalog
@@ -120,6 +120,7 @@ def _memory(info, plan, pc: ParamCount, gpu: Gpu | None, dtype: str, lengths=Non
             label_share: float = 1.0) -> MemoryEstimate:
     on_gpu = gpu is None or not gpu.is_cpu
     recipe = _recipe(plan, dtype, on_gpu, lengths)
+    memory_terms = preference.terms_for(plan.objective)  # dpo/orpo: pairs, the reference pass, their head
     terms, notes = memory_terms(info, pc, recipe)
     allocated = sum(terms.values())
     reserved, device = _device_bytes(allocated, on_gpu)
@@ -204,6 +205,7 @@ def estimate(plan, lengths=None, label_share: float = 1.0) -> Estimate:
     mem = _memory(info, plan, pc, gpu, dtype, lengths, label_share)
     padded_to = padded_length(lengths, plan.batch_size, plan.seq_len) if lengths else None
     time = estimate_time(info, plan, gpu, dtype, pc.lora_params, padded_to) if gpu is not None else None
+    time = preference.scale_time(time, plan)  # dpo/orpo: two sequences per pair (+ DPO's reference pass)
     if time is not None and gpu.is_cpu:
         time.assumptions.insert(0, _cpu_precision_note(plan, dtype))
     return Estimate(model=plan.model, method=plan.method, dtype=dtype, device=gpu.name if gpu else None,

@@ -12,7 +12,10 @@ through, so the two columns compare like with like. Per model it measures:
   two answers differ first.
 
 Demo skills are scored on their own test split with the skill's answer length, so their
-exact match is the number the demo has always reported. The result is reported as an
+exact match is the number the demo has always reported. A dpo/orpo job's rows are preference
+pairs: engine.evaluate.preference scores them (preference accuracy, reward margin, the chosen
+answers' loss) in place of the SFT loss pass, and the chosen answer is the generation's reference.
+The result is reported as an
 `evaluation` event and written to evaluation.json in the job folder, which also lets a
 resumed run keep the base numbers instead of paying for them twice.
 """
@@ -25,7 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.evaluate import split, textmetrics
+from engine.evaluate import preference, split, textmetrics
 from engine.train import events
 
 SAMPLES = 5            # rows shown side by side
@@ -48,6 +51,9 @@ class Judge:
             self.result["note"] = split.why_none(train_rows, plan.eval_split)
         self.rows = self._generation_rows()
         self.base_answers: list[str] = []
+        # preference pairs (dpo/orpo): scored by engine.evaluate.preference instead of the SFT loss
+        self.pairs = (preference.PairScorer(plan, eval_ds, tokenizer)
+                      if getattr(plan, "objective", "sft") != "sft" and eval_ds is not None else None)
 
     # --- the two passes ------------------------------------------------------------------
     def score_base(self, trainer) -> dict | None:
@@ -65,11 +71,19 @@ class Judge:
         # A new adapter is a no-op (B = 0), so the base's figures are exact with its layers switched
         # off, and a LoRA forward costs a third more on a CPU (its own casts and matmuls).
         with _adapters_off(trainer.model):
-            loss, tokens, batches = self._loss(trainer, None, start + LOSS_SHARE * self.plan.eval_seconds)
+            if self.pairs is not None:
+                scored = self.pairs.score(trainer.model, None, start + LOSS_SHARE * self.plan.eval_seconds)
+                extra = self.pairs.metrics(scored, None)
+                loss, tokens, batches = extra.pop("loss"), scored["tokens"], len(scored["pairs"])  # batches: pairs
+                self.result["_base_pairs"] = scored["pairs"]
+            else:
+                loss, tokens, batches = self._loss(trainer, None, start + LOSS_SHARE * self.plan.eval_seconds)
             answers = self._generate(trainer.model, None, deadline)
         self.base_answers = answers
         self.result.update(loss_batches=batches, loss_tokens=tokens, generated_rows=len(answers))
         self.result["base"] = self._metrics(loss, answers, time.monotonic() - start)
+        if self.pairs is not None:
+            self.result["base"].update(extra)
         self.result["note"] = self._note()
         self._save()
         self.report(events.Evaluation(self.public()))
@@ -80,9 +94,17 @@ class Judge:
             return None
         self.report(events.Phase("scoring adapter"))
         start = time.monotonic()
-        loss, _, _ = self._loss(trainer, self.result["loss_batches"], None)
+        if self.pairs is not None:
+            scored = self.pairs.score(trainer.model, self.result["loss_batches"], None)
+            extra = self.pairs.metrics(scored, self.result.get("_base_pairs"))
+            loss = extra.pop("loss")
+            self.result["curve"] = preference.curve(trainer.state.log_history)
+        else:
+            loss, _, _ = self._loss(trainer, self.result["loss_batches"], None)
         answers = self._generate(trainer.model, len(self.base_answers), None)
         self.result["adapter"] = self._metrics(loss, answers, time.monotonic() - start)
+        if self.pairs is not None:
+            self.result["adapter"].update(extra)
         self.result["samples"] = self._samples(answers)
         self.result["note"] = self._note()
         self._save()
@@ -90,8 +112,8 @@ class Judge:
         return self.result["adapter"]
 
     def public(self) -> dict:
-        """The evaluation as `show --json` gives it."""
-        return dict(self.result)
+        """The evaluation as `show --json` gives it (keys starting with _ are kept for a resume only)."""
+        return {k: v for k, v in self.result.items() if not k.startswith("_")}
 
     # --- loss on the completions ------------------------------------------------------
     def _loss(self, trainer, max_batches: int | None, deadline: float | None):
@@ -125,13 +147,16 @@ class Judge:
         for row in self.eval_ds.select(range(min(len(self.eval_ds), self.plan.eval_generations))):
             if isinstance(row["prompt"], str):  # string form: the template was rendered already
                 prompt, add_special, shown = row["prompt"], True, row["prompt"]
-                ids = tok(row["completion"], add_special_tokens=False)["input_ids"]
+                ids = tok(row.get("completion", row.get("chosen")), add_special_tokens=False)["input_ids"]
                 reference = tok.decode(ids, skip_special_tokens=True).strip()
             else:
                 prompt = tok.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
                 add_special, shown = False, row["prompt"][-1]["content"]
-                reference = row["completion"][-1]["content"].strip()
+                reference = row.get("completion", row.get("chosen"))[-1]["content"].strip()
             rows.append({"prompt": prompt, "add_special": add_special, "shown": shown, "reference": reference})
+            if "rejected" in row:  # a preference pair: its samples show both answers
+                rejected = row["rejected"]
+                rows[-1]["rejected"] = (rejected if isinstance(rejected, str) else rejected[-1]["content"]).strip()
         return rows
 
     def _max_new_tokens(self) -> int:
@@ -186,12 +211,16 @@ class Judge:
         differ = [p for p in pairs if p[1] != p[2]]
         chosen = (differ + [p for p in pairs if p[1] == p[2]])[:SAMPLES]
         return [{"prompt": r["shown"][:PROMPT_CHARS], "reference": r["reference"], "base": b, "adapter": a}
+                | ({"chosen": r["reference"], "rejected": r["rejected"]} if "rejected" in r else {})
                 for r, b, a in chosen]
 
     def _note(self) -> str:
         base = self.result["base"]
         job_s = max(time.time() - self.t0, 1e-9)
-        text = (f"{self.result['rows']} rows held out; loss on {self.result['loss_tokens']} completion tokens, "
+        tokens = self.result["loss_tokens"]
+        what = (f"preference on {self.result['loss_batches']} pairs, loss on {tokens} chosen-answer tokens"
+                if self.pairs is not None else f"loss on {tokens} completion tokens")
+        text = (f"{self.result['rows']} rows held out; {what}, "
                 f"greedy answers on {self.result['generated_rows']} rows. Scoring the base took {base['seconds']} s "
                 f"before training ({100 * base['seconds'] / job_s:.0f}% of the job's time so far; limit "
                 f"{self.plan.eval_seconds:g} s, eval_seconds).")

@@ -17,7 +17,7 @@ from typing import Callable
 
 from engine.errors import UserError
 from engine.plan import TrainingPlan, resolve_dtype
-from engine.train import config, distributed, events, stopping
+from engine.train import config, distributed, events, preference, stopping
 
 Report = Callable[[events.Event], None]
 
@@ -295,10 +295,17 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
 
     reporter = _reporter_class()(report, should_stop, device, None)
     early = stopping.callback(plan.patience) if stopping.enabled(plan, eval_ds is not None) else None
-    trainer_cls = checkpoints.atomic_trainer(SFTTrainer, before_publish=lambda p: faults.check_write(p.name, p))
+    # --- preference objectives (dpo, orpo): TRL's pair trainer and config (engine.train.preference);
+    # the rest of the run is the SFT path unchanged
+    if plan.objective == "sft":
+        trainer_base, args = SFTTrainer, sft_config(plan, out_dir, device, dtype, has_eval=eval_ds is not None)
+    else:
+        trainer_base, args = preference.trainer_for(plan, out_dir, device, dtype_name(plan, device),
+                                                    has_eval=eval_ds is not None)
+    trainer_cls = checkpoints.atomic_trainer(trainer_base, before_publish=lambda p: faults.check_write(p.name, p))
     trainer = trainer_cls(
         model=model,
-        args=sft_config(plan, out_dir, device, dtype, has_eval=eval_ds is not None),
+        args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
@@ -306,14 +313,16 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
         callbacks=[reporter, *faults.callbacks()] + ([early] if early else []),
     )
     # the rows are tokenized now (TRL does it in the trainer's constructor); the PEFT wrapper shares the model
-    _choose_attention(plan, model, device, (trainer.train_dataset, trainer.eval_dataset), report)
-    if device == "cpu":
+    # (pair trainers tokenize into other columns: their kernel is chosen for seq_len)
+    _choose_attention(plan, model, device, (trainer.train_dataset, trainer.eval_dataset)
+                      if plan.objective == "sft" else (), report)
+    if device == "cpu" and plan.objective == "sft":  # DPO also reads the head's mean logits, which ours omits
         lm_head.use_on_cpu(trainer.model)  # TRL's fused head scores every position there, slowly
         dropout.use_on_cpu(trainer.model)  # torch's CPU dropout draws a float per element
     # base before training (an adapter starts as a no-op, so the wrapped model is the base)
     judge = Judge(plan, eval_ds, tokenizer, out_dir, report, train_rows=len(train_ds), t0=t0)
     base = judge.score_base(trainer)
-    base_score = reporter.base_score = base["exact_match"] if skill is not None and base else None
+    base_score = reporter.base_score = base[skill.score_key] if skill is not None and base else None
     report(events.Phase("training"))
     checkpoint = checkpoints.resume_point(out_dir, log=print) if resume else None
     try:
@@ -333,7 +342,7 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
     if not reporter.stopped:
         after = judge.score_adapter(trainer)
         if skill is not None and after:  # the demo's score columns; every job has its evaluation
-            adapter_score = after["exact_match"]
+            adapter_score = after[skill.score_key]
             report(events.Scores(base_score=base_score, adapter_score=adapter_score))
     report(events.Phase("saving"))
 
