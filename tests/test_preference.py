@@ -179,3 +179,22 @@ def test_the_diagnosis_reads_preference_curves_as_plan_changes(tiny):
     assert flat[0].rule == "P2" and "stopped growing" in flat[0].evidence
     learned = diagnose([], _evaluation(50.0, 100.0, _curve([0.1, 0.3, 0.5, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6])), plan)
     assert learned == []
+
+
+def test_the_job_page_show_and_compare_add_the_preference_scores():
+    from ui.cli.runs import show_lines
+    from ui.web.evaluation_view import compare_html, evaluation_html
+
+    ev = {"rows": 16, "note": "", "base": {"loss": 2.0, "preference_accuracy": 43.8, "reward_margin": 0.0},
+          "adapter": {"loss": 1.5, "preference_accuracy": 100.0, "reward_margin": 0.59},
+          "samples": [{"prompt": "Item 3?", "reference": "Sure, red.", "chosen": "Sure, red.", "rejected": "Ugh, red.",
+                       "base": "", "adapter": "Sure, red."}]}
+    page = evaluation_html(ev)
+    assert "preference accuracy %" in page and "reward margin" in page and "<b>rejected</b> Ugh, red." in page
+    text = "\n".join(show_lines({"id": 1, "evaluation": ev}))
+    assert "preference acc. %" in text and "100" in text and "rejected  Ugh, red." in text
+    row = {"id": 1, "name": "a", "status": "succeeded", "parent_id": None, "plan": {"beta": 0.1}, "final_loss": 0.3,
+           "best_eval_loss": None, "verdict": "good", "evaluation": ev}
+    assert "43.8 → 100" in compare_html([row, {**row, "id": 2}])
+    sft = {**ev, "base": {"loss": 2.0}, "adapter": {"loss": 1.0}}
+    assert "preference accuracy" not in evaluation_html(sft)

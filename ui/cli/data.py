@@ -68,6 +68,14 @@ def summary(report) -> str:
         lines.append(f"truncated:  {report.truncated_share:.1%} of examples are longer than seq_len {report.seq_len}")
         lines.append("histogram (tokens per example):")
         lines += histogram_lines(report.histogram)
+    if report.preference:
+        pref = report.preference
+        lines.append(f"pairs:      {pref['pairs']}  (identical {pref['identical']}, "
+                     f"empty sides {pref['empty_sides']})")
+        for side in ("prompt", "chosen", "rejected"):
+            if pref.get(side):
+                cut = f", {pref['over_seq_len'][side]} cut" if side in pref["over_seq_len"] else ""
+                lines.append(f"  {side + ':':10s}mean {pref[side]['mean']:.0f}  max {pref[side]['max']} tokens{cut}")
     lines.append(f"eos:        {'ok' if report.eos_ok else 'PROBLEM'}: {report.eos_message}")
     if report.problems:
         lines.append(f"problems:   {len(report.problems) + report.more_problems}")
@@ -76,7 +84,7 @@ def summary(report) -> str:
         if report.more_problems:
             lines.append(f"  ... and {report.more_problems} more")
     if report.examples:
-        lines.append("first example as the model sees it:")
+        lines.append(f"first {'pair' if report.preference else 'example'} as the model sees it:")
         lines += ["  | " + line for line in report.examples[0].splitlines()]
     lines.append("verdict:    " + ("ok, ready to train" if report.ok else "NOT ready: fix the errors above"))
     return "\n".join(lines)

@@ -46,8 +46,7 @@ def cmd_compare(ns) -> int:
              ["parent", *[f"#{r['parent_id']}" if r["parent_id"] else "-" for r in rows]]]
     for key in rows[0]["plan"]:
         table.append([key, *[str(r["plan"][key]) for r in rows]])
-    for label, key in (("loss", "loss"), ("perplexity", "perplexity"), ("exact match %", "exact_match"),
-                       ("token F1 %", "f1"), ("ROUGE-L %", "rougeL")):
+    for label, key in _scores(*[r["evaluation"] for r in rows]):
         table.append([label + " base -> adapter", *[_before_after(r["evaluation"], key) for r in rows]])
     table.append(["final train loss", *[_f(r["final_loss"]) for r in rows]])
     table.append(["best eval loss", *[f"{_f(r['best_eval_loss']['loss'])} @ {r['best_eval_loss']['step']}"
@@ -55,6 +54,17 @@ def cmd_compare(ns) -> int:
     table.append(["verdict", *[r["verdict"] or "-" for r in rows]])
     _print_table(table)
     return 0
+
+
+SCORES = (("loss", "loss"), ("perplexity", "perplexity"), ("exact match %", "exact_match"), ("token F1 %", "f1"),
+          ("ROUGE-L %", "rougeL"))
+# a dpo/orpo job's evaluation adds these (engine.evaluate.preference)
+PREFERENCE_SCORES = (("preference acc. %", "preference_accuracy"), ("reward margin", "reward_margin"))
+
+
+def _scores(*evaluations) -> tuple:
+    pairs = any("preference_accuracy" in ((ev or {}).get("base") or {}) for ev in evaluations)
+    return SCORES + (PREFERENCE_SCORES if pairs else ())
 
 
 # --- blocks for `show` ------------------------------------------------------------------
@@ -70,14 +80,14 @@ def show_lines(detail: dict) -> list[str]:
                      + (f": {ev['note']}" if ev.get("note") else ""))
         if ev.get("base"):
             lines.append(f"    {'':16}{'base':>12}{'adapter':>12}")
-            for label, key in (("loss", "loss"), ("perplexity", "perplexity"), ("exact match %", "exact_match"),
-                               ("token F1 %", "f1"), ("ROUGE-L %", "rougeL")):
+            for label, key in _scores(ev):
                 after = (ev.get("adapter") or {}).get(key)
                 lines.append(f"    {label:16}{_f(ev['base'].get(key)):>12}{_f(after):>12}")
         for s in ev.get("samples") or []:
             lines.append(f"    prompt    {_one_line(s['prompt'])}")
-            for key in ("reference", "base", "adapter"):
-                lines.append(f"      {key:9} {_one_line(s[key])}")
+            for key in ("reference", "rejected", "base", "adapter"):
+                if key in s:  # a preference pair's sample also shows its rejected answer
+                    lines.append(f"      {key:9} {_one_line(s[key])}")
     if detail.get("verdict"):
         lines.append(f"  verdict    {detail['verdict']}")
     for a in detail.get("advice") or []:

@@ -15,6 +15,15 @@ from ui.web import html
 METRICS = (("loss", "loss", "lower is better"), ("perplexity", "perplexity", "lower is better"),
            ("exact_match", "exact match %", "higher is better"), ("f1", "token F1 %", "higher is better"),
            ("rougeL", "ROUGE-L %", "higher is better"))
+# a dpo/orpo job's evaluation adds these (engine.evaluate.preference)
+PREFERENCE_METRICS = (("preference_accuracy", "preference accuracy %", "share of pairs where the chosen answer is "
+                       "more likely"), ("reward_margin", "reward margin", "DPO's implicit reward, chosen minus "
+                                        "rejected, against the base"))
+
+
+def metrics_of(*evaluations) -> tuple:
+    pairs = any("preference_accuracy" in ((ev or {}).get("base") or {}) for ev in evaluations)
+    return METRICS + (PREFERENCE_METRICS if pairs else ())
 
 
 def phase_text(detail: dict) -> str | None:
@@ -47,7 +56,7 @@ def evaluation_html(ev: dict | None, running: bool = False) -> str:
         return html.notice(ev.get("note") or "Nothing was held out.", "info", "No before/after:")
     base, adapter = ev["base"], ev.get("adapter") or {}
     rows = [(label, _num(base.get(key)), _num(adapter.get(key)) if adapter else "…",
-             _delta(key, base.get(key), adapter.get(key)), hint) for key, label, hint in METRICS]
+             _delta(key, base.get(key), adapter.get(key)), hint) for key, label, hint in metrics_of(ev)]
     out = [f'<div class="lp-eval"><h4>Before / after on {ev["rows"]} held-out rows</h4>',
            html.table(["", "base", "adapter", "change", ""], rows, cls="lp-table lp-eval-table", raw_cols=[3])]
     if ev.get("note"):
@@ -58,7 +67,8 @@ def evaluation_html(ev: dict | None, running: bool = False) -> str:
         for s in samples:
             out.append('<div class="lp-sample">'
                        f'<div><b>prompt</b> {escape(s["prompt"])}</div>'
-                       f'<div><b>reference</b> {escape(s["reference"])}</div>'
+                       f'<div><b>{"chosen" if "rejected" in s else "reference"}</b> {escape(s["reference"])}</div>'
+                       + (f'<div><b>rejected</b> {escape(s["rejected"])}</div>' if "rejected" in s else "") +
                        f'<div class="{_hit(s["base"], s["reference"])}"><b>base</b> '
                        f'{_marked(s["base"], s["reference"])}</div>'
                        f'<div class="{_hit(s["adapter"], s["reference"])}"><b>adapter</b> '
@@ -122,7 +132,7 @@ def compare_html(rows: list[dict]) -> str:
     table = [["status", *[r["status"] for r in rows]],
              ["parent", *[f"#{r['parent_id']}" if r["parent_id"] else "—" for r in rows]]]
     table += [[k, *[str(r["plan"][k]) for r in rows]] for k in rows[0]["plan"]]
-    for key, label, _ in METRICS:
+    for key, label, _ in metrics_of(*[r.get("evaluation") for r in rows]):
         cells = []
         for r in rows:
             ev = r.get("evaluation") or {}

@@ -23,6 +23,19 @@ from ui.web import charts, html
 UPLOAD_TYPES = [".jsonl", ".json", ".csv", ".parquet", ".txt"]
 
 DIFFICULTY_CHOICES = [(f"{d.title}: {d.description}", d.name) for d in DIFFICULTIES.values()]
+# What the data teaches (the plan's `objective`), in plain words; the example shows the layout each needs.
+OBJECTIVE_QUESTION = "What does your data teach?"
+OBJECTIVE_CHOICES = [("Answers: each example shows the right answer", "sft"),
+                     ("Preferences: each example pairs a better and a worse answer (DPO)", "dpo"),
+                     ("Preferences, learning the better answer too, without a reference model (ORPO)", "orpo")]
+OBJECTIVE_HELP = (
+    '<div class="lp-hint" id="objective-help"><b>Answers</b> teach by example: the model learns to write the '
+    "answer you give (<code>{\"prompt\": \"Printer jammed\", \"completion\": \"[HIGH] printer\"}</code>). "
+    "<b>Preferences</b> teach by comparison: for one prompt you give an answer you like and one you do not, and "
+    "the model learns to lean towards the first (<code>{\"prompt\": \"Printer jammed\", \"chosen\": \"Sorry "
+    "about that, we will fix it today.\", \"rejected\": \"Not my problem.\"}</code>). Use preferences when "
+    "a good answer is easier to recognise than to write, such as tone, politeness or safety. DPO compares against "
+    "the model as it was; ORPO learns the better answer and the preference at once.</div>")
 HARDWARE = [("A GPU from the list", "gpu"), ("I know my GPU's memory", "vram"), ("No GPU: train on this CPU", "cpu")]
 
 
@@ -91,6 +104,15 @@ def skill_choices() -> list[tuple[str, str]]:
     except ImportError:
         return []
     return [(s.title, name) for name, s in SKILLS.items()]
+
+
+def objective_of(found_format: str | None, current: str) -> str:
+    """The objective the checked data calls for: pairs need a preference objective, answers sft."""
+    if found_format == "preference" and current == "sft":
+        return "dpo"
+    if found_format not in (None, "preference") and current != "sft":
+        return "sft"
+    return current
 
 
 def skill_description(name: str | None) -> str:
@@ -163,7 +185,8 @@ def check_data_view(kind: str, skill: str | None, upload: str | None, model: str
             exc = UserError(exc.field, wizard_words(exc.message))
         out["summary"] = html.error_notice(exc)
         return out
-    out.update(dataset=source, rows=report.rows, ok=bool(report.ok), lengths=tuple(report.token_lengths) or None)
+    out.update(dataset=source, rows=report.rows, ok=bool(report.ok), lengths=tuple(report.token_lengths) or None,
+               format=report.format)
     out["summary"] = data_summary(report, Path(upload).name if upload and kind != "demo" else None)
     hist = report.histogram
     out["histogram"] = charts.token_histogram(hist["edges"], hist["counts"], int(seq_len or 512),
@@ -186,9 +209,20 @@ def data_summary(report, shown_name: str | None = None) -> str:
         parts.append(html.table(["Row", "Field", "Problem"], rows, cls="lp-table lp-problems"))
     else:
         parts.append(html.notice(f"{name}: {report.rows:,} rows in {report.format} format, no problems found.", "ok"))
+    if report.preference:  # pairs: how many, and each side's length against seq_len
+        parts.append(html.notice(pair_line(report), "info", title="Preference pairs:"))
     if not report.eos_ok and report.eos_message:
         parts.append(html.notice(report.eos_message, "warn", title="End of answer:"))
     return "".join(parts) + facts
+
+
+def pair_line(report) -> str:
+    pref = report.preference
+    sides = "; ".join(f"{side} {pref[side].get('mean', 0):.0f} tokens on average (max {pref[side].get('max', 0)}), "
+                      f"{pref['over_seq_len'].get(side, 0)} cut at seq_len {report.seq_len}"
+                      for side in ("chosen", "rejected") if pref.get(side))
+    return (f"{pref['pairs']:,} pairs, {pref['identical']} with identical answers, {pref['empty_sides']} with an "
+            f"empty side; prompts {pref.get('prompt', {}).get('mean', 0):.0f} tokens on average; {sides}.")
 
 
 # --- step 3: hardware ------------------------------------------------------------------

@@ -17,12 +17,13 @@ from engine.plan import DIFFICULTY_QUESTION, TrainingPlan
 from ui.web import charts, first_run, html, refusals, review, steps
 
 
-def context_from(model, difficulty, dataset, rows, hw_kind, gpu, budget, name) -> dict:
+def context_from(model, difficulty, dataset, rows, hw_kind, gpu, budget, name, objective="sft") -> dict:
     """The earlier steps' answers as plan fields; raises UserError naming the missing one."""
     if not dataset:
         raise UserError("dataset", "check the data in step 2 first (pick a demo skill or upload a file)")
     ctx = {"model": (model or "default").strip(), "difficulty": difficulty or "balanced", "dataset": dataset,
-           "dataset_rows": int(rows) if rows else None, "name": (name or "").strip() or None}
+           "dataset_rows": int(rows) if rows else None, "name": (name or "").strip() or None,
+           "objective": objective or "sft"}
     ctx.update(steps.hardware_context(hw_kind, gpu, budget))
     return ctx
 
@@ -65,6 +66,10 @@ def build() -> SimpleNamespace:
             ui.difficulty = gr.Radio(steps.DIFFICULTY_CHOICES, value="simple" if first_skill else "balanced",
                                      label="How hard is the task?", info=DIFFICULTY_QUESTION + ".",
                                      elem_id="difficulty")
+            # what the data teaches (the plan's objective); the data check switches it to match the data
+            ui.objective = gr.Radio(steps.OBJECTIVE_CHOICES, value="sft", label=steps.OBJECTIVE_QUESTION,
+                                    info=TrainingPlan.help("objective"), elem_id="objective")
+            gr.HTML(steps.OBJECTIVE_HELP)
             with gr.Row(equal_height=False):
                 with gr.Column(scale=2, elem_classes="lp-panel"):
                     ui.source = gr.Radio([("A demo skill", "demo"), ("My own file", "upload")],
@@ -149,7 +154,8 @@ def _goto(step: str):
 
 
 def _wire(ui: SimpleNamespace) -> None:
-    ui.context_inputs = [ui.model, ui.difficulty, ui.dataset, ui.rows, ui.hw_kind, ui.gpu, ui.budget, ui.name]
+    ui.context_inputs = [ui.model, ui.difficulty, ui.dataset, ui.rows, ui.hw_kind, ui.gpu, ui.budget, ui.name,
+                         ui.objective]
     ui.plan_inputs = ui.context_inputs + [ui.form[f] for f in review.FORM_FIELDS]
     for wire_step in (_wire_model, _wire_data, _wire_hardware, _wire_review, _wire_launch):
         wire_step(ui)
@@ -166,19 +172,20 @@ def _wire_model(ui: SimpleNamespace) -> None:
 
 def _wire_data(ui: SimpleNamespace) -> None:
     """Step 2: the data check, run when the step opens and on every change of source."""
-    data_outputs = [ui.dataset, ui.rows, ui.lengths, ui.data_summary, ui.histogram, ui.examples]
+    data_outputs = [ui.dataset, ui.rows, ui.lengths, ui.data_summary, ui.histogram, ui.examples, ui.objective]
 
-    def check(kind, skill, upload, model, seq_len, progress=gr.Progress()):  # noqa: B008 - how Gradio injects it
+    def check(kind, skill, upload, model, seq_len, objective, progress=gr.Progress()):  # noqa: B008 - Gradio's way
         # a fresh install converts the embedded model first: show how far, not a bare spinner
         first_run.wait_for_model(model, lambda fraction, text: progress(fraction, desc=text))
         if kind == "upload" and not upload:  # nothing chosen yet (or the file removed): no report, no error
             return None, None, None, html.notice("Choose a file to check it: " + ", ".join(steps.UPLOAD_TYPES) + ".",
                                                  "info"), charts.empty("Token lengths", "Check the data to see token "
-                                                                       "lengths", 280), ""
+                                                                       "lengths", 280), "", gr.skip()
         v = steps.check_data_view(kind, skill, upload, model, seq_len or 512)
-        return v["dataset"], v["rows"], v["lengths"], v["summary"], v["histogram"], v["examples"]
+        return (v["dataset"], v["rows"], v["lengths"], v["summary"], v["histogram"], v["examples"],
+                steps.objective_of(v.get("format"), objective))
 
-    data_inputs = [ui.source, ui.skill, ui.upload, ui.model, ui.form["seq_len"]]
+    data_inputs = [ui.source, ui.skill, ui.upload, ui.model, ui.form["seq_len"], ui.objective]
     # progress (and the first run's conversion message) on the chart, the one output with room for it
     on = {"show_progress_on": ui.histogram}
     ui.next1.click(check, data_inputs, data_outputs, **on)
@@ -250,7 +257,7 @@ def _wire_review(ui: SimpleNamespace) -> None:
             now[key] = spec
         return out + [now]
 
-    review_in = ui.context_inputs[:-1] + [ui.name, ui.rec_key]
+    review_in = ui.context_inputs + [ui.rec_key]
     numbers_in, charts_in = [ui.ctx, ui.lengths] + form, [ui.ctx, ui.lengths, ui.shown] + form
     for event in (ui.next3.click(_goto("s4"), None, ui.steps), ui.tab4.select(lambda: None, None, None)):
         event.then(enter_review, review_in, form + [ui.reasons, ui.rec_key, ui.ctx], show_progress="minimal").then(
