@@ -67,7 +67,7 @@ def test_the_data_check_reports_pairs_sides_and_a_formatted_pair(tiny, tmp_path)
     assert report.format == "preference" and pref["pairs"] == 7  # the blank side's row is not a pair
     assert pref["identical"] == 1 and pref["empty_sides"] == 1
     assert pref["chosen"]["max"] > 0 and pref["rejected"]["max"] > 0 and pref["prompt"]["min"] > 0
-    assert pref["over_seq_len"]["chosen"] == 6  # prompt + answer of the colour rows run past 25 tokens, the short ones do not
+    assert pref["over_seq_len"]["chosen"] == 6  # the six colour rows run past 25 tokens, the short pair does not
     texts = [p.text() for p in report.problems]
     assert any("row 8: rejected: is empty" in t for t in texts), texts
     assert any("row 7: rejected: is the same as chosen" in t for t in texts), texts
@@ -146,7 +146,8 @@ def test_the_estimate_counts_both_sides_and_a_reference_pass_but_no_second_copy_
     assert dpo.memory.terms["activations"] == 2 * sft.memory.terms["activations"]  # chosen + rejected rows
     assert dpo.memory.terms["reference pass"] > 0 and "reference pass" not in orpo.memory.terms
     assert any("adapter switched off" in a and "no second copy" in a for a in dpo.memory.assumptions)
-    assert orpo.memory.terms["full logits"] == 8 * 512 * 32000 * 2 * 2  # 2 x 4 rows: logits + the chosen half twice, bf16
+    # 2 x 4 rows of logits, then the chosen half's copy and log-softmax, in bf16
+    assert orpo.memory.terms["full logits"] == 8 * 512 * 32000 * 2 * 2
     assert dpo.time.seconds == pytest.approx(sft.time.seconds * 2 * (1 + 1 / 3))
     assert orpo.time.seconds == pytest.approx(sft.time.seconds * 2)
 
@@ -198,3 +199,23 @@ def test_the_job_page_show_and_compare_add_the_preference_scores():
     assert "43.8 → 100" in compare_html([row, {**row, "id": 2}])
     sft = {**ev, "base": {"loss": 2.0}, "adapter": {"loss": 1.0}}
     assert "preference accuracy" not in evaluation_html(sft)
+
+
+def test_the_exported_script_trains_the_same_pair_trainer(tiny, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from engine.train import script
+
+    plan = _plan(tiny, max_steps=2, eval_split=0.25, save_steps=50)
+    code = script.python_script(plan)
+    assert "DPOConfig(" in code and "beta=0.1" in code and "ref_model=" not in code  # the base is the reference
+    path = tmp_path / "train_pairs.py"
+    path.write_text(code, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # standalone: no LoRA Pilot on the path
+    run = subprocess.run([sys.executable, str(path), str(tmp_path / "adapter")], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    assert "eval_rewards/margins" in run.stdout + run.stderr  # DPO evaluated the held-out pairs

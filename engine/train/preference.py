@@ -77,21 +77,60 @@ def trainer_for(plan: TrainingPlan, out_dir: Path, device: str, dtype_name: str,
 
 
 # --- the exported script -------------------------------------------------------------------------
-def script_lines(plan: TrainingPlan, out_dir: str, has_eval: bool) -> list[str]:
-    """The trainer part of the standalone script for a dpo/orpo plan (engine.train.script writes the rest):
-    the same class and keyword dict the job used. Expects `model`, `tokenizer`, `train_ds`, `eval_ds`,
-    `peft_config` and `precision` to be defined above it."""
-    objective = plan.objective
-    module = "trl" if objective == "dpo" else "trl.experimental.orpo"
-    name = objective.upper()
-    kwargs = config_kwargs(plan, out_dir, has_eval)
-    return [
-        f"from {module} import {name}Config, {name}Trainer",
-        "",
-        f"# {name}: pairs of a chosen and a rejected answer"
-        + (" ; the reference is the base with the adapter switched off (no ref_model)" if objective == "dpo" else ""),
-        f"args = {name}Config(**{kwargs!r}, **precision)",
-        f"trainer = {name}Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,",
-        "                         processing_class=tokenizer, peft_config=peft_config)",
-        "trainer.train()",
-    ]
+# engine.train.script writes the SFT script; for a dpo/orpo plan it puts SCRIPT_PAIRS before its
+# split (pairs read as TRL's prompt/chosen/rejected, each side rendered like an SFT answer) and
+# `script_run` in place of its SFTConfig and trainer lines.
+SCRIPT_PAIRS = '''
+_answers_layout, _answer_example = layout, to_example
+
+
+def layout(rows):
+    """Preference pairs (chosen/rejected) first: they also have a prompt."""
+    if any(COLUMNS.get("chosen", "chosen") in row or COLUMNS.get("rejected", "rejected") in row for row in rows[:20]):
+        return "preference"
+    return _answers_layout(rows)
+
+
+def side(value):
+    value = json.loads(value) if isinstance(value, str) and value.lstrip().startswith("[") else value
+    return value if isinstance(value, list) else [{"role": "assistant", "content": str(value)}]
+
+
+def to_example(row, fmt):
+    if field(row, "chosen") is None:
+        return _answer_example(row, fmt)
+    chosen, rejected = side(field(row, "chosen")), side(field(row, "rejected"))
+    prompt = field(row, "prompt")
+    prompt = chosen[:-1] if prompt is None else (
+        (prompt if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]) + chosen[:-1])
+    system = field(row, "system")
+    if isinstance(system, str) and system.strip() and not any(m["role"] == "system" for m in prompt):
+        prompt = [{"role": "system", "content": system}] + prompt
+    if not AS_STRINGS:
+        return {"prompt": prompt, "chosen": chosen[-1:], "rejected": rejected[-1:]}
+    good = _answer_example({"messages": prompt + chosen[-1:]}, "messages")
+    bad = _answer_example({"messages": prompt + rejected[-1:]}, "messages")
+    return {"prompt": good["prompt"], "chosen": good["completion"], "rejected": bad["completion"]}
+
+'''
+
+
+def script_run(plan: TrainingPlan, has_eval: bool, peft: bool) -> str:
+    """The config and trainer lines of the standalone script for a dpo/orpo plan: the same class and
+    keyword dict the job used (its `model`, `tokenizer`, `train_data`, `eval_data`, `peft_config`,
+    `OUT`, `DTYPE` and `DEVICE` are defined above)."""
+    import pprint
+
+    module = "trl" if plan.objective == "dpo" else "trl.experimental.orpo"
+    name = plan.objective.upper()
+    kwargs = config_kwargs(plan, "OUT", has_eval)
+    del kwargs["output_dir"]  # the script's own argument
+    body = "".join(f"    {k}={pprint.pformat(v, width=100, compact=True)},\n" for k, v in kwargs.items())
+    reference = ("# the reference is the base with the adapter switched off: no ref_model, no second copy\n"
+                 if plan.objective == "dpo" else "# ORPO needs no reference model\n")
+    return (f"from {module} import {name}Config, {name}Trainer  # noqa: E402\n\n"
+            f"args = {name}Config(\n    output_dir=str(Path(OUT) / \"checkpoints\"),\n" + body
+            + "    bf16=DTYPE == \"bf16\", fp16=DTYPE == \"fp16\", use_cpu=DEVICE == \"cpu\",\n)\n" + reference
+            + f"trainer = {name}Trainer(model=model, args=args, train_dataset=train_data, eval_dataset=eval_data,\n"
+            + f"                     processing_class=tokenizer{', peft_config=peft_config' if peft else ''})\n"
+            + "trainer.train()\ntrainer.save_model(OUT)\ntokenizer.save_pretrained(OUT)\nprint(f\"saved to {OUT}\")\n")

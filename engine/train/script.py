@@ -19,7 +19,7 @@ from engine.data.ref import DatasetRef
 from engine.errors import UserError
 from engine.estimate import hardware
 from engine.plan import TrainingPlan
-from engine.train import config
+from engine.train import config, preference
 
 FORMATS = ("python", "yaml", "cli")
 
@@ -91,6 +91,9 @@ def python_script(plan: TrainingPlan) -> str:
         + "    bf16=DTYPE == \"bf16\", fp16=DTYPE == \"fp16\", use_cpu=DEVICE == \"cpu\",\n)\n",
         _RUN.format(peft=", peft_config=peft_config" if lora else ""),
     ]
+    if plan.objective != "sft":  # dpo/orpo: pairs and TRL's pair trainer (engine.train.preference)
+        parts.insert(parts.index(_SPLIT), preference.SCRIPT_PAIRS)
+        parts[-2:] = [preference.script_run(plan, has_eval, peft=lora is not None)]
     return "".join(parts)
 
 
