@@ -13,9 +13,11 @@ import time
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.estimate.combined import headline
 from engine.plan import TrainingPlan, add_plan_flags, plan_from_args
 from engine.train import script
 from engine.units import human_bytes, human_seconds
+from jobs import outcome
 
 
 def register(sub) -> None:
@@ -131,16 +133,17 @@ def cmd_jobs(ns) -> int:
     dispatcher.reconcile()
     jobs = store.list_jobs()
     if ns.json:
-        print(json.dumps([store.job_summary(j) for j in jobs], indent=2))
+        print(json.dumps([{**store.job_summary(j), **_readings(j)} for j in jobs], indent=2))
         return 0
     if not jobs:
         print("no jobs yet; start one with `python app.py train PLAN.yaml` or `python app.py demo`")
         return 0
-    rows = [("ID", "STATUS", "PROGRESS", "BASE", "ADAPTER", "CREATED", "NAME")]
+    rows = [("ID", "STATUS", "PROGRESS", "ETA", "HELD-OUT EXACT MATCH", "CREATED", "NAME")]
     for j in jobs:
-        rows.append((str(j.id), j.status + (" (stalled)" if stall.stalled_since(j) else ""),
-                     f"{j.progress * 100:.0f}% {j.step}/{j.total_steps or '?'}",
-                     _pct(j.base_score), _pct(j.adapter_score),
+        left = outcome.eta(j)
+        rows.append((str(j.id), outcome.status_text(j) + (" (stalled)" if stall.stalled_since(j) else ""),
+                     outcome.progress_text(j), human_seconds(left["seconds"]) if left else "-",
+                     outcome.heldout_text(j).replace("→", "->").replace("—", "-"),
                      j.created_at.strftime("%Y-%m-%d %H:%M"), j.name))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
@@ -148,31 +151,44 @@ def cmd_jobs(ns) -> int:
     return 0
 
 
+def _readings(job) -> dict:
+    """What `jobs --json` and `show --json` add to the row: the ETA of every phase left, held-out exact
+    match before/after, early stopping, and the status in words (jobs.outcome)."""
+    before, after = outcome.heldout(job)
+    return {"eta": outcome.eta(job), "held_out_exact_match": {"base": before, "adapter": after},
+            "stopped_early": outcome.early_stop(job), "outcome": outcome.status_text(job)}
+
+
 def cmd_show(ns) -> int:
     from jobs import dispatcher, stall, store
 
     dispatcher.reconcile()
     job = store.get_job(ns.job_id)
-    detail = store.job_detail(job)
+    detail = {**store.job_detail(job), **_readings(job)}
     if ns.json:
         print(json.dumps(detail, indent=2))
         return 0
     print(f"job {job.id}: {job.name}")
     running = job.status == store.JobStatus.RUNNING
-    print(f"  status     {job.status}" + (f" (pid {job.pid}, {job.device or 'starting'})" if running else ""))
+    print(f"  status     {outcome.status_text(job)}"
+          + (f" (pid {job.pid}, {job.device or 'starting'})" if running else ""))
     stalled = stall.describe(job)
     if stalled:
         print(f"  STALLED    {stalled}")
-    print(f"  progress   {job.progress * 100:.0f}%  step {job.step}/{job.total_steps or '?'}"
-          + (f"  eta {human_seconds(job.eta_seconds)}" if job.eta_seconds else ""))
-    print(f"  memory     estimated {human_bytes(job.estimated_peak_bytes)}, "
+    left = detail["eta"]
+    print(f"  progress   {outcome.progress_text(job)}" + (f"  eta {human_seconds(left['seconds'])} ("
+          + ", ".join(f"{k} {human_seconds(v)}" for k, v in left["phases"].items() if v) + ")" if left else ""))
+    for line in _estimate_lines(job):
+        print(line)
+    print(f"  peak       allocated: estimated {human_bytes(job.estimated_peak_bytes)}, "
           f"measured {human_bytes(job.measured_peak_bytes)}")
-    if job.base_score is not None or job.adapter_score is not None:
-        print(f"  score      base {_pct(job.base_score)} -> adapter {_pct(job.adapter_score)}")
+    before, after = outcome.heldout(job)
+    if before is not None or after is not None:
+        print(f"  held-out   exact match {_pct(before)} -> {_pct(after)}")
     if job.error:
         print(f"  reason     {job.error}")
     if job.host or job.ray_job_id:
-        print(f"  ran on     {job.host or '?'}" + (f" (Ray job {job.ray_job_id})" if job.ray_job_id else ""))
+        print(f"  host       {job.host or '?'}" + (f" (Ray job {job.ray_job_id})" if job.ray_job_id else ""))
     print(f"  folder     {job.artifact_dir}")
     from ui.cli.runs import show_lines
 
@@ -189,6 +205,25 @@ def cmd_show(ns) -> int:
         print("  log (last lines):")
         print("\n".join("    " + line for line in tail.splitlines()))
     return 0
+
+
+def _estimate_lines(job) -> list[str]:
+    """The estimate stored at submit, under the names the wizard gives it (engine.estimate.combined.headline)."""
+    from jobs import store
+
+    stored = store.job_estimate(job)
+    if not stored:
+        return []
+    head = headline(stored)
+    seq_len = json.loads(job.plan_json).get("seq_len")
+    memory = f"  estimate   memory {human_bytes(head['memory_bytes'])}"
+    if head["memory_bytes"] != head["worst_case_bytes"]:
+        memory += f" with the data's lengths; worst case {human_bytes(head['worst_case_bytes'])} padded to {seq_len}"
+    lines = [memory]
+    if head.get("seconds"):
+        lines.append(f"             time {human_seconds(head['seconds'])}" + (f" on {head['device']}" if head.get(
+            "device") else "") + ", every phase")
+    return lines
 
 
 def cmd_cancel(ns) -> int:

@@ -233,7 +233,7 @@ def overlay_loss_chart(runs: Iterable[Mapping]) -> Figure:
     """
     data = []
     for i, run in enumerate(runs):
-        colour, label = PALETTE[i % len(PALETTE)], f"#{run['id']}"
+        colour, label = PALETTE[i % len(PALETTE)], f"#{run['id']} {run.get('name') or ''}".strip()
         for key, dash, mode, suffix in (("loss", "solid", "lines", "train"),
                                         ("eval_loss", "dash", "lines+markers", "eval")):
             pts = [(m["step"], m[key]) for m in run["metrics"] if m.get(key) is not None]

@@ -48,8 +48,10 @@ def table(headers: list[str], rows: Iterable[Iterable[object]], cls: str = "lp-t
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def badge(status: str) -> str:
-    return f'<span class="lp-badge lp-{escape(status)}">{escape(status)}</span>'
+def badge(status: str, text: str | None = None) -> str:
+    """A status pill; `text` replaces the status's own word (e.g. "finished, but worse than the base")."""
+    css = "worse" if text and text != status and status == "succeeded" else status
+    return f'<span class="lp-badge lp-{escape(css)}">{escape(text or status)}</span>'
 
 
 def progress_bar(fraction: float | None) -> str:
