@@ -23,7 +23,7 @@ from sqlmodel import Field, SQLModel, select
 
 from engine import paths
 from engine.errors import UserError
-from jobs import store
+from jobs import outcome, store
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 NAME_RULE = "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
@@ -139,7 +139,8 @@ def register_job_adapter(job) -> Adapter | None:
     from engine.data import demo
 
     skill = demo.skill_of(plan)
-    scores = {k: v for k, v in (("base", job.base_score), ("adapter", job.adapter_score)) if v is not None}
+    # held-out exact match of every job (jobs.outcome), not only a demo skill's
+    scores = {k: v for k, v in zip(("base", "adapter"), outcome.heldout(job)) if v is not None}
     targets = config.get("target_modules") or []
     return add(Adapter(
         name=_free_name(job.name or f"job-{job.id}"), base_model=plan.model, path=str(job.artifact_dir),

@@ -120,14 +120,19 @@ def estimate_time(info: ModelInfo, plan, gpu: Gpu, dtype: str, adapter_params: i
 # A job is more than its training steps: engine.train.run reports these phases (events.Phase), and
 # the ETA counts each of them. Training includes its held-out evaluations (every save_steps).
 PHASES = ("loading model", "preparing data", "scoring base", "training", "scoring adapter", "saving")
-LOAD_SECONDS = 3.0          # loading model, the libraries imported ahead (dispatcher.standby): demo, measured
-LOAD_BYTES_PER_SECOND = 400e6  # reading and placing the base's weights
-PREPARE_SECONDS = 2.0       # tokenizing, labels, the attention choice: demo (240 rows), measured
-PREPARE_ROWS_PER_SECOND = 500
-SAVE_SECONDS = 3.0          # adapter, card, metrics.csv, loss.png, plan: demo, measured
-DECODE_STEP_SECONDS_PER_LAYER = 2.5e-3  # CPU greedy decoding: one step's fixed cost per layer (demo, measured)
-GPU_DECODE_STEP_SECONDS_PER_LAYER = 0.3e-3  # kernel launches per layer per decoded token on a GPU
-ADAPTER_FORWARD = 1.33      # a LoRA forward against the base's (heldout.py: its own casts and matmuls, CPU)
+# Measured on the demo (engine/data/demo.py, two idle AVX512-BF16 cores): `demo --wait` took 38.6-41.5 s,
+# 30 steps at ~0.6 s (18 s) of it training; the job log's phase lines put loading at ~2 s (the worker had
+# imported its libraries while the plan was checked, dispatcher.standby) and preparing the data at ~2 s,
+# which leaves ~6 s each for scoring base and adapter (24 rows, 16 new tokens) and ~3 s for saving.
+LOAD_SECONDS = 2.0
+LOAD_BYTES_PER_SECOND = 400e6  # reading and placing the base's weights (a stated disk rate)
+PREPARE_SECONDS = 2.0
+PREPARE_ROWS_PER_SECOND = 500  # tokenizing and labelling beyond the demo's 240 rows
+SAVE_SECONDS = 3.0             # adapter, card, metrics.csv, loss.png, plan
+EVAL_CHECKPOINT_SECONDS = 1.5  # an evaluation during training saves a checkpoint too (demo.default_plan)
+DECODE_STEP_SECONDS_PER_LAYER = 0.01       # CPU greedy decoding: a step's fixed cost per layer (the ~6 s above)
+GPU_DECODE_STEP_SECONDS_PER_LAYER = 0.3e-3  # a GPU: kernel launches per layer per decoded token (stated)
+ADAPTER_FORWARD = 1.33  # a LoRA forward against the base's on a CPU (heldout.py: its own casts and matmuls)
 
 
 class Scoring(BaseModel):
@@ -157,7 +162,7 @@ def phase_seconds(info: ModelInfo, plan, gpu: Gpu, time_est: TimeEstimate, scori
             + scoring.generated_rows * (scoring.row_tokens + scoring.answer_tokens) * forward / rate
         base = min(loss + generate, plan.eval_seconds)  # heldout.py stops the base pass at eval_seconds
         adapter = base * ADAPTER_FORWARD
-        evals = (time_est.steps or 0) // max(1, plan.save_steps) * loss * ADAPTER_FORWARD
+        evals = (time_est.steps or 0) // max(1, plan.save_steps) * (loss * ADAPTER_FORWARD + EVAL_CHECKPOINT_SECONDS)
     out.update({"scoring base": base, "training": (time_est.seconds or 0.0) + evals, "scoring adapter": adapter,
                 "saving": SAVE_SECONDS + adapter_bytes / LOAD_BYTES_PER_SECOND})
     return {k: round(out[k], 1) for k in PHASES}

@@ -48,6 +48,14 @@ def table(headers: list[str], rows: Iterable[Iterable[object]], cls: str = "lp-t
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def code_spans(text: str) -> str:
+    """Escaped text whose `backticked` parts show as code (messages written for the terminal)."""
+    parts = escape(text).split("`")
+    if len(parts) % 2 == 0:  # an unpaired backtick: leave the text as it is
+        return escape(text)
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
 def badge(status: str, text: str | None = None) -> str:
     """A status pill; `text` replaces the status's own word (e.g. "finished, but worse than the base")."""
     css = "worse" if text and text != status and status == "succeeded" else status
