@@ -159,7 +159,7 @@ def recommend(model: str, difficulty: str | None, gpu: str | None = None, budget
         seq_len_hint=base.seq_len if base is not None and base.seq_len != TrainingPlan().seq_len else None,
     )
     ref = DatasetRef.parse(base.dataset) if base is not None and base.dataset else None
-    if ref is not None and ref.is_demo:  # the demo recipe is a row of the table (X1), not a later override
+    if ref is not None and ref.is_demo and ref.skill in demo.SKILLS:  # its recipe is row X1, not a later override
         recipe = demo.default_plan(ref.skill)
         ctx.demo_recipe = {f: getattr(recipe, f) for f in DEMO_FIELDS}
         ctx.demo_steps = recipe.max_steps

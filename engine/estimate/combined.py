@@ -204,7 +204,7 @@ def scoring_of(plan, padded_to: int | None = None) -> Scoring | None:
     """The held-out scoring the job will run (engine.evaluate.heldout): the demo skill's own test split and
     answer length, else `holdout_size` of the rows with answers guessed at half of MAX_NEW_TOKENS."""
     ref = DatasetRef.parse(plan.dataset) if plan.dataset else None
-    skill = demo.get(ref.skill) if ref is not None and ref.is_demo else None
+    skill = demo.SKILLS.get(ref.skill) if ref is not None and ref.is_demo else None
     if skill is not None:
         rows = demo.TEST_ROWS if plan.eval_split > 0 else 0
     elif plan.dataset_rows:

@@ -63,7 +63,12 @@ def run_estimate(ns: argparse.Namespace) -> int:
     plan = plan_from_args(ns)
     from engine.advice.checks import plan_warnings
 
-    est = estimate(plan)
+    if plan.dataset:  # the estimate a job of this plan stores: with the data's real lengths (jobs.dispatcher)
+        from jobs import dispatcher
+
+        est = dispatcher.validate(plan)
+    else:
+        est = estimate(plan)
     warnings = plan_warnings(plan)  # e.g. a rank above the width of the layers it adapts (R6)
     if ns.json:
         print(json.dumps({**estimate_json(est), "warnings": [{"rule": r, "text": t} for r, t in warnings]}, indent=2))
@@ -99,6 +104,9 @@ def format_estimate(plan, est) -> str:
         else:  # no row count or step limit: the speed is known, the total is not
             line += "; total time unknown (give --dataset-rows N or --max-steps N)"
         lines += ["", line]
+        if t.total_seconds:
+            lines.append(f"Whole job, every phase: ~{human_seconds(t.total_seconds)} ("
+                         + ", ".join(f"{k} {human_seconds(v)}" for k, v in t.phases.items() if v) + ")")
     for a in list(mem.assumptions) + (list(t.assumptions) if t is not None else []):
         lines.append(f"  · {a}")
     return "\n".join(lines)

@@ -81,7 +81,8 @@ def model_cards(models) -> str:
         context = getattr(m, "context", 0)
         ctx = f"{context // 1024}k" if context and context >= 1024 else str(context or "?")
         cards.append(
-            f'<div class="lp-card"><div class="lp-card-title">{escape(m.name)}</div>'
+            f'<div class="lp-card" role="button" tabindex="0" data-key="{escape(m.key)}" '
+            f'title="Use {escape(m.name)}"><div class="lp-card-title">{escape(m.name)}</div>'
             f'<div class="lp-card-key" title="{escape(m.describes()) if hasattr(m, "describes") else ""}">'
             f'{escape(m.key)} · {escape(getattr(m, "variant", ""))}</div>'
             f'<div class="lp-card-meta"><span>{_size(m.params_b)} params</span><span>{escape(m.architecture)}</span>'

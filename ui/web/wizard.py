@@ -46,6 +46,19 @@ def _controls(form: dict, fields: list[str], per_row: int = 2) -> None:
                 form[f] = review.make_control(f)
 
 
+# A catalog card looks clickable, so a click (or Enter) picks its model, as the dropdown beside it does.
+CARD_CLICK = """element.querySelectorAll('.lp-card[data-key]').forEach(card => {
+  const pick = () => trigger('click', {key: card.dataset.key});
+  card.addEventListener('click', pick);
+  card.addEventListener('keydown', e => { if (e.key === 'Enter') pick(); });
+});"""
+
+
+def card_key(evt: gr.EventData) -> str:
+    """The model key of the catalog card clicked."""
+    return getattr(evt, "key", None) or gr.skip()
+
+
 # --- layout: one function per step ------------------------------------------------------
 
 def build() -> SimpleNamespace:
@@ -66,7 +79,7 @@ def _model_step(ui: SimpleNamespace) -> None:
                     "CPU. Pick a catalog model to see what a larger run costs, or type your own.")
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
-                gr.HTML(steps.catalog_cards(), elem_classes="lp-cards-wrap")
+                ui.cards = gr.HTML(steps.catalog_cards(), elem_classes="lp-cards-wrap", js_on_load=CARD_CLICK)
             with gr.Column(scale=2, elem_classes="lp-panel"):
                 ui.catalog = gr.Dropdown(steps.catalog_choices(), value=None, label="From the catalog",
                                          info="Fills the field below.")
@@ -182,6 +195,7 @@ def _wire_model(ui: SimpleNamespace) -> None:
     """Step 1: the catalog, a typed id, and the facts of the model it names."""
     ui.catalog.input(lambda key: key, ui.catalog, ui.model).then(
         lambda m: steps.model_facts(m)[0], ui.model, ui.facts)
+    ui.cards.click(card_key, None, ui.model).then(lambda m: steps.model_facts(m)[0], ui.model, ui.facts)
     ui.check_model.click(lambda m: steps.model_facts(m)[0], ui.model, ui.facts)
     ui.model.submit(lambda m: steps.model_facts(m)[0], ui.model, ui.facts)
     ui.next1.click(_goto("s2"), None, ui.steps)
@@ -308,7 +322,9 @@ def _wire_review(ui: SimpleNamespace) -> None:
         # queue=False: direct requests, no queue round trips, for the < 150 ms change-to-numbers budget
         control.input(**numbers, trigger_mode="always_last", queue=False).then(**charts_, queue=False)
         if review.field_kind(field)[0] in ("int", "float"):
-            control.blur(restore(field), [control, ui.valid], control, show_progress="hidden", queue=False)
+            # the box shows the plan's value again, and the refusal line goes with the numbers' redraw
+            control.blur(restore(field), [control, ui.valid], control, show_progress="hidden", queue=False).then(
+                **numbers, queue=False)
 
 
 # --- step 5 ----------------------------------------------------------------------------------
