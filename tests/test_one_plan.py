@@ -71,6 +71,7 @@ def test_the_review_the_launch_summary_the_job_page_and_show_give_one_estimate(t
     shown = review.headline_tiles(stored, plan.seq_len)
     assert "memory with your data" in shown and f"worst case: padded to {plan.seq_len}" in shown
     page = jobs_page.job_view(job.id)["header"]
+    assert "Estimate with the checked data: the longest batch is padded to about" in page  # what the data changed
     for name, figure in shown.items():
         assert f">{figure}<" in numbers[1], (name, figure)   # the review's tiles
         assert f">{figure}<" in summary, (name, figure)      # the launch summary

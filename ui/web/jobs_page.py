@@ -123,7 +123,11 @@ def _header(job, metrics, detail: dict) -> str:
     if left and left["phases"]:
         eta_line = ('<div class="lp-hint" id="eta-phases">Left by phase: ' + html.escape(" · ".join(
             f"{k} {units.human_seconds(v)}" for k, v in left["phases"].items() if v)) + "</div>")
-    return head + html.progress_bar(job.progress) + html.stat_tiles(tiles) + eta_line
+    # what the data changed in the estimate, and why (its real lengths: batches padded to their longest row)
+    why = next((a for a in ((stored or {}).get("memory") or {}).get("assumptions", [])
+                if a.startswith("with the checked data")), "")
+    why_line = f'<div class="lp-hint" id="estimate-why">Estimate {html.escape(why)}.</div>' if why else ""
+    return head + html.progress_bar(job.progress) + html.stat_tiles(tiles) + eta_line + why_line
 
 
 def _where(job) -> str:

@@ -374,6 +374,8 @@ def _wire_launch(ui: SimpleNamespace) -> None:
                "outputs": [ui.launch_summary, ui.override, ui.launch_notice]}
     ui.next4.click(_goto("s5"), None, ui.steps).then(**summary)
     ui.tab5.select(**summary)
-    ui.name.input(lambda: "", None, ui.launch_notice, show_progress="hidden")  # the notice was about the last launch
+    # a launch's notice is about the plan it launched: it goes when the plan or its data changes
+    for changed in (ui.name.input, ui.dataset.change, *(control.input for control in ui.form.values())):
+        changed(lambda: "", None, ui.launch_notice, show_progress="hidden", queue=False)
     ui.launch = launch
     ui.launch_kwargs = {**ui.plan_inputs, "override": ui.override}  # the plan, and the "launch anyway" box
