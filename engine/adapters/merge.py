@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
+from engine.adapters import folder
 from engine.errors import UserError
+from engine.plan import TrainingPlan
+from engine.train.run import load_base, model_source, torch_dtype
 
 
 def merge(adapter_dir, base_model: str, out_dir, adapter_name: str = "adapter", method: str = "lora",
@@ -27,9 +31,6 @@ def merge(adapter_dir, base_model: str, out_dir, adapter_name: str = "adapter", 
     """Write base + adapter as one model to `out_dir` (which must not exist yet); return it."""
     import torch
 
-    from engine.adapters import folder
-    from engine.plan import TrainingPlan
-    from engine.train.run import load_base, model_source, torch_dtype
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir).expanduser()
     folder.read_config(adapter_dir)
@@ -120,7 +121,6 @@ def write_card(out_dir: Path, base_model: str, base_source: str, adapter_dir: Pa
 
 def zip_folder(folder: Path, target: Path | None = None) -> Path:
     """One zip of a merged model folder (written beside it, renamed into place when complete)."""
-    import zipfile
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
