@@ -3,8 +3,8 @@ its held-out before/after and whether it finished better or worse than the base.
 
 One owner for these readings, so the jobs tab, the job page, `jobs` and `show` say the same.
 They read the job's row and the estimate stored with it at submit (engine.estimate), never the
-worker's memory. They take the row as it is and import no database code: `jobs` on the command line
-registers with every command, and SQLModel's import alone costs a second there.
+worker's memory. They take the row as it is and import no other part of jobs/, so the views (`show
+--json`) and the library (which registers a finished job's adapter) both read them without a cycle.
 """
 
 from __future__ import annotations
@@ -87,3 +87,11 @@ def heldout_text(job) -> str:
         return "—"
     fmt = lambda v: "…" if v is None else f"{v:.0f}%"  # noqa: E731
     return f"{fmt(before)} → {fmt(after)}"
+
+
+def readings(job) -> dict:
+    """The keys `jobs --json` and `show --json` add to a job (jobs.views): the ETA of every phase left,
+    held-out exact match before/after, early stopping, and the status in words."""
+    before, after = heldout(job)
+    return {"eta": eta(job), "held_out_exact_match": {"base": before, "adapter": after},
+            "stopped_early": early_stop(job), "outcome": status_text(job)}

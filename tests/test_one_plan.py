@@ -21,6 +21,7 @@ from engine.data import demo
 from engine.estimate import timing
 from engine.estimate.combined import estimate, headline
 from jobs import dispatcher, outcome, store
+from jobs.tables import now
 from ui.web import jobs_page, review, steps, wizard
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,7 +98,7 @@ def test_the_eta_counts_every_phase_and_is_not_zero_at_the_last_step_with_scorin
 
     job = dispatcher.submit(plan, start=False)
     # the trainer's last step: its own ETA is 0 while the adapter's scoring and the save are still ahead
-    store.update_job(job.id, status="running", phase="training", phase_started_at=store.now(), step=30,
+    store.update_job(job.id, status="running", phase="training", phase_started_at=now(), step=30,
                      total_steps=30, eta_seconds=0.0, progress=1.0)
     left = outcome.eta(store.get_job(job.id))
     assert left["phases"]["training"] == 0 and left["phases"]["scoring base"] == 0
@@ -105,7 +106,7 @@ def test_the_eta_counts_every_phase_and_is_not_zero_at_the_last_step_with_scorin
     # the adapter is scored on the rows the base pass got through: its time follows the base's measured one
     evaluation = {"rows": 24, "base": {"seconds": 40.0, "exact_match": 4.0}}
     store.update_job(job.id, evaluation_json=json.dumps(evaluation), phase="scoring adapter",
-                     phase_started_at=store.now() - timedelta(seconds=10))
+                     phase_started_at=now() - timedelta(seconds=10))
     left = outcome.eta(store.get_job(job.id))
     assert left["phases"]["scoring adapter"] == pytest.approx(40.0 * timing.ADAPTER_FORWARD - 10, abs=1.0)
     assert "ETA, every phase" in jobs_page.job_view(job.id)["header"]

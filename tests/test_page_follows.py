@@ -16,7 +16,7 @@ from engine.adapters import recipe
 from engine.advice import diagnose
 from engine.plan import TrainingPlan
 from jobs import outcome, store
-from jobs.store import Job
+from jobs.tables import Job
 from ui.web import html, jobs_page, library_page
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,10 +7,11 @@ one AdapterHost, so the base is loaded once for the whole table.
 
 from __future__ import annotations
 
+from engine.data import demo
+
 
 def score(host, adapter: str | None, skill: str, rows: int | None = None) -> float:
     """Held-out exact match (%) of `adapter` (None: the base); `rows` limits the split to its first rows."""
-    from engine.data import demo
 
     records = demo.records(skill, "test")[:rows] if rows else None
     with host.using(adapter) as model:
@@ -23,8 +24,6 @@ def table(host, composed: str, sources: list[tuple[str, str | None]], progress=N
     `kept` is composed / alone in percent (None when the source alone scores 0). `progress(text)` hears
     each scoring pass before it runs, in words ("scoring the composition on isodate (2 of 6)…").
     """
-    from engine.data import demo
-
     scored = [(name, skill) for name, skill in sources if skill]
     passes, done = 3 * len(scored), 0
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import psutil
 from pydantic import BaseModel
 
 from engine.data import demo
@@ -218,7 +219,6 @@ def scoring_of(plan, padded_to: int | None = None) -> Scoring | None:
 
 def host_ram_bytes() -> int:
     """This machine's physical RAM: the CPU's counterpart of a GPU's memory."""
-    import psutil
 
     return int(psutil.virtual_memory().total)
 

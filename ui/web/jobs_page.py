@@ -17,9 +17,11 @@ import gradio as gr
 
 from engine import units
 from engine.errors import UserError
-from engine.train import script
-from jobs import outcome
-from jobs.store import JobStatus
+from engine.estimate.combined import headline
+from jobs import export, outcome, runs, stall, store, views
+from jobs.dispatcher import cancel as do_cancel
+from jobs.dispatcher import resume as do_resume
+from jobs.tables import FINISHED, JobStatus
 from ui.web import charts, evaluation_view, html, review
 
 REFRESH_S = 1.0
@@ -37,8 +39,6 @@ def title(job) -> str:
 
 def jobs_table() -> str:
     """Every job with its held-out exact match before → after and its progress in words."""
-    from jobs import store
-
     jobs = store.list_jobs()
     if not jobs:
         return html.notice("No jobs yet. The wizard's last step launches one.", "info")
@@ -59,22 +59,17 @@ def jobs_table() -> str:
 
 
 def job_choices() -> list[tuple[str, int]]:
-    from jobs import store
-
     # ids travel as strings: the same type the ?job= URL parameter has
     return [(f"{title(j)} ({outcome.status_text(j)})", str(j.id)) for j in store.list_jobs()]
 
 
 def latest_job_id() -> int | None:
-    from jobs import store
-
     jobs = store.list_jobs()
     return str(jobs[0].id) if jobs else None
 
 
 def signature(job_id) -> tuple | None:
     """What a redraw depends on; equal signatures mean nothing to redraw."""
-    from jobs import stall, store
 
     if job_id is None:
         return None
@@ -84,7 +79,7 @@ def signature(job_id) -> tuple | None:
         return None
     log = store.log_path(job.id)
     return (job.id, job.status, job.step, job.progress, job.eta_seconds, job.adapter_score, job.base_score,
-            job.phase, int(store.phase_seconds(job) or 0), job.evaluation_json,
+            job.phase, int(views.phase_seconds(job) or 0), job.evaluation_json,
             job.measured_peak_bytes, job.cancel_requested, len(store.job_metrics(job.id)),
             stall.stalled_since(job) is not None,  # becomes true with no row changing
             log.stat().st_size if log.exists() else 0, tuple((j.id, j.status, round(j.progress or 0, 2))
@@ -92,9 +87,6 @@ def signature(job_id) -> tuple | None:
 
 
 def _header(job, metrics, detail: dict) -> str:
-    from engine.estimate.combined import headline
-    from jobs import store
-
     tps = next((m.tokens_per_second for m in reversed(metrics) if m.tokens_per_second), None)
     step = f"{job.step} / {job.total_steps}" if job.total_steps else str(job.step)
     if outcome.early_stop(job):
@@ -144,7 +136,6 @@ def _failure(job) -> str:
         return html.notice((job.error or "Cancelled.") + " Resume continues from the last checkpoint.", "info")
     if job.status == JobStatus.QUEUED:
         return html.notice("Waiting for a free slot; it starts when the job before it finishes.", "info")
-    from jobs import stall
 
     stalled = stall.describe(job)
     if stalled:  # before "stopping…": a stalled worker does not reach the next step by itself
@@ -156,10 +147,9 @@ def _failure(job) -> str:
 
 def download_path(job_id) -> str | None:
     """A copy of the job's export zip under a temp folder Gradio may serve, or None."""
-    from jobs.export import export_zip
 
     try:
-        src = export_zip(job_id)
+        src = export.export_zip(job_id)
     except UserError:
         return None
     dest = _DOWNLOADS / str(int(job_id)) / src.name  # -adapter.zip, or -model.zip for a full fine-tune
@@ -170,7 +160,6 @@ def download_path(job_id) -> str | None:
 
 def job_view(job_id) -> dict:
     """Everything the job page shows, as values. Keys match the page's outputs."""
-    from jobs import store
 
     empty = {"header": html.notice("Pick a job, or launch one from the wizard.", "info"), "failure": "",
              "evaluation": "", "advice": [],
@@ -180,36 +169,35 @@ def job_view(job_id) -> dict:
         return empty
     try:
         job = store.get_job(job_id)
-        plan = store.job_plan(job)
+        store.job_plan(job)  # a stored plan that no longer parses shows as an error, not a traceback
     except UserError as exc:
         return {**empty, "header": html.error_notice(exc)}
     metrics = store.job_metrics(job.id)
-    detail = store.job_detail(job)
+    detail = views.job_detail(job)
     rows = [{"step": m.step, "loss": m.loss, "eval_loss": m.eval_loss, "learning_rate": m.learning_rate}
             for m in metrics]
     return {
         "header": _header(job, metrics, detail) + _failure(job), "failure": _failure(job),
         "evaluation": evaluation_view.advice_html(detail)
         + evaluation_view.evaluation_html(detail["evaluation"], running=job.status in ("queued", "running")),
-        "advice": evaluation_view.advice_choices(detail) if job.status in store.FINISHED else [],
+        "advice": evaluation_view.advice_choices(detail) if job.status in FINISHED else [],
         "loss": charts.loss_chart(rows, job.total_steps),
         "log": store.log_tail(job.id, 50) or "(no log yet)",
         "download": download_path(job.id) if job.status == JobStatus.SUCCEEDED else None,
-        "yaml": script.plan_yaml(plan), "cli": script.cli_command(plan), "python": _python(plan),
+        "yaml": export.code(job.id, "yaml"), "cli": export.code(job.id, "cli"), "python": _python(job.id),
         "running": job.status in (JobStatus.QUEUED, JobStatus.RUNNING), "status": job.status,
     }
 
 
-def _python(plan) -> str:
+def _python(job_id) -> str:
     try:
-        return script.python_script(plan)
+        return export.code(job_id, "python")
     except UserError as exc:  # e.g. the base model's folder is gone since the job ran
         return f"# no script: {exc}\n"
 
 
 def cancel(job_id) -> tuple[bool, str]:
     """(ok, message) — shown as a toast; the page itself redraws from the row."""
-    from jobs.dispatcher import cancel as do_cancel
 
     try:
         job = do_cancel(job_id, wait=False)
@@ -219,8 +207,6 @@ def cancel(job_id) -> tuple[bool, str]:
 
 
 def resume(job_id) -> tuple[bool, str]:
-    from jobs.dispatcher import resume as do_resume
-
     try:
         job = do_resume(job_id)
     except Exception as exc:
@@ -230,7 +216,6 @@ def resume(job_id) -> tuple[bool, str]:
 
 def next_run(job_id, rules: list[str] | None) -> tuple[bool, str, str | None]:
     """(ok, message, new job id) for the 'Next run with this advice' button."""
-    from jobs import runs
 
     try:
         job, changes = runs.next_run(job_id, rules=rules or None)
@@ -241,7 +226,6 @@ def next_run(job_id, rules: list[str] | None) -> tuple[bool, str, str | None]:
 
 def compare_view(job_ids) -> tuple:
     """(figure, table HTML) for two or more jobs."""
-    from jobs import runs
 
     if not job_ids or len(job_ids) < 2:
         return charts.overlay_loss_chart([]), html.notice("Pick two or more jobs to compare.", "info")

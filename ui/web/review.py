@@ -12,9 +12,16 @@ import types
 import typing
 from typing import Any
 
+import gradio as gr
+
 from engine import units
+from engine.advice import fitting
+from engine.advice.recommend import recommend
+from engine.advice.rules import RANGES
+from engine.data.demo import default_plan
 from engine.data.ref import DatasetRef
 from engine.errors import UserError
+from engine.estimate.combined import estimate, headline, memory_for
 from engine.plan import TARGET_PRESETS, TrainingPlan
 from ui.web import charts, html
 
@@ -61,7 +68,6 @@ def field_kind(field: str) -> tuple[str, tuple]:
 
 def make_control(field: str, value: Any = None):
     """The Gradio control for one plan field; label and help come from the plan."""
-    import gradio as gr
 
     kind, options = field_kind(field)
     common = {"label": label(field), "info": TrainingPlan.help(field), "elem_id": f"f-{field}"}
@@ -94,8 +100,6 @@ EMPTY_MEANS_NONE = frozenset({"max_steps"})
 def not_a_number(field: str, kept: Any = None) -> UserError:
     """The refusal for an empty box or text that is not a number: the same one line as an out-of-range value,
     naming what is accepted and, when known, the value the plan keeps."""
-    from engine.advice.rules import RANGES
-
     rng = RANGES.get(field)
     expected = "a whole number" if field_kind(field)[0] == "int" else "a number"
     if rng is not None:
@@ -145,14 +149,12 @@ def recommend_for(context: dict):
 
     The rules table decides every setting (a demo skill's measured recipe is its row X1), so the
     reasons, warnings and estimate shown all describe the plan that will run."""
-    from engine.advice.recommend import recommend
 
     answers = {k: v for k, v in context.items() if k in TrainingPlan.model_fields and v is not None}
     base = TrainingPlan.build(**answers)
     ref = DatasetRef.parse(base.dataset or "")
     if ref.is_demo:
         # A demo skill's plan carries its run length and schedule (max_steps, warm-up, logging).
-        from engine.data.demo import default_plan
 
         base = default_plan(ref.skill).updated(**answers)
     rec = recommend(model=base.model, difficulty=base.difficulty or "balanced", gpu=base.gpu,
@@ -195,8 +197,6 @@ def sweep_view(plan: TrainingPlan):
     """Memory against sequence length for full / LoRA / QLoRA, with this plan marked."""
     budget = None
     if plan.gpu or plan.budget_gb:
-        from engine.estimate.combined import memory_for
-
         budget = memory_for(plan).budget_bytes
     return charts.memory_sweep(_sweep(plan.model_dump_json(exclude={"seq_len", "name", "method", "use_dora",
                                                                      "use_rslora"})),
@@ -206,7 +206,6 @@ def sweep_view(plan: TrainingPlan):
 @functools.lru_cache(maxsize=64)
 def _sweep(plan_json: str) -> dict[str, list[tuple[int, float]]]:
     """Cached on everything but the swept knobs: moving seq_len or the method costs nothing."""
-    from engine.estimate.combined import memory_for
 
     plan = TrainingPlan.model_validate_json(plan_json)
     series = {}
@@ -219,7 +218,6 @@ def _sweep(plan_json: str) -> dict[str, list[tuple[int, float]]]:
 def fixing_knob(plan: TrainingPlan) -> str | None:
     """The first single change that makes the plan fit, else the shortest run down the memory
     ladder (engine.advice.fitting) that does, as a sentence."""
-    from engine.advice import fitting
 
     found = fitting.fix(plan)
     if found is None:
@@ -234,7 +232,6 @@ def _estimate(plan_json: str, lengths: tuple[int, ...] | None, label_share: floa
     """One estimate per plan and data: the numbers and the charts of a change are two requests, and the
     launch summary shows the same one. The job computes it again at submit from the same function and
     the same data (jobs.dispatcher.validate) and stores it; its page and `show` read that one."""
-    from engine.estimate.combined import estimate
 
     return estimate(TrainingPlan.model_validate_json(plan_json), lengths=lengths, label_share=label_share)
 
@@ -271,8 +268,6 @@ def numbers_view(plan: TrainingPlan, lengths: tuple[int, ...] | None = None, lab
     then has an expected figure (batches padded to their expected longest row) beside the worst case the
     fit is judged on.
     """
-    from engine.estimate.combined import headline
-
     est = estimate_of(plan, lengths, label_share)
     mem = est.memory
     verdict_kind = "info" if mem.fits is None else "ok" if mem.fits else "error"

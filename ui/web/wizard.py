@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from engine.errors import UserError
+from engine.estimate.combined import headline
 from engine.plan import DIFFICULTY_QUESTION, TrainingPlan
 from ui.web import charts, first_run, html, refusals, review, steps
 
@@ -343,8 +344,6 @@ def launch_summary(lengths=None, label_share=None, **values) -> list:
             ("Length", f"{plan.max_steps} steps" if plan.max_steps else f"{plan.epochs:g} epochs"),
             ("Hardware", plan.gpu or f"{plan.budget_gb:g} GiB GPU")]
     try:
-        from engine.estimate.combined import headline
-
         est = review.estimate_of(plan, lengths, label_share)
         rows.append(("Memory", est.memory.verdict))
         rows += [(k.capitalize(), v) for k, v in review.headline_tiles(headline(est), plan.seq_len).items()]
