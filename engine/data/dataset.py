@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 from pathlib import Path
 
 from pydantic import BaseModel
 
-from engine.data import pairs
+from engine.data import demo, pairs
 from engine.data.chat import ends_with_eos, ensure_chat_template, render
 from engine.data.formats import (  # noqa: F401
     FORMATS,
@@ -32,8 +31,8 @@ from engine.data.formats import (  # noqa: F401
 )
 from engine.data.ref import DatasetRef
 from engine.errors import UserError, one_of
-from engine.evaluate.split import holdout_size
-from engine.model import catalog
+from engine.evaluate.split import holdout_rows
+from engine.model import catalog, default_model
 
 MAX_PROBLEMS = 50  # more than this and the report lists the count, not each one
 MAX_STAT_ROWS = 5000  # token statistics on a sample for very large files
@@ -102,7 +101,6 @@ def load_tokenizer(model: str | None):
     spec = (model or "default").strip()
     try:
         if spec == "default":
-            from engine.model import default_model
             folder = default_model.default_model_dir()
             tokenizer = AutoTokenizer.from_pretrained(folder)
         elif Path(spec).expanduser().is_dir():
@@ -217,16 +215,12 @@ def build_datasets(plan, tokenizer):
     eval_rows: list[dict] = []
     ref = DatasetRef.parse(plan.dataset)
     if ref.is_demo and plan.eval_split > 0:
-        from engine.data import demo
         test = read_source(str(demo.dataset_path(ref.skill, "test")))
         eval_rows, _, _, _ = _examples(test, fmt, {}, tokenizer)
         train_rows = examples
-    elif holdout_size(len(examples), plan.eval_split):
-        order = list(range(len(examples)))
-        random.Random(plan.seed).shuffle(order)
-        n_eval = holdout_size(len(examples), plan.eval_split)
-        eval_rows = [examples[i] for i in sorted(order[:n_eval])]
-        train_rows = [examples[i] for i in sorted(order[n_eval:])]
+    elif held := set(holdout_rows(len(examples), plan.eval_split, plan.seed)):
+        eval_rows = [e for i, e in enumerate(examples) if i in held]
+        train_rows = [e for i, e in enumerate(examples) if i not in held]
     else:
         train_rows = examples
     if not train_rows:

@@ -64,22 +64,17 @@ def config_kwargs(plan: TrainingPlan, out_dir: str | Path, has_eval: bool) -> di
     return kw
 
 
-def trainer_config(plan: TrainingPlan, out_dir: Path, device: str, dtype_name: str, has_eval: bool, **overrides):
-    """The trainer's config object for `plan` (what engine.train.run.sft_config is for SFT)."""
-    cls = config_class(plan.objective)
-    return cls(**{**config_kwargs(plan, out_dir, has_eval), **config.precision_kwargs(dtype_name, device),
-                  **stopping.trainer_args(plan, has_eval), **overrides})
-
-
-def trainer_for(plan: TrainingPlan, out_dir: Path, device: str, dtype_name: str, has_eval: bool):
-    """(trainer class, config) for a dpo/orpo plan; `ref_model` is left out on purpose (see above)."""
-    return trainer_class(plan.objective), trainer_config(plan, out_dir, device, dtype_name, has_eval)
+def trainer_kwargs(plan: TrainingPlan, out_dir: Path, device: str, precision: str, has_eval: bool) -> dict:
+    """Every `DPOConfig` / `ORPOConfig` keyword the job runs with (what engine.train.run.sft_kwargs is for SFT);
+    the job's resolved.json keeps them in its `sft` entry."""
+    return {**config_kwargs(plan, out_dir, has_eval), **config.precision_kwargs(precision, device),
+            **stopping.trainer_args(plan, has_eval)}
 
 
 # --- the exported script -------------------------------------------------------------------------
 # engine.train.script writes the SFT script; for a dpo/orpo plan it puts SCRIPT_PAIRS before its
 # split (pairs read as TRL's prompt/chosen/rejected, each side rendered like an SFT answer) and
-# `script_run` in place of its SFTConfig and trainer lines.
+# `script_trainer` names the pair trainer in its config and trainer lines.
 SCRIPT_PAIRS = '''
 _answers_layout, _answer_example = layout, to_example
 
@@ -115,22 +110,12 @@ def to_example(row, fmt):
 '''
 
 
-def script_run(plan: TrainingPlan, has_eval: bool, peft: bool) -> str:
-    """The config and trainer lines of the standalone script for a dpo/orpo plan: the same class and
-    keyword dict the job used (its `model`, `tokenizer`, `train_data`, `eval_data`, `peft_config`,
-    `OUT`, `DTYPE` and `DEVICE` are defined above)."""
-    import pprint
-
-    module = "trl" if plan.objective == "dpo" else "trl.experimental.orpo"
-    name = plan.objective.upper()
-    kwargs = config_kwargs(plan, "OUT", has_eval)
-    del kwargs["output_dir"]  # the script's own argument
-    body = "".join(f"    {k}={pprint.pformat(v, width=100, compact=True)},\n" for k, v in kwargs.items())
-    reference = ("# the reference is the base with the adapter switched off: no ref_model, no second copy\n"
-                 if plan.objective == "dpo" else "# ORPO needs no reference model\n")
-    return (f"from {module} import {name}Config, {name}Trainer  # noqa: E402\n\n"
-            f"args = {name}Config(\n    output_dir=str(Path(OUT) / \"checkpoints\"),\n" + body
-            + "    bf16=DTYPE == \"bf16\", fp16=DTYPE == \"fp16\", use_cpu=DEVICE == \"cpu\",\n)\n" + reference
-            + f"trainer = {name}Trainer(model=model, args=args, train_dataset=train_data, eval_dataset=eval_data,\n"
-            + f"                     processing_class=tokenizer{', peft_config=peft_config' if peft else ''})\n"
-            + "trainer.train()\ntrainer.save_model(OUT)\ntokenizer.save_pretrained(OUT)\nprint(f\"saved to {OUT}\")\n")
+def script_trainer(objective: str, part: str) -> str:
+    """A part of the SFT script's trainer lines with the pair trainer's names (and its import before the config)."""
+    name = objective.upper()
+    if "SFTConfig(" in part:
+        module = "trl" if objective == "dpo" else "trl.experimental.orpo"
+        why = ("# DPO's reference is the base with the adapter switched off: no ref_model, no second copy\n"
+               if objective == "dpo" else "# ORPO needs no reference model\n")
+        part = f"from {module} import {name}Config, {name}Trainer  # noqa: E402\n{why}" + part
+    return part.replace("SFTConfig(", f"{name}Config(").replace("SFTTrainer(", f"{name}Trainer(")
