@@ -219,3 +219,18 @@ def test_the_exported_script_trains_the_same_pair_trainer(tiny, tmp_path):
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     assert "eval_rewards/margins" in run.stdout + run.stderr  # DPO evaluated the held-out pairs
+
+
+def test_a_cancelled_dpo_job_leaves_a_checkpoint_and_resume_finishes_it(tiny, tmp_path):
+    from engine.train.events import Evaluation, Progress
+    from engine.train.run import train
+
+    plan, out, seen = _plan(tiny, max_steps=4, save_steps=50, eval_generations=0), tmp_path / "job", []
+    stopped = train(plan, out, report=lambda e: seen.append(e) if isinstance(e, Progress) else None,
+                    should_stop=lambda: len(seen) >= 2)
+    assert stopped.stopped and stopped.steps == 2 and (out / "checkpoints" / "checkpoint-2").is_dir()
+    events = []
+    resumed = train(plan, out, report=events.append, resume=True)
+    assert not resumed.stopped and resumed.steps == 4
+    adapter = [e.evaluation for e in events if isinstance(e, Evaluation)][-1]["adapter"]
+    assert adapter["preference_accuracy"] is not None and adapter["reward_margin"] > 0
