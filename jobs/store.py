@@ -86,6 +86,7 @@ class Job(SQLModel, table=True):
     step_seconds: float | None = None
     host: str | None = None  # the machine the worker ran on
     ray_job_id: str | None = None  # set when the job was submitted to a Ray cluster
+    sweep_id: int | None = Field(default=None, index=True)  # the search this job is a trial of (jobs.sweep)
 
 
 class Metric(SQLModel, table=True):
@@ -369,4 +370,5 @@ def job_detail(job: Job) -> dict:
     return detail
 
 
-from jobs import library  # noqa: E402,F401 - registers the adapter table beside the job tables (one schema)
+# registers the adapter and sweep tables beside the job tables (one schema)
+from jobs import library, sweep_table  # noqa: E402,F401

@@ -17,7 +17,7 @@ from engine.errors import UserError
 
 # Modules that contribute subcommands, in the order they appear in --help.
 COMMAND_MODULES = ("ui.cli.serve", "ui.cli.estimate", "ui.cli.data", "ui.cli.jobs", "ui.cli.runs",
-                   "ui.cli.adapters", "ui.cli.recipe")
+                   "ui.cli.adapters", "ui.cli.recipe", "ui.cli.sweep")
 
 
 class _Parser(argparse.ArgumentParser):
