@@ -25,6 +25,7 @@ from sqlmodel import select
 from engine import paths
 from engine.advice import space
 from engine.errors import UserError, one_of
+from engine.model import introspect
 from engine.plan import TrainingPlan
 from jobs import dispatcher, library, store, sweep_study
 from jobs.sweep_table import SWEEP_FINISHED, SWEEP_RESUMABLE, Sweep, SweepStatus
@@ -122,19 +123,37 @@ def check_metric(metric: str, plan: TrainingPlan) -> None:
                         "above 0 or rank by loss")
 
 
-def create(plan: TrainingPlan, trials: int | None = None, minutes: float | None = None,
-           space_specs: list[str] | dict | None = None, metric: str = "loss", start: bool = True) -> Sweep:
+def trial_value(job, metric: str) -> float | None:
+    """The job's held-out figure a sweep ranks on: the adapter's, after training."""
+    scores = (store.job_evaluation(job) or {}).get("adapter") or {}
+    value = scores.get(metric)
+    return float(value) if value is not None else None
+
+
+def create(plan: TrainingPlan | None = None, trials: int | None = None, minutes: float | None = None,
+           space_specs: list[str] | dict | None = None, metric: str = "loss", start: bool = True,
+           from_job: int | None = None) -> Sweep:
     """Check everything, then write the row and the study with the plan enqueued as trial 0.
 
+    `from_job`: a succeeded job is trial 0 as it ran (its plan, its measured score), and the
+    budget's other trials are variations of it ("Try N variations").
     On any UserError nothing exists: no row, no study, no process."""
+    job = None
+    if from_job is not None:
+        job = store.get_job(from_job)
+        if job.status != store.JobStatus.SUCCEEDED:
+            raise UserError("job", f"job {job.id} is {job.status}; variations start from a succeeded job")
+        plan = store.job_plan(job).updated(name=plan.name if plan is not None and plan.name else None)
+        if trial_value(job, metric) is None:
+            raise UserError("metric", f"job {job.id} has no held-out {metric} to start from; pick another metric")
+    if plan is None:
+        raise UserError("plan", "give a plan (a plan file or plan flags) or a finished job to start from")
     check_budget(trials, minutes)
     check_metric(metric, plan)
     overrides = space.parse(space_specs, plan)
     estimate = dispatcher.validate(plan)  # the model, the data, the estimate: what `train` checks
     if estimate.memory.fits is False:
         raise UserError("memory", f"not started: trial 0, the plan itself, does not fit: {estimate.memory.verdict}")
-    from engine.model import introspect
-
     dims = space.build(plan, introspect.resolve(plan.model).total_params / 1e9, overrides)
     row = Sweep(name=plan.name or "", metric=metric, direction=METRICS[metric], budget_trials=trials,
                 budget_seconds=minutes * 60 if minutes is not None else None, plan_json=plan.model_dump_json(),
@@ -148,7 +167,10 @@ def create(plan: TrainingPlan, trials: int | None = None, minutes: float | None 
             row.name = f"sweep-{row.id}"
             update(row.id, name=row.name)
         study = sweep_study.create(row.id, row.direction, plan.seed)
-        study.enqueue_trial(space.start_point(plan, dims), user_attrs={"start": "the plan itself"})
+        if job is not None:
+            sweep_study.add_finished(study, job, space.start_point(plan, dims), dims, trial_value(job, metric))
+        else:
+            study.enqueue_trial(space.start_point(plan, dims), user_attrs={"start": "the plan itself"})
     except BaseException:
         sweep_study.delete(row.id)
         with store.session() as s:

@@ -157,7 +157,7 @@ class Driver:
             store.update_job(job.id, (job.status,), error=attrs["reason"])
             return True
         if job.status == JobStatus.SUCCEEDED:
-            value = trial_value(job, self.row.metric)
+            value = sweep.trial_value(job, self.row.metric)
             if value is None:
                 self.fail(trial.number, f"job {job.id} has no held-out {self.row.metric}")
                 return True
@@ -233,13 +233,6 @@ class Driver:
         self.set_attr(self.study.get_trials(deepcopy=False)[number], "reason", reason)
         self.study.tell(number, state=TrialState.FAIL)
         sweep.append_log(self.id, f"trial {number} failed: {reason}")
-
-
-def trial_value(job, metric: str) -> float | None:
-    """The job's held-out figure the sweep ranks on: the adapter's, after training."""
-    scores = (store.job_evaluation(job) or {}).get("adapter") or {}
-    value = scores.get(metric)
-    return float(value) if value is not None else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -97,6 +97,28 @@ def sampler(seed: int):
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP)
 
 
+def distribution(dim):
+    """The Optuna distribution of an engine.advice.space dimension (what `Dim.suggest` asks for)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if dim.choices:
+        return CategoricalDistribution(list(dim.choices))
+    if dim.integer:
+        return IntDistribution(int(dim.low), int(dim.high), log=dim.log)
+    return FloatDistribution(float(dim.low), float(dim.high), log=dim.log)
+
+
+def add_finished(study, job, point: dict, dims: dict, value: float) -> None:
+    """A job that already ran the plan becomes trial 0, complete, with its held-out losses: the
+    search starts from what it measured instead of training the same plan again."""
+    import optuna
+
+    losses = {m.step: m.eval_loss for m in store.job_metrics(job.id) if m.eval_loss is not None}
+    study.add_trial(optuna.trial.create_trial(
+        params=point, distributions={f: distribution(d) for f, d in dims.items()}, value=value,
+        intermediate_values=losses, user_attrs={"job_id": job.id, "start": f"job {job.id}"}))
+
+
 # --- pruning ---------------------------------------------------------------------------------
 def worse_by(value: float, others: list[float]) -> str | None:
     """Why a held-out loss is clearly worse than the other trials' at the same step, or None."""
@@ -136,7 +158,9 @@ def pruner():
 
 # --- reading trials ------------------------------------------------------------------------------
 def trial_json(t) -> dict:
-    return {"number": t.number, "job_id": t.user_attrs.get("job_id"), "params": dict(t.params),
+    # a queued trial has no params yet, only the values it was enqueued with (trial 0: the plan's)
+    params = dict(t.params) or dict(t.system_attrs.get("fixed_params") or {})
+    return {"number": t.number, "job_id": t.user_attrs.get("job_id"), "params": params,
             "value": t.value, "state": STATES.get(t.state.name, t.state.name.lower()),
             "reason": t.user_attrs.get("reason")}
 

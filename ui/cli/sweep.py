@@ -33,6 +33,8 @@ def register(sub) -> None:
     p.add_argument("--space", action="append", default=[], metavar="FIELD=VALUES",
                    help=f"search these values of a plan field instead of the rules' default: {space.SYNTAX}; "
                    "repeat for several fields")
+    p.add_argument("--from-job", type=int, default=None, metavar="ID",
+                   help="start from a succeeded job: it is trial 0 as it ran, the other trials are variations of it")
     p.add_argument("--metric", default="loss", choices=("loss", "exact_match", "f1", "rougeL"),
                    help="what ranks the trials, on the held-out rows (loss: lower is better; the rest: higher)")
     p.add_argument("--wait", action="store_true", help="stay, print each trial, exit 0 once a best trial is found")
@@ -59,9 +61,16 @@ def cmd_sweep(ns) -> int:
         return _follow(row.id, ns.json) if action == "resume" and ns.wait else 0
     if len(ns.target) > 1:
         raise UserError("sweep", f"give one plan file, not {len(ns.target)}: {' '.join(ns.target)}")
-    base = read_plan_file(ns.target[0]) if ns.target else None
-    plan = plan_from_args(ns, base=base)
-    row = sweep.create(plan, trials=ns.trials, minutes=ns.budget_minutes, space_specs=ns.space, metric=ns.metric)
+    if ns.from_job is not None:
+        given = [f for f in TrainingPlan.model_fields if f != "name" and getattr(ns, f, None) is not None]
+        if ns.target or given:
+            raise UserError("from_job", "trial 0 is the job as it ran; give --from-job or a plan (file or "
+                            f"flags), not both ({', '.join(ns.target + given)})")
+        plan = TrainingPlan.build(name=ns.name) if ns.name else None
+    else:
+        plan = plan_from_args(ns, base=read_plan_file(ns.target[0]) if ns.target else None)
+    row = sweep.create(plan, trials=ns.trials, minutes=ns.budget_minutes, space_specs=ns.space, metric=ns.metric,
+                       from_job=ns.from_job)
     if not ns.json:
         budget = f"{row.budget_trials} trials" if row.budget_trials else f"{row.budget_seconds / 60:g} minutes"
         print(f"sweep {row.id} {row.status}: {row.name}, {budget}, ranked by held-out {row.metric}")

@@ -14,7 +14,7 @@ import gradio as gr
 from engine import units
 from engine.errors import UserError
 from engine.plan import DIFFICULTY_QUESTION, TrainingPlan
-from ui.web import charts, first_run, html, refusals, review, steps
+from ui.web import charts, first_run, html, refusals, review, steps, sweep_page
 
 
 def context_from(model, difficulty, dataset, rows, hw_kind, gpu, budget, name) -> dict:
@@ -127,6 +127,7 @@ def build() -> SimpleNamespace:
             ui.rec_key = gr.State(None)
             ui.ctx = gr.State(None)  # the earlier steps' answers as plan fields, set on entering the review
             ui.shown = gr.State({})  # the figures the page shows (server-side), so unchanged ones are not resent
+            ui.search = sweep_page.search_panel()  # a budgeted search around these settings (ui/web/sweep_page.py)
             ui.next4 = gr.Button("Next: launch →", variant="primary", elem_classes="lp-next", elem_id="next4")
 
         # 5 ------------------------------------------------------------------------------
@@ -153,6 +154,9 @@ def _wire(ui: SimpleNamespace) -> None:
     ui.plan_inputs = ui.context_inputs + [ui.form[f] for f in review.FORM_FIELDS]
     for wire_step in (_wire_model, _wire_data, _wire_hardware, _wire_review, _wire_launch):
         wire_step(ui)
+    n = len(ui.context_inputs)
+    sweep_page.wire_search(ui.search, ui.plan_inputs,
+                           lambda *v: review.plan_from_values(context_from(*v[:n]), list(v[n:])))
 
 
 def _wire_model(ui: SimpleNamespace) -> None:
