@@ -179,9 +179,35 @@ def _wait_sweep(sweep_id, until, quiet_s: float = 240.0):
         time.sleep(0.2)
 
 
+def _page_shows(home, sweep_id: int, screenshot) -> None:
+    """The sweep page in a real browser (Debian's chromium, as tests/test_browser.py drives it)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_browser import launch_browser, plot_points, start_server, stop_server
+
+    proc, url, _ = start_server(home)
+    try:
+        with sync_playwright() as p:
+            browser = launch_browser(p)
+            page = browser.new_page(viewport={"width": 1360, "height": 1000})
+            page.set_default_timeout(90_000)
+            page.goto(f"{url}/?sweep={sweep_id}")
+            page.wait_for_selector("#what-mattered:has-text('mattered')")
+            assert f"Sweep {sweep_id}: sums-search" in page.inner_text("#sweep-header")
+            trials = page.inner_text("#sweep-trials")
+            assert "pruned" in trials and "complete" in trials
+            page.wait_for_function("document.querySelector('#sweep-history .js-plotly-plot') !== null")
+            assert plot_points(page, "sweep-history") >= 1  # Optuna's optimisation history, as Plotly drew it
+            page.screenshot(path=str(screenshot), full_page=True)
+            browser.close()
+    finally:
+        stop_server(proc)
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("no_process_left_behind")
-def test_a_sweep_starts_from_the_plan_prunes_a_bad_trial_and_publishes_the_best(tiny, capsys):
+def test_a_sweep_starts_from_the_plan_prunes_a_bad_trial_and_publishes_the_best(tiny, capsys, lorapilot_home,
+                                                                               tmp_path):
     plan = _plan(tiny, name="sums-search")
     row = sweep.create(plan, trials=3, start=False)
     # trial 1 is arranged to be clearly bad, through Optuna's own queue: a learning rate 100,000x too high
@@ -221,6 +247,9 @@ def test_a_sweep_starts_from_the_plan_prunes_a_bad_trial_and_publishes_the_best(
     again = sweep.detail(more)["trials"]
     assert [(t["number"], t["state"], t["job_id"], t["value"]) for t in again] == [
         (0, "complete", best["job_id"], best["value"])]
+
+    if os.path.exists("/usr/bin/chromium"):  # `make test` installs it; the page needs nothing else
+        _page_shows(lorapilot_home, row.id, tmp_path / "sweep-page.png")
 
 
 @pytest.mark.slow
