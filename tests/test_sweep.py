@@ -16,7 +16,7 @@ from engine.advice import space
 from engine.errors import UserError
 from engine.plan import TrainingPlan
 from engine.train import faults
-from jobs import dispatcher, library, schema, store, sweep, sweep_study
+from jobs import dispatcher, library, schema, store, sweep, sweep_driver, sweep_study
 from tests.jobwait import tiny_files, wait_for
 from ui.cli.main import run as cli
 
@@ -133,6 +133,25 @@ def test_the_study_lives_beside_the_job_tables_without_touching_their_schema(tin
     trials = sweep.detail(sweep.get(row.id))["trials"]
     assert [(t["number"], t["state"]) for t in trials] == [(0, "queued")]
     assert trials[0]["params"] == space.start_point(_plan(tiny), sweep.space_of(row))
+
+
+def test_a_trial_whose_eta_does_not_fit_the_time_left_is_never_started(tiny):
+    row = sweep.create(_plan(tiny), minutes=1, start=False)
+    study = sweep_study.load(row.id)
+    first = study.ask()  # trial 0 as a finished run leaves it: 50 s of wall time against a 1 s estimate
+    space.suggest(first, sweep.space_of(row))
+    study._storage.set_trial_user_attr(first._trial_id, "wall_seconds", 50.0)
+    study._storage.set_trial_user_attr(first._trial_id, "eta_seconds", 1.0)
+    study.tell(first, 3.0)
+    sweep.update(row.id, elapsed_seconds=20.0)  # 40 s left: the next trial's ETA is its estimate + 49 s
+
+    driver = sweep_driver.Driver(row.id)
+    trial = driver.study.ask()
+    assert driver.start(trial, space.suggest(trial, driver.dims)) is False  # the search ends here
+    refused = sweep.detail(sweep.get(row.id))["trials"][1]
+    assert refused["state"] == "failed" and refused["reason"].startswith("not started: its ETA (49 s") and \
+        refused["reason"].endswith("than the 40 s left of the time budget"), refused
+    assert store.list_jobs() == []
 
 
 # --- real sweeps --------------------------------------------------------------------------------

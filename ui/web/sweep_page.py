@@ -170,7 +170,9 @@ def build() -> SimpleNamespace:
             ui.parallel = gr.Plot(show_label=False, elem_id="sweep-parallel")
             ui.importances = gr.Plot(show_label=False, elem_id="sweep-importances")
     ui.timer = gr.Timer(REFRESH_S)
-    ui.outputs = [ui.table, ui.select, ui.header, ui.trials, ui.mattered, ui.history, ui.parallel, ui.importances]
+    ui.sig = gr.State(None)
+    ui.outputs = [ui.table, ui.select, ui.header, ui.trials, ui.mattered, ui.history, ui.parallel, ui.importances,
+                  ui.sig]
     _wire(ui)
     return ui
 
@@ -181,6 +183,28 @@ def choices() -> list[tuple[str, str]]:
     return [(f"#{r.id} · {r.name} ({r.status})", str(r.id)) for r in sweep.list_sweeps()]
 
 
+def signature(sweep_id) -> tuple | None:
+    """What a redraw depends on: the sweep's row and its trials' states and values."""
+    from jobs import sweep
+
+    if not sweep_id:
+        return None
+    try:
+        row = sweep.get(sweep_id)
+        trials = sweep.detail(row)["trials"]
+    except Exception:  # noqa: BLE001 - render() says what is wrong
+        return None
+    return (row.id, row.status, row.adapter_name, tuple((t["state"], t["value"], t["job_id"]) for t in trials))
+
+
+def tick(sweep_id, sig) -> list:
+    """The timer's redraw: nothing when no sweep is open or nothing changed."""
+    new = signature(sweep_id)
+    if new is None or new == sig:
+        return [gr.skip()] * 9
+    return render(sweep_id)
+
+
 def render(sweep_id) -> list:
     try:
         v = sweep_view(sweep_id)
@@ -188,7 +212,7 @@ def render(sweep_id) -> list:
         v = {**sweep_view(None), "header": html.error_notice(exc)}
     return [sweeps_table(), gr.Dropdown(choices=choices(), value=str(sweep_id) if sweep_id else None), v["header"],
             v["trials"], v["mattered"], v["history"], gr.Plot(v["parallel"], visible=v["parallel"] is not None),
-            gr.Plot(v["importances"], visible=v["importances"] is not None)]
+            gr.Plot(v["importances"], visible=v["importances"] is not None), signature(sweep_id)]
 
 
 def on_load(request: gr.Request) -> list:
@@ -207,7 +231,7 @@ def _act(action: str, sweep_id) -> str:
 
 
 def _wire(ui: SimpleNamespace) -> None:
-    ui.timer.tick(render, ui.select, ui.outputs, show_progress="hidden")
+    ui.timer.tick(tick, [ui.select, ui.sig], ui.outputs, show_progress="hidden")
     ui.select.input(render, ui.select, ui.outputs, show_progress="hidden").then(
         None, ui.select, None, js="(s) => { if (s) history.replaceState(null, '', '?sweep=' + s); }")
     ui.cancel.click(lambda s: _act("cancel", s), ui.select, ui.notice)
