@@ -154,6 +154,16 @@ def test_a_trial_whose_eta_does_not_fit_the_time_left_is_never_started(tiny):
     assert store.list_jobs() == []
 
 
+def test_a_queued_sweep_cancels_at_once_and_can_resume(tiny, capsys):
+    row = sweep.create(_plan(tiny), trials=2, start=False)
+    assert cli(["sweep", "cancel", str(row.id)]) == 0
+    assert sweep.get(row.id).status == "cancelled" and f"sweep {row.id} cancelled" in capsys.readouterr().out
+    assert cli(["sweep", "cancel", str(row.id)]) == 2
+    assert capsys.readouterr().err == (f"error: sweep: sweep {row.id} is cancelled; only a queued or running sweep "
+                                       "can be cancelled\n")
+    assert sweep.resume(row.id, start=False).status == "queued"
+
+
 # --- real sweeps --------------------------------------------------------------------------------
 def _kill_tree(pid: int | None) -> None:
     if pid:
