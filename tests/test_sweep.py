@@ -223,7 +223,7 @@ def _page_shows(home, sweep_id: int, screenshot) -> None:
             page.goto(f"{url}/?sweep={sweep_id}")
             page.wait_for_selector("#what-mattered:has-text('mattered')")
             assert f"Sweep {sweep_id}: sums-search" in page.inner_text("#sweep-header")
-            trials = page.inner_text("#sweep-trials")
+            trials = page.inner_text("#sweep-trials").lower()  # badges are upper-cased by the style sheet
             assert "pruned" in trials and "complete" in trials
             page.wait_for_function("document.querySelector('#sweep-history .js-plotly-plot') !== null")
             assert plot_points(page, "sweep-history") >= 1  # Optuna's optimisation history, as Plotly drew it
