@@ -1,6 +1,6 @@
 """Search for better settings: create, list, show, cancel and resume a sweep.
 
-A sweep is a row (jobs.sweep_table), an Optuna study (jobs.sweep_study) and a driver process
+A sweep is a row (jobs.tables.Sweep), an Optuna study (jobs.sweep_study) and a driver process
 (jobs.sweep_driver) that asks the study for a trial, queues it as an ordinary job (linked by
 `job.sweep_id`), reports the job's held-out loss to the study, prunes it through the job's
 graceful cancel, and stops when the budget is spent. Trial 0 is the plan the sweep starts from.
@@ -18,8 +18,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import timedelta, timezone
+from datetime import timedelta
 
+import psutil
+from sqlalchemy import update as sql_update
 from sqlmodel import select
 
 from engine import paths
@@ -28,7 +30,9 @@ from engine.errors import UserError, one_of
 from engine.model import introspect
 from engine.plan import TrainingPlan
 from jobs import dispatcher, library, store, sweep_study
-from jobs.sweep_table import SWEEP_FINISHED, SWEEP_RESUMABLE, Sweep, SweepStatus
+from jobs.db import session
+from jobs.tables import SWEEP_FINISHED, SWEEP_RESUMABLE, JobStatus, Sweep, SweepStatus, now
+from jobs.views import iso
 
 METRICS = {"loss": "minimize", "exact_match": "maximize", "f1": "maximize", "rougeL": "maximize"}
 SPAWN_GRACE_S = 60  # a queued sweep waits this long for its driver to claim it before it counts as lost
@@ -42,7 +46,7 @@ def log_path(sweep_id: int):
 
 def append_log(sweep_id: int, line: str) -> None:
     with open(log_path(sweep_id), "a", encoding="utf-8") as fh:
-        fh.write(f"[{store.now().isoformat(timespec='seconds')}] {line}\n")
+        fh.write(f"[{now().isoformat(timespec='seconds')}] {line}\n")
 
 
 # --- reads -------------------------------------------------------------------------------------
@@ -51,7 +55,7 @@ def get(sweep_id) -> Sweep:
         key = int(sweep_id)
     except (TypeError, ValueError):
         raise UserError("sweep", f"'{sweep_id}' is not a sweep id; ids are whole numbers (see `sweeps`)") from None
-    with store.session() as s:
+    with session() as s:
         row = s.get(Sweep, key)
     if row is None:
         raise UserError("sweep", f"no sweep with id {key}; `python app.py sweeps` lists them")
@@ -59,7 +63,7 @@ def get(sweep_id) -> Sweep:
 
 
 def list_sweeps() -> list[Sweep]:
-    with store.session() as s:
+    with session() as s:
         return list(s.exec(select(Sweep).order_by(Sweep.id.desc())))
 
 
@@ -72,12 +76,10 @@ def space_of(row: Sweep) -> dict[str, space.Dim]:
 
 
 def update(sweep_id: int, only_if_status: tuple[str, ...] | None = None, **values) -> bool:
-    from sqlalchemy import update as sql_update
-
     stmt = sql_update(Sweep).where(Sweep.id == int(sweep_id)).values(**values)
     if only_if_status:
         stmt = stmt.where(Sweep.status.in_(only_if_status))
-    with store.session() as s:
+    with session() as s:
         result = s.exec(stmt)
         s.commit()
         return result.rowcount == 1
@@ -91,7 +93,7 @@ def detail(row: Sweep) -> dict:
         "budget": {"trials": row.budget_trials,
                    "minutes": row.budget_seconds / 60 if row.budget_seconds is not None else None},
         "elapsed_seconds": round(row.elapsed_seconds, 1), "error": row.error, "adapter": row.adapter_name,
-        "created_at": store._iso(row.created_at), "finished_at": store._iso(row.finished_at),
+        "created_at": iso(row.created_at), "finished_at": iso(row.finished_at),
         "plan": json.loads(row.plan_json), "space": json.loads(row.space_json),
         "trials": [sweep_study.trial_json(t) for t in study.get_trials(deepcopy=False)],
         "best": sweep_study.best(study),
@@ -100,7 +102,7 @@ def detail(row: Sweep) -> dict:
 
 def summary(row: Sweep) -> dict:
     return {"id": row.id, "name": row.name, "status": row.status, "metric": row.metric,
-            "created_at": store._iso(row.created_at), "best_job_id": row.best_job_id, "adapter": row.adapter_name}
+            "created_at": iso(row.created_at), "best_job_id": row.best_job_id, "adapter": row.adapter_name}
 
 
 # --- create ----------------------------------------------------------------------------------
@@ -141,7 +143,7 @@ def create(plan: TrainingPlan | None = None, trials: int | None = None, minutes:
     job = None
     if from_job is not None:
         job = store.get_job(from_job)
-        if job.status != store.JobStatus.SUCCEEDED:
+        if job.status != JobStatus.SUCCEEDED:
             raise UserError("job", f"job {job.id} is {job.status}; variations start from a succeeded job")
         plan = store.job_plan(job).updated(name=plan.name if plan is not None and plan.name else None)
         if trial_value(job, metric) is None:
@@ -158,7 +160,7 @@ def create(plan: TrainingPlan | None = None, trials: int | None = None, minutes:
     row = Sweep(name=plan.name or "", metric=metric, direction=METRICS[metric], budget_trials=trials,
                 budget_seconds=minutes * 60 if minutes is not None else None, plan_json=plan.model_dump_json(),
                 space_json=json.dumps([d.to_json() for d in dims.values()]))
-    with store.session() as s:
+    with session() as s:
         s.add(row)
         s.commit()
         s.refresh(row)
@@ -173,7 +175,7 @@ def create(plan: TrainingPlan | None = None, trials: int | None = None, minutes:
             study.enqueue_trial(space.start_point(plan, dims), user_attrs={"start": "the plan itself"})
     except BaseException:
         sweep_study.delete(row.id)
-        with store.session() as s:
+        with session() as s:
             s.delete(s.get(Sweep, row.id))
             s.commit()
         raise
@@ -203,8 +205,6 @@ def spawn(sweep_id: int) -> None:
 def driver_alive(pid: int | None, sweep_id: int) -> bool:
     if not pid:
         return False
-    import psutil
-
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
@@ -224,11 +224,11 @@ def reconcile() -> list[int]:
         if row.status == SweepStatus.RUNNING and not driver_alive(row.pid, row.id):
             reason = f"the sweep's driver (pid {row.pid}) ended without finishing; `sweep resume {row.id}` continues"
         elif (row.status == SweepStatus.QUEUED and row.pid is None
-              and store.now() - row.queued_at.replace(tzinfo=timezone.utc) > timedelta(seconds=SPAWN_GRACE_S)):
+              and now() - row.queued_at > timedelta(seconds=SPAWN_GRACE_S)):
             reason = f"the sweep's driver never started; `sweep resume {row.id}` starts it"
         else:
             continue
-        if update(row.id, (row.status,), status=SweepStatus.INTERRUPTED, error=reason, finished_at=store.now()):
+        if update(row.id, (row.status,), status=SweepStatus.INTERRUPTED, error=reason, finished_at=now()):
             append_log(row.id, "interrupted: " + reason)
             changed.append(row.id)
     return changed
@@ -242,7 +242,7 @@ def cancel(sweep_id) -> Sweep:
     row = get(sweep_id)
     if row.status in SWEEP_FINISHED:
         raise UserError("sweep", f"sweep {row.id} is {row.status}; only a queued or running sweep can be cancelled")
-    if update(row.id, (SweepStatus.QUEUED,), status=SweepStatus.CANCELLED, finished_at=store.now(),
+    if update(row.id, (SweepStatus.QUEUED,), status=SweepStatus.CANCELLED, finished_at=now(),
               error="cancelled before its driver started"):
         append_log(row.id, "cancelled while queued")
         return get(row.id)
@@ -255,10 +255,10 @@ def cancel(sweep_id) -> Sweep:
         if job_id is None:
             continue
         study._storage.set_trial_user_attr(t._trial_id, "paused", True)  # resume continues this trial's job
-        if store.get_job(job_id).status in (store.JobStatus.QUEUED, store.JobStatus.RUNNING):
+        if store.get_job(job_id).status in (JobStatus.QUEUED, JobStatus.RUNNING):
             dispatcher.cancel(job_id, wait=False)
     if not driver_alive(get(row.id).pid, row.id):  # nobody else will write the verdict
-        update(row.id, (SweepStatus.RUNNING,), status=SweepStatus.CANCELLED, finished_at=store.now(),
+        update(row.id, (SweepStatus.RUNNING,), status=SweepStatus.CANCELLED, finished_at=now(),
                error="cancelled")
     append_log(row.id, "cancel requested")
     return get(row.id)
@@ -270,7 +270,7 @@ def resume(sweep_id, start: bool = True) -> Sweep:
     if row.status not in SWEEP_RESUMABLE:
         raise UserError("sweep", f"sweep {row.id} is {row.status}; only {one_of(SWEEP_RESUMABLE)} sweeps can resume")
     if not update(row.id, SWEEP_RESUMABLE, status=SweepStatus.QUEUED, pid=None, cancel_requested=False,
-                  error=None, finished_at=None, queued_at=store.now()):
+                  error=None, finished_at=None, queued_at=now()):
         raise UserError("sweep", f"sweep {row.id} changed state meanwhile; look again with `sweep show {row.id}`")
     append_log(row.id, "resume requested")
     if start:

@@ -22,8 +22,7 @@ from engine.advice import space
 from engine.errors import UserError
 from engine.units import human_seconds
 from jobs import dispatcher, store, sweep, sweep_study
-from jobs.store import JobStatus
-from jobs.sweep_table import SweepStatus
+from jobs.tables import FINISHED, JobStatus, SweepStatus, now
 
 POLL_S = 0.5
 MAX_JOB_RESUMES = 3  # a trial whose job keeps dying is failed, not resumed forever
@@ -131,14 +130,14 @@ class Driver:
                     reported.add(m.step)
                     trial.report(m.eval_loss, m.step)
                     self.maybe_prune(trial, job, m.step, m.eval_loss)
-            if job.status in store.FINISHED:
+            if job.status in FINISHED:
                 if self.conclude(trial, job):
                     return
                 continue  # its job was resumed
             time.sleep(POLL_S)
 
     def maybe_prune(self, trial, job, step: int, loss: float) -> None:
-        if "pruned_at" in self.attrs(trial) or job.status in store.FINISHED or not trial.should_prune():
+        if "pruned_at" in self.attrs(trial) or job.status in FINISHED or not trial.should_prune():
             return
         why = sweep_study.worse_by(loss, sweep_study.others_at(self.study, step, trial.number)) or "pruned"
         self.set_attr(trial, "pruned_at", step)
@@ -197,11 +196,11 @@ class Driver:
     def finish(self) -> None:
         best = sweep_study.best(self.study)
         if best is None:
-            sweep.update(self.id, (SweepStatus.RUNNING,), status=SweepStatus.FAILED, finished_at=store.now(),
+            sweep.update(self.id, (SweepStatus.RUNNING,), status=SweepStatus.FAILED, finished_at=now(),
                          elapsed_seconds=self.elapsed(), error="no trial completed; see each trial's reason")
             return
         name = sweep.publish_best(self.row, best)
-        sweep.update(self.id, (SweepStatus.RUNNING,), status=SweepStatus.SUCCEEDED, finished_at=store.now(),
+        sweep.update(self.id, (SweepStatus.RUNNING,), status=SweepStatus.SUCCEEDED, finished_at=now(),
                      elapsed_seconds=self.elapsed(), best_job_id=best["job_id"], adapter_name=name, error=None)
         sweep.append_log(self.id, f"succeeded: best trial {best['number']} (job {best['job_id']}), "
                          f"{self.row.metric} {best['value']:.4f}" + (f"; adapter '{name}'" if name else ""))
@@ -249,13 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         Driver(sweep_id).run()
     except Cancelled:
-        sweep.update(sweep_id, (SweepStatus.RUNNING,), status=SweepStatus.CANCELLED, finished_at=store.now(),
+        sweep.update(sweep_id, (SweepStatus.RUNNING,), status=SweepStatus.CANCELLED, finished_at=now(),
                      error="cancelled; `sweep resume` continues from the trial that was running")
         sweep.append_log(sweep_id, "cancelled")
     except BaseException as exc:  # noqa: BLE001 - every failure becomes the sweep's reason
         traceback.print_exc()
         reason = exc.message if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
-        sweep.update(sweep_id, (SweepStatus.RUNNING,), status=SweepStatus.FAILED, finished_at=store.now(),
+        sweep.update(sweep_id, (SweepStatus.RUNNING,), status=SweepStatus.FAILED, finished_at=now(),
                      error=f"the sweep's driver failed: {reason}; `sweep resume {sweep_id}` retries")
         sweep.append_log(sweep_id, f"failed: {reason}")
         return 1

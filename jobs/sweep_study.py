@@ -25,7 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from engine.errors import UserError
-from jobs import store
+from jobs import db, store
 
 MARGIN = 0.2  # "clearly worse": 20% above the median of the other trials at the same step
 TPE_STARTUP = 4  # random trials before TPE models the space (Optuna's default, 10, outlasts most budgets)
@@ -44,7 +44,7 @@ def storage():
     """The RDBStorage beside the job store (see the module docstring), one per URL and process."""
     import optuna
 
-    url = make_url(store.database_url())
+    url = make_url(db.database_url())
     key = url.render_as_string(hide_password=False)
     with _lock:
         if key in _storages:
@@ -53,11 +53,11 @@ def storage():
             if not url.database or url.database == ":memory:":
                 raise UserError("DATABASE_URL", "sweeps need a database file or server; an in-memory SQLite "
                                 "database does not outlive the process")
-            db = Path(url.database)
-            target = url.set(database=str(db.with_name(db.stem + "-optuna" + (db.suffix or ".db"))))
+            path = Path(url.database)
+            target = url.set(database=str(path.with_name(path.stem + "-optuna" + (path.suffix or ".db"))))
             kwargs = {"connect_args": {"timeout": 30}}
         elif url.get_backend_name() == "postgresql":
-            with store.db_engine().begin() as conn:
+            with db.db_engine().begin() as conn:
                 conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
             target, kwargs = url, {"connect_args": {"options": f"-csearch_path={SCHEMA}"}, "pool_pre_ping": True}
         else:

@@ -16,7 +16,7 @@ from engine.advice import space
 from engine.errors import UserError
 from engine.plan import TrainingPlan
 from engine.train import faults
-from jobs import dispatcher, library, schema, store, sweep, sweep_driver, sweep_study
+from jobs import db, dispatcher, library, schema, store, sweep, sweep_driver, sweep_study
 from tests.jobwait import tiny_files, wait_for
 from ui.cli.main import run as cli
 
@@ -126,7 +126,7 @@ def test_the_study_lives_beside_the_job_tables_without_touching_their_schema(tin
     """Optuna's RDBStorage versions its tables in Alembic's `alembic_version`, as the job store does:
     on SQLite it gets its own file, on PostgreSQL its own schema, so neither reads the other's revision."""
     row = sweep.create(_plan(tiny), trials=2, start=False)
-    with store.db_engine().connect() as conn:
+    with db.db_engine().connect() as conn:
         assert schema.current(conn) == schema.head()
         assert compare_metadata(MigrationContext.configure(conn), SQLModel.metadata) == []
     sweep_study._storages.clear()  # as a new process would: the study is read back from the database

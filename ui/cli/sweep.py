@@ -16,13 +16,15 @@ from engine.advice import space
 from engine.errors import UserError
 from engine.plan import TrainingPlan, add_plan_flags, plan_from_args
 from engine.units import human_seconds
+from jobs import sweep
+from jobs.tables import SWEEP_FINISHED, SweepStatus
+from ui.cli import commands
 
 ACTIONS = ("show", "cancel", "resume")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("sweep", help="search for better settings around a plan: trials ranked on held-out data "
-                       "(also: sweep show|cancel|resume ID)")
+    p = sub.add_parser("sweep", help=commands.help_for("sweep"))
     p.add_argument("target", nargs="*", metavar="PLAN.yaml | show|cancel|resume ID",
                    help="a plan file to search around, or an action on an existing sweep")
     add_plan_flags(p)
@@ -41,14 +43,12 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable sweep (with --wait: once it ends)")
     p.set_defaults(handler=cmd_sweep)
 
-    p = sub.add_parser("sweeps", help="list sweeps, newest first")
+    p = sub.add_parser("sweeps", help=commands.help_for("sweeps"))
     p.add_argument("--json", action="store_true", help="machine-readable list")
     p.set_defaults(handler=cmd_sweeps)
 
 
 def cmd_sweep(ns) -> int:
-    from jobs import sweep
-
     if ns.target and ns.target[0] in ACTIONS:
         action, rest = ns.target[0], ns.target[1:]
         if len(rest) != 1:
@@ -96,8 +96,6 @@ def read_plan_file(name: str) -> TrainingPlan:
 
 
 def cmd_sweeps(ns) -> int:
-    from jobs import sweep
-
     sweep.reconcile()
     rows = sweep.list_sweeps()
     if ns.json:
@@ -112,8 +110,6 @@ def cmd_sweeps(ns) -> int:
 
 
 def _show(row, as_json: bool) -> int:
-    from jobs import sweep
-
     detail = sweep.detail(row)
     if as_json:
         print(json.dumps(detail, indent=2))
@@ -145,9 +141,6 @@ def _trial_lines(detail: dict) -> list[str]:
 
 def _follow(sweep_id: int, as_json: bool, poll_s: float = 1.0) -> int:
     """Print each trial as it changes state, until the sweep ends. Ctrl-C leaves it running."""
-    from jobs import sweep
-    from jobs.sweep_table import SWEEP_FINISHED, SweepStatus
-
     seen: dict[int, str] = {}
     try:
         while True:

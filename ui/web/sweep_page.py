@@ -17,6 +17,7 @@ import gradio as gr
 from engine import units
 from engine.advice import space
 from engine.errors import UserError
+from jobs import sweep
 from ui.web import charts, html
 
 REFRESH_S = 2.0
@@ -65,8 +66,6 @@ def variations_panel() -> SimpleNamespace:
 
 def wire_variations(ui: SimpleNamespace, job_select) -> None:
     def start(job_id, count):
-        from jobs import sweep
-
         try:
             if not job_id:
                 raise UserError("job", "pick a finished job first")
@@ -81,8 +80,6 @@ def wire_variations(ui: SimpleNamespace, job_select) -> None:
 
 
 def _create(plan, kind: str, amount, metric: str):
-    from jobs import sweep
-
     if amount is None:
         raise UserError("budget", "give a number of trials or minutes")
     if kind == "minutes":
@@ -99,8 +96,6 @@ def _started(row) -> str:
 
 # --- the sweep page --------------------------------------------------------------------------------
 def sweeps_table() -> str:
-    from jobs import sweep
-
     rows = [(f'<a href="?sweep={r.id}" class="lp-joblink">#{r.id} {html.escape(r.name)}</a>', html.badge(r.status),
              space.METRIC_WORDS[r.metric], f"job {r.best_job_id}" if r.best_job_id else "—", r.adapter_name or "—")
             for r in sweep.list_sweeps()]
@@ -112,8 +107,6 @@ def sweeps_table() -> str:
 
 def sweep_view(sweep_id) -> dict:
     """Everything the page shows for one sweep (figures only once a trial has finished)."""
-    from jobs import sweep
-
     empty = charts.empty("Optimisation history", "No sweep selected", 320)
     out = {"header": "", "trials": "", "mattered": "", "history": empty, "parallel": None, "importances": None}
     if not sweep_id:
@@ -178,15 +171,11 @@ def build() -> SimpleNamespace:
 
 
 def choices() -> list[tuple[str, str]]:
-    from jobs import sweep
-
     return [(f"#{r.id} · {r.name} ({r.status})", str(r.id)) for r in sweep.list_sweeps()]
 
 
 def signature(sweep_id) -> tuple | None:
     """What a redraw depends on: the sweep's row and its trials' states and values."""
-    from jobs import sweep
-
     if not sweep_id:
         return None
     try:
@@ -221,8 +210,6 @@ def on_load(request: gr.Request) -> list:
 
 
 def _act(action: str, sweep_id) -> str:
-    from jobs import sweep
-
     try:
         row = sweep.cancel(sweep_id) if action == "cancel" else sweep.resume(sweep_id)
         return html.notice(f"Sweep {row.id}: {row.status}.", "ok")
