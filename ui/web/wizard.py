@@ -17,7 +17,7 @@ import gradio as gr
 from engine.errors import UserError
 from engine.estimate.combined import headline
 from engine.plan import DIFFICULTY_QUESTION, TrainingPlan
-from ui.web import charts, first_run, html, refusals, review, steps
+from ui.web import charts, first_run, html, refusals, review, steps, sweep_page
 
 # The earlier steps' answers, by the names handlers receive them under.
 ANSWERS = ("model", "difficulty", "dataset", "rows", "hw_kind", "gpu", "budget", "name")
@@ -166,6 +166,7 @@ def _review_step(ui: SimpleNamespace) -> None:
         ui.ctx = gr.State(None)  # the earlier steps' answers as plan fields, set on entering the review
         ui.valid = gr.State({})  # the form's last valid values: what a refused box goes back to
         ui.shown = gr.State({})  # the figures the page shows (server-side), so unchanged ones are not resent
+        ui.search = sweep_page.search_panel()  # a budgeted search around these settings (ui/web/sweep_page.py)
         ui.next4 = gr.Button("Next: launch →", variant="primary", elem_classes="lp-next", elem_id="next4")
 
 
@@ -190,6 +191,9 @@ def _goto(step: str):
 def _wire(ui: SimpleNamespace) -> None:
     for wire_step in (_wire_model, _wire_data, _wire_hardware, _wire_review, _wire_launch):
         wire_step(ui)
+    names = list(ui.plan_inputs)
+    sweep_page.wire_search(ui.search, [ui.plan_inputs[n] for n in names],
+                           lambda *values: plan_from(dict(zip(names, values))))
 
 
 def _wire_model(ui: SimpleNamespace) -> None:
