@@ -22,6 +22,7 @@ from pathlib import Path
 
 from engine.data.ref import DatasetRef
 from engine.errors import UserError, one_of
+from engine.model import availability
 from engine.plan import TrainingPlan
 from jobs import stall, store
 from jobs.launch import ray
@@ -58,6 +59,8 @@ def validate(plan: TrainingPlan):
     from engine.model import introspect
 
     introspect.resolve(plan.model)
+    if not ray.address():  # on a Ray cluster the nodes load the weights; this machine's files say nothing of theirs
+        availability.require(plan.model)  # before the data check, whose tokenizer would fail on the same cause
     from engine.data import dataset
 
     report = dataset.check_data(plan.dataset, model=plan.model, seq_len=plan.seq_len, data_format=plan.data_format,

@@ -20,7 +20,8 @@ from ui.web import charts, first_run, html, refusals, review, steps
 def context_from(model, difficulty, dataset, rows, hw_kind, gpu, budget, name) -> dict:
     """The earlier steps' answers as plan fields; raises UserError naming the missing one."""
     if not dataset:
-        raise UserError("dataset", "check the data in step 2 first (pick a demo skill or upload a file)")
+        raise UserError("dataset", "step 2 has no data that passed its check: pick a demo skill, or upload a "
+                        "file and fix what the check lists")
     ctx = {"model": (model or "default").strip(), "difficulty": difficulty or "balanced", "dataset": dataset,
            "dataset_rows": int(rows) if rows else None, "name": (name or "").strip() or None}
     ctx.update(steps.hardware_context(hw_kind, gpu, budget))
@@ -189,7 +190,8 @@ def _wire_data(ui: SimpleNamespace) -> None:
                                gr.update(visible=k == "upload")),
                     ui.source, [ui.skill, ui.skill_info, ui.upload]).then(check, data_inputs, data_outputs)
     ui.upload.clear(check, data_inputs, data_outputs)  # removing the file removes its report too
-    ui.next2.click(_goto("s3"), None, ui.steps)
+    # A failed check keeps the wizard on step 2, where its report names the row (steps.check_data_view)
+    ui.next2.click(lambda dataset: gr.Tabs(selected="s3" if dataset else "s2"), ui.dataset, ui.steps)
 
 
 def _wire_hardware(ui: SimpleNamespace) -> None:
@@ -224,7 +226,8 @@ def _wire_review(ui: SimpleNamespace) -> None:
 
     def plan_of(ctx, form_values):
         if ctx is None:
-            raise UserError("dataset", "check the data in step 2 first (pick a demo skill or upload a file)")
+            raise UserError("dataset", "step 2 has no data that passed its check: pick a demo skill, or upload a "
+                        "file and fix what the check lists")
         return review.plan_from_values(ctx, list(form_values))
 
     def update_numbers(ctx, lengths, *form_values):
