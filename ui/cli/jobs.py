@@ -138,7 +138,8 @@ def cmd_jobs(ns) -> int:
         return 0
     rows = [("ID", "STATUS", "PROGRESS", "BASE", "ADAPTER", "CREATED", "NAME")]
     for j in jobs:
-        rows.append((str(j.id), j.status + (" (stalled)" if stall.stalled_since(j) else ""),
+        note = " (stalled)" if stall.stalled_since(j) else " (waiting for the cluster)" if stall.waiting(j) else ""
+        rows.append((str(j.id), j.status + note,
                      f"{j.progress * 100:.0f}% {j.step}/{j.total_steps or '?'}",
                      _pct(j.base_score), _pct(j.adapter_score),
                      j.created_at.strftime("%Y-%m-%d %H:%M"), j.name))
@@ -154,15 +155,16 @@ def cmd_show(ns) -> int:
     dispatcher.reconcile()
     job = store.get_job(ns.job_id)
     detail = store.job_detail(job)
+    pending = stall.waiting(job)  # a Ray job the cluster has not started: what it asks, what is free
     if ns.json:
-        print(json.dumps(detail, indent=2))
+        print(json.dumps({**detail, "waiting": pending.line() if pending else None}, indent=2))
         return 0
     print(f"job {job.id}: {job.name}")
     running = job.status == store.JobStatus.RUNNING
-    print(f"  status     {job.status}" + (f" (pid {job.pid}, {job.device or 'starting'})" if running else ""))
-    stalled = stall.describe(job)
-    if stalled:
-        print(f"  STALLED    {stalled}")
+    state = pending.line() if pending else f"pid {job.pid}, {job.device or 'starting'}"
+    print(f"  status     {job.status}" + (f" ({state})" if running else ""))
+    if stall.stalled_since(job):
+        print(f"  STALLED    {stall.describe(job)}")
     print(f"  progress   {job.progress * 100:.0f}%  step {job.step}/{job.total_steps or '?'}"
           + (f"  eta {human_seconds(job.eta_seconds)}" if job.eta_seconds else ""))
     print(f"  memory     estimated {human_bytes(job.estimated_peak_bytes)}, "
