@@ -25,7 +25,7 @@ from engine import paths
 from engine.errors import UserError
 from engine.plan import TrainingPlan
 from engine.train.events import Metrics
-from jobs import stall
+from jobs import database_driver, stall
 
 
 class JobStatus(StrEnum):
@@ -130,6 +130,7 @@ def db_engine():
         eng = _engines.get(url)
         if eng is not None:
             return eng
+        database_driver.check(url)  # a driver that is not installed: one line naming it, not ModuleNotFoundError
         if url.startswith("sqlite"):
             eng = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
             event.listen(eng, "connect", _sqlite_pragmas)

@@ -14,6 +14,7 @@ import sys
 
 from engine import paths
 from engine.errors import UserError
+from jobs import database_driver
 
 # Modules that contribute subcommands, in the order they appear in --help.
 COMMAND_MODULES = ("ui.cli.serve", "ui.cli.estimate", "ui.cli.data", "ui.cli.jobs", "ui.cli.runs",
@@ -68,6 +69,7 @@ def _run(argv: list[str]) -> int:
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
     try:
         paths.home()  # every command needs a writable home; say so before anything else fails
+        database_driver.check()  # and a DATABASE_URL whose driver is installed (the wizard's start included)
         code = int(args.handler(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, where it is caught, not at interpreter exit
         return code
