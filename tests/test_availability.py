@@ -88,9 +88,9 @@ def test_a_model_in_the_hub_cache_is_found_without_network(tiny, hf_home):
     assert found.where is Where.HUB_CACHE and str(hf_home / "hub") in found.message
     # the verdict matches what transformers does with the same cache, offline, in its own process
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    p = subprocess.run([sys.executable, "-c", "from transformers import AutoTokenizer, AutoModelForCausalLM; "
-                        f"AutoTokenizer.from_pretrained('{HUB_ID}'); AutoModelForCausalLM.from_pretrained('{HUB_ID}')"],
-                       env=env, capture_output=True, text=True, timeout=120)
+    load = ("from transformers import AutoTokenizer, AutoModelForCausalLM; "
+            f"AutoTokenizer.from_pretrained('{HUB_ID}'); AutoModelForCausalLM.from_pretrained('{HUB_ID}')")
+    p = subprocess.run([sys.executable, "-c", load], env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
 
 

@@ -48,7 +48,7 @@ def test_review_refuses_out_of_range_values_and_a_plan_that_cannot_fit(app, page
     page.get_by_role("tab", name="4 · Review").click()
     page.wait_for_selector("#reasons .lp-reasons", timeout=120_000)
     wait_for(lambda: "fits" in page.inner_text("#verdict"), what="a verdict against this machine's RAM")
-    assert "step 2 has no data" not in page.inner_text("body")
+    assert "check the data in step 2 first" not in page.inner_text("body")
     good_title = wait_for(lambda: plot_title(page, "mem-plot"), what="the memory chart")
     assert "fits" in good_title
 

@@ -35,7 +35,7 @@ def test_a_failed_check_leaves_no_data_for_the_later_steps(tiny, tmp_path):
     assert "First: the whole file, rows: has 1 example (line 1)" in view["summary"]
     assert "None" not in view["summary"]
     # Review, reached by its tab, says what is missing instead of reasoning about 1 example
-    with pytest.raises(UserError, match="step 2 has no data that passed its check"):
+    with pytest.raises(UserError, match="no data has passed its check yet"):
         wizard.context_from(tiny, "simple", view["dataset"], view["rows"], "cpu", None, None, None)
 
 

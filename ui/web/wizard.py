@@ -20,8 +20,8 @@ from ui.web import charts, first_run, html, refusals, review, steps
 def context_from(model, difficulty, dataset, rows, hw_kind, gpu, budget, name) -> dict:
     """The earlier steps' answers as plan fields; raises UserError naming the missing one."""
     if not dataset:
-        raise UserError("dataset", "step 2 has no data that passed its check: pick a demo skill, or upload a "
-                        "file and fix what the check lists")
+        raise UserError("dataset", "check the data in step 2 first: no data has passed its check yet (pick a "
+                        "demo skill, or upload a file and fix what the check lists)")
     ctx = {"model": (model or "default").strip(), "difficulty": difficulty or "balanced", "dataset": dataset,
            "dataset_rows": int(rows) if rows else None, "name": (name or "").strip() or None}
     ctx.update(steps.hardware_context(hw_kind, gpu, budget))
@@ -226,8 +226,8 @@ def _wire_review(ui: SimpleNamespace) -> None:
 
     def plan_of(ctx, form_values):
         if ctx is None:
-            raise UserError("dataset", "step 2 has no data that passed its check: pick a demo skill, or upload a "
-                        "file and fix what the check lists")
+            raise UserError("dataset", "check the data in step 2 first: no data has passed its check yet (pick a "
+                        "demo skill, or upload a file and fix what the check lists)")
         return review.plan_from_values(ctx, list(form_values))
 
     def update_numbers(ctx, lengths, *form_values):
