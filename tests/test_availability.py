@@ -126,6 +126,9 @@ def test_step_one_says_where_the_weights_are_before_the_facts(hf_home):
     assert page.startswith('<div class="lp-notice lp-warn">Weights: Qwen/Qwen2.5-0.5B-Instruct is not on this machine')
     assert "HF_HUB_OFFLINE is set" in page and page.index("Weights:") < page.index("Found qwen2.5-0.5b")
     assert steps.model_facts("default")[0].startswith('<div class="lp-notice lp-ok">Weights: the embedded default')
+    # step 2's data check meets the same cause (the tokenizer is not here either): the same words, not OSError
+    summary = steps.check_data_view("demo", "ticket", None, "qwen2.5-0.5b")["summary"]
+    assert "Qwen/Qwen2.5-0.5B-Instruct is not on this machine" in summary and "tokenizer" not in summary
 
 
 def test_train_refuses_a_plan_whose_weights_cannot_be_had_before_a_job_exists(hf_home):
