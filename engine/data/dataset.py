@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -22,7 +21,7 @@ from engine.data.chat import ends_with_eos, ensure_chat_template, render
 from engine.data.formats import FORMATS, Rows, detect_format, read_source, to_messages, to_text  # noqa: F401
 from engine.data.ref import DatasetRef
 from engine.errors import UserError, one_of
-from engine.evaluate.split import holdout_size
+from engine.evaluate.split import holdout_rows
 from engine.model import availability, catalog
 
 MAX_PROBLEMS = 50  # more than this and the report lists the count, not each one
@@ -196,12 +195,9 @@ def build_datasets(plan, tokenizer):
         test = read_source(str(demo.dataset_path(ref.skill, "test")))
         eval_rows, _, _, _ = _examples(test, "messages", {}, tokenizer)
         train_rows = examples
-    elif holdout_size(len(examples), plan.eval_split):
-        order = list(range(len(examples)))
-        random.Random(plan.seed).shuffle(order)
-        n_eval = holdout_size(len(examples), plan.eval_split)
-        eval_rows = [examples[i] for i in sorted(order[:n_eval])]
-        train_rows = [examples[i] for i in sorted(order[n_eval:])]
+    elif held := set(holdout_rows(len(examples), plan.eval_split, plan.seed)):
+        eval_rows = [e for i, e in enumerate(examples) if i in held]
+        train_rows = [e for i, e in enumerate(examples) if i not in held]
     else:
         train_rows = examples
     if not train_rows:

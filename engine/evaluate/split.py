@@ -8,6 +8,8 @@ too small for both gets no hold-out, and the evaluation says so instead of guess
 
 from __future__ import annotations
 
+import random
+
 MIN_EVAL_ROWS = 2
 MIN_TRAIN_ROWS = 2
 
@@ -18,6 +20,13 @@ def holdout_size(n_rows: int, share: float) -> int:
         return 0
     wanted = max(MIN_EVAL_ROWS, round(n_rows * share))
     return min(wanted, n_rows // 2, n_rows - MIN_TRAIN_ROWS)
+
+
+def holdout_rows(n_rows: int, share: float, seed: int) -> list[int]:
+    """The indices (sorted) of the rows held out of `n_rows`: `holdout_size` of them, drawn with `seed`."""
+    order = list(range(n_rows))
+    random.Random(seed).shuffle(order)
+    return sorted(order[: holdout_size(n_rows, share)])
 
 
 def why_none(n_rows: int, share: float) -> str:

@@ -210,14 +210,12 @@ def cmd_resume(ns) -> int:
 
 
 def cmd_export(ns) -> int:
+    from jobs import export
+
     if ns.as_code:
-        from jobs import store
-
-        print(script.render(store.job_plan(store.get_job(ns.job_id)), ns.as_code), end="")
+        print(export.code(ns.job_id, ns.as_code), end="")
         return 0
-    from jobs.export import export_zip
-
-    print(export_zip(ns.job_id))
+    print(export.export_zip(ns.job_id))
     return 0
 
 

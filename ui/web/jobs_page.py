@@ -17,7 +17,7 @@ import gradio as gr
 
 from engine import units
 from engine.errors import UserError
-from engine.train import script
+from jobs import export
 from jobs.store import JobStatus
 from ui.web import charts, evaluation_view, html
 
@@ -164,7 +164,7 @@ def job_view(job_id) -> dict:
         return empty
     try:
         job = store.get_job(job_id)
-        plan = store.job_plan(job)
+        store.job_plan(job)  # a stored plan that no longer parses shows as an error, not a traceback
     except UserError as exc:
         return {**empty, "header": html.error_notice(exc)}
     metrics = store.job_metrics(job.id)
@@ -179,14 +179,14 @@ def job_view(job_id) -> dict:
         "loss": charts.loss_chart(rows, job.total_steps),
         "log": store.log_tail(job.id, 50) or "(no log yet)",
         "download": download_path(job.id) if job.status == JobStatus.SUCCEEDED else None,
-        "yaml": script.plan_yaml(plan), "cli": script.cli_command(plan), "python": _python(plan),
+        "yaml": export.code(job.id, "yaml"), "cli": export.code(job.id, "cli"), "python": _python(job.id),
         "running": job.status in (JobStatus.QUEUED, JobStatus.RUNNING), "status": job.status,
     }
 
 
-def _python(plan) -> str:
+def _python(job_id) -> str:
     try:
-        return script.python_script(plan)
+        return export.code(job_id, "python")
     except UserError as exc:  # e.g. the base model's folder is gone since the job ran
         return f"# no script: {exc}\n"
 
