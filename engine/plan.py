@@ -8,8 +8,9 @@ and the UI's labels and tooltips render, so there is no second copy to drift.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -371,7 +372,6 @@ def add_plan_flags(parser, fields: list[str] | None = None) -> None:
 
     Defaults are None so that `plan_from_args` can tell "not given" from "given".
     """
-    import argparse
 
     for name, field in TrainingPlan.model_fields.items():
         if fields is not None and name not in fields:
@@ -405,7 +405,6 @@ def plan_from_args(ns, base: TrainingPlan | None = None) -> TrainingPlan:
 
 def _literal_values(annotation) -> list[str]:
     """The allowed values of a Literal (or Optional Literal) field, for --help."""
-    from typing import get_args, get_origin
 
     args = get_args(annotation)
     if get_origin(annotation) is Literal:

@@ -5,11 +5,16 @@ SQLAlchemy picks the Python driver from the URL (`postgresql://` means psycopg 3
 the engine is created, so a missing driver used to surface as "ModuleNotFoundError: No module
 named 'psycopg' (a bug in LoRA Pilot…)". The check asks the dialect for its driver the way
 `create_engine` does (`Dialect.import_dbapi`), with no connection, and says which package to install.
+jobs.db runs it before creating an engine, so every command that opens the store, and the wizard's
+start (which opens it to start queued jobs), says it in one line.
 """
 
 from __future__ import annotations
 
 import os
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from engine.errors import UserError
 
@@ -28,9 +33,6 @@ IN_EXTRA = ("psycopg", "psycopg2")
 def check(url: str | None = None) -> None:
     """Raise a one-line UserError when DATABASE_URL (or `url`) is malformed, names an unknown
     database, or needs a driver that is not installed. The default SQLite store needs nothing."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
     url = url if url is not None else os.environ.get(FIELD)
     if not url:
         return
@@ -57,8 +59,6 @@ def check(url: str | None = None) -> None:
 
 def _safe(url: str) -> str:
     """The URL as it may be printed: without its password."""
-    from sqlalchemy.engine import make_url
-
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - not parseable: it holds no password we could find either

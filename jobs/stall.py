@@ -42,16 +42,12 @@ def threshold_s(job) -> float:
     return max(FLOOR_S, MULTIPLE * (job.step_seconds or 0.0))
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-
-
 def _heartbeat(job) -> datetime | None:
     """The last step of this run (a resumed job's heartbeat from before its restart does not count)."""
     if job.heartbeat_at is None:
         return None
-    beat = _aware(job.heartbeat_at)
-    return beat if job.started_at is None or beat >= _aware(job.started_at) else None
+    beat = job.heartbeat_at  # times come back from the store in UTC (jobs.tables.UTCDateTime)
+    return beat if job.started_at is None or beat >= job.started_at else None
 
 
 def stalled_since(job, now: datetime | None = None) -> datetime | None:
@@ -61,7 +57,6 @@ def stalled_since(job, now: datetime | None = None) -> datetime | None:
     last = _heartbeat(job) or job.started_at
     if last is None:
         return None
-    last = _aware(last)
     now = now or datetime.now(timezone.utc)
     return last if (now - last).total_seconds() > threshold_s(job) else None
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from engine.plan import TrainingPlan
 from jobs import store
+from jobs.tables import Job
 from ui.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +61,7 @@ def _closed_pipe_run(*args):
 
 
 def test_show_into_a_closed_pipe_ends_quietly(lorapilot_home):
-    store.insert_job(store.Job(name="piped", plan_json=TrainingPlan().model_dump_json()))
+    store.insert_job(Job(name="piped", plan_json=TrainingPlan().model_dump_json()))
     p = _closed_pipe_run("show", "1")
     assert "error" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
     assert p.returncode == 141  # what a command stopped by SIGPIPE returns; a shell pipeline ignores it

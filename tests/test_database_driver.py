@@ -18,7 +18,8 @@ from sqlalchemy import text
 
 from engine.errors import UserError
 from engine.plan import TrainingPlan
-from jobs import database_driver, store
+from jobs import database_driver, db, store
+from jobs.tables import Job
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,13 +31,13 @@ def test_the_store_runs_on_postgresql_with_the_plain_url_and_with_each_installed
     assert url.startswith("postgresql://" if driver is None else f"postgresql+{driver}://")
     monkeypatch.setenv("DATABASE_URL", url)
     try:
-        job = store.insert_job(store.Job(name="on postgres", plan_json=TrainingPlan().model_dump_json()))
+        job = store.insert_job(Job(name="on postgres", plan_json=TrainingPlan().model_dump_json()))
         assert store.get_job(job.id).name == "on postgres"
-        with store.db_engine().connect() as conn:
+        with db.db_engine().connect() as conn:
             assert conn.dialect.driver == (driver or "psycopg")
             assert conn.execute(text("select count(*) from job")).scalar() == 1
     finally:
-        store.dispose(url)
+        db.dispose(url)
 
 
 def _app(*args, url: str):

@@ -19,7 +19,7 @@ import pytest
 
 from engine.errors import UserError
 from engine.plan import TrainingPlan
-from jobs import dispatcher, store
+from jobs import dispatcher, store, views
 from jobs.launch import ray
 from tests.jobwait import finished, plan, tiny_files, wait_for
 
@@ -98,7 +98,7 @@ def test_a_job_runs_through_ray_and_cancel_stops_it(tiny, ray_head, monkeypatch,
     assert job.host == socket.gethostname()
     assert _ray_finished(job.ray_job_id) == "SUCCEEDED"  # the worker exits just after its last row
     assert (Path(job.artifact_dir) / "adapter_model.safetensors").exists()
-    assert store.job_detail(job)["ray_job_id"] == job.ray_job_id
+    assert views.job_detail(job)["ray_job_id"] == job.ray_job_id
 
     long = dispatcher.submit(_plan(tiny, max_steps=100000))
     wait_for(long.id, lambda j: j.status != "running" or j.step >= 1)

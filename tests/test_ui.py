@@ -16,7 +16,8 @@ import pytest
 from engine import units
 from engine.errors import UserError
 from engine.plan import TrainingPlan
-from ui.cli.serve import check_exposure, is_loopback, parse_auth
+from ui.cli.serve import check_exposure, parse_auth
+from ui.network import is_loopback
 from ui.web import charts, html, jobs_page, review, steps
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,10 +7,11 @@ one AdapterHost, so the base is loaded once for the whole table.
 
 from __future__ import annotations
 
+from engine.data import demo
+
 
 def score(host, adapter: str | None, skill: str, rows: int | None = None) -> float:
     """Held-out exact match (%) of `adapter` (None: the base); `rows` limits the split to its first rows."""
-    from engine.data import demo
 
     records = demo.records(skill, "test")[:rows] if rows else None
     with host.using(adapter) as model:

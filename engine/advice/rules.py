@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from engine.advice import fitting
+from engine.estimate import hardware  # measured once per machine, then cached
 from engine.plan import TrainingPlan
 
 # Every rule id in docs/rules.md, which states each rule and where it comes from. A reason
@@ -123,8 +124,6 @@ def const(value: Any) -> Callable[[RuleContext], Any]:
 
 
 def _cpu_precision() -> tuple[str, str]:
-    from engine.estimate import hardware  # measured once per machine, then cached
-
     return hardware.cpu_precision()
 
 

@@ -17,12 +17,13 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from engine.data import demo
 from engine.data.chat import ends_with_eos, ensure_chat_template, render
 from engine.data.formats import FORMATS, Rows, detect_format, read_source, to_messages, to_text  # noqa: F401
 from engine.data.ref import DatasetRef
 from engine.errors import UserError, one_of
 from engine.evaluate.split import holdout_rows
-from engine.model import availability, catalog
+from engine.model import availability, catalog, default_model
 
 MAX_PROBLEMS = 50  # more than this and the report lists the count, not each one
 MAX_STAT_ROWS = 5000  # token statistics on a sample for very large files
@@ -92,7 +93,6 @@ def load_tokenizer(model: str | None):
     spec = (model or "default").strip()
     try:
         if spec == "default":
-            from engine.model import default_model
             folder = default_model.default_model_dir()
             tokenizer = AutoTokenizer.from_pretrained(folder)
         elif Path(spec).expanduser().is_dir():
@@ -191,7 +191,6 @@ def build_datasets(plan, tokenizer):
     eval_rows: list[dict] = []
     ref = DatasetRef.parse(plan.dataset)
     if ref.is_demo and plan.eval_split > 0:
-        from engine.data import demo
         test = read_source(str(demo.dataset_path(ref.skill, "test")))
         eval_rows, _, _, _ = _examples(test, "messages", {}, tokenizer)
         train_rows = examples

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import psutil
 from pydantic import BaseModel
 
 from engine.estimate import hardware
@@ -180,7 +181,6 @@ def _cpu_precision_note(plan, dtype: str) -> str:
 
 def host_ram_bytes() -> int:
     """This machine's physical RAM: the CPU's counterpart of a GPU's memory."""
-    import psutil
 
     return int(psutil.virtual_memory().total)
 

@@ -13,6 +13,7 @@ import math
 
 from pydantic import BaseModel
 
+from engine.estimate import hardware
 from engine.model.catalog import Gpu
 from engine.model.introspect import ModelInfo
 
@@ -80,8 +81,6 @@ def estimate_time(info: ModelInfo, plan, gpu: Gpu, dtype: str, adapter_params: i
     fpt = flops_per_token(info, plan.method, adapter_params, padded_to or plan.seq_len, plan.grad_ckpt)
     util = CPU_UTILISATION if gpu.is_cpu else GPU_UTILISATION
     if gpu.is_cpu:
-        from engine.estimate import hardware
-
         cal = hardware.calibration()
         tflops = cal.step_tflops(dtype)
         source = f"CPU ({cal.cpu}, {cal.threads} threads): {cal.tflops(dtype):.3g} TFLOP/s measured ({dtype} matmul)"

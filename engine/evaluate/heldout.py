@@ -23,8 +23,10 @@ import json
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
+from engine.data import demo
 from engine.evaluate import split, textmetrics
 from engine.train import events
 
@@ -37,8 +39,6 @@ PROMPT_CHARS = 600     # samples show at most this much of a prompt
 class Judge:
     def __init__(self, plan, eval_ds, tokenizer, out_dir: Path, report: Callable[[dict], None],
                  train_rows: int = 0, t0: float | None = None):
-        from engine.data import demo
-
         self.plan, self.eval_ds, self.tokenizer, self.report = plan, eval_ds, tokenizer, report
         self.path = Path(out_dir) / "evaluation.json"
         self.t0 = t0 if t0 is not None else time.time()
@@ -222,7 +222,6 @@ class Judge:
 
 def _adapters_off(model):
     """PEFT's disable_adapter() for a PeftModel; nothing to switch off for a full fine-tune."""
-    from contextlib import nullcontext
 
     return model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
 

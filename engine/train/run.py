@@ -15,9 +15,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from engine.data import demo
+from engine.data.chat import ensure_chat_template
+from engine.data.dataset import build_datasets
+from engine.data.formats import read_source
+from engine.data.ref import DatasetRef
 from engine.errors import UserError
+from engine.estimate import hardware
+from engine.evaluate.heldout import Judge
+from engine.evaluate.split import holdout_rows, holdout_size
+from engine.model import catalog, default_model, head_input
 from engine.plan import TrainingPlan, resolve_dtype
-from engine.train import config, distributed, events, resolved, stopping
+from engine.train import (
+    artifacts,
+    checkpoints,
+    config,
+    distributed,
+    dropout,
+    events,
+    faults,
+    lm_head,
+    resolved,
+    stopping,
+)
+from engine.train.peak import PeakMeter
 
 Report = Callable[[events.Event], None]
 
@@ -50,7 +71,6 @@ def dtype_name(plan: TrainingPlan, device: str) -> str:
     """The plan's compute precision on this device: fp32, bf16 or fp16."""
     import torch
 
-    from engine.estimate import hardware
 
     bf16_ok = torch.cuda.is_bf16_supported() if device == "cuda" else hardware.calibration().bf16_native
     name = resolve_dtype(plan.dtype, on_cpu=device == "cpu", bf16_ok=bf16_ok)
@@ -68,7 +88,6 @@ def torch_dtype(plan: TrainingPlan, device: str):
 # --- the base model --------------------------------------------------------------------
 def model_source(spec: str) -> str:
     """A local folder `from_pretrained` can read, or a hub id."""
-    from engine.model import default_model
 
     if spec == "default":
         return str(default_model.default_model_dir())
@@ -86,7 +105,6 @@ def model_source(spec: str) -> str:
         raise UserError("model", f"{spec} is a file; give a model folder, a .gguf file or a hub id")
     if spec.startswith(("/", "./", "../", "~")):
         raise UserError("model", f"{spec} does not exist; give a model folder, a .gguf file or a hub id")
-    from engine.model import catalog
 
     return catalog.hub_id_of(spec)  # a catalog name (e.g. 'llama-3.1-8b') stands for its hub id
 
@@ -102,9 +120,6 @@ def load_base(plan: TrainingPlan, for_training: bool = True):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine.data.chat import ensure_chat_template
-    from engine.estimate import hardware
-    from engine.model import head_input
 
     device = train_device(plan)
     dtype = torch_dtype(plan, device)
@@ -155,7 +170,6 @@ def _nf4_config(dtype):
 
 def _choose_attention(plan: TrainingPlan, model, device: str, datasets, report: Report) -> None:
     """`attention: auto`, now that the rows are tokenized: the same rule the estimate applies."""
-    from engine.estimate import hardware
 
     if plan.attention != "auto":
         return
@@ -180,7 +194,6 @@ def sft_kwargs(plan: TrainingPlan, out_dir: Path, device: str, precision: str, h
 def _reporter_class():
     from transformers import TrainerCallback
 
-    from engine.train.peak import PeakMeter
 
     class _Reporter(TrainerCallback):
         """Trainer events → typed report events; cancel requests → a graceful stop with a checkpoint."""
@@ -264,7 +277,6 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
     t0 = time.time()
     report = report or (lambda event: None)
     report(events.Phase("loading model"))  # before the heavy imports: they take seconds
-    from engine.evaluate.heldout import Judge
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -310,9 +322,6 @@ def _prepare(plan: TrainingPlan, out_dir: Path, report: Report, should_stop) -> 
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
-    from engine.data import demo
-    from engine.data.dataset import build_datasets
-    from engine.train import checkpoints, dropout, faults, lm_head
 
     device = train_device(plan)
     precision = dtype_name(plan, device)
@@ -354,8 +363,6 @@ def _prepare(plan: TrainingPlan, out_dir: Path, report: Report, should_stop) -> 
 
 def _record(plan: TrainingPlan, device: str, precision: str, attention: str, n_examples: int, has_eval: bool,
             replaced: list[str]) -> resolved.Resolved:
-    from engine.data.ref import DatasetRef
-    from engine.evaluate.split import holdout_rows
 
     if not has_eval:
         source, rows = "none", []
@@ -375,10 +382,6 @@ def provisional_record(plan: TrainingPlan) -> resolved.Resolved:
     """What a job of this plan resolves to on this machine before it has run (an export of a queued
     job): the same rules as `_prepare`, except that `attention: auto` stays the kernel it loads with,
     since the choice waits for the tokenized rows."""
-    from engine.data.formats import read_source
-    from engine.data.ref import DatasetRef
-    from engine.estimate import hardware
-    from engine.evaluate.split import holdout_size
 
     device = train_device(plan)
     demo_data = DatasetRef.parse(plan.dataset).is_demo
@@ -389,7 +392,6 @@ def provisional_record(plan: TrainingPlan) -> resolved.Resolved:
 
 
 def _fit(run: _Run, out_dir: Path, resume: bool) -> None:
-    from engine.train import checkpoints
 
     checkpoint = checkpoints.resume_point(out_dir, log=print) if resume else None
     try:
@@ -405,7 +407,6 @@ def _publish(plan: TrainingPlan, run: _Run, out_dir: Path, base_score, adapter_s
     """Weights (the adapter for lora/qlora, all of them for full), then the artifacts beside them."""
     import torch
 
-    from engine.train import artifacts, faults
 
     trainer = run.trainer
     trainer.save_model(str(out_dir))  # every rank calls it; only rank 0 writes

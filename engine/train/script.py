@@ -15,10 +15,12 @@ import pprint
 import shlex
 from pathlib import Path
 
+from engine.data import demo
 from engine.data.chat import CHATML_EOS, CHATML_TEMPLATE
 from engine.data.ref import DatasetRef
 from engine.errors import UserError
 from engine.plan import TrainingPlan
+from engine.train import run
 from engine.train.resolved import Resolved
 
 FORMATS = ("python", "yaml", "cli")
@@ -61,7 +63,6 @@ def data_files(plan: TrainingPlan) -> tuple[str, str | None]:
         raise UserError("dataset", "the plan names no training data; give a file, a hub dataset id or demo:NAME")
     ref = DatasetRef.parse(plan.dataset)
     if ref.is_demo:
-        from engine.data import demo
 
         return str(demo.dataset_path(ref.skill, "train")), str(demo.dataset_path(ref.skill, "test"))
     path = Path(ref.source).expanduser()
@@ -71,7 +72,6 @@ def data_files(plan: TrainingPlan) -> tuple[str, str | None]:
 def python_script(plan: TrainingPlan, record: Resolved | None = None) -> str:
     """The standalone script; without a record (the job has not run yet) it states what a job of
     this plan resolves to on this machine now."""
-    from engine.train import run
 
     record = record or run.provisional_record(plan)
     train_file, demo_eval = data_files(plan)

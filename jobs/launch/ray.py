@@ -21,7 +21,7 @@ from pathlib import Path
 from engine import paths
 from engine.errors import UserError
 from engine.plan import TrainingPlan
-from jobs import store
+from jobs import db, store
 from jobs.launch import ray_resources
 from jobs.launch.ray_resources import ENV, address
 
@@ -73,7 +73,7 @@ def submit(job_id: int) -> str:
     plan = store.job_plan(store.get_job(job_id))
     env = {key: os.environ[key] for key in SHARED_ENV if os.environ.get(key)}
     env["LORAPILOT_HOME"] = str(paths.home())
-    env["DATABASE_URL"] = store.database_url()
+    env["DATABASE_URL"] = db.database_url()
     env[ENV] = address()  # the worker's closing kick() submits the next queued job here too
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"

@@ -18,6 +18,8 @@ import json
 import math
 from typing import Iterable, Mapping
 
+import plotly.graph_objects as go
+
 from engine.units import GIB, human_bytes, human_count
 
 # One palette for the whole app (colour-blind-safe, Okabe-Ito order).
@@ -45,8 +47,6 @@ class Figure(dict):
         return json.dumps(self, separators=(",", ":"))
 
     def to_plotly(self):
-        import plotly.graph_objects as go
-
         return go.Figure({"data": self.data, "layout": self.layout})
 
 

@@ -17,8 +17,10 @@ import gradio as gr
 
 from engine import units
 from engine.errors import UserError
-from jobs import export
-from jobs.store import JobStatus
+from jobs import export, runs, stall, store, views
+from jobs.dispatcher import cancel as do_cancel
+from jobs.dispatcher import resume as do_resume
+from jobs.tables import FINISHED, JobStatus
 from ui.web import charts, evaluation_view, html
 
 REFRESH_S = 1.0
@@ -30,8 +32,6 @@ def _when(dt) -> str:
 
 
 def jobs_table() -> str:
-    from jobs import store
-
     jobs = store.list_jobs()
     if not jobs:
         return html.notice("No jobs yet. The wizard's last step launches one.", "info")
@@ -51,22 +51,17 @@ def jobs_table() -> str:
 
 
 def job_choices() -> list[tuple[str, int]]:
-    from jobs import store
-
     # ids travel as strings: the same type the ?job= URL parameter has
     return [(f"#{j.id} · {j.name} ({j.status})", str(j.id)) for j in store.list_jobs()]
 
 
 def latest_job_id() -> int | None:
-    from jobs import store
-
     jobs = store.list_jobs()
     return str(jobs[0].id) if jobs else None
 
 
 def signature(job_id) -> tuple | None:
     """What a redraw depends on; equal signatures mean nothing to redraw."""
-    from jobs import stall, store
 
     if job_id is None:
         return None
@@ -76,7 +71,7 @@ def signature(job_id) -> tuple | None:
         return None
     log = store.log_path(job.id)
     return (job.id, job.status, job.step, job.progress, job.eta_seconds, job.adapter_score, job.base_score,
-            job.phase, int(store.phase_seconds(job) or 0), job.evaluation_json,
+            job.phase, int(views.phase_seconds(job) or 0), job.evaluation_json,
             job.measured_peak_bytes, job.cancel_requested, len(store.job_metrics(job.id)),
             stall.stalled_since(job) is not None,  # becomes true with no row changing
             log.stat().st_size if log.exists() else 0, tuple((j.id, j.status, round(j.progress or 0, 2))
@@ -110,7 +105,6 @@ def _where(job) -> str:
 
 def _worst_case(job) -> dict[str, str]:
     """The estimate's worst case (every batch padded to seq_len), beside the data-based figure above."""
-    from jobs import store
 
     mem = (store.job_estimate(job) or {}).get("memory") or {}
     if not mem.get("expected"):
@@ -128,7 +122,6 @@ def _failure(job) -> str:
         return html.notice((job.error or "Cancelled.") + " Resume continues from the last checkpoint.", "info")
     if job.status == JobStatus.QUEUED:
         return html.notice("Waiting for a free slot; it starts when the job before it finishes.", "info")
-    from jobs import stall
 
     stalled = stall.describe(job)
     if stalled:  # before "stopping…": a stalled worker does not reach the next step by itself
@@ -140,10 +133,9 @@ def _failure(job) -> str:
 
 def download_path(job_id) -> str | None:
     """A copy of the job's export zip under a temp folder Gradio may serve, or None."""
-    from jobs.export import export_zip
 
     try:
-        src = export_zip(job_id)
+        src = export.export_zip(job_id)
     except UserError:
         return None
     dest = _DOWNLOADS / str(int(job_id)) / src.name  # -adapter.zip, or -model.zip for a full fine-tune
@@ -154,7 +146,6 @@ def download_path(job_id) -> str | None:
 
 def job_view(job_id) -> dict:
     """Everything the job page shows, as values. Keys match the page's outputs."""
-    from jobs import store
 
     empty = {"header": html.notice("Pick a job, or launch one from the wizard.", "info"), "failure": "",
              "evaluation": "", "advice": [],
@@ -168,14 +159,14 @@ def job_view(job_id) -> dict:
     except UserError as exc:
         return {**empty, "header": html.error_notice(exc)}
     metrics = store.job_metrics(job.id)
-    detail = store.job_detail(job)
+    detail = views.job_detail(job)
     rows = [{"step": m.step, "loss": m.loss, "eval_loss": m.eval_loss, "learning_rate": m.learning_rate}
             for m in metrics]
     return {
         "header": _header(job, metrics, detail) + _failure(job), "failure": _failure(job),
         "evaluation": evaluation_view.advice_html(detail)
         + evaluation_view.evaluation_html(detail["evaluation"], running=job.status in ("queued", "running")),
-        "advice": evaluation_view.advice_choices(detail) if job.status in store.FINISHED else [],
+        "advice": evaluation_view.advice_choices(detail) if job.status in FINISHED else [],
         "loss": charts.loss_chart(rows, job.total_steps),
         "log": store.log_tail(job.id, 50) or "(no log yet)",
         "download": download_path(job.id) if job.status == JobStatus.SUCCEEDED else None,
@@ -193,7 +184,6 @@ def _python(job_id) -> str:
 
 def cancel(job_id) -> tuple[bool, str]:
     """(ok, message) — shown as a toast; the page itself redraws from the row."""
-    from jobs.dispatcher import cancel as do_cancel
 
     try:
         job = do_cancel(job_id, wait=False)
@@ -203,8 +193,6 @@ def cancel(job_id) -> tuple[bool, str]:
 
 
 def resume(job_id) -> tuple[bool, str]:
-    from jobs.dispatcher import resume as do_resume
-
     try:
         job = do_resume(job_id)
     except Exception as exc:
@@ -214,7 +202,6 @@ def resume(job_id) -> tuple[bool, str]:
 
 def next_run(job_id, rules: list[str] | None) -> tuple[bool, str, str | None]:
     """(ok, message, new job id) for the 'Next run with this advice' button."""
-    from jobs import runs
 
     try:
         job, changes = runs.next_run(job_id, rules=rules or None)
@@ -225,7 +212,6 @@ def next_run(job_id, rules: list[str] | None) -> tuple[bool, str, str | None]:
 
 def compare_view(job_ids) -> tuple:
     """(figure, table HTML) for two or more jobs."""
-    from jobs import runs
 
     if not job_ids or len(job_ids) < 2:
         return charts.overlay_loss_chart([]), html.notice("Pick two or more jobs to compare.", "info")

@@ -11,13 +11,13 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from engine.adapters.merge import zip_folder
 from engine.units import human_bytes
+from jobs import library, workbench
 from ui.web import html
 
 
 def library_table() -> str:
-    from jobs import library
-
     entries = library.list_adapters()
     if not entries:
         return html.notice("No adapters yet. A finished job adds its adapter here; or import a zip below.", "info")
@@ -41,8 +41,6 @@ def library_table() -> str:
 
 
 def names() -> list[str]:
-    from jobs import library
-
     return [a.name for a in library.list_adapters()]
 
 
@@ -53,8 +51,6 @@ def _after_change(message: str, kind: str = "ok"):
 
 
 def import_zip(upload, name):
-    from jobs import library
-
     try:
         if not upload:
             return (html.notice("Choose a .zip of a PEFT adapter folder first.", "error"),) + (gr.skip(),) * 3
@@ -66,8 +62,6 @@ def import_zip(upload, name):
 
 
 def rename(current, new_name):
-    from jobs import library
-
     try:
         if not current:
             return (html.notice("Pick an adapter to rename.", "error"),) + (gr.skip(),) * 3
@@ -85,8 +79,6 @@ def ask_delete(current):
 
 
 def delete(current):
-    from jobs import library
-
     try:
         a = library.delete(current)
         return _after_change(f"Deleted '{a.name}'.")
@@ -95,9 +87,6 @@ def delete(current):
 
 
 def merge(current):
-    from engine.adapters.merge import zip_folder
-    from jobs import workbench
-
     try:
         if not current:
             return html.notice("Pick an adapter to merge.", "error"), gr.update(visible=False)
@@ -114,7 +103,6 @@ def merge(current):
 
 def serve_recipe(chosen):
     """The `vllm serve` command for the chosen adapters and what vLLM would refuse, with the fix."""
-    from jobs import workbench
 
     if not chosen:
         return html.notice("Pick one or more adapters of one base to serve together.", "error")

@@ -15,7 +15,10 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from engine.adapters.compose import COMBINATIONS
+from engine.data import demo
 from engine.errors import UserError
+from jobs import library, workbench
 from ui.web import html
 
 SLOTS = 5  # the base + up to 4 adapters side by side
@@ -23,14 +26,10 @@ SLOTS = 5  # the base + up to 4 adapters side by side
 
 # --- choices ------------------------------------------------------------------------------
 def base_choices() -> list[str]:
-    from jobs import workbench
-
     return workbench.bases()
 
 
 def adapter_choices(base: str | None) -> list[tuple[str, str]]:
-    from jobs import library, workbench
-
     out = []
     for a in library.list_adapters():
         if base and not workbench.same_base(a.base_model, base):
@@ -42,8 +41,6 @@ def adapter_choices(base: str | None) -> list[tuple[str, str]]:
 
 def held_out_choices(names: list[str] | None) -> list[tuple[str, str]]:
     """Test-split prompts of the selected adapters' demo skills ('skill|index' values)."""
-    from engine.data import demo
-    from jobs import library
 
     out = []
     for skill in dict.fromkeys(library.find(n).skill for n in names or [] if _exists(n)):
@@ -55,8 +52,6 @@ def held_out_choices(names: list[str] | None) -> list[tuple[str, str]]:
 
 def _exists(name: str) -> bool:
     try:
-        from jobs import library
-
         library.find(name)
         return True
     except UserError:
@@ -64,8 +59,6 @@ def _exists(name: str) -> bool:
 
 
 def pick_held_out(choice: str | None):
-    from engine.data import demo
-
     if not choice:
         return gr.skip(), gr.skip()
     skill, index = choice.split("|")
@@ -80,7 +73,6 @@ def _ms(seconds: float) -> str:
 
 def compare(base, names, prompt, system, max_new_tokens, temperature, top_p, merged):
     """Generator: yields [status, *SLOTS answer boxes] while the answers stream in turn."""
-    from jobs import library, workbench
 
     boxes = [gr.update(visible=False, value="", label="")] * SLOTS
     try:
@@ -131,8 +123,6 @@ def _boxes(texts, labels, shown):
 
 # --- compose -------------------------------------------------------------------------------------
 def compose(names, weights_text, combination, density, name, score):
-    from jobs import workbench
-
     try:
         try:
             weights = [float(w) for w in (weights_text or "").split(",") if w.strip()]
@@ -162,8 +152,6 @@ def retention_table(rows: list[dict]) -> str:
 
 # --- layout ----------------------------------------------------------------------------------------
 def build() -> SimpleNamespace:
-    from engine.adapters.compose import COMBINATIONS
-
     ui = SimpleNamespace()
     gr.Markdown("Pick a base and adapters, type a prompt: the base and each adapter answer side by side. "
                 "The base stays loaded; adapters switch on it.")

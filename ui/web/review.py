@@ -12,9 +12,15 @@ import types
 import typing
 from typing import Any
 
+import gradio as gr
+
 from engine import units
+from engine.advice import fitting
+from engine.advice.recommend import Reason, recommend
+from engine.data.demo import default_plan
 from engine.data.ref import DatasetRef
 from engine.errors import UserError
+from engine.estimate.combined import estimate, memory_for
 from engine.plan import TARGET_PRESETS, TrainingPlan
 from ui.web import charts, html
 
@@ -61,7 +67,6 @@ def field_kind(field: str) -> tuple[str, tuple]:
 
 def make_control(field: str, value: Any = None):
     """The Gradio control for one plan field; label and help come from the plan."""
-    import gradio as gr
 
     kind, options = field_kind(field)
     common = {"label": label(field), "info": TrainingPlan.help(field), "elem_id": f"f-{field}"}
@@ -111,14 +116,12 @@ def values_of(plan: TrainingPlan) -> list:
 
 def recommend_for(context: dict):
     """(Recommendation, plan) for the earlier steps' answers; raises UserError."""
-    from engine.advice.recommend import recommend
 
     answers = {k: v for k, v in context.items() if k in TrainingPlan.model_fields and v is not None}
     base = TrainingPlan.build(**answers)
     ref = DatasetRef.parse(base.dataset or "")
     if ref.is_demo:
         # A demo skill comes with a run length and sequence length measured to learn visibly on a CPU.
-        from engine.data.demo import default_plan
 
         base = default_plan(ref.skill).updated(**answers)
     rec = recommend(model=base.model, difficulty=base.difficulty or "balanced", gpu=base.gpu,
@@ -137,8 +140,6 @@ def _demo_recipe(rec, skill: str):
     The general rules aim at real datasets and patient GPUs; a newcomer's first click-through
     must show a loss that falls before they lose interest, so these fields say so openly.
     """
-    from engine.advice.recommend import Reason
-    from engine.data.demo import default_plan
 
     demo = default_plan(skill)
     changes = {f: getattr(demo, f) for f in DEMO_FIELDS if getattr(demo, f) != getattr(rec.plan, f)}
@@ -186,8 +187,6 @@ def sweep_view(plan: TrainingPlan):
     """Memory against sequence length for full / LoRA / QLoRA, with this plan marked."""
     budget = None
     if plan.gpu or plan.budget_gb:
-        from engine.estimate.combined import memory_for
-
         budget = memory_for(plan).budget_bytes
     return charts.memory_sweep(_sweep(plan.model_dump_json(exclude={"seq_len", "name", "method", "use_dora",
                                                                      "use_rslora"})),
@@ -197,7 +196,6 @@ def sweep_view(plan: TrainingPlan):
 @functools.lru_cache(maxsize=64)
 def _sweep(plan_json: str) -> dict[str, list[tuple[int, float]]]:
     """Cached on everything but the swept knobs: moving seq_len or the method costs nothing."""
-    from engine.estimate.combined import memory_for
 
     plan = TrainingPlan.model_validate_json(plan_json)
     series = {}
@@ -210,7 +208,6 @@ def _sweep(plan_json: str) -> dict[str, list[tuple[int, float]]]:
 def fixing_knob(plan: TrainingPlan) -> str | None:
     """The first single change that makes the plan fit, else the shortest run down the memory
     ladder (engine.advice.fitting) that does, as a sentence."""
-    from engine.advice import fitting
 
     found = fitting.fix(plan)
     if found is None:
@@ -223,7 +220,6 @@ def fixing_knob(plan: TrainingPlan) -> str | None:
 @functools.lru_cache(maxsize=32)
 def _estimate(plan_json: str, lengths: tuple[int, ...] | None):
     """One estimate per plan: the numbers and the charts of a change are two requests."""
-    from engine.estimate.combined import estimate
 
     return estimate(TrainingPlan.model_validate_json(plan_json), lengths=lengths)
 

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import gradio as gr
 
+from engine.data.dataset import load_tokenizer
+from engine.model import default_model
+from engine.model.introspect import resolve
 from engine.paths import ASSETS
 from ui.web import first_run, jobs_page, library_page, playground, steps, wizard
 
@@ -70,11 +73,7 @@ def warm_up() -> None:
     own thread: the data check shows its progress while it runs, see ui/web/first_run.py)."""
     try:
         if first_run.needs_wait(steps.default_model()):
-            from engine.model import default_model
-
             default_model.prepare_in_background()
-        from engine.data.dataset import load_tokenizer
-        from engine.model.introspect import resolve
 
         resolve(steps.default_model())
         load_tokenizer(steps.default_model())

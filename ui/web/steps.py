@@ -15,10 +15,15 @@ import uuid
 from pathlib import Path
 
 from engine import paths, units
+from engine.data.dataset import check_data
+from engine.data.demo import SKILLS
 from engine.data.ref import DatasetRef
 from engine.errors import UserError
 from engine.model import availability
+from engine.model.catalog import find_gpu, list_gpus, list_models
+from engine.model.introspect import resolve
 from engine.plan import DIFFICULTIES
+from jobs.dispatcher import submit
 from ui.web import charts, html
 
 UPLOAD_TYPES = [".jsonl", ".json", ".csv", ".parquet", ".txt"]
@@ -39,14 +44,10 @@ def default_model() -> str:
 # --- step 1: base model ----------------------------------------------------------------
 
 def catalog_choices() -> list[tuple[str, str]]:
-    from engine.model.catalog import list_models
-
     return [(f"{m.name} ({m.params_b:g}B)", m.key) for m in list_models()]
 
 
 def catalog_cards() -> str:
-    from engine.model.catalog import list_models
-
     try:
         return html.model_cards(list_models())
     except Exception as exc:  # a broken catalog must not take the page down
@@ -59,8 +60,6 @@ def model_facts(spec: str) -> tuple[str, bool]:
     if not spec:
         return html.notice("Type a catalog name, a hub id, a local folder or a .gguf file.", "warn"), False
     try:
-        from engine.model.introspect import resolve
-
         info = resolve(spec)
         weights = availability.weights(spec)
     except Exception as exc:
@@ -90,19 +89,13 @@ def model_facts(spec: str) -> tuple[str, bool]:
 # --- step 2: task and data -------------------------------------------------------------
 
 def skill_choices() -> list[tuple[str, str]]:
-    try:
-        from engine.data.demo import SKILLS
-    except ImportError:
-        return []
     return [(s.title, name) for name, s in SKILLS.items()]
 
 
 def skill_description(name: str | None) -> str:
     try:
-        from engine.data.demo import SKILLS
-
         skill = SKILLS[name]
-    except (ImportError, KeyError):
+    except KeyError:
         return ""
     return f'<div class="lp-hint">{html.escape(skill.description)}</div>'
 
@@ -157,7 +150,6 @@ def check_data_view(kind: str, skill: str | None, upload: str | None, model: str
     source = None
     try:
         source = data_source(kind, skill, upload)
-        from engine.data.dataset import check_data
 
         report = check_data(source, model=(model or "default").strip(), seq_len=int(seq_len or 512))
     except Exception as exc:
@@ -201,8 +193,6 @@ def data_summary(report, shown_name: str | None = None) -> str:
 # --- step 3: hardware ------------------------------------------------------------------
 
 def gpu_choices() -> list[tuple[str, str]]:
-    from engine.model.catalog import list_gpus
-
     return [(f"{g.name} ({g.memory_gb:g} GiB)", g.name) for g in list_gpus() if g.memory_gb]
 
 
@@ -219,7 +209,6 @@ def detect_hardware() -> tuple[str, str | None, float | None]:
         name, mem = [s.strip() for s in line.split(",")[:2]]
     except Exception:
         return "cpu", None, None
-    from engine.model.catalog import find_gpu
 
     try:
         return "gpu", find_gpu(name.replace("NVIDIA", "")).name, None
@@ -244,8 +233,6 @@ def hardware_context(kind: str, gpu: str | None, budget_gb: float | None) -> dic
 def launch(plan) -> tuple[int | None, str]:
     """Submit the plan; (job id, notice). The job row is the truth from here on."""
     try:
-        from jobs.dispatcher import submit
-
         job = submit(plan)
     except Exception as exc:
         return None, html.error_notice(exc)

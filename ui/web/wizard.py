@@ -13,6 +13,7 @@ import gradio as gr
 
 from engine import units
 from engine.errors import UserError
+from engine.estimate.combined import estimate
 from engine.plan import DIFFICULTY_QUESTION, TrainingPlan
 from ui.web import charts, first_run, html, refusals, review, steps
 
@@ -281,8 +282,6 @@ def _wire_launch(ui: SimpleNamespace) -> None:
                 ("Length", f"{plan.max_steps} steps" if plan.max_steps else f"{plan.epochs:g} epochs"),
                 ("Hardware", plan.gpu or f"{plan.budget_gb:g} GiB GPU")]
         try:
-            from engine.estimate.combined import estimate
-
             est = estimate(plan)
             rows.append(("Memory", est.memory.verdict))
             if est.time:
