@@ -12,6 +12,11 @@ import random
 
 MIN_EVAL_ROWS = 2
 MIN_TRAIN_ROWS = 2
+# How the held-out rows are answered (engine.evaluate.heldout); here, light to import, because the
+# estimate sizes the scoring phases from them too (engine.estimate.timing).
+MAX_NEW_TOKENS = 256      # longest generated answer, whatever the references' length
+GENERATE_BATCH = 8        # rows answered together
+DEMO_GENERATE_BATCH = 24  # a demo skill's batch, so its exact match is the number it always reported
 
 
 def holdout_size(n_rows: int, share: float) -> int:

@@ -67,7 +67,7 @@ def build_app() -> gr.Blocks:
                 return [gr.skip()] + [gr.skip()] * len(jobs.outputs)
             return [gr.Tabs(selected="jobs")] + jobs_page.render(new_id)
 
-        wiz.launch_btn.click(wiz.launch, wiz.launch_inputs, [job_id, wiz.launch_notice]).then(
+        wiz.launch_btn.click(wiz.launch, None, [job_id, wiz.launch_notice], inputs_kwargs=wiz.launch_kwargs).then(
             after_launch, job_id, [tabs] + jobs.outputs).then(None, jobs.select, None, js=SET_URL_JS)
     return app
 

@@ -155,7 +155,8 @@ def check_data_view(kind: str, skill: str | None, upload: str | None, model: str
             exc = UserError(exc.field, wizard_words(exc.message))
         out["summary"] = html.error_notice(exc)
         return out
-    out.update(dataset=source, rows=report.rows, ok=bool(report.ok), lengths=tuple(report.token_lengths) or None)
+    out.update(dataset=source, rows=report.rows, ok=bool(report.ok), lengths=tuple(report.token_lengths) or None,
+               label_share=report.label_share)  # the estimate at submit uses both (jobs.dispatcher.validate)
     out["summary"] = data_summary(report, Path(upload).name if upload and kind != "demo" else None)
     hist = report.histogram
     out["histogram"] = charts.token_histogram(hist["edges"], hist["counts"], int(seq_len or 512),
