@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 
 import pytest
@@ -149,8 +150,10 @@ def test_a_trial_whose_eta_does_not_fit_the_time_left_is_never_started(tiny):
     trial = driver.study.ask()
     assert driver.start(trial, space.suggest(trial, driver.dims)) is False  # the search ends here
     refused = sweep.detail(sweep.get(row.id))["trials"][1]
-    assert refused["state"] == "failed" and refused["reason"].startswith("not started: its ETA (49 s") and \
-        refused["reason"].endswith("than the 40 s left of the time budget"), refused
+    # 40 s left when the test set it; the driver reads its clock a moment later (a loaded machine: a second or two)
+    left = re.fullmatch(r"not started: its ETA \(49 s\) is more than the (\d+) s left of the time budget",
+                        refused["reason"])
+    assert refused["state"] == "failed" and left and 35 <= int(left[1]) <= 40, refused
     assert store.list_jobs() == []
 
 

@@ -26,7 +26,8 @@ ANSWERS = ("model", "difficulty", "dataset", "rows", "hw_kind", "gpu", "budget",
 def context_from(model, difficulty, dataset, rows, hw_kind, gpu, budget, name) -> dict:
     """The earlier steps' answers as plan fields; raises UserError naming the missing one."""
     if not dataset:
-        raise UserError("dataset", "check the data in step 2 first (pick a demo skill or upload a file)")
+        raise UserError("dataset", "check the data in step 2 first: no data has passed its check yet (pick a "
+                        "demo skill, or upload a file and fix what the check lists)")
     ctx = {"model": (model or "default").strip(), "difficulty": difficulty or "balanced", "dataset": dataset,
            "dataset_rows": int(rows) if rows else None, "name": (name or "").strip() or None}
     ctx.update(steps.hardware_context(hw_kind, gpu, budget))
@@ -235,7 +236,8 @@ def _wire_data(ui: SimpleNamespace) -> None:
                     ui.source, [ui.skill, ui.skill_info, ui.upload]).then(
         check_data, None, data_outputs, inputs_kwargs=data_inputs)
     ui.upload.clear(check_data, None, data_outputs, inputs_kwargs=data_inputs)  # no file, no report
-    ui.next2.click(_goto("s3"), None, ui.steps)
+    # A failed check keeps the wizard on step 2, where its report names the row (steps.check_data_view)
+    ui.next2.click(lambda dataset: gr.Tabs(selected="s3" if dataset else "s2"), ui.dataset, ui.steps)
 
 
 def _wire_hardware(ui: SimpleNamespace) -> None:
@@ -265,7 +267,8 @@ def enter_review(rec_key, **answers) -> list:
 
 def _review_plan(ctx, form: dict, kept: dict | None = None) -> TrainingPlan:
     if ctx is None:
-        raise UserError("dataset", "check the data in step 2 first (pick a demo skill or upload a file)")
+        raise UserError("dataset", "check the data in step 2 first: no data has passed its check yet (pick a "
+                        "demo skill, or upload a file and fix what the check lists)")
     return review.plan_from_values(ctx, form, kept)
 
 
