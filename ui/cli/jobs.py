@@ -127,7 +127,8 @@ def cmd_jobs(ns) -> int:
     rows = [("ID", "STATUS", "PROGRESS", "ETA", "HELD-OUT EXACT MATCH", "CREATED", "NAME")]
     for j in jobs:
         left = outcome.eta(j)
-        rows.append((str(j.id), outcome.status_text(j) + (" (stalled)" if stall.stalled_since(j) else ""),
+        note = " (stalled)" if stall.stalled_since(j) else " (waiting for the cluster)" if stall.waiting(j) else ""
+        rows.append((str(j.id), outcome.status_text(j) + note,
                      outcome.progress_text(j), human_seconds(left["seconds"]) if left else "-",
                      outcome.heldout_text(j).replace("→", "->").replace("—", "-"),
                      j.created_at.strftime("%Y-%m-%d %H:%M"), j.name))
@@ -141,16 +142,16 @@ def cmd_show(ns) -> int:
     dispatcher.reconcile()
     job = store.get_job(ns.job_id)
     detail = views.job_detail(job)
+    pending = stall.waiting(job)  # a Ray job the cluster has not started: what it asks, what is free
     if ns.json:
-        print(json.dumps(detail, indent=2))
+        print(json.dumps({**detail, "waiting": pending.line() if pending else None}, indent=2))
         return 0
     print(f"job {job.id}: {job.name}")
     running = job.status == JobStatus.RUNNING
-    print(f"  status     {outcome.status_text(job)}"
-          + (f" (pid {job.pid}, {job.device or 'starting'})" if running else ""))
-    stalled = stall.describe(job)
-    if stalled:
-        print(f"  STALLED    {stalled}")
+    state = pending.line() if pending else f"pid {job.pid}, {job.device or 'starting'}"
+    print(f"  status     {outcome.status_text(job)}" + (f" ({state})" if running else ""))
+    if stall.stalled_since(job):
+        print(f"  STALLED    {stall.describe(job)}")
     left = detail["eta"]
     print(f"  progress   {outcome.progress_text(job)}" + (f"  eta {human_seconds(left['seconds'])} ("
           + ", ".join(f"{k} {human_seconds(v)}" for k, v in left["phases"].items() if v) + ")" if left else ""))

@@ -22,7 +22,7 @@ from jobs import export, outcome, runs, stall, store, views
 from jobs.dispatcher import cancel as do_cancel
 from jobs.dispatcher import resume as do_resume
 from jobs.tables import FINISHED, JobStatus
-from ui.web import charts, evaluation_view, html, review
+from ui.web import charts, evaluation_view, html, review, sweep_page
 
 REFRESH_S = 1.0
 _DOWNLOADS = Path(tempfile.gettempdir()) / "lorapilot-downloads"
@@ -264,6 +264,8 @@ def build() -> SimpleNamespace:
             ui.advice = gr.CheckboxGroup([], label="Advice to apply", elem_id="advice-pick", visible=False)
             ui.next = gr.Button("Next run with this advice", size="md", min_width=200, visible=False,
                                 elem_id="next-run")
+        with gr.Accordion("Try variations of this job's settings", open=False, elem_id="variations"):
+            ui.variations = sweep_page.variations_panel()  # a sweep whose trial 0 is this job (sweep_page.py)
         with gr.Accordion("Compare runs", open=False, elem_id="compare"):
             ui.compare_pick = gr.Dropdown([], multiselect=True, label="Jobs to compare", elem_id="compare-pick")
             ui.compare_plot = gr.Plot(charts.overlay_loss_chart([]), show_label=False, elem_id="compare-plot")
@@ -322,4 +324,5 @@ def _wire(ui: SimpleNamespace) -> None:
 
     ui.next.click(on_next, [ui.select, ui.advice], ui.outputs).then(
         None, ui.select, None, js="(j) => { if (j) history.replaceState(null, '', '?job=' + j); }")
+    sweep_page.wire_variations(ui.variations, ui.select)
     ui.compare_pick.input(compare_view, ui.compare_pick, [ui.compare_plot, ui.compare_table], show_progress="hidden")

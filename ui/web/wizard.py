@@ -17,7 +17,7 @@ import gradio as gr
 from engine.errors import UserError
 from engine.estimate.combined import headline
 from engine.plan import DIFFICULTY_QUESTION, TrainingPlan
-from ui.web import charts, first_run, html, refusals, review, steps
+from ui.web import charts, first_run, html, refusals, review, steps, sweep_page
 
 # The earlier steps' answers, by the names handlers receive them under.
 ANSWERS = ("model", "difficulty", "dataset", "rows", "hw_kind", "gpu", "budget", "name")
@@ -26,7 +26,8 @@ ANSWERS = ("model", "difficulty", "dataset", "rows", "hw_kind", "gpu", "budget",
 def context_from(model, difficulty, dataset, rows, hw_kind, gpu, budget, name) -> dict:
     """The earlier steps' answers as plan fields; raises UserError naming the missing one."""
     if not dataset:
-        raise UserError("dataset", "check the data in step 2 first (pick a demo skill or upload a file)")
+        raise UserError("dataset", "check the data in step 2 first: no data has passed its check yet (pick a "
+                        "demo skill, or upload a file and fix what the check lists)")
     ctx = {"model": (model or "default").strip(), "difficulty": difficulty or "balanced", "dataset": dataset,
            "dataset_rows": int(rows) if rows else None, "name": (name or "").strip() or None}
     ctx.update(steps.hardware_context(hw_kind, gpu, budget))
@@ -166,6 +167,7 @@ def _review_step(ui: SimpleNamespace) -> None:
         ui.ctx = gr.State(None)  # the earlier steps' answers as plan fields, set on entering the review
         ui.valid = gr.State({})  # the form's last valid values: what a refused box goes back to
         ui.shown = gr.State({})  # the figures the page shows (server-side), so unchanged ones are not resent
+        ui.search = sweep_page.search_panel()  # a budgeted search around these settings (ui/web/sweep_page.py)
         ui.next4 = gr.Button("Next: launch →", variant="primary", elem_classes="lp-next", elem_id="next4")
 
 
@@ -190,6 +192,9 @@ def _goto(step: str):
 def _wire(ui: SimpleNamespace) -> None:
     for wire_step in (_wire_model, _wire_data, _wire_hardware, _wire_review, _wire_launch):
         wire_step(ui)
+    names = list(ui.plan_inputs)
+    sweep_page.wire_search(ui.search, [ui.plan_inputs[n] for n in names],
+                           lambda *values: plan_from(dict(zip(names, values))))
 
 
 def _wire_model(ui: SimpleNamespace) -> None:
@@ -231,7 +236,8 @@ def _wire_data(ui: SimpleNamespace) -> None:
                     ui.source, [ui.skill, ui.skill_info, ui.upload]).then(
         check_data, None, data_outputs, inputs_kwargs=data_inputs)
     ui.upload.clear(check_data, None, data_outputs, inputs_kwargs=data_inputs)  # no file, no report
-    ui.next2.click(_goto("s3"), None, ui.steps)
+    # A failed check keeps the wizard on step 2, where its report names the row (steps.check_data_view)
+    ui.next2.click(lambda dataset: gr.Tabs(selected="s3" if dataset else "s2"), ui.dataset, ui.steps)
 
 
 def _wire_hardware(ui: SimpleNamespace) -> None:
@@ -261,7 +267,8 @@ def enter_review(rec_key, **answers) -> list:
 
 def _review_plan(ctx, form: dict, kept: dict | None = None) -> TrainingPlan:
     if ctx is None:
-        raise UserError("dataset", "check the data in step 2 first (pick a demo skill or upload a file)")
+        raise UserError("dataset", "check the data in step 2 first: no data has passed its check yet (pick a "
+                        "demo skill, or upload a file and fix what the check lists)")
     return review.plan_from_values(ctx, form, kept)
 
 
