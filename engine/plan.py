@@ -32,6 +32,9 @@ MAX_INT = 2**31 - 1  # the largest whole-number setting (SQLite, torch and the h
 
 # Target presets a user can name instead of module names.
 TARGET_PRESETS = ("all-linear", "attention", "mlp")
+# The ranks the advice moves between (rules R1-R4): below 4 an adapter learns little; from 64 up most
+# of LoRA's savings are gone (R4's note). Any rank from 1 is still a valid plan.
+MIN_RANK, MAX_RANK = 4, 64
 
 
 @dataclass(frozen=True)
@@ -261,7 +264,7 @@ class TrainingPlan(BaseModel):
         return ",".join(names)
 
     @model_validator(mode="after")
-    def _adapter_options(self) -> "TrainingPlan":
+    def _adapter_options(self) -> TrainingPlan:
         if self.method == "full" and (self.use_dora or self.use_rslora):
             raise ValueError("use_dora/use_rslora apply to lora and qlora, not full fine-tuning")
         return self
@@ -291,14 +294,14 @@ class TrainingPlan(BaseModel):
         return cls.model_fields[field].description or ""
 
     @classmethod
-    def build(cls, **values) -> "TrainingPlan":
+    def build(cls, **values) -> TrainingPlan:
         """Construct, turning pydantic's errors into one `UserError` naming the field."""
         try:
             return cls(**{k: v for k, v in values.items() if v is not None})
         except ValidationError as exc:
             raise _user_error(exc) from None
 
-    def updated(self, **changes) -> "TrainingPlan":
+    def updated(self, **changes) -> TrainingPlan:
         return TrainingPlan.build(**{**self.model_dump(), **changes})
 
     # --- YAML -----------------------------------------------------------------------
@@ -306,7 +309,7 @@ class TrainingPlan(BaseModel):
         return yaml.safe_dump(self.model_dump(exclude_defaults=False), sort_keys=False)
 
     @classmethod
-    def from_yaml(cls, text: str, source: str = "plan") -> "TrainingPlan":
+    def from_yaml(cls, text: str, source: str = "plan") -> TrainingPlan:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -337,6 +340,11 @@ class TrainingPlan(BaseModel):
             else:
                 args += [flag, str(value)]
         return args
+
+
+def alpha_for(plan: TrainingPlan, r: int) -> float:
+    """The alpha that keeps `plan`'s update scale at rank `r`: alpha / r (alpha / sqrt(r) with rsLoRA)."""
+    return plan.alpha * ((r / plan.r) ** 0.5 if plan.use_rslora else r / plan.r)
 
 
 def resolve_dtype(requested: str, on_cpu: bool, bf16_ok: bool) -> str:

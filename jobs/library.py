@@ -105,16 +105,14 @@ def register_job_adapter(job) -> Adapter | None:
     plan = store.job_plan(job)
     if plan.method == "full" or not job.artifact_dir:
         return None
-    config = folder.read_config(Path(job.artifact_dir))
+    info = folder.inspect(Path(job.artifact_dir), base=plan.model)  # the one reader of adapter_config.json
 
     skill = demo.skill_of(plan)
     scores = {k: v for k, v in (("base", job.base_score), ("adapter", job.adapter_score)) if v is not None}
-    targets = config.get("target_modules") or []
     return add(Adapter(
         name=_free_name(job.name or f"job-{job.id}"), base_model=plan.model, path=str(job.artifact_dir),
-        method=plan.method, r=int(config.get("r") or plan.r), alpha=float(config.get("lora_alpha") or plan.alpha),
-        targets=",".join(sorted([targets] if isinstance(targets, str) else targets)),
-        bytes=folder.folder_bytes(Path(job.artifact_dir)), skill=skill.name if skill else None,
+        method=plan.method, r=info.r or plan.r, alpha=info.alpha or plan.alpha, targets=",".join(info.targets),
+        bytes=info.bytes, skill=skill.name if skill else None,
         description=skill.description if skill else f"trained on {plan.dataset}",
         scores_json=json.dumps(scores) if scores else None, job_id=job.id))
 

@@ -64,12 +64,11 @@ def upgrade(engine) -> None:
     with engine.connect() as conn:
         if current(conn) == head():
             return
-    with _lock(engine):
-        with engine.begin() as conn:
-            if current(conn) == head():  # another process migrated while we waited
-                return
-            _stamp_if_unversioned(conn, engine.url)
-            command.upgrade(config(conn), "head")
+    with _lock(engine), engine.begin() as conn:
+        if current(conn) == head():  # another process migrated while we waited
+            return
+        _stamp_if_unversioned(conn, engine.url)
+        command.upgrade(config(conn), "head")
 
 
 def _stamp_if_unversioned(conn, url) -> None:
@@ -81,7 +80,7 @@ def _stamp_if_unversioned(conn, url) -> None:
     have = {t: {c["name"] for c in inspector.get_columns(t)} for t in present}
     if all(t.name in have and {c.name for c in t.columns} <= have[t.name] for t in tables.metadata.sorted_tables):
         command.stamp(config(conn), "head")  # create_all already made today's schema
-    elif FIRST_JOB_COLUMNS <= have["job"]:
+    elif have["job"] >= FIRST_JOB_COLUMNS:
         command.stamp(config(conn), FIRST)
     else:
         missing = ", ".join(sorted(FIRST_JOB_COLUMNS - have["job"]))

@@ -12,7 +12,7 @@ the model loads or downloads.
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from engine.errors import UserError
 
@@ -52,7 +52,7 @@ def stalled_since(job, now: datetime | None = None) -> datetime | None:
     last = _heartbeat(job) or job.started_at
     if last is None:
         return None
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return last if (now - last).total_seconds() > threshold_s(job) else None
 
 
@@ -61,7 +61,7 @@ def describe(job, now: datetime | None = None) -> str | None:
     since = stalled_since(job, now)
     if since is None:
         return None
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     quiet = _minutes((now - since).total_seconds())
     what = "no step finished" if _heartbeat(job) else "no first step"
     return (f"stalled since {since.strftime('%Y-%m-%d %H:%M:%S')} UTC: {what} for {quiet} (threshold "

@@ -24,6 +24,8 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
+from engine.plan import MAX_RANK, MIN_RANK, alpha_for
+
 SPIKE = 3.0             # a train loss this many times the running median is a spike...
 SPIKE_MIN_RISE = 0.25   # ...if it is also this much higher in absolute terms (nats)
 GRAD_FAR = 10.0         # a gradient norm this many times its running median is "far above"...
@@ -147,7 +149,7 @@ def _grad_outlier(metrics: list[dict]) -> str | None:
 
     def loss_rose(step):  # a large gradient while the loss falls fast is learning, not instability
         i = steps.index(step) if step in loss_at else -1
-        return 0 < i and any(loss_at[s] > loss_at[steps[i - 1]] + GRAD_MIN_RISE for s in steps[i:i + 2])
+        return i > 0 and any(loss_at[s] > loss_at[steps[i - 1]] + GRAD_MIN_RISE for s in steps[i:i + 2])
 
     start = max(2, len(grads) // 10)  # a fresh adapter's first updates have large gradients
     far = []
@@ -240,10 +242,10 @@ def _u4(plan, evidence: str, severe: bool) -> list[Finding]:
 
 def _u2(plan, metrics: list[dict], evidence: str, best_step: int) -> list[Finding]:
     out = []
-    if plan.r > 4:
-        r = max(4, plan.r // 2)
+    if plan.r > MIN_RANK:
+        r = max(MIN_RANK, plan.r // 2)
         out.append(Finding("U2", "overfitting", evidence, f"lower the rank {plan.r} -> {r} (alpha keeps alpha / r)",
-                           {"r": r, "alpha": _sig(plan.alpha * r / plan.r)}))
+                           {"r": r, "alpha": _sig(alpha_for(plan, r))}))
     if plan.dropout < 0.1:
         out.append(Finding("D2", "overfitting", evidence, f"raise dropout {plan.dropout:g} -> 0.1, as for small or "
                            "noisy data", {"dropout": 0.1}))
@@ -262,11 +264,11 @@ def _u2(plan, metrics: list[dict], evidence: str, best_step: int) -> list[Findin
 
 def _u1(plan, evidence: str) -> list[Finding]:
     out = []
-    if plan.r < 64:
-        r = min(64, plan.r * 2)
+    if plan.r < MAX_RANK:
+        r = min(MAX_RANK, plan.r * 2)
         out.append(Finding("U1", "underperforming", evidence,
                            f"raise the rank {plan.r} -> {r} (alpha keeps alpha / r)",
-                           {"r": r, "alpha": _sig(plan.alpha * r / plan.r)}))
+                           {"r": r, "alpha": _sig(alpha_for(plan, r))}))
     wider = {"q_proj,v_proj": "attention", "attention": "all-linear", "mlp": "all-linear"}.get(plan.targets)
     if wider is None and plan.targets != "all-linear":
         wider = "all-linear"

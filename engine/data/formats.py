@@ -38,10 +38,16 @@ class Rows(list):
 
 
 # --- sources ---------------------------------------------------------------------------
+def no_dataset() -> UserError:
+    """The one wording of "no training data given", wherever that is found out."""
+    return UserError("dataset", "no training data given; give a file (" + one_of(EXTENSIONS) + "), a hub dataset "
+                     "id or demo:NAME")
+
+
 def read_source(source: str) -> Rows:
     """Records from a file, 'demo:NAME' or a hub dataset id; UserError names file and row."""
     if not source or not str(source).strip():
-        raise UserError("dataset", "is empty; give a file (" + one_of(EXTENSIONS) + "), a hub dataset id or demo:NAME")
+        raise no_dataset()
     source = str(source).strip()
     ref = DatasetRef.parse(source)
     if ref.is_demo:

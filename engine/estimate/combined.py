@@ -92,6 +92,12 @@ def gpu_of(plan) -> Gpu | None:
     return None if plan.budget_gb else catalog.CPU
 
 
+def on_cpu(plan) -> bool:
+    """The one answer to "does this plan train on the CPU?": gpu 'cpu', or neither a GPU nor a budget."""
+    gpu = gpu_of(plan)
+    return gpu is not None and gpu.is_cpu
+
+
 def compute_dtype(plan, gpu: Gpu | None) -> str:
     on_cpu = gpu is not None and gpu.is_cpu
     bf16_ok = hardware.calibration().bf16_native if on_cpu else (gpu is None or gpu.supports_bf16)

@@ -196,7 +196,7 @@ def _moe_targets(model) -> list[LinearModule]:
             out.append(LinearModule(f"{mod_name}.{names['down']}", names["down"], i, h_out, False, layer,
                                     experts=e, pseudo=True))
         elif mod_name.rsplit(".", 1)[-1] == names["gate"] and getattr(mod, "weight", None) is not None \
-                and mod.weight.dim() == 2 and not type(mod).__name__ == "Linear":
+                and mod.weight.dim() == 2 and type(mod).__name__ != "Linear":
             fout, fin = mod.weight.shape
             out.append(LinearModule(mod_name, names["gate"], fin, fout, False, layer, router=True, pseudo=True))
     return out

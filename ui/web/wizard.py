@@ -302,7 +302,7 @@ def _wire_launch(ui: SimpleNamespace) -> None:
             return None, html.error_notice(exc)
         if refusal:
             return None, refusal
-        return steps.launch(plan)
+        return steps.launch(plan, anyway=bool(values[-1]))
 
     ui.launch = launch
     ui.launch_inputs = ui.plan_inputs + [ui.override]  # the plan, and the "launch anyway" box
