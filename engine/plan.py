@@ -242,7 +242,7 @@ class TrainingPlan(BaseModel):
     @field_validator("num_processes")
     @classmethod
     def _processes(cls, v: int | str) -> int | str:
-        if v != "auto" and v <= 0:
+        if isinstance(v, int) and v <= 0:
             raise ValueError("must be a whole number of 1 or more, or auto (one per visible GPU)")
         return v
 

@@ -138,7 +138,7 @@ def kick(standby: subprocess.Popen | None = None) -> list[int]:
     The first job started locally takes over `standby`, if given; otherwise it is let go."""
     _reap()
     reconcile()
-    started = []
+    started: list[int] = []
     slots = max_concurrent()
     try:
         while True:
@@ -175,6 +175,7 @@ def _release(standby: subprocess.Popen | None) -> None:
     if standby is None:
         return
     with contextlib.suppress(OSError):
+        assert standby.stdin is not None  # made with stdin=PIPE
         standby.stdin.close()
     _children.append(standby)  # reaped by a later kick, so it never lingers as a zombie
 
@@ -199,6 +200,7 @@ def _worker_env() -> dict:
 
 def _spawn(job_id: int, standby: subprocess.Popen | None = None) -> None:
     if standby is not None and standby.poll() is None:
+        assert standby.stdin is not None  # made with stdin=PIPE
         try:  # the standby worker sends its output to the job's log once it has the id
             standby.stdin.write(f"{job_id}\n".encode())
             standby.stdin.close()
@@ -320,7 +322,7 @@ def _enforce_cancel(job_id: int, grace: float, term_grace: float = TERM_GRACE_S)
         if job.ray_job_id:
             store.append_log(job_id, f"worker did not stop within {grace:.0f}s; stopping Ray job {job.ray_job_id}")
             ray.stop(job.ray_job_id)
-        elif worker_alive(job.pid, job_id):
+        elif job.pid is not None and worker_alive(job.pid, job_id):
             store.append_log(job_id, f"worker did not stop within {grace:.0f}s; sending {sig.name}")
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(job.pid, sig)

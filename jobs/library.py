@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import select
+from sqlmodel import col, select
 
 from engine import paths
 from engine.adapters import folder
@@ -39,7 +39,7 @@ def adapters_dir() -> Path:
 # --- reads ---------------------------------------------------------------------------------
 def list_adapters(base_model: str | None = None) -> list[Adapter]:
     with session() as s:
-        query = select(Adapter).order_by(Adapter.base_model, Adapter.id)
+        query = select(Adapter).order_by(col(Adapter.base_model), col(Adapter.id))
         if base_model:
             query = query.where(Adapter.base_model == base_model)
         return list(s.exec(query))

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
+from alembic.script import Script, ScriptDirectory
 from filelock import FileLock
 
 from engine.errors import UserError
@@ -52,7 +52,9 @@ def config(connection=None) -> Config:
 
 @lru_cache(maxsize=1)
 def head() -> str:
-    return ScriptDirectory.from_config(config()).get_current_head()
+    newest = ScriptDirectory.from_config(config()).get_current_head()
+    assert newest is not None, "jobs/migrations/versions/ holds no revision"
+    return newest
 
 
 def current(connection) -> str | None:
@@ -116,6 +118,7 @@ def new_revision(message: str) -> str:
             script = command.revision(config(conn), message=message, autogenerate=True, rev_id=rev_id)
         engine.dispose()
     head.cache_clear()
+    assert isinstance(script, Script)  # one revision, not a branch point
     return script.path
 
 

@@ -60,7 +60,8 @@ def _when(**kwargs):
 
 
 class Job(SQLModel, table=True):
-    id: int | None = Field(default=None, primary_key=True)
+    # None until the row is inserted (the database assigns it); typed int, as every reader sees it
+    id: int = Field(default=None, primary_key=True)
     name: str = ""
     plan_json: str
     status: str = Field(default=JobStatus.QUEUED, index=True)  # a JobStatus value
@@ -119,7 +120,7 @@ class Adapter(SQLModel, table=True):
 
     __table_args__ = {"sqlite_autoincrement": True}  # a deleted id is never reused (lineage names ids)
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int = Field(default=None, primary_key=True)  # None until inserted, as Job.id
     name: str = Field(index=True, unique=True)
     base_model: str = Field(index=True)  # a spec engine.train.run.model_source resolves
     path: str

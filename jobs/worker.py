@@ -15,8 +15,9 @@ import signal
 import socket
 import sys
 import traceback
+from types import SimpleNamespace
 
-from engine.train.run import train
+from engine.train.run import TrainResult, train
 from jobs import dispatcher, library, store
 from jobs.callbacks import JobCallbacks, explain
 from jobs.dispatcher import last_checkpoint_step
@@ -82,11 +83,12 @@ def _run(worker: JobCallbacks) -> int:
     resume = ckpt is not None
     # Steps after the checkpoint will be trained again: drop their rows so none appears twice.
     dropped = store.delete_metrics_after(job_id, ckpt or 0)
-    if resume:
+    if ckpt is not None:
         store.append_log(job_id, f"resuming from checkpoint at step {ckpt} (dropped {dropped} later metric rows)")
         worker.step = ckpt
     out_dir = store.job_dir(job_id)
 
+    result: TrainResult | SimpleNamespace  # rank 0's outcome, or this process's own run
     try:
         if plan.processes > 1:
             result = accelerate.run(job_id, plan.processes, resume)

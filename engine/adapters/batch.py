@@ -232,7 +232,8 @@ class Scheduler:
 
     def _take(self) -> list[_Ticket]:
         """Oldest first, up to max_batch, with at most max_adapters distinct adapters (1 unless mixed)."""
-        chosen, names = [], set()
+        chosen: list[_Ticket] = []
+        names: set[str | None] = set()
         limit = self.max_adapters if self.mixed else 1
         for ticket in self._waiting:
             name = ticket.request.adapter or gathered.BASE

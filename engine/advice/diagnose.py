@@ -200,7 +200,7 @@ def _underperforming(metrics: list[dict], evaluation: dict | None) -> str | None
         f1 = (adapter["f1"] - base["f1"]) if None not in (adapter.get("f1"), base.get("f1")) else None
         if gain >= MIN_GAIN or (f1 is not None and f1 >= F1_GAIN_OK):
             return None
-        text = (f"on {evaluation.get('rows')} held-out rows the adapter's loss is {adapter['loss']:.3f} against the "
+        text = (f"on {(evaluation or {}).get('rows')} held-out rows the adapter's loss is {adapter['loss']:.3f} against the "
                 f"base's {base['loss']:.3f} ({100 * gain:+.0f}% lower; at least {100 * MIN_GAIN:.0f}% is expected)")
         if f1 is not None:
             text += f", token F1 {base['f1']:.0f} -> {adapter['f1']:.0f}"
@@ -232,7 +232,7 @@ def _u4(plan, evidence: str, severe: bool) -> list[Finding]:
         out.append(Finding("A4", "unstable", evidence, f"alpha / r is {plan.alpha / plan.r:g} (A3 calls 4 aggressive) "
                            "and multiplies the update like a learning rate: set alpha = r (A2)", {"alpha": plan.r}))
     if plan.warmup_ratio < 0.1:
-        change = {"warmup_ratio": 0.1}
+        change: dict[str, float | str] = {"warmup_ratio": 0.1}
         if plan.lr_scheduler == "constant":
             change["lr_scheduler"] = "constant_with_warmup"
         out.append(Finding("U4", "unstable", evidence, f"warm up over the first 10% of the steps (now "

@@ -129,7 +129,12 @@ def recommend(model: str, difficulty: str | None, gpu: str | None = None, budget
         raise UserError("gpu", "give a GPU from the catalog, 'cpu', or a memory budget (budget_gb)")
     device = find_gpu(gpu) if gpu is not None else None
     on_cpu = device is not None and device.is_cpu
-    budget = None if on_cpu else (budget_gb if budget_gb is not None else device.memory_gb)
+    if on_cpu:
+        budget = None
+    elif budget_gb is not None:
+        budget = budget_gb
+    else:
+        budget = device.memory_gb if device is not None else None
 
     info = resolve(model)
     ctx = RuleContext(

