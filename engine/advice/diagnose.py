@@ -200,7 +200,8 @@ def _underperforming(metrics: list[dict], evaluation: dict | None) -> str | None
         f1 = (adapter["f1"] - base["f1"]) if None not in (adapter.get("f1"), base.get("f1")) else None
         if gain >= MIN_GAIN or (f1 is not None and f1 >= F1_GAIN_OK):
             return None
-        text = (f"on {(evaluation or {}).get('rows')} held-out rows the adapter's loss is {adapter['loss']:.3f} against the "
+        rows = (evaluation or {}).get("rows")
+        text = (f"on {rows} held-out rows the adapter's loss is {adapter['loss']:.3f} against the "
                 f"base's {base['loss']:.3f} ({100 * gain:+.0f}% lower; at least {100 * MIN_GAIN:.0f}% is expected)")
         if f1 is not None:
             text += f", token F1 {base['f1']:.0f} -> {adapter['f1']:.0f}"
