@@ -76,6 +76,6 @@ class JobCallbacks:
 def explain(exc: BaseException, plan, step: int | None) -> str:
     try:
         return failures.explain(exc, plan, step)
-    except Exception:  # noqa: BLE001 - the explainer itself must never lose the verdict
+    except Exception:  # the explainer itself must never lose the verdict
         traceback.print_exc()
         return f"{type(exc).__name__}: {exc}"

@@ -183,7 +183,7 @@ def _release(standby: subprocess.Popen | None) -> None:
 def _submit_to_ray(job_id: int) -> None:
     try:
         ray.submit(job_id)
-    except Exception as exc:  # noqa: BLE001 - the row must not stay 'running' with nothing behind it
+    except Exception as exc:  # the row must not stay 'running' with nothing behind it
         reason = exc.message if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
         store.update_job(job_id, (JobStatus.RUNNING,), status=JobStatus.FAILED, finished_at=store.now(),
                          error=f"could not submit to the Ray cluster: {reason}; resume once it is reachable")

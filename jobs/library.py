@@ -229,5 +229,5 @@ def register_finished(job_id: int) -> None:
         entry = register_job_adapter(store.get_job(job_id))
         if entry is not None:
             store.append_log(job_id, f"adapter library: added as '{entry.name}' (id {entry.id})")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         store.append_log(job_id, f"adapter library: not added ({exc})")

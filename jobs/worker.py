@@ -61,7 +61,7 @@ def run_job(job_id: int) -> int:
     finally:
         try:
             dispatcher.kick()  # start the next queued job before this process goes away
-        except Exception:  # noqa: BLE001 - a failed kick must not hide the job's own verdict
+        except Exception:  # a failed kick must not hide the job's own verdict
             traceback.print_exc()
 
 
@@ -100,7 +100,7 @@ def _run(worker: JobCallbacks) -> int:
     except accelerate.RankLost as exc:
         _finish(job_id, JobStatus.INTERRUPTED, error=str(exc))
         return 1
-    except BaseException as exc:  # noqa: BLE001 - every failure becomes a reason on the job
+    except BaseException as exc:  # every failure becomes a reason on the job
         traceback.print_exc()
         sys.stdout.flush()
         if worker.terminated and isinstance(exc, KeyboardInterrupt):

@@ -273,7 +273,7 @@ class AdapterHost:
                 try:
                     with torch.inference_mode():
                         model.generate(**kwargs)
-                except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+                except BaseException as exc:  # re-raised in the consumer
                     failure.append(exc)
                     streamer.end()
 

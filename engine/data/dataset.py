@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from engine.data import demo
 from engine.data.chat import ends_with_eos, ensure_chat_template, render
-from engine.data.formats import FORMATS, Rows, detect_format, no_dataset, read_source, to_messages, to_text  # noqa: F401
+from engine.data.formats import FORMATS, Rows, detect_format, no_dataset, read_source, to_messages, to_text
 from engine.data.ref import DatasetRef
 from engine.errors import UserError, one_of
 from engine.evaluate.split import holdout_size

@@ -38,7 +38,7 @@ def _client():
 
     try:
         return JobSubmissionClient(address())
-    except Exception as exc:  # noqa: BLE001 - any connection failure is one line for the user
+    except Exception as exc:  # any connection failure is one line for the user
         raise UserError(ENV, f"cannot reach the Ray cluster at {address()} ({type(exc).__name__}: {exc}); "
                              "start it (`ray start --head`) or unset the variable to run jobs locally") from None
 
@@ -77,7 +77,7 @@ def status(ray_id: str) -> str:
     """Ray's word for the job (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED), or UNREACHABLE."""
     try:
         return str(_client().get_job_status(ray_id).value)
-    except Exception:  # noqa: BLE001 - a cluster we cannot reach says nothing about the job: keep the row
+    except Exception:  # a cluster we cannot reach says nothing about the job: keep the row
         return "UNREACHABLE"
 
 
@@ -89,5 +89,5 @@ def stop(ray_id: str) -> None:
 def log_tail(ray_id: str, lines: int = 50) -> str:
     try:
         return "\n".join(_client().get_job_logs(ray_id).splitlines()[-lines:])
-    except Exception as exc:  # noqa: BLE001 - logs are a courtesy; the row keeps the verdict
+    except Exception as exc:  # logs are a courtesy; the row keeps the verdict
         return f"(Ray logs unavailable: {type(exc).__name__}: {exc})"

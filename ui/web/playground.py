@@ -113,7 +113,7 @@ def compare(base, names, prompt, system, max_new_tokens, temperature, top_p, mer
         done = (f"{len(order)} answers from one base ({base}); base and adapters loaded in {_ms(prep)}. "
                 f"Loaded adapters: {', '.join(host.loaded()) or 'none'} (at most {host.max_loaded}).")
         yield [html.notice(done, "ok")] + _boxes(texts, labels, len(order))
-    except Exception as exc:  # noqa: BLE001 - the page shows one line, never a traceback
+    except Exception as exc:  # the page shows one line, never a traceback
         yield [html.error_notice(exc)] + [gr.skip()] * SLOTS
 
 
@@ -136,7 +136,7 @@ def compose(names, weights_text, combination, density, name, score):
             rows = workbench.retention(entry.id)
             text += retention_table(rows)
         return text, gr.update(choices=adapter_choices(None))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return html.error_notice(exc), gr.skip()
 
 
