@@ -16,7 +16,7 @@ from sqlalchemy import Engine, event
 from sqlmodel import Session, create_engine
 
 from engine import paths
-from jobs import schema
+from jobs import database_driver, schema
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
@@ -42,6 +42,7 @@ def db_engine():
         eng = _engines.get(url)
         if eng is not None:
             return eng
+        database_driver.check(url)  # a driver that is not installed: one line naming it, not ModuleNotFoundError
         if url.startswith("sqlite"):
             eng = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
             event.listen(eng, "connect", _sqlite_pragmas)

@@ -29,7 +29,7 @@ from engine.data.formats import no_dataset
 from engine.data.ref import DatasetRef
 from engine.errors import UserError, one_of
 from engine.estimate import combined
-from engine.model import introspect
+from engine.model import availability, introspect
 from engine.plan import TrainingPlan
 from engine.train import checkpoints
 from jobs import stall, store
@@ -66,6 +66,10 @@ def validate(plan: TrainingPlan):
         raise no_dataset()
 
     introspect.resolve(plan.model)
+    if ray.address():
+        ray.check(plan)  # a plan no node of the cluster can run would wait there forever
+    else:  # on a Ray cluster the nodes load the weights; this machine's files say nothing of theirs
+        availability.require(plan.model)  # before the data check, whose tokenizer would fail on the same cause
 
     report = dataset.check_data(plan.dataset, model=plan.model, seq_len=plan.seq_len, data_format=plan.data_format,
                                 columns=plan.columns)
@@ -300,9 +304,9 @@ def cancel(job_id, wait: bool = True, grace_s: float | None = None) -> Job:
         raise UserError("job", f"job {job.id} is {job.status}; only queued or running jobs can be cancelled")
     store.update_job(job.id, (JobStatus.RUNNING,), cancel_requested=True)
     grace, term_grace = (CANCEL_GRACE_S if grace_s is None else grace_s), TERM_GRACE_S
-    if stall.stalled_since(job):  # it will not reach a step boundary: signal it now, kill it soon
+    if stall.stalled_since(job) or stall.waiting(job):  # no step boundary will come: signal it now, kill it soon
         grace, term_grace = 0.0, STALLED_TERM_GRACE_S
-        store.append_log(job.id, "cancel requested: the job is stalled, stopping its worker by signal")
+        store.append_log(job.id, "cancel requested: the job is stalled or waiting for the cluster, stopping it")
     else:
         store.append_log(job.id, "cancel requested: stopping at the next step")
     if wait:

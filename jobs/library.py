@@ -24,7 +24,7 @@ from engine import paths
 from engine.adapters import folder
 from engine.data import demo
 from engine.errors import UserError
-from jobs import store, views
+from jobs import outcome, store, views
 from jobs.db import session
 from jobs.tables import Adapter
 
@@ -108,7 +108,8 @@ def register_job_adapter(job) -> Adapter | None:
     info = folder.inspect(Path(job.artifact_dir), base=plan.model)  # the one reader of adapter_config.json
 
     skill = demo.skill_of(plan)
-    scores = {k: v for k, v in (("base", job.base_score), ("adapter", job.adapter_score)) if v is not None}
+    # held-out exact match of every job (jobs.outcome), not only a demo skill's
+    scores = {k: v for k, v in zip(("base", "adapter"), outcome.heldout(job)) if v is not None}
     return add(Adapter(
         name=_free_name(job.name or f"job-{job.id}"), base_model=plan.model, path=str(job.artifact_dir),
         method=plan.method, r=info.r or plan.r, alpha=info.alpha or plan.alpha, targets=",".join(info.targets),

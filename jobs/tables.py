@@ -96,10 +96,11 @@ class Job(SQLModel, table=True):
     step_seconds: float | None = None
     host: str | None = None  # the machine the worker ran on
     ray_job_id: str | None = None  # set when the job was submitted to a Ray cluster
+    sweep_id: int | None = Field(default=None, index=True)  # the search this job is a trial of (jobs.sweep)
 
 
 class Metric(SQLModel, table=True):
-    id: int | None = Field(default=None, primary_key=True)
+    id: int = Field(default=None, primary_key=True)  # None until inserted, as Job.id
     job_id: int = Field(index=True, foreign_key="job.id")
     step: int
     epoch: float | None = None
@@ -143,6 +144,43 @@ class Adapter(SQLModel, table=True):
     @property
     def lineage(self) -> dict:
         return json.loads(self.lineage_json) if self.lineage_json else {}
+
+
+class SweepStatus(StrEnum):
+    QUEUED = "queued"  # created or resumed; its driver process is starting
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"  # the budget is spent and a best trial exists
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"  # the driver process died; `sweep resume` continues
+
+
+SWEEP_FINISHED = (SweepStatus.SUCCEEDED, SweepStatus.FAILED, SweepStatus.CANCELLED, SweepStatus.INTERRUPTED)
+SWEEP_RESUMABLE = (SweepStatus.FAILED, SweepStatus.CANCELLED, SweepStatus.INTERRUPTED)
+
+
+class Sweep(SQLModel, table=True):
+    """A search for better settings (jobs.sweep): what the user asked for and where it stands. Its trials
+    are an Optuna study (jobs.sweep_study), each an ordinary job whose `sweep_id` names this row."""
+
+    id: int = Field(default=None, primary_key=True)  # None until inserted, as Job.id
+    name: str = ""
+    status: str = Field(default=SweepStatus.QUEUED, index=True)
+    metric: str = "loss"  # loss | exact_match | f1 | rougeL, on the held-out rows
+    direction: str = "minimize"
+    budget_trials: int | None = None
+    budget_seconds: float | None = None
+    plan_json: str  # trial 0: the plan the search starts from
+    space_json: str  # engine.advice.space dimensions, as searched
+    created_at: datetime = _when(default_factory=now)
+    queued_at: datetime = _when(default_factory=now)  # (re)started: its driver should claim it soon
+    finished_at: datetime | None = _when(default=None)
+    pid: int | None = None  # the driver process (jobs.sweep_driver)
+    elapsed_seconds: float = 0.0  # time spent searching, summed over the driver's runs (resumes)
+    cancel_requested: bool = False
+    best_job_id: int | None = None
+    adapter_name: str | None = None  # the library entry the best trial's adapter became
+    error: str | None = None  # why it stopped, for humans
 
 
 metadata = SQLModel.metadata  # every table above: the schema jobs.schema migrates and Alembic autogenerates from

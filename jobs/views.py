@@ -10,7 +10,7 @@ import json
 from datetime import datetime
 
 from engine.advice import diagnose
-from jobs import runs, stall, store
+from jobs import outcome, runs, stall, store
 from jobs.tables import Job, now
 
 
@@ -27,6 +27,7 @@ def job_summary(job: Job) -> dict:
         "base_score": job.base_score, "adapter_score": job.adapter_score,
         "error": job.error, "artifact_dir": job.artifact_dir,
         "stalled_since": iso(stall.stalled_since(job)),
+        **outcome.readings(job),  # eta by phase, held-out before/after, stopped early, outcome
     }
 
 

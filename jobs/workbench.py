@@ -130,8 +130,9 @@ def compose(refs: list[str], weights: list[float], combination: str, name: str,
         raise
 
 
-def retention(ref) -> list[dict]:
-    """The skill-retention table of a composed entry (its sources with a known demo skill)."""
+def retention(ref, progress=None) -> list[dict]:
+    """The skill-retention table of a composed entry (its sources with a known demo skill); `progress(text)`
+    hears each scoring pass in words."""
 
     entry = library.find(ref)
     sources = entry.lineage.get("sources") or []
@@ -140,7 +141,7 @@ def retention(ref) -> list[dict]:
                         "with its sources")
     found = [library.find(s["id"]) for s in sources]
     host = host_for([entry, *found])
-    return retention_mod.table(host, entry.name, [(e.name, e.skill) for e in found])
+    return retention_mod.table(host, entry.name, [(e.name, e.skill) for e in found], progress)
 
 
 def recipe_adapter(ref) -> tuple[str, Path]:

@@ -15,7 +15,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from engine.advice import fitting, rules
-from engine.advice.rules import FIELDS, RuleContext
+from engine.advice.rules import DEMO_FIELDS, FIELDS, RuleContext
+from engine.data import demo
+from engine.data.ref import DatasetRef
 from engine.errors import UserError, one_of
 from engine.estimate.combined import estimate, memory_for
 from engine.model.catalog import find_gpu, list_gpus
@@ -147,6 +149,11 @@ def recommend(model: str, difficulty: str | None, gpu: str | None = None, budget
         budget_gb=budget,
         seq_len_hint=base.seq_len if base is not None and base.seq_len != TrainingPlan().seq_len else None,
     )
+    ref = DatasetRef.parse(base.dataset) if base is not None and base.dataset else None
+    if ref is not None and ref.is_demo and ref.skill in demo.SKILLS:  # its recipe is row X1, not a later override
+        recipe = demo.default_plan(ref.skill)
+        ctx.demo_recipe = {f: getattr(recipe, f) for f in DEMO_FIELDS}
+        ctx.demo_steps = recipe.max_steps
     chosen = decide(ctx)
     reasons = {f: chosen[f][1] for f in FIELDS}
     plan = (base or TrainingPlan()).updated(

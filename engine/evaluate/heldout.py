@@ -31,7 +31,7 @@ from engine.evaluate import split, textmetrics
 from engine.train import events
 
 SAMPLES = 5            # rows shown side by side
-MAX_NEW_TOKENS = 256   # longest generated answer, whatever the references' length
+MAX_NEW_TOKENS = split.MAX_NEW_TOKENS
 LOSS_SHARE = 0.5       # the loss pass may use up to this share of the base pass's time
 PROMPT_CHARS = 600     # samples show at most this much of a prompt
 
@@ -148,7 +148,7 @@ class Judge:
         if not rows:
             return []
         tok, answers = self.tokenizer, []
-        batch_size = 24 if self.skill is not None else 8  # the demo's batch, so its exact match is unchanged
+        batch_size = split.DEMO_GENERATE_BATCH if self.skill is not None else split.GENERATE_BATCH
         side = tok.padding_side
         tok.padding_side = "left"  # generation continues from the right edge of every row
         try:

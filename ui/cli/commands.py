@@ -29,6 +29,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "merge": ("ui.cli.adapters", "merge an adapter into its base: a standalone Hugging Face model folder"),
     "compose": ("ui.cli.adapters", "combine adapters of one base into a new library adapter"),
     "serve-recipe": ("ui.cli.recipe", "Print the vLLM command that serves these adapters on a GPU box."),
+    "sweep": ("ui.cli.sweep", "search for better settings around a plan: trials ranked on held-out data "
+                              "(also: sweep show|cancel|resume ID)"),
+    "sweeps": ("ui.cli.sweep", "list sweeps, newest first"),
 }
 
 

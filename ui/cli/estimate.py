@@ -87,6 +87,9 @@ def format_estimate(plan, est) -> str:
         else:  # no row count or step limit: the speed is known, the total is not
             line += "; total time unknown (give --dataset-rows N or --max-steps N)"
         lines += ["", line]
+        if t.total_seconds:
+            lines.append(f"Whole job, every phase: ~{human_seconds(t.total_seconds)} ("
+                         + ", ".join(f"{k} {human_seconds(v)}" for k, v in t.phases.items() if v) + ")")
     for a in list(mem.assumptions) + (list(t.assumptions) if t is not None else []):
         lines.append(f"  · {a}")
     return "\n".join(lines)

@@ -12,11 +12,11 @@ from pathlib import Path
 
 from engine.data import demo
 from engine.errors import UserError
+from engine.estimate.combined import headline
 from engine.plan import TrainingPlan, add_plan_flags, plan_from_args
 from engine.train import script
 from engine.units import human_bytes, human_seconds
-from jobs import dispatcher, stall, store, views
-from jobs.export import export_zip
+from jobs import dispatcher, export, outcome, stall, store, views
 from jobs.tables import JobStatus
 from ui.cli import commands, waiting
 from ui.cli.runs import show_lines
@@ -107,11 +107,13 @@ def cmd_jobs(ns) -> int:
     if not jobs:
         print("no jobs yet; start one with `python app.py train PLAN.yaml` or `python app.py demo`")
         return 0
-    rows = [("ID", "STATUS", "PROGRESS", "BASE", "ADAPTER", "CREATED", "NAME")]
+    rows = [("ID", "STATUS", "PROGRESS", "ETA", "HELD-OUT EXACT MATCH", "CREATED", "NAME")]
     for j in jobs:
-        rows.append((str(j.id), j.status + (" (stalled)" if stall.stalled_since(j) else ""),
-                     f"{j.progress * 100:.0f}% {j.step}/{j.total_steps or '?'}",
-                     waiting.pct(j.base_score), waiting.pct(j.adapter_score),
+        left = outcome.eta(j)
+        note = " (stalled)" if stall.stalled_since(j) else " (waiting for the cluster)" if stall.waiting(j) else ""
+        rows.append((str(j.id), outcome.status_text(j) + note,
+                     outcome.progress_text(j), human_seconds(left["seconds"]) if left else "-",
+                     outcome.heldout_text(j).replace("→", "->").replace("—", "-"),
                      j.created_at.strftime("%Y-%m-%d %H:%M"), j.name))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
@@ -123,25 +125,30 @@ def cmd_show(ns) -> int:
     dispatcher.reconcile()
     job = store.get_job(ns.job_id)
     detail = views.job_detail(job)
+    pending = stall.waiting(job)  # a Ray job the cluster has not started: what it asks, what is free
     if ns.json:
-        print(json.dumps(detail, indent=2))
+        print(json.dumps({**detail, "waiting": pending.line() if pending else None}, indent=2))
         return 0
     print(f"job {job.id}: {job.name}")
     running = job.status == JobStatus.RUNNING
-    print(f"  status     {job.status}" + (f" (pid {job.pid}, {job.device or 'starting'})" if running else ""))
-    stalled = stall.describe(job)
-    if stalled:
-        print(f"  STALLED    {stalled}")
-    print(f"  progress   {job.progress * 100:.0f}%  step {job.step}/{job.total_steps or '?'}"
-          + (f"  eta {human_seconds(job.eta_seconds)}" if job.eta_seconds else ""))
-    print(f"  memory     estimated {human_bytes(job.estimated_peak_bytes)}, "
+    state = pending.line() if pending else f"pid {job.pid}, {job.device or 'starting'}"
+    print(f"  status     {outcome.status_text(job)}" + (f" ({state})" if running else ""))
+    if stall.stalled_since(job):
+        print(f"  STALLED    {stall.describe(job)}")
+    left = detail["eta"]
+    print(f"  progress   {outcome.progress_text(job)}" + (f"  eta {human_seconds(left['seconds'])} ("
+          + ", ".join(f"{k} {human_seconds(v)}" for k, v in left["phases"].items() if v) + ")" if left else ""))
+    for line in _estimate_lines(job):
+        print(line)
+    print(f"  peak       allocated: estimated {human_bytes(job.estimated_peak_bytes)}, "
           f"measured {human_bytes(job.measured_peak_bytes)}")
-    if job.base_score is not None or job.adapter_score is not None:
-        print(f"  score      base {waiting.pct(job.base_score)} -> adapter {waiting.pct(job.adapter_score)}")
+    before, after = outcome.heldout(job)
+    if before is not None or after is not None:
+        print(f"  held-out   exact match {waiting.pct(before)} -> {waiting.pct(after)}")
     if job.error:
         print(f"  reason     {job.error}")
     if job.host or job.ray_job_id:
-        print(f"  ran on     {job.host or '?'}" + (f" (Ray job {job.ray_job_id})" if job.ray_job_id else ""))
+        print(f"  host       {job.host or '?'}" + (f" (Ray job {job.ray_job_id})" if job.ray_job_id else ""))
     print(f"  folder     {job.artifact_dir}")
 
     for line in show_lines(detail):
@@ -159,6 +166,23 @@ def cmd_show(ns) -> int:
     return 0
 
 
+def _estimate_lines(job) -> list[str]:
+    """The estimate stored at submit, under the names the wizard gives it (engine.estimate.combined.headline)."""
+    stored = store.job_estimate(job)
+    if not stored:
+        return []
+    head = headline(stored)
+    seq_len = json.loads(job.plan_json).get("seq_len")
+    memory = f"  estimate   memory {human_bytes(head['memory_bytes'])}"
+    if head["memory_bytes"] != head["worst_case_bytes"]:
+        memory += f" with the data's lengths; worst case {human_bytes(head['worst_case_bytes'])} padded to {seq_len}"
+    lines = [memory]
+    if head.get("seconds"):
+        lines.append(f"             time {human_seconds(head['seconds'])}" + (f" on {head['device']}" if head.get(
+            "device") else "") + ", every phase")
+    return lines
+
+
 def cmd_cancel(ns) -> int:
     job = dispatcher.cancel(ns.job_id)
     print(f"job {job.id} {job.status}" + (f": {job.error}" if job.error else ""))
@@ -173,10 +197,9 @@ def cmd_resume(ns) -> int:
 
 def cmd_export(ns) -> int:
     if ns.as_code:
-        print(script.render(store.job_plan(store.get_job(ns.job_id)), ns.as_code), end="")
+        print(export.code(ns.job_id, ns.as_code), end="")
         return 0
-
-    print(export_zip(ns.job_id))
+    print(export.export_zip(ns.job_id))
     return 0
 
 

@@ -19,7 +19,14 @@ from ui.cli.commands import COMMANDS
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one `error:` line naming it, like every other user error."""
+    """argparse, but a bad flag is one `error:` line naming it, like every other user error, and
+    no prefix matching: `--lr` once silently meant `--lr-scheduler`. Subparsers are built from this
+    class too (argparse's `add_parser` uses the parent's class), so the rule holds for every command.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"error: {self.prog.split()[-1]}: {message} (see --help)\n")
@@ -45,13 +52,33 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def run(argv: list[str]) -> int:
+    try:
+        return _run(argv)
+    except BrokenPipeError:
+        # The reader went away (`show 1 | head`): a normal end for a command's output, not a bug.
+        # Python's recipe (docs: signal, "Note on SIGPIPE"): point stdout at devnull so the
+        # interpreter's last flush does not raise again, and exit like a command SIGPIPE stopped.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + 13
+
+
+def _run(argv: list[str]) -> int:
     if not argv or argv[0].startswith("--host") or argv[0].startswith("--port") or argv[0] == "--share":
         argv = ["serve", *argv]  # `python app.py [--host H] [--port P]` opens the wizard
     parser = build_parser(argv[0] if argv[0] in COMMANDS else "")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help and usage errors end here; their output may meet a closed pipe too
+        sys.stdout.flush()
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
     try:
         paths.home()  # every command needs a writable home; say so before anything else fails
-        return int(args.handler(args) or 0)
+        code = int(args.handler(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, where it is caught, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        raise  # not a bug: run() ends quietly
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

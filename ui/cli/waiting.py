@@ -9,7 +9,7 @@ import sys
 import time
 
 from engine.units import human_seconds
-from jobs import dispatcher, store
+from jobs import dispatcher, outcome, store
 from jobs.tables import FINISHED, JobStatus
 
 
@@ -24,7 +24,7 @@ def follow(job, wait: bool) -> int:
 
 def wait_for(job_id: int, poll_s: float = 0.5) -> int:
     """Follow the job's rows until it finishes; 0 only if it succeeded. Ctrl-C leaves the job running."""
-    last = None
+    last, printed_at = None, 0.0
     try:
         while True:
             job = store.get_job(job_id)
@@ -33,13 +33,14 @@ def wait_for(job_id: int, poll_s: float = 0.5) -> int:
                 job = store.get_job(job_id)
             metrics = store.job_metrics(job_id) if job.status == JobStatus.RUNNING else []
             loss = next((m.loss for m in reversed(metrics) if m.loss is not None), None)
+            left = outcome.eta(job)  # every phase left, not only the training steps
             line = (f"{job.status}" + (f" ({job.phase})" if job.status == "running" and job.phase else "")
                     + f"  step {job.step}/{job.total_steps or '?'}"
-                    + (f"  loss {loss:.4f}" if loss is not None else "")
-                    + (f"  eta {human_seconds(job.eta_seconds)}" if job.eta_seconds else ""))
-            if line != last:
-                print(line, flush=True)
-                last = line
+                    + (f"  loss {loss:.4f}" if loss is not None else ""))
+            # a new line on every change of state or step; between them the ETA counts down every 10 s
+            if line != last or (left and time.monotonic() - printed_at >= 10):
+                print(line + (f"  eta {human_seconds(left['seconds'])}" if left else ""), flush=True)
+                last, printed_at = line, time.monotonic()
             if job.status in FINISHED:
                 break
             time.sleep(poll_s)

@@ -13,7 +13,7 @@ import gradio as gr
 
 from engine.adapters.merge import zip_folder
 from engine.units import human_bytes
-from jobs import library, workbench
+from jobs import library, outcome, workbench
 from ui.web import html
 
 
@@ -28,7 +28,9 @@ def library_table() -> str:
         rows = []
         for a in items:
             s = a.scores
-            score = f"{s['base']:.0f}% → {s['adapter']:.0f}%" if {"base", "adapter"} <= set(s) else "—"
+            score = html.escape(f"{s['base']:.0f}% → {s['adapter']:.0f}%") if {"base", "adapter"} <= set(s) else "—"
+            if {"base", "adapter"} <= set(s) and s["adapter"] < s["base"]:  # jobs.outcome.WORSE, in its colour
+                score += " " + html.badge("succeeded", outcome.WORSE)
             source = f"job #{a.job_id}" if a.job_id else ("composed" if a.lineage else "imported")
             rows.append((a.id, a.name, a.description or a.skill or "—", a.method, a.r, f"{a.alpha:g}",
                          a.targets.replace(",", ", "), human_bytes(a.bytes), score,
@@ -36,7 +38,7 @@ def library_table() -> str:
         label = base if len(base) < 60 else "…" + base[-57:]
         parts.append(f"<h4>Base: {html.escape(label)}</h4>" + html.table(
             ["ID", "Name", "Skill / description", "Method", "r", "alpha", "Targets", "Size", "Held-out score",
-             "Created", "Source"], rows, cls="lp-table lp-library"))
+             "Created", "Source"], rows, cls="lp-table lp-library", raw_cols=[8]))
     return "".join(parts)
 
 
@@ -111,10 +113,17 @@ def serve_recipe(chosen):
     except Exception as exc:  # one line, never a traceback
         return html.error_notice(exc)
     blocked = {i.adapter for i in result.issues if i.blocking}
-    verdict = (html.notice(f"Left out of the command: {', '.join(sorted(blocked))}. vLLM cannot load them as "
-                           "they are; the fix is below.", "warn") if blocked
-               else html.notice("vLLM can serve every adapter as it is.", "ok"))
-    notes = "".join(f"<li>{html.escape(line)}</li>" for line in result.text().splitlines()[2:])
+    unchecked = [i for i in result.issues if not i.blocking]
+    # one verdict: green only when every check ran and passed
+    if blocked:
+        verdict = html.notice(f"Left out of the command: {', '.join(sorted(blocked))}. vLLM cannot load them as "
+                              "they are; the fix is below.", "warn")
+    elif unchecked:
+        verdict = html.notice("vLLM loads these adapters, but not every check could run; see the notes below.",
+                              "info")
+    else:
+        verdict = html.notice("vLLM can serve every adapter as it is.", "ok")
+    notes = "".join(f"<li>{html.code_spans(line)}</li>" for line in result.text().splitlines()[2:])
     return (verdict + f"<pre class='lp-example' id='lib-recipe-command'>{html.escape(result.command())}</pre>"
             f"<ul class='lp-recipe-notes'>{notes}</ul>")
 

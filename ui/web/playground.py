@@ -10,6 +10,8 @@ new library entry and can score how much of each source skill the mix keeps.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from types import SimpleNamespace
 
@@ -113,7 +115,7 @@ def compare(base, names, prompt, system, max_new_tokens, temperature, top_p, mer
         done = (f"{len(order)} answers from one base ({base}); base and adapters loaded in {_ms(prep)}. "
                 f"Loaded adapters: {', '.join(host.loaded()) or 'none'} (at most {host.max_loaded}).")
         yield [html.notice(done, "ok")] + _boxes(texts, labels, len(order))
-    except Exception as exc:  # the page shows one line, never a traceback
+    except Exception as exc:
         yield [html.error_notice(exc)] + [gr.skip()] * SLOTS
 
 
@@ -123,21 +125,40 @@ def _boxes(texts, labels, shown):
 
 # --- compose -------------------------------------------------------------------------------------
 def compose(names, weights_text, combination, density, name, score):
+    """Generator: yields [message, sources] as the composition and its scoring go, in words; the first
+    yield replaces any earlier message (an old name error must not stay up during a long run)."""
     try:
         try:
             weights = [float(w) for w in (weights_text or "").split(",") if w.strip()]
         except ValueError:
             raise UserError("weights", f"got {weights_text!r}; give numbers separated by commas, "
                             "e.g. 0.5,0.5") from None
+        yield html.notice(f"Composing {', '.join(names or [])} ({combination})…", "info"), gr.skip()
         entry = workbench.compose(list(names or []), weights, combination, (name or "").strip(),
                                   density=float(density) if density and combination in ("ties", "dare_ties") else None)
         text = html.notice(f"Saved '{entry.name}' in the library: {entry.description}, rank {entry.r}.", "ok")
         if score:
-            rows = workbench.retention(entry.id)
-            text += retention_table(rows)
-        return text, gr.update(choices=adapter_choices(None))
+            # the scoring runs on its own thread so each pass's words reach the page as it starts
+            said: queue.Queue = queue.Queue()
+            result: dict = {}
+
+            def work():
+                try:
+                    result["rows"] = workbench.retention(entry.id, progress=said.put)
+                except Exception as exc:  # shown below, in one line
+                    result["error"] = exc
+                finally:
+                    said.put(None)
+
+            threading.Thread(target=work, name="retention", daemon=True).start()
+            while (line := said.get()) is not None:
+                yield text + html.notice(line[0].upper() + line[1:], "info"), gr.skip()
+            if "error" in result:
+                raise result["error"]
+            text += retention_table(result["rows"])
+        yield text, gr.update(choices=adapter_choices(None))
     except Exception as exc:
-        return html.error_notice(exc), gr.skip()
+        yield html.error_notice(exc), gr.skip()
 
 
 def retention_table(rows: list[dict]) -> str:
@@ -204,8 +225,13 @@ def build() -> SimpleNamespace:
     ui.base.change(lambda b: gr.update(choices=adapter_choices(b), value=[]), ui.base, ui.adapters)
     ui.adapters.change(lambda n: gr.update(choices=held_out_choices(n), value=None), ui.adapters, ui.held_out)
     ui.held_out.change(pick_held_out, ui.held_out, [ui.prompt, ui.system])
+    # a message belongs to the input it is about: a new prompt (typed or picked) clears the last one
+    for changed in (ui.prompt.input, ui.held_out.input):
+        changed(lambda: "", None, ui.status, show_progress="hidden")
+    for changed in (ui.c_name.input, ui.c_sources.input, ui.c_weights.input, ui.c_combination.input):
+        changed(lambda: "", None, ui.c_result, show_progress="hidden")
     ui.go.click(compare, [ui.base, ui.adapters, ui.prompt, ui.system, ui.max_new, ui.temperature, ui.top_p,
                           ui.merged], [ui.status, *ui.answers], show_progress="hidden")
     ui.c_go.click(compose, [ui.c_sources, ui.c_weights, ui.c_combination, ui.c_density, ui.c_name, ui.c_score],
-                  [ui.c_result, ui.c_sources])
+                  [ui.c_result, ui.c_sources], show_progress="hidden")  # the result box says how far, in words
     return ui

@@ -19,6 +19,7 @@ from engine.data.dataset import check_data
 from engine.data.demo import SKILLS
 from engine.data.ref import DatasetRef
 from engine.errors import UserError
+from engine.model import availability
 from engine.model.catalog import find_gpu, list_gpus, list_models
 from engine.model.introspect import resolve
 from engine.plan import DIFFICULTIES
@@ -60,6 +61,7 @@ def model_facts(spec: str) -> tuple[str, bool]:
         return html.notice("Type a catalog name, a hub id, a local folder or a .gguf file.", "warn"), False
     try:
         info = resolve(spec)
+        weights = availability.weights(spec)
     except Exception as exc:
         return html.error_notice(exc), False
     heads = f"{info.heads} query / {info.kv_heads} key-value" if info.kv_heads != info.heads else str(info.heads)
@@ -79,7 +81,9 @@ def model_facts(spec: str) -> tuple[str, bool]:
     if info.extra.get("card"):  # a catalog name: which checkpoint it names, which one the card describes
         rows.insert(1, ("Checkpoint", f"{info.extra['hub_id']} ({info.extra['variant']}); the catalog card "
                         f"describes the {info.extra['card']}"))
-    return html.notice(f"Found {spec}.", "ok") + html.facts_table(rows), True
+    # where the weights are comes first: a model that cannot be trained here is said so before its numbers
+    where = html.notice(weights.message, "ok" if weights.can_train else "warn")
+    return where + html.notice(f"Found {spec}.", "ok") + html.facts_table(rows), True
 
 
 # --- step 2: task and data -------------------------------------------------------------
@@ -155,7 +159,10 @@ def check_data_view(kind: str, skill: str | None, upload: str | None, model: str
             exc = UserError(exc.field, wizard_words(exc.message))
         out["summary"] = html.error_notice(exc)
         return out
-    out.update(dataset=source, rows=report.rows, ok=bool(report.ok), lengths=tuple(report.token_lengths) or None)
+    out.update(dataset=source, rows=report.rows, ok=bool(report.ok), lengths=tuple(report.token_lengths) or None,
+               label_share=report.label_share)  # the estimate at submit uses both (jobs.dispatcher.validate)
+    if report.errors():  # training would refuse this data: the wizard stops here, Review says data is missing
+        out.update(dataset=None, rows=None, lengths=None, label_share=None)
     out["summary"] = data_summary(report, Path(upload).name if upload and kind != "demo" else None)
     hist = report.histogram
     out["histogram"] = charts.token_histogram(hist["edges"], hist["counts"], int(seq_len or 512),
@@ -172,9 +179,10 @@ def data_summary(report, shown_name: str | None = None) -> str:
     parts = []
     if report.problems:
         first = report.problems[0]
-        parts.append(html.notice(f"{len(report.problems)} problem(s) in {name}. First: row {first.row}, "
-                                 f"{first.field}: {wizard_words(first.message)}", "error", title="Data problems:"))
-        rows = [(p.row, p.field, wizard_words(p.message)) for p in report.problems[:50]]
+        parts.append(html.notice(f"{len(report.problems)} problem(s) in {name}. First: "
+                                 f"{first.where(report.row_unit)}, {first.field}: {wizard_words(first.message)}",
+                                 "error", title="Data problems:"))
+        rows = [(p.where(report.row_unit), p.field, wizard_words(p.message)) for p in report.problems[:50]]
         parts.append(html.table(["Row", "Field", "Problem"], rows, cls="lp-table lp-problems"))
     else:
         parts.append(html.notice(f"{name}: {report.rows:,} rows in {report.format} format, no problems found.", "ok"))
