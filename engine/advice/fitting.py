@@ -127,7 +127,7 @@ def _lower_r(plan: TrainingPlan, where: Where) -> Step | None:
     r = max(MIN_RANK, plan.r // 2)
     return Step({"r": r, "alpha": alpha_for(plan, r)}, "R5", f"r {plan.r} → {r}",
                 "a smaller adapter (alpha keeps alpha / r); memory drops only slightly, capacity drops more",
-                frozenset({"learning_rate"}))
+                frozenset({"alpha", "learning_rate"}))  # the recommender's A1 gives the same alpha, with its reason
 
 
 def _shorter_sequences(plan: TrainingPlan, where: Where) -> Step | None:
