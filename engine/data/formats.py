@@ -11,6 +11,7 @@ a column mapping renames a user's columns onto those field names.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -40,13 +41,19 @@ class Rows(list):
 
 
 # --- sources ---------------------------------------------------------------------------
+def no_dataset() -> UserError:
+    """The one wording of "no training data given", wherever that is found out."""
+    return UserError("dataset", "no training data given; give a file (" + one_of(EXTENSIONS) + "), a hub dataset "
+                     "id or demo:NAME")
+
+
 def read_source(source: str) -> Rows:
     """Records from a file, 'demo:NAME' or a hub dataset id; UserError names file and row."""
     if not source or not str(source).strip():
-        raise UserError("dataset", "is empty; give a file (" + one_of(EXTENSIONS) + "), a hub dataset id or demo:NAME")
+        raise no_dataset()
     source = str(source).strip()
     ref = DatasetRef.parse(source)
-    if ref.is_demo:
+    if ref.skill is not None:  # demo:NAME
         return read_file(demo.dataset_path(ref.skill, "train"))
     path = Path(source).expanduser()
     if path.exists():
@@ -162,7 +169,8 @@ def _read_txt(text: str) -> Rows:
     # Blocks separated by blank lines are one example each; a file without blank lines
     # is one example per line.
     lines = text.splitlines()
-    records, rownums, block, start = [], [], [], 0
+    records, rownums, start = [], [], 0
+    block: list[str] = []
     for number, line in enumerate(lines + [""], start=1):
         if line.strip():
             if not block:
@@ -200,7 +208,7 @@ def detect_format(records, columns: dict | None = None) -> str:
     columns = columns or {}
     if not records:
         raise UserError("dataset", "has no rows; it needs at least 2 examples")
-    votes = {}
+    votes: dict[str, int] = {}
     for record in list(records)[:20]:
         fmt = _format_of(record, columns)
         if fmt:
@@ -209,7 +217,7 @@ def detect_format(records, columns: dict | None = None) -> str:
         found = ", ".join(map(str, records[0].keys())) or "none"
         raise UserError("data_format", f"could not recognise the layout: the columns are {found}; accepted: "
                         f"{ACCEPTED}; or map yours with --columns, e.g. instruction=question,output=answer")
-    return max(votes, key=votes.get)
+    return max(votes, key=lambda fmt: votes[fmt])
 
 
 def _format_of(record: dict, columns: dict) -> str | None:
@@ -273,11 +281,9 @@ def to_pair(record: dict, columns: dict | None = None) -> tuple[list[dict], list
         if name not in record or record[name] is None:
             raise ValueError(name, f"is missing (the {side} answer of the pair)")
         value = record[name]
-        if isinstance(value, str):
-            try:  # CSV/Parquet cells may hold a conversation as a JSON string
-                value = json.loads(value) if value.lstrip().startswith("[") else value
-            except json.JSONDecodeError:
-                pass
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            with contextlib.suppress(json.JSONDecodeError):  # CSV/Parquet cells may hold a conversation as JSON
+                value = json.loads(value)
         sides[side] = _chat(value, name) if isinstance(value, list) else [
             {"role": "assistant", "content": _text(record, side, columns)}]
     chosen, rejected = sides["chosen"], sides["rejected"]
