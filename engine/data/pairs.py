@@ -64,8 +64,9 @@ def _side_lengths(tokenizer, examples: list[dict]) -> tuple[list[int], list[int]
     if not rendered:
         return [], [], []
     columns = list(zip(*rendered))
-    encoded = [tokenizer(list(c), add_special_tokens=False)["input_ids"] for c in columns]
-    return tuple([len(ids) for ids in col] for col in encoded)
+    prompt, chosen, rejected = ([len(ids) for ids in tokenizer(list(c), add_special_tokens=False)["input_ids"]]
+                                for c in columns)
+    return prompt, chosen, rejected
 
 
 def lengths(tokenizer, examples: list[dict]) -> tuple[list[int], float]:

@@ -55,7 +55,8 @@ class PairScorer:
         import torch
 
         encoded = self._encode()[:count] if count is not None else self._encode()
-        pairs, nll, tokens = [], 0.0, 0
+        pairs: list[list[float]] = []
+        nll, tokens = 0.0, 0
         device = next(model.parameters()).device
         pad = self.tokenizer.pad_token_id or 0
         was_training = model.training
@@ -120,7 +121,7 @@ def curve(log_history: list[dict]) -> list[dict]:
     for entry in log_history:
         if "loss" not in entry or CURVE_KEYS["margin"] not in entry:
             continue
-        row = {"step": int(entry.get("step", 0))}
+        row: dict[str, float | int | None] = {"step": int(entry.get("step", 0))}
         for key, name in CURVE_KEYS.items():
             value = entry.get(name)
             row[key] = round(float(value), 4) if value is not None and math.isfinite(float(value)) else None
