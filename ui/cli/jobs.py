@@ -46,11 +46,14 @@ def register(sub) -> None:
     p.set_defaults(handler=cmd_resume)
 
     p = sub.add_parser("export", help="write the job's zip (the adapter; the whole model for method full) and print "
-                                      "its path, or print its plan as code (--as)")
+                                      "its path, print its plan as code (--as python|yaml|cli), or write GGUF "
+                                      "files for llama.cpp/Ollama/LM Studio checked by llama.cpp (--as gguf)")
     p.add_argument("job_id", metavar="ID")
-    p.add_argument("--as", dest="as_code", choices=script.FORMATS, default=None,
+    p.add_argument("--as", dest="as_code", choices=(*script.FORMATS, "gguf"), default=None,
                    help="print the plan instead: a standalone transformers+PEFT+TRL script, YAML, "
-                   "or the train command")
+                   "or the train command; gguf: write GGUF files and a Modelfile into the job's folder")
+    p.add_argument("--quant", default="f16", help="with --as gguf: the merged file's precision, "
+                   "f16 (default), q8_0, bf16, f32, q5_1, q5_0, q4_1 or q4_0")
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("demo", help="train the embedded default model on a demo skill")
@@ -149,11 +152,12 @@ def cmd_jobs(ns) -> int:
 
 
 def cmd_show(ns) -> int:
-    from jobs import dispatcher, stall, store
+    from jobs import dispatcher, gguf_export, stall, store
 
     dispatcher.reconcile()
     job = store.get_job(ns.job_id)
     detail = store.job_detail(job)
+    detail["exports"] = gguf_export.exports(job)
     if ns.json:
         print(json.dumps(detail, indent=2))
         return 0
@@ -174,6 +178,8 @@ def cmd_show(ns) -> int:
     if job.host or job.ray_job_id:
         print(f"  ran on     {job.host or '?'}" + (f" (Ray job {job.ray_job_id})" if job.ray_job_id else ""))
     print(f"  folder     {job.artifact_dir}")
+    if detail["exports"]:
+        print(f"  gguf       {gguf_export.summary(detail['exports']['gguf'])}")
     from ui.cli.runs import show_lines
 
     for line in show_lines(detail):
@@ -208,6 +214,8 @@ def cmd_resume(ns) -> int:
 
 
 def cmd_export(ns) -> int:
+    if ns.as_code == "gguf":
+        return _export_gguf(ns.job_id, ns.quant)
     if ns.as_code:
         from jobs import store
 
@@ -217,6 +225,21 @@ def cmd_export(ns) -> int:
 
     print(export_zip(ns.job_id))
     return 0
+
+
+def _export_gguf(job_id, quant: str) -> int:
+    from jobs import gguf_export
+
+    record = gguf_export.export(job_id, quant, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    for path in record["files"]:
+        print(path)
+    print(gguf_export.summary(record), file=sys.stderr)
+    print(f"took {record['seconds']} s", file=sys.stderr)
+    flagged = [c for c in record["checks"] if c["flagged"]]
+    for c in flagged:
+        print(f"FLAGGED {Path(c['file']).name}: llama.cpp disagrees with LoRA Pilot on most held-out prompts; "
+              f"first difference at {c.get('first_difference')}", file=sys.stderr)
+    return 1 if flagged else 0
 
 
 # --- waiting -------------------------------------------------------------------------------
