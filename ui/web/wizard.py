@@ -14,7 +14,7 @@ import gradio as gr
 from engine import units
 from engine.errors import UserError
 from engine.plan import DIFFICULTY_QUESTION, TrainingPlan
-from ui.web import charts, first_run, html, refusals, review, steps
+from ui.web import charts, first_run, html, refusals, review, run_elsewhere, steps
 
 
 def context_from(model, difficulty, dataset, rows, hw_kind, gpu, budget, name) -> dict:
@@ -139,6 +139,7 @@ def build() -> SimpleNamespace:
                 ui.override = gr.Checkbox(False, label="Launch anyway", visible=False, elem_id="launch-anyway")
                 ui.launch_btn = gr.Button("Launch training", variant="primary", size="lg", elem_id="launch")
                 ui.launch_notice = gr.HTML(elem_id="launch-notice")
+                gr.HTML(run_elsewhere.after_training_html())
 
     _wire(ui)
     return ui
