@@ -6,7 +6,9 @@ babbles or never stops, so the template is not written by hand per family: it is
 from the tokenizer's own chat template by rendering it around marker strings and cutting
 the text at the markers. What lies between them is the literal text Ollama must put
 around the system prompt, the user's prompt and the answer. The stop parameters are the
-special tokens that end an answer in that rendering, plus the tokenizer's EOS.
+special tokens that end an answer in that rendering, plus the tokenizer's EOS. A BOS
+token that the template writes and the tokenizer also adds by itself (Llama 3) is left out
+of TEMPLATE, since llama.cpp adds it as the tokenizer does: written twice, it would be there twice.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.gguf.vocab import adds_bos
 
 _S, _U, _A = "LPSYSTEMMARK", "LPUSERMARK", "LPANSWERMARK"
 
@@ -55,6 +58,9 @@ def chat_pieces(tokenizer) -> ChatPieces:
     if not head.startswith(before_s + _S + between + _U):
         raise UserError("chat_template", "the chat template renders a conversation differently from its "
                         "generation prompt, so no Ollama TEMPLATE can be derived from it")
+    bos = tokenizer.bos_token if adds_bos(tokenizer) else None
+    if bos and before_s.startswith(bos) and no_system.startswith(bos):
+        before_s, no_system = before_s[len(bos):], no_system[len(bos):]
     return ChatPieces(before_s, between, no_system, generation, tail, _stops(tokenizer, tail))
 
 

@@ -54,12 +54,12 @@ def write(writer, model_dir, model_type: str) -> None:
     for key, token in (("bos", tok.bos_token), ("eos", tok.eos_token), ("unk", tok.unk_token), ("pad", tok.pad_token)):
         if token is not None:
             getattr(writer, f"add_{key}_token_id")(tok.convert_tokens_to_ids(token))
-    writer.add_add_bos_token(_adds_bos(tok))
+    writer.add_add_bos_token(adds_bos(tok))
     if tok.chat_template:
         writer.add_chat_template(tok.chat_template)
 
 
-def _adds_bos(tok) -> bool:
+def adds_bos(tok) -> bool:
     """Whether the tokenizer itself prepends BOS (what llama.cpp must do when it tokenizes a prompt)."""
     ids = tok("a")["input_ids"]
     return bool(ids) and tok.bos_token_id is not None and ids[0] == tok.bos_token_id
