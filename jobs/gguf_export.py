@@ -65,7 +65,8 @@ def export(job_id, quant: str = "f16", progress=lambda line: None) -> dict:
             staging = out / f".merged-{job.id}"
             shutil.rmtree(staging, ignore_errors=True)
             try:
-                merge(folder, plan.model, staging, adapter_name=job.name, method=plan.method)
+                # fp32: the written file is only as precise as the merged weights it is quantized from
+                merge(folder, plan.model, staging, adapter_name=job.name, method=plan.method, dtype="fp32")
                 written.append(writer.write_model(staging, merged_file, quant, name=job.name))
             finally:
                 shutil.rmtree(staging, ignore_errors=True)

@@ -324,6 +324,10 @@ def test_the_demo_exports_and_llama_cpp_answers_as_the_adapter(demo_adapter, emb
     modelfile = (Path(job.artifact_dir) / "gguf" / "Modelfile").read_text()
     assert f"FROM ./lorapilot-job{job.id}-f16.gguf" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
     assert 'SYSTEM """File the request as a ticket."""' in modelfile
+    from ui.web import run_elsewhere
+
+    panel = run_elsewhere.how_to_run_html(job.id)
+    assert "GGUF export:" in panel and f"{checks['adapter']['agreement']}% of" in panel
     card = (Path(job.artifact_dir) / "README.md").read_text()
     assert "## Run it with Ollama / llama.cpp" in card and f"ollama create {job.name}" in card
 
@@ -333,3 +337,19 @@ def test_the_demo_exports_and_llama_cpp_answers_as_the_adapter(demo_adapter, emb
     assert q8["quant"] == "q8_0" and q8["agreement"] >= checks["merged f16"]["agreement"] - 10
     assert abs(q8["exact_match"] - q8["job_exact_match"]) <= 10
     print("gguf export of the demo:", json.dumps({"f16": record, "q8_0": q8}, indent=1))
+
+
+def test_the_job_page_says_how_to_run_a_finished_job(tiny_bases, tmp_path):
+    from engine.plan import TrainingPlan
+    from ui.web import run_elsewhere
+
+    plan = TrainingPlan.build(name="my-skill", model=str(tiny_bases["llama"]), dataset="demo:ticket", r=4, alpha=8)
+    done = _job(make_tiny_adapter(tiny_bases["llama"], tmp_path / "a"), plan)
+    panel = run_elsewhere.how_to_run_html(done.id)
+    for words in ("Playground", "/v1", 'my-skill as the model', f"export {done.id} --as gguf",
+                  "ollama create my-skill -f Modelfile", "serve-recipe my-skill"):
+        assert words in panel
+    running = _job(None, plan, status="running")
+    assert "Once the job has succeeded" in run_elsewhere.how_to_run_html(running.id)
+    wizard = run_elsewhere.after_training_html()
+    assert all(w in wizard for w in ("Playground", "/v1", "Ollama", "vLLM"))

@@ -59,7 +59,7 @@ def how_to_run_html(job_id) -> str:
     rows = [
         ("Playground", "the Playground tab: pick the base and this job's adapter" if not full
          else f"give the folder {folder} as the base model in the Playground tab"),
-        ("OpenAI API (/v1)", (f"python app.py serve, then model=\"{name}\" in /v1/chat/completions" if not full
+        ("OpenAI API (/v1)", (f"python app.py serve, then {name} as the model of /v1/chat/completions" if not full
                               else f"python app.py serve --model {folder}")),
         ("Ollama / LM Studio", f"the button below, or python app.py export {job.id} --as gguf; then "
                                f"cd {folder}/gguf && ollama create {gguf_export.ollama_name(job)} -f Modelfile"),
