@@ -353,3 +353,19 @@ def test_the_job_page_says_how_to_run_a_finished_job(tiny_bases, tmp_path):
     assert "Once the job has succeeded" in run_elsewhere.how_to_run_html(running.id)
     wizard = run_elsewhere.after_training_html()
     assert all(w in wizard for w in ("Playground", "/v1", "Ollama", "vLLM"))
+
+
+@needs_llama_cpp
+def test_a_full_fine_tune_exports_its_model_with_a_record(tiny_bases):
+    from engine.plan import TrainingPlan
+    from jobs import gguf_export
+
+    plan = TrainingPlan.build(name="full-run", model=str(tiny_bases["qwen2"]), method="full", dataset="demo:json",
+                              eval_generations=4)
+    job = _job(tiny_bases["qwen2"], plan)
+    record = gguf_export.export(job.id, "q8_0")
+    names = sorted(Path(f).name for f in record["files"])
+    assert names == ["Modelfile", f"lorapilot-job{job.id}-q8_0.gguf"]  # no base GGUF, so no adapter file
+    assert [c["kind"] for c in record["checks"]] == ["merged q8_0"] and record["checks"][0]["rows"] == 4
+    assert 0 <= record["agreement"] <= 100 and record["seconds"] > 0
+    assert gguf_export.exports(job)["gguf"] == record
