@@ -77,7 +77,7 @@ def _llama_cpp_logits(gguf_file, ids, lora=None):
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(gguf_file), lora_path=str(lora) if lora else None, n_ctx=64, logits_all=True,
-                n_threads=2, verbose=False)
+                n_threads=1, verbose=False)
     try:
         llm.eval(ids)
         return np.array(llm.scores[:len(ids)])

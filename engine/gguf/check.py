@@ -76,8 +76,10 @@ def llama_cpp_answers(model_file, held: HeldOut, lora_file=None) -> list[str]:
     except ImportError as exc:
         raise UserError("gguf", f"the check needs llama-cpp-python, which did not import ({exc}); install it with "
                         "`pip install 'lorapilot[gguf]'`") from None
+    # Half the cores: llama.cpp's threads spin at every barrier, and on a busy machine a thread per
+    # core turned a seconds-long check into many minutes.
     llm = Llama(model_path=str(model_file), lora_path=str(lora_file) if lora_file else None, n_ctx=2048,
-                n_threads=max(1, min(8, os.cpu_count() or 1)), seed=0, verbose=False)
+                n_threads=max(1, min(8, (os.cpu_count() or 2) // 2)), seed=0, verbose=False)
     answers = []
     try:
         for prompt in held.prompts:
