@@ -2,10 +2,10 @@
 
 import sys
 
+from ui.cli.main import run
+
 
 def main(argv: list[str] | None = None) -> int:
-    from ui.cli.main import run
-
     return run(sys.argv[1:] if argv is None else argv)
 
 

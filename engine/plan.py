@@ -8,8 +8,9 @@ and the UI's labels and tooltips render, so there is no second copy to drift.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -351,26 +352,40 @@ def resolve_dtype(requested: str, on_cpu: bool, bf16_ok: bool) -> str:
     return "fp32" if on_cpu else "fp16"
 
 
+# Other names people type for a field, from the tools they know: `--lr` from most training
+# scripts, PEFT's LoraConfig / TRL's ModelConfig (`--lora-r`), transformers' TrainingArguments
+# (`--num-train-epochs`). Only exact spellings are accepted (the CLI turns argparse's prefix
+# matching off), and --help lists each beside the field's own flag.
+FLAG_ALIASES: dict[str, tuple[str, ...]] = {
+    "learning_rate": ("--lr",),
+    "r": ("--lora-r", "--rank"),
+    "alpha": ("--lora-alpha",),
+    "dropout": ("--lora-dropout",),
+    "epochs": ("--num-train-epochs",),
+    "grad_accum": ("--gradient-accumulation-steps",),
+}
+
+
 def add_plan_flags(parser, fields: list[str] | None = None) -> None:
-    """Add one argparse flag per plan field (named after it, help from its description).
+    """Add one argparse flag per plan field (named after it, help from its description), with its
+    FLAG_ALIASES.
 
     Defaults are None so that `plan_from_args` can tell "not given" from "given".
     """
-    import argparse
 
     for name, field in TrainingPlan.model_fields.items():
         if fields is not None and name not in fields:
             continue
-        flag = "--" + name.replace("_", "-")
+        flags = ["--" + name.replace("_", "-"), *FLAG_ALIASES.get(name, ())]
         annotation = field.annotation
         if annotation is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+            parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=None,
                                 help=field.description)
             continue
         kind = {int: int, float: float}.get(annotation) or {int | None: int, float | None: float}.get(annotation, str)
         choices = _literal_values(annotation)
         metavar = "{" + ",".join(choices) + "}" if choices else None
-        parser.add_argument(flag, dest=name, type=kind, default=None, metavar=metavar, help=field.description)
+        parser.add_argument(*flags, dest=name, type=kind, default=None, metavar=metavar, help=field.description)
 
 
 def plan_from_args(ns, base: TrainingPlan | None = None) -> TrainingPlan:
@@ -390,7 +405,6 @@ def plan_from_args(ns, base: TrainingPlan | None = None) -> TrainingPlan:
 
 def _literal_values(annotation) -> list[str]:
     """The allowed values of a Literal (or Optional Literal) field, for --help."""
-    from typing import get_args, get_origin
 
     args = get_args(annotation)
     if get_origin(annotation) is Literal:

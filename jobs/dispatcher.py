@@ -20,12 +20,18 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import psutil
+
+from engine.data import dataset
 from engine.data.ref import DatasetRef
 from engine.errors import UserError, one_of
+from engine.estimate import combined
+from engine.model import availability, introspect
 from engine.plan import TrainingPlan
+from engine.train import checkpoints
 from jobs import stall, store
 from jobs.launch import ray
-from jobs.store import Job, JobStatus
+from jobs.tables import Job, JobStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 # A claimed row waits this long for its worker to report a pid before it counts as lost.
@@ -55,15 +61,16 @@ def validate(plan: TrainingPlan):
     """
     if not plan.dataset:
         raise UserError("dataset", "is required: a JSONL/JSON/CSV/Parquet/TXT file, a hub dataset id, or demo:NAME")
-    from engine.model import introspect
 
     introspect.resolve(plan.model)
-    from engine.data import dataset
+    if ray.address():
+        ray.check(plan)  # a plan no node of the cluster can run would wait there forever
+    else:  # on a Ray cluster the nodes load the weights; this machine's files say nothing of theirs
+        availability.require(plan.model)  # before the data check, whose tokenizer would fail on the same cause
 
     report = dataset.check_data(plan.dataset, model=plan.model, seq_len=plan.seq_len, data_format=plan.data_format,
                                 columns=plan.columns)
     report.raise_if_bad()
-    from engine.estimate import combined
 
     # the data's lengths and the share of them with a label: the expected peak
     return combined.estimate(plan, lengths=report.token_lengths, label_share=report.label_share)
@@ -213,7 +220,6 @@ def worker_alive(pid: int | None, job_id: int) -> bool:
     """Is `pid` alive AND our worker for this job? (pids are reused after a process dies.)"""
     if not pid:
         return False
-    import psutil
 
     try:
         proc = psutil.Process(pid)
@@ -274,9 +280,9 @@ def cancel(job_id, wait: bool = True, grace_s: float | None = None) -> Job:
         raise UserError("job", f"job {job.id} is {job.status}; only queued or running jobs can be cancelled")
     store.update_job(job.id, (JobStatus.RUNNING,), cancel_requested=True)
     grace, term_grace = (CANCEL_GRACE_S if grace_s is None else grace_s), TERM_GRACE_S
-    if stall.stalled_since(job):  # it will not reach a step boundary: signal it now, kill it soon
+    if stall.stalled_since(job) or stall.waiting(job):  # no step boundary will come: signal it now, kill it soon
         grace, term_grace = 0.0, STALLED_TERM_GRACE_S
-        store.append_log(job.id, "cancel requested: the job is stalled, stopping its worker by signal")
+        store.append_log(job.id, "cancel requested: the job is stalled or waiting for the cluster, stopping it")
     else:
         store.append_log(job.id, "cancel requested: stopping at the next step")
     if wait:
@@ -327,7 +333,6 @@ def last_checkpoint_step(job_id: int) -> int | None:
     """Step of the newest complete checkpoint (None when there is none); torn ones are set aside and logged.
 
     Only for a job no worker is writing to (resume, worker start)."""
-    from engine.train import checkpoints
 
     path = checkpoints.resume_point(store.job_dir(job_id), log=lambda line: store.append_log(job_id, line))
     return checkpoints.step_of(path) if path else None

@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.train import resolved, script
 from jobs import store
 
 ADAPTER = ("adapter_model.safetensors", "adapter_config.json")
@@ -22,6 +23,12 @@ MODEL_OPTIONAL = ("generation_config.json", "model.safetensors", "model.safetens
 _SHARD = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
 COMMON = ("plan.yaml", "README.md", "metrics.csv", "loss.png", "tokenizer_config.json",
           "tokenizer.json", "chat_template.jinja", "special_tokens_map.json")
+
+
+def code(job_id, kind: str) -> str:
+    """The job as `kind` (python | yaml | cli), stating what the job resolved once it has (resolved.json)."""
+    job = store.get_job(job_id)
+    return script.render(store.job_plan(job), kind, resolved.read(store.job_dir(job.id)))
 
 
 def export_kind(job_id) -> str | None:

@@ -19,13 +19,16 @@ import time
 import zipfile
 from pathlib import Path
 
+from engine.adapters.merge import merge
 from engine.errors import UserError
 from engine.gguf import arch as archs
 from engine.gguf import check, lora, modelfile, writer
 from engine.model import default_model
 from engine.train import artifacts
+from engine.train.run import model_source
 from jobs import store
 from jobs.export import export_kind
+from jobs.tables import JobStatus
 
 RECORD = "exports.json"
 FOLDER = "gguf"
@@ -33,12 +36,9 @@ FOLDER = "gguf"
 
 def export(job_id, quant: str = "f16", progress=lambda line: None) -> dict:
     """Write and check the GGUF files of a succeeded job; return the record `show` gives as exports.gguf."""
-    from engine.adapters.merge import merge
-    from engine.train.run import model_source
-
     quant = writer.check_quant(quant)
     job = store.get_job(job_id)
-    if job.status != store.JobStatus.SUCCEEDED:
+    if job.status != JobStatus.SUCCEEDED:
         raise UserError("job", f"job {job.id} is {job.status}; only a succeeded job can be exported as GGUF")
     folder = store.job_dir(job.id).resolve()
     kind = export_kind(job.id)

@@ -15,50 +15,21 @@ import re
 import shutil
 import tempfile
 import zipfile
-from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Field, SQLModel, select
+from sqlmodel import select
 
 from engine import paths
+from engine.adapters import folder
+from engine.data import demo
 from engine.errors import UserError
-from jobs import store
+from jobs import outcome, store, views
+from jobs.db import session
+from jobs.tables import Adapter
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 NAME_RULE = "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
-
-
-class Adapter(SQLModel, table=True):
-    __table_args__ = {"sqlite_autoincrement": True}  # a deleted id is never reused (lineage names ids)
-
-    id: int | None = Field(default=None, primary_key=True)
-    name: str = Field(index=True, unique=True)
-    base_model: str = Field(index=True)  # a spec engine.train.run.model_source resolves
-    path: str
-    method: str = "lora"  # lora | qlora | composed
-    r: int = 0
-    alpha: float = 0.0
-    targets: str = ""  # comma-separated module names
-    bytes: int = 0
-    skill: str | None = None  # demo skill name when known: its held-out split scores the adapter
-    description: str = ""
-    scores_json: str | None = None  # {"base": %, "adapter": %} on the skill's held-out split
-    job_id: int | None = Field(default=None, index=True)
-    lineage_json: str | None = None  # composed: {"sources": [...], "weights": [...], "combination": ...}
-    created_at: datetime = Field(default_factory=store.now)
-
-    @property
-    def scores(self) -> dict:
-        return json.loads(self.scores_json) if self.scores_json else {}
-
-    @property
-    def lineage(self) -> dict:
-        return json.loads(self.lineage_json) if self.lineage_json else {}
-
-
-def _session():
-    return store.session()  # the adapter table is in the store's schema (Alembic revision 0005)
 
 
 def adapters_dir() -> Path:
@@ -67,7 +38,7 @@ def adapters_dir() -> Path:
 
 # --- reads ---------------------------------------------------------------------------------
 def list_adapters(base_model: str | None = None) -> list[Adapter]:
-    with _session() as s:
+    with session() as s:
         query = select(Adapter).order_by(Adapter.base_model, Adapter.id)
         if base_model:
             query = query.where(Adapter.base_model == base_model)
@@ -76,7 +47,7 @@ def list_adapters(base_model: str | None = None) -> list[Adapter]:
 
 def find(name_or_id) -> Adapter:
     key = str(name_or_id).strip()
-    with _session() as s:
+    with session() as s:
         found = s.exec(select(Adapter).where(Adapter.name == key)).first()
         if found is None and key.isdigit():
             found = s.get(Adapter, int(key))
@@ -92,7 +63,7 @@ def summary(a: Adapter) -> dict:
     return {"id": a.id, "name": a.name, "base_model": a.base_model, "path": a.path, "method": a.method,
             "r": a.r, "alpha": a.alpha, "targets": a.targets.split(",") if a.targets else [], "bytes": a.bytes,
             "skill": a.skill, "description": a.description, "scores": a.scores, "job_id": a.job_id,
-            "lineage": a.lineage, "created_at": store._iso(a.created_at)}
+            "lineage": a.lineage, "created_at": views.iso(a.created_at)}
 
 
 # --- writes --------------------------------------------------------------------------------
@@ -113,7 +84,7 @@ def _free_name(wanted: str) -> str:
 
 
 def add(entry: Adapter) -> Adapter:
-    with _session() as s:
+    with session() as s:
         s.add(entry)
         try:
             s.commit()
@@ -126,9 +97,8 @@ def add(entry: Adapter) -> Adapter:
 
 def register_job_adapter(job) -> Adapter | None:
     """The library entry of a succeeded LoRA/QLoRA job (made once; None for full fine-tunes)."""
-    from engine.adapters import folder
 
-    with _session() as s:
+    with session() as s:
         existing = s.exec(select(Adapter).where(Adapter.job_id == job.id)).first()
     if existing is not None:
         return existing
@@ -136,10 +106,10 @@ def register_job_adapter(job) -> Adapter | None:
     if plan.method == "full" or not job.artifact_dir:
         return None
     config = folder.read_config(Path(job.artifact_dir))
-    from engine.data import demo
 
     skill = demo.skill_of(plan)
-    scores = {k: v for k, v in (("base", job.base_score), ("adapter", job.adapter_score)) if v is not None}
+    # held-out exact match of every job (jobs.outcome), not only a demo skill's
+    scores = {k: v for k, v in zip(("base", "adapter"), outcome.heldout(job)) if v is not None}
     targets = config.get("target_modules") or []
     return add(Adapter(
         name=_free_name(job.name or f"job-{job.id}"), base_model=plan.model, path=str(job.artifact_dir),
@@ -158,12 +128,9 @@ def import_adapter(path, name: str | None = None, base: str | None = None, descr
     resolves here and has every adapted module at the adapter's sizes. On any failure
     nothing stays behind (no folder, no row).
     """
-    from engine.adapters import folder
 
     src = Path(str(path)).expanduser()
     if skill is not None:
-        from engine.data import demo
-
         demo.get(skill)  # a known demo skill: its held-out split scores the adapter
     if name is not None:
         name = check_name(name)
@@ -225,7 +192,7 @@ def rename(name_or_id, new_name: str) -> Adapter:
     new_name = check_name(new_name)
     if new_name == entry.name:
         return entry
-    with _session() as s:
+    with session() as s:
         row = s.get(Adapter, entry.id)
         row.name = new_name
         s.add(row)
@@ -248,7 +215,7 @@ def delete(name_or_id) -> Adapter:
         if job is not None and job.status in ("queued", "running"):
             raise UserError("adapter", f"'{entry.name}' belongs to job {job.id}, which is {job.status}; "
                             "cancel or wait for the job first")
-    with _session() as s:
+    with session() as s:
         row = s.get(Adapter, entry.id)
         if row is not None:
             s.delete(row)

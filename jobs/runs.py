@@ -13,22 +13,22 @@ import json
 from engine.advice import diagnose
 from engine.errors import UserError
 from engine.plan import TrainingPlan
-from jobs import store
-from jobs.store import Job
+from jobs import dispatcher, store
+from jobs.tables import FINISHED, METRIC_FIELDS, Job
 
 
 def metric_dicts(job_id: int) -> list[dict]:
-    return [{"step": m.step, **{k: getattr(m, k) for k in store.METRIC_FIELDS}} for m in store.job_metrics(job_id)]
+    return [{"step": m.step, **{k: getattr(m, k) for k in METRIC_FIELDS}} for m in store.job_metrics(job_id)]
 
 
 def findings(job: Job) -> list[diagnose.Finding]:
     return diagnose.diagnose(metric_dicts(job.id), store.job_evaluation(job), store.job_plan(job),
-                             finished=job.status in store.FINISHED)
+                             finished=job.status in FINISHED)
 
 
 def next_plan(job: Job, rules: list[str] | None = None) -> tuple[TrainingPlan, dict]:
     """The job's plan with the advice's changes (those of `rules`, or all); raises when there is nothing to apply."""
-    if job.status not in store.FINISHED:
+    if job.status not in FINISHED:
         raise UserError("job", f"job {job.id} is {job.status}; the next run follows a finished one")
     found = findings(job)
     if not found:
@@ -47,7 +47,6 @@ def next_plan(job: Job, rules: list[str] | None = None) -> tuple[TrainingPlan, d
 
 def next_run(job_id, rules: list[str] | None = None, start: bool = True) -> tuple[Job, dict]:
     """Queue the next run of `job_id` with the advice applied; returns (new job, changes)."""
-    from jobs import dispatcher
 
     parent = store.get_job(job_id)
     plan, changes = next_plan(parent, rules)

@@ -2,7 +2,7 @@
 
 Revisions live in jobs/migrations/versions/ (inside the package, so they install with it);
 Alembic is configured here in code, so no alembic.ini is needed. `upgrade(engine)` runs
-at the first `store.db_engine()` of each process:
+at the first `db.db_engine()` of each process:
 
 - a database at the newest revision: one SELECT, nothing else;
 - a new database: every revision in order (0001 is the schema LoRA Pilot shipped first);
@@ -10,7 +10,7 @@ at the first `store.db_engine()` of each process:
   tables are compared with the revisions it could match and stamped, then upgraded;
 - concurrent starts (a UI, a CLI, several workers) take a lock, so one process migrates.
 
-Adding a column: edit the SQLModel class in jobs/store.py, then
+Adding a column: edit the SQLModel class in jobs/tables.py, then
 `python -m jobs.schema revision "add job.foo"` writes the next revision from the diff;
 read it, keep it dialect-neutral (SQLite and PostgreSQL), commit it.
 """
@@ -18,6 +18,7 @@ read it, keep it dialect-neutral (SQLite and PostgreSQL), commit it.
 from __future__ import annotations
 
 import sys
+import tempfile
 from contextlib import contextmanager, nullcontext
 from functools import lru_cache
 from pathlib import Path
@@ -27,8 +28,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from filelock import FileLock
 
 from engine.errors import UserError
+from jobs import tables
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 FIRST = "0001"
@@ -71,15 +74,12 @@ def upgrade(engine) -> None:
 
 def _stamp_if_unversioned(conn, url) -> None:
     inspector = sa.inspect(conn)
-    tables = set(inspector.get_table_names())
-    if "alembic_version" in tables or "job" not in tables:
+    present = set(inspector.get_table_names())
+    if "alembic_version" in present or "job" not in present:
         return  # versioned, or empty: the revisions take it from here
-    from sqlmodel import SQLModel
 
-    from jobs import store  # noqa: F401 - registers the models on SQLModel.metadata
-
-    have = {t: {c["name"] for c in inspector.get_columns(t)} for t in tables}
-    if all(t.name in have and {c.name for c in t.columns} <= have[t.name] for t in SQLModel.metadata.sorted_tables):
+    have = {t: {c["name"] for c in inspector.get_columns(t)} for t in present}
+    if all(t.name in have and {c.name for c in t.columns} <= have[t.name] for t in tables.metadata.sorted_tables):
         command.stamp(config(conn), "head")  # create_all already made today's schema
     elif FIRST_JOB_COLUMNS <= have["job"]:
         command.stamp(config(conn), FIRST)
@@ -93,8 +93,6 @@ def _stamp_if_unversioned(conn, url) -> None:
 @contextmanager
 def _lock(engine):
     if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
-        from filelock import FileLock
-
         with FileLock(str(engine.url.database) + ".migrate.lock", timeout=120):
             yield
     elif engine.dialect.name == "postgresql":
@@ -111,8 +109,6 @@ def _lock(engine):
 
 def new_revision(message: str) -> str:
     """Autogenerate the next revision from the models (against a scratch SQLite at head)."""
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         engine = sa.create_engine(f"sqlite:///{tmp}/scratch.db")
         upgrade(engine)

@@ -7,6 +7,10 @@ threshold is stalled since that moment. The threshold is LORAPILOT_STALL_AFTER_S
 set, else a generous multiple of the job's own step time with a floor (evaluation and
 checkpoint saves also pass without a step), and longer before the first step, while
 the model loads or downloads.
+
+A job on a Ray cluster has no first step while Ray holds it pending; `waiting` says so at once
+("waiting for the cluster: asks CPU 1, GPU 1; free CPU 2, GPU 0"), and a wait past the threshold
+is a stall that names the wait rather than "no first step".
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 from datetime import datetime, timezone
 
 from engine.errors import UserError
+from jobs.launch import ray_resources
 
 ENV = "LORAPILOT_STALL_AFTER_S"
 MULTIPLE = 20  # steps of the job's own pace
@@ -37,16 +42,12 @@ def threshold_s(job) -> float:
     return max(FLOOR_S, MULTIPLE * (job.step_seconds or 0.0))
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-
-
 def _heartbeat(job) -> datetime | None:
     """The last step of this run (a resumed job's heartbeat from before its restart does not count)."""
     if job.heartbeat_at is None:
         return None
-    beat = _aware(job.heartbeat_at)
-    return beat if job.started_at is None or beat >= _aware(job.started_at) else None
+    beat = job.heartbeat_at  # times come back from the store in UTC (jobs.tables.UTCDateTime)
+    return beat if job.started_at is None or beat >= job.started_at else None
 
 
 def stalled_since(job, now: datetime | None = None) -> datetime | None:
@@ -56,18 +57,29 @@ def stalled_since(job, now: datetime | None = None) -> datetime | None:
     last = _heartbeat(job) or job.started_at
     if last is None:
         return None
-    last = _aware(last)
     now = now or datetime.now(timezone.utc)
     return last if (now - last).total_seconds() > threshold_s(job) else None
 
 
+def waiting(job) -> ray_resources.Pending | None:
+    """What a running job that Ray has not started yet waits for; None for any other job."""
+    if job.status != "running" or _heartbeat(job) is not None or not job.ray_job_id:
+        return None
+    return ray_resources.pending(job.ray_job_id)
+
+
 def describe(job, now: datetime | None = None) -> str | None:
-    """One line for people ('stalled since …'), or None when the job is not stalled."""
+    """One line for people ('stalled since …', or Ray's wait), or None when the job is neither."""
+    pending = waiting(job)
     since = stalled_since(job, now)
     if since is None:
-        return None
+        return pending.line() if pending else None
     now = now or datetime.now(timezone.utc)
     quiet = _minutes((now - since).total_seconds())
+    if pending:
+        return (f"stalled since {since.strftime('%Y-%m-%d %H:%M:%S')} UTC: {pending.line()}, for {quiet} (threshold "
+                f"{_minutes(threshold_s(job))}, set by {ENV}). Ray starts it when a node has what it asks; "
+                "cancel takes it off the cluster.")
     what = "no step finished" if _heartbeat(job) else "no first step"
     return (f"stalled since {since.strftime('%Y-%m-%d %H:%M:%S')} UTC: {what} for {quiet} (threshold "
             f"{_minutes(threshold_s(job))}, set by {ENV}). It may be hung; the log tail shows its last "

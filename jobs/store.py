@@ -1,159 +1,27 @@
 """The job store: jobs and their metrics live in the database, never in a process's memory.
 
-SQLite in WAL mode at $LORAPILOT_HOME/lorapilot.db by default (readers never block the
-worker's writes; `busy_timeout` makes concurrent writers wait instead of failing), or any
-SQLAlchemy URL in DATABASE_URL. Each job also has a folder, $LORAPILOT_HOME/jobs/<id>/,
-holding job.log (the worker's stdout/stderr, tracebacks included), checkpoints/ and the
-final artifacts. The UI and the CLI only ever read rows and that folder.
+This module reads and writes the rows (jobs.tables) and the job's folder: each job has
+$LORAPILOT_HOME/jobs/<id>/ holding job.log (the worker's stdout/stderr, tracebacks
+included), checkpoints/ and the final artifacts. The database itself is jobs.db; the
+JSON views of a job are jobs.views. The UI and the CLI only ever read rows and that folder.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import threading
-from contextlib import contextmanager
-from dataclasses import fields
-from datetime import datetime, timezone
-from enum import StrEnum
 from pathlib import Path
 
-from sqlalchemy import event, func, text, update
-from sqlmodel import Field, Session, SQLModel, create_engine, delete, select
+from sqlalchemy import func, text, update
+from sqlmodel import Session, delete, select
 
 from engine import paths
 from engine.errors import UserError
 from engine.plan import TrainingPlan
-from engine.train.events import Metrics
-from jobs import stall
-
-
-class JobStatus(StrEnum):
-    """A job's state. A StrEnum, so the column stays plain text and compares equal to its string."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    INTERRUPTED = "interrupted"
-
-
-STATUSES = tuple(JobStatus)
-FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.INTERRUPTED)
-
+from jobs.db import session
+from jobs.tables import METRIC_FIELDS, Job, JobStatus, Metric, now
 
 QUEUE_LOCK = 0x4C50_5155  # 'LPQU': the advisory lock key for the job queue on PostgreSQL
-
-
-def now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-class Job(SQLModel, table=True):
-    id: int | None = Field(default=None, primary_key=True)
-    name: str = ""
-    plan_json: str
-    status: str = Field(default=JobStatus.QUEUED, index=True)  # a JobStatus value
-    created_at: datetime = Field(default_factory=now)
-    # Place in the queue, assigned by the database in the statement that (re-)queues the job,
-    # so it follows commit order even when submitters race; a resumed job goes to the back.
-    queue_seq: int | None = Field(default=None, index=True)
-    queued_at: datetime = Field(default_factory=now)
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    pid: int | None = None
-    device: str | None = None
-    step: int = 0
-    total_steps: int | None = None
-    progress: float = 0.0
-    eta_seconds: float | None = None
-    error: str | None = None  # for humans; the traceback is in job.log only
-    artifact_dir: str | None = None
-    estimate_json: str | None = None
-    estimated_peak_bytes: int | None = None
-    measured_peak_bytes: int | None = None
-    base_score: float | None = None
-    adapter_score: float | None = None
-    cancel_requested: bool = False
-    # what the job is doing now (engine phases: loading model, ..., saving) and since when
-    phase: str | None = None
-    phase_started_at: datetime | None = None
-    evaluation_json: str | None = None  # base vs adapter on held-out rows (engine.evaluate.heldout)
-    parent_id: int | None = Field(default=None, index=True)  # the run whose advice this one follows
-    # The step heartbeat: when the worker last finished a step, and its measured pace (jobs.stall).
-    heartbeat_at: datetime | None = None
-    step_seconds: float | None = None
-    host: str | None = None  # the machine the worker ran on
-    ray_job_id: str | None = None  # set when the job was submitted to a Ray cluster
-
-
-class Metric(SQLModel, table=True):
-    id: int | None = Field(default=None, primary_key=True)
-    job_id: int = Field(index=True, foreign_key="job.id")
-    step: int
-    epoch: float | None = None
-    loss: float | None = None
-    eval_loss: float | None = None
-    learning_rate: float | None = None
-    grad_norm: float | None = None
-    tokens_per_second: float | None = None
-    time: float | None = None
-
-
-# the columns a metrics event fills: the trainer's Metrics fields, owned by engine.train.events
-METRIC_FIELDS = tuple(f.name for f in fields(Metrics) if f.name != "step")
-
-# --- engine and sessions ---------------------------------------------------------------
-
-_engines: dict[str, object] = {}
-_lock = threading.Lock()
-
-
-def database_url() -> str:
-    return os.environ.get("DATABASE_URL") or f"sqlite:///{paths.home() / 'lorapilot.db'}"
-
-
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA busy_timeout=30000")  # first: the WAL switch itself may need to wait
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.close()
-
-
-def db_engine():
-    """One SQLAlchemy engine per URL (tests switch LORAPILOT_HOME between runs), schema upgraded once."""
-    url = database_url()
-    with _lock:
-        eng = _engines.get(url)
-        if eng is not None:
-            return eng
-        if url.startswith("sqlite"):
-            eng = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-            event.listen(eng, "connect", _sqlite_pragmas)
-        else:
-            eng = create_engine(url, pool_pre_ping=True)
-        from jobs import schema
-
-        schema.upgrade(eng)  # Alembic: creates a new database, migrates an older one, keeps its jobs
-        _engines[url] = eng
-        return eng
-
-
-def dispose(url: str) -> None:
-    """Close the pooled connections of one database (a test's throwaway server, say)."""
-    with _lock:
-        eng = _engines.pop(url, None)
-    if eng is not None:
-        eng.dispose()
-
-
-@contextmanager
-def session():
-    with Session(db_engine(), expire_on_commit=False) as s:
-        yield s
 
 
 # --- job folder --------------------------------------------------------------------------
@@ -218,6 +86,10 @@ def job_plan(job: Job) -> TrainingPlan:
 
 def job_estimate(job: Job) -> dict | None:
     return json.loads(job.estimate_json) if job.estimate_json else None
+
+
+def job_evaluation(job: Job) -> dict | None:
+    return json.loads(job.evaluation_json) if job.evaluation_json else None
 
 
 # --- writes --------------------------------------------------------------------------------
@@ -318,55 +190,3 @@ def _num(value):
         return float(value)
     except (TypeError, ValueError):
         return None
-
-
-# --- JSON views (the stable keys of `jobs --json` and `show --json`) -------------------
-
-def _iso(value: datetime | None) -> str | None:
-    return value.replace(tzinfo=timezone.utc).isoformat() if value else None
-
-
-def job_summary(job: Job) -> dict:
-    return {
-        "id": job.id, "name": job.name, "status": job.status,
-        "created_at": _iso(job.created_at), "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at), "step": job.step, "total_steps": job.total_steps,
-        "progress": job.progress, "eta_seconds": job.eta_seconds,
-        "base_score": job.base_score, "adapter_score": job.adapter_score,
-        "error": job.error, "artifact_dir": job.artifact_dir,
-        "stalled_since": _iso(stall.stalled_since(job)),
-    }
-
-
-def job_evaluation(job: Job) -> dict | None:
-    return json.loads(job.evaluation_json) if job.evaluation_json else None
-
-
-def phase_seconds(job: Job) -> float | None:
-    """How long the running job has been in its current phase."""
-    if job.status != "running" or not job.phase or not job.phase_started_at:
-        return None
-    return max(0.0, (now() - job.phase_started_at.replace(tzinfo=timezone.utc)).total_seconds())
-
-
-def job_detail(job: Job) -> dict:
-    from engine.advice import diagnose
-    from jobs import runs
-
-    detail = job_summary(job)
-    findings = runs.findings(job)
-    detail.update({
-        "phase": job.phase if job.status == "running" else None, "phase_seconds": phase_seconds(job),
-        "parent_id": job.parent_id, "evaluation": job_evaluation(job),
-        "verdict": diagnose.verdict(findings, finished=job.status == "succeeded"),
-        "advice": [f.to_json() for f in findings],
-        "pid": job.pid, "device": job.device, "cancel_requested": job.cancel_requested,
-        "host": job.host, "ray_job_id": job.ray_job_id,
-        "plan": json.loads(job.plan_json), "estimate": job_estimate(job),
-        "estimated_peak_bytes": job.estimated_peak_bytes, "measured_peak_bytes": job.measured_peak_bytes,
-        "metrics": runs.metric_dicts(job.id),
-    })
-    return detail
-
-
-from jobs import library  # noqa: E402,F401 - registers the adapter table beside the job tables (one schema)

@@ -7,10 +7,18 @@ the playground both call these, so they behave the same.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from engine import paths
+from engine.adapters import compose as compose_mod
+from engine.adapters import folder, recipe
+from engine.adapters import host as host_mod
+from engine.adapters import merge as merge_mod
+from engine.adapters import retention as retention_mod
+from engine.adapters.host import peft_name
 from engine.errors import UserError
+from engine.model import catalog, default_model
 from jobs import library
 
 
@@ -20,7 +28,6 @@ def host_for(entries: list[library.Adapter] | library.Adapter, base_model: str |
 
     `timings`, if given, receives the seconds each load took (0 for one already loaded).
     """
-    from engine.adapters import host as host_mod
 
     entries = [entries] if isinstance(entries, library.Adapter) else list(entries)
     base = base_model or (entries[0].base_model if entries else None)
@@ -47,7 +54,6 @@ def same_base(a: str, b: str) -> bool:
 
 def _base_key(spec: str) -> str:
     """What a base spec points at, without loading or converting anything (lists call this often)."""
-    from engine.model import catalog, default_model
 
     if spec == "default":
         return str((paths.subdir("models") / default_model.FOLDER_NAME).resolve())
@@ -81,8 +87,6 @@ def merged_dir(name: str) -> Path:
 
 
 def merge(ref, out: str | None = None) -> Path:
-    from engine.adapters import merge as merge_mod
-
     entry = library.find(ref)
     target = Path(out).expanduser() if out else merged_dir(entry.name)
     return merge_mod.merge(entry.path, entry.base_model, target, adapter_name=entry.name,
@@ -98,10 +102,7 @@ def merged_models() -> list[Path]:
 def compose(refs: list[str], weights: list[float], combination: str, name: str,
             density: float | None = None) -> library.Adapter:
     """A new library entry combining `refs`, with its lineage; nothing is left behind on failure."""
-    import shutil
 
-    from engine.adapters import compose as compose_mod
-    from engine.adapters import folder
 
     name = library.check_name(name)
     if any(a.name == name for a in library.list_adapters()):
@@ -117,7 +118,6 @@ def compose(refs: list[str], weights: list[float], combination: str, name: str,
     density = compose_mod.check([e.r for e in entries], weights, combination, density)
     dest = library._unique_dir(name)
     # PEFT names must not hold '.'; the host's escaping does that
-    from engine.adapters.host import peft_name
 
     compose_mod.compose([(peft_name(e.name), e.path) for e in entries], weights, combination, base, dest,
                         density=density)
@@ -136,9 +136,9 @@ def compose(refs: list[str], weights: list[float], combination: str, name: str,
         raise
 
 
-def retention(ref) -> list[dict]:
-    """The skill-retention table of a composed entry (its sources with a known demo skill)."""
-    from engine.adapters import retention as retention_mod
+def retention(ref, progress=None) -> list[dict]:
+    """The skill-retention table of a composed entry (its sources with a known demo skill); `progress(text)`
+    hears each scoring pass in words."""
 
     entry = library.find(ref)
     sources = entry.lineage.get("sources") or []
@@ -147,7 +147,7 @@ def retention(ref) -> list[dict]:
                         "with its sources")
     found = [library.find(s["id"]) for s in sources]
     host = host_for([entry, *found])
-    return retention_mod.table(host, entry.name, [(e.name, e.skill) for e in found])
+    return retention_mod.table(host, entry.name, [(e.name, e.skill) for e in found], progress)
 
 
 def recipe_adapter(ref) -> tuple[str, Path]:
@@ -164,7 +164,6 @@ def recipe_adapter(ref) -> tuple[str, Path]:
 
 def serve_recipe(refs: list[str]):
     """The vLLM recipe (engine.adapters.recipe.Recipe) for these adapters, by name, id or folder."""
-    from engine.adapters import recipe
 
     adapters = [recipe_adapter(ref) for ref in refs]
     names = [n for n, _ in adapters]

@@ -10,75 +10,18 @@ Before exiting it calls `kick()` so the next queued job starts with no UI open.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import sys
-import time
 import traceback
 
-from engine.train import events
-from jobs import library, store
-from jobs.store import JobStatus
-
-POLL_S = 0.25  # how often should_stop reads the cancel flag from the database
-
-
-class Worker:
-    def __init__(self, job_id: int):
-        self.job_id = job_id
-        self.step = 0
-        self.terminated = False
-        self._cancel = False
-        self._polled = 0.0
-
-    # --- callbacks given to engine.train.train ----------------------------------------
-    def report(self, event: events.Event) -> None:
-        if isinstance(event, events.Metrics):
-            store.record_metrics(self.job_id, event.values())
-            self.step = max(self.step, event.step)
-        elif isinstance(event, events.Progress):
-            self.step = max(self.step, event.step)
-            store.update_job(self.job_id, step=event.step, total_steps=event.total_steps,
-                             eta_seconds=event.eta_seconds,
-                             progress=min(1.0, event.step / event.total_steps) if event.total_steps else 0.0,
-                             heartbeat_at=store.now(), step_seconds=event.step_seconds)  # jobs.stall
-        elif isinstance(event, events.Started):
-            values = {"total_steps": event.total_steps, "device": event.device, "base_score": event.base_score}
-            store.update_job(self.job_id, **{k: v for k, v in values.items() if v is not None})
-            store.append_log(self.job_id, f"training on {event.device}: {event.total_steps} steps")
-        elif isinstance(event, events.Scores):
-            values = {k: v for k, v in (("base_score", event.base_score), ("adapter_score", event.adapter_score))
-                      if v is not None}
-            if values:  # an UPDATE with nothing to set is a SQL error
-                store.update_job(self.job_id, **values)
-        elif isinstance(event, events.Phase):
-            store.update_job(self.job_id, phase=event.name, phase_started_at=store.now())
-            store.append_log(self.job_id, f"phase: {event.name}")
-        elif isinstance(event, events.Evaluation):
-            store.update_job(self.job_id, evaluation_json=json.dumps(event.evaluation))
-        elif isinstance(event, events.Note):  # e.g. why training stopped early; shown in the job's log
-            store.append_log(self.job_id, event.message)
-
-    def should_stop(self) -> bool:
-        if self.terminated or self._cancel:
-            return True
-        if time.monotonic() - self._polled >= POLL_S:  # a cheap read, but not on every micro-step
-            self._polled = time.monotonic()
-            self._cancel = bool(store.get_job(self.job_id).cancel_requested)
-        return self._cancel
-
-    def on_sigterm(self, signum, frame) -> None:
-        # Graceful: the trainer sees should_stop() at the next step and saves a checkpoint.
-        self.terminated = True
-        print(f"worker: received signal {signum}; stopping at the next step", flush=True)
-
-
-def _train_entry():
-    from engine.train.run import train
-
-    return train
+from engine.train.run import train
+from jobs import dispatcher, library, store
+from jobs.callbacks import JobCallbacks, explain
+from jobs.dispatcher import last_checkpoint_step
+from jobs.launch import accelerate
+from jobs.tables import JobStatus
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,21 +52,19 @@ def _standby() -> int:
 
 
 def run_job(job_id: int) -> int:
-    worker = Worker(job_id)
+    worker = JobCallbacks(job_id)
     signal.signal(signal.SIGTERM, worker.on_sigterm)
     signal.signal(signal.SIGINT, worker.on_sigterm)
     try:
         return _run(worker)
     finally:
         try:
-            from jobs import dispatcher
-
             dispatcher.kick()  # start the next queued job before this process goes away
         except Exception:  # noqa: BLE001 - a failed kick must not hide the job's own verdict
             traceback.print_exc()
 
 
-def _run(worker: Worker) -> int:
+def _run(worker: JobCallbacks) -> int:
     job_id = worker.job_id
     job = store.get_job(job_id)
     if job.status != JobStatus.RUNNING:
@@ -136,7 +77,6 @@ def _run(worker: Worker) -> int:
         return 0
 
     plan = store.job_plan(job)
-    from jobs.dispatcher import last_checkpoint_step
 
     ckpt = last_checkpoint_step(job_id)
     resume = ckpt is not None
@@ -146,13 +86,12 @@ def _run(worker: Worker) -> int:
         store.append_log(job_id, f"resuming from checkpoint at step {ckpt} (dropped {dropped} later metric rows)")
         worker.step = ckpt
     out_dir = store.job_dir(job_id)
-    from jobs.launch import accelerate
 
     try:
         if plan.processes > 1:
             result = accelerate.run(job_id, plan.processes, resume)
         else:
-            result = _train_entry()(plan, out_dir, report=worker.report, should_stop=worker.should_stop, resume=resume)
+            result = train(plan, out_dir, report=worker.report, should_stop=worker.should_stop, resume=resume)
     except accelerate.RankFailed as exc:
         _finish(job_id, JobStatus.FAILED, error=str(exc))
         return 1
@@ -187,16 +126,6 @@ def _run(worker: Worker) -> int:
 def _finish(job_id: int, status: str, **values) -> None:
     store.update_job(job_id, (JobStatus.RUNNING,), status=status, finished_at=store.now(), eta_seconds=None, **values)
     store.append_log(job_id, f"{status}" + (f": {values['error']}" if values.get("error") else ""))
-
-
-def explain(exc: BaseException, plan, step: int | None) -> str:
-    try:
-        from engine.train import failures
-
-        return failures.explain(exc, plan, step)
-    except Exception:  # noqa: BLE001 - the explainer itself must never lose the verdict
-        traceback.print_exc()
-        return f"{type(exc).__name__}: {exc}"
 
 
 def _int(value):

@@ -72,8 +72,8 @@ def database(request, monkeypatch):
         url = request.getfixturevalue("postgres_server").new_database()
         monkeypatch.setenv("DATABASE_URL", url)
         yield url
-        from jobs import store
+        from jobs import db
 
-        store.dispose(url)  # close pooled connections so the server can be stopped cleanly
+        db.dispose(url)  # close pooled connections so the server can be stopped cleanly
     else:
         yield None

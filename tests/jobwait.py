@@ -13,6 +13,7 @@ from pathlib import Path
 
 from engine.plan import TrainingPlan
 from jobs import dispatcher, store
+from jobs.tables import FINISHED
 from tests.tiny import make_tiny_model
 
 
@@ -33,7 +34,7 @@ def plan(tiny: dict, **kw) -> TrainingPlan:
 
 
 def finished(job) -> bool:
-    return job.status in store.FINISHED
+    return job.status in FINISHED
 
 
 def _sign_of_life(job) -> tuple:

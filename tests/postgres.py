@@ -64,24 +64,25 @@ class PostgresServer:
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"
+    def url(self, database: str = "postgres", driver: str | None = None) -> str:
+        """The plain postgresql:// URL a user writes (psycopg 3 in SQLAlchemy 2.1), or one naming `driver`."""
+        scheme = f"postgresql+{driver}" if driver else "postgresql"
+        return f"{scheme}://postgres@127.0.0.1:{self.port}/{database}"
 
-    def new_database(self) -> str:
+    def new_database(self, driver: str | None = None) -> str:
         """A fresh, empty database per test, so tests never see each other's rows."""
-        import psycopg2
+        import psycopg
 
         name = f"t_{uuid.uuid4().hex[:12]}"
         for attempt in range(50):  # the server may still be finishing its start-up
             try:
-                conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres")
+                conn = psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
+                                       autocommit=True)
                 break
-            except psycopg2.OperationalError:
+            except psycopg.OperationalError:
                 if attempt == 49:
                     raise
                 time.sleep(0.1)
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        conn.close()
-        return self.url(name)
+        with conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name, driver)

@@ -45,6 +45,105 @@ def _imports(path: Path) -> list[tuple[int, str]]:
     return found
 
 
+def _module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph(paths: list[Path], root: Path = ROOT) -> dict[str, set[str]]:
+    """module -> the product modules it imports (at the top or inside a function). `from a import b`
+    counts as an import of a.b when b is a module, else of a."""
+    modules = {_module_name(p, root): p for p in paths}
+    graph = {}
+    for name, path in modules.items():
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    package = name.split(".")[: len(name.split(".")) - node.level + (path.name == "__init__.py")]
+                    base = ".".join([*package, *([base] if base else [])])
+                targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+                           for alias in node.names]
+            else:
+                continue
+            for target in targets:
+                while target and target not in modules:  # a submodule's attribute: its module
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    edges.add(target)
+        graph[name] = edges
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan's algorithm)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_product_has_no_import_cycles():
+    graph = _import_graph([p for package in ("engine", "jobs", "ui", "app.py") for p in _files(package)])
+    report = []
+    for component in _cycles(graph):
+        edges = [f"{a} -> {b}" for a in component for b in sorted(graph[a]) if b in component]
+        report.append(" <-> ".join(component) + ": " + "; ".join(edges))
+    assert not report, "import cycles:\n" + "\n".join(report)
+
+
+def test_the_cycle_check_finds_a_cycle_hidden_in_a_function(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("from pkg import b\n", encoding="utf-8")
+    (tmp_path / "pkg" / "b.py").write_text("def f():\n    from pkg.a import thing\n", encoding="utf-8")
+    (tmp_path / "pkg" / "c.py").write_text("from pkg import a\n", encoding="utf-8")
+    graph = _import_graph(sorted((tmp_path / "pkg").glob("*.py")), root=tmp_path)
+    assert graph == {"pkg.a": {"pkg.b"}, "pkg.b": {"pkg.a"}, "pkg.c": {"pkg.a"}}
+    assert _cycles(graph) == [["pkg.a", "pkg.b"]]
+
+
+def test_the_cli_table_names_every_command_its_modules_register():
+    """`--help` lists commands from ui.cli.commands without importing their modules: the table and
+    what the modules register must be the same commands."""
+    import argparse
+    import importlib
+
+    from ui.cli.commands import COMMANDS
+
+    registered = {}
+    for module in dict.fromkeys(m for m, _ in COMMANDS.values()):
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(module).register(sub)
+        registered.update({name: module for name in sub.choices})
+    assert registered == {name: module for name, (module, _) in COMMANDS.items()}
+
+
 @pytest.mark.parametrize("source", sorted(FORBIDDEN))
 def test_imports_follow_the_data_flow(source):
     bad = []

@@ -19,7 +19,8 @@ import pytest
 from sqlalchemy import update
 
 from engine.train import faults
-from jobs import dispatcher, store
+from jobs import db, dispatcher, store
+from jobs.tables import Job
 from tests.jobwait import finished, plan, tiny_files, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,8 +127,8 @@ def test_twenty_concurrent_submissions_all_recorded_and_start_fifo(tiny, monkeyp
 
     # Keep the test fast: each job is flagged to stop before it loads torch, so a real worker
     # process starts, records itself and exits in about a second. Its start is what we test.
-    with store.session() as s:
-        s.exec(update(store.Job).values(cancel_requested=True))
+    with db.session() as s:
+        s.exec(update(Job).values(cancel_requested=True))
         s.commit()
     monkeypatch.setenv("LORAPILOT_MAX_CONCURRENT", "1")
     kickers = [threading.Thread(target=dispatcher.kick) for _ in range(5)]  # racing dispatchers

@@ -171,3 +171,27 @@ def test_library_compose_lineage_foreign_base_and_retention(tiny, tmp_path, lora
 
     answer = workbench.generate("mix", "The printer is broken", base=True, max_new_tokens=5)
     assert set(answer) >= {"adapter", "base", "switch_seconds"}
+
+
+def test_a_merged_fp32_base_stays_fp32_even_where_training_would_use_bf16(tiny, tmp_path, monkeypatch):
+    """The merge keeps the base checkpoint's precision: on a CPU with native bf16 (where `auto` trains
+    in bf16) an fp32 base used to be merged and saved in bf16, off from base + adapter by ~2e-3."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engine.adapters import merge
+    from engine.estimate import hardware
+
+    cal = hardware.calibration()
+    # this machine's CPU may lack bf16: the calibration says it has it, as on a CPU that does
+    native = cal.model_copy(update={"bf16_flags": ["avx512_bf16"], "bf16_tflops": 4 * cal.fp32_tflops})
+    monkeypatch.setattr(hardware, "calibration", lambda: native)
+    assert hardware.calibration().bf16_native
+    base, adapters = tiny
+    assert json.loads((base / "config.json").read_text()).get("dtype", "float32") == "float32"
+    out = merge.merge(adapters["a"], str(base), tmp_path / "merged")
+    model = AutoModelForCausalLM.from_pretrained(str(out), dtype="auto")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    expected, tok = _with_adapter(base, adapters["a"])
+    assert (_logits(model, AutoTokenizer.from_pretrained(str(out))) - expected).abs().max().item() < 1e-5
+    assert "float32" in (out / "README.md").read_text()

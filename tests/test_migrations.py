@@ -20,7 +20,7 @@ from sqlmodel import SQLModel
 
 from engine.errors import UserError
 from engine.plan import TrainingPlan
-from jobs import dispatcher, schema, store
+from jobs import db, dispatcher, schema, store
 from tests.jobwait import finished, plan, tiny_files, wait_for
 from ui.cli.main import run as cli
 
@@ -44,7 +44,7 @@ def _old_database(home, revision_table: bool = True, url: str | None = None):
 
 
 def _revision() -> str:
-    with store.db_engine().connect() as conn:
+    with db.db_engine().connect() as conn:
         return schema.current(conn)
 
 
@@ -57,7 +57,7 @@ def _cli_json(capsys, *args):
 def test_a_new_database_is_created_at_the_newest_revision_matching_the_models():
     assert store.list_jobs() == []
     assert _revision() == schema.head()
-    with store.db_engine().connect() as conn:
+    with db.db_engine().connect() as conn:
         # a column added to a model without a revision (or the reverse) shows up here
         assert compare_metadata(MigrationContext.configure(conn), SQLModel.metadata) == []
 
@@ -102,7 +102,7 @@ def test_a_database_too_old_to_upgrade_is_refused_in_one_line(lorapilot_home, ca
         conn.execute(sa.text("CREATE TABLE job (id INTEGER PRIMARY KEY, name VARCHAR, plan_json VARCHAR)"))
     engine.dispose()
     with pytest.raises(UserError, match="too old to upgrade"):
-        store.db_engine()
+        db.db_engine()
     assert cli(["jobs"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: database: ") and "lacks" in err and err.count("\n") == 1

@@ -80,10 +80,14 @@ def test_compose_form_saves_and_scores(tiny):
     _, a, b = tiny
     for path, name, skill in ((a, "t", "ticket"), (b, "d", "isodate")):
         library.import_adapter(path, name=name, skill=skill)
-    html, _ = playground.compose(["t", "d"], "0.5, 0.5", "ties", 0.5, "mix", True)
-    html = unescape(html)
+    said = [unescape(message) for message, _ in playground.compose(["t", "d"], "0.5, 0.5", "ties", 0.5, "mix", True)]
+    # the first words replace an earlier message at once; each scoring pass is said as it starts
+    assert said[0].endswith("Composing t, d (ties)…</div>")
+    passes = [m for m in said if "held-out rows…" in m]
+    assert len(passes) == 6 and "Scoring the composition on ticket: pass 2 of 6, 24 held-out rows…" in passes[1]
+    html = said[-1]
     assert "Saved 'mix'" in html and "Skill retention" in html and "ticket" in html and "isodate" in html
-    html, _ = playground.compose(["t", "d"], "half,half", "linear", None, "mix2", False)
+    html, _ = list(playground.compose(["t", "d"], "half,half", "linear", None, "mix2", False))[-1]
     assert "weights" in html.lower() and "give numbers" in html
     assert playground.held_out_choices(["t"])[0][1] == "ticket|0"
     prompt, system = playground.pick_held_out("ticket|0")

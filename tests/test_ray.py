@@ -19,7 +19,7 @@ import pytest
 
 from engine.errors import UserError
 from engine.plan import TrainingPlan
-from jobs import dispatcher, store
+from jobs import dispatcher, store, views
 from jobs.launch import ray
 from tests.jobwait import finished, plan, tiny_files, wait_for
 
@@ -98,7 +98,7 @@ def test_a_job_runs_through_ray_and_cancel_stops_it(tiny, ray_head, monkeypatch,
     assert job.host == socket.gethostname()
     assert _ray_finished(job.ray_job_id) == "SUCCEEDED"  # the worker exits just after its last row
     assert (Path(job.artifact_dir) / "adapter_model.safetensors").exists()
-    assert store.job_detail(job)["ray_job_id"] == job.ray_job_id
+    assert views.job_detail(job)["ray_job_id"] == job.ray_job_id
 
     long = dispatcher.submit(_plan(tiny, max_steps=100000))
     wait_for(long.id, lambda j: j.status != "running" or j.step >= 1)
@@ -106,3 +106,65 @@ def test_a_job_runs_through_ray_and_cancel_stops_it(tiny, ray_head, monkeypatch,
     long = wait_for(long.id, finished)
     assert long.status == "cancelled", store.log_tail(long.id, 80)
     assert _ray_finished(long.ray_job_id) in ray.TERMINAL
+
+
+def test_an_automatic_device_asks_for_a_gpu_only_where_the_cluster_has_one():
+    cpu_only, with_gpu = [{"CPU": 2.0, "GPU": 0.0}], [{"CPU": 2.0, "GPU": 0.0}, {"CPU": 8.0, "GPU": 1.0}]
+    auto = TrainingPlan.build()
+    assert auto.gpu is None
+    assert ray.resources(auto, cpu_only) == {"entrypoint_num_cpus": 1}
+    assert ray.resources(auto, with_gpu) == {"entrypoint_num_cpus": 1, "entrypoint_num_gpus": 1}
+    assert ray.resources(TrainingPlan.build(gpu="A100 80GB"), cpu_only) == {
+        "entrypoint_num_cpus": 1, "entrypoint_num_gpus": 1}  # an explicit GPU stays a GPU: refused below
+
+
+def test_a_plan_no_node_can_run_is_refused_before_a_job_exists(tiny, ray_head, monkeypatch):
+    monkeypatch.setenv(ray.ENV, ray_head)
+    with pytest.raises(UserError, match=r"^gpu: no node of the Ray cluster at http://127\.0\.0\.1:\d+ can run this "
+                                        r"plan: it asks CPU 1, GPU 1; the largest node has CPU 2, GPU 0; set the "
+                                        r"plan's device to cpu"):
+        dispatcher.submit(_plan(tiny, gpu="A100 80GB"))
+    with pytest.raises(UserError, match="asks CPU 3, GPU 0"):
+        dispatcher.submit(_plan(tiny, num_processes=3))
+    assert store.list_jobs() == []
+
+
+def _eventually(read, accept, timeout: float = 90.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not accept(value := read()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}; last: {value!r}"
+        time.sleep(0.5)
+    return value
+
+
+def test_a_job_ray_holds_pending_says_what_it_waits_for_and_runs_when_a_cpu_frees(
+        tiny, ray_head, monkeypatch, capsys):
+    from ray.job_submission import JobSubmissionClient
+
+    from jobs import stall
+    from ui.cli.main import run as cli
+
+    monkeypatch.setenv(ray.ENV, ray_head)
+    client = JobSubmissionClient(ray_head)
+    blocker = client.submit_job(entrypoint="sleep 600", entrypoint_num_cpus=2)  # both CPUs taken
+    try:
+        _eventually(lambda: str(client.get_job_status(blocker).value), lambda s: s == "RUNNING", what="the blocker")
+        job = dispatcher.submit(_plan(tiny, gpu=None))  # no device: the CPU-only cluster gets a CPU ask
+        line = _eventually(lambda: stall.describe(store.get_job(job.id)) or "",
+                           lambda text: "free CPU 0" in text, what="the autoscaler's report of the busy CPUs")
+        assert line == "waiting for the cluster: asks CPU 1, GPU 0; free CPU 0, GPU 0"
+        capsys.readouterr()
+        assert cli(["show", str(job.id)]) == 0
+        assert f"status     running ({line})" in capsys.readouterr().out
+        assert cli(["jobs"]) == 0 and "running (waiting for the cluster)" in capsys.readouterr().out
+
+        monkeypatch.setenv(stall.ENV, "1")  # stall detection covers the wait, and names it
+        time.sleep(1.2)
+        stalled = stall.describe(store.get_job(job.id))
+        assert stalled.startswith("stalled since ") and "waiting for the cluster: asks CPU 1, GPU 0" in stalled
+        monkeypatch.delenv(stall.ENV)
+    finally:
+        client.stop_job(blocker)
+    job = wait_for(job.id, finished)
+    assert job.status == "succeeded", ray.log_tail(job.ray_job_id, 80)
+    assert stall.describe(job) is None

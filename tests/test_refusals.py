@@ -13,8 +13,7 @@ HUGE = dict(model="default", gpu="cpu", dataset="demo:ticket", r=5_000_000)
 
 def test_an_out_of_range_field_gets_its_line_in_its_own_panel_and_the_charts_say_why_they_are_empty():
     with pytest.raises(UserError) as e:
-        review.plan_from_values({"model": "default", "gpu": "cpu", "dataset": "demo:ticket"},
-                                [None if f != "r" else -3 for f in review.FORM_FIELDS])
+        review.plan_from_values({"model": "default", "gpu": "cpu", "dataset": "demo:ticket"}, {"r": -3})
     verdict, memory, summary, params, main, advanced = refusals.invalid_view(e.value)
     assert "Rank (r):" in verdict and "must be a whole number of 1 or more" in verdict
     assert "Rank (r): must be a whole number of 1 or more" in main and advanced == "" and summary == ""
@@ -22,6 +21,39 @@ def test_an_out_of_range_field_gets_its_line_in_its_own_panel_and_the_charts_say
         assert fig.layout["annotations"][0]["text"] == "Fix Rank (r) to see the estimate"
     main, advanced = refusals.field_messages(UserError("warmup_ratio", "must be at least 0 and below 1"))
     assert main == "" and "Warmup ratio: must be at least 0 and below 1" in advanced
+
+
+def test_text_that_is_not_a_number_gets_the_same_one_line_refusal_naming_the_value_the_plan_keeps():
+    # A browser's number box sends nothing for "abc": the box is refused in place, never read as "unchanged"
+    # (which ran a job at the default 2e-4 while the page had shown 0.002).
+    ctx = {"model": "default", "gpu": "cpu", "dataset": "demo:ticket"}
+    with pytest.raises(UserError) as e:
+        review.plan_from_values(ctx, {"learning_rate": None, "r": 8}, kept={"learning_rate": 0.002})
+    assert e.value.field == "learning_rate"
+    assert e.value.message == ("is empty or not a number; expected a number from 1e-06 to 0.01 (rule L1); "
+                               "the plan keeps 0.002")
+    verdict, memory, _, _, main, advanced = refusals.invalid_view(e.value)
+    assert "Learning rate: is empty or not a number" in main and advanced == ""
+    assert memory.layout["annotations"][0]["text"] == "Fix Learning rate to see the estimate"
+    with pytest.raises(UserError, match="is empty or not a number; expected a whole number$"):
+        review.plan_from_values(ctx, {"r": ""})
+    # an empty step limit means "no limit", not a refusal
+    assert review.plan_from_values(ctx, {"max_steps": None}).max_steps is None
+
+
+def test_an_absurd_value_is_accepted_with_a_warning_naming_its_rule_and_range():
+    plan = TrainingPlan.build(model="default", gpu="cpu", dataset="demo:ticket", learning_rate=1e9)
+    shown = refusals.warnings_html(plan)
+    assert "[L1]" in shown and "Learning rate 1e+09 is far outside 1e-06 to 0.01" in shown
+    assert refusals.warnings_html(plan.updated(learning_rate=2e-3)) == ""
+
+
+def test_leaving_an_empty_number_box_puts_back_the_last_valid_value():
+    from ui.web import wizard
+
+    assert wizard.restore("learning_rate")(None, {"learning_rate": 0.002}) == 0.002
+    assert not isinstance(wizard.restore("learning_rate")(0.01, {"learning_rate": 0.002}), float)  # kept as typed
+    assert not isinstance(wizard.restore("max_steps")(None, {"max_steps": 30}), int)  # empty = no limit
 
 
 def test_number_controls_leave_range_checks_to_the_plan():

@@ -68,8 +68,8 @@ def test_flat_held_out_loss_stops_the_run_and_says_why(tiny, tmp_path):
 
 def test_the_worker_writes_the_reason_into_the_jobs_log():
     from jobs import store
-    from jobs.worker import Worker
+    from jobs.callbacks import JobCallbacks
 
     job = store.insert_job(store.Job(name="early", plan_json=TrainingPlan().model_dump_json()))
-    Worker(job.id).report(Note("stopped at step 3 of 12: held-out loss flat for 2 evaluations"))
+    JobCallbacks(job.id).report(Note("stopped at step 3 of 12: held-out loss flat for 2 evaluations"))
     assert "stopped at step 3 of 12: held-out loss flat for 2 evaluations" in store.log_tail(job.id)

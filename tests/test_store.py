@@ -14,7 +14,7 @@ from sqlalchemy import text
 from engine.errors import UserError
 from engine.plan import TrainingPlan
 from engine.train.events import Metrics
-from jobs import dispatcher, export, store
+from jobs import db, dispatcher, export, store
 from tests.checkpoint_files import write_checkpoint
 
 
@@ -26,7 +26,7 @@ def _job(name="j", **values) -> store.Job:
 def test_sqlite_in_wal_mode_under_home(lorapilot_home):
     _job()
     assert (lorapilot_home / "lorapilot.db").exists()
-    with store.db_engine().connect() as conn:
+    with db.db_engine().connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30000
 

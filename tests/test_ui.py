@@ -16,7 +16,8 @@ import pytest
 from engine import units
 from engine.errors import UserError
 from engine.plan import TrainingPlan
-from ui.cli.serve import check_exposure, is_loopback, parse_auth
+from ui.cli.serve import check_exposure, parse_auth
+from ui.network import is_loopback
 from ui.web import charts, html, jobs_page, review, steps
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,6 +141,16 @@ def test_estimate_view_reflects_the_plan():
     assert small["params"]["config"]["displayModeBar"] is False
     assert not any(ax.get("automargin") for fig in (small["memory"], small["params"])
                    for k, ax in fig.layout.items() if k.startswith(("xaxis", "yaxis")))
+
+
+def test_a_small_plan_under_a_large_budget_stays_visible():
+    # 0.7 GiB under a 23.5 GiB line was a sliver: the axis follows the plan and the budget is named
+    fig = charts.memory_breakdown({"base_weights": 0.5 * units.GIB, "activations": 0.2 * units.GIB},
+                                  budget_bytes=23.5 * units.GIB, fits=True)
+    assert fig.layout["yaxis"]["range"][1] < 1.0 and not fig.layout["shapes"]
+    assert "budget 23.5 GiB, above this scale: the plan uses 3% of it" in fig.layout["annotations"][0]["text"]
+    near = charts.memory_breakdown({"base_weights": 2 * units.GIB}, budget_bytes=3 * units.GIB, fits=True)
+    assert near.layout["shapes"] and near.layout["yaxis"]["range"][1] > 3
 
 
 def test_numbers_come_apart_from_the_charts_and_use_the_checked_lengths():

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+from engine.adapters import gathered
+from engine.adapters.host import peft_name
 
 
 @dataclass
@@ -148,10 +149,8 @@ def decode_batch(model, tokenizer, requests: list[Request], pad_id: int | None =
     rows = [_Row(r, tokenizer, eos_ids) for r in requests]
     mixed = hasattr(model, "peft_config")  # a PeftModel: route each row through its adapter
     if mixed:
-        from engine.adapters import gathered
-
         gathered.install(model)  # two matmuls per layer instead of PEFT's loop over the batch's adapters
-    names = [peft_name(r.adapter) if r.adapter else BASE for r in requests]
+    names = [peft_name(r.adapter) if r.adapter else gathered.BASE for r in requests]
 
     # Prefill: left-pad the prompts so every row's last prompt token sits in the last column.
     width = max(len(r.prompt_ids) for r in requests)
@@ -236,7 +235,7 @@ class Scheduler:
         chosen, names = [], set()
         limit = self.max_adapters if self.mixed else 1
         for ticket in self._waiting:
-            name = ticket.request.adapter or BASE
+            name = ticket.request.adapter or gathered.BASE
             if name not in names and len(names) >= limit:
                 continue
             names.add(name)
@@ -284,8 +283,6 @@ class HostRunner:
         self.host = host
 
     def __call__(self, requests: list[Request]) -> list:
-        from engine.adapters.host import peft_name
-
         failed: dict[str, Exception] = {}
         for name, path in {r.adapter: r.adapter_path for r in requests if r.adapter}.items():
             try:

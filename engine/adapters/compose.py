@@ -17,6 +17,8 @@ import os
 import shutil
 from pathlib import Path
 
+from engine.adapters import folder
+from engine.adapters.host import load_base_for_inference
 from engine.errors import UserError, one_of
 
 COMBINATIONS = ("linear", "cat", "svd", "ties", "dare_ties")
@@ -54,8 +56,6 @@ def compose(sources: list[tuple[str, str]], weights: list[float], combination: s
     import torch
     from peft import PeftModel
 
-    from engine.adapters import folder
-    from engine.adapters.host import load_base_for_inference
 
     configs = [folder.read_config(Path(p)) for _, p in sources]
     density = check([int(c.get("r") or 0) for c in configs], weights, combination, density)

@@ -13,7 +13,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from engine.errors import UserError
+from engine.model import catalog, default_model, introspect
 
 CONFIG = "adapter_config.json"
 WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -56,7 +59,6 @@ def read_config(folder: Path) -> dict:
 
 def resolve_base(name: str | None) -> str:
     """The spec this product loads for a config's `base_model_name_or_path`."""
-    from engine.model import catalog, default_model
 
     name = (name or "").strip()
     if not name:
@@ -124,8 +126,6 @@ def inspect(folder, base: str | None = None) -> AdapterInfo:
 def _was_qlora(folder: Path) -> bool:
     plan = folder / "plan.yaml"  # written by this product's trainer
     if plan.is_file():
-        import yaml
-
         try:
             return (yaml.safe_load(plan.read_text(encoding="utf-8")) or {}).get("method") == "qlora"
         except yaml.YAMLError:
@@ -135,7 +135,6 @@ def _was_qlora(folder: Path) -> bool:
 
 def check_fits(info: AdapterInfo) -> None:
     """Every adapted module exists in the base with the adapter's in/out sizes; else UserError."""
-    from engine.model import introspect
 
     modules = {m.name: m for m in introspect.resolve(info.base_model).linear_modules}
     shapes = info.config.get("_shapes") or weight_shapes(info.path)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import types
 
-from engine.adapters.batch import BASE
+BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
 _ATTR = "_lorapilot_gathered"  # per-layer cache: (adapters, weights, stacks) and (rows, mask)
 

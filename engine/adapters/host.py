@@ -14,6 +14,7 @@ released by any thread.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -22,7 +23,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from engine.adapters.folder import check_fits_model
 from engine.errors import UserError, one_of
+from engine.plan import TrainingPlan
+from engine.train.run import load_base
 
 DEFAULT_MAX_NEW_TOKENS = 128
 
@@ -41,8 +45,6 @@ def load_base_for_inference(spec: str):
     """
     import torch
 
-    from engine.plan import TrainingPlan
-    from engine.train.run import load_base
 
     plan = TrainingPlan.build(model=spec, method="lora")
     model, tokenizer = load_base(plan, for_training=False)
@@ -105,7 +107,6 @@ class AdapterHost:
         folder = Path(path)
         if not (folder / "adapter_config.json").is_file():
             raise UserError("adapter", f"{path} has no adapter_config.json; give a PEFT adapter folder")
-        from engine.adapters.folder import check_fits_model
 
         start = time.perf_counter()
         check_fits_model(folder, self._base, self.base_model)  # before PEFT changes the base in place
@@ -312,7 +313,6 @@ _shared_lock = threading.Lock()
 def shared(base_model: str, max_loaded: int | None = None) -> AdapterHost:
     """The process's one host; asking for another base replaces it (one base in memory at a time)."""
     global _shared
-    import os
 
     with _shared_lock:
         if _shared is None or _shared.base_model != base_model:

@@ -17,27 +17,39 @@ from __future__ import annotations
 
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
+from engine.adapters import folder
 from engine.errors import UserError
+from engine.model import introspect
+from engine.plan import TrainingPlan
+from engine.train.run import load_base, model_source, torch_dtype
+
+CHECKPOINT_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # config.json's name -> the plan's
 
 
 def merge(adapter_dir, base_model: str, out_dir, adapter_name: str = "adapter", method: str = "lora",
           dtype: str = "auto") -> Path:
-    """Write base + adapter as one model to `out_dir` (which must not exist yet); return it."""
-    import torch
+    """Write base + adapter as one model to `out_dir` (which must not exist yet); return it.
 
-    from engine.adapters import folder
-    from engine.plan import TrainingPlan
-    from engine.train.run import load_base, model_source, torch_dtype
+    `dtype` auto keeps the base checkpoint's precision (an fp32 base merges in fp32: merging in the
+    training precision would round the base's own weights); a QLoRA merge is in the precision the
+    adapter was trained against (the dequantized 4-bit base)."""
+    import torch
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir).expanduser()
     folder.read_config(adapter_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError("out", f"{out_dir} exists and is not empty; give a new folder")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto" and method != "qlora":
+        dtype = CHECKPOINT_DTYPES.get(introspect.resolve(base_model).dtype, "auto")
+        if dtype == "fp16" and device == "cpu":
+            dtype = "fp32"  # no fp16 arithmetic on a CPU: fp32 holds every fp16 value exactly
     plan = TrainingPlan.build(model=base_model, method="qlora" if method == "qlora" else "lora", dtype=dtype,
-                              gpu=None if torch.cuda.is_available() else "cpu")
-    target_dtype = torch_dtype(plan, "cuda" if torch.cuda.is_available() else "cpu")
+                              gpu=None if device == "cuda" else "cpu")
+    target_dtype = torch_dtype(plan, device)
     model, tokenizer = load_base(plan, for_training=False)
     if method == "qlora":
         model = model.dequantize(dtype=target_dtype)  # the weights the adapter was trained against
@@ -120,7 +132,6 @@ def write_card(out_dir: Path, base_model: str, base_source: str, adapter_dir: Pa
 
 def zip_folder(folder: Path, target: Path | None = None) -> Path:
     """One zip of a merged model folder (written beside it, renamed into place when complete)."""
-    import zipfile
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():

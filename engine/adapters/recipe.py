@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.model import introspect
 
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm/config/lora.py, MaxLoRARanks
 
@@ -172,11 +173,21 @@ def check_adapter(name: str, path: Path, config: dict, base_config: dict | None)
 
 
 def _base_config(base: str) -> dict | None:
+    """The base's config.json when it is a local folder, else what LoRA Pilot knows of it (the catalog, the
+    embedded default, a cached hub config), with the architecture its model class has: one verdict, from the
+    architecture the library resolved, not "unknown" for a catalog Llama."""
     config_file = Path(base).expanduser() / "config.json"
     try:
-        return json.loads(config_file.read_text()) if config_file.is_file() else None
+        if config_file.is_file():
+            return json.loads(config_file.read_text())
     except (OSError, ValueError):
         return None
+    try:
+        config = introspect.load_config(base)[0].to_dict()
+        config["architectures"] = config.get("architectures") or [type(introspect.meta_model(base)).__name__]
+    except Exception:  # noqa: BLE001 - an unknown base: the checks say they could not run
+        return None
+    return config
 
 
 def build(adapters: list[tuple[str, Path]], base: str | None = None, base_config: dict | None = None) -> Recipe:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from engine.advice import rules
 from engine.errors import UserError
+from engine.model import introspect
 from engine.plan import TrainingPlan
 
 
 def narrowest_target(plan: TrainingPlan) -> tuple[int, str] | None:
     """(min(in, out), short name) of the narrowest layer the plan's targets adapt, or None."""
-    from engine.model import introspect
 
     info = introspect.resolve(plan.model)
     try:
@@ -31,7 +31,6 @@ def narrowest_target(plan: TrainingPlan) -> tuple[int, str] | None:
 
 def plan_warnings(plan: TrainingPlan) -> list[tuple[str, str]]:
     """Every PLAN_CHECKS row that applies to this plan: (rule id, text)."""
-    from engine.model import introspect
 
     info = introspect.resolve(plan.model)
     narrow = narrowest_target(plan)

@@ -24,6 +24,8 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
+from engine.advice import rules
+
 SPIKE = 3.0             # a train loss this many times the running median is a spike...
 SPIKE_MIN_RISE = 0.25   # ...if it is also this much higher in absolute terms (nats)
 GRAD_FAR = 10.0         # a gradient norm this many times its running median is "far above"...
@@ -191,8 +193,28 @@ def _overfitting(metrics: list[dict]) -> tuple[str, int] | None:
     return None
 
 
+def _no_answer_gain(evaluation: dict | None) -> str | None:
+    """Held-out exact match that fell, or that gained nothing while the adapter gives one answer to every
+    row: a lower loss alone does not make such a run good."""
+    base, adapter = (evaluation or {}).get("base") or {}, (evaluation or {}).get("adapter") or {}
+    before, after = base.get("exact_match"), adapter.get("exact_match")
+    if before is None or after is None:
+        return None
+    if after < before:
+        return f"held-out exact match fell from {before:.0f}% to {after:.0f}%: the adapter answers worse than the base"
+    answers = [s.get("adapter") for s in (evaluation or {}).get("samples") or []]
+    references = {s.get("reference") for s in (evaluation or {}).get("samples") or []}
+    if after <= before and len(answers) >= 2 and len(set(answers)) == 1 and len(references) > 1:
+        return (f"held-out exact match stayed at {after:.0f}% and the adapter gives the same answer to every sample "
+                f"row ({answers[0]!r})")
+    return None
+
+
 def _underperforming(metrics: list[dict], evaluation: dict | None) -> str | None:
     base, adapter = (evaluation or {}).get("base") or {}, (evaluation or {}).get("adapter") or {}
+    worse = _no_answer_gain(evaluation)
+    if worse:
+        return worse
     if base.get("loss") is not None and adapter.get("loss") is not None:
         gain = (base["loss"] - adapter["loss"]) / base["loss"] if base["loss"] > 0 else 0.0
         f1 = (adapter["f1"] - base["f1"]) if None not in (adapter.get("f1"), base.get("f1")) else None
@@ -274,9 +296,15 @@ def _u1(plan, evidence: str) -> list[Finding]:
         out.append(Finding("U1", "underperforming", evidence,
                            f"put adapters on more layers: {plan.targets} -> {wider}",
                            {"targets": wider}))
-    lr = _sig(plan.learning_rate * 3)
-    out.append(Finding("L1", "underperforming", evidence, f"raise the learning rate 3x: {plan.learning_rate:g} -> "
-                       f"{lr:g} (LoRA takes 2-5x that of full fine-tuning)", {"learning_rate": lr}))
+    low = rules.RANGES["learning_rate"].recommended[0] if plan.method != "full" else 0.0
+    if plan.learning_rate * 3 < low:  # far below the range: back into it in one step, not 3x at a time
+        lr = _sig(low)
+        out.append(Finding("L1", "underperforming", evidence, f"raise the learning rate {plan.learning_rate:g} -> "
+                           f"{lr:g}, the low end of the range adapters train in (L1)", {"learning_rate": lr}))
+    else:
+        lr = _sig(plan.learning_rate * 3)
+        out.append(Finding("L1", "underperforming", evidence, f"raise the learning rate 3x: {plan.learning_rate:g} -> "
+                           f"{lr:g} (LoRA takes 2-5x that of full fine-tuning)", {"learning_rate": lr}))
     change = {"max_steps": plan.max_steps * 2} if plan.max_steps else {"epochs": plan.epochs + 1}
     out.append(Finding("U1", "underperforming", evidence, "train longer: " + ", ".join(f"{k} {v:g}" for k, v in
                                                                                    change.items()), change))

@@ -13,6 +13,11 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from engine.errors import UserError
+from engine.estimate.combined import (
+    gpu_of,  # (estimate pulls the model catalog; import on use)
+    memory_for,
+)
+from engine.model import introspect
 from engine.plan import TrainingPlan
 
 MIN_R = 4          # the bottom of R1's range; below it an adapter learns little
@@ -49,14 +54,11 @@ class Where:
     @classmethod
     def of(cls, plan: TrainingPlan, on_cpu: bool | None = None) -> Where:
         """For `plan` as the estimator sees it (its GPU, or the CPU), unless `on_cpu` says otherwise."""
-        from engine.estimate.combined import gpu_of  # (estimate pulls the model catalog; import on use)
 
         if on_cpu is None:
             gpu = gpu_of(plan)
             on_cpu = gpu is not None and gpu.is_cpu
         try:
-            from engine.model import introspect
-
             names = set(introspect.resolve(plan.model).target_names)
         except UserError:  # a model we cannot read: the presets still apply
             names = set()
@@ -168,7 +170,6 @@ def first_steps(plan: TrainingPlan, where: Where) -> list[Step]:
 def fix(plan: TrainingPlan, where: Where | None = None, max_repeats: int = 4):
     """(steps, memory) of the first single step that makes `plan` fit, else of the shortest run
     down the ladder that does (each rung repeated up to `max_repeats` times); None if nothing fits."""
-    from engine.estimate.combined import memory_for
 
     where = where or Where.of(plan)
 

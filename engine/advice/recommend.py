@@ -15,8 +15,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from engine.advice import fitting, rules
-from engine.advice.rules import FIELDS, RuleContext
+from engine.advice.rules import DEMO_FIELDS, FIELDS, RuleContext
+from engine.data import demo
+from engine.data.ref import DatasetRef
 from engine.errors import UserError, one_of
+from engine.estimate.combined import estimate, memory_for
+from engine.model.catalog import find_gpu, list_gpus
+from engine.model.introspect import resolve
 from engine.plan import DIFFICULTIES, TrainingPlan
 from engine.units import GIB, human_bytes  # the catalogs and the estimator count GB as GiB (what nvidia-smi shows)
 
@@ -64,8 +69,6 @@ def notes(ctx: RuleContext) -> list[Reason]:
 
 
 def _memory(plan: TrainingPlan):
-    from engine.estimate.combined import memory_for
-
     return memory_for(plan)
 
 
@@ -107,7 +110,6 @@ def fit(plan: TrainingPlan, ctx: RuleContext, reasons: dict[str, Reason]) -> tup
 
 def advice_for(plan: TrainingPlan, ctx: RuleContext) -> str:
     """Nothing fits: say how much memory the smallest setup needs and which catalog GPU has it."""
-    from engine.model.catalog import list_gpus
 
     need = _memory(plan).device_bytes
     setup = (f"{plan.method}, targets {plan.targets}, r {plan.r}, micro-batch {plan.batch_size}, "
@@ -129,9 +131,6 @@ def advice_for(plan: TrainingPlan, ctx: RuleContext) -> str:
 
 def recommend(model: str, difficulty: str | None, gpu: str | None = None, budget_gb: float | None = None,
               dataset_rows: int | None = None, base: TrainingPlan | None = None) -> Recommendation:
-    from engine.model.catalog import find_gpu
-    from engine.model.introspect import resolve
-
     difficulty = difficulty or "balanced"
     if difficulty not in DIFFICULTIES:
         raise UserError("difficulty", f"unknown difficulty '{difficulty}'; expected {one_of(DIFFICULTIES)}")
@@ -156,6 +155,11 @@ def recommend(model: str, difficulty: str | None, gpu: str | None = None, budget
         budget_gb=budget,
         seq_len_hint=base.seq_len if base is not None and base.seq_len != TrainingPlan().seq_len else None,
     )
+    ref = DatasetRef.parse(base.dataset) if base is not None and base.dataset else None
+    if ref is not None and ref.is_demo and ref.skill in demo.SKILLS:  # its recipe is row X1, not a later override
+        recipe = demo.default_plan(ref.skill)
+        ctx.demo_recipe = {f: getattr(recipe, f) for f in DEMO_FIELDS}
+        ctx.demo_steps = recipe.max_steps
     chosen = decide(ctx)
     reasons = {f: chosen[f][1] for f in FIELDS}
     plan = (base or TrainingPlan()).updated(
@@ -167,7 +171,6 @@ def recommend(model: str, difficulty: str | None, gpu: str | None = None, budget
     fits = True
     if not on_cpu:
         plan, adjustments, fits = fit(plan, ctx, reasons)
-    from engine.estimate.combined import estimate
 
     result = estimate(plan)
     ctx.seconds = result.time.seconds if result.time is not None else None

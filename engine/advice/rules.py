@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from engine.advice import fitting
+from engine.estimate import hardware  # measured once per machine, then cached
 from engine.plan import TrainingPlan
 
 # Every rule id in docs/rules.md, which states each rule and where it comes from. A reason
@@ -21,7 +22,7 @@ from engine.plan import TrainingPlan
 # look the rule up.
 # R6 (rank above layer width) is stated in PLAN_CHECKS below.
 RULE_IDS = frozenset(
-    "M1 M2 M3 M4 M5 R1 R2 R3 R4 R5 R6 A1 A2 A3 A4 D1 D2 D3 T1 T2 T3 T4 T5 B1 B2 L1 G1 U1 U2 U3 E1".split()
+    "M1 M2 M3 M4 M5 R1 R2 R3 R4 R5 R6 A1 A2 A3 A4 D1 D2 D3 T1 T2 T3 T4 T5 B1 B2 L1 G1 U1 U2 U3 E1 X1".split()
 )
 
 
@@ -57,6 +58,10 @@ class RuleContext:
     plan: dict[str, Any] = field(default_factory=dict)
     target_width: int | None = None  # min(in, out) of the narrowest layer the plan adapts
     narrowest: str = ""              # that layer's short name, e.g. k_proj
+    # a demo skill's recipe, measured to learn it within minutes on a CPU (engine.data.demo.default_plan):
+    # field -> value, and the steps it was measured over; None for any other data
+    demo_recipe: dict[str, Any] | None = None
+    demo_steps: int | None = None
 
     # --- derived facts the rows use -------------------------------------------------
     @property
@@ -123,8 +128,6 @@ def const(value: Any) -> Callable[[RuleContext], Any]:
 
 
 def _cpu_precision() -> tuple[str, str]:
-    from engine.estimate import hardware  # measured once per machine, then cached
-
     return hardware.cpu_precision()
 
 
@@ -153,6 +156,22 @@ def _lr(c: RuleContext) -> float:
     if _small_model_adapter(c):
         return 1e-3
     return 1e-4 if r >= 64 else 3e-4 if r <= 4 else 2e-4
+
+
+# The fields a demo skill's measured recipe sets (engine.data.demo.default_plan); X1 in docs/rules.md.
+DEMO_FIELDS = ("r", "alpha", "dropout", "batch_size", "grad_accum", "learning_rate", "seq_len")
+
+
+def _demo_on_cpu(c: RuleContext) -> bool:
+    return c.demo_recipe is not None and c.device == "cpu"
+
+
+def demo(field_name: str) -> Rule:
+    """X1: a demo skill on a CPU keeps its measured recipe for this field. Each such row sits first in its
+    field's section, so the reasons, the warnings and the estimate all describe the plan that runs."""
+    return Rule("X1", field_name, _demo_on_cpu, lambda c: c.demo_recipe[field_name],
+                "The demo recipe, measured to learn this skill in {c.demo_steps} steps on a CPU: a first run "
+                "shows its loss fall within minutes.")
 
 
 RULES: list[Rule] = [
@@ -193,6 +212,7 @@ RULES: list[Rule] = [
     # --- rank ---------------------------------------------------------------------
     # Measured (bench/bench_early_stop.py, 300 rows of date reformatting on SmolLM2-135M): r = 4
     # plateaued at 80-82% held-out exact match, r = 8 reached 97.5%; the rank costs little here.
+    demo("r"),
     Rule("R1", "r", lambda c: c.difficulty == "simple", const(8),
          "A style or format change needs little capacity: r = 8, the top of the 4-8 range."),
     Rule("R2", "r", lambda c: c.difficulty == "balanced" and c.large_data, const(16),
@@ -207,8 +227,10 @@ RULES: list[Rule] = [
          "A new language or a large shift needs a big adapter: r = 64. Beyond that, most of "
          "LoRA's savings are gone; consider full fine-tuning instead."),
     # --- alpha and dropout --------------------------------------------------------
+    demo("alpha"),
     Rule("A1", "alpha", always, lambda c: 2 * c.plan["r"],
          "alpha = 2 x r = {v}: the most common choice, an update scale of 2."),
+    demo("dropout"),
     Rule("D2", "dropout", lambda c: c.small_data, const(0.1),
          f"Fewer than {SMALL_DATA:,} examples overfit easily: dropout 0.1."),
     Rule("D1", "dropout", always, const(0.05), "0.05 is the usual starting dropout."),
@@ -219,6 +241,7 @@ RULES: list[Rule] = [
     Rule("T3", "targets", always, const("all-linear"),
          "Adapters on every linear layer (attention and MLP) generally give the best quality."),
     # --- sequence, batch, memory savers -------------------------------------------
+    demo("seq_len"),
     Rule("G1", "seq_len", lambda c: c.seq_len_hint is not None,
          lambda c: min(c.seq_len_hint, c.context or c.seq_len_hint),
          "Kept from your plan ({v} tokens, within the model's context); memory grows with it."),
@@ -227,11 +250,13 @@ RULES: list[Rule] = [
          "{c.context} tokens); memory grows with it, so longer examples are cut."),
     # Measured on the embedded SmolLM2-135M, 2 cores, bf16, 16 rows per update: micro-batch 1 x 16
     # reached 110 tokens/s, 8 x 2 reached 288, 16 x 1 reached 265 (the matrix units need rows).
+    demo("batch_size"),
     Rule("G1", "batch_size", lambda c: c.device == "cpu", const(8),
          "8 examples per step on a CPU: its matrix units need several rows at once (one at a time ran "
          "2.6x slower, measured); lowered automatically if memory is short."),
     Rule("G1", "batch_size", always, const(4),
          "4 examples per step to use the GPU well; lowered automatically if memory is short."),
+    demo("grad_accum"),
     Rule("B2", "grad_accum", lambda c: c.small_data and c.plan["batch_size"] >= 8, const(1),
          "No accumulation: with {c.rows:,} examples a pass is only a few dozen updates, and "
          "{c.plan[batch_size]} examples per update are plenty for a small dataset."),
@@ -241,6 +266,7 @@ RULES: list[Rule] = [
          "Off: recomputing activations saves memory but costs ~30% speed; turned on only if "
          "memory is short."),
     # --- learning rate and epochs -------------------------------------------------
+    demo("learning_rate"),
     Rule("L1", "learning_rate", lambda c: c.plan["method"] == "full", _lr,
          "Full fine-tuning moves every weight: a small learning rate, {v:g}."),
     Rule("L1", "learning_rate", _small_model_adapter, _lr,
@@ -286,6 +312,44 @@ PLAN_CHECKS: list[Rule] = [
          "independent directions, so a higher rank adds parameters, memory and file size but no "
          "capacity. Use r of {c.target_width:,} or less (R1-R4 give 4 to 64)."),
 ]
+
+# The range a setting's rule recommends: a typed value far outside it (e.g. a learning rate of 1e9) is
+# accepted, as the user may know better, but named with its rule and range (PLAN_CHECKS), and the
+# diagnosis after a run moves such a value back inside in one step.
+@dataclass(frozen=True)
+class Range:
+    rule: str
+    low: float
+    high: float
+    why: str
+    recommended: tuple[float, float] | None = None  # where the rules' own values lie
+
+    def holds(self, value: float) -> bool:
+        return self.low <= value <= self.high
+
+
+RANGES: dict[str, Range] = {
+    "learning_rate": Range("L1", 1e-6, 1e-2, "adapters train at 1e-4 to 2e-3, full fine-tuning near 2e-5",
+                           recommended=(1e-4, 2e-3)),
+    "dropout": Range("D1", 0.0, 0.3, "0.05, or 0.1 for small data; more erases what the adapter learns"),
+    "epochs": Range("U2", 0.1, 20, "1 to 3 passes; many more overfit"),
+    "warmup_ratio": Range("L1", 0.0, 0.3, "a few percent of the steps"),
+    "batch_size": Range("G1", 1, 512, "4 to 16 examples per step"),
+    "grad_accum": Range("G1", 1, 256, f"enough to reach ~{EFFECTIVE_BATCH} examples per update"),
+}
+
+
+def _out_of_range(field_name: str) -> Rule:
+    rng = RANGES[field_name]
+    return Rule(rng.rule, "note",
+                lambda c: isinstance(c.plan.get(field_name), (int, float)) and not rng.holds(c.plan[field_name]),
+                const(None),
+                f"{field_name.replace('_', ' ').capitalize()} {{c.plan[{field_name}]:g}} is far outside "
+                f"{rng.low:g} to {rng.high:g}, the range rule {rng.rule} recommends ({rng.why}): the run will "
+                "most likely learn nothing or diverge.")
+
+
+PLAN_CHECKS += [_out_of_range(f) for f in RANGES]
 
 # The fields the table decides, in the order it decides them.
 FIELDS: list[str] = list(dict.fromkeys(r.field for r in RULES if r.field != "note"))

@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 from pathlib import Path
 
 from pydantic import BaseModel
 
+from engine.data import demo
 from engine.data.chat import ends_with_eos, ensure_chat_template, render
 from engine.data.formats import FORMATS, Rows, detect_format, read_source, to_messages, to_text  # noqa: F401
 from engine.data.ref import DatasetRef
 from engine.errors import UserError, one_of
-from engine.evaluate.split import holdout_size
-from engine.model import catalog
+from engine.evaluate.split import holdout_rows
+from engine.model import availability, catalog, default_model
 
 MAX_PROBLEMS = 50  # more than this and the report lists the count, not each one
 MAX_STAT_ROWS = 5000  # token statistics on a sample for very large files
@@ -34,6 +34,10 @@ class Problem(BaseModel):
     field: str
     message: str
     level: str = "error"  # error (blocks training) or warning
+
+    def where(self, unit: str = "row") -> str:
+        """'line 3', or 'the whole file' for a problem no single row has (never 'row None')."""
+        return f"{unit} {self.row}" if self.row is not None else "the whole file"
 
     def text(self, unit: str = "row") -> str:
         where = f"{unit} {self.row}: " if self.row is not None else ""
@@ -89,7 +93,6 @@ def load_tokenizer(model: str | None):
     spec = (model or "default").strip()
     try:
         if spec == "default":
-            from engine.model import default_model
             folder = default_model.default_model_dir()
             tokenizer = AutoTokenizer.from_pretrained(folder)
         elif Path(spec).expanduser().is_dir():
@@ -102,6 +105,7 @@ def load_tokenizer(model: str | None):
     except UserError:
         raise
     except Exception as exc:
+        availability.require(spec)  # weights not here and no way to get them: say that, not the OSError
         raise UserError("model", f"could not load the tokenizer of '{spec}' ({exc.__class__.__name__}); "
                         "give 'default', a local model folder, a .gguf file, or a hub id that is "
                         "available offline") from None
@@ -135,8 +139,7 @@ def check_data(source: str, model: str | None = None, seq_len: int = 512, data_f
 
     good = [t for t in rendered if t is not None]
     if len(rows) < min_rows:
-        problems.insert(0, Problem(row=None, field="rows", message=f"has {len(rows)} example(s); at least "
-                                   f"{min_rows} are needed (training rows plus the eval split)"))
+        problems.insert(0, Problem(row=None, field="rows", message=_too_few(rows, min_rows)))
     if good:
         lengths = _token_lengths(tokenizer, good[:MAX_STAT_ROWS])
         report.token_lengths = lengths
@@ -188,16 +191,12 @@ def build_datasets(plan, tokenizer):
     eval_rows: list[dict] = []
     ref = DatasetRef.parse(plan.dataset)
     if ref.is_demo and plan.eval_split > 0:
-        from engine.data import demo
         test = read_source(str(demo.dataset_path(ref.skill, "test")))
         eval_rows, _, _, _ = _examples(test, "messages", {}, tokenizer)
         train_rows = examples
-    elif holdout_size(len(examples), plan.eval_split):
-        order = list(range(len(examples)))
-        random.Random(plan.seed).shuffle(order)
-        n_eval = holdout_size(len(examples), plan.eval_split)
-        eval_rows = [examples[i] for i in sorted(order[:n_eval])]
-        train_rows = [examples[i] for i in sorted(order[n_eval:])]
+    elif held := set(holdout_rows(len(examples), plan.eval_split, plan.seed)):
+        eval_rows = [e for i, e in enumerate(examples) if i in held]
+        train_rows = [e for i, e in enumerate(examples) if i not in held]
     else:
         train_rows = examples
     if not train_rows:
@@ -291,6 +290,14 @@ def _eos_verdict(tokenizer, examples: list[dict]) -> tuple[bool, str]:
     how = ("the chat template ends each answer with it" if "prompt" in sample and not isinstance(sample["prompt"], str)
            else "it is appended to every example")
     return True, f"every example ends with EOS {eos} ({how}), so the tuned model learns to stop"
+
+
+def _too_few(rows: Rows, min_rows: int) -> str:
+    """Too few examples, naming the rows there are, so the user sees which part of the file counted."""
+    found = ("no examples" if not rows else
+             f"{len(rows)} example{'s' * (len(rows) != 1)} "
+             f"({rows.unit}{'s' * (len(rows) != 1)} {', '.join(map(str, rows.rownums))})")
+    return f"has {found}; at least {min_rows} are needed (training rows plus the held-out split)"
 
 
 def _answer_field(fmt: str, columns: dict) -> str:

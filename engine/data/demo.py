@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine import paths
+from engine.data.chat import ensure_chat_template
 from engine.data.ref import DatasetRef
 from engine.errors import UserError, one_of
+from engine.plan import TrainingPlan
 
 TRAIN_ROWS = 240
 TEST_ROWS = 24
@@ -172,7 +174,6 @@ def default_plan(skill_name: str = DEFAULT_SKILL):
     with SDPA, and `demo --wait` (ticket) 38.6-41.5 s in all against 41.7-45.4 s, base 0% -> adapter
     100%, on two idle AVX512-BF16 cores.
     """
-    from engine.plan import TrainingPlan
 
     get(skill_name)
     return TrainingPlan.build(
@@ -199,7 +200,6 @@ def evaluate(model, tokenizer, skill, records: list[dict] | None = None, max_new
         rows = [json.loads(line) for line in dataset_path(skill.name, "test").read_text().splitlines() if line]
     if not rows:
         return 0.0
-    from engine.data.chat import ensure_chat_template
     ensure_chat_template(tokenizer)
     prompts = [tokenizer.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True)
                for r in rows]

@@ -14,6 +14,7 @@ import io
 import json
 from pathlib import Path
 
+from engine.data import demo
 from engine.data.ref import DatasetRef
 from engine.errors import UserError, one_of
 
@@ -44,7 +45,6 @@ def read_source(source: str) -> Rows:
     source = str(source).strip()
     ref = DatasetRef.parse(source)
     if ref.is_demo:
-        from engine.data import demo
         return read_file(demo.dataset_path(ref.skill, "train"))
     path = Path(source).expanduser()
     if path.exists():

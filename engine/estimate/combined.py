@@ -14,13 +14,17 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import psutil
 from pydantic import BaseModel
 
+from engine.data import demo
+from engine.data.ref import DatasetRef
 from engine.estimate import hardware
 from engine.estimate.lengths import padded_length, peak_rows
 from engine.estimate.memory import CPU_RESERVED_FACTOR, CUDA_CONTEXT, RESERVED_FACTOR, Recipe, memory_terms
 from engine.estimate.params import ParamCount, count
-from engine.estimate.timing import TimeEstimate, estimate_time
+from engine.estimate.timing import Scoring, TimeEstimate, estimate_time, phase_seconds
+from engine.evaluate.split import DEMO_GENERATE_BATCH, GENERATE_BATCH, MAX_NEW_TOKENS, holdout_size
 from engine.model import catalog
 from engine.model.catalog import Gpu
 from engine.model.introspect import resolve
@@ -81,7 +85,26 @@ class Estimate(BaseModel):
             "by_module_type": self.by_module_type, "by_layer": self.by_layer,
             "memory": self.memory.model_dump(), "fits": self.memory.fits,
             "time": self.time.model_dump() if self.time else None,
+            "headline": headline(self),
         }
+
+
+def headline(est: Estimate | dict) -> dict:
+    """The figures every screen shows for one estimate, by name, so the review, the launch summary, the
+    job page, `show` and `estimate` agree: `memory_bytes` (with the data's lengths when known, else the
+    worst case), `worst_case_bytes` (every batch padded to seq_len, which the fit is judged on), both as
+    the device holds them; `seconds`, the whole job (every phase), and `phases`.
+    Takes an Estimate or its stored JSON (a job's estimate_json)."""
+    data = est if isinstance(est, dict) else {"memory": est.memory.model_dump(),
+                                              "time": est.time.model_dump() if est.time else None}
+    if "headline" in data:
+        return data["headline"]
+    mem, time = data["memory"], data.get("time") or {}
+    expected = mem.get("expected")
+    return {"memory_bytes": expected["device_bytes"] if expected else mem["device_bytes"],
+            "worst_case_bytes": mem["device_bytes"], "fits": mem.get("fits"), "verdict": mem.get("verdict"),
+            "seconds": time.get("total_seconds") or time.get("seconds"), "phases": time.get("phases") or {},
+            "train_seconds": time.get("seconds"), "device": time.get("device")}
 
 
 def gpu_of(plan) -> Gpu | None:
@@ -178,9 +201,24 @@ def _cpu_precision_note(plan, dtype: str) -> str:
     return f"precision {dtype} (asked)"
 
 
+def scoring_of(plan, padded_to: int | None = None) -> Scoring | None:
+    """The held-out scoring the job will run (engine.evaluate.heldout): the demo skill's own test split and
+    answer length, else `holdout_size` of the rows with answers guessed at half of MAX_NEW_TOKENS."""
+    ref = DatasetRef.parse(plan.dataset) if plan.dataset else None
+    skill = demo.SKILLS.get(ref.skill) if ref is not None and ref.is_demo else None
+    if skill is not None:
+        rows = demo.TEST_ROWS if plan.eval_split > 0 else 0
+    elif plan.dataset_rows:
+        rows = holdout_size(plan.dataset_rows, plan.eval_split)
+    else:
+        return None
+    answer = skill.max_new_tokens if skill else min(MAX_NEW_TOKENS // 2, plan.seq_len)
+    return Scoring(eval_rows=rows, generated_rows=min(rows, plan.eval_generations), answer_tokens=answer,
+                   batch=DEMO_GENERATE_BATCH if skill else GENERATE_BATCH, row_tokens=padded_to or plan.seq_len)
+
+
 def host_ram_bytes() -> int:
     """This machine's physical RAM: the CPU's counterpart of a GPU's memory."""
-    import psutil
 
     return int(psutil.virtual_memory().total)
 
@@ -206,6 +244,11 @@ def estimate(plan, lengths=None, label_share: float = 1.0) -> Estimate:
     time = estimate_time(info, plan, gpu, dtype, pc.lora_params, padded_to) if gpu is not None else None
     if time is not None and gpu.is_cpu:
         time.assumptions.insert(0, _cpu_precision_note(plan, dtype))
+    if time is not None and time.seconds is not None:
+        time.phases = phase_seconds(info, plan, gpu, time, scoring_of(plan, padded_to), pc.adapter_bytes)
+        time.total_seconds = round(sum(time.phases.values()), 1)
+        time.assumptions.append("the whole job: " + ", ".join(f"{k} {v:g} s" for k, v in time.phases.items())
+                                + " (training includes its held-out evaluations every save_steps)")
     return Estimate(model=plan.model, method=plan.method, dtype=dtype, device=gpu.name if gpu else None,
                     trainable_params=pc.trainable, total_params=pc.total, trainable_percent=round(pc.percent, 4),
                     adapter_bytes=pc.adapter_bytes, by_module_type=pc.by_module_type, by_layer=pc.by_layer,

@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -98,7 +99,6 @@ def _cpuinfo() -> str:
 
 def cache_key() -> str:
     """Which machine and build the numbers belong to (cheap: torch is not imported for it)."""
-    from importlib.metadata import version
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return f"{cpu_name()} | {cores} cores | torch {version('torch')} | calibration {CALIBRATION_VERSION}"

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 from engine.estimate.params import ParamCount
 from engine.model.introspect import ModelInfo
+from engine.train import lm_head
+from engine.train.lm_head import ROW_CHUNK
 from engine.units import GIB
 
 CUDA_CONTEXT = int(0.5 * GIB)  # CUDA context + cuBLAS/cuDNN handles, outside the allocator
@@ -102,7 +104,6 @@ def cpu_head(scored: int, vocab: int, hidden: int, dtype: str, head_trains: bool
     log-softmax and the entropy's exp and product; backward, the same block rebuilt (the logits, an
     fp32 copy of half-precision ones and the log-softmax, which becomes the gradient in place).
     """
-    from engine.train.lm_head import ROW_CHUNK
 
     cb = _bytes(dtype)
     block = min(scored, ROW_CHUNK) * vocab
@@ -261,7 +262,6 @@ def memory_terms(info: ModelInfo, pc: ParamCount, rc: Recipe) -> tuple[dict[str,
                    or any(m.name == info.output_name for m in pc.adapted))
     softcap = getattr(info.config, "final_logit_softcapping", None) is not None
     scored = max(1, round(rc.batch_size * max(rc.seq_len - 1, 1) * rc.label_share))
-    from engine.train import lm_head
 
     text_config = info.config.get_text_config() if hasattr(info.config, "get_text_config") else info.config
     if rc.on_gpu or not lm_head.applies(text_config):  # where the job keeps TRL's fused head

@@ -23,13 +23,15 @@ import json
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
+from engine.data import demo
 from engine.evaluate import split, textmetrics
 from engine.train import events
 
 SAMPLES = 5            # rows shown side by side
-MAX_NEW_TOKENS = 256   # longest generated answer, whatever the references' length
+MAX_NEW_TOKENS = split.MAX_NEW_TOKENS
 LOSS_SHARE = 0.5       # the loss pass may use up to this share of the base pass's time
 PROMPT_CHARS = 600     # samples show at most this much of a prompt
 
@@ -37,8 +39,6 @@ PROMPT_CHARS = 600     # samples show at most this much of a prompt
 class Judge:
     def __init__(self, plan, eval_ds, tokenizer, out_dir: Path, report: Callable[[dict], None],
                  train_rows: int = 0, t0: float | None = None):
-        from engine.data import demo
-
         self.plan, self.eval_ds, self.tokenizer, self.report = plan, eval_ds, tokenizer, report
         self.path = Path(out_dir) / "evaluation.json"
         self.t0 = t0 if t0 is not None else time.time()
@@ -148,7 +148,7 @@ class Judge:
         if not rows:
             return []
         tok, answers = self.tokenizer, []
-        batch_size = 24 if self.skill is not None else 8  # the demo's batch, so its exact match is unchanged
+        batch_size = split.DEMO_GENERATE_BATCH if self.skill is not None else split.GENERATE_BATCH
         side = tok.padding_side
         tok.padding_side = "left"  # generation continues from the right edge of every row
         try:
@@ -222,7 +222,6 @@ class Judge:
 
 def _adapters_off(model):
     """PEFT's disable_adapter() for a PeftModel; nothing to switch off for a full fine-tune."""
-    from contextlib import nullcontext
 
     return model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
 

@@ -8,8 +8,15 @@ too small for both gets no hold-out, and the evaluation says so instead of guess
 
 from __future__ import annotations
 
+import random
+
 MIN_EVAL_ROWS = 2
 MIN_TRAIN_ROWS = 2
+# How the held-out rows are answered (engine.evaluate.heldout); here, light to import, because the
+# estimate sizes the scoring phases from them too (engine.estimate.timing).
+MAX_NEW_TOKENS = 256      # longest generated answer, whatever the references' length
+GENERATE_BATCH = 8        # rows answered together
+DEMO_GENERATE_BATCH = 24  # a demo skill's batch, so its exact match is the number it always reported
 
 
 def holdout_size(n_rows: int, share: float) -> int:
@@ -18,6 +25,13 @@ def holdout_size(n_rows: int, share: float) -> int:
         return 0
     wanted = max(MIN_EVAL_ROWS, round(n_rows * share))
     return min(wanted, n_rows // 2, n_rows - MIN_TRAIN_ROWS)
+
+
+def holdout_rows(n_rows: int, share: float, seed: int) -> list[int]:
+    """The indices (sorted) of the rows held out of `n_rows`: `holdout_size` of them, drawn with `seed`."""
+    order = list(range(n_rows))
+    random.Random(seed).shuffle(order)
+    return sorted(order[: holdout_size(n_rows, share)])
 
 
 def why_none(n_rows: int, share: float) -> str:

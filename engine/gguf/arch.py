@@ -18,6 +18,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from engine.errors import UserError
 
 # Hugging Face `model_type` -> GGUF architecture name; Mistral is the llama architecture in llama.cpp.
@@ -110,8 +112,6 @@ class Arch:
 
     def extra_tensors(self):
         """Llama 3.1+'s `llama3` RoPE scaling is a per-frequency factor tensor in GGUF (rope_freqs)."""
-        import numpy as np
-
         rope = self.rope()
         if rope["rope_type"] != "llama3":
             return []

@@ -17,8 +17,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.data.dataset import build_datasets
 from engine.errors import UserError
 from engine.evaluate import textmetrics
+from engine.evaluate.heldout import Judge
+from engine.train.run import load_base
 
 FLAG_BELOW = 50.0  # agreement (%) under which a file is flagged rather than shipped silently
 
@@ -35,9 +38,6 @@ class HeldOut:
 
 def held_out(plan, job_dir, method: str) -> HeldOut | None:
     """The job's held-out prompts and the product's answers to them; None when it held out none."""
-    from engine.data.dataset import build_datasets
-    from engine.evaluate.heldout import Judge
-
     job_dir = Path(job_dir)
     model, tokenizer = _product_model(plan, job_dir, method)
     _, eval_ds = build_datasets(plan, tokenizer)
@@ -57,8 +57,6 @@ def held_out(plan, job_dir, method: str) -> HeldOut | None:
 
 
 def _product_model(plan, job_dir: Path, method: str):
-    from engine.train.run import load_base
-
     if method == "full":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

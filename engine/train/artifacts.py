@@ -13,9 +13,12 @@ revision or file the weights came from.
 from __future__ import annotations
 
 import csv
+import importlib.metadata
 import json
 from pathlib import Path
 from typing import NamedTuple
+
+from engine.model import catalog, default_model
 
 
 class BaseRef(NamedTuple):
@@ -28,13 +31,9 @@ class BaseRef(NamedTuple):
 
 def base_reference(spec: str) -> BaseRef:
     """How another machine finds the base this run trained on."""
-    from engine.model import catalog
 
     spec = (spec or "default").strip()
     if spec == "default":
-        import importlib.metadata
-
-        from engine.model import default_model
 
         hub_id = catalog.find_model(catalog.default_key()).hub_id
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.model import introspect
 from engine.plan import TrainingPlan
 
 
@@ -18,7 +19,6 @@ def resolve_targets(plan: TrainingPlan) -> str | list[str]:
     """The module names the adapters go on: a preset resolved for this model, or "all-linear"."""
     if plan.targets == "all-linear":
         return "all-linear"  # PEFT expands it itself (every Linear except the output head)
-    from engine.model import introspect
 
     return introspect.resolve_targets(introspect.resolve(plan.model), plan.targets)
 

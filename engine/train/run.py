@@ -15,9 +15,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from engine.data import demo
+from engine.data.chat import ensure_chat_template
+from engine.data.dataset import build_datasets
+from engine.data.formats import read_source
+from engine.data.ref import DatasetRef
 from engine.errors import UserError
+from engine.estimate import hardware
+from engine.evaluate.heldout import Judge
+from engine.evaluate.split import holdout_rows, holdout_size
+from engine.model import catalog, default_model, head_input
 from engine.plan import TrainingPlan, resolve_dtype
-from engine.train import config, distributed, events, stopping
+from engine.train import (
+    artifacts,
+    checkpoints,
+    config,
+    distributed,
+    dropout,
+    events,
+    faults,
+    lm_head,
+    resolved,
+    stopping,
+)
+from engine.train.peak import PeakMeter
 
 Report = Callable[[events.Event], None]
 
@@ -50,7 +71,6 @@ def dtype_name(plan: TrainingPlan, device: str) -> str:
     """The plan's compute precision on this device: fp32, bf16 or fp16."""
     import torch
 
-    from engine.estimate import hardware
 
     bf16_ok = torch.cuda.is_bf16_supported() if device == "cuda" else hardware.calibration().bf16_native
     name = resolve_dtype(plan.dtype, on_cpu=device == "cpu", bf16_ok=bf16_ok)
@@ -68,7 +88,6 @@ def torch_dtype(plan: TrainingPlan, device: str):
 # --- the base model --------------------------------------------------------------------
 def model_source(spec: str) -> str:
     """A local folder `from_pretrained` can read, or a hub id."""
-    from engine.model import default_model
 
     if spec == "default":
         return str(default_model.default_model_dir())
@@ -86,7 +105,6 @@ def model_source(spec: str) -> str:
         raise UserError("model", f"{spec} is a file; give a model folder, a .gguf file or a hub id")
     if spec.startswith(("/", "./", "../", "~")):
         raise UserError("model", f"{spec} does not exist; give a model folder, a .gguf file or a hub id")
-    from engine.model import catalog
 
     return catalog.hub_id_of(spec)  # a catalog name (e.g. 'llama-3.1-8b') stands for its hub id
 
@@ -102,9 +120,6 @@ def load_base(plan: TrainingPlan, for_training: bool = True):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine.data.chat import ensure_chat_template
-    from engine.estimate import hardware
-    from engine.model import head_input
 
     device = train_device(plan)
     dtype = torch_dtype(plan, device)
@@ -155,7 +170,6 @@ def _nf4_config(dtype):
 
 def _choose_attention(plan: TrainingPlan, model, device: str, datasets, report: Report) -> None:
     """`attention: auto`, now that the rows are tokenized: the same rule the estimate applies."""
-    from engine.estimate import hardware
 
     if plan.attention != "auto":
         return
@@ -169,27 +183,17 @@ def _choose_attention(plan: TrainingPlan, model, device: str, datasets, report: 
                            f"faster than sdpa in {name} on this CPU"))
 
 
-# --- plan → PEFT / TRL (the keywords live in engine.train.config, shared with the exported script) ---
-def lora_config(plan: TrainingPlan):
-    from peft import LoraConfig
-
-    return LoraConfig(**config.lora_kwargs(plan))
-
-
-def sft_config(plan: TrainingPlan, out_dir: Path, device: str, dtype, has_eval: bool, **overrides):
-    import torch
-    from trl import SFTConfig
-
-    name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
-    return SFTConfig(**{**config.sft_kwargs(plan, out_dir, has_eval), **config.precision_kwargs(name, device),
-                        **stopping.trainer_args(plan, has_eval), **overrides})
+# --- plan → TRL (the keywords live in engine.train.config; the job records what it used in resolved.json) ---
+def sft_kwargs(plan: TrainingPlan, out_dir: Path, device: str, precision: str, has_eval: bool) -> dict:
+    """Every `SFTConfig` keyword this job runs with: the plan's, the precision's, early stopping's."""
+    return {**config.sft_kwargs(plan, out_dir, has_eval), **config.precision_kwargs(precision, device),
+            **stopping.trainer_args(plan, has_eval)}
 
 
 # --- reporting ---------------------------------------------------------------------------
 def _reporter_class():
     from transformers import TrainerCallback
 
-    from engine.train.peak import PeakMeter
 
     class _Reporter(TrainerCallback):
         """Trainer events → typed report events; cancel requests → a graceful stop with a checkpoint."""
@@ -273,91 +277,159 @@ def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
     t0 = time.time()
     report = report or (lambda event: None)
     report(events.Phase("loading model"))  # before the heavy imports: they take seconds
-    import torch
-    from trl import SFTTrainer
-
-    from engine.data import demo
-    from engine.data.dataset import build_datasets
-    from engine.evaluate.heldout import Judge
-    from engine.train import artifacts, checkpoints, dropout, faults, lm_head
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = train_device(plan)
-    dtype = torch_dtype(plan, device)
+    run = _prepare(plan, out_dir, report, should_stop)
+    # base before training (an adapter starts as a no-op, so the wrapped model is the base)
+    judge = Judge(plan, run.eval_ds, run.tokenizer, out_dir, report, train_rows=len(run.train_ds), t0=t0)
+    base = judge.score_base(run.trainer)
+    base_score = run.reporter.base_score = base["exact_match"] if run.skill is not None and base else None
+    report(events.Phase("training"))
+    _fit(run, out_dir, resume)
+    stop_reason = run.early.reason if run.early else None
+    for note in (stop_reason, stopping.kept_note(run.trainer.state) if run.early else None):
+        if note:
+            report(events.Note(note))
+    adapter_score = None
+    if not run.reporter.stopped:
+        after = judge.score_adapter(run.trainer)
+        if run.skill is not None and after:  # the demo's score columns; every job has its evaluation
+            adapter_score = after["exact_match"]
+            report(events.Scores(base_score=base_score, adapter_score=adapter_score))
+    report(events.Phase("saving"))
+    return _publish(plan, run, out_dir, base_score, adapter_score, stop_reason)
 
+
+@dataclass
+class _Run:
+    """A job between its phases: the trainer built, the record of what it resolved written."""
+
+    trainer: object
+    tokenizer: object
+    train_ds: object
+    eval_ds: object
+    reporter: object
+    early: object
+    skill: object
+    device: str
+    resolved: resolved.Resolved
+
+
+def _prepare(plan: TrainingPlan, out_dir: Path, report: Report, should_stop) -> _Run:
+    """Load the base and the data, build the trainer, and write what the job resolved."""
+    from peft import LoraConfig
+    from transformers import set_seed
+    from trl import SFTConfig, SFTTrainer
+
+
+    device = train_device(plan)
+    precision = dtype_name(plan, device)
     model, tokenizer = load_base(plan, for_training=True)
     report(events.Phase("preparing data"))
     train_ds, eval_ds = build_datasets(plan, tokenizer)
-    skill = demo.skill_of(plan)
     if device == "cuda" and plan.method != "qlora":
         model.to("cuda")
 
     reporter = _reporter_class()(report, should_stop, device, None)
     early = stopping.callback(plan.patience) if stopping.enabled(plan, eval_ds is not None) else None
+    # The trainer is built from the record, so what the record says is what ran.
+    record = _record(plan, device, precision, model.config._attn_implementation,
+                     n_examples=len(train_ds) + len(eval_ds or ()), has_eval=eval_ds is not None, replaced=[])
     trainer_cls = checkpoints.atomic_trainer(SFTTrainer, before_publish=lambda p: faults.check_write(p.name, p))
+    # The adapters' initial weights come from the global generator: seed it here, as the exported
+    # script does, so the job and the script start from the same adapter whatever ran before.
+    set_seed(plan.seed)
     trainer = trainer_cls(
         model=model,
-        args=sft_config(plan, out_dir, device, dtype, has_eval=eval_ds is not None),
+        args=SFTConfig(output_dir=str(out_dir / "checkpoints"), **record.sft),
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        peft_config=lora_config(plan) if plan.method != "full" else None,
+        peft_config=LoraConfig(**record.lora) if record.lora else None,
         callbacks=[reporter, *faults.callbacks()] + ([early] if early else []),
     )
     # the rows are tokenized now (TRL does it in the trainer's constructor); the PEFT wrapper shares the model
     _choose_attention(plan, model, device, (trainer.train_dataset, trainer.eval_dataset), report)
+    record.attention = model.config._attn_implementation
     if device == "cpu":
-        lm_head.use_on_cpu(trainer.model)  # TRL's fused head scores every position there, slowly
-        dropout.use_on_cpu(trainer.model)  # torch's CPU dropout draws a float per element
-    # base before training (an adapter starts as a no-op, so the wrapped model is the base)
-    judge = Judge(plan, eval_ds, tokenizer, out_dir, report, train_rows=len(train_ds), t0=t0)
-    base = judge.score_base(trainer)
-    base_score = reporter.base_score = base["exact_match"] if skill is not None and base else None
-    report(events.Phase("training"))
+        # TRL's fused head scores every position there, slowly; torch's CPU dropout draws a float per element
+        record.cpu_replacements = [name for name, swap in (("lm_head", lm_head.use_on_cpu),
+                                                           ("dropout", dropout.use_on_cpu)) if swap(trainer.model)]
+    if distributed.is_main():
+        record.write(out_dir)
+    return _Run(trainer, tokenizer, train_ds, eval_ds, reporter, early, demo.skill_of(plan), device, record)
+
+
+def _record(plan: TrainingPlan, device: str, precision: str, attention: str, n_examples: int, has_eval: bool,
+            replaced: list[str]) -> resolved.Resolved:
+
+    if not has_eval:
+        source, rows = "none", []
+    elif DatasetRef.parse(plan.dataset).is_demo:
+        source, rows = "demo", []
+    else:  # the same rule and seed build_datasets draws them with
+        source, rows = "split", holdout_rows(n_examples, plan.eval_split, plan.seed)
+    sft = {k: v for k, v in sft_kwargs(plan, Path("."), device, precision, has_eval).items() if k != "output_dir"}
+    return resolved.Resolved(device=device, precision=precision, attention=attention, seed=plan.seed,
+                             eval_source=source, eval_rows=rows,
+                             lora=config.lora_kwargs(plan) if plan.method != "full" else None, sft=sft,
+                             early_stopping=stopping.settings(plan, has_eval), cpu_replacements=replaced,
+                             versions=resolved.versions())
+
+
+def provisional_record(plan: TrainingPlan) -> resolved.Resolved:
+    """What a job of this plan resolves to on this machine before it has run (an export of a queued
+    job): the same rules as `_prepare`, except that `attention: auto` stays the kernel it loads with,
+    since the choice waits for the tokenized rows."""
+
+    device = train_device(plan)
+    demo_data = DatasetRef.parse(plan.dataset).is_demo
+    n_examples = 0 if demo_data else len(read_source(plan.dataset))
+    has_eval = plan.eval_split > 0 and (demo_data or holdout_size(n_examples, plan.eval_split) > 0)
+    return _record(plan, device, dtype_name(plan, device), hardware.attention_to_load(plan.attention), n_examples,
+                   has_eval, replaced=[])
+
+
+def _fit(run: _Run, out_dir: Path, resume: bool) -> None:
+
     checkpoint = checkpoints.resume_point(out_dir, log=print) if resume else None
     try:
         if checkpoint is not None and checkpoints.finished(checkpoint):  # every step done, the final save failed
-            checkpoints.load_finished(trainer, checkpoint)
+            checkpoints.load_finished(run.trainer, checkpoint)
         else:
-            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+            run.trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     finally:
-        reporter.peak.finish()  # never leave the CPU tracker watching after a failure
+        run.reporter.peak.finish()  # never leave the CPU tracker watching after a failure
 
-    stop_reason = early.reason if early else None
-    for note in (stop_reason, stopping.kept_note(trainer.state) if early else None):
-        if note:
-            report(events.Note(note))
-    model = trainer.model
-    adapter_score = None
-    if not reporter.stopped:
-        after = judge.score_adapter(trainer)
-        if skill is not None and after:  # the demo's score columns; every job has its evaluation
-            adapter_score = after["exact_match"]
-            report(events.Scores(base_score=base_score, adapter_score=adapter_score))
-    report(events.Phase("saving"))
 
-    # weights: the adapter for lora/qlora (adapter_model.safetensors + adapter_config.json), all for full
+def _publish(plan: TrainingPlan, run: _Run, out_dir: Path, base_score, adapter_score, stop_reason) -> TrainResult:
+    """Weights (the adapter for lora/qlora, all of them for full), then the artifacts beside them."""
+    import torch
+
+
+    trainer = run.trainer
     trainer.save_model(str(out_dir))  # every rank calls it; only rank 0 writes
     faults.check_write("final", out_dir)
     base_ref = artifacts.base_reference(plan.model)
     artifacts.point_adapter_at(base_ref, out_dir)
     rows = artifacts.metric_rows(trainer.state.log_history)
     final_loss = next((r["loss"] for r in reversed(rows) if r.get("loss") is not None), None)
-    result = TrainResult(out_dir=out_dir, steps=trainer.state.global_step, stopped=reporter.stopped,
-                         peak_bytes=reporter.peak.peak_bytes or None, base_score=base_score,
+    result = TrainResult(out_dir=out_dir, steps=trainer.state.global_step, stopped=run.reporter.stopped,
+                         peak_bytes=run.reporter.peak.peak_bytes or None, base_score=base_score,
                          adapter_score=adapter_score,
-                         final_loss=final_loss, total_steps=trainer.state.max_steps, device=device,
-                         peak_marks=list(reporter.peak.marks) or None, stop_reason=stop_reason)
+                         final_loss=final_loss, total_steps=trainer.state.max_steps, device=run.device,
+                         peak_marks=list(run.reporter.peak.marks) or None, stop_reason=stop_reason)
     if not distributed.is_main():
         return result  # rank 0 writes the artifacts
-    tokenizer.save_pretrained(str(out_dir))
+    run.tokenizer.save_pretrained(str(out_dir))
     artifacts.write_plan(plan, out_dir)
     artifacts.write_metrics_csv(rows, out_dir)
     artifacts.write_loss_png(rows, out_dir, title=plan.name or out_dir.name)
-    artifacts.write_model_card(plan, out_dir, result, rows, base=base_ref,
-                               train_rows=len(train_ds), eval_rows=len(eval_ds) if eval_ds is not None else None)
+    artifacts.write_model_card(plan, out_dir, result, rows, base=base_ref, train_rows=len(run.train_ds),
+                               eval_rows=len(run.eval_ds) if run.eval_ds is not None else None)
     del trainer
-    if device == "cuda":
+    run.trainer = None
+    if run.device == "cuda":
         torch.cuda.empty_cache()
     return result

@@ -1,11 +1,12 @@
 """A plan as code: its YAML, the equivalent `python app.py train` command, a standalone script.
 
 The script is for people who leave the app: plain transformers + PEFT + TRL + datasets,
-no LoRA Pilot import. It trains what the app trains: the base from the folder the job
+no LoRA Pilot import. It trains what the job trained: the base from the folder the job
 loads it from, the job's own data file, the rows converted as engine.data does (chat
 layouts to prompt/completion pairs through the model's template, ChatML when it has
-none; plain text with EOS), the same held-out split, and the LoraConfig / SFTConfig
-keywords of engine.train.config printed as literals.
+none; plain text with EOS), and — read from the job's `resolved.json`, never derived a
+second time — the device, precision, attention kernel, held-out rows, early stopping and
+the exact LoraConfig / SFTConfig keywords, printed as literals.
 """
 
 from __future__ import annotations
@@ -14,21 +15,26 @@ import pprint
 import shlex
 from pathlib import Path
 
+from engine.data import demo
 from engine.data.chat import CHATML_EOS, CHATML_TEMPLATE
 from engine.data.ref import DatasetRef
 from engine.errors import UserError
-from engine.estimate import hardware
 from engine.plan import TrainingPlan
-from engine.train import config
+from engine.train import run
+from engine.train.resolved import Resolved
 
 FORMATS = ("python", "yaml", "cli")
 
 
-def plan_yaml(plan: TrainingPlan) -> str:
-    return plan.to_yaml()
+def plan_yaml(plan: TrainingPlan, record: Resolved | None = None) -> str:
+    return _comment(record) + plan.to_yaml()
 
 
-def cli_command(plan: TrainingPlan) -> str:
+def _comment(record: Resolved | None) -> str:
+    return f"# the job resolved this plan as: {record.summary()}\n" if record else ""
+
+
+def cli_command(plan: TrainingPlan, record: Resolved | None = None) -> str:
     """One flag per line, shell-continued, so a long plan stays readable and copy-pasteable."""
     parts: list[str] = []
     for arg in plan.to_cli_args():
@@ -36,17 +42,17 @@ def cli_command(plan: TrainingPlan) -> str:
             parts.append(shlex.quote(arg))
         else:
             parts[-1] += " " + shlex.quote(arg)
-    return " \\\n  ".join(["python app.py train", *parts])
+    return _comment(record) + " \\\n  ".join(["python app.py train", *parts])
 
 
-def render(plan: TrainingPlan, kind: str) -> str:
-    """The plan as `kind` (python | yaml | cli)."""
+def render(plan: TrainingPlan, kind: str, record: Resolved | None = None) -> str:
+    """The plan as `kind` (python | yaml | cli); `record`: what the job resolved, once it has run."""
     if kind == "yaml":
-        return plan_yaml(plan)
+        return plan_yaml(plan, record)
     if kind == "cli":
-        return cli_command(plan)
+        return cli_command(plan, record)
     if kind == "python":
-        return python_script(plan)
+        return python_script(plan, record)
     raise UserError("as", f"got {kind!r}; accepted: {', '.join(FORMATS)}")
 
 
@@ -57,68 +63,66 @@ def data_files(plan: TrainingPlan) -> tuple[str, str | None]:
         raise UserError("dataset", "the plan names no training data; give a file, a hub dataset id or demo:NAME")
     ref = DatasetRef.parse(plan.dataset)
     if ref.is_demo:
-        from engine.data import demo
 
         return str(demo.dataset_path(ref.skill, "train")), str(demo.dataset_path(ref.skill, "test"))
     path = Path(ref.source).expanduser()
     return (str(path.resolve()) if path.exists() else ref.source), None
 
 
-def python_script(plan: TrainingPlan) -> str:
-    from engine.train.run import model_source
+def python_script(plan: TrainingPlan, record: Resolved | None = None) -> str:
+    """The standalone script; without a record (the job has not run yet) it states what a job of
+    this plan resolves to on this machine now."""
 
-    train_file, eval_file = data_files(plan)
-    has_eval = plan.eval_split > 0
-    eval_file = eval_file if has_eval else None
-    eval_split = plan.eval_split if eval_file is None else 0.0
-    lora = config.lora_kwargs(plan) if plan.method != "full" else None
-    sft = config.sft_kwargs(plan, "OUT", has_eval)
-    del sft["output_dir"]  # the script's own argument
+    record = record or run.provisional_record(plan)
+    train_file, demo_eval = data_files(plan)
+    eval_file = demo_eval if record.eval_source == "demo" else None
     title = " ".join((plan.name or f"{plan.method} on {DatasetRef.parse(plan.dataset).stem}").split())
     parts = [
-        _HEADER.format(title=title, needs=", bitsandbytes" if plan.method == "qlora" else ""),
+        _HEADER.format(title=title, needs=", bitsandbytes" if plan.method == "qlora" else "",
+                       resolved=_resolved_note(record)),
         _imports(plan, train_file),
-        _SETTINGS.format(base=model_source(plan.model), train=train_file, eval=eval_file,
-                         fmt=plan.data_format, columns=dict(plan.columns), eval_split=eval_split, seed=plan.seed,
-                         device=_device_line(plan), dtype=_dtype_lines(plan)),
+        _SETTINGS.format(base=run.model_source(plan.model), train=train_file, eval=eval_file,
+                         fmt=plan.data_format, columns=dict(plan.columns),
+                         eval_rows=record.eval_rows if record.eval_source == "split" else [],
+                         seed=record.seed, device=record.device, dtype=record.precision),
         _tokenizer_block(),
         _reader(train_file),
         _CONVERT,
-        _model_block(plan),
+        _model_block(plan, record.attention),
         _SPLIT,
-        ("peft_config = LoraConfig(\n" + _kwargs(lora) + ")\n\n") if lora else "",
-        "args = SFTConfig(\n    output_dir=str(Path(OUT) / \"checkpoints\"),\n" + _kwargs(sft)
-        + "    bf16=DTYPE == \"bf16\", fp16=DTYPE == \"fp16\", use_cpu=DEVICE == \"cpu\",\n)\n",
-        _RUN.format(peft=", peft_config=peft_config" if lora else ""),
+        ("peft_config = LoraConfig(\n" + _kwargs(record.lora) + ")\n\n") if record.lora else "",
+        "args = SFTConfig(\n    output_dir=str(Path(OUT) / \"checkpoints\"),\n" + _kwargs(record.sft) + ")\n",
+        _EARLY_STOP.format(**record.early_stopping) if record.early_stopping else "",
+        _RUN.format(peft=", peft_config=peft_config" if record.lora else "",
+                    callbacks=", callbacks=[EarlyStop()]" if record.early_stopping else ""),
     ]
     return "".join(parts)
+
+
+def _resolved_note(record: Resolved) -> str:
+    lines = [f"# What the job resolved (its resolved.json): {record.summary()}."]
+    if record.versions:
+        lines.append("# Library versions it ran with: "
+                     + ", ".join(f"{k} {v}" for k, v in sorted(record.versions.items())) + ".")
+    if "dropout" in record.cpu_replacements:
+        lines.append("# On the CPU the job drew its LoRA dropout masks with a faster sampler of the same drop")
+        lines.append("# rate: with dropout above 0 this script's adapter matches the job's in distribution, not")
+        lines.append("# bit for bit.")
+    return "\n".join(lines) + "\n"
 
 
 def _kwargs(values: dict, indent: str = "    ") -> str:
     return "".join(f"{indent}{k}={pprint.pformat(v, width=100, compact=True)},\n" for k, v in values.items())
 
 
-def _device_line(plan: TrainingPlan) -> str:
-    if (plan.gpu or "").strip().lower() == "cpu":
-        return 'DEVICE = "cpu"  # the plan asks for the CPU'
-    return 'DEVICE = "cuda" if torch.cuda.is_available() else "cpu"'
-
-
-def _dtype_lines(plan: TrainingPlan) -> str:
-    # engine.plan.resolve_dtype, spelled out
-    if plan.dtype != "auto":
-        return f"DTYPE = {plan.dtype!r}"
-    return 'DTYPE = "fp32" if DEVICE == "cpu" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"'
-
-
 def _imports(plan: TrainingPlan, train_file: str) -> str:
     csv = ["import csv", "import io"] if Path(train_file).suffix.lower() == ".csv" else []
-    std = [*csv, "import json", "import random", "import sys", "from pathlib import Path"]
+    std = [*csv, "import json", "import sys", "from pathlib import Path"]
     peft = {"qlora": "from peft import LoraConfig, prepare_model_for_kbit_training",
             "lora": "from peft import LoraConfig"}.get(plan.method)
     third = ["import torch", "from datasets import Dataset, load_dataset", *([peft] if peft else []),
              "from transformers import AutoModelForCausalLM, AutoTokenizer"
-             + (", BitsAndBytesConfig" if plan.method == "qlora" else ""),
+             + (", BitsAndBytesConfig" if plan.method == "qlora" else "") + ", TrainerCallback, set_seed",
              "from trl import SFTConfig, SFTTrainer"]
     return "\n".join(std) + "\n\n" + "\n".join(third) + "\n\n"
 
@@ -156,12 +160,12 @@ def _reader(train_file: str) -> str:
     return "\ndef read_rows(path):\n" + body + "\n"
 
 
-_HEADER = '''# {title}: a LoRA Pilot plan as a standalone transformers + PEFT + TRL script.
+_HEADER = '''# {title}: a LoRA Pilot job as a standalone transformers + PEFT + TRL script.
 #
-# The same base model, data, conversion and settings the app trains with.
+# The same base model, data, conversion and settings the job trained with.
 # Needs torch, transformers, peft, trl, datasets{needs}.
 # Run: python this_file.py [OUTPUT_FOLDER]   (default: ./out)
-
+{resolved}
 '''
 
 _SETTINGS = '''BASE = {base!r}  # where the job loads the base model from
@@ -169,12 +173,12 @@ DATA = {train!r}  # the training data the job reads
 EVAL_DATA = {eval!r}  # held-out rows, when the data comes with them
 DATA_FORMAT = {fmt!r}  # auto | messages | alpaca | prompt_completion | text
 COLUMNS = {columns!r}  # plan field -> your column name
-EVAL_SPLIT = {eval_split!r}  # share of DATA held out for eval loss
+EVAL_ROWS = {eval_rows!r}  # the rows of DATA (0-based, usable rows) the job held out
 SEED = {seed!r}
 OUT = sys.argv[1] if len(sys.argv) > 1 else "out"
 
-{device}
-{dtype}
+DEVICE = {device!r}  # where the job ran
+DTYPE = {dtype!r}  # the precision the job's `dtype` resolved to there
 TORCH_DTYPE = {{"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}}[DTYPE]
 
 '''
@@ -269,21 +273,39 @@ fmt = layout(rows) if DATA_FORMAT == "auto" else DATA_FORMAT
 examples = [to_example(row, fmt) for row in rows]
 if EVAL_DATA:
     train_rows, eval_rows = examples, [to_example(row, "messages") for row in read_rows(EVAL_DATA)]
-elif EVAL_SPLIT > 0:  # the same rows as the app holds out: shuffled with the plan's seed
-    order = list(range(len(examples)))
-    random.Random(SEED).shuffle(order)
-    n_eval = min(len(examples) - 1, max(1, round(len(examples) * EVAL_SPLIT)))
-    eval_rows = [examples[i] for i in sorted(order[:n_eval])]
-    train_rows = [examples[i] for i in sorted(order[n_eval:])]
 else:
-    train_rows, eval_rows = examples, []
+    eval_rows = [examples[i] for i in EVAL_ROWS]
+    train_rows = [e for i, e in enumerate(examples) if i not in set(EVAL_ROWS)]
 train_data = Dataset.from_list(train_rows)
 eval_data = Dataset.from_list(eval_rows) if eval_rows else None
 
 '''
 
-_RUN = '''trainer = SFTTrainer(model=model, args=args, train_dataset=train_data, eval_dataset=eval_data,
-                     processing_class=tokenizer{peft})
+_EARLY_STOP = '''
+
+class EarlyStop(TrainerCallback):
+    """Stop after {patience} evaluations in a row that do not beat the best held-out loss by
+    {min_gain:.0%} of it (at least {min_gain_abs}); the trainer then loads the best checkpoint."""
+
+    best, flat = None, 0
+
+    def on_evaluate(self, args, state, control, metrics=None, **kw):
+        loss = (metrics or {{}}).get("eval_loss")
+        if loss is None:
+            return
+        if self.best is None or loss < self.best - max({min_gain_abs}, {min_gain} * self.best):
+            self.best, self.flat = loss, 0
+        else:
+            self.flat += 1
+        if self.flat >= {patience} and state.global_step < state.max_steps:
+            control.should_training_stop = True
+
+'''
+
+_RUN = '''
+set_seed(SEED)  # the adapters' initial weights: the job seeds here too
+trainer = SFTTrainer(model=model, args=args, train_dataset=train_data, eval_dataset=eval_data,
+                     processing_class=tokenizer{peft}{callbacks})
 trainer.train()
 trainer.save_model(OUT)
 tokenizer.save_pretrained(OUT)
@@ -291,7 +313,7 @@ print(f"saved to {{OUT}}")
 '''
 
 
-def _model_block(plan: TrainingPlan) -> str:
+def _model_block(plan: TrainingPlan, attention: str) -> str:
     # engine.train.run.load_base, spelled out for this plan's method
     if plan.method == "qlora":
         nf4 = dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True)
@@ -302,7 +324,6 @@ def _model_block(plan: TrainingPlan) -> str:
         dtype = 'dtype=torch.float32 if DTYPE == "fp16" else TORCH_DTYPE,'
     else:
         dtype = "dtype=TORCH_DTYPE,"
-    attention = hardware.attention_to_load(plan.attention)
     out = (f"model = AutoModelForCausalLM.from_pretrained(\n    BASE, attn_implementation={attention!r},\n"
            f"    {dtype}\n)\nmodel.config.use_cache = False\n")
     if plan.method == "qlora":

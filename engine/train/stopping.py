@@ -28,6 +28,13 @@ def trainer_args(plan, has_eval: bool) -> dict:
     return {"load_best_model_at_end": True, "metric_for_best_model": "eval_loss", "greater_is_better": False}
 
 
+def settings(plan, has_eval: bool) -> dict | None:
+    """The early-stopping rule a job runs with, as the record of what it resolved states it."""
+    if not enabled(plan, has_eval):
+        return None
+    return {"patience": plan.patience, "min_gain": MIN_GAIN, "min_gain_abs": MIN_GAIN_ABS}
+
+
 def improves(loss: float, best: float | None) -> bool:
     return best is None or loss < best - max(MIN_GAIN_ABS, MIN_GAIN * best)
 

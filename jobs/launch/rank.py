@@ -1,7 +1,7 @@
 """One training process of a multi-process job: `python -m jobs.launch.rank JOB_ID [--resume]`.
 
 `accelerate launch` starts one of these per device. Every rank trains; rank 0 alone writes
-metrics and progress rows (through the same `Worker` callbacks a single-process job uses)
+metrics and progress rows (through the same `JobCallbacks` a single-process job uses)
 and leaves its outcome in `rank0.json` for the worker that launched it. A cancel read from
 the database by rank 0, or a SIGTERM that reaches any rank, stops all of them at the same
 step (engine.train.distributed.agree).
@@ -15,8 +15,9 @@ import sys
 import traceback
 
 from engine.train import distributed
+from engine.train.run import train
 from jobs import store
-from jobs.worker import Worker, explain
+from jobs.callbacks import JobCallbacks, explain
 
 OUTCOME = "rank0.json"
 
@@ -24,7 +25,7 @@ OUTCOME = "rank0.json"
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     job_id, resume = int(argv[0]), "--resume" in argv
-    worker = Worker(job_id)
+    worker = JobCallbacks(job_id)
     signal.signal(signal.SIGTERM, worker.on_sigterm)
     signal.signal(signal.SIGINT, worker.on_sigterm)
     main_rank = distributed.is_main()
@@ -33,7 +34,6 @@ def main(argv: list[str] | None = None) -> int:
         store.append_log(job_id, f"training with {distributed.world_size()} processes (world size "
                                  f"{distributed.world_size()}); rank 0 reports")
     plan = store.job_plan(store.get_job(job_id))
-    from engine.train.run import train
 
     outcome = store.job_dir(job_id) / OUTCOME
     try:

@@ -8,9 +8,16 @@ folders named in requests, so it must not be open to a network).
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+
+import uvicorn
+from fastapi import FastAPI
 
 from engine.errors import UserError
+from ui import network
+from ui.api.routes import build_router
 from ui.api.service import Service
 
 
@@ -19,23 +26,17 @@ def api_key() -> str | None:
 
 
 def check_exposure(host: str, key: str | None, share: bool = False) -> None:
-    from ui.cli.serve import is_loopback
-
-    if key is None and (share or not is_loopback(host)):
+    if key is None and (share or not network.is_loopback(host)):
         where = "a public share link" if share else f"{host}, which other machines can reach"
         raise UserError("host", f"refusing to serve the /v1 API on {where} without a key; set LORAPILOT_API_KEY "
                         "(clients then send it as a Bearer token), or keep --host 127.0.0.1")
 
 
 def routes(service: Service, key: str | None) -> list:
-    from ui.api.routes import build_router
-
     return list(build_router(service, key).routes)
 
 
 def build_app(service: Service, key: str | None):
-    from fastapi import FastAPI
-
     app = FastAPI(title="LoRA Pilot API", docs_url=None, redoc_url=None, openapi_url=None)
     app.router.routes.extend(routes(service, key))
     return app
@@ -43,9 +44,7 @@ def build_app(service: Service, key: str | None):
 
 def run_api_only(service: Service, host: str, port: int, key: str | None) -> None:
     """Serve /v1 alone until interrupted; the base model loads in the background at once."""
-    import threading
 
-    import uvicorn
 
     threading.Thread(target=_warm, args=(service,), name="api-warm-up", daemon=True).start()
     config = uvicorn.Config(build_app(service, key), host=host, port=port, log_level="warning")
@@ -56,8 +55,6 @@ def run_api_only(service: Service, host: str, port: int, key: str | None) -> Non
 
 
 def _warm(service: Service) -> None:
-    import logging
-
     try:
         service.host()
     except Exception as exc:  # noqa: BLE001 - the first request reports the problem to its client

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import time
 import uuid
@@ -163,8 +164,6 @@ class _Answer:
 
     async def stream(self, pieces: asyncio.Queue, future, request: batch.Request, usage: bool):
         def event(payload: dict) -> str:
-            import json
-
             return f"data: {json.dumps(payload)}\n\n"
 
         try:

@@ -14,8 +14,10 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.adapters import batch
+from engine.adapters import batch, folder, host
 from engine.errors import UserError
+from jobs import library
+from jobs.workbench import same_base
 from ui.api.schemas import ApiError
 
 DEFAULT_MAX_TOKENS = 256  # when a request names none (OpenAI's chat API would run to the context's end)
@@ -44,8 +46,6 @@ class Service:
     def host(self):
         with self._lock:
             if self._host is None:
-                from engine.adapters import host
-
                 self._host = host.shared(self.base, self.max_adapters)
                 self._scheduler = batch.Scheduler(batch.HostRunner(self._host), max_batch=self.max_batch,
                                                   max_queue=self.max_queue, max_adapters=self._host.max_loaded)
@@ -65,8 +65,6 @@ class Service:
 
     # --- names ------------------------------------------------------------------------------------
     def _library(self):
-        from jobs import library
-
         return library.list_adapters()
 
     def models(self) -> list[dict]:
@@ -82,7 +80,6 @@ class Service:
 
     def resolve(self, model: str) -> Target:
         """The base or adapter a request's `model` names; 404 listing the names, 400 for another base."""
-        from jobs.workbench import same_base
 
         if model == self.base:
             return Target(model)
@@ -103,9 +100,6 @@ class Service:
 
     # --- runtime loading (vLLM's /v1/load_lora_adapter) -----------------------------------------------
     def load(self, name: str, path: str) -> float:
-        from engine.adapters import folder
-        from jobs.workbench import same_base
-
         if name == self.base or name in self.names():
             raise ApiError(400, f"lora_name: '{name}' is already served; unload it first or pick another name",
                            "lora_name")

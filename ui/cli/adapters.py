@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import sys
 
+from engine.adapters.compose import COMBINATIONS
+from engine.adapters.merge import zip_folder
 from engine.errors import UserError
 from engine.units import human_bytes
+from jobs import library, workbench
+from ui.cli import commands
 
 
 def register(sub) -> None:
-    p = sub.add_parser("adapters", help="the adapter library: list (default), import, rename, delete, retention")
+    p = sub.add_parser("adapters", help=commands.help_for("adapters"))
     p.add_argument("--json", action="store_true", help="machine-readable list")
     p.add_argument("--base", default=None, help="only adapters of this base model")
     p.set_defaults(handler=cmd_list)
@@ -34,7 +38,7 @@ def register(sub) -> None:
     q.add_argument("--json", action="store_true", help="machine-readable table")
     q.set_defaults(handler=cmd_retention)
 
-    p = sub.add_parser("generate", help="an adapter's answer to a prompt (and the base's with --base)")
+    p = sub.add_parser("generate", help=commands.help_for("generate"))
     p.add_argument("--adapter", required=True, metavar="NAME|ID")
     p.add_argument("--prompt", required=True, metavar="TEXT")
     p.add_argument("--base", action="store_true", help="also print the base model's answer")
@@ -45,15 +49,14 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable answers")
     p.set_defaults(handler=cmd_generate)
 
-    p = sub.add_parser("merge", help="merge an adapter into its base: a standalone Hugging Face model folder")
+    p = sub.add_parser("merge", help=commands.help_for("merge"))
     p.add_argument("ref", metavar="NAME|ID")
     p.add_argument("--out", default=None, metavar="DIR", help="new folder (default: $LORAPILOT_HOME/merged/NAME)")
     p.add_argument("--zip", action="store_true", help="also write DIR.zip")
     p.set_defaults(handler=cmd_merge)
 
-    from engine.adapters.compose import COMBINATIONS
 
-    p = sub.add_parser("compose", help="combine adapters of one base into a new library adapter")
+    p = sub.add_parser("compose", help=commands.help_for("compose"))
     p.add_argument("refs", nargs="+", metavar="NAME|ID")
     p.add_argument("--weights", required=True, help="one per adapter, e.g. 0.5,0.5")
     p.add_argument("--combination", default="linear", choices=COMBINATIONS,
@@ -66,8 +69,6 @@ def register(sub) -> None:
 
 # --- library --------------------------------------------------------------------------------
 def cmd_list(ns) -> int:
-    from jobs import library
-
     entries = library.list_adapters(base_model=ns.base)
     if ns.json:
         print(json.dumps([library.summary(a) for a in entries], indent=2))
@@ -97,24 +98,18 @@ def _table(rows) -> None:
 
 
 def cmd_import(ns) -> int:
-    from jobs import library
-
     a = library.import_adapter(ns.path, name=ns.name, base=ns.base, skill=ns.skill)
     print(f"imported '{a.name}' (id {a.id}): base {a.base_model}, r {a.r}, {human_bytes(a.bytes)}, in {a.path}")
     return 0
 
 
 def cmd_rename(ns) -> int:
-    from jobs import library
-
     a = library.rename(ns.ref, ns.new_name)
     print(f"adapter {a.id} is now '{a.name}'")
     return 0
 
 
 def cmd_delete(ns) -> int:
-    from jobs import library
-
     a = library.find(ns.ref)
     if not ns.yes:
         if not sys.stdin.isatty():
@@ -128,8 +123,6 @@ def cmd_delete(ns) -> int:
 
 
 def cmd_retention(ns) -> int:
-    from jobs import workbench
-
     _print_retention(workbench.retention(ns.ref), ns.json)
     return 0
 
@@ -151,8 +144,6 @@ def _print_retention(rows, as_json: bool) -> None:
 
 # --- generate / merge / compose --------------------------------------------------------------
 def cmd_generate(ns) -> int:
-    from jobs import library, workbench
-
     settings = dict(max_new_tokens=ns.max_new_tokens, temperature=ns.temperature, top_p=ns.top_p, seed=ns.seed)
     if ns.json:
         print(json.dumps(workbench.generate(ns.adapter, ns.prompt, base=ns.base, **settings), indent=2))
@@ -169,21 +160,15 @@ def cmd_generate(ns) -> int:
 
 
 def cmd_merge(ns) -> int:
-    from jobs import workbench
-
     out = workbench.merge(ns.ref, ns.out)
     print(f"merged model: {out}")
     if ns.zip:
-        from engine.adapters.merge import zip_folder
-
         print(f"zip: {zip_folder(out)}")
     print(f"use it as a base: python app.py train --model {out} ...")
     return 0
 
 
 def cmd_compose(ns) -> int:
-    from jobs import workbench
-
     try:
         weights = [float(w) for w in ns.weights.split(",") if w.strip()]
     except ValueError:

@@ -10,9 +10,14 @@ from __future__ import annotations
 import json
 import sys
 
+from engine.data.dataset import check_data
+from engine.errors import UserError
+from engine.plan import _parse_mapping
+from ui.cli import commands
+
 
 def register(sub) -> None:
-    p = sub.add_parser("check-data", help="Check a dataset: format, rows, problems, token lengths.",
+    p = sub.add_parser("check-data", help=commands.help_for("check-data"),
                        description="Validate training data before a job exists.")
     p.add_argument("file", help="JSONL, JSON, CSV, Parquet or TXT file, a hub dataset id, or demo:NAME")
     p.add_argument("--model", default="default", help="Model whose tokenizer and chat template to use (default: the "
@@ -27,10 +32,6 @@ def register(sub) -> None:
 
 
 def run(ns) -> int:
-    from engine.data.dataset import check_data
-    from engine.errors import UserError
-    from engine.plan import _parse_mapping
-
     if ns.seq_len is not None and ns.seq_len <= 0:
         raise UserError("seq_len", "must be a whole number of 1 or more")
     columns = _parse_mapping(ns.columns) if ns.columns else {}

@@ -10,9 +10,14 @@ import argparse
 import json
 import shlex
 
+from engine.advice.checks import plan_warnings
+from engine.advice.recommend import recommend
+from engine.advice.rules import FIELDS
 from engine.errors import UserError
+from engine.estimate.combined import estimate
 from engine.plan import add_plan_flags, plan_from_args
 from engine.units import human_bytes, human_seconds
+from ui.cli import commands
 
 # The plan fields `estimate` takes as flags.
 ESTIMATE_FIELDS = [
@@ -26,13 +31,13 @@ RECOMMEND_FIELDS = ["model", "difficulty", "gpu", "budget_gb", "dataset_rows"]
 
 
 def register(sub) -> None:
-    p = sub.add_parser("estimate", help="Trainable parameters, adapter size, memory and time for a plan.",
+    p = sub.add_parser("estimate", help=commands.help_for("estimate"),
                        description="Estimate what a plan costs before running it.")
     add_plan_flags(p, ESTIMATE_FIELDS)
     p.add_argument("--json", action="store_true", help="Print a JSON object with stable keys.")
     p.set_defaults(handler=run_estimate)
 
-    p = sub.add_parser("recommend", help="Recommended settings, each with its reason, fitted to a budget.",
+    p = sub.add_parser("recommend", help=commands.help_for("recommend"),
                        description="Recommend LoRA/QLoRA settings for a model, a task difficulty and a budget.")
     add_plan_flags(p, RECOMMEND_FIELDS)
     p.add_argument("--json", action="store_true", help="Print a JSON object (plan, reasons, adjustments, ...).")
@@ -57,11 +62,8 @@ def estimate_json(est) -> dict:
 
 
 def run_estimate(ns: argparse.Namespace) -> int:
-    from engine.estimate.combined import estimate
-
     _check_exclusive(ns)
     plan = plan_from_args(ns)
-    from engine.advice.checks import plan_warnings
 
     est = estimate(plan)
     warnings = plan_warnings(plan)  # e.g. a rank above the width of the layers it adapts (R6)
@@ -99,6 +101,9 @@ def format_estimate(plan, est) -> str:
         else:  # no row count or step limit: the speed is known, the total is not
             line += "; total time unknown (give --dataset-rows N or --max-steps N)"
         lines += ["", line]
+        if t.total_seconds:
+            lines.append(f"Whole job, every phase: ~{human_seconds(t.total_seconds)} ("
+                         + ", ".join(f"{k} {human_seconds(v)}" for k, v in t.phases.items() if v) + ")")
     for a in list(mem.assumptions) + (list(t.assumptions) if t is not None else []):
         lines.append(f"  · {a}")
     return "\n".join(lines)
@@ -108,8 +113,6 @@ def format_estimate(plan, est) -> str:
 
 
 def run_recommend(ns: argparse.Namespace) -> int:
-    from engine.advice.recommend import recommend
-
     _check_exclusive(ns)
     if ns.model is None:
         raise UserError("model", "required: a catalog name (e.g. llama-3.1-8b), a hub id, a local folder, "
@@ -130,8 +133,6 @@ def run_recommend(ns: argparse.Namespace) -> int:
 
 
 def format_recommendation(rec) -> str:
-    from engine.advice.rules import FIELDS
-
     plan = rec.plan
     lines = [f"Recommended settings for {plan.model} ({plan.difficulty})", ""]
     width = max(len(f) for f in FIELDS)

@@ -8,12 +8,14 @@ the fix, and left out of the command. Exit 0 when every adapter is in the comman
 from __future__ import annotations
 
 from engine.errors import UserError
+from jobs import workbench
+from ui.cli import commands
 
 ENGINES = ("vllm",)
 
 
 def register(sub) -> None:
-    p = sub.add_parser("serve-recipe", help="Print the vLLM command that serves these adapters on a GPU box.",
+    p = sub.add_parser("serve-recipe", help=commands.help_for("serve-recipe"),
                        description=__doc__.split("\n\n")[1].replace("\n", " "))
     p.add_argument("adapters", nargs="+", metavar="ADAPTER", help="library adapter name or id, or an adapter folder")
     p.add_argument("--engine", default="vllm", help="serving engine (only vllm for now)")
@@ -21,8 +23,6 @@ def register(sub) -> None:
 
 
 def run(ns) -> int:
-    from jobs import workbench
-
     if ns.engine not in ENGINES:
         raise UserError("engine", f"got {ns.engine!r}; LoRA Pilot writes recipes for {', '.join(ENGINES)}")
     result = workbench.serve_recipe(ns.adapters)

@@ -9,35 +9,32 @@ from __future__ import annotations
 import json
 
 from engine.units import human_seconds
-from ui.cli.jobs import _submit_wait
+from jobs import runs
+from ui.cli import commands, waiting
 
 
 def register(sub) -> None:
-    p = sub.add_parser("next", help="queue the next run of a job with its advice applied (linked by parent_id)")
+    p = sub.add_parser("next", help=commands.help_for("next"))
     p.add_argument("job_id", metavar="ID")
     p.add_argument("--apply", nargs="+", metavar="RULE", default=None,
                    help="apply only these advice rules (e.g. U2 D2); default: all of the job's advice")
     p.add_argument("--wait", action="store_true", help="stay, print progress, exit 0 only if the job succeeds")
     p.set_defaults(handler=cmd_next)
 
-    p = sub.add_parser("compare", help="two or more jobs side by side: plan differences, before/after, verdict")
+    p = sub.add_parser("compare", help=commands.help_for("compare"))
     p.add_argument("job_ids", nargs="+", metavar="ID")
     p.add_argument("--json", action="store_true", help="machine-readable, with each job's loss curve")
     p.set_defaults(handler=cmd_compare)
 
 
 def cmd_next(ns) -> int:
-    from jobs import runs
-
     job, changes = runs.next_run(ns.job_id, rules=ns.apply)
     print(f"job {job.id} {job.status}: {job.name}")
     print("changes: " + ", ".join(f"{k} {v}" for k, v in changes.items()))
-    return _submit_wait(job, ns.wait)
+    return waiting.follow(job, ns.wait)
 
 
 def cmd_compare(ns) -> int:
-    from jobs import runs
-
     rows = runs.compare(ns.job_ids)
     if ns.json:
         print(json.dumps(rows, indent=2))

@@ -9,16 +9,19 @@ without them. Uploads are capped in size.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 
 from engine.errors import UserError
+from jobs.dispatcher import kick
+from ui import network
+from ui.api import app as api
+from ui.cli import commands
 
 DEFAULT_UPLOAD_MB = 200
 
 
 def register(sub) -> None:
-    p = sub.add_parser("serve", help="Open the wizard in the browser (http://127.0.0.1:7860 by default).",
+    p = sub.add_parser("serve", help=commands.help_for("serve"),
                        description=__doc__.split("\n\n")[1].replace("\n", " "))
     p.add_argument("--host", default="127.0.0.1",
                    help="Address to listen on (default 127.0.0.1, this machine only). Any other address "
@@ -54,18 +57,9 @@ def parse_auth(text: str | None) -> tuple[str, str] | None:
     return user.strip(), password
 
 
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name other than localhost may resolve anywhere: treat as exposed
-
-
 def check_exposure(host: str, auth, share: bool) -> None:
     """Refuse to expose the app without credentials, saying why in one line."""
-    if auth is None and (share or not is_loopback(host)):
+    if auth is None and (share or not network.is_loopback(host)):
         where = "a public share link" if share else f"{host}, which other machines can reach"
         raise UserError("host", f"refusing to serve on {where} without credentials; add --auth user:password "
                         "or set LORAPILOT_AUTH=user:password (or keep the default --host 127.0.0.1)")
@@ -83,8 +77,6 @@ def upload_limit_mb(flag: int | None) -> int:
 
 
 def serve(ns) -> int:
-    from ui.api import app as api
-
     key = api.api_key()
     auth = parse_auth(ns.auth or os.environ.get("LORAPILOT_AUTH"))
     if ns.ray is not None:
@@ -100,24 +92,18 @@ def serve(ns) -> int:
         raise UserError("max_queue", f"got {ns.max_queue}; expected 1 or more")
     service = api.Service(ns.model, max_queue=ns.max_queue)
     if ns.api_only:
-        shown = f"[{ns.host}]" if ":" in ns.host else ns.host
-        print(f"LoRA Pilot API: http://{shown}:{ns.port}/v1 (model {ns.model})" + (" (key required)" if key else ""),
-              flush=True)
+        print(f"LoRA Pilot API: http://{network.shown(ns.host)}:{ns.port}/v1 (model {ns.model})"
+              + (" (key required)" if key else ""), flush=True)
         api.run_api_only(service, ns.host, ns.port, key)
         return 0
     limit = upload_limit_mb(ns.max_upload_mb)
     os.environ["LORAPILOT_MAX_UPLOAD_MB"] = str(limit)  # the upload handler reads the same figure
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    try:  # jobs whose worker died while no app was open become 'interrupted'; queued ones start
-        from jobs.dispatcher import kick
+    kick()  # jobs whose worker died while no app was open become 'interrupted'; queued ones start
+    from ui.web import server  # the wizard is a Gradio app: Gradio loads only when the wizard opens
 
-        kick()
-    except ImportError:
-        pass
-    from ui.web import server
-
-    shown = f"[{ns.host}]" if ":" in ns.host else ns.host
-    print(f"LoRA Pilot: http://{shown}:{ns.port}" + (" (sign-in required)" if auth else ""), flush=True)
+    print(f"LoRA Pilot: http://{network.shown(ns.host)}:{ns.port}" + (" (sign-in required)" if auth else ""),
+          flush=True)
     try:
         server.launch(host=ns.host, port=ns.port, auth=auth, max_file_size=f"{limit}mb", share=ns.share,
                       routes=api.routes(service, key))

@@ -18,6 +18,8 @@ import json
 import math
 from typing import Iterable, Mapping
 
+import plotly.graph_objects as go
+
 from engine.units import GIB, human_bytes, human_count
 
 # One palette for the whole app (colour-blind-safe, Okabe-Ito order).
@@ -45,8 +47,6 @@ class Figure(dict):
         return json.dumps(self, separators=(",", ":"))
 
     def to_plotly(self):
-        import plotly.graph_objects as go
-
         return go.Figure({"data": self.data, "layout": self.layout})
 
 
@@ -96,6 +96,9 @@ def empty(title: str, message: str, height: int = 320) -> Figure:
 
 
 
+FAR_BUDGET = 4  # a budget this many times the plan is named above the bar instead of drawn as a line
+
+
 def memory_breakdown(terms: Mapping[str, float], budget_bytes: float | None, fits: bool | None,
                      reserved_bytes: float | None = None, device_bytes: float | None = None) -> Figure:
     """One bar of memory stacked by term (GB) against the budget line.
@@ -116,14 +119,20 @@ def memory_breakdown(terms: Mapping[str, float], budget_bytes: float | None, fit
                          "hovertemplate": name + ": %{y:.3f} GiB<extra></extra>"})
             top = level
     shapes, notes = [], []
-    if budget_bytes:
+    # a budget far above the plan would squash the bar to a sliver: scale to the plan, name the budget
+    far = bool(budget_bytes) and budget_bytes > FAR_BUDGET * top
+    if budget_bytes and not far:
         shape, note = _hline(budget_bytes / GIB, FIT_COLOUR if fits else MISFIT_COLOUR,
                              f"budget {budget_bytes / GIB:.1f} GiB")
         shapes, notes = [shape], [note]
+    elif far:
+        notes = [{"text": f"budget {budget_bytes / GIB:.1f} GiB, above this scale: the plan uses "
+                          f"{top / budget_bytes:.0%} of it", "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.98,
+                  "showarrow": False, "font": {"color": FIT_COLOUR, "size": 12}}]
     title = f"Memory: {human_bytes(top)}"
     if fits is not None:
         title += " — fits" if fits else " — does not fit"
-    ymax = max(top, budget_bytes or 0) / GIB * 1.15 or 1
+    ymax = (top if far else max(top, budget_bytes or 0)) / GIB * (1.3 if far else 1.15) or 1
     return _figure(data, title, 340, config=STATIC, barmode="stack", bargap=0.45, shapes=shapes, annotations=notes,
                    yaxis={"title": {"text": "GiB"}, "range": [0, ymax]},
                    legend={"orientation": "v", "y": 1, "x": 1.02, "xanchor": "left", "yanchor": "top",
@@ -233,7 +242,7 @@ def overlay_loss_chart(runs: Iterable[Mapping]) -> Figure:
     """
     data = []
     for i, run in enumerate(runs):
-        colour, label = PALETTE[i % len(PALETTE)], f"#{run['id']}"
+        colour, label = PALETTE[i % len(PALETTE)], f"#{run['id']} {run.get('name') or ''}".strip()
         for key, dash, mode, suffix in (("loss", "solid", "lines", "train"),
                                         ("eval_loss", "dash", "lines+markers", "eval")):
             pts = [(m["step"], m[key]) for m in run["metrics"] if m.get(key) is not None]

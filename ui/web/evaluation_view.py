@@ -1,6 +1,6 @@
 """The job page's proof blocks: phase, before/after table, samples, advice; and the compare view.
 
-Pure functions from the JSON that `show --json` gives (store.job_detail, jobs.runs.compare)
+Pure functions from the JSON that `show --json` gives (jobs.views.job_detail, jobs.runs.compare)
 to HTML, so the page and the command line read the same facts.
 """
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from engine.model import default_model
+
 POLL_S = 0.25  # how often the page's progress bar moves
 
 
 def needs_wait(model: str | None) -> bool:
-    from engine.model import default_model
-
     return (model or "default").strip() == "default" and not default_model.ready()
 
 
@@ -23,7 +23,6 @@ def wait_for_model(model: str | None, report: Callable[[float | None, str], obje
     """Return once `model` can be loaded; for the embedded default, wait out its conversion."""
     if not needs_wait(model):
         return
-    from engine.model import default_model
 
     default_model.prepare_in_background()  # a no-op when the server's warm-up already started it
     while not default_model.wait(POLL_S):

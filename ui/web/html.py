@@ -48,8 +48,18 @@ def table(headers: list[str], rows: Iterable[Iterable[object]], cls: str = "lp-t
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def badge(status: str) -> str:
-    return f'<span class="lp-badge lp-{escape(status)}">{escape(status)}</span>'
+def code_spans(text: str) -> str:
+    """Escaped text whose `backticked` parts show as code (messages written for the terminal)."""
+    parts = escape(text).split("`")
+    if len(parts) % 2 == 0:  # an unpaired backtick: leave the text as it is
+        return escape(text)
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def badge(status: str, text: str | None = None) -> str:
+    """A status pill; `text` replaces the status's own word (e.g. "finished, but worse than the base")."""
+    css = "worse" if text and text != status and status == "succeeded" else status
+    return f'<span class="lp-badge lp-{escape(css)}">{escape(text or status)}</span>'
 
 
 def progress_bar(fraction: float | None) -> str:
@@ -71,7 +81,8 @@ def model_cards(models) -> str:
         context = getattr(m, "context", 0)
         ctx = f"{context // 1024}k" if context and context >= 1024 else str(context or "?")
         cards.append(
-            f'<div class="lp-card"><div class="lp-card-title">{escape(m.name)}</div>'
+            f'<div class="lp-card" role="button" tabindex="0" data-key="{escape(m.key)}" '
+            f'title="Use {escape(m.name)}"><div class="lp-card-title">{escape(m.name)}</div>'
             f'<div class="lp-card-key" title="{escape(m.describes()) if hasattr(m, "describes") else ""}">'
             f'{escape(m.key)} · {escape(getattr(m, "variant", ""))}</div>'
             f'<div class="lp-card-meta"><span>{_size(m.params_b)} params</span><span>{escape(m.architecture)}</span>'

@@ -17,9 +17,12 @@ import gradio as gr
 
 from engine import units
 from engine.errors import UserError
-from engine.train import script
-from jobs.store import JobStatus
-from ui.web import charts, evaluation_view, html, run_elsewhere
+from engine.estimate.combined import headline
+from jobs import export, outcome, runs, stall, store, views
+from jobs.dispatcher import cancel as do_cancel
+from jobs.dispatcher import resume as do_resume
+from jobs.tables import FINISHED, JobStatus
+from ui.web import charts, evaluation_view, html, review, run_elsewhere, sweep_page
 
 REFRESH_S = 1.0
 _DOWNLOADS = Path(tempfile.gettempdir()) / "lorapilot-downloads"
@@ -29,9 +32,13 @@ def _when(dt) -> str:
     return dt.strftime("%Y-%m-%d %H:%M UTC") if dt else "—"
 
 
-def jobs_table() -> str:
-    from jobs import store
+def title(job) -> str:
+    """'#3 · demo-ticket': the id and the name (a job submitted without one is named after what it trains)."""
+    return f"#{job.id} · {(job.name or '').strip() or 'unnamed job'}"
 
+
+def jobs_table() -> str:
+    """Every job with its held-out exact match before → after and its progress in words."""
     jobs = store.list_jobs()
     if not jobs:
         return html.notice("No jobs yet. The wizard's last step launches one.", "info")
@@ -42,31 +49,27 @@ def jobs_table() -> str:
             model, method = (Path(plan.model).name if Path(plan.model).is_absolute() else plan.model), plan.method
         except UserError:
             model, method = "?", "?"
-        eta = units.human_seconds(j.eta_seconds) if j.status == JobStatus.RUNNING else "—"
-        link = f'<a href="?job={j.id}" class="lp-joblink">#{j.id} {html.escape(j.name)}</a>'
-        rows.append((link, html.badge(j.status), f"{100 * (j.progress or 0):.0f}%", eta, model, method,
-                     _when(j.created_at)))
-    return html.table(["Job", "Status", "Progress", "ETA", "Base model", "Method", "Created"], rows,
-                      cls="lp-table lp-jobs", raw_cols=[0, 1])
+        left = outcome.eta(j)
+        eta = units.human_seconds(left["seconds"]) if left else "—"
+        link = f'<a href="?job={j.id}" class="lp-joblink">{html.escape(title(j))}</a>'
+        rows.append((link, html.badge(j.status, outcome.status_text(j)), outcome.progress_text(j), eta,
+                     outcome.heldout_text(j), model, method, _when(j.created_at)))
+    return html.table(["Job", "Status", "Progress", "ETA", "Held-out exact match", "Base model", "Method", "Created"],
+                      rows, cls="lp-table lp-jobs", raw_cols=[0, 1])
 
 
 def job_choices() -> list[tuple[str, int]]:
-    from jobs import store
-
     # ids travel as strings: the same type the ?job= URL parameter has
-    return [(f"#{j.id} · {j.name} ({j.status})", str(j.id)) for j in store.list_jobs()]
+    return [(f"{title(j)} ({outcome.status_text(j)})", str(j.id)) for j in store.list_jobs()]
 
 
 def latest_job_id() -> int | None:
-    from jobs import store
-
     jobs = store.list_jobs()
     return str(jobs[0].id) if jobs else None
 
 
 def signature(job_id) -> tuple | None:
     """What a redraw depends on; equal signatures mean nothing to redraw."""
-    from jobs import stall, store
 
     if job_id is None:
         return None
@@ -76,7 +79,7 @@ def signature(job_id) -> tuple | None:
         return None
     log = store.log_path(job.id)
     return (job.id, job.status, job.step, job.progress, job.eta_seconds, job.adapter_score, job.base_score,
-            job.phase, int(store.phase_seconds(job) or 0), job.evaluation_json,
+            job.phase, int(views.phase_seconds(job) or 0), job.evaluation_json,
             job.measured_peak_bytes, job.cancel_requested, len(store.job_metrics(job.id)),
             stall.stalled_since(job) is not None,  # becomes true with no row changing
             log.stat().st_size if log.exists() else 0, tuple((j.id, j.status, round(j.progress or 0, 2))
@@ -86,37 +89,42 @@ def signature(job_id) -> tuple | None:
 def _header(job, metrics, detail: dict) -> str:
     tps = next((m.tokens_per_second for m in reversed(metrics) if m.tokens_per_second), None)
     step = f"{job.step} / {job.total_steps}" if job.total_steps else str(job.step)
+    if outcome.early_stop(job):
+        step = outcome.progress_text(job)
     phase = evaluation_view.phase_text(detail)
+    left = outcome.eta(job)
+    stored = store.job_estimate(job)
+    seq_len = json.loads(job.plan_json).get("seq_len")
+    # the estimate stored at submit, with the same names and figures the review and the launch showed
+    estimate = {f"estimate: {k}": v for k, v in review.headline_tiles(headline(stored), seq_len).items()} \
+        if stored else {}
     tiles = {**({"phase": phase} if phase else {}), "step": step,
-             "ETA": units.human_seconds(job.eta_seconds) if job.status == JobStatus.RUNNING else "—",
+             "ETA, every phase": units.human_seconds(left["seconds"]) if left else "—",
              "tokens / s": f"{tps:,.0f}" if tps else "—",
-             "peak memory: estimated": units.human_bytes(job.estimated_peak_bytes),
-             "peak memory: measured": units.human_bytes(job.measured_peak_bytes),
-             **_worst_case(job),
+             **estimate,
+             "peak allocated: estimated → measured":
+                 f"{units.human_bytes(job.estimated_peak_bytes)} → {units.human_bytes(job.measured_peak_bytes)}",
              "device": job.device or "—",
-             "ran on": _where(job)}
-    if job.base_score is not None or job.adapter_score is not None:
-        fmt = lambda s: "—" if s is None else f"{s:.0f}%"  # noqa: E731
-        tiles["demo score: before → after"] = f"{fmt(job.base_score)} → {fmt(job.adapter_score)}"
-    title = (f'<div class="lp-jobhead"><span class="lp-jobtitle">Job #{job.id} · {html.escape(job.name)}</span>'
-             f'{html.badge(job.status)}</div>')
-    return title + html.progress_bar(job.progress) + html.stat_tiles(tiles)
+             "host": _where(job)}
+    before, after = outcome.heldout(job)
+    if before is not None or after is not None:
+        tiles["held-out exact match: before → after"] = outcome.heldout_text(job)
+    head = (f'<div class="lp-jobhead"><span class="lp-jobtitle">Job {html.escape(title(job))}</span>'
+            f'{html.badge(job.status, outcome.status_text(job))}</div>')
+    eta_line = ""
+    if left and left["phases"]:
+        eta_line = ('<div class="lp-hint" id="eta-phases">Left by phase: ' + html.escape(" · ".join(
+            f"{k} {units.human_seconds(v)}" for k, v in left["phases"].items() if v)) + "</div>")
+    # what the data changed in the estimate, and why (its real lengths: batches padded to their longest row)
+    why = next((a for a in ((stored or {}).get("memory") or {}).get("assumptions", [])
+                if a.startswith("with the checked data")), "")
+    why_line = f'<div class="lp-hint" id="estimate-why">Estimate {html.escape(why)}.</div>' if why else ""
+    return head + html.progress_bar(job.progress) + html.stat_tiles(tiles) + eta_line + why_line
 
 
 def _where(job) -> str:
     where = job.host or "—"
     return f"{where} (Ray job {job.ray_job_id})" if job.ray_job_id else where
-
-
-def _worst_case(job) -> dict[str, str]:
-    """The estimate's worst case (every batch padded to seq_len), beside the data-based figure above."""
-    from jobs import store
-
-    mem = (store.job_estimate(job) or {}).get("memory") or {}
-    if not mem.get("expected"):
-        return {}
-    seq_len = json.loads(job.plan_json).get("seq_len")
-    return {f"worst case: padded to {seq_len}": units.human_bytes(mem["allocated_bytes"])}
 
 
 def _failure(job) -> str:
@@ -128,7 +136,6 @@ def _failure(job) -> str:
         return html.notice((job.error or "Cancelled.") + " Resume continues from the last checkpoint.", "info")
     if job.status == JobStatus.QUEUED:
         return html.notice("Waiting for a free slot; it starts when the job before it finishes.", "info")
-    from jobs import stall
 
     stalled = stall.describe(job)
     if stalled:  # before "stopping…": a stalled worker does not reach the next step by itself
@@ -140,10 +147,9 @@ def _failure(job) -> str:
 
 def download_path(job_id) -> str | None:
     """A copy of the job's export zip under a temp folder Gradio may serve, or None."""
-    from jobs.export import export_zip
 
     try:
-        src = export_zip(job_id)
+        src = export.export_zip(job_id)
     except UserError:
         return None
     dest = _DOWNLOADS / str(int(job_id)) / src.name  # -adapter.zip, or -model.zip for a full fine-tune
@@ -154,7 +160,6 @@ def download_path(job_id) -> str | None:
 
 def job_view(job_id) -> dict:
     """Everything the job page shows, as values. Keys match the page's outputs."""
-    from jobs import store
 
     empty = {"header": html.notice("Pick a job, or launch one from the wizard.", "info"), "failure": "",
              "evaluation": "", "advice": [],
@@ -164,36 +169,35 @@ def job_view(job_id) -> dict:
         return empty
     try:
         job = store.get_job(job_id)
-        plan = store.job_plan(job)
+        store.job_plan(job)  # a stored plan that no longer parses shows as an error, not a traceback
     except UserError as exc:
         return {**empty, "header": html.error_notice(exc)}
     metrics = store.job_metrics(job.id)
-    detail = store.job_detail(job)
+    detail = views.job_detail(job)
     rows = [{"step": m.step, "loss": m.loss, "eval_loss": m.eval_loss, "learning_rate": m.learning_rate}
             for m in metrics]
     return {
         "header": _header(job, metrics, detail) + _failure(job), "failure": _failure(job),
         "evaluation": evaluation_view.advice_html(detail)
         + evaluation_view.evaluation_html(detail["evaluation"], running=job.status in ("queued", "running")),
-        "advice": evaluation_view.advice_choices(detail) if job.status in store.FINISHED else [],
+        "advice": evaluation_view.advice_choices(detail) if job.status in FINISHED else [],
         "loss": charts.loss_chart(rows, job.total_steps),
         "log": store.log_tail(job.id, 50) or "(no log yet)",
         "download": download_path(job.id) if job.status == JobStatus.SUCCEEDED else None,
-        "yaml": script.plan_yaml(plan), "cli": script.cli_command(plan), "python": _python(plan),
+        "yaml": export.code(job.id, "yaml"), "cli": export.code(job.id, "cli"), "python": _python(job.id),
         "running": job.status in (JobStatus.QUEUED, JobStatus.RUNNING), "status": job.status,
     }
 
 
-def _python(plan) -> str:
+def _python(job_id) -> str:
     try:
-        return script.python_script(plan)
+        return export.code(job_id, "python")
     except UserError as exc:  # e.g. the base model's folder is gone since the job ran
         return f"# no script: {exc}\n"
 
 
 def cancel(job_id) -> tuple[bool, str]:
     """(ok, message) — shown as a toast; the page itself redraws from the row."""
-    from jobs.dispatcher import cancel as do_cancel
 
     try:
         job = do_cancel(job_id, wait=False)
@@ -203,8 +207,6 @@ def cancel(job_id) -> tuple[bool, str]:
 
 
 def resume(job_id) -> tuple[bool, str]:
-    from jobs.dispatcher import resume as do_resume
-
     try:
         job = do_resume(job_id)
     except Exception as exc:
@@ -214,7 +216,6 @@ def resume(job_id) -> tuple[bool, str]:
 
 def next_run(job_id, rules: list[str] | None) -> tuple[bool, str, str | None]:
     """(ok, message, new job id) for the 'Next run with this advice' button."""
-    from jobs import runs
 
     try:
         job, changes = runs.next_run(job_id, rules=rules or None)
@@ -225,7 +226,6 @@ def next_run(job_id, rules: list[str] | None) -> tuple[bool, str, str | None]:
 
 def compare_view(job_ids) -> tuple:
     """(figure, table HTML) for two or more jobs."""
-    from jobs import runs
 
     if not job_ids or len(job_ids) < 2:
         return charts.overlay_loss_chart([]), html.notice("Pick two or more jobs to compare.", "info")
@@ -265,6 +265,8 @@ def build() -> SimpleNamespace:
             ui.advice = gr.CheckboxGroup([], label="Advice to apply", elem_id="advice-pick", visible=False)
             ui.next = gr.Button("Next run with this advice", size="md", min_width=200, visible=False,
                                 elem_id="next-run")
+        with gr.Accordion("Try variations of this job's settings", open=False, elem_id="variations"):
+            ui.variations = sweep_page.variations_panel()  # a sweep whose trial 0 is this job (sweep_page.py)
         with gr.Accordion("Compare runs", open=False, elem_id="compare"):
             ui.compare_pick = gr.Dropdown([], multiselect=True, label="Jobs to compare", elem_id="compare-pick")
             ui.compare_plot = gr.Plot(charts.overlay_loss_chart([]), show_label=False, elem_id="compare-plot")
@@ -295,7 +297,11 @@ def render(job_id, sig=None, force=True) -> list:
     v = job_view(job_id)
     download = gr.DownloadButton(value=v["download"], visible=bool(v["download"]))
     status = v["status"]
-    return [jobs_table(), gr.Dropdown(choices=job_choices(), value=None if job_id is None else str(job_id)),
+    # Only an explicit render (a pick, a launch, a next run) sets the selection; a timer tick that started
+    # before a launch would otherwise put the old job back on the page.
+    select = gr.Dropdown(choices=job_choices(), value=None if job_id is None else str(job_id)) if force \
+        else gr.Dropdown(choices=job_choices())
+    return [jobs_table(), select,
             v["header"], v["loss"], v["log"], download,
             gr.Button(visible=status in (JobStatus.QUEUED, JobStatus.RUNNING)),
             gr.Button(visible=status in (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.INTERRUPTED)),
@@ -321,4 +327,5 @@ def _wire(ui: SimpleNamespace) -> None:
 
     ui.next.click(on_next, [ui.select, ui.advice], ui.outputs).then(
         None, ui.select, None, js="(j) => { if (j) history.replaceState(null, '', '?job=' + j); }")
+    sweep_page.wire_variations(ui.variations, ui.select)
     ui.compare_pick.input(compare_view, ui.compare_pick, [ui.compare_plot, ui.compare_table], show_progress="hidden")

@@ -11,15 +11,15 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from engine.adapters.merge import zip_folder
 from engine.errors import UserError
 from engine.gguf.writer import QUANTS
 from engine.units import human_bytes
+from jobs import gguf_export, library, outcome, workbench
 from ui.web import html, run_elsewhere
 
 
 def library_table() -> str:
-    from jobs import library
-
     entries = library.list_adapters()
     if not entries:
         return html.notice("No adapters yet. A finished job adds its adapter here; or import a zip below.", "info")
@@ -30,7 +30,9 @@ def library_table() -> str:
         rows = []
         for a in items:
             s = a.scores
-            score = f"{s['base']:.0f}% → {s['adapter']:.0f}%" if {"base", "adapter"} <= set(s) else "—"
+            score = html.escape(f"{s['base']:.0f}% → {s['adapter']:.0f}%") if {"base", "adapter"} <= set(s) else "—"
+            if {"base", "adapter"} <= set(s) and s["adapter"] < s["base"]:  # jobs.outcome.WORSE, in its colour
+                score += " " + html.badge("succeeded", outcome.WORSE)
             source = f"job #{a.job_id}" if a.job_id else ("composed" if a.lineage else "imported")
             rows.append((a.id, a.name, a.description or a.skill or "—", a.method, a.r, f"{a.alpha:g}",
                          a.targets.replace(",", ", "), human_bytes(a.bytes), score,
@@ -38,13 +40,11 @@ def library_table() -> str:
         label = base if len(base) < 60 else "…" + base[-57:]
         parts.append(f"<h4>Base: {html.escape(label)}</h4>" + html.table(
             ["ID", "Name", "Skill / description", "Method", "r", "alpha", "Targets", "Size", "Held-out score",
-             "Created", "Source"], rows, cls="lp-table lp-library"))
+             "Created", "Source"], rows, cls="lp-table lp-library", raw_cols=[8]))
     return "".join(parts)
 
 
 def names() -> list[str]:
-    from jobs import library
-
     return [a.name for a in library.list_adapters()]
 
 
@@ -55,8 +55,6 @@ def _after_change(message: str, kind: str = "ok"):
 
 
 def import_zip(upload, name):
-    from jobs import library
-
     try:
         if not upload:
             return (html.notice("Choose a .zip of a PEFT adapter folder first.", "error"),) + (gr.skip(),) * 3
@@ -68,8 +66,6 @@ def import_zip(upload, name):
 
 
 def rename(current, new_name):
-    from jobs import library
-
     try:
         if not current:
             return (html.notice("Pick an adapter to rename.", "error"),) + (gr.skip(),) * 3
@@ -87,8 +83,6 @@ def ask_delete(current):
 
 
 def delete(current):
-    from jobs import library
-
     try:
         a = library.delete(current)
         return _after_change(f"Deleted '{a.name}'.")
@@ -97,9 +91,6 @@ def delete(current):
 
 
 def merge(current):
-    from engine.adapters.merge import zip_folder
-    from jobs import workbench
-
     try:
         if not current:
             return html.notice("Pick an adapter to merge.", "error"), gr.update(visible=False)
@@ -116,8 +107,6 @@ def merge(current):
 
 def gguf(current, quant):
     """The adapter's job as GGUF for Ollama / llama.cpp (written and checked by jobs.gguf_export)."""
-    from jobs import gguf_export, library
-
     try:
         if not current:
             return html.notice("Pick an adapter to export.", "error"), gr.update(visible=False)
@@ -136,7 +125,6 @@ def gguf(current, quant):
 
 def serve_recipe(chosen):
     """The `vllm serve` command for the chosen adapters and what vLLM would refuse, with the fix."""
-    from jobs import workbench
 
     if not chosen:
         return html.notice("Pick one or more adapters of one base to serve together.", "error")
@@ -145,10 +133,17 @@ def serve_recipe(chosen):
     except Exception as exc:  # noqa: BLE001 - one line, never a traceback
         return html.error_notice(exc)
     blocked = {i.adapter for i in result.issues if i.blocking}
-    verdict = (html.notice(f"Left out of the command: {', '.join(sorted(blocked))}. vLLM cannot load them as "
-                           "they are; the fix is below.", "warn") if blocked
-               else html.notice("vLLM can serve every adapter as it is.", "ok"))
-    notes = "".join(f"<li>{html.escape(line)}</li>" for line in result.text().splitlines()[2:])
+    unchecked = [i for i in result.issues if not i.blocking]
+    # one verdict: green only when every check ran and passed
+    if blocked:
+        verdict = html.notice(f"Left out of the command: {', '.join(sorted(blocked))}. vLLM cannot load them as "
+                              "they are; the fix is below.", "warn")
+    elif unchecked:
+        verdict = html.notice("vLLM loads these adapters, but not every check could run; see the notes below.",
+                              "info")
+    else:
+        verdict = html.notice("vLLM can serve every adapter as it is.", "ok")
+    notes = "".join(f"<li>{html.code_spans(line)}</li>" for line in result.text().splitlines()[2:])
     return (verdict + f"<pre class='lp-example' id='lib-recipe-command'>{html.escape(result.command())}</pre>"
             f"<ul class='lp-recipe-notes'>{notes}</ul>")
 

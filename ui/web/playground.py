@@ -10,12 +10,17 @@ new library entry and can score how much of each source skill the mix keeps.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from types import SimpleNamespace
 
 import gradio as gr
 
+from engine.adapters.compose import COMBINATIONS
+from engine.data import demo
 from engine.errors import UserError
+from jobs import library, workbench
 from ui.web import html
 
 SLOTS = 5  # the base + up to 4 adapters side by side
@@ -23,14 +28,10 @@ SLOTS = 5  # the base + up to 4 adapters side by side
 
 # --- choices ------------------------------------------------------------------------------
 def base_choices() -> list[str]:
-    from jobs import workbench
-
     return workbench.bases()
 
 
 def adapter_choices(base: str | None) -> list[tuple[str, str]]:
-    from jobs import library, workbench
-
     out = []
     for a in library.list_adapters():
         if base and not workbench.same_base(a.base_model, base):
@@ -42,8 +43,6 @@ def adapter_choices(base: str | None) -> list[tuple[str, str]]:
 
 def held_out_choices(names: list[str] | None) -> list[tuple[str, str]]:
     """Test-split prompts of the selected adapters' demo skills ('skill|index' values)."""
-    from engine.data import demo
-    from jobs import library
 
     out = []
     for skill in dict.fromkeys(library.find(n).skill for n in names or [] if _exists(n)):
@@ -55,8 +54,6 @@ def held_out_choices(names: list[str] | None) -> list[tuple[str, str]]:
 
 def _exists(name: str) -> bool:
     try:
-        from jobs import library
-
         library.find(name)
         return True
     except UserError:
@@ -64,8 +61,6 @@ def _exists(name: str) -> bool:
 
 
 def pick_held_out(choice: str | None):
-    from engine.data import demo
-
     if not choice:
         return gr.skip(), gr.skip()
     skill, index = choice.split("|")
@@ -80,7 +75,6 @@ def _ms(seconds: float) -> str:
 
 def compare(base, names, prompt, system, max_new_tokens, temperature, top_p, merged):
     """Generator: yields [status, *SLOTS answer boxes] while the answers stream in turn."""
-    from jobs import library, workbench
 
     boxes = [gr.update(visible=False, value="", label="")] * SLOTS
     try:
@@ -131,23 +125,40 @@ def _boxes(texts, labels, shown):
 
 # --- compose -------------------------------------------------------------------------------------
 def compose(names, weights_text, combination, density, name, score):
-    from jobs import workbench
-
+    """Generator: yields [message, sources] as the composition and its scoring go, in words; the first
+    yield replaces any earlier message (an old name error must not stay up during a long run)."""
     try:
         try:
             weights = [float(w) for w in (weights_text or "").split(",") if w.strip()]
         except ValueError:
             raise UserError("weights", f"got {weights_text!r}; give numbers separated by commas, "
                             "e.g. 0.5,0.5") from None
+        yield html.notice(f"Composing {', '.join(names or [])} ({combination})…", "info"), gr.skip()
         entry = workbench.compose(list(names or []), weights, combination, (name or "").strip(),
                                   density=float(density) if density and combination in ("ties", "dare_ties") else None)
         text = html.notice(f"Saved '{entry.name}' in the library: {entry.description}, rank {entry.r}.", "ok")
         if score:
-            rows = workbench.retention(entry.id)
-            text += retention_table(rows)
-        return text, gr.update(choices=adapter_choices(None))
+            # the scoring runs on its own thread so each pass's words reach the page as it starts
+            said: queue.Queue = queue.Queue()
+            result: dict = {}
+
+            def work():
+                try:
+                    result["rows"] = workbench.retention(entry.id, progress=said.put)
+                except Exception as exc:  # noqa: BLE001 - shown below, in one line
+                    result["error"] = exc
+                finally:
+                    said.put(None)
+
+            threading.Thread(target=work, name="retention", daemon=True).start()
+            while (line := said.get()) is not None:
+                yield text + html.notice(line[0].upper() + line[1:], "info"), gr.skip()
+            if "error" in result:
+                raise result["error"]
+            text += retention_table(result["rows"])
+        yield text, gr.update(choices=adapter_choices(None))
     except Exception as exc:  # noqa: BLE001
-        return html.error_notice(exc), gr.skip()
+        yield html.error_notice(exc), gr.skip()
 
 
 def retention_table(rows: list[dict]) -> str:
@@ -162,8 +173,6 @@ def retention_table(rows: list[dict]) -> str:
 
 # --- layout ----------------------------------------------------------------------------------------
 def build() -> SimpleNamespace:
-    from engine.adapters.compose import COMBINATIONS
-
     ui = SimpleNamespace()
     gr.Markdown("Pick a base and adapters, type a prompt: the base and each adapter answer side by side. "
                 "The base stays loaded; adapters switch on it.")
@@ -216,8 +225,13 @@ def build() -> SimpleNamespace:
     ui.base.change(lambda b: gr.update(choices=adapter_choices(b), value=[]), ui.base, ui.adapters)
     ui.adapters.change(lambda n: gr.update(choices=held_out_choices(n), value=None), ui.adapters, ui.held_out)
     ui.held_out.change(pick_held_out, ui.held_out, [ui.prompt, ui.system])
+    # a message belongs to the input it is about: a new prompt (typed or picked) clears the last one
+    for changed in (ui.prompt.input, ui.held_out.input):
+        changed(lambda: "", None, ui.status, show_progress="hidden")
+    for changed in (ui.c_name.input, ui.c_sources.input, ui.c_weights.input, ui.c_combination.input):
+        changed(lambda: "", None, ui.c_result, show_progress="hidden")
     ui.go.click(compare, [ui.base, ui.adapters, ui.prompt, ui.system, ui.max_new, ui.temperature, ui.top_p,
                           ui.merged], [ui.status, *ui.answers], show_progress="hidden")
     ui.c_go.click(compose, [ui.c_sources, ui.c_weights, ui.c_combination, ui.c_density, ui.c_name, ui.c_score],
-                  [ui.c_result, ui.c_sources])
+                  [ui.c_result, ui.c_sources], show_progress="hidden")  # the result box says how far, in words
     return ui

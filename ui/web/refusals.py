@@ -10,7 +10,9 @@ explicit override whose label says what will happen.
 from __future__ import annotations
 
 from engine import units
+from engine.advice.checks import plan_warnings
 from engine.errors import UserError
+from engine.estimate.combined import memory_for
 from ui.web import charts, html, review
 
 CHARTS = (("Memory", 360), ("Trainable parameters", 320), ("Memory vs sequence length", 320))
@@ -46,7 +48,6 @@ def sweep_placeholder(exc: Exception):
 
 def warnings_html(plan) -> str:
     """The plan checks that apply (e.g. a rank above the layers' width), each with its rule."""
-    from engine.advice.checks import plan_warnings
 
     try:
         found = plan_warnings(plan)
@@ -57,7 +58,6 @@ def warnings_html(plan) -> str:
 
 def misfit(plan) -> str | None:
     """None when the plan fits (or no budget is known); else what launching anyway will do."""
-    from engine.estimate.combined import memory_for
 
     mem = memory_for(plan)
     if mem.fits is not False:

@@ -12,9 +12,16 @@ import types
 import typing
 from typing import Any
 
+import gradio as gr
+
 from engine import units
+from engine.advice import fitting
+from engine.advice.recommend import recommend
+from engine.advice.rules import RANGES
+from engine.data.demo import default_plan
 from engine.data.ref import DatasetRef
 from engine.errors import UserError
+from engine.estimate.combined import estimate, headline, memory_for
 from engine.plan import TARGET_PRESETS, TrainingPlan
 from ui.web import charts, html
 
@@ -61,7 +68,6 @@ def field_kind(field: str) -> tuple[str, tuple]:
 
 def make_control(field: str, value: Any = None):
     """The Gradio control for one plan field; label and help come from the plan."""
-    import gradio as gr
 
     kind, options = field_kind(field)
     common = {"label": label(field), "info": TrainingPlan.help(field), "elem_id": f"f-{field}"}
@@ -87,13 +93,37 @@ def _step(field: str) -> float:
             "alpha": 1}.get(field, 0.1)
 
 
-def plan_from_values(context: dict, values: list) -> TrainingPlan:
-    """A plan from the earlier steps' context and the form's values (in FORM_FIELDS order)."""
+# Plan fields whose empty box means "none" (no step limit); any other empty number box is refused.
+EMPTY_MEANS_NONE = frozenset({"max_steps"})
+
+
+def not_a_number(field: str, kept: Any = None) -> UserError:
+    """The refusal for an empty box or text that is not a number: the same one line as an out-of-range value,
+    naming what is accepted and, when known, the value the plan keeps."""
+    rng = RANGES.get(field)
+    expected = "a whole number" if field_kind(field)[0] == "int" else "a number"
+    if rng is not None:
+        expected += f" from {rng.low:g} to {rng.high:g} (rule {rng.rule})"
+    keeps = f"; the plan keeps {_show(kept)}" if kept not in (None, "") else ""
+    return UserError(field, f"is empty or not a number; expected {expected}{keeps}")
+
+
+def plan_from_values(context: dict, values: typing.Mapping[str, Any] | list, kept: typing.Mapping | None = None
+                     ) -> TrainingPlan:
+    """A plan from the earlier steps' context and the form's values by field name (a list is taken in
+    FORM_FIELDS order). `kept`: the last valid values, which a refusal names."""
+    if not isinstance(values, typing.Mapping):
+        values = dict(zip(FORM_FIELDS, values))
     data = {k: v for k, v in context.items() if k in TrainingPlan.model_fields}
-    for field, value in zip(FORM_FIELDS, values):
-        kind, _ = field_kind(field)
+    for field in FORM_FIELDS:
+        if field not in values:
+            continue
+        value, (kind, _) = values[field], field_kind(field)
         if value in ("", None):
-            data[field] = None if field in ("max_steps",) else data.get(field)
+            if field in EMPTY_MEANS_NONE:
+                data[field] = None
+            elif kind in ("int", "float"):
+                raise not_a_number(field, (kept or {}).get(field))
             continue
         if kind == "int":
             if float(value) != int(float(value)):
@@ -109,46 +139,27 @@ def values_of(plan: TrainingPlan) -> list:
     return [getattr(plan, f) for f in FORM_FIELDS]
 
 
+def form_of(plan: TrainingPlan) -> dict[str, Any]:
+    """The form's values by field name."""
+    return {f: getattr(plan, f) for f in FORM_FIELDS}
+
+
 def recommend_for(context: dict):
-    """(Recommendation, plan) for the earlier steps' answers; raises UserError."""
-    from engine.advice.recommend import recommend
+    """(Recommendation, plan) for the earlier steps' answers; raises UserError.
+
+    The rules table decides every setting (a demo skill's measured recipe is its row X1), so the
+    reasons, warnings and estimate shown all describe the plan that will run."""
 
     answers = {k: v for k, v in context.items() if k in TrainingPlan.model_fields and v is not None}
     base = TrainingPlan.build(**answers)
     ref = DatasetRef.parse(base.dataset or "")
     if ref.is_demo:
-        # A demo skill comes with a run length and sequence length measured to learn visibly on a CPU.
-        from engine.data.demo import default_plan
+        # A demo skill's plan carries its run length and schedule (max_steps, warm-up, logging).
 
         base = default_plan(ref.skill).updated(**answers)
     rec = recommend(model=base.model, difficulty=base.difficulty or "balanced", gpu=base.gpu,
                     budget_gb=base.budget_gb, dataset_rows=context.get("dataset_rows"), base=base)
-    if ref.is_demo and base.gpu == "cpu":
-        rec = _demo_recipe(rec, ref.skill)
     return rec, rec.plan
-
-
-DEMO_FIELDS = ("r", "alpha", "dropout", "batch_size", "grad_accum", "learning_rate", "seq_len")
-
-
-def _demo_recipe(rec, skill: str):
-    """On a CPU, a demo skill keeps the recipe measured to learn it within minutes (engine/demo.py).
-
-    The general rules aim at real datasets and patient GPUs; a newcomer's first click-through
-    must show a loss that falls before they lose interest, so these fields say so openly.
-    """
-    from engine.advice.recommend import Reason
-    from engine.data.demo import default_plan
-
-    demo = default_plan(skill)
-    changes = {f: getattr(demo, f) for f in DEMO_FIELDS if getattr(demo, f) != getattr(rec.plan, f)}
-    if not changes:
-        return rec
-    reasons = dict(rec.reasons)
-    for f in changes:
-        reasons[f] = Reason(rule="demo", text=f"The demo recipe, measured to learn this skill in "
-                            f"{demo.max_steps} steps on a CPU.")
-    return rec.model_copy(update={"plan": rec.plan.updated(**changes), "reasons": reasons})
 
 
 def reasons_html(rec) -> str:
@@ -160,7 +171,7 @@ def reasons_html(rec) -> str:
             rows.append((label("max_steps"), str(rec.plan.max_steps),
                          reason.text if reason else f"Stops after {rec.plan.max_steps} updates "
                          "(kept from the plan; it overrides epochs).",
-                         f'<span class="lp-rule">{reason.rule if reason else "demo"}</span>'))
+                         f'<span class="lp-rule">{reason.rule}</span>' if reason else ""))
             continue
         reason = rec.reasons.get(field)
         value = getattr(rec.plan, field)
@@ -186,8 +197,6 @@ def sweep_view(plan: TrainingPlan):
     """Memory against sequence length for full / LoRA / QLoRA, with this plan marked."""
     budget = None
     if plan.gpu or plan.budget_gb:
-        from engine.estimate.combined import memory_for
-
         budget = memory_for(plan).budget_bytes
     return charts.memory_sweep(_sweep(plan.model_dump_json(exclude={"seq_len", "name", "method", "use_dora",
                                                                      "use_rslora"})),
@@ -197,7 +206,6 @@ def sweep_view(plan: TrainingPlan):
 @functools.lru_cache(maxsize=64)
 def _sweep(plan_json: str) -> dict[str, list[tuple[int, float]]]:
     """Cached on everything but the swept knobs: moving seq_len or the method costs nothing."""
-    from engine.estimate.combined import memory_for
 
     plan = TrainingPlan.model_validate_json(plan_json)
     series = {}
@@ -210,7 +218,6 @@ def _sweep(plan_json: str) -> dict[str, list[tuple[int, float]]]:
 def fixing_knob(plan: TrainingPlan) -> str | None:
     """The first single change that makes the plan fit, else the shortest run down the memory
     ladder (engine.advice.fitting) that does, as a sentence."""
-    from engine.advice import fitting
 
     found = fitting.fix(plan)
     if found is None:
@@ -221,20 +228,47 @@ def fixing_knob(plan: TrainingPlan) -> str | None:
 
 
 @functools.lru_cache(maxsize=32)
-def _estimate(plan_json: str, lengths: tuple[int, ...] | None):
-    """One estimate per plan: the numbers and the charts of a change are two requests."""
-    from engine.estimate.combined import estimate
+def _estimate(plan_json: str, lengths: tuple[int, ...] | None, label_share: float = 1.0):
+    """One estimate per plan and data: the numbers and the charts of a change are two requests, and the
+    launch summary shows the same one. The job computes it again at submit from the same function and
+    the same data (jobs.dispatcher.validate) and stores it; its page and `show` read that one."""
 
-    return estimate(TrainingPlan.model_validate_json(plan_json), lengths=lengths)
+    return estimate(TrainingPlan.model_validate_json(plan_json), lengths=lengths, label_share=label_share)
 
 
-def numbers_view(plan: TrainingPlan, lengths: tuple[int, ...] | None = None) -> dict:
+def estimate_of(plan: TrainingPlan, lengths=None, label_share: float | None = None):
+    return _estimate(plan.model_dump_json(), tuple(lengths) if lengths else None,
+                     1.0 if label_share is None else float(label_share))
+
+
+def headline_tiles(head: dict, seq_len: int | None) -> dict[str, str]:
+    """The estimate's figures by name, as the review, the launch summary and the job page all show them
+    (engine.estimate.combined.headline): the memory (with the data's lengths when known), the worst case
+    beside it under its own name, and the time of the whole job, every phase."""
+    tiles = {}
+    device = f" on {head['device']}" if head.get("device") else ""
+    tiles["estimated time" + device] = units.human_seconds(head.get("seconds"))
+    if head["memory_bytes"] != head["worst_case_bytes"]:
+        tiles["memory with your data"] = units.human_bytes(head["memory_bytes"])
+        tiles[f"worst case: padded to {seq_len}"] = units.human_bytes(head["worst_case_bytes"])
+    else:
+        tiles["memory"] = units.human_bytes(head["memory_bytes"])
+    return tiles
+
+
+def phases_text(head: dict) -> str:
+    """'loading model 4 s · scoring base 1 min 06 s · …': what the time tile adds up."""
+    return " · ".join(f"{k} {units.human_seconds(v)}" for k, v in (head.get("phases") or {}).items() if v)
+
+
+def numbers_view(plan: TrainingPlan, lengths: tuple[int, ...] | None = None, label_share: float | None = None) -> dict:
     """The verdict and the figures as tiles: what a change shows first, before any chart.
 
-    `lengths`: the checked data's token lengths; the memory then has an expected figure
-    (batches padded to their expected longest row) beside the worst case the fit is judged on.
+    `lengths`: the checked data's token lengths (and `label_share`, the share the loss is on); the memory
+    then has an expected figure (batches padded to their expected longest row) beside the worst case the
+    fit is judged on.
     """
-    est = _estimate(plan.model_dump_json(), tuple(lengths) if lengths else None)
+    est = estimate_of(plan, lengths, label_share)
     mem = est.memory
     verdict_kind = "info" if mem.fits is None else "ok" if mem.fits else "error"
     verdict = html.notice(mem.verdict, verdict_kind)
@@ -244,23 +278,24 @@ def numbers_view(plan: TrainingPlan, lengths: tuple[int, ...] | None = None) -> 
                                "lower r, short sequences) does not fit: pick a GPU with more memory or a smaller "
                                "model.", "warn")
     t = est.time
+    head = headline(est)
     # Numbers read better as tiles than as a chart, and cost the browser no Plotly redraw.
     tiles = {
+        **headline_tiles(head, plan.seq_len),
         "adapter file": units.human_bytes(est.adapter_bytes) if plan.method != "full" else "full model",
         "tokens to train": units.human_count(t.total_tokens) if t else "—",
-        "estimated time" + (f" on {t.device}" if t and t.device else ""): units.human_seconds(t.seconds) if t else "—",
         "trainable": f"{units.human_count(est.trainable_params)} ({est.trainable_percent:.2f}%)",
         "effective batch": _effective_batch(plan),
     }
-    if mem.expected and mem.expected.padded_length < plan.seq_len:
-        tiles["memory with your data"] = \
-            units.human_bytes(mem.expected.device_bytes)
-    return {"estimate": est, "verdict": verdict, "summary": html.stat_tiles(tiles)}
+    phases = phases_text(head)
+    summary = html.stat_tiles(tiles) + (f'<div class="lp-hint" id="eta-phases">Time by phase: '
+                                        f'{html.escape(phases)}</div>' if phases else "")
+    return {"estimate": est, "verdict": verdict, "summary": summary}
 
 
-def charts_view(plan: TrainingPlan, lengths: tuple[int, ...] | None = None) -> dict:
+def charts_view(plan: TrainingPlan, lengths: tuple[int, ...] | None = None, label_share: float | None = None) -> dict:
     """The memory breakdown (worst case, as the fit is judged) and the trainable parameters."""
-    est = _estimate(plan.model_dump_json(), tuple(lengths) if lengths else None)
+    est = estimate_of(plan, lengths, label_share)
     mem = est.memory
     return {
         "memory": charts.memory_breakdown(mem.terms, mem.budget_bytes, mem.fits, mem.reserved_bytes,
@@ -269,6 +304,7 @@ def charts_view(plan: TrainingPlan, lengths: tuple[int, ...] | None = None) -> d
     }
 
 
-def estimate_view(plan: TrainingPlan, lengths: tuple[int, ...] | None = None) -> dict:
+def estimate_view(plan: TrainingPlan, lengths: tuple[int, ...] | None = None,
+                  label_share: float | None = None) -> dict:
     """Everything the review step shows for one plan (numbers and charts)."""
-    return {**numbers_view(plan, lengths), **charts_view(plan, lengths)}
+    return {**numbers_view(plan, lengths, label_share), **charts_view(plan, lengths, label_share)}

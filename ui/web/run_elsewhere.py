@@ -17,7 +17,8 @@ import gradio as gr
 
 from engine.errors import UserError
 from engine.gguf.writer import QUANTS
-from jobs.store import JobStatus
+from jobs import gguf_export, store
+from jobs.tables import JobStatus
 from ui.web import html
 
 _DOWNLOADS = Path(tempfile.gettempdir()) / "lorapilot-downloads"
@@ -41,8 +42,6 @@ def after_training_html() -> str:
 
 def how_to_run_html(job_id) -> str:
     """The job page's "Run it" panel: commands with this job's names, and the last GGUF check."""
-    from jobs import gguf_export, store
-
     if job_id in (None, ""):
         return ""
     try:
@@ -80,8 +79,6 @@ def how_to_run_html(job_id) -> str:
 
 def export_gguf(job_id, quant: str, progress=gr.Progress()):  # noqa: B008 - how Gradio injects it
     """(panel HTML, download update) after writing and checking the GGUF files."""
-    from jobs import gguf_export
-
     if job_id in (None, ""):
         return html.notice("Pick a job first.", "error"), gr.update(visible=False)
     try:
@@ -114,8 +111,6 @@ def build(select) -> SimpleNamespace:
     ui.status = gr.State(None)
 
     def refresh(job_id, last):
-        from jobs import store
-
         try:
             status = store.get_job(job_id).status if job_id not in (None, "") else None
         except UserError:

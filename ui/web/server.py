@@ -13,8 +13,11 @@ from pathlib import Path
 
 import gradio as gr
 
+from engine.data.dataset import load_tokenizer
+from engine.model import default_model
+from engine.model.introspect import resolve
 from engine.paths import ASSETS
-from ui.web import first_run, jobs_page, library_page, playground, steps, wizard
+from ui.web import first_run, jobs_page, library_page, playground, steps, sweep_page, wizard
 
 TITLE = "LoRA Pilot"
 CSS_PATH = ASSETS / "style.css"
@@ -37,6 +40,8 @@ def build_app() -> gr.Blocks:
                 wiz = wizard.build()
             with gr.Tab("Jobs", id="jobs", elem_id="jobs-tab"):
                 jobs = jobs_page.build()
+            with gr.Tab("Sweeps", id="sweeps", elem_id="sweeps-tab"):
+                sweeps = sweep_page.build()
             with gr.Tab("Adapters", id="adapters", elem_id="adapters-tab") as lib_tab:
                 lib = library_page.build()
             with gr.Tab("Playground", id="playground", elem_id="playground-tab") as pg_tab:
@@ -46,9 +51,13 @@ def build_app() -> gr.Blocks:
         def on_load(request: gr.Request):
             wanted = (request.query_params.get("job") if request else None) or None
             target = wanted or jobs_page.latest_job_id()
-            return [gr.Tabs(selected="jobs" if wanted else "wizard")] + jobs_page.render(target)
+            sweep_wanted = request.query_params.get("sweep") if request else None  # ?sweep=ID: sweep_page
+            return [gr.Tabs(selected="jobs" if wanted else "sweeps" if sweep_wanted else "wizard")] + \
+                jobs_page.render(target)
 
         app.load(on_load, None, [tabs] + jobs.outputs, show_progress="hidden")
+
+        app.load(sweep_page.on_load, None, sweeps.outputs, show_progress="hidden")
         app.load(lambda m: steps.model_facts(m)[0], wiz.model, wiz.facts)
         lib_tab.select(lib.refresh, None, lib.refresh_outputs, show_progress="hidden")
         pg_tab.select(pg.refresh, pg.base, pg.refresh_outputs, show_progress="hidden")
@@ -58,7 +67,7 @@ def build_app() -> gr.Blocks:
                 return [gr.skip()] + [gr.skip()] * len(jobs.outputs)
             return [gr.Tabs(selected="jobs")] + jobs_page.render(new_id)
 
-        wiz.launch_btn.click(wiz.launch, wiz.launch_inputs, [job_id, wiz.launch_notice]).then(
+        wiz.launch_btn.click(wiz.launch, None, [job_id, wiz.launch_notice], inputs_kwargs=wiz.launch_kwargs).then(
             after_launch, job_id, [tabs] + jobs.outputs).then(None, jobs.select, None, js=SET_URL_JS)
     return app
 
@@ -70,11 +79,7 @@ def warm_up() -> None:
     own thread: the data check shows its progress while it runs, see ui/web/first_run.py)."""
     try:
         if first_run.needs_wait(steps.default_model()):
-            from engine.model import default_model
-
             default_model.prepare_in_background()
-        from engine.data.dataset import load_tokenizer
-        from engine.model.introspect import resolve
 
         resolve(steps.default_model())
         load_tokenizer(steps.default_model())

@@ -15,9 +15,15 @@ import uuid
 from pathlib import Path
 
 from engine import paths, units
+from engine.data.dataset import check_data
+from engine.data.demo import SKILLS
 from engine.data.ref import DatasetRef
 from engine.errors import UserError
+from engine.model import availability
+from engine.model.catalog import find_gpu, list_gpus, list_models
+from engine.model.introspect import resolve
 from engine.plan import DIFFICULTIES
+from jobs.dispatcher import submit
 from ui.web import charts, html
 
 UPLOAD_TYPES = [".jsonl", ".json", ".csv", ".parquet", ".txt"]
@@ -38,14 +44,10 @@ def default_model() -> str:
 # --- step 1: base model ----------------------------------------------------------------
 
 def catalog_choices() -> list[tuple[str, str]]:
-    from engine.model.catalog import list_models
-
     return [(f"{m.name} ({m.params_b:g}B)", m.key) for m in list_models()]
 
 
 def catalog_cards() -> str:
-    from engine.model.catalog import list_models
-
     try:
         return html.model_cards(list_models())
     except Exception as exc:  # a broken catalog must not take the page down
@@ -58,9 +60,8 @@ def model_facts(spec: str) -> tuple[str, bool]:
     if not spec:
         return html.notice("Type a catalog name, a hub id, a local folder or a .gguf file.", "warn"), False
     try:
-        from engine.model.introspect import resolve
-
         info = resolve(spec)
+        weights = availability.weights(spec)
     except Exception as exc:
         return html.error_notice(exc), False
     heads = f"{info.heads} query / {info.kv_heads} key-value" if info.kv_heads != info.heads else str(info.heads)
@@ -80,25 +81,21 @@ def model_facts(spec: str) -> tuple[str, bool]:
     if info.extra.get("card"):  # a catalog name: which checkpoint it names, which one the card describes
         rows.insert(1, ("Checkpoint", f"{info.extra['hub_id']} ({info.extra['variant']}); the catalog card "
                         f"describes the {info.extra['card']}"))
-    return html.notice(f"Found {spec}.", "ok") + html.facts_table(rows), True
+    # where the weights are comes first: a model that cannot be trained here is said so before its numbers
+    where = html.notice(weights.message, "ok" if weights.can_train else "warn")
+    return where + html.notice(f"Found {spec}.", "ok") + html.facts_table(rows), True
 
 
 # --- step 2: task and data -------------------------------------------------------------
 
 def skill_choices() -> list[tuple[str, str]]:
-    try:
-        from engine.data.demo import SKILLS
-    except ImportError:
-        return []
     return [(s.title, name) for name, s in SKILLS.items()]
 
 
 def skill_description(name: str | None) -> str:
     try:
-        from engine.data.demo import SKILLS
-
         skill = SKILLS[name]
-    except (ImportError, KeyError):
+    except KeyError:
         return ""
     return f'<div class="lp-hint">{html.escape(skill.description)}</div>'
 
@@ -153,7 +150,6 @@ def check_data_view(kind: str, skill: str | None, upload: str | None, model: str
     source = None
     try:
         source = data_source(kind, skill, upload)
-        from engine.data.dataset import check_data
 
         report = check_data(source, model=(model or "default").strip(), seq_len=int(seq_len or 512))
     except Exception as exc:
@@ -163,7 +159,10 @@ def check_data_view(kind: str, skill: str | None, upload: str | None, model: str
             exc = UserError(exc.field, wizard_words(exc.message))
         out["summary"] = html.error_notice(exc)
         return out
-    out.update(dataset=source, rows=report.rows, ok=bool(report.ok), lengths=tuple(report.token_lengths) or None)
+    out.update(dataset=source, rows=report.rows, ok=bool(report.ok), lengths=tuple(report.token_lengths) or None,
+               label_share=report.label_share)  # the estimate at submit uses both (jobs.dispatcher.validate)
+    if report.errors():  # training would refuse this data: the wizard stops here, Review says data is missing
+        out.update(dataset=None, rows=None, lengths=None, label_share=None)
     out["summary"] = data_summary(report, Path(upload).name if upload and kind != "demo" else None)
     hist = report.histogram
     out["histogram"] = charts.token_histogram(hist["edges"], hist["counts"], int(seq_len or 512),
@@ -180,9 +179,10 @@ def data_summary(report, shown_name: str | None = None) -> str:
     parts = []
     if report.problems:
         first = report.problems[0]
-        parts.append(html.notice(f"{len(report.problems)} problem(s) in {name}. First: row {first.row}, "
-                                 f"{first.field}: {wizard_words(first.message)}", "error", title="Data problems:"))
-        rows = [(p.row, p.field, wizard_words(p.message)) for p in report.problems[:50]]
+        parts.append(html.notice(f"{len(report.problems)} problem(s) in {name}. First: "
+                                 f"{first.where(report.row_unit)}, {first.field}: {wizard_words(first.message)}",
+                                 "error", title="Data problems:"))
+        rows = [(p.where(report.row_unit), p.field, wizard_words(p.message)) for p in report.problems[:50]]
         parts.append(html.table(["Row", "Field", "Problem"], rows, cls="lp-table lp-problems"))
     else:
         parts.append(html.notice(f"{name}: {report.rows:,} rows in {report.format} format, no problems found.", "ok"))
@@ -194,8 +194,6 @@ def data_summary(report, shown_name: str | None = None) -> str:
 # --- step 3: hardware ------------------------------------------------------------------
 
 def gpu_choices() -> list[tuple[str, str]]:
-    from engine.model.catalog import list_gpus
-
     return [(f"{g.name} ({g.memory_gb:g} GiB)", g.name) for g in list_gpus() if g.memory_gb]
 
 
@@ -212,7 +210,6 @@ def detect_hardware() -> tuple[str, str | None, float | None]:
         name, mem = [s.strip() for s in line.split(",")[:2]]
     except Exception:
         return "cpu", None, None
-    from engine.model.catalog import find_gpu
 
     try:
         return "gpu", find_gpu(name.replace("NVIDIA", "")).name, None
@@ -237,8 +234,6 @@ def hardware_context(kind: str, gpu: str | None, budget_gb: float | None) -> dic
 def launch(plan) -> tuple[int | None, str]:
     """Submit the plan; (job id, notice). The job row is the truth from here on."""
     try:
-        from jobs.dispatcher import submit
-
         job = submit(plan)
     except Exception as exc:
         return None, html.error_notice(exc)
