@@ -110,7 +110,7 @@ def main() -> None:
         ("  its CPU time (median)", _median_ms(disk_cpu), "-"),
         ("switch to a loaded adapter (median)", _median_ms(switches), "<= 50 ms"),
         ("  its CPU time (median)", _median_ms(switch_cpu), "-"),
-        ("switch, worst of %d" % len(switches), round(max(switches) * 1000, 1), "-"),
+        (f"switch, worst of {len(switches)}", round(max(switches) * 1000, 1), "-"),
         ("first streamed token, host.generate (median)", _median_ms(first_tokens), "<= 1000 ms"),
         ("  its CPU time, all threads (median)", _median_ms(first_cpu), "-"),
         ("playground click to first token, cold (loads base)", round(pg_first[0] * 1000, 1), "-"),

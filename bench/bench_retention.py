@@ -43,7 +43,7 @@ def main() -> None:
         name = f"{sources[0].name}_{sources[1].name}_{combination}_{'-'.join(f'{w:g}' for w in weights)}"
         try:
             entry = library.find(name)
-        except Exception:  # noqa: BLE001 - not made yet
+        except Exception:  # not made yet
             entry = workbench.compose([s.id for s in sources], weights, combination, name)
         host = workbench.host_for([*sources, entry])
         for s in sources:

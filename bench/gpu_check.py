@@ -112,7 +112,7 @@ def serve_two(adapters: list[str]) -> str:
             try:
                 client.models.list()
                 break
-            except Exception:  # noqa: BLE001 - the server is still starting
+            except Exception:
                 time.sleep(1)
         t0 = time.time()
         with concurrent.futures.ThreadPoolExecutor(8) as pool:

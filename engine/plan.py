@@ -32,6 +32,9 @@ MAX_INT = 2**31 - 1  # the largest whole-number setting (SQLite, torch and the h
 
 # Target presets a user can name instead of module names.
 TARGET_PRESETS = ("all-linear", "attention", "mlp")
+# The ranks the advice moves between (rules R1-R4): below 4 an adapter learns little; from 64 up most
+# of LoRA's savings are gone (R4's note). Any rank from 1 is still a valid plan.
+MIN_RANK, MAX_RANK = 4, 64
 
 
 @dataclass(frozen=True)
@@ -88,12 +91,14 @@ class TrainingPlan(BaseModel):
 
     # --- the adapter ----------------------------------------------------------------
     r: int = Field(
-        8, description="LoRA rank: the adapter's capacity. Higher learns more, risks overfitting, grows the file."
+        8, ge=1, le=MAX_INT,
+        description="LoRA rank: the adapter's capacity. Higher learns more, risks overfitting, grows the file."
     )
     alpha: float = Field(
-        16, description="LoRA alpha: the update is scaled by alpha / r, like a learning-rate multiplier."
+        16, gt=0, description="LoRA alpha: the update is scaled by alpha / r, like a learning-rate multiplier."
     )
-    dropout: float = Field(0.05, description="Dropout inside the adapter; more helps small or noisy datasets.")
+    dropout: float = Field(0.05, ge=0, lt=1,
+        description="Dropout inside the adapter; more helps small or noisy datasets.")
     targets: str = Field(
         "all-linear",
         description="Which layers get adapters: all-linear, attention, mlp, or module names separated "
@@ -120,27 +125,34 @@ class TrainingPlan(BaseModel):
         description="Column mapping when names differ, e.g. {'instruction': 'question', 'output': 'answer'}.",
     )
     dataset_rows: int | None = Field(
-        None, description="Number of training examples, for estimates made before a file is given."
+        None, ge=1, le=MAX_INT, description="Number of training examples, for estimates made before a file is given."
     )
     eval_split: float = Field(
-        0.1, description="Share of rows held out to measure base and adapter (at least 2 rows; 0 turns it off).")
+        0.1, ge=0, lt=1,
+        description="Share of rows held out to measure base and adapter (at least 2 rows; 0 turns it off).")
     eval_generations: int = Field(
-        32, description="Held-out rows answered by greedy generation, base and adapter, for exact match, F1 and "
+        32, ge=0, description="Held-out rows answered by greedy generation, base and adapter, for exact match, F1 and "
         "ROUGE-L (0 measures the loss only).")
     eval_seconds: float = Field(
-        120, description="Time limit for scoring the base before training; the adapter is scored on the same rows.")
+        120, gt=0,
+        description="Time limit for scoring the base before training; the adapter is scored on the same rows.")
 
     # --- the schedule ---------------------------------------------------------------
-    seq_len: int = Field(512, description="Longest example in tokens; longer ones are cut. Memory grows with it.")
-    batch_size: int = Field(4, description="Examples per step on the device (micro-batch). Memory grows with it.")
+    seq_len: int = Field(512, ge=1, le=MAX_INT,
+        description="Longest example in tokens; longer ones are cut. Memory grows with it.")
+    batch_size: int = Field(4, ge=1, le=MAX_INT,
+        description="Examples per step on the device (micro-batch). Memory grows with it.")
     grad_accum: int = Field(
-        1, description="Steps whose gradients add up before one update; effective batch = batch x accumulation."
+        1, ge=1, le=MAX_INT,
+        description="Steps whose gradients add up before one update; effective batch = batch x accumulation."
     )
-    epochs: float = Field(3, description="Passes over the training data.")
-    max_steps: int | None = Field(None, description="Stop after this many updates (overrides epochs).")
-    learning_rate: float = Field(2e-4, description="Peak learning rate; LoRA takes 2-5x that of full fine-tuning.")
+    epochs: float = Field(3, gt=0, description="Passes over the training data.")
+    max_steps: int | None = Field(None, ge=1, le=MAX_INT,
+        description="Stop after this many updates (overrides epochs).")
+    learning_rate: float = Field(2e-4, gt=0,
+        description="Peak learning rate; LoRA takes 2-5x that of full fine-tuning.")
     lr_scheduler: Scheduler = Field("cosine", description="How the learning rate changes over the run.")
-    warmup_ratio: float = Field(0.03, description="Share of steps spent ramping the learning rate up.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent ramping the learning rate up.")
     grad_ckpt: bool = Field(
         False,
         description="Gradient checkpointing: recompute activations in the backward pass; much less memory, "
@@ -153,17 +165,19 @@ class TrainingPlan(BaseModel):
     attention: Attention = Field(
         "auto", description="Attention kernel: auto (eager on a CPU training in bf16 where the data's rows are "
         "short enough that it measured faster there, else sdpa), sdpa (memory-efficient) or eager.")
-    seed: int = Field(42, description="Random seed, for repeatable runs.")
-    logging_steps: int = Field(1, description="Write a metrics row every this many updates.")
-    save_steps: int = Field(20, description="Save a checkpoint every this many updates.")
+    seed: int = Field(42, ge=-MAX_INT, le=MAX_INT, description="Random seed, for repeatable runs.")
+    logging_steps: int = Field(1, ge=1, le=MAX_INT, description="Write a metrics row every this many updates.")
+    save_steps: int = Field(20, ge=1, le=MAX_INT, description="Save a checkpoint every this many updates.")
     patience: int = Field(
-        3, description="Stop once the held-out loss has not improved for this many evaluations in a row, keeping "
+        3, ge=0,
+        description="Stop once the held-out loss has not improved for this many evaluations in a row, keeping "
         "the best checkpoint as the adapter (0 = always train to the end). Evaluations come every save_steps.")
 
     # --- the hardware ---------------------------------------------------------------
     gpu: str | None = Field(None, description="GPU from the catalog (e.g. 'RTX 4090', 'A100 80GB') or 'cpu'.")
     budget_gb: float | None = Field(
-        None, description="GPU memory available, in GiB (as nvidia-smi counts it), when the GPU is not in the catalog."
+        None, gt=0, json_schema_extra={"unit": "GB"},
+        description="GPU memory available, in GiB (as nvidia-smi counts it), when the GPU is not in the catalog."
     )
     num_processes: int | Literal["auto"] = Field(
         1,
@@ -172,74 +186,10 @@ class TrainingPlan(BaseModel):
     )
 
     # --- validation: one clear line per field ------------------------------------------
-    @field_validator("r", "batch_size", "grad_accum", "seq_len", "logging_steps", "save_steps")
-    @classmethod
-    def _positive_int(cls, v: int) -> int:
-        if v <= 0:
-            raise ValueError("must be a whole number of 1 or more")
-        return v
-
-    @field_validator("eval_generations")
-    @classmethod
-    def _count(cls, v: int) -> int:
-        if v < 0:
-            raise ValueError("must be a whole number of 0 or more")
-        return v
-
-    @field_validator("r", "batch_size", "grad_accum", "seq_len", "logging_steps", "save_steps", "max_steps",
-                     "dataset_rows", "seed")
-    @classmethod
-    def _not_huge(cls, v: int | None) -> int | None:
-        if v is not None and abs(v) > MAX_INT:  # a typo, and more than a job row can store
-            raise ValueError(f"got {v}; at most {MAX_INT:,}")
-        return v
-
-    @field_validator("patience")
-    @classmethod
-    def _not_negative(cls, v: int) -> int:
-        if v < 0:
-            raise ValueError("must be 0 (off) or a whole number of evaluations")
-        return v
-
-    @field_validator("alpha", "learning_rate", "epochs", "eval_seconds")
-    @classmethod
-    def _positive(cls, v: float) -> float:
-        if v <= 0:
-            raise ValueError("must be greater than 0")
-        return v
-
-    @field_validator("dropout")
-    @classmethod
-    def _dropout(cls, v: float) -> float:
-        if not 0 <= v < 1:
-            raise ValueError("must be at least 0 and below 1 (0.05 is typical)")
-        return v
-
-    @field_validator("eval_split", "warmup_ratio")
-    @classmethod
-    def _share(cls, v: float) -> float:
-        if not 0 <= v < 1:
-            raise ValueError("must be at least 0 and below 1")
-        return v
-
-    @field_validator("budget_gb")
-    @classmethod
-    def _budget(cls, v: float | None) -> float | None:
-        if v is not None and v <= 0:
-            raise ValueError("must be greater than 0 GB")
-        return v
-
-    @field_validator("max_steps", "dataset_rows")
-    @classmethod
-    def _optional_positive(cls, v: int | None) -> int | None:
-        if v is not None and v <= 0:
-            raise ValueError("must be a whole number of 1 or more")
-        return v
-
     @field_validator("num_processes")
     @classmethod
     def _processes(cls, v: int | str) -> int | str:
-        if v != "auto" and v <= 0:
+        if isinstance(v, int) and v <= 0:
             raise ValueError("must be a whole number of 1 or more, or auto (one per visible GPU)")
         return v
 
@@ -261,7 +211,7 @@ class TrainingPlan(BaseModel):
         return ",".join(names)
 
     @model_validator(mode="after")
-    def _adapter_options(self) -> "TrainingPlan":
+    def _adapter_options(self) -> TrainingPlan:
         if self.method == "full" and (self.use_dora or self.use_rslora):
             raise ValueError("use_dora/use_rslora apply to lora and qlora, not full fine-tuning")
         return self
@@ -291,14 +241,14 @@ class TrainingPlan(BaseModel):
         return cls.model_fields[field].description or ""
 
     @classmethod
-    def build(cls, **values) -> "TrainingPlan":
+    def build(cls, **values) -> TrainingPlan:
         """Construct, turning pydantic's errors into one `UserError` naming the field."""
         try:
             return cls(**{k: v for k, v in values.items() if v is not None})
         except ValidationError as exc:
             raise _user_error(exc) from None
 
-    def updated(self, **changes) -> "TrainingPlan":
+    def updated(self, **changes) -> TrainingPlan:
         return TrainingPlan.build(**{**self.model_dump(), **changes})
 
     # --- YAML -----------------------------------------------------------------------
@@ -306,7 +256,7 @@ class TrainingPlan(BaseModel):
         return yaml.safe_dump(self.model_dump(exclude_defaults=False), sort_keys=False)
 
     @classmethod
-    def from_yaml(cls, text: str, source: str = "plan") -> "TrainingPlan":
+    def from_yaml(cls, text: str, source: str = "plan") -> TrainingPlan:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -337,6 +287,11 @@ class TrainingPlan(BaseModel):
             else:
                 args += [flag, str(value)]
         return args
+
+
+def alpha_for(plan: TrainingPlan, r: int) -> float:
+    """The alpha that keeps `plan`'s update scale at rank `r`: alpha / r (alpha / sqrt(r) with rsLoRA)."""
+    return plan.alpha * ((r / plan.r) ** 0.5 if plan.use_rslora else r / plan.r)
 
 
 def resolve_dtype(requested: str, on_cpu: bool, bf16_ok: bool) -> str:
@@ -430,8 +385,28 @@ def _user_error(exc: ValidationError) -> UserError:
         msg = "is not a plan field; known fields: " + ", ".join(TrainingPlan.model_fields)
     elif err["type"] == "literal_error":
         msg = f"got {err.get('input')!r}; " + msg.replace("Input should be", "expected")
+    elif err["type"] in ("greater_than", "greater_than_equal", "less_than", "less_than_equal") and field in \
+            TrainingPlan.model_fields:
+        msg = _range_message(field, err["type"], err.get("input"))
     elif err["type"] == "finite_number":
         msg = f"got {err.get('input')!r}; expected a finite number"
     elif "input" in err and err["type"].endswith(("_parsing", "_type")):
         msg = f"got {err['input']!r}; " + msg.replace("Input should be", "expected")
     return UserError(field, msg)
+
+
+def _range_message(field: str, kind: str, value) -> str:
+    """The one line for a value outside a field's range, from the field's own constraints (ge, gt, lt, le)."""
+    info = TrainingPlan.model_fields[field]
+    bounds = {name: getattr(m, name) for m in info.metadata for name in ("ge", "gt", "lt", "le") if hasattr(m, name)}
+    unit = f" {info.json_schema_extra['unit']}" if isinstance(info.json_schema_extra, dict) else ""
+    whole = int in get_args(info.annotation) or info.annotation is int
+    if kind == "less_than_equal":  # a typo, and more than a job row can store
+        return f"got {value}; at most {bounds['le']:,}"
+    if kind == "greater_than_equal" and bounds["ge"] < 0:
+        return f"got {value}; at least {bounds['ge']:,}"
+    if "lt" in bounds:
+        return f"must be at least {bounds.get('ge', 0):g} and below {bounds['lt']:g}"
+    if "gt" in bounds:
+        return f"must be greater than {bounds['gt']:g}{unit}"
+    return f"must be a whole number of {bounds['ge']} or more" if whole else f"must be at least {bounds['ge']:g}{unit}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 import traceback
+from typing import Any
 
 from engine.train import events, failures
 from jobs import store
@@ -41,14 +42,15 @@ class JobCallbacks:
                              progress=min(1.0, event.step / event.total_steps) if event.total_steps else 0.0,
                              heartbeat_at=store.now(), step_seconds=event.step_seconds)  # jobs.stall
         elif isinstance(event, events.Started):
-            values = {"total_steps": event.total_steps, "device": event.device, "base_score": event.base_score}
+            values: dict[str, Any] = {"total_steps": event.total_steps, "device": event.device,
+                                         "base_score": event.base_score}
             store.update_job(self.job_id, **{k: v for k, v in values.items() if v is not None})
             store.append_log(self.job_id, f"training on {event.device}: {event.total_steps} steps")
         elif isinstance(event, events.Scores):
-            values = {k: v for k, v in (("base_score", event.base_score), ("adapter_score", event.adapter_score))
-                      if v is not None}
-            if values:  # an UPDATE with nothing to set is a SQL error
-                store.update_job(self.job_id, **values)
+            scores: dict[str, Any] = {k: v for k, v in (("base_score", event.base_score),
+                                                        ("adapter_score", event.adapter_score)) if v is not None}
+            if scores:  # an UPDATE with nothing to set is a SQL error
+                store.update_job(self.job_id, **scores)
         elif isinstance(event, events.Phase):
             store.update_job(self.job_id, phase=event.name, phase_started_at=store.now())
             store.append_log(self.job_id, f"phase: {event.name}")
@@ -74,6 +76,6 @@ class JobCallbacks:
 def explain(exc: BaseException, plan, step: int | None) -> str:
     try:
         return failures.explain(exc, plan, step)
-    except Exception:  # noqa: BLE001 - the explainer itself must never lose the verdict
+    except Exception:  # the explainer itself must never lose the verdict
         traceback.print_exc()
         return f"{type(exc).__name__}: {exc}"

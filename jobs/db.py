@@ -12,13 +12,13 @@ import os
 import threading
 from contextlib import contextmanager
 
-from sqlalchemy import event
+from sqlalchemy import Engine, event
 from sqlmodel import Session, create_engine
 
 from engine import paths
 from jobs import database_driver, schema
 
-_engines: dict[str, object] = {}
+_engines: dict[str, Engine] = {}
 _lock = threading.Lock()
 
 

@@ -10,6 +10,7 @@ CLI) can `reconcile()` rows whose worker died.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -22,7 +23,9 @@ from pathlib import Path
 
 import psutil
 
+from engine.advice import fitting
 from engine.data import dataset
+from engine.data.formats import no_dataset
 from engine.data.ref import DatasetRef
 from engine.errors import UserError, one_of
 from engine.estimate import combined
@@ -60,7 +63,7 @@ def validate(plan: TrainingPlan):
     is the root cause of any later failure), then the data, then the estimate.
     """
     if not plan.dataset:
-        raise UserError("dataset", "is required: a JSONL/JSON/CSV/Parquet/TXT file, a hub dataset id, or demo:NAME")
+        raise no_dataset()
 
     introspect.resolve(plan.model)
     if ray.address():
@@ -76,9 +79,30 @@ def validate(plan: TrainingPlan):
     return combined.estimate(plan, lengths=report.token_lengths, label_share=report.label_share)
 
 
+class DoesNotFit(UserError):
+    """The estimate says the plan needs more memory than its device has: not queued (it would fail at
+    its first steps) unless the submit says `anyway`. Each entry point adds how to say that."""
+
+
+def refuse_misfit(plan: TrainingPlan) -> None:
+    """Raise DoesNotFit, naming the fitting steps that make the plan fit, when the estimate says it does
+    not fit. A plan the estimator cannot read passes: `validate` names what is wrong with it."""
+    try:
+        memory = combined.memory_for(plan)
+    except UserError:
+        return
+    if memory.fits is not False:
+        return
+    found = fitting.fix(plan)
+    fix = (f"; to fit: {'; '.join(step.what for step in found[0])}" if found else
+           "; nothing in LoRA Pilot's fitting steps makes it fit: a smaller model or a larger device")
+    raise DoesNotFit("memory", f"not queued: {memory.verdict}{fix}")
+
+
 def submit(plan: TrainingPlan, start: bool = True, parent_id: int | None = None,
-           standby: subprocess.Popen | None = None) -> Job:
+           standby: subprocess.Popen | None = None, anyway: bool = False) -> Job:
     """Validate, then queue. On any UserError no row exists. `parent_id`: the run whose advice this follows.
+    A plan the estimate says cannot fit is refused (DoesNotFit) unless `anyway`.
 
     `standby` (from `standby()`) is a worker already importing its libraries while this validates;
     the job started by this submit takes it over, or it is let go.
@@ -86,6 +110,8 @@ def submit(plan: TrainingPlan, start: bool = True, parent_id: int | None = None,
     try:
         if not isinstance(plan, TrainingPlan):
             plan = TrainingPlan.build(**dict(plan))
+        if not anyway:  # first: a plan too big for its device is refused before its data is read
+            refuse_misfit(plan)
         est = validate(plan)
         job = Job(
             name=plan.name or _default_name(plan),
@@ -116,7 +142,7 @@ def kick(standby: subprocess.Popen | None = None) -> list[int]:
     The first job started locally takes over `standby`, if given; otherwise it is let go."""
     _reap()
     reconcile()
-    started = []
+    started: list[int] = []
     slots = max_concurrent()
     try:
         while True:
@@ -152,17 +178,16 @@ def _release(standby: subprocess.Popen | None) -> None:
     """Let an unused standby worker go: end of input makes it exit."""
     if standby is None:
         return
-    try:
+    with contextlib.suppress(OSError):
+        assert standby.stdin is not None  # made with stdin=PIPE
         standby.stdin.close()
-    except OSError:
-        pass
     _children.append(standby)  # reaped by a later kick, so it never lingers as a zombie
 
 
 def _submit_to_ray(job_id: int) -> None:
     try:
         ray.submit(job_id)
-    except Exception as exc:  # noqa: BLE001 - the row must not stay 'running' with nothing behind it
+    except Exception as exc:  # the row must not stay 'running' with nothing behind it
         reason = exc.message if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
         store.update_job(job_id, (JobStatus.RUNNING,), status=JobStatus.FAILED, finished_at=store.now(),
                          error=f"could not submit to the Ray cluster: {reason}; resume once it is reachable")
@@ -179,6 +204,7 @@ def _worker_env() -> dict:
 
 def _spawn(job_id: int, standby: subprocess.Popen | None = None) -> None:
     if standby is not None and standby.poll() is None:
+        assert standby.stdin is not None  # made with stdin=PIPE
         try:  # the standby worker sends its output to the job's log once it has the id
             standby.stdin.write(f"{job_id}\n".encode())
             standby.stdin.close()
@@ -208,10 +234,8 @@ def _spawn(job_id: int, standby: subprocess.Popen | None = None) -> None:
 def _reap() -> None:
     for proc in list(_children):
         if proc.poll() is not None:
-            try:
+            with contextlib.suppress(ValueError):  # another thread of this process reaped it first
                 _children.remove(proc)
-            except ValueError:  # another thread of this process reaped it first
-                pass
 
 
 # --- liveness ------------------------------------------------------------------------------
@@ -302,12 +326,10 @@ def _enforce_cancel(job_id: int, grace: float, term_grace: float = TERM_GRACE_S)
         if job.ray_job_id:
             store.append_log(job_id, f"worker did not stop within {grace:.0f}s; stopping Ray job {job.ray_job_id}")
             ray.stop(job.ray_job_id)
-        elif worker_alive(job.pid, job_id):
+        elif job.pid is not None and worker_alive(job.pid, job_id):
             store.append_log(job_id, f"worker did not stop within {grace:.0f}s; sending {sig.name}")
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(job.pid, sig)
-            except ProcessLookupError:
-                pass
         if _wait_finished(job_id, wait_s):
             return
     store.update_job(job_id, (JobStatus.RUNNING,), status=JobStatus.CANCELLED, finished_at=store.now(),

@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import select
+from sqlmodel import col, select
 
 from engine import paths
 from engine.adapters import folder
@@ -39,7 +39,7 @@ def adapters_dir() -> Path:
 # --- reads ---------------------------------------------------------------------------------
 def list_adapters(base_model: str | None = None) -> list[Adapter]:
     with session() as s:
-        query = select(Adapter).order_by(Adapter.base_model, Adapter.id)
+        query = select(Adapter).order_by(col(Adapter.base_model), col(Adapter.id))
         if base_model:
             query = query.where(Adapter.base_model == base_model)
         return list(s.exec(query))
@@ -105,17 +105,15 @@ def register_job_adapter(job) -> Adapter | None:
     plan = store.job_plan(job)
     if plan.method == "full" or not job.artifact_dir:
         return None
-    config = folder.read_config(Path(job.artifact_dir))
+    info = folder.inspect(Path(job.artifact_dir), base=plan.model)  # the one reader of adapter_config.json
 
     skill = demo.skill_of(plan)
     # held-out exact match of every job (jobs.outcome), not only a demo skill's
     scores = {k: v for k, v in zip(("base", "adapter"), outcome.heldout(job)) if v is not None}
-    targets = config.get("target_modules") or []
     return add(Adapter(
         name=_free_name(job.name or f"job-{job.id}"), base_model=plan.model, path=str(job.artifact_dir),
-        method=plan.method, r=int(config.get("r") or plan.r), alpha=float(config.get("lora_alpha") or plan.alpha),
-        targets=",".join(sorted([targets] if isinstance(targets, str) else targets)),
-        bytes=folder.folder_bytes(Path(job.artifact_dir)), skill=skill.name if skill else None,
+        method=plan.method, r=info.r or plan.r, alpha=info.alpha or plan.alpha, targets=",".join(info.targets),
+        bytes=info.bytes, skill=skill.name if skill else None,
         description=skill.description if skill else f"trained on {plan.dataset}",
         scores_json=json.dumps(scores) if scores else None, job_id=job.id))
 
@@ -232,5 +230,5 @@ def register_finished(job_id: int) -> None:
         entry = register_job_adapter(store.get_job(job_id))
         if entry is not None:
             store.append_log(job_id, f"adapter library: added as '{entry.name}' (id {entry.id})")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         store.append_log(job_id, f"adapter library: not added ({exc})")

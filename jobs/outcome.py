@@ -10,7 +10,7 @@ worker's memory. They take the row as it is and import no other part of jobs/, s
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from engine.estimate import timing
 
@@ -40,8 +40,8 @@ def _in_phase(job) -> float | None:
     """Seconds since the running job entered its phase (the row stores naive UTC)."""
     if job.status != RUNNING or not job.phase_started_at:
         return None
-    started = job.phase_started_at.replace(tzinfo=timezone.utc)
-    return max(0.0, (datetime.now(timezone.utc) - started).total_seconds())
+    started = job.phase_started_at.replace(tzinfo=UTC)
+    return max(0.0, (datetime.now(UTC) - started).total_seconds())
 
 
 def _evaluation(job) -> dict:

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
+from alembic.script import Script, ScriptDirectory
 from filelock import FileLock
 
 from engine.errors import UserError
@@ -52,7 +52,9 @@ def config(connection=None) -> Config:
 
 @lru_cache(maxsize=1)
 def head() -> str:
-    return ScriptDirectory.from_config(config()).get_current_head()
+    newest = ScriptDirectory.from_config(config()).get_current_head()
+    assert newest is not None, "jobs/migrations/versions/ holds no revision"
+    return newest
 
 
 def current(connection) -> str | None:
@@ -64,12 +66,11 @@ def upgrade(engine) -> None:
     with engine.connect() as conn:
         if current(conn) == head():
             return
-    with _lock(engine):
-        with engine.begin() as conn:
-            if current(conn) == head():  # another process migrated while we waited
-                return
-            _stamp_if_unversioned(conn, engine.url)
-            command.upgrade(config(conn), "head")
+    with _lock(engine), engine.begin() as conn:
+        if current(conn) == head():  # another process migrated while we waited
+            return
+        _stamp_if_unversioned(conn, engine.url)
+        command.upgrade(config(conn), "head")
 
 
 def _stamp_if_unversioned(conn, url) -> None:
@@ -81,7 +82,7 @@ def _stamp_if_unversioned(conn, url) -> None:
     have = {t: {c["name"] for c in inspector.get_columns(t)} for t in present}
     if all(t.name in have and {c.name for c in t.columns} <= have[t.name] for t in tables.metadata.sorted_tables):
         command.stamp(config(conn), "head")  # create_all already made today's schema
-    elif FIRST_JOB_COLUMNS <= have["job"]:
+    elif have["job"] >= FIRST_JOB_COLUMNS:
         command.stamp(config(conn), FIRST)
     else:
         missing = ", ".join(sorted(FIRST_JOB_COLUMNS - have["job"]))
@@ -117,6 +118,7 @@ def new_revision(message: str) -> str:
             script = command.revision(config(conn), message=message, autogenerate=True, rev_id=rev_id)
         engine.dispose()
     head.cache_clear()
+    assert isinstance(script, Script)  # one revision, not a branch point
     return script.path
 
 

@@ -16,7 +16,7 @@ is a stall that names the wait rather than "no first step".
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from engine.errors import UserError
 from jobs.launch import ray_resources
@@ -57,7 +57,7 @@ def stalled_since(job, now: datetime | None = None) -> datetime | None:
     last = _heartbeat(job) or job.started_at
     if last is None:
         return None
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return last if (now - last).total_seconds() > threshold_s(job) else None
 
 
@@ -74,7 +74,7 @@ def describe(job, now: datetime | None = None) -> str | None:
     since = stalled_since(job, now)
     if since is None:
         return pending.line() if pending else None
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     quiet = _minutes((now - since).total_seconds())
     if pending:
         return (f"stalled since {since.strftime('%Y-%m-%d %H:%M:%S')} UTC: {pending.line()}, for {quiet} (threshold "

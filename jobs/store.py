@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from sqlalchemy import func, text, update
-from sqlmodel import Session, delete, select
+from sqlmodel import Session, col, delete, select
 
 from engine import paths
 from engine.errors import UserError
@@ -69,7 +69,7 @@ def get_job(job_id) -> Job:
 
 def list_jobs(status: str | None = None) -> list[Job]:
     with session() as s:
-        query = select(Job).order_by(Job.id.desc())
+        query = select(Job).order_by(col(Job.id).desc())
         if status:
             query = query.where(Job.status == status)
         return list(s.exec(query))
@@ -77,7 +77,7 @@ def list_jobs(status: str | None = None) -> list[Job]:
 
 def job_metrics(job_id: int) -> list[Metric]:
     with session() as s:
-        return list(s.exec(select(Metric).where(Metric.job_id == int(job_id)).order_by(Metric.step)))
+        return list(s.exec(select(Metric).where(col(Metric.job_id) == int(job_id)).order_by(col(Metric.step))))
 
 
 def job_plan(job: Job) -> TrainingPlan:
@@ -107,7 +107,7 @@ def _hold_queue(s: Session) -> None:
     queue places; a transaction-scoped advisory lock orders the writers that touch the queue.
     """
     if s.get_bind().dialect.name == "postgresql":
-        s.exec(text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=QUEUE_LOCK))
+        s.connection().execute(text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=QUEUE_LOCK))
 
 
 def insert_job(job: Job) -> Job:
@@ -130,9 +130,9 @@ def update_job(job_id: int, only_if_status: tuple[str, ...] | None = None, **val
     Transitions are conditional so that two processes (a dispatcher reconciling, a worker
     finishing) can never overwrite each other's verdict. Returns whether a row changed.
     """
-    stmt = update(Job).where(Job.id == int(job_id)).values(**values)
+    stmt = update(Job).where(col(Job.id) == int(job_id)).values(**values)
     if only_if_status:
-        stmt = stmt.where(Job.status.in_(only_if_status))
+        stmt = stmt.where(col(Job.status).in_(only_if_status))
     with session() as s:
         if "queue_seq" in values:  # a re-queue takes a new place: in commit order, as an insert does
             _hold_queue(s)
@@ -147,14 +147,15 @@ def claim_next(slots: int) -> int | None:
     One UPDATE with sub-selects: SQLite serialises writers, so two dispatchers that race
     here claim different jobs (or none), and a job is never started twice.
     """
-    oldest = select(Job.id).where(Job.status == JobStatus.QUEUED).order_by(Job.queue_seq, Job.id).limit(1)
+    oldest = (select(Job.id).where(col(Job.status) == JobStatus.QUEUED)
+              .order_by(col(Job.queue_seq), col(Job.id)).limit(1))
     running = select(Job.id).where(Job.status == JobStatus.RUNNING)
     running_count = select(func.count()).select_from(running.subquery()).scalar_subquery()
     stmt = (
         update(Job)
-        .where(Job.id == oldest.scalar_subquery(), Job.status == JobStatus.QUEUED, running_count < slots)
+        .where(col(Job.id) == oldest.scalar_subquery(), col(Job.status) == JobStatus.QUEUED, running_count < slots)
         .values(status=JobStatus.RUNNING, started_at=now(), pid=None, finished_at=None, ray_job_id=None)
-        .returning(Job.id)
+        .returning(col(Job.id))
     )
     with session() as s:
         row = s.exec(stmt).first()
@@ -180,7 +181,7 @@ def record_metrics(job_id: int, event: dict) -> None:
 def delete_metrics_after(job_id: int, step: int) -> int:
     """Drop rows past the checkpoint a resumed run restarts from, so no step appears twice."""
     with session() as s:
-        result = s.exec(delete(Metric).where(Metric.job_id == int(job_id), Metric.step > step))
+        result = s.exec(delete(Metric).where(col(Metric.job_id) == int(job_id), col(Metric.step) > step))
         s.commit()
         return result.rowcount
 

@@ -22,7 +22,7 @@ from datetime import timedelta
 
 import psutil
 from sqlalchemy import update as sql_update
-from sqlmodel import select
+from sqlmodel import col, select
 
 from engine import paths
 from engine.advice import space
@@ -64,7 +64,7 @@ def get(sweep_id) -> Sweep:
 
 def list_sweeps() -> list[Sweep]:
     with session() as s:
-        return list(s.exec(select(Sweep).order_by(Sweep.id.desc())))
+        return list(s.exec(select(Sweep).order_by(col(Sweep.id).desc())))
 
 
 def plan_of(row: Sweep) -> TrainingPlan:
@@ -76,9 +76,9 @@ def space_of(row: Sweep) -> dict[str, space.Dim]:
 
 
 def update(sweep_id: int, only_if_status: tuple[str, ...] | None = None, **values) -> bool:
-    stmt = sql_update(Sweep).where(Sweep.id == int(sweep_id)).values(**values)
+    stmt = sql_update(Sweep).where(col(Sweep.id) == int(sweep_id)).values(**values)
     if only_if_status:
-        stmt = stmt.where(Sweep.status.in_(only_if_status))
+        stmt = stmt.where(col(Sweep.status).in_(only_if_status))
     with session() as s:
         result = s.exec(stmt)
         s.commit()

@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         sweep.update(sweep_id, (SweepStatus.RUNNING,), status=SweepStatus.CANCELLED, finished_at=now(),
                      error="cancelled; `sweep resume` continues from the trial that was running")
         sweep.append_log(sweep_id, "cancelled")
-    except BaseException as exc:  # noqa: BLE001 - every failure becomes the sweep's reason
+    except BaseException as exc:
         traceback.print_exc()
         reason = exc.message if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
         sweep.update(sweep_id, (SweepStatus.RUNNING,), status=SweepStatus.FAILED, finished_at=now(),

@@ -16,6 +16,7 @@ as a run learns whatever the metric ranked on, so pruning reads losses for every
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import threading
@@ -85,10 +86,8 @@ def load(sweep_id: int, seed: int = 0):
 def delete(sweep_id: int) -> None:
     import optuna
 
-    try:
+    with contextlib.suppress(KeyError):
         optuna.delete_study(study_name=study_name(sweep_id), storage=storage())
-    except KeyError:
-        pass
 
 
 def sampler(seed: int):

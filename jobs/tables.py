@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 
 import sqlalchemy as sa
@@ -34,7 +34,7 @@ FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatu
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class UTCDateTime(sa.types.TypeDecorator):
@@ -46,13 +46,13 @@ class UTCDateTime(sa.types.TypeDecorator):
 
     def process_bind_param(self, value, dialect):
         if value is not None and value.tzinfo is not None:
-            value = value.astimezone(timezone.utc)
+            value = value.astimezone(UTC)
         return value
 
     def process_result_value(self, value, dialect):
         if value is None:
             return None
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _when(**kwargs):
@@ -60,7 +60,8 @@ def _when(**kwargs):
 
 
 class Job(SQLModel, table=True):
-    id: int | None = Field(default=None, primary_key=True)
+    # None until the row is inserted (the database assigns it); typed int, as every reader sees it
+    id: int = Field(default=None, primary_key=True)
     name: str = ""
     plan_json: str
     status: str = Field(default=JobStatus.QUEUED, index=True)  # a JobStatus value
@@ -99,7 +100,7 @@ class Job(SQLModel, table=True):
 
 
 class Metric(SQLModel, table=True):
-    id: int | None = Field(default=None, primary_key=True)
+    id: int = Field(default=None, primary_key=True)  # None until inserted, as Job.id
     job_id: int = Field(index=True, foreign_key="job.id")
     step: int
     epoch: float | None = None
@@ -120,7 +121,7 @@ class Adapter(SQLModel, table=True):
 
     __table_args__ = {"sqlite_autoincrement": True}  # a deleted id is never reused (lineage names ids)
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int = Field(default=None, primary_key=True)  # None until inserted, as Job.id
     name: str = Field(index=True, unique=True)
     base_model: str = Field(index=True)  # a spec engine.train.run.model_source resolves
     path: str
@@ -162,7 +163,7 @@ class Sweep(SQLModel, table=True):
     """A search for better settings (jobs.sweep): what the user asked for and where it stands. Its trials
     are an Optuna study (jobs.sweep_study), each an ordinary job whose `sweep_id` names this row."""
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int = Field(default=None, primary_key=True)  # None until inserted, as Job.id
     name: str = ""
     status: str = Field(default=SweepStatus.QUEUED, index=True)
     metric: str = "loss"  # loss | exact_match | f1 | rougeL, on the held-out rows

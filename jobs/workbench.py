@@ -93,12 +93,6 @@ def merge(ref, out: str | None = None) -> Path:
                            method="qlora" if entry.method == "qlora" else "lora")
 
 
-def merged_models() -> list[Path]:
-    """Merged model folders made here (each is a valid base for a new job)."""
-    root = paths.subdir("merged")
-    return sorted(p for p in root.iterdir() if p.is_dir() and (p / "config.json").is_file())
-
-
 def compose(refs: list[str], weights: list[float], combination: str, name: str,
             density: float | None = None) -> library.Adapter:
     """A new library entry combining `refs`, with its lineage; nothing is left behind on failure."""

@@ -15,8 +15,9 @@ import signal
 import socket
 import sys
 import traceback
+from types import SimpleNamespace
 
-from engine.train.run import train
+from engine.train.run import TrainResult, train
 from jobs import dispatcher, library, store
 from jobs.callbacks import JobCallbacks, explain
 from jobs.dispatcher import last_checkpoint_step
@@ -60,7 +61,7 @@ def run_job(job_id: int) -> int:
     finally:
         try:
             dispatcher.kick()  # start the next queued job before this process goes away
-        except Exception:  # noqa: BLE001 - a failed kick must not hide the job's own verdict
+        except Exception:  # a failed kick must not hide the job's own verdict
             traceback.print_exc()
 
 
@@ -82,11 +83,12 @@ def _run(worker: JobCallbacks) -> int:
     resume = ckpt is not None
     # Steps after the checkpoint will be trained again: drop their rows so none appears twice.
     dropped = store.delete_metrics_after(job_id, ckpt or 0)
-    if resume:
+    if ckpt is not None:
         store.append_log(job_id, f"resuming from checkpoint at step {ckpt} (dropped {dropped} later metric rows)")
         worker.step = ckpt
     out_dir = store.job_dir(job_id)
 
+    result: TrainResult | SimpleNamespace  # rank 0's outcome, or this process's own run
     try:
         if plan.processes > 1:
             result = accelerate.run(job_id, plan.processes, resume)
@@ -98,7 +100,7 @@ def _run(worker: JobCallbacks) -> int:
     except accelerate.RankLost as exc:
         _finish(job_id, JobStatus.INTERRUPTED, error=str(exc))
         return 1
-    except BaseException as exc:  # noqa: BLE001 - every failure becomes a reason on the job
+    except BaseException as exc:  # every failure becomes a reason on the job
         traceback.print_exc()
         sys.stdout.flush()
         if worker.terminated and isinstance(exc, KeyboardInterrupt):

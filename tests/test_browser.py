@@ -9,6 +9,7 @@ go to $LORAPILOT_SCREENSHOTS (default: <tmp>/screenshots) for a human to look at
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -92,10 +93,8 @@ def app(tmp_path_factory):
         with sqlite3.connect(db) as conn:
             pids = [row[0] for row in conn.execute("select pid from job where status = 'running' and pid is not null")]
         for pid in pids:
-            try:
+            with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGTERM)
-            except OSError:
-                pass
 
 
 @pytest.fixture(scope="module")

@@ -125,7 +125,8 @@ def test_train_wait_jobs_show_export_and_errors(tiny, tmp_path):
     assert {"id", "name", "status", "created_at", "progress", "base_score", "adapter_score"} <= set(listed[0])
     assert (listed[0]["id"], listed[0]["name"], listed[0]["status"]) == (1, "words", "succeeded")
     table = cli("jobs").stdout
-    assert "BASE" in table and "ADAPTER" in table and "succeeded" in table
+    # every job's held-out exact match before -> after (issue 21), not only a demo's score columns
+    assert "HELD-OUT EXACT MATCH" in table and "ETA" in table and "succeeded" in table
 
     shown = json.loads(cli("show", 1, "--json").stdout)
     assert {"id", "status", "pid", "error", "artifact_dir", "estimate", "measured_peak_bytes", "metrics",

@@ -113,7 +113,7 @@ def test_twenty_concurrent_submissions_all_recorded_and_start_fifo(tiny, monkeyp
     def submit(i):
         try:
             dispatcher.submit(base.updated(name=f"job-{i}"))
-        except Exception as exc:  # noqa: BLE001 - reported below
+        except Exception as exc:  # reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=submit, args=(i,)) for i in range(20)]

@@ -100,3 +100,18 @@ def test_one_vllm_verdict_from_the_architecture_the_library_knows():
     assert "`" not in shown and "<code>merge_and_unload()</code>" in shown
 
 
+
+
+def test_a_message_goes_when_the_input_it_is_about_changes():
+    # Wiring, read from the page's own config: typing a prompt or picking a held-out one clears the playground's
+    # message; changing any Compose input clears Compose's; a changed plan or data clears the launch notice.
+    from ui.web import server
+
+    config = server.build_app().get_config_file()
+    ids = {c["id"]: c["props"].get("elem_id") for c in config["components"]}
+    clears = {(ids.get(t[0]), t[1], ids.get(d["outputs"][0])) for d in config["dependencies"]
+              for t in d["targets"] if len(d["outputs"]) == 1}
+    for trigger, output in (("pg-prompt", "pg-status"), ("pg-held-out", "pg-status"), ("c-name", "c-result"),
+                            ("c-sources", "c-result"), ("run-name", "launch-notice"),
+                            ("f-learning_rate", "launch-notice")):
+        assert (trigger, "input", output) in clears, (trigger, output)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
@@ -19,7 +19,7 @@ from jobs import dispatcher, stall, store
 from tests.jobwait import finished, plan, tiny_files, wait_for
 from ui.cli.main import run as cli
 
-T0 = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
 
 def _job(**kw):
@@ -68,7 +68,7 @@ def test_a_hung_worker_shows_stalled_with_its_log_and_cancel_stops_it(tmp_path, 
     assert "hanging inside step 3 on purpose" in shown  # the log tail, under it
     assert cli(["show", str(job.id), "--json"]) == 0
     since = json.loads(capsys.readouterr().out)["stalled_since"]
-    assert datetime.fromisoformat(since) == hung.heartbeat_at.replace(tzinfo=timezone.utc)
+    assert datetime.fromisoformat(since) == hung.heartbeat_at.replace(tzinfo=UTC)
     assert cli(["jobs"]) == 0 and "running (stalled)" in capsys.readouterr().out
     from ui.web import jobs_page
 

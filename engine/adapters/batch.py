@@ -107,7 +107,7 @@ class _Row:
             piece, self.sent = self.text[self.sent:end], end
             try:
                 self.req.on_text(piece)
-            except Exception:  # noqa: BLE001 - a consumer that fails must not stop the other rows
+            except Exception:  # a consumer that fails must not stop the other rows
                 self.req.cancelled.set()
 
     def result(self) -> Result:
@@ -232,7 +232,8 @@ class Scheduler:
 
     def _take(self) -> list[_Ticket]:
         """Oldest first, up to max_batch, with at most max_adapters distinct adapters (1 unless mixed)."""
-        chosen, names = [], set()
+        chosen: list[_Ticket] = []
+        names: set[str | None] = set()
         limit = self.max_adapters if self.mixed else 1
         for ticket in self._waiting:
             name = ticket.request.adapter or gathered.BASE
@@ -260,7 +261,7 @@ class Scheduler:
             tickets = [t for t in tickets if t.future.set_running_or_notify_cancel()]
             try:
                 outcomes = self.run_batch([t.request for t in tickets])
-            except Exception as exc:  # noqa: BLE001 - reported to each waiting caller; the thread keeps serving
+            except Exception as exc:  # reported to each waiting caller; the thread keeps serving
                 outcomes = [exc] * len(tickets)
             self.batches.append(len(tickets))
             for ticket, outcome in zip(tickets, outcomes):
@@ -287,7 +288,7 @@ class HostRunner:
         for name, path in {r.adapter: r.adapter_path for r in requests if r.adapter}.items():
             try:
                 self.host.load(name, path)
-            except Exception as exc:  # noqa: BLE001 - becomes those requests' error; the others go on
+            except Exception as exc:  # becomes those requests' error; the others go on
                 failed[name] = exc
         live = [r for r in requests if r.adapter not in failed]
         names = sorted({r.adapter for r in live if r.adapter})

@@ -78,7 +78,7 @@ def resolve_base(name: str | None) -> str:
 
             AutoConfig.from_pretrained(name, local_files_only=True)
             return name
-        except Exception:  # noqa: BLE001, S110 - not cached: fall through to the error below
+        except Exception:  # not cached: fall through to the error below
             pass
     raise UserError("base_model", f"the adapter's base model '{name}' is not a local model folder, a catalog "
                     "model or a cached hub id here; give the base with --base (a folder, a .gguf file, a hub id "
@@ -94,7 +94,7 @@ def weight_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
         try:
             with safe_open(str(st), framework="pt") as fh:
                 return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118 - safe_open is not iterable
-        except Exception as exc:  # noqa: BLE001 - a corrupt file is the user's file
+        except Exception as exc:  # a corrupt file is the user's file
             raise UserError("adapter", f"{st} is not a readable safetensors file ({exc.__class__.__name__})") from None
     import torch
 

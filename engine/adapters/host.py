@@ -22,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from engine.adapters.folder import check_fits_model
 from engine.errors import UserError, one_of
@@ -63,7 +64,7 @@ class AdapterHost:
         self.max_loaded = max_loaded
         self._lock = threading.Lock()
         self._base, self._tokenizer = load_base_for_inference(base_model)
-        self._peft = None  # the PeftModel, made by the first load
+        self._peft: Any = None  # the PeftModel, made by the first load
         self._paths: OrderedDict[str, str] = OrderedDict()  # name -> folder, oldest use first
         self._active: str | None = None
         self._merged = False
@@ -272,7 +273,7 @@ class AdapterHost:
                 try:
                     with torch.inference_mode():
                         model.generate(**kwargs)
-                except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+                except BaseException as exc:  # re-raised in the consumer
                     failure.append(exc)
                     streamer.end()
 

@@ -25,6 +25,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from engine.advice import rules
+from engine.plan import MAX_RANK, MIN_RANK, alpha_for
 
 SPIKE = 3.0             # a train loss this many times the running median is a spike...
 SPIKE_MIN_RISE = 0.25   # ...if it is also this much higher in absolute terms (nats)
@@ -149,7 +150,7 @@ def _grad_outlier(metrics: list[dict]) -> str | None:
 
     def loss_rose(step):  # a large gradient while the loss falls fast is learning, not instability
         i = steps.index(step) if step in loss_at else -1
-        return 0 < i and any(loss_at[s] > loss_at[steps[i - 1]] + GRAD_MIN_RISE for s in steps[i:i + 2])
+        return i > 0 and any(loss_at[s] > loss_at[steps[i - 1]] + GRAD_MIN_RISE for s in steps[i:i + 2])
 
     start = max(2, len(grads) // 10)  # a fresh adapter's first updates have large gradients
     far = []
@@ -220,7 +221,8 @@ def _underperforming(metrics: list[dict], evaluation: dict | None) -> str | None
         f1 = (adapter["f1"] - base["f1"]) if None not in (adapter.get("f1"), base.get("f1")) else None
         if gain >= MIN_GAIN or (f1 is not None and f1 >= F1_GAIN_OK):
             return None
-        text = (f"on {evaluation.get('rows')} held-out rows the adapter's loss is {adapter['loss']:.3f} against the "
+        rows = (evaluation or {}).get("rows")
+        text = (f"on {rows} held-out rows the adapter's loss is {adapter['loss']:.3f} against the "
                 f"base's {base['loss']:.3f} ({100 * gain:+.0f}% lower; at least {100 * MIN_GAIN:.0f}% is expected)")
         if f1 is not None:
             text += f", token F1 {base['f1']:.0f} -> {adapter['f1']:.0f}"
@@ -252,7 +254,7 @@ def _u4(plan, evidence: str, severe: bool) -> list[Finding]:
         out.append(Finding("A4", "unstable", evidence, f"alpha / r is {plan.alpha / plan.r:g} (A3 calls 4 aggressive) "
                            "and multiplies the update like a learning rate: set alpha = r (A2)", {"alpha": plan.r}))
     if plan.warmup_ratio < 0.1:
-        change = {"warmup_ratio": 0.1}
+        change: dict[str, float | str] = {"warmup_ratio": 0.1}
         if plan.lr_scheduler == "constant":
             change["lr_scheduler"] = "constant_with_warmup"
         out.append(Finding("U4", "unstable", evidence, f"warm up over the first 10% of the steps (now "
@@ -262,10 +264,10 @@ def _u4(plan, evidence: str, severe: bool) -> list[Finding]:
 
 def _u2(plan, metrics: list[dict], evidence: str, best_step: int) -> list[Finding]:
     out = []
-    if plan.r > 4:
-        r = max(4, plan.r // 2)
+    if plan.r > MIN_RANK:
+        r = max(MIN_RANK, plan.r // 2)
         out.append(Finding("U2", "overfitting", evidence, f"lower the rank {plan.r} -> {r} (alpha keeps alpha / r)",
-                           {"r": r, "alpha": _sig(plan.alpha * r / plan.r)}))
+                           {"r": r, "alpha": _sig(alpha_for(plan, r))}))
     if plan.dropout < 0.1:
         out.append(Finding("D2", "overfitting", evidence, f"raise dropout {plan.dropout:g} -> 0.1, as for small or "
                            "noisy data", {"dropout": 0.1}))
@@ -284,11 +286,11 @@ def _u2(plan, metrics: list[dict], evidence: str, best_step: int) -> list[Findin
 
 def _u1(plan, evidence: str) -> list[Finding]:
     out = []
-    if plan.r < 64:
-        r = min(64, plan.r * 2)
+    if plan.r < MAX_RANK:
+        r = min(MAX_RANK, plan.r * 2)
         out.append(Finding("U1", "underperforming", evidence,
                            f"raise the rank {plan.r} -> {r} (alpha keeps alpha / r)",
-                           {"r": r, "alpha": _sig(plan.alpha * r / plan.r)}))
+                           {"r": r, "alpha": _sig(alpha_for(plan, r))}))
     wider = {"q_proj,v_proj": "attention", "attention": "all-linear", "mlp": "all-linear"}.get(plan.targets)
     if wider is None and plan.targets != "all-linear":
         wider = "all-linear"

@@ -9,18 +9,16 @@ micro-batch halves down to 1) before the next one is tried.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from engine.errors import UserError
-from engine.estimate.combined import (
-    gpu_of,  # (estimate pulls the model catalog; import on use)
-    memory_for,
-)
+from engine.estimate.combined import memory_for
+from engine.estimate.combined import on_cpu as plan_on_cpu
 from engine.model import introspect
-from engine.plan import TrainingPlan
+from engine.plan import MIN_RANK, TrainingPlan, alpha_for
 
-MIN_R = 4          # the bottom of R1's range; below it an adapter learns little
 MIN_SEQ_LEN = 128  # shorter than this, most chat examples lose their answer
 
 
@@ -56,8 +54,7 @@ class Where:
         """For `plan` as the estimator sees it (its GPU, or the CPU), unless `on_cpu` says otherwise."""
 
         if on_cpu is None:
-            gpu = gpu_of(plan)
-            on_cpu = gpu is not None and gpu.is_cpu
+            on_cpu = plan_on_cpu(plan)
         try:
             names = set(introspect.resolve(plan.model).target_names)
         except UserError:  # a model we cannot read: the presets still apply
@@ -125,12 +122,12 @@ def _fewer_targets(plan: TrainingPlan, where: Where) -> Step | None:
 
 
 def _lower_r(plan: TrainingPlan, where: Where) -> Step | None:
-    if plan.method == "full" or plan.r <= MIN_R:
+    if plan.method == "full" or plan.r <= MIN_RANK:
         return None
-    r = max(MIN_R, plan.r // 2)
-    return Step({"r": r}, "R5", f"r {plan.r} → {r}",
-                "a smaller adapter; memory drops only slightly, capacity drops more",
-                frozenset({"alpha", "learning_rate"}))
+    r = max(MIN_RANK, plan.r // 2)
+    return Step({"r": r, "alpha": alpha_for(plan, r)}, "R5", f"r {plan.r} → {r}",
+                "a smaller adapter (alpha keeps alpha / r); memory drops only slightly, capacity drops more",
+                frozenset({"alpha", "learning_rate"}))  # the recommender's A1 gives the same alpha, with its reason
 
 
 def _shorter_sequences(plan: TrainingPlan, where: Where) -> Step | None:
@@ -167,30 +164,61 @@ def first_steps(plan: TrainingPlan, where: Where) -> list[Step]:
     return [step for rung in LADDER if (step := rung.step(plan, where)) is not None]
 
 
-def fix(plan: TrainingPlan, where: Where | None = None, max_repeats: int = 4):
-    """(steps, memory) of the first single step that makes `plan` fit, else of the shortest run
-    down the ladder that does (each rung repeated up to `max_repeats` times); None if nothing fits."""
+def fits(memory) -> bool:
+    """A memory estimate fits when it is within its budget, or when there is no budget to fit."""
+    return memory is not None and memory.fits is not False
 
-    where = where or Where.of(plan)
 
-    def fits(p: TrainingPlan):
-        try:
-            mem = memory_for(p)
-        except UserError:
-            return None
-        return mem if mem.fits else None
+def _memory(plan: TrainingPlan):
+    """The plan's memory estimate; None when the estimator refuses the plan (it cannot fit then)."""
+    try:
+        return memory_for(plan)
+    except UserError:
+        return None
 
-    for step in first_steps(plan, where):  # one knob
-        if mem := fits(plan.updated(**step.changes)):
-            return [step], mem
-    taken, current = [], plan
-    for rung in LADDER:  # rungs in turn, keeping each
-        for _ in range(max_repeats):
+
+Follow = Callable[[Step, TrainingPlan], TrainingPlan]
+
+
+def walk(plan: TrainingPlan, where: Where, automatic_only: bool = False, max_repeats: int | None = None,
+         follow: Follow | None = None) -> Iterator[tuple[Step, TrainingPlan, Any]]:
+    """Down the ladder from `plan` until its memory estimate fits: each rung repeats until it no longer
+    applies (or `max_repeats` times), then the next. Yields (step, the plan after it, its memory).
+
+    `automatic_only` skips the rungs that change what is learned; `follow(step, plan)` may re-decide
+    the fields that follow from a step's changes (the recommender's rules table)."""
+    current = plan
+    if fits(_memory(current)):
+        return
+    for rung in LADDER:
+        if automatic_only and not rung.automatic:
+            continue
+        repeats = 0
+        while max_repeats is None or repeats < max_repeats:
             step = rung.step(current, where)
             if step is None:
                 break
+            repeats += 1
             current = current.updated(**step.changes)
-            taken.append(step)
-            if mem := fits(current):
-                return taken, mem
+            if follow is not None:
+                current = follow(step, current)
+            memory = _memory(current)
+            yield step, current, memory
+            if fits(memory):
+                return
+
+
+def fix(plan: TrainingPlan, where: Where | None = None, max_repeats: int = 4):
+    """(steps, memory) of the first single step that makes `plan` fit, else of the shortest run
+    down the ladder that does (each rung repeated up to `max_repeats` times); None if nothing fits."""
+    where = where or Where.of(plan)
+    for step in first_steps(plan, where):  # one knob
+        memory = _memory(plan.updated(**step.changes))
+        if memory is not None and memory.fits:
+            return [step], memory
+    taken = []
+    for step, _, memory in walk(plan, where, max_repeats=max_repeats):  # rungs in turn, keeping each
+        taken.append(step)
+        if memory is not None and memory.fits:
+            return taken, memory
     return None

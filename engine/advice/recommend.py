@@ -68,56 +68,45 @@ def notes(ctx: RuleContext) -> list[Reason]:
 # --- stage 2: fitting -----------------------------------------------------------------
 
 
-def _memory(plan: TrainingPlan):
-    return memory_for(plan)
-
-
-def _fits(mem) -> bool:
-    return True if mem.fits is None else bool(mem.fits)
-
-
 def fit(plan: TrainingPlan, ctx: RuleContext, reasons: dict[str, Reason]) -> tuple[TrainingPlan, list[str], bool]:
-    """Step down the ladder (engine.advice.fitting) until the estimate fits the budget."""
+    """Step down the ladder (engine.advice.fitting.walk) until the estimate fits the budget; the fields
+    that follow from a step's changes are decided again by the rules table, with their reasons."""
     adjustments: list[str] = []
-    mem = _memory(plan)
     budget = f"{ctx.budget_gb:g} GiB"
     where = fitting.Where(on_cpu=ctx.device == "cpu", qv_targets=ctx.qv_targets)
-    for rung in fitting.LADDER:
-        if not rung.automatic:
-            continue
-        while not _fits(mem):
-            step = rung.step(plan, where)
-            if step is None:
-                break
-            new = plan.updated(**step.changes)
-            ctx.plan.update(step.changes)
-            for field in step.changes:
-                reasons[field] = Reason(rule=step.rule, text=f"Changed to fit {budget}: {step.why}.")
-            if step.redecide:
-                redone = decide(ctx, only=set(step.redecide))
-                new = new.updated(**{f: v for f, (v, _) in redone.items()})
-                reasons.update({f: r for f, (_, r) in redone.items()})
-            new_mem = _memory(new)
-            adjustments.append(
-                f"{step.what} ({step.rule}): {step.why} — memory {human_bytes(mem.device_bytes)} → "
-                f"{human_bytes(new_mem.device_bytes)} (budget {budget})"
-            )
-            plan, mem = new, new_mem
-        if _fits(mem):
-            break
-    return plan, adjustments, _fits(mem)
+
+    def follow(step: fitting.Step, new: TrainingPlan) -> TrainingPlan:
+        ctx.plan.update(step.changes)
+        for field in step.changes:
+            reasons[field] = Reason(rule=step.rule, text=f"Changed to fit {budget}: {step.why}.")
+        if step.redecide:
+            redone = decide(ctx, only=set(step.redecide))
+            new = new.updated(**{f: v for f, (v, _) in redone.items()})
+            reasons.update({f: r for f, (_, r) in redone.items()})
+        return new
+
+    mem = memory_for(plan)
+    for step, new_plan, new_mem in fitting.walk(plan, where, automatic_only=True, follow=follow):
+        if new_mem is None:  # the estimator refused the stepped plan: name its own error
+            new_mem = memory_for(new_plan)
+        adjustments.append(
+            f"{step.what} ({step.rule}): {step.why} — memory {human_bytes(mem.device_bytes)} → "
+            f"{human_bytes(new_mem.device_bytes)} (budget {budget})"
+        )
+        plan, mem = new_plan, new_mem
+    return plan, adjustments, fitting.fits(mem)
 
 
 def advice_for(plan: TrainingPlan, ctx: RuleContext) -> str:
     """Nothing fits: say how much memory the smallest setup needs and which catalog GPU has it."""
 
-    need = _memory(plan).device_bytes
+    need = memory_for(plan).device_bytes
     setup = (f"{plan.method}, targets {plan.targets}, r {plan.r}, micro-batch {plan.batch_size}, "
              f"{plan.seq_len} tokens")
     text = (f"Nothing fits in {ctx.budget_gb:g} GiB: even the smallest setup ({setup}) needs about "
             f"{human_bytes(need)}.")
     for gpu in sorted(list_gpus(), key=lambda g: g.memory_gb or 0):
-        if gpu.memory_gb and _fits(_memory(plan.updated(gpu=gpu.name, budget_gb=None))):
+        if gpu.memory_gb and fitting.fits(memory_for(plan.updated(gpu=gpu.name, budget_gb=None))):
             return (text + f" A budget of {math.ceil(need / GIB)} GiB or more would do; the smallest GPU in the "
                     f"catalog that fits is the {gpu.name} ({gpu.memory_gb:g} GiB); recommend with --gpu "
                     f"'{gpu.name}' gives settings made for it. Shorter sequences (seq_len) or a smaller "
@@ -142,7 +131,12 @@ def recommend(model: str, difficulty: str | None, gpu: str | None = None, budget
         raise UserError("gpu", "give a GPU from the catalog, 'cpu', or a memory budget (budget_gb)")
     device = find_gpu(gpu) if gpu is not None else None
     on_cpu = device is not None and device.is_cpu
-    budget = None if on_cpu else (budget_gb if budget_gb is not None else device.memory_gb)
+    if on_cpu:
+        budget = None
+    elif budget_gb is not None:
+        budget = budget_gb
+    else:
+        budget = device.memory_gb if device is not None else None
 
     info = resolve(model)
     ctx = RuleContext(

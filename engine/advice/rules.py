@@ -10,12 +10,13 @@ whole answer to "why this value?".
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from engine.advice import fitting
 from engine.estimate import hardware  # measured once per machine, then cached
-from engine.plan import TrainingPlan
+from engine.plan import MAX_RANK, MIN_RANK, TrainingPlan
 
 # Every rule id in docs/rules.md, which states each rule and where it comes from. A reason
 # must cite one of these (tests check it, and that the page explains each), so a user can
@@ -155,7 +156,7 @@ def _lr(c: RuleContext) -> float:
     r = c.plan["r"]
     if _small_model_adapter(c):
         return 1e-3
-    return 1e-4 if r >= 64 else 3e-4 if r <= 4 else 2e-4
+    return 1e-4 if r >= MAX_RANK else 3e-4 if r <= MIN_RANK else 2e-4
 
 
 # The fields a demo skill's measured recipe sets (engine.data.demo.default_plan); X1 in docs/rules.md.
@@ -296,7 +297,7 @@ RULES: list[Rule] = [
          "The 4-bit base costs a little quality, most visibly on long reasoning chains."),
     Rule("M2", "note", lambda c: c.device == "cpu", const(None),
          "Training on the CPU is slow{c.time_text}; it suits small models and small datasets (or a quick trial)."),
-    Rule("R4", "note", lambda c: c.plan.get("method") != "full" and c.plan.get("r", 0) >= 64, const(None),
+    Rule("R4", "note", lambda c: c.plan.get("method") != "full" and c.plan.get("r", 0) >= MAX_RANK, const(None),
          "At r = 64 and above most of LoRA's savings are gone; full fine-tuning is worth a look "
          "if the budget allows."),
 ]

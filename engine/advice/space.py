@@ -65,7 +65,7 @@ class Dim:
             return trial.suggest_int(self.field, int(self.low), int(self.high), log=self.log)
         return trial.suggest_float(self.field, float(self.low), float(self.high), log=self.log)
 
-    def including(self, value) -> "Dim":
+    def including(self, value) -> Dim:
         """This dimension widened (or extended) so that it contains `value`."""
         if self.choices:
             return self if value in self.choices else _replace(self, choices=(*self.choices, value))
@@ -85,7 +85,7 @@ class Dim:
         return out
 
     @classmethod
-    def from_json(cls, data: dict) -> "Dim":
+    def from_json(cls, data: dict) -> Dim:
         if "choices" in data:
             return cls(field=data["field"], choices=tuple(data["choices"]), rule=data.get("rule", ""))
         return cls(field=data["field"], low=data["low"], high=data["high"], log=data["log"],

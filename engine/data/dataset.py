@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from engine.data import demo
 from engine.data.chat import ends_with_eos, ensure_chat_template, render
-from engine.data.formats import FORMATS, Rows, detect_format, read_source, to_messages, to_text  # noqa: F401
+from engine.data.formats import FORMATS, Rows, detect_format, no_dataset, read_source, to_messages, to_text
 from engine.data.ref import DatasetRef
 from engine.errors import UserError, one_of
 from engine.evaluate.split import holdout_rows
@@ -179,8 +179,7 @@ def build_datasets(plan, tokenizer):
     from datasets import Dataset
 
     if not plan.dataset:
-        raise UserError("dataset", "no training data given; give a JSONL/JSON/CSV/Parquet/TXT file, a hub dataset id "
-                        "or demo:NAME")
+        raise no_dataset()
     ensure_chat_template(tokenizer)
     rows = read_source(plan.dataset)
     fmt = _resolve_format(rows, plan.data_format, dict(plan.columns))

@@ -128,7 +128,9 @@ def records(name: str, split: str) -> list[dict]:
     if split not in ("train", "test"):
         raise UserError("split", f"got {split!r}; accepted: train or test")
     rng = random.Random(f"lorapilot-demo-{name}")  # str seeds are stable across runs and machines
-    seen, train, test = set(), [], []
+    seen: set[str] = set()
+    train: list[dict] = []
+    test: list[dict] = []
     while len(train) < TRAIN_ROWS or len(test) < TEST_ROWS:
         prompt, answer = _GENERATORS[name](rng)
         if prompt in seen:
@@ -158,7 +160,7 @@ def dataset_path(name: str, split: str = "train") -> Path:
 
 def skill_of(plan) -> Skill | None:
     ref = DatasetRef.parse(getattr(plan, "dataset", None) or "")
-    return SKILLS.get(ref.skill) if ref.is_demo else None
+    return SKILLS.get(ref.skill) if ref.skill is not None else None
 
 
 def default_plan(skill_name: str = DEFAULT_SKILL):

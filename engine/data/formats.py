@@ -38,13 +38,19 @@ class Rows(list):
 
 
 # --- sources ---------------------------------------------------------------------------
+def no_dataset() -> UserError:
+    """The one wording of "no training data given", wherever that is found out."""
+    return UserError("dataset", "no training data given; give a file (" + one_of(EXTENSIONS) + "), a hub dataset "
+                     "id or demo:NAME")
+
+
 def read_source(source: str) -> Rows:
     """Records from a file, 'demo:NAME' or a hub dataset id; UserError names file and row."""
     if not source or not str(source).strip():
-        raise UserError("dataset", "is empty; give a file (" + one_of(EXTENSIONS) + "), a hub dataset id or demo:NAME")
+        raise no_dataset()
     source = str(source).strip()
     ref = DatasetRef.parse(source)
-    if ref.is_demo:
+    if ref.skill is not None:  # demo:NAME
         return read_file(demo.dataset_path(ref.skill, "train"))
     path = Path(source).expanduser()
     if path.exists():
@@ -160,7 +166,8 @@ def _read_txt(text: str) -> Rows:
     # Blocks separated by blank lines are one example each; a file without blank lines
     # is one example per line.
     lines = text.splitlines()
-    records, rownums, block, start = [], [], [], 0
+    records, rownums, start = [], [], 0
+    block: list[str] = []
     for number, line in enumerate(lines + [""], start=1):
         if line.strip():
             if not block:
@@ -198,7 +205,7 @@ def detect_format(records, columns: dict | None = None) -> str:
     columns = columns or {}
     if not records:
         raise UserError("dataset", "has no rows; it needs at least 2 examples")
-    votes = {}
+    votes: dict[str, int] = {}
     for record in list(records)[:20]:
         fmt = _format_of(record, columns)
         if fmt:
@@ -207,7 +214,7 @@ def detect_format(records, columns: dict | None = None) -> str:
         found = ", ".join(map(str, records[0].keys())) or "none"
         raise UserError("data_format", f"could not recognise the layout: the columns are {found}; accepted: "
                         f"{ACCEPTED}; or map yours with --columns, e.g. instruction=question,output=answer")
-    return max(votes, key=votes.get)
+    return max(votes, key=lambda fmt: votes[fmt])
 
 
 def _format_of(record: dict, columns: dict) -> str | None:

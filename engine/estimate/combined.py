@@ -114,6 +114,12 @@ def gpu_of(plan) -> Gpu | None:
     return None if plan.budget_gb else catalog.CPU
 
 
+def on_cpu(plan) -> bool:
+    """The one answer to "does this plan train on the CPU?": gpu 'cpu', or neither a GPU nor a budget."""
+    gpu = gpu_of(plan)
+    return gpu is not None and gpu.is_cpu
+
+
 def compute_dtype(plan, gpu: Gpu | None) -> str:
     on_cpu = gpu is not None and gpu.is_cpu
     bf16_ok = hardware.calibration().bf16_native if on_cpu else (gpu is None or gpu.supports_bf16)
@@ -178,14 +184,14 @@ def _memory(info, plan, pc: ParamCount, gpu: Gpu | None, dtype: str, lengths=Non
     fits = None if budget is None else device <= budget
     # with the data known, the worst case is named as such and the expected figure follows
     worst = " at worst" if expected and expected.padded_length < plan.seq_len else ""
-    if fits is None:
+    if budget is None:
         verdict = f"needs about {human_bytes(device)}{worst}; no budget given"
     elif fits:
         verdict = f"fits: about {human_bytes(device)} of {human_bytes(budget)} ({device / budget:.0%}){worst}"
     else:
         limit = "this machine's RAM" if not on_gpu and not plan.budget_gb else "budget"
         verdict = f"does not fit: needs about {human_bytes(device)}{worst}, {limit} {human_bytes(budget)}"
-    if worst:
+    if worst and expected is not None:
         verdict += f"; about {human_bytes(expected.device_bytes)} with this data's lengths"
     return MemoryEstimate(allocated_bytes=allocated, reserved_bytes=reserved, device_bytes=device,
                           budget_bytes=budget, fits=fits, terms=terms, assumptions=notes, verdict=verdict,
@@ -242,7 +248,7 @@ def estimate(plan, lengths=None, label_share: float = 1.0) -> Estimate:
     mem = _memory(info, plan, pc, gpu, dtype, lengths, label_share)
     padded_to = padded_length(lengths, plan.batch_size, plan.seq_len) if lengths else None
     time = estimate_time(info, plan, gpu, dtype, pc.lora_params, padded_to) if gpu is not None else None
-    if time is not None and gpu.is_cpu:
+    if time is not None and gpu is not None and gpu.is_cpu:
         time.assumptions.insert(0, _cpu_precision_note(plan, dtype))
     if time is not None and time.seconds is not None:
         time.phases = phase_seconds(info, plan, gpu, time, scoring_of(plan, padded_to), pc.adapter_bytes)

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from engine.estimate.params import ParamCount
 from engine.model.introspect import ModelInfo
 from engine.train import lm_head
-from engine.train.lm_head import ROW_CHUNK
 from engine.units import GIB
 
 CUDA_CONTEXT = int(0.5 * GIB)  # CUDA context + cuBLAS/cuDNN handles, outside the allocator
@@ -106,7 +105,7 @@ def cpu_head(scored: int, vocab: int, hidden: int, dtype: str, head_trains: bool
     """
 
     cb = _bytes(dtype)
-    block = min(scored, ROW_CHUNK) * vocab
+    block = min(scored, lm_head.ROW_CHUNK) * vocab  # read when called: a test sets smaller chunks
     # saved: the gathered hidden rows, int64 targets, fp32 log-probs and entropy and bool top-1,
     # each also scattered back to batch x seq, and the label mask
     saved = scored * (hidden * cb + 8 + 2 * 9 + 1)
@@ -230,10 +229,23 @@ def _optimizer_bytes_per_param(rc: Recipe, param_bytes: int) -> float:
 
 
 def memory_terms(info: ModelInfo, pc: ParamCount, rc: Recipe) -> tuple[dict[str, int], list[str]]:
-    cb, fb = _bytes(rc.dtype), _flow_bytes(rc)
-    tokens = rc.batch_size * rc.seq_len
+    """Peak device memory, term by term, with the notes that say how each was counted."""
     terms: dict[str, int] = {}
     notes: list[str] = []
+    _weights_and_states(info, pc, rc, terms, notes)
+    per_layer = _per_layer(info, rc, pc.adapted)
+    terms["activations"] = _activations(info, rc, per_layer, notes)
+    head = _lm_head(info, pc, rc, terms, notes)
+    terms["transient buffers"] = _transient(info, rc, per_layer, head)
+    _gradients_born_in_backward(rc, terms, notes)
+    _recipe_notes(rc, notes)
+    return terms, notes
+
+
+def _weights_and_states(info: ModelInfo, pc: ParamCount, rc: Recipe, terms: dict[str, int],
+                        notes: list[str]) -> None:
+    """Base and adapter weights, gradients and optimizer states of what trains."""
+    cb = _bytes(rc.dtype)
     terms["base weights"] = _base_weights(info, rc)
     if rc.method == "full":
         p_bytes = cb
@@ -247,17 +259,23 @@ def memory_terms(info: ModelInfo, pc: ParamCount, rc: Recipe) -> tuple[dict[str,
     terms["gradients"] = int(trainable * p_bytes)
     terms["optimizer states"] = int(trainable * _optimizer_bytes_per_param(rc, p_bytes))
 
-    per_layer = _per_layer(info, rc, pc.adapted)
+
+def _activations(info: ModelInfo, rc: Recipe, per_layer: list[float], notes: list[str]) -> int:
+    """What the forward saves for the backward: every layer's tensors, or with checkpointing each layer's input."""
+    cb, fb = _bytes(rc.dtype), _flow_bytes(rc)
+    tokens = rc.batch_size * rc.seq_len
     final_norm = info.hidden * 4 + 4 + (info.hidden * cb if rc.method == "full" else 0)
     # the padding mask (batch x 1 x seq x seq, compute dtype) is saved by every SDPA call: one tensor
     mask = rc.seq_len * cb
     if rc.grad_ckpt:
         # only each layer's input survives the forward; backward recomputes one layer at a time
-        acts = tokens * (info.layers * info.hidden * fb + final_norm + mask)
         notes.append("gradient checkpointing: one layer input per layer kept, one layer recomputed at a time")
-    else:
-        acts = tokens * (sum(per_layer) + final_norm + mask)
-    terms["activations"] = int(acts)
+        return int(tokens * (info.layers * info.hidden * fb + final_norm + mask))
+    return int(tokens * (sum(per_layer) + final_norm + mask))
+
+
+def _lm_head(info: ModelInfo, pc: ParamCount, rc: Recipe, terms: dict[str, int], notes: list[str]):
+    """The LM head's saved tensors, as the job computes it (TRL's fused head, or the CPU's chunked one)."""
     head_trains = (rc.method == "full" or info.output_name in rc.modules_to_save
                    or any(m.name == info.output_name for m in pc.adapted))
     softcap = getattr(info.config, "final_logit_softcapping", None) is not None
@@ -278,10 +296,16 @@ def memory_terms(info: ModelInfo, pc: ParamCount, rc: Recipe) -> tuple[dict[str,
         notes.append(f"LM head: only labelled positions are scored, {chunk} at a time (a {chunk} x "
                      f"{info.vocab} block), no full logits; " + ("every position counted" if rc.label_share >= 1
                                                                   else f"{rc.label_share:.0%} of positions"))
-    # transient, the largest of: the head's forward or backward (its backward comes first,
-    # with every activation still saved) and, inside a layer's backward, gradients of the
-    # widest MLP part; plus for QLoRA one dequantized weight
-    layer_bwd = tokens * (2 * info.intermediate + 2 * info.hidden) * fb
+    return head
+
+
+def _transient(info: ModelInfo, rc: Recipe, per_layer: list[float], head) -> int:
+    """The largest of: the head's forward or backward (its backward comes first, with every activation
+    still saved) and, inside a layer's backward, gradients of the widest MLP part; plus for QLoRA one
+    dequantized weight."""
+    fb = _flow_bytes(rc)
+    tokens = rc.batch_size * rc.seq_len
+    layer_bwd: float = tokens * (2 * info.intermediate + 2 * info.hidden) * fb
     if rc.grad_ckpt:
         # a layer's activations are rebuilt in backward, after the head is done with its tensors
         layer_bwd += tokens * max(per_layer) - head.saved
@@ -289,8 +313,11 @@ def memory_terms(info: ModelInfo, pc: ParamCount, rc: Recipe) -> tuple[dict[str,
     if rc.method == "qlora":
         widest = max((m.in_features * m.out_features for m in info.linear_modules
                       if m.name != info.output_name and not m.pseudo), default=0)
-        transient += widest * cb
-    terms["transient buffers"] = int(transient)
+        transient += widest * _bytes(rc.dtype)
+    return int(transient)
+
+
+def _gradients_born_in_backward(rc: Recipe, terms: dict[str, int], notes: list[str]) -> None:
     if rc.grad_accum == 1:
         # The trainer drops the gradients after each update (set to None), so they are born in the
         # backward as the activations they replace are freed: only what outgrows those coexists.
@@ -298,6 +325,9 @@ def memory_terms(info: ModelInfo, pc: ParamCount, rc: Recipe) -> tuple[dict[str,
         terms["gradients"] = max(0, terms["gradients"] - terms["activations"] - terms["transient buffers"])
         notes.append("gradients appear in the backward as activations are freed (no accumulation): "
                      "only their excess over the activations is counted")
+
+
+def _recipe_notes(rc: Recipe, notes: list[str]) -> None:
     notes.append(f"compute dtype {rc.dtype}; {rc.attention} attention; batches of {rc.batch_size} x "
                  f"{rc.seq_len} tokens: an upper bound, as each batch is padded only to its longest row")
     if rc.method == "qlora":
@@ -306,4 +336,3 @@ def memory_terms(info: ModelInfo, pc: ParamCount, rc: Recipe) -> tuple[dict[str,
                        "so the residual stream and the MLP's activations are fp32")
     if rc.optimizer.startswith("paged"):
         notes.append("paged optimizer: states can spill to CPU RAM on spikes; counted on the device here")
-    return terms, notes

@@ -40,9 +40,9 @@ class TimeEstimate(BaseModel):
 def matmul_params(info: ModelInfo) -> int:
     """Weights that take part in a matmul for each token (the head always does; MoE: active experts)."""
     head = info.vocab * info.hidden
-    experts = 0
+    experts: float = 0
     if info.expert_params:
-        n_exp = getattr(info.config, "num_local_experts", None) or getattr(info.config, "num_experts", 1)
+        n_exp = getattr(info.config, "num_local_experts", None) or getattr(info.config, "num_experts", 1) or 1
         experts = info.expert_params * (getattr(info.config, "num_experts_per_tok", 1) or 1) / n_exp
     return int(info.linear_params + experts + head)
 
@@ -55,6 +55,7 @@ DATA_PARALLEL_SCALING = 0.9
 def flops_per_token(info: ModelInfo, method: str, adapter_params: int, seq_len: int, grad_ckpt: bool) -> float:
     n = matmul_params(info)
     attn_fwd = 2 * info.layers * seq_len * info.heads * info.head_dim  # QK^T and PV, causal-halved x2
+    flops: float
     if method == "full":
         flops = 6 * n + 3 * attn_fwd
     else:

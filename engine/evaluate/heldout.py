@@ -37,7 +37,7 @@ PROMPT_CHARS = 600     # samples show at most this much of a prompt
 
 
 class Judge:
-    def __init__(self, plan, eval_ds, tokenizer, out_dir: Path, report: Callable[[dict], None],
+    def __init__(self, plan, eval_ds, tokenizer, out_dir: Path, report: Callable[[events.Event], None],
                  train_rows: int = 0, t0: float | None = None):
         self.plan, self.eval_ds, self.tokenizer, self.report = plan, eval_ds, tokenizer, report
         self.path = Path(out_dir) / "evaluation.json"
@@ -175,10 +175,10 @@ class Judge:
 
     # --- results ------------------------------------------------------------------------
     def _metrics(self, loss: float | None, answers: list[str], seconds: float) -> dict:
-        good = loss is not None and math.isfinite(loss)
+        finite = loss if loss is not None and math.isfinite(loss) else None
         refs = [r["reference"] for r in self.rows[:len(answers)]]
-        return {"loss": round(loss, 4) if good else loss,
-                "perplexity": round(math.exp(min(loss, 50)), 3) if good else None,
+        return {"loss": round(finite, 4) if finite is not None else loss,
+                "perplexity": round(math.exp(min(finite, 50)), 3) if finite is not None else None,
                 **textmetrics.scores(answers, refs), "seconds": round(seconds, 1)}
 
     def _samples(self, adapter_answers: list[str]) -> list[dict]:

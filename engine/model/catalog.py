@@ -95,6 +95,13 @@ def default_key() -> str:
     return json.loads(MODELS_FILE.read_text())["default"]
 
 
+def default_entry() -> CatalogModel:
+    """The catalog entry of the embedded default model (models.json names it, and lists it)."""
+    entry = find_model(default_key())
+    assert entry is not None, "models.json's default is not one of its models"
+    return entry
+
+
 def list_models() -> list[CatalogModel]:
     return list(_models())
 

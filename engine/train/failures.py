@@ -13,7 +13,7 @@ from engine.advice import fitting
 from engine.errors import UserError
 
 
-def _chain(exc: BaseException):
+def _chain(exc: BaseException | None):
     """The exception and every exception it was raised from or while handling."""
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -106,9 +106,9 @@ def explain(exc: BaseException, plan=None, step: int | None = None) -> str:
                 "written are kept. Free some space (old job folders under $LORAPILOT_HOME/jobs, the model cache) "
                 "or raise save_steps so fewer checkpoints are written, then resume the job: it continues from "
                 "its last complete checkpoint.")
-    where = next((w for w in map(_unwritable, chain) if w), None)
-    if where:
-        return (f"Could not write {where} {_at(step)}: permission denied or a read-only disk. Make it writable "
+    unwritable = next((w for w in map(_unwritable, chain) if w), None)
+    if unwritable:
+        return (f"Could not write {unwritable} {_at(step)}: permission denied or a read-only disk. Make it writable "
                 "(or set LORAPILOT_HOME to a folder you can write to), then resume the job.")
     model = getattr(plan, "model", "the model")
     if any(_is_model_missing(e) for e in chain):

@@ -11,9 +11,9 @@ about the database.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from engine.data import demo
 from engine.data.chat import ensure_chat_template

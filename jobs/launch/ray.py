@@ -74,7 +74,7 @@ def submit(job_id: int) -> str:
     env = {key: os.environ[key] for key in SHARED_ENV if os.environ.get(key)}
     env["LORAPILOT_HOME"] = str(paths.home())
     env["DATABASE_URL"] = db.database_url()
-    env[ENV] = address()  # the worker's closing kick() submits the next queued job here too
+    env[ENV] = address() or ""  # the worker's closing kick() submits the next queued job here too
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
     entrypoint = _resolved(plan)
@@ -95,7 +95,7 @@ def status(ray_id: str) -> str:
     """Ray's word for the job (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED), or UNREACHABLE."""
     try:
         return str(_client().get_job_status(ray_id).value)
-    except Exception:  # noqa: BLE001 - a cluster we cannot reach says nothing about the job: keep the row
+    except Exception:  # a cluster we cannot reach says nothing about the job: keep the row
         return "UNREACHABLE"
 
 
@@ -107,5 +107,5 @@ def stop(ray_id: str) -> None:
 def log_tail(ray_id: str, lines: int = 50) -> str:
     try:
         return "\n".join(_client().get_job_logs(ray_id).splitlines()[-lines:])
-    except Exception as exc:  # noqa: BLE001 - logs are a courtesy; the row keeps the verdict
+    except Exception as exc:  # logs are a courtesy; the row keeps the verdict
         return f"(Ray logs unavailable: {type(exc).__name__}: {exc})"

@@ -38,7 +38,7 @@ def client():
 
     try:
         return JobSubmissionClient(address())
-    except Exception as exc:  # noqa: BLE001 - any connection failure is one line for the user
+    except Exception as exc:
         raise UserError(ENV, f"cannot reach the Ray cluster at {address()} ({type(exc).__name__}: {exc}); "
                              "start it (`ray start --head`) or unset the variable to run jobs locally") from None
 
@@ -60,7 +60,7 @@ def nodes() -> list[dict[str, float]]:
     try:
         alive = list_nodes(address=address(), filters=[("state", "=", "ALIVE")], timeout=TIMEOUT_S,
                            raise_on_missing_output=False)
-    except Exception as exc:  # noqa: BLE001 - unreachable or an old dashboard: one line
+    except Exception as exc:
         raise UserError(ENV, f"cannot list the nodes of the Ray cluster at {address()} ({type(exc).__name__}); "
                              "start it (`ray start --head`) or unset the variable to run jobs locally") from None
     return [{kind: float(n.resources_total.get(kind, 0)) for kind in KINDS} for n in alive]
@@ -71,7 +71,7 @@ def free() -> dict[str, float] | None:
     try:
         with urllib.request.urlopen(address().rstrip("/") + "/api/cluster_status", timeout=TIMEOUT_S) as reply:
             usage = json.load(reply)["data"]["clusterStatus"]["loadMetricsReport"]["usage"]
-    except Exception:  # noqa: BLE001 - no report (yet): the line says so rather than guessing
+    except Exception:
         return None
     return {kind: max(0.0, usage[kind][1] - usage[kind][0]) if kind in usage else 0.0 for kind in KINDS}
 
@@ -102,7 +102,7 @@ def pending(ray_id: str) -> Pending | None:
     """The job's wait when Ray says PENDING, else None (running, finished, or the cluster silent)."""
     try:
         info = client().get_job_info(ray_id)
-    except Exception:  # noqa: BLE001 - a cluster we cannot reach says nothing about the job
+    except Exception:
         return None
     if str(info.status.value) != "PENDING":
         return None

@@ -57,5 +57,5 @@ def run_api_only(service: Service, host: str, port: int, key: str | None) -> Non
 def _warm(service: Service) -> None:
     try:
         service.host()
-    except Exception as exc:  # noqa: BLE001 - the first request reports the problem to its client
+    except Exception as exc:  # the first request reports the problem to its client
         logging.getLogger("lorapilot.api").warning("loading %s failed: %s", service.base, exc)

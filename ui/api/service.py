@@ -135,7 +135,7 @@ class Service:
         if messages is not None:
             try:
                 prompt = host.prompt_text(messages)
-            except Exception as exc:  # noqa: BLE001 - a template that refuses these roles is the request's problem
+            except Exception as exc:  # a template that refuses these roles is the request's problem
                 raise ApiError(400, f"messages: the model's chat template refused them ({exc})", "messages") from None
             return host.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         return host.tokenizer(text)["input_ids"]

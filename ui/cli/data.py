@@ -12,19 +12,21 @@ import sys
 
 from engine.data.dataset import check_data
 from engine.errors import UserError
-from engine.plan import _parse_mapping
+from engine.plan import TrainingPlan, _parse_mapping
 from ui.cli import commands
+
+DEFAULTS = TrainingPlan()  # the plan's own defaults, so check-data measures what a job would use
 
 
 def register(sub) -> None:
     p = sub.add_parser("check-data", help=commands.help_for("check-data"),
                        description="Validate training data before a job exists.")
     p.add_argument("file", help="JSONL, JSON, CSV, Parquet or TXT file, a hub dataset id, or demo:NAME")
-    p.add_argument("--model", default="default", help="Model whose tokenizer and chat template to use (default: the "
-                   "embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--seq-len", dest="seq_len", type=int, default=512,
+    p.add_argument("--model", default=DEFAULTS.model, help="Model whose tokenizer and chat template to use "
+                   "(default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--seq-len", dest="seq_len", type=int, default=DEFAULTS.seq_len,
                    help="Sequence length to measure truncation against")
-    p.add_argument("--data-format", dest="data_format", default="auto",
+    p.add_argument("--data-format", dest="data_format", default=DEFAULTS.data_format,
                    help="auto, messages, alpaca, prompt_completion or text")
     p.add_argument("--columns", default=None, help="Column mapping, e.g. instruction=question,output=answer")
     p.add_argument("--json", action="store_true", help="Print the report as JSON")

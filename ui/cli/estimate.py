@@ -47,20 +47,6 @@ def register(sub) -> None:
 # --- estimate -------------------------------------------------------------------------
 
 
-def estimate_json(est) -> dict:
-    """The estimator's JSON, with the keys the CLI promises present even when empty."""
-    data = est.to_json()
-    memory = data.setdefault("memory", {})
-    for key in ("allocated_bytes", "reserved_bytes", "device_bytes"):
-        memory.setdefault(key, getattr(est.memory, key))
-    memory.setdefault("terms", dict(est.memory.terms))
-    data.setdefault("fits", est.memory.fits)
-    if "time" not in data:
-        t = est.time
-        data["time"] = None if t is None else {"tokens_per_second": t.tokens_per_second, "seconds": t.seconds}
-    return data
-
-
 def run_estimate(ns: argparse.Namespace) -> int:
     _check_exclusive(ns)
     plan = plan_from_args(ns)
@@ -68,7 +54,7 @@ def run_estimate(ns: argparse.Namespace) -> int:
     est = estimate(plan)
     warnings = plan_warnings(plan)  # e.g. a rank above the width of the layers it adapts (R6)
     if ns.json:
-        print(json.dumps({**estimate_json(est), "warnings": [{"rule": r, "text": t} for r, t in warnings]}, indent=2))
+        print(json.dumps({**est.to_json(), "warnings": [{"rule": r, "text": t} for r, t in warnings]}, indent=2))
     else:
         print(format_estimate(plan, est) + "".join(f"\n\n[{r}] {t}" for r, t in warnings))
     return 0
@@ -124,9 +110,7 @@ def run_recommend(ns: argparse.Namespace) -> int:
     plan_from_args(ns)  # the same one-line checks as every plan field (blank, NaN, negative)
     rec = recommend(ns.model, ns.difficulty, gpu=ns.gpu, budget_gb=ns.budget_gb, dataset_rows=ns.dataset_rows)
     if ns.json:
-        data = rec.to_json()
-        data["estimate"] = estimate_json(rec.estimate)
-        print(json.dumps(data, indent=2))
+        print(json.dumps(rec.to_json(), indent=2))
     else:
         print(format_recommendation(rec))
     return 0

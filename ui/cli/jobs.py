@@ -11,10 +11,9 @@ import json
 import sys
 from pathlib import Path
 
-from engine.advice import fitting
 from engine.data import demo
 from engine.errors import UserError
-from engine.estimate.combined import headline, memory_for
+from engine.estimate.combined import headline
 from engine.plan import TrainingPlan, add_plan_flags, plan_from_args
 from engine.train import script
 from engine.units import human_bytes, human_seconds
@@ -83,26 +82,7 @@ def cmd_train(ns) -> int:
         except UnicodeDecodeError:
             raise UserError("plan", f"{path} is not UTF-8 text; a plan is a YAML file") from None
         base = TrainingPlan.from_yaml(text, source=str(path))
-    plan = plan_from_args(ns, base=base)
-    if not ns.anyway:
-        _refuse_misfit(plan)
-    return _submit(plan, ns.wait)
-
-
-def _refuse_misfit(plan: TrainingPlan) -> None:
-    """The wizard's launch refusal, on the command line: a plan the estimate says cannot fit is not
-    queued (it would fail at its first steps) unless --anyway; the message names the fix."""
-
-    try:
-        mem = memory_for(plan)
-    except UserError:
-        return  # the submit's validation names what is wrong with the plan itself
-    if mem.fits is not False:
-        return
-    found = fitting.fix(plan)
-    fix = (f"; to fit: {'; '.join(step.what for step in found[0])}" if found else
-           "; nothing in LoRA Pilot's fitting steps makes it fit: a smaller model or a larger device")
-    raise UserError("memory", f"not queued: {mem.verdict}{fix}. Add --anyway to queue it regardless")
+    return _submit(plan_from_args(ns, base=base), ns.wait, anyway=ns.anyway)
 
 
 def cmd_demo(ns) -> int:
@@ -111,9 +91,12 @@ def cmd_demo(ns) -> int:
     return _submit(demo.default_plan(ns.skill) if ns.skill else demo.default_plan(), ns.wait)
 
 
-def _submit(plan: TrainingPlan, wait: bool) -> int:
+def _submit(plan: TrainingPlan, wait: bool, anyway: bool = False) -> int:
     # Waiting means the user wants the result soon: start the worker's imports alongside validation.
-    job = dispatcher.submit(plan, standby=dispatcher.standby() if wait else None)
+    try:
+        job = dispatcher.submit(plan, standby=dispatcher.standby() if wait else None, anyway=anyway)
+    except dispatcher.DoesNotFit as exc:
+        raise UserError(exc.field, f"{exc.message}. Add --anyway to queue it regardless") from None
     print(f"job {job.id} {job.status}: {job.name}")
     return waiting.follow(job, wait)
 

@@ -84,7 +84,7 @@ def _run(argv: list[str]) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # noqa: BLE001 - a bug, but a user still gets one line, not a traceback
+    except Exception as exc:  # a bug, but a user still gets one line, not a traceback
         if os.environ.get("LORAPILOT_DEBUG"):
             raise
         print(f"error: internal: {type(exc).__name__}: {str(exc)[:300]} (a bug in LoRA Pilot; "

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import plotly.graph_objects as go
 

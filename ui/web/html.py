@@ -6,8 +6,8 @@ scripted) by a model id, a file name or a log line. Styling lives in assets/styl
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from html import escape
-from typing import Iterable, Mapping
 
 from engine.errors import UserError
 

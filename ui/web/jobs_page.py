@@ -273,14 +273,13 @@ def build() -> SimpleNamespace:
             ui.compare_table = gr.HTML(elem_id="compare-table")
         with gr.Accordion("Log (last 50 lines)", open=False):
             ui.log = gr.Code(language=None, lines=12, max_lines=20, show_label=False, elem_id="job-log")
-        with gr.Accordion("Export as code", open=False, elem_id="export-code"):
-            with gr.Tabs():
-                with gr.Tab("Plan YAML"):
-                    ui.yaml = gr.Code(language="yaml", show_label=False, elem_id="code-yaml")
-                with gr.Tab("Command line"):
-                    ui.cli = gr.Code(language="shell", lines=6, show_label=False, elem_id="code-cli")
-                with gr.Tab("Python (transformers + PEFT + TRL)"):
-                    ui.python = gr.Code(language="python", show_label=False, elem_id="code-python")
+        with gr.Accordion("Export as code", open=False, elem_id="export-code"), gr.Tabs():
+            with gr.Tab("Plan YAML"):
+                ui.yaml = gr.Code(language="yaml", show_label=False, elem_id="code-yaml")
+            with gr.Tab("Command line"):
+                ui.cli = gr.Code(language="shell", lines=6, show_label=False, elem_id="code-cli")
+            with gr.Tab("Python (transformers + PEFT + TRL)"):
+                ui.python = gr.Code(language="python", show_label=False, elem_id="code-python")
     ui.sig = gr.State(None)
     ui.timer = gr.Timer(REFRESH_S)
     ui.outputs = [ui.table, ui.select, ui.header, ui.loss, ui.log, ui.download, ui.cancel, ui.resume,

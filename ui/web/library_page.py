@@ -61,7 +61,7 @@ def import_zip(upload, name):
         path = Path(upload if isinstance(upload, str) else upload.name)
         a = library.import_adapter(path, name=(name or "").strip() or None, description=f"uploaded {path.name}")
         return _after_change(f"Imported '{a.name}' (base {a.base_model}, r {a.r}, {human_bytes(a.bytes)}).")
-    except Exception as exc:  # noqa: BLE001 - one line, never a traceback
+    except Exception as exc:  # one line, never a traceback
         return (html.error_notice(exc),) + (gr.skip(),) * 3
 
 
@@ -71,7 +71,7 @@ def rename(current, new_name):
             return (html.notice("Pick an adapter to rename.", "error"),) + (gr.skip(),) * 3
         a = library.rename(current, new_name)
         return _after_change(f"Renamed to '{a.name}'.")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return (html.error_notice(exc),) + (gr.skip(),) * 3
 
 
@@ -86,7 +86,7 @@ def delete(current):
     try:
         a = library.delete(current)
         return _after_change(f"Deleted '{a.name}'.")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return (html.error_notice(exc),) + (gr.skip(),) * 3
 
 
@@ -101,7 +101,7 @@ def merge(current):
         return (html.notice(f"Merged model: {out}. It loads with AutoModelForCausalLM.from_pretrained and can be "
                             "the base model of a new fine-tune (give this folder in step 1).", "ok"),
                 gr.update(value=str(zipped), visible=True))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return html.error_notice(exc), gr.update(visible=False)
 
 
@@ -130,7 +130,7 @@ def serve_recipe(chosen):
         return html.notice("Pick one or more adapters of one base to serve together.", "error")
     try:
         result = workbench.serve_recipe(list(chosen))
-    except Exception as exc:  # noqa: BLE001 - one line, never a traceback
+    except Exception as exc:  # one line, never a traceback
         return html.error_notice(exc)
     blocked = {i.adapter for i in result.issues if i.blocking}
     unchecked = [i for i in result.issues if not i.blocking]

@@ -115,7 +115,7 @@ def compare(base, names, prompt, system, max_new_tokens, temperature, top_p, mer
         done = (f"{len(order)} answers from one base ({base}); base and adapters loaded in {_ms(prep)}. "
                 f"Loaded adapters: {', '.join(host.loaded()) or 'none'} (at most {host.max_loaded}).")
         yield [html.notice(done, "ok")] + _boxes(texts, labels, len(order))
-    except Exception as exc:  # noqa: BLE001 - the page shows one line, never a traceback
+    except Exception as exc:
         yield [html.error_notice(exc)] + [gr.skip()] * SLOTS
 
 
@@ -145,7 +145,7 @@ def compose(names, weights_text, combination, density, name, score):
             def work():
                 try:
                     result["rows"] = workbench.retention(entry.id, progress=said.put)
-                except Exception as exc:  # noqa: BLE001 - shown below, in one line
+                except Exception as exc:  # shown below, in one line
                     result["error"] = exc
                 finally:
                     said.put(None)
@@ -157,7 +157,7 @@ def compose(names, weights_text, combination, density, name, score):
                 raise result["error"]
             text += retention_table(result["rows"])
         yield text, gr.update(choices=adapter_choices(None))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         yield html.error_notice(exc), gr.skip()
 
 

@@ -231,10 +231,10 @@ def hardware_context(kind: str, gpu: str | None, budget_gb: float | None) -> dic
 
 # --- step 5: launch --------------------------------------------------------------------
 
-def launch(plan) -> tuple[int | None, str]:
+def launch(plan, anyway: bool = False) -> tuple[int | None, str]:
     """Submit the plan; (job id, notice). The job row is the truth from here on."""
     try:
-        job = submit(plan)
+        job = submit(plan, anyway=anyway)
     except Exception as exc:
         return None, html.error_notice(exc)
     return job.id, html.notice(f"Job {job.id} queued: {job.name}.", "ok")

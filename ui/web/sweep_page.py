@@ -9,8 +9,8 @@ same search after a reload or a restart.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Callable
 
 import gradio as gr
 
@@ -48,7 +48,7 @@ def wire_search(ui: SimpleNamespace, plan_inputs: list, plan_of: Callable) -> No
     def start(kind, amount, metric, *values):
         try:
             return _started(_create(plan_of(*values), kind, amount, metric))
-        except Exception as exc:  # noqa: BLE001 - one line in the panel, never a traceback
+        except Exception as exc:
             return html.error_notice(exc)
 
     ui.button.click(start, [ui.kind, ui.amount, ui.metric, *plan_inputs], ui.notice)
@@ -73,7 +73,7 @@ def wire_variations(ui: SimpleNamespace, job_select) -> None:
             if n < 1:
                 raise UserError("variations", f"got {count}; try 1 or more")
             return _started(sweep.create(trials=n + 1, from_job=int(job_id)))  # + trial 0, the job itself
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return html.error_notice(exc)
 
     ui.button.click(start, [job_select, ui.count], ui.notice)
@@ -181,7 +181,7 @@ def signature(sweep_id) -> tuple | None:
     try:
         row = sweep.get(sweep_id)
         trials = sweep.detail(row)["trials"]
-    except Exception:  # noqa: BLE001 - render() says what is wrong
+    except Exception:
         return None
     return (row.id, row.status, row.adapter_name, tuple((t["state"], t["value"], t["job_id"]) for t in trials))
 
@@ -197,7 +197,7 @@ def tick(sweep_id, sig) -> list:
 def render(sweep_id) -> list:
     try:
         v = sweep_view(sweep_id)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         v = {**sweep_view(None), "header": html.error_notice(exc)}
     return [sweeps_table(), gr.Dropdown(choices=choices(), value=str(sweep_id) if sweep_id else None), v["header"],
             v["trials"], v["mattered"], v["history"], gr.Plot(v["parallel"], visible=v["parallel"] is not None),
@@ -213,7 +213,7 @@ def _act(action: str, sweep_id) -> str:
     try:
         row = sweep.cancel(sweep_id) if action == "cancel" else sweep.resume(sweep_id)
         return html.notice(f"Sweep {row.id}: {row.status}.", "ok")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return html.error_notice(exc)
 
 

@@ -371,7 +371,7 @@ def launch(override=False, **values) -> tuple:
         return None, html.error_notice(exc)
     if refusal:
         return None, refusal
-    return steps.launch(plan)
+    return steps.launch(plan, anyway=bool(override))
 
 
 def _wire_launch(ui: SimpleNamespace) -> None:
