@@ -52,7 +52,7 @@ def export(job_id, quant: str = "f16", progress=lambda line: None) -> dict:
 
         try:
             base_dir = Path(snapshot_download(str(base_dir), allow_patterns=["*.json", "*.txt", "*.model"]))
-        except Exception as exc:  # noqa: BLE001 - offline, gated, gone: one line naming the base
+        except Exception as exc:  # offline, gated, gone: one line naming the base
             raise UserError("model", f"could not read the config of the base '{plan.model}' "
                             f"({exc.__class__.__name__}); connect to the hub or set HF_TOKEN") from None
     archs.load(base_dir)  # an unsupported architecture is refused before any work

@@ -17,6 +17,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +33,7 @@ class Arch:
     model_type: str
     name: str  # general.architecture
     config: dict
-    tensor_map: object  # gguf.TensorNameMap
+    tensor_map: Any  # gguf.TensorNameMap (gguf loads lazily: a heavy import)
 
     @property
     def n_layers(self) -> int:

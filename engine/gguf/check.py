@@ -16,6 +16,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from engine.data.dataset import build_datasets
 from engine.errors import UserError
@@ -81,12 +82,14 @@ def llama_cpp_answers(model_file, held: HeldOut, lora_file=None) -> list[str]:
     answers = []
     try:
         for prompt in held.prompts:
+            # not streamed, so each call returns one response dict
             if isinstance(prompt, str):
-                out = llm.create_completion(prompt, max_tokens=held.max_new_tokens, temperature=0.0)
-                answers.append(out["choices"][0]["text"].strip())
+                text: Any = llm.create_completion(prompt, max_tokens=held.max_new_tokens, temperature=0.0)
+                answers.append(text["choices"][0]["text"].strip())
             else:
-                out = llm.create_chat_completion(messages=prompt, max_tokens=held.max_new_tokens, temperature=0.0)
-                answers.append((out["choices"][0]["message"]["content"] or "").strip())
+                chat: Any = llm.create_chat_completion(messages=prompt, max_tokens=held.max_new_tokens,
+                                                       temperature=0.0)
+                answers.append((chat["choices"][0]["message"]["content"] or "").strip())
     finally:
         llm.close()
     return answers
@@ -95,7 +98,7 @@ def llama_cpp_answers(model_file, held: HeldOut, lora_file=None) -> list[str]:
 def compare(file: Path, held: HeldOut, answers: list[str], seconds: float) -> dict:
     """The record of one checked file: agreement, exact match and, when flagged, what differs."""
     same = sum(a == b for a, b in zip(held.answers, answers))
-    record = {
+    record: dict[str, Any] = {
         "file": str(file), "rows": len(answers),
         "agreement": round(100.0 * same / len(answers), 1) if answers else None,
         "exact_match": textmetrics.scores(answers, held.references)["exact_match"] if answers else None,

@@ -44,7 +44,7 @@ def write_adapter(adapter_dir, base_model_dir, out_file) -> Path:
     _refuse_unsupported(config)
     pairs: dict[str, dict] = {}
     with safe_open(str(adapter_dir / "adapter_model.safetensors"), framework="pt") as f:
-        for key in f.keys():
+        for key in f.keys():  # noqa: SIM118 - safe_open has keys(), it is not iterable
             match = _LORA.match(key)
             if match is None:
                 raise UserError("adapter", f"{key} in {adapter_dir.name} is not a LoRA A/B matrix (a trained bias "

@@ -70,7 +70,7 @@ def model_tensors(model_dir: Path, arch: archs.Arch):
         raise UserError("model", f"{model_dir} has no model*.safetensors weights to convert")
     for file in files:
         with safe_open(str(file), framework="pt") as f:
-            for hf_name in f.keys():
+            for hf_name in f.keys():  # noqa: SIM118 - safe_open has keys(), it is not iterable
                 if hf_name == "lm_head.weight" and arch.tied:
                     continue  # llama.cpp reuses token_embd when the file has no output tensor
                 gguf_name = arch.gguf_name(hf_name)

@@ -119,7 +119,7 @@ def gguf(current, quant):
         zipped = run_elsewhere.downloadable(gguf_export.download_zip(entry.job_id))
         return (html.notice(gguf_export.summary(record), "warn" if record["flagged"] else "ok"),
                 gr.update(value=zipped, visible=True))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return html.error_notice(exc), gr.update(visible=False)
 
 

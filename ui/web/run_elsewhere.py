@@ -85,7 +85,7 @@ def export_gguf(job_id, quant: str, progress=gr.Progress()):  # noqa: B008 - how
         progress(0.1, desc="Writing GGUF files and checking them with llama.cpp (a minute or more)")
         gguf_export.export(job_id, quant, progress=lambda line: progress(0.5, desc=line))
         return how_to_run_html(job_id), gr.update(value=downloadable(gguf_export.download_zip(job_id)), visible=True)
-    except Exception as exc:  # noqa: BLE001 - one line, never a traceback
+    except Exception as exc:  # one line, never a traceback
         return html.error_notice(exc), gr.update(visible=False)
 
 
