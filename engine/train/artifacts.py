@@ -232,3 +232,19 @@ def _load_snippet(base: BaseRef, adapter: bool) -> list[str]:
         lines += ["", "# or: from peft import AutoPeftModelForCausalLM",
                   '#     model = AutoPeftModelForCausalLM.from_pretrained("path/to/this/folder")']
     return lines
+
+
+def set_card_section(out_dir: Path, lines: list[str]) -> Path | None:
+    """Put a `## ...` section (its first line) into the folder's README.md, replacing an older copy of it."""
+    path = Path(out_dir) / "README.md"
+    if not path.is_file() or not lines:
+        return None
+    old = path.read_text(encoding="utf-8").splitlines()
+    if lines[0] in old:  # drop the previous version: from its heading to the next heading
+        start = old.index(lines[0])
+        end = next((i for i in range(start + 1, len(old)) if old[i].startswith("## ")), len(old))
+        old = old[:start] + old[end:]
+    while old and not old[-1].strip():
+        old.pop()
+    path.write_text("\n".join(old + [""] + lines), encoding="utf-8")
+    return path

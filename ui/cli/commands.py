@@ -20,7 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cancel": ("ui.cli.jobs", "cancel a queued job, or stop a running one at its next step"),
     "resume": ("ui.cli.jobs", "continue an interrupted or cancelled job from its last checkpoint"),
     "export": ("ui.cli.jobs", "write the job's zip (the adapter; the whole model for method full) and print its path, "
-                          "or print its plan as code (--as)"),
+                          "print its plan as code (--as python|yaml|cli), or write GGUF files for llama.cpp/Ollama/"
+                          "LM Studio checked by llama.cpp (--as gguf)"),
     "demo": ("ui.cli.jobs", "train the embedded default model on a demo skill"),
     "next": ("ui.cli.runs", "queue the next run of a job with its advice applied (linked by parent_id)"),
     "compare": ("ui.cli.runs", "two or more jobs side by side: plan differences, before/after, verdict"),

@@ -8,6 +8,7 @@ in its own process; with --wait it prints progress and exits 0 only if the job s
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from engine.data import demo
@@ -16,7 +17,7 @@ from engine.estimate.combined import headline
 from engine.plan import TrainingPlan, add_plan_flags, plan_from_args
 from engine.train import script
 from engine.units import human_bytes, human_seconds
-from jobs import dispatcher, export, outcome, stall, store, views
+from jobs import dispatcher, export, gguf_export, outcome, stall, store, views
 from jobs.tables import JobStatus
 from ui.cli import commands, waiting
 from ui.cli.runs import show_lines
@@ -51,9 +52,11 @@ def register(sub) -> None:
 
     p = sub.add_parser("export", help=commands.help_for("export"))
     p.add_argument("job_id", metavar="ID")
-    p.add_argument("--as", dest="as_code", choices=script.FORMATS, default=None,
+    p.add_argument("--as", dest="as_code", choices=(*script.FORMATS, "gguf"), default=None,
                    help="print the plan instead: a standalone transformers+PEFT+TRL script, YAML, "
-                   "or the train command")
+                   "or the train command; gguf: write GGUF files and a Modelfile into the job's folder")
+    p.add_argument("--quant", default="f16", help="with --as gguf: the merged file's precision, "
+                   "f16 (default), q8_0, bf16, f32, q5_1, q5_0, q4_1 or q4_0")
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("demo", help=commands.help_for("demo"))
@@ -125,6 +128,7 @@ def cmd_show(ns) -> int:
     dispatcher.reconcile()
     job = store.get_job(ns.job_id)
     detail = views.job_detail(job)
+    detail["exports"] = gguf_export.exports(job)
     pending = stall.waiting(job)  # a Ray job the cluster has not started: what it asks, what is free
     if ns.json:
         print(json.dumps({**detail, "waiting": pending.line() if pending else None}, indent=2))
@@ -150,6 +154,8 @@ def cmd_show(ns) -> int:
     if job.host or job.ray_job_id:
         print(f"  host       {job.host or '?'}" + (f" (Ray job {job.ray_job_id})" if job.ray_job_id else ""))
     print(f"  folder     {job.artifact_dir}")
+    if detail["exports"]:
+        print(f"  gguf       {gguf_export.summary(detail['exports']['gguf'])}")
 
     for line in show_lines(detail):
         print(line)
@@ -196,11 +202,26 @@ def cmd_resume(ns) -> int:
 
 
 def cmd_export(ns) -> int:
+    if ns.as_code == "gguf":
+        return _export_gguf(ns.job_id, ns.quant)
     if ns.as_code:
         print(export.code(ns.job_id, ns.as_code), end="")
         return 0
     print(export.export_zip(ns.job_id))
     return 0
+
+
+def _export_gguf(job_id, quant: str) -> int:
+    record = gguf_export.export(job_id, quant, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    for path in record["files"]:
+        print(path)
+    print(gguf_export.summary(record), file=sys.stderr)
+    print(f"took {record['seconds']} s", file=sys.stderr)
+    flagged = [c for c in record["checks"] if c["flagged"]]
+    for c in flagged:
+        print(f"FLAGGED {Path(c['file']).name}: llama.cpp disagrees with LoRA Pilot on most held-out prompts; "
+              f"first difference at {c.get('first_difference')}", file=sys.stderr)
+    return 1 if flagged else 0
 
 
 def _f(v, fmt: str = ".4f") -> str:

@@ -22,7 +22,7 @@ from jobs import export, outcome, runs, stall, store, views
 from jobs.dispatcher import cancel as do_cancel
 from jobs.dispatcher import resume as do_resume
 from jobs.tables import FINISHED, JobStatus
-from ui.web import charts, evaluation_view, html, review, sweep_page
+from ui.web import charts, evaluation_view, html, review, run_elsewhere, sweep_page
 
 REFRESH_S = 1.0
 _DOWNLOADS = Path(tempfile.gettempdir()) / "lorapilot-downloads"
@@ -260,6 +260,7 @@ def build() -> SimpleNamespace:
                                             min_width=160, elem_id="download")
         ui.loss = gr.Plot(charts.empty("Loss", "No job selected", 360), show_label=False, elem_id="loss-plot")
         ui.evaluation = gr.HTML(elem_id="job-evaluation")
+        ui.elsewhere = run_elsewhere.build(ui.select)
         with gr.Row(elem_classes="lp-actions"):
             ui.advice = gr.CheckboxGroup([], label="Advice to apply", elem_id="advice-pick", visible=False)
             ui.next = gr.Button("Next run with this advice", size="md", min_width=200, visible=False,
@@ -311,6 +312,8 @@ def render(job_id, sig=None, force=True) -> list:
 
 def _wire(ui: SimpleNamespace) -> None:
     ui.timer.tick(lambda j, s: render(j, s, force=False), [ui.select, ui.sig], ui.outputs, show_progress="hidden")
+    run_it = ui.elsewhere
+    ui.timer.tick(run_it.refresh, [ui.select, run_it.status], [run_it.panel, run_it.status], show_progress="hidden")
     ui.select.input(lambda j: render(j), ui.select, ui.outputs, show_progress="hidden").then(
         None, ui.select, None, js="(j) => { if (j) history.replaceState(null, '', '?job=' + j); }")
     ui.cancel.click(lambda j: _toast(cancel(j)), ui.select, None).then(lambda j: render(j), ui.select, ui.outputs)

@@ -1,5 +1,5 @@
-"""The adapter library tab: every adapter by base model; import a zip, rename, delete, merge, and the
-command that serves chosen adapters with vLLM on a GPU box.
+"""The adapter library tab: every adapter by base model; import a zip, rename, delete, merge, GGUF for
+Ollama / llama.cpp, and the command that serves chosen adapters with vLLM on a GPU box.
 
 Read from the database on every visit and after every change, like the jobs page.
 """
@@ -12,9 +12,11 @@ from types import SimpleNamespace
 import gradio as gr
 
 from engine.adapters.merge import zip_folder
+from engine.errors import UserError
+from engine.gguf.writer import QUANTS
 from engine.units import human_bytes
-from jobs import library, outcome, workbench
-from ui.web import html
+from jobs import gguf_export, library, outcome, workbench
+from ui.web import html, run_elsewhere
 
 
 def library_table() -> str:
@@ -103,6 +105,24 @@ def merge(current):
         return html.error_notice(exc), gr.update(visible=False)
 
 
+def gguf(current, quant):
+    """The adapter's job as GGUF for Ollama / llama.cpp (written and checked by jobs.gguf_export)."""
+    try:
+        if not current:
+            return html.notice("Pick an adapter to export.", "error"), gr.update(visible=False)
+        entry = library.find(current)
+        if entry.job_id is None:
+            raise UserError("adapter", f"'{entry.name}' was imported or composed, not trained here; GGUF export "
+                            "starts from a job (its held-out prompts are the check). Merge it and train from the "
+                            "merged folder, or export the job it came from")
+        record = gguf_export.export(entry.job_id, quant)
+        zipped = run_elsewhere.downloadable(gguf_export.download_zip(entry.job_id))
+        return (html.notice(gguf_export.summary(record), "warn" if record["flagged"] else "ok"),
+                gr.update(value=zipped, visible=True))
+    except Exception as exc:
+        return html.error_notice(exc), gr.update(visible=False)
+
+
 def serve_recipe(chosen):
     """The `vllm serve` command for the chosen adapters and what vLLM would refuse, with the fix."""
 
@@ -148,6 +168,11 @@ def build() -> SimpleNamespace:
                 ui.confirm_btn = gr.Button("Yes, delete", variant="stop", visible=False, elem_id="lib-confirm")
             ui.merge_btn = gr.Button("Merge into a standalone model", elem_id="lib-merge")
             ui.merged_file = gr.File(label="Merged model (zip)", visible=False, elem_id="lib-merged")
+            with gr.Row():
+                ui.gguf_quant = gr.Dropdown(list(QUANTS), value="f16", label="GGUF precision",
+                                            elem_id="lib-gguf-quant")
+                ui.gguf_btn = gr.Button("For Ollama / llama.cpp", elem_id="lib-gguf")
+            ui.gguf_file = gr.File(label="GGUF + Modelfile (zip)", visible=False, elem_id="lib-gguf-file")
     with gr.Accordion("Serve on a GPU box with vLLM", open=False, elem_id="lib-recipe"):
         gr.Markdown("LoRA Pilot's `/v1` endpoint suits one machine; a GPU fleet runs vLLM. Pick the adapters "
                     "to serve from one base: the command below loads them all, and adapters vLLM would refuse "
@@ -163,6 +188,7 @@ def build() -> SimpleNamespace:
     ui.delete_btn.click(ask_delete, ui.pick, [ui.status, ui.confirm_btn])
     ui.confirm_btn.click(delete, ui.pick, changed)
     ui.merge_btn.click(merge, ui.pick, [ui.status, ui.merged_file])
+    ui.gguf_btn.click(gguf, [ui.pick, ui.gguf_quant], [ui.status, ui.gguf_file])
     ui.refresh = lambda: (library_table(), gr.update(choices=names()), gr.update(choices=names()))
     ui.refresh_outputs = [ui.table, ui.pick, ui.recipe_pick]
     return ui

@@ -17,7 +17,7 @@ import gradio as gr
 from engine.errors import UserError
 from engine.estimate.combined import headline
 from engine.plan import DIFFICULTY_QUESTION, TrainingPlan
-from ui.web import charts, first_run, html, refusals, review, steps, sweep_page
+from ui.web import charts, first_run, html, refusals, review, run_elsewhere, steps, sweep_page
 
 # The earlier steps' answers, by the names handlers receive them under.
 ANSWERS = ("model", "difficulty", "dataset", "rows", "hw_kind", "gpu", "budget", "name", "objective")
@@ -186,6 +186,7 @@ def _launch_step(ui: SimpleNamespace) -> None:
             ui.override = gr.Checkbox(False, label="Launch anyway", visible=False, elem_id="launch-anyway")
             ui.launch_btn = gr.Button("Launch training", variant="primary", size="lg", elem_id="launch")
             ui.launch_notice = gr.HTML(elem_id="launch-notice")
+            gr.HTML(run_elsewhere.after_training_html())
 
 
 # --- wiring: one function per step --------------------------------------------------------
