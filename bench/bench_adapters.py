@@ -43,8 +43,12 @@ def main() -> None:
     for i in range(4):  # adapters shaped like the demo's (r 16, all linear layers)
         torch.manual_seed(i)
         model, _ = load_base_for_inference("default")
-        peft = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
-                                                init_lora_weights=False, task_type="CAUSAL_LM"))
+        peft = get_peft_model(
+            model,
+            LoraConfig(
+                r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM"
+            ),
+        )
         peft.save_pretrained(str(work / f"a{i}"))
         folders.append(work / f"a{i}")
 
@@ -100,8 +104,10 @@ def main() -> None:
                 break
 
     load = os.getloadavg()
-    print(f"machine: {os.cpu_count()} cores, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"machine: {os.cpu_count()} cores, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     rows = [
         ("reload the base (no host)", _median_ms(reloads), "-"),
         ("host start (base load)", round(host_start * 1000, 1), "-"),

@@ -31,21 +31,50 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TRAIN_ROWS, TEST_ROWS = 300, 40
-_MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-           "November", "December"]
+_MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
 
 
 def _dates(rng):
     y, m, d = rng.randint(1950, 2030), rng.randint(1, 12), rng.randint(1, 28)
-    forms = [f"{_MONTHS[m - 1]} {d}, {y}", f"{d} {_MONTHS[m - 1]} {y}", f"{m}/{d}/{y}", f"{d}.{m}.{y}",
-             f"{_MONTHS[m - 1][:3]} {d} {y}"]
+    forms = [
+        f"{_MONTHS[m - 1]} {d}, {y}",
+        f"{d} {_MONTHS[m - 1]} {y}",
+        f"{m}/{d}/{y}",
+        f"{d}.{m}.{y}",
+        f"{_MONTHS[m - 1][:3]} {d} {y}",
+    ]
     return "Date: " + rng.choice(forms), f"{y:04d}-{m:02d}-{d:02d}"
 
 
 _GOOD = ["loved", "enjoyed", "was delighted with", "would recommend", "was impressed by"]
 _BAD = ["hated", "regret buying", "was disappointed by", "would not recommend", "returned"]
-_ITEMS = ["the blender", "this phone", "the hotel", "the new album", "the jacket", "this laptop", "the restaurant",
-          "the headphones", "the movie", "the sofa", "the game", "this book"]
+_ITEMS = [
+    "the blender",
+    "this phone",
+    "the hotel",
+    "the new album",
+    "the jacket",
+    "this laptop",
+    "the restaurant",
+    "the headphones",
+    "the movie",
+    "the sofa",
+    "the game",
+    "this book",
+]
 _WHY = ["the price", "the quality", "the service", "how it looks", "the battery", "the sound", "the delivery"]
 
 
@@ -62,8 +91,11 @@ def _json(rng):
     return demo._json(rng)  # the demo's JSON extraction generator (name, age, city)
 
 
-TASKS = {"dates": ("Rewrite the date as YYYY-MM-DD.", _dates), "sentiment": ("Label the review.", _sentiment),
-         "json": ("Extract the person as JSON.", _json)}
+TASKS = {
+    "dates": ("Rewrite the date as YYYY-MM-DD.", _dates),
+    "sentiment": ("Label the review.", _sentiment),
+    "json": ("Extract the person as JSON.", _json),
+}
 
 
 def make_task(name: str, folder: Path) -> tuple[Path, list[dict]]:
@@ -73,8 +105,15 @@ def make_task(name: str, folder: Path) -> tuple[Path, list[dict]]:
         prompt, answer = gen(rng)
         if prompt not in seen:
             seen.add(prompt)
-            rows.append({"messages": [{"role": "system", "content": system}, {"role": "user", "content": prompt},
-                                      {"role": "assistant", "content": answer}]})
+            rows.append(
+                {
+                    "messages": [
+                        {"role": "system", "content": system},
+                        {"role": "user", "content": prompt},
+                        {"role": "assistant", "content": answer},
+                    ]
+                }
+            )
     path = folder / f"{name}.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows[:TRAIN_ROWS]), encoding="utf-8")
     return path, rows[TRAIN_ROWS:]
@@ -86,8 +125,13 @@ def run(name: str, data: Path, test: list[dict], patience: int, out: Path, overr
     from engine.plan import TrainingPlan
     from engine.train.run import load_base, train
 
-    rec = recommend.recommend("default", "simple", gpu="cpu", dataset_rows=TRAIN_ROWS,
-                              base=TrainingPlan.build(model="default", dataset=str(data), gpu="cpu"))
+    rec = recommend.recommend(
+        "default",
+        "simple",
+        gpu="cpu",
+        dataset_rows=TRAIN_ROWS,
+        base=TrainingPlan.build(model="default", dataset=str(data), gpu="cpu"),
+    )
     plan = rec.plan.updated(patience=patience, name=f"{name}-p{patience}", **(overrides or {}))
     skill = demo.Skill(name, name, name, test[0]["messages"][0]["content"], 24)
     start = time.time()
@@ -100,19 +144,34 @@ def run(name: str, data: Path, test: list[dict], patience: int, out: Path, overr
     base_score = demo.evaluate(base, tok, skill, records=test) if patience else None
     model = PeftModel.from_pretrained(base, str(out))
     score = demo.evaluate(model, tok, skill, records=test)
-    return {"task": name, "patience": patience, "steps": result.steps, "total_steps": result.total_steps,
-            "train_s": round(wall - (marks.get("Started", start) - start), 1), "wall_s": round(wall, 1),
-            "base_exact": base_score, "adapter_exact": score, "reason": result.stop_reason,
-            "plan": {k: getattr(plan, k) for k in ("batch_size", "grad_accum", "epochs", "seq_len", "r",
-                                                     "learning_rate", "save_steps", "dtype")}}
+    return {
+        "task": name,
+        "patience": patience,
+        "steps": result.steps,
+        "total_steps": result.total_steps,
+        "train_s": round(wall - (marks.get("Started", start) - start), 1),
+        "wall_s": round(wall, 1),
+        "base_exact": base_score,
+        "adapter_exact": score,
+        "reason": result.stop_reason,
+        "plan": {
+            k: getattr(plan, k)
+            for k in ("batch_size", "grad_accum", "epochs", "seq_len", "r", "learning_rate", "save_steps", "dtype")
+        },
+    }
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--compare", action="store_true", help="also train every epoch (patience 0)")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a field of the recommended plan (to try another setting)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a field of the recommended plan (to try another setting)",
+    )
     args = parser.parse_args(argv)
     overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
     work = Path(tempfile.mkdtemp(prefix="bench-early-"))
@@ -124,7 +183,7 @@ def main(argv=None) -> int:
     print(f"CPU precision: {hardware.cpu_precision()[1]}", flush=True)
     for name in args.tasks.split(","):
         data, test = make_task(name, work)
-        for patience in ([3, 0] if args.compare else [3]):
+        for patience in [3, 0] if args.compare else [3]:
             print(json.dumps(run(name, data, test, patience, work / f"{name}-{patience}", overrides)), flush=True)
     return 0
 

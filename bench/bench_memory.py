@@ -66,8 +66,17 @@ def plan_for(name: str, work: Path):
     data = work / "long.jsonl"
     data.write_text("".join(json.dumps({"text": r}) + "\n" for r in rows), encoding="utf-8")
     model = make_tiny_model(work / "tiny", vocab_texts=rows[:3])
-    return TrainingPlan.build(model=str(model), dataset=str(data), data_format="text", max_steps=3,
-                              save_steps=100, eval_split=0.0, gpu="cpu", learning_rate=1e-3, **TINY[name])
+    return TrainingPlan.build(
+        model=str(model),
+        dataset=str(data),
+        data_format="text",
+        max_steps=3,
+        save_steps=100,
+        eval_split=0.0,
+        gpu="cpu",
+        learning_rate=1e-3,
+        **TINY[name],
+    )
 
 
 def measure_one(name: str) -> dict:
@@ -94,19 +103,30 @@ def measure_one(name: str) -> dict:
     SFTTrainer.compute_loss = recording  # bench-only spy: the run itself is unchanged
     result = train(plan, work / "out")
     expected = est.expected
-    return {"name": name, "estimated": expected.allocated_bytes, "worst": est.allocated_bytes,
-            "expected_length": expected.padded_length, "rows": expected.rows, "measured": result.peak_bytes,
-            "marks": result.peak_marks, "seq_len": plan.seq_len, "batch_size": plan.batch_size,
-            "seen": [list(s) for s in shapes], "terms": expected.terms}
+    return {
+        "name": name,
+        "estimated": expected.allocated_bytes,
+        "worst": est.allocated_bytes,
+        "expected_length": expected.padded_length,
+        "rows": expected.rows,
+        "measured": result.peak_bytes,
+        "marks": result.peak_marks,
+        "seq_len": plan.seq_len,
+        "batch_size": plan.batch_size,
+        "seen": [list(s) for s in shapes],
+        "terms": expected.terms,
+    }
 
 
 def report(r: dict) -> None:
     ratio = r["estimated"] / r["measured"]
     seen = sorted({length for _, length in r["seen"]})
-    line = (f"{r['name']:16s} measured {r['measured'] / MiB:8.2f} MiB  estimate (padded to {r['expected_length']}, "
-            f"the expected longest of {r['rows']} rows) {r['estimated'] / MiB:8.2f} MiB ratio {ratio:5.3f}"
-            f"   | worst case (padded to {r['seq_len']}) {r['worst'] / MiB:8.2f} MiB ratio "
-            f"{r['worst'] / r['measured']:5.3f} | padded lengths seen {seen}")
+    line = (
+        f"{r['name']:16s} measured {r['measured'] / MiB:8.2f} MiB  estimate (padded to {r['expected_length']}, "
+        f"the expected longest of {r['rows']} rows) {r['estimated'] / MiB:8.2f} MiB ratio {ratio:5.3f}"
+        f"   | worst case (padded to {r['seq_len']}) {r['worst'] / MiB:8.2f} MiB ratio "
+        f"{r['worst'] / r['measured']:5.3f} | padded lengths seen {seen}"
+    )
     terms = r["terms"]
     print(line + ("   OK" if 0.9 <= ratio <= 1.1 else "   OFF"), flush=True)
     marks = r.get("marks") or []
@@ -116,10 +136,16 @@ def report(r: dict) -> None:
         states_e = terms.get("optimizer states", 0)
         static = ("base weights", "adapter weights", "optimizer states")
         dynamic_e = sum(v for k, v in terms.items() if k not in static)
-        for label, m, e in (("weights+adapters (+data)", static_m, static_e), ("optimizer states", states_m, states_e),
-                            ("grads+activations+logits+transient", dynamic_m, dynamic_e)):
-            print(f"    {label:36s} measured {m / MiB:8.2f} MiB  estimated {e / MiB:8.2f} MiB  "
-                  f"diff {(e - m) / MiB:+8.2f} MiB", flush=True)
+        for label, m, e in (
+            ("weights+adapters (+data)", static_m, static_e),
+            ("optimizer states", states_m, states_e),
+            ("grads+activations+logits+transient", dynamic_m, dynamic_e),
+        ):
+            print(
+                f"    {label:36s} measured {m / MiB:8.2f} MiB  estimated {e / MiB:8.2f} MiB  "
+                f"diff {(e - m) / MiB:+8.2f} MiB",
+                flush=True,
+            )
     print("    estimator terms (MiB): " + ", ".join(f"{k} {v / MiB:.2f}" for k, v in terms.items()), flush=True)
 
 
@@ -137,7 +163,7 @@ def main(argv=None) -> int:
         if proc.returncode != 0 or not lines:
             print(f"{name}: failed\n{proc.stderr[-3000:]}", flush=True)
             continue
-        report(json.loads(lines[-1][len("RESULT "):]))
+        report(json.loads(lines[-1][len("RESULT ") :]))
     return 0
 
 

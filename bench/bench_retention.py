@@ -50,13 +50,15 @@ def main() -> None:
             scores[(combination, s.skill)] = retention.score(host, entry.name, s.skill, args.rows)
             print(f"  {combination} on {s.skill}: {scores[(combination, s.skill)]}%", flush=True)
         mixes.append(combination)
-    print(f"held-out exact match (%) on {args.rows or 'all'} rows per skill, weights {args.weights}, "
-          f"{time.time() - t0:.0f} s of scoring", flush=True)
+    print(
+        f"held-out exact match (%) on {args.rows or 'all'} rows per skill, weights {args.weights}, "
+        f"{time.time() - t0:.0f} s of scoring",
+        flush=True,
+    )
     head = ["skill", "base", "alone", *mixes]
     print("  " + "  ".join(h.ljust(10) for h in head))
     for s in sources:
-        row = [s.skill, scores[("base", s.skill)], scores[(s.name, s.skill)],
-               *[scores[(m, s.skill)] for m in mixes]]
+        row = [s.skill, scores[("base", s.skill)], scores[(s.name, s.skill)], *[scores[(m, s.skill)] for m in mixes]]
         print("  " + "  ".join(str(v).ljust(10) for v in row))
 
 

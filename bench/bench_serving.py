@@ -24,9 +24,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 ADAPTERS, PER_ADAPTER = 4, 8
-PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "Name three primary colours.",
-           "Translate 'good morning' to Spanish.", "Give me a synonym for happy.", "What is 12 times 12?",
-           "Summarise: the cat sat on the mat all day.", "List two uses of a paperclip."]
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "Name three primary colours.",
+    "Translate 'good morning' to Spanish.",
+    "Give me a synonym for happy.",
+    "What is 12 times 12?",
+    "Summarise: the cat sat on the mat all day.",
+    "List two uses of a paperclip.",
+]
 
 
 def make_adapters(base_dir: str, root: Path) -> dict[str, str]:
@@ -38,8 +45,13 @@ def make_adapters(base_dir: str, root: Path) -> dict[str, str]:
     for i in range(ADAPTERS):
         torch.manual_seed(i + 1)
         model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-        config = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                            init_lora_weights=False, task_type="CAUSAL_LM")
+        config = LoraConfig(
+            r=16,
+            lora_alpha=32,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+            init_lora_weights=False,
+            task_type="CAUSAL_LM",
+        )
         peft = get_peft_model(model, config)
         with torch.no_grad():  # keep the random adapters gentle, like trained ones
             for name, p in peft.named_parameters():
@@ -54,8 +66,13 @@ def run_mode(host, requests_spec, mode: str, max_tokens: int) -> dict:
     from engine.adapters import batch
 
     runner = batch.HostRunner(host)
-    sched = batch.Scheduler(runner, max_batch=1 if mode == "sequential" else 64, max_queue=64,
-                            max_adapters=host.max_loaded, mixed=mode == "mixed")
+    sched = batch.Scheduler(
+        runner,
+        max_batch=1 if mode == "sequential" else 64,
+        max_queue=64,
+        max_adapters=host.max_loaded,
+        mixed=mode == "mixed",
+    )
     done: dict[int, float] = {}
     try:
         start = time.perf_counter()
@@ -70,9 +87,16 @@ def run_mode(host, requests_spec, mode: str, max_tokens: int) -> dict:
         sched.stop()
     latencies = sorted(done[i] - start for i in range(len(futures)))
     tokens = sum(r.completion_tokens for r in results)
-    return {"wall": wall, "rps": len(results) / wall, "tps": tokens / wall, "tokens": tokens,
-            "p50": statistics.median(latencies), "p95": latencies[int(0.95 * (len(latencies) - 1))],
-            "batches": list(sched.batches), "texts": [r.text for r in results]}
+    return {
+        "wall": wall,
+        "rps": len(results) / wall,
+        "tps": tokens / wall,
+        "tokens": tokens,
+        "p50": statistics.median(latencies),
+        "p95": latencies[int(0.95 * (len(latencies) - 1))],
+        "batches": list(sched.batches),
+        "texts": [r.text for r in results],
+    }
 
 
 def main() -> None:
@@ -109,21 +133,28 @@ def main() -> None:
     texts = {m: rounds[m][0]["texts"] for m in modes}
     # In bf16 a row's logits depend a little on how many rows share the matmul, so greedy answers
     # may part ways between batched and one-at-a-time decoding; mixed and one-adapter batches match.
-    differ = ", ".join(f"{m} {sum(a != b for a, b in zip(texts[m], texts['mixed']))}/{len(texts[m])}"
-                       for m in modes if m != "mixed")
-    print(f"{ADAPTERS} adapters x {PER_ADAPTER} concurrent requests, max_tokens {args.max_tokens}, greedy; "
-          f"torch threads {torch.get_num_threads()}, load avg {os.getloadavg()[0]:.1f}; "
-          f"answers differing from mixed: {differ}")
+    differ = ", ".join(
+        f"{m} {sum(a != b for a, b in zip(texts[m], texts['mixed']))}/{len(texts[m])}" for m in modes if m != "mixed"
+    )
+    print(
+        f"{ADAPTERS} adapters x {PER_ADAPTER} concurrent requests, max_tokens {args.max_tokens}, greedy; "
+        f"torch threads {torch.get_num_threads()}, load avg {os.getloadavg()[0]:.1f}; "
+        f"answers differing from mixed: {differ}"
+    )
     print(f"{'mode':12} {'req/s':>7} {'tok/s':>7} {'p50 s':>7} {'p95 s':>7} {'wall s':>7}  batches")
     summary = {}
     for m in modes:
         med = {k: statistics.median(r[k] for r in rounds[m]) for k in ("rps", "tps", "p50", "p95", "wall")}
         summary[m] = med
-        print(f"{m:12} {med['rps']:7.2f} {med['tps']:7.1f} {med['p50']:7.2f} {med['p95']:7.2f} {med['wall']:7.2f}  "
-              f"{rounds[m][0]['batches']}")
-    print(f"mixed / one-adapter throughput: {summary['mixed']['rps'] / summary['one-adapter']['rps']:.2f}x "
-          f"(target >= 2x); rounds: " + ", ".join(
-              f"{r['rps']:.2f}/{o['rps']:.2f}" for r, o in zip(rounds["mixed"], rounds["one-adapter"])))
+        print(
+            f"{m:12} {med['rps']:7.2f} {med['tps']:7.1f} {med['p50']:7.2f} {med['p95']:7.2f} {med['wall']:7.2f}  "
+            f"{rounds[m][0]['batches']}"
+        )
+    print(
+        f"mixed / one-adapter throughput: {summary['mixed']['rps'] / summary['one-adapter']['rps']:.2f}x "
+        f"(target >= 2x); rounds: "
+        + ", ".join(f"{r['rps']:.2f}/{o['rps']:.2f}" for r, o in zip(rounds["mixed"], rounds["one-adapter"]))
+    )
 
 
 if __name__ == "__main__":

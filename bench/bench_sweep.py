@@ -24,8 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-WORDS = ("apple river green seven table cloud happy stone music bread orange window quiet silver garden tiger "
-         "yellow candle winter paper ocean forest little lemon rocket purple mirror castle summer planet").split()
+WORDS = (
+    "apple river green seven table cloud happy stone music bread orange window quiet silver garden tiger "
+    "yellow candle winter paper ocean forest little lemon rocket purple mirror castle summer planet"
+).split()
 
 
 def make_task(rows: int, folder: Path) -> Path:
@@ -36,9 +38,15 @@ def make_task(rows: int, folder: Path) -> Path:
         if prompt in seen:
             continue
         seen.add(prompt)
-        out.append({"messages": [{"role": "system", "content": "Reverse the order of the words."},
-                                 {"role": "user", "content": prompt},
-                                 {"role": "assistant", "content": " ".join(reversed(words))}]})
+        out.append(
+            {
+                "messages": [
+                    {"role": "system", "content": "Reverse the order of the words."},
+                    {"role": "user", "content": prompt},
+                    {"role": "assistant", "content": " ".join(reversed(words))},
+                ]
+            }
+        )
     path = folder / "reverse.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in out), encoding="utf-8")
     return path
@@ -48,8 +56,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--rows", type=int, default=200)
-    parser.add_argument("--max-steps", type=int, default=None, help="cap every trial (the recommendation's epochs "
-                        "otherwise)")
+    parser.add_argument(
+        "--max-steps", type=int, default=None, help="cap every trial (the recommendation's epochs otherwise)"
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("LORAPILOT_HOME", tempfile.mkdtemp(prefix="bench-sweep-"))
     from engine.advice import recommend
@@ -57,8 +66,13 @@ def main(argv=None) -> int:
     from jobs import dispatcher, sweep
 
     data = make_task(args.rows, Path(tempfile.mkdtemp(prefix="bench-sweep-data-")))
-    rec = recommend.recommend("default", "simple", gpu="cpu", dataset_rows=args.rows,
-                              base=TrainingPlan.build(model="default", dataset=str(data), gpu="cpu"))
+    rec = recommend.recommend(
+        "default",
+        "simple",
+        gpu="cpu",
+        dataset_rows=args.rows,
+        base=TrainingPlan.build(model="default", dataset=str(data), gpu="cpu"),
+    )
     plan = rec.plan.updated(name="reverse-words-search", max_steps=args.max_steps)
     start = time.time()
     row = sweep.create(plan, trials=args.trials, metric="exact_match")
@@ -68,14 +82,22 @@ def main(argv=None) -> int:
     wall = time.time() - start
     detail = sweep.detail(sweep.get(row.id))
     trials = detail["trials"]
-    print(json.dumps({
-        "status": detail["status"], "trials": len(trials),
-        "pruned": sum(t["state"] == "pruned" for t in trials),
-        "failed": sum(t["state"] == "failed" for t in trials),
-        "trial0_exact_match": trials[0]["value"], "best": detail["best"], "wall_s": round(wall, 1),
-        "what_mattered": sweep.figures(sweep.get(row.id))["what_mattered"],
-        "trial_list": [{k: t[k] for k in ("number", "state", "value", "params")} for t in trials],
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "status": detail["status"],
+                "trials": len(trials),
+                "pruned": sum(t["state"] == "pruned" for t in trials),
+                "failed": sum(t["state"] == "failed" for t in trials),
+                "trial0_exact_match": trials[0]["value"],
+                "best": detail["best"],
+                "wall_s": round(wall, 1),
+                "what_mattered": sweep.figures(sweep.get(row.id))["what_mattered"],
+                "trial_list": [{k: t[k] for k in ("number", "state", "value", "params")} for t in trials],
+            },
+            indent=2,
+        )
+    )
     return 0 if detail["status"] == "succeeded" else 1
 
 

@@ -41,7 +41,7 @@ def write_data(path: Path) -> None:
     from engine.data import demo
 
     rows = demo.records("ticket", "train") + demo.records("json", "train")
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:SETTING["rows"]]), encoding="utf-8")
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[: SETTING["rows"]]), encoding="utf-8")
 
 
 # --- the plain script (run in its own process) ---------------------------------------------
@@ -67,13 +67,21 @@ def plain(data: str, out: str, bf16: bool, ckpt: bool) -> None:
         extra["gradient_checkpointing"] = False
     trainer = SFTTrainer(
         model=str(default_model.default_model_dir()),
-        args=SFTConfig(output_dir=out, per_device_train_batch_size=SETTING["batch_size"],
-                       max_length=SETTING["seq_len"], max_steps=SETTING["steps"],
-                       learning_rate=SETTING["learning_rate"], use_cpu=True, report_to="none",
-                       logging_steps=min(10, SETTING["steps"]), **extra),  # a log (with tokens) at the last step
+        args=SFTConfig(
+            output_dir=out,
+            per_device_train_batch_size=SETTING["batch_size"],
+            max_length=SETTING["seq_len"],
+            max_steps=SETTING["steps"],
+            learning_rate=SETTING["learning_rate"],
+            use_cpu=True,
+            report_to="none",
+            logging_steps=min(10, SETTING["steps"]),
+            **extra,
+        ),  # a log (with tokens) at the last step
         train_dataset=load_dataset("json", data_files=data, split="train"),
-        peft_config=LoraConfig(r=SETTING["r"], lora_alpha=SETTING["alpha"], target_modules="all-linear",
-                               task_type="CAUSAL_LM"),
+        peft_config=LoraConfig(
+            r=SETTING["r"], lora_alpha=SETTING["alpha"], target_modules="all-linear", task_type="CAUSAL_LM"
+        ),
         callbacks=[watch],
     )
     trainer.train()
@@ -100,22 +108,41 @@ def run_job(work: Path, i: int, env: dict) -> dict:
     from engine.plan import TrainingPlan
 
     plan = TrainingPlan.build(
-        name=f"bench-{i}", model="default", dataset=str(work / "data.jsonl"), data_format="messages",
-        eval_split=0.0, r=SETTING["r"], alpha=SETTING["alpha"], dropout=0.0, targets="all-linear",
-        seq_len=SETTING["seq_len"], batch_size=SETTING["batch_size"], grad_accum=1, max_steps=SETTING["steps"],
-        learning_rate=SETTING["learning_rate"], save_steps=SETTING["steps"], logging_steps=min(10, SETTING["steps"]),
-        gpu="cpu")
+        name=f"bench-{i}",
+        model="default",
+        dataset=str(work / "data.jsonl"),
+        data_format="messages",
+        eval_split=0.0,
+        r=SETTING["r"],
+        alpha=SETTING["alpha"],
+        dropout=0.0,
+        targets="all-linear",
+        seq_len=SETTING["seq_len"],
+        batch_size=SETTING["batch_size"],
+        grad_accum=1,
+        max_steps=SETTING["steps"],
+        learning_rate=SETTING["learning_rate"],
+        save_steps=SETTING["steps"],
+        logging_steps=min(10, SETTING["steps"]),
+        gpu="cpu",
+    )
     plan_file = work / f"plan-{i}.yaml"
     plan_file.write_text(plan.to_yaml(), encoding="utf-8")
     start = time.time()
-    proc = subprocess.run([sys.executable, "app.py", "train", str(plan_file), "--wait"], capture_output=True,
-                          text=True, env=env, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "app.py", "train", str(plan_file), "--wait"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     wall = time.time() - start
     if proc.returncode:
         sys.exit(f"job failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     job_dir = next(line.split(":", 1)[1].strip() for line in proc.stdout.splitlines() if line.startswith("artifacts:"))
-    state = json.loads((Path(job_dir) / "checkpoints" / f"checkpoint-{SETTING['steps']}" / "trainer_state.json")
-                       .read_text())
+    state = json.loads(
+        (Path(job_dir) / "checkpoints" / f"checkpoint-{SETTING['steps']}" / "trainer_state.json").read_text()
+    )
     tokens = max(e.get("num_tokens", 0) for e in state["log_history"])
     loop_s = max(e.get("time", 0.0) for e in state["log_history"])  # the reporter's train-begin → last log
     return {"wall": wall, "tps": tokens / loop_s, "tokens": tokens, "loop_s": loop_s}
@@ -125,8 +152,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=2, help="pairs of runs (plain, job)")
     parser.add_argument("--steps", type=int, default=SETTING["steps"], help="optimizer steps per run (issue: 30)")
-    parser.add_argument("--plain-no-ckpt", action="store_true", help="the plain script without TRL's default "
-                        "gradient checkpointing")
+    parser.add_argument(
+        "--plain-no-ckpt", action="store_true", help="the plain script without TRL's default gradient checkpointing"
+    )
     parser.add_argument("--plain", nargs=2, metavar=("DATA", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -139,18 +167,27 @@ def main(argv=None) -> int:
     from engine.model import default_model
 
     work = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
-    env = {**os.environ, "LORAPILOT_HOME": os.environ.get("LORAPILOT_HOME", str(work / "home")),
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "LORAPILOT_HOME": os.environ.get("LORAPILOT_HOME", str(work / "home")),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": str(ROOT),
+    }
     os.environ["LORAPILOT_HOME"] = env["LORAPILOT_HOME"]
     default_model.default_model_dir()  # the one-time conversion happens before any timing
     write_data(work / "data.jsonl")
     cal = hardware.calibration()  # the job's own first-run calibration is not timed either
     bf16 = cal.bf16_native
-    print(f"CPU: {cal.cpu}, {cal.threads} threads, bf16 flags {cal.bf16_flags or 'none'}; matmul "
-          f"fp32 {cal.fp32_tflops:.3g} / bf16 {cal.bf16_tflops:.3g} TFLOP/s")
-    print("plain baseline: TRL defaults with " + ("bf16 autocast (native here)" if bf16 else
-          "bf16=False (bf16 not native here)") + (", gradient checkpointing off" if args.plain_no_ckpt else
-          ", TRL's default gradient checkpointing on"))
+    print(
+        f"CPU: {cal.cpu}, {cal.threads} threads, bf16 flags {cal.bf16_flags or 'none'}; matmul "
+        f"fp32 {cal.fp32_tflops:.3g} / bf16 {cal.bf16_tflops:.3g} TFLOP/s"
+    )
+    print(
+        "plain baseline: TRL defaults with "
+        + ("bf16 autocast (native here)" if bf16 else "bf16=False (bf16 not native here)")
+        + (", gradient checkpointing off" if args.plain_no_ckpt else ", TRL's default gradient checkpointing on")
+    )
     print(f"job: dtype auto -> {hardware.cpu_precision()[0]}; setting {SETTING}", flush=True)
 
     runs = {"plain": [], "job": []}
@@ -158,13 +195,18 @@ def main(argv=None) -> int:
         for kind in ("plain", "job"):
             r = run_plain(work, i, bf16, not args.plain_no_ckpt, env) if kind == "plain" else run_job(work, i, env)
             runs[kind].append(r)
-            print(f"run {i + 1} {kind:5s}: {r['tokens']} tokens in {r['loop_s']:6.1f} s loop = {r['tps']:7.1f} tok/s; "
-                  f"wall to wall {r['wall']:6.1f} s", flush=True)
+            print(
+                f"run {i + 1} {kind:5s}: {r['tokens']} tokens in {r['loop_s']:6.1f} s loop = {r['tps']:7.1f} tok/s; "
+                f"wall to wall {r['wall']:6.1f} s",
+                flush=True,
+            )
     med = {k: {m: statistics.median(r[m] for r in v) for m in ("tps", "wall")} for k, v in runs.items()}
     print(f"plain TRL : {med['plain']['tps']:7.1f} tok/s loop, {med['plain']['wall']:6.1f} s wall (median)")
     print(f"LoRA Pilot: {med['job']['tps']:7.1f} tok/s loop, {med['job']['wall']:6.1f} s wall (median)")
-    print(f"job speed-up: loop tokens/s x{med['job']['tps'] / med['plain']['tps']:.2f}, "
-          f"wall to wall x{med['plain']['wall'] / med['job']['wall']:.2f} (target >= 1.3)")
+    print(
+        f"job speed-up: loop tokens/s x{med['job']['tps'] / med['plain']['tps']:.2f}, "
+        f"wall to wall x{med['plain']['wall'] / med['job']['wall']:.2f} (target >= 1.3)"
+    )
     return 0
 
 

@@ -98,8 +98,10 @@ def bench_browser(runs: int = 15) -> None:
                 page.wait_for_selector("#next1", state="visible")
                 loads.append(time.perf_counter() - t)
                 page.close()
-            print(f"first page load (navigation to the wizard visible): first {loads[0]:.2f} s, "
-                  f"then {ms(loads[1:])}  [target < 3 s]")
+            print(
+                f"first page load (navigation to the wizard visible): first {loads[0]:.2f} s, "
+                f"then {ms(loads[1:])}  [target < 3 s]"
+            )
 
             page = browser.new_page(viewport={"width": 1360, "height": 900})
             page.goto(url)
@@ -119,11 +121,17 @@ def bench_browser(runs: int = 15) -> None:
             base = int(box.input_value())
             times, network = [], []
             sent = {}
-            page.on("request",
-                    lambda r: sent.setdefault(r.url, time.perf_counter()) if "/gradio_api/" in r.url else None)
-            page.on("requestfinished",
-                    lambda r: network.append(time.perf_counter() - sent.pop(r.url, time.perf_counter()))
-                    if "run/predict" in r.url else None)
+            page.on(
+                "request", lambda r: sent.setdefault(r.url, time.perf_counter()) if "/gradio_api/" in r.url else None
+            )
+            page.on(
+                "requestfinished",
+                lambda r: (
+                    network.append(time.perf_counter() - sent.pop(r.url, time.perf_counter()))
+                    if "run/predict" in r.url
+                    else None
+                ),
+            )
             charts, starts, sent_at, in_page = [], [], [], []
             page.on("request", lambda r: sent_at.append(time.perf_counter()) if "/gradio_api/" in r.url else None)
             for i in range(runs):
@@ -134,25 +142,31 @@ def bench_browser(runs: int = 15) -> None:
                 page.evaluate(WATCH_JS)
                 t = time.perf_counter()
                 box.fill(str(base + 1 + i))  # the input event: what typing a digit fires, and what Gradio listens to
-                page.wait_for_function("(b) => document.querySelector('#summary-tiles').innerText !== b",
-                                       arg=tiles, polling="raf")
+                page.wait_for_function(
+                    "(b) => document.querySelector('#summary-tiles').innerText !== b", arg=tiles, polling="raf"
+                )
                 times.append(time.perf_counter() - t)
                 starts.append(min((v for v in sent_at if v >= t), default=float("nan")) - t)
                 page.wait_for_function(
                     """(b) => { const el = document.querySelector('#params-plot .js-plotly-plot');
-                               return el && el.layout && el.layout.title.text !== b; }""", arg=before,
-                    polling="raf")
+                               return el && el.layout && el.layout.title.text !== b; }""",
+                    arg=before,
+                    polling="raf",
+                )
                 charts.append(time.perf_counter() - t)
                 in_page.append(page.evaluate("() => window.__lpTimes"))
-            print(f"change in the form → new estimate (verdict, parameters, size, time) seen by Playwright: "
-                  f"{ms(times)}")
+            print(
+                f"change in the form → new estimate (verdict, parameters, size, time) seen by Playwright: {ms(times)}"
+            )
             print(f"  → Plotly charts redrawn: {ms(charts)}")
             timed = [t for t in in_page if t and t.get("change") is not None and t.get("mutated") is not None]
             if timed:  # the page's own clock, from the input event (no automation round trips)
                 dom = [(t["mutated"] - t["change"]) / 1000 for t in timed]
                 frame = [(t["frame"] - t["change"]) / 1000 for t in timed if t.get("frame")]
-                print(f"  in the page: input event → tiles in the DOM {ms(dom)}; → the frame that paints them "
-                      f"{ms(frame)}  [target < 150 ms]")
+                print(
+                    f"  in the page: input event → tiles in the DOM {ms(dom)}; → the frame that paints them "
+                    f"{ms(frame)}  [target < 150 ms]"
+                )
             print(f"  first request sent after: {ms(starts)}")
             if network:
                 print(f"  of which the HTTP round trip of the estimate request: {ms(network)}")

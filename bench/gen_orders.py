@@ -14,12 +14,29 @@ import argparse
 import json
 import random
 
-NUMBERS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight", 9: "nine",
-           10: "ten", 12: "a dozen"}
+NUMBERS = {
+    1: "one",
+    2: "two",
+    3: "three",
+    4: "four",
+    5: "five",
+    6: "six",
+    7: "seven",
+    8: "eight",
+    9: "nine",
+    10: "ten",
+    12: "a dozen",
+}
 COLOURS = ["red", "blue", "green", "black", "white", "yellow", "grey", "pink"]
 ITEMS = ["mug", "pen", "notebook", "lamp", "chair", "plate", "towel", "candle", "bottle", "basket", "pillow"]
-FORMS = ["Could I get {n} {c} {i}, please?", "I'd like {n} {c} {i}.", "Please send {n} {c} {i}.",
-         "We need {n} {c} {i} for the office.", "Order {n} {c} {i} for me.", "Can you add {n} {c} {i} to my order?"]
+FORMS = [
+    "Could I get {n} {c} {i}, please?",
+    "I'd like {n} {c} {i}.",
+    "Please send {n} {c} {i}.",
+    "We need {n} {c} {i} for the office.",
+    "Order {n} {c} {i} for me.",
+    "Can you add {n} {c} {i} to my order?",
+]
 SYSTEM = "Write the order as one line: QTY x colour item."
 
 
@@ -32,8 +49,15 @@ def rows(count: int, seed: int = 7) -> list[dict]:
         if prompt in seen:
             continue
         seen.add(prompt)
-        out.append({"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt},
-                                 {"role": "assistant", "content": f"{qty} x {colour} {item}"}]})
+        out.append(
+            {
+                "messages": [
+                    {"role": "system", "content": SYSTEM},
+                    {"role": "user", "content": prompt},
+                    {"role": "assistant", "content": f"{qty} x {colour} {item}"},
+                ]
+            }
+        )
     return out
 
 

@@ -31,10 +31,14 @@ RUNS = {  # name -> (catalog key or "default", plan fields)
     "smollm2-135m lora": ("default", dict(method="lora", r=16, targets="all-linear", batch_size=8, seq_len=256)),
     "smollm2-135m qlora": ("default", dict(method="qlora", r=16, targets="all-linear", batch_size=8, seq_len=256)),
     "qwen2.5-0.5b lora": ("qwen2.5-0.5b", dict(method="lora", r=16, targets="all-linear", batch_size=8, seq_len=512)),
-    "qwen2.5-0.5b qlora": ("qwen2.5-0.5b", dict(method="qlora", r=16, targets="all-linear", batch_size=8,
-                                                seq_len=512)),
-    "llama-3.2-1b lora": ("llama-3.2-1b", dict(method="lora", r=16, targets="all-linear", batch_size=4, seq_len=512,
-                                               grad_ckpt=True)),
+    "qwen2.5-0.5b qlora": (
+        "qwen2.5-0.5b",
+        dict(method="qlora", r=16, targets="all-linear", batch_size=8, seq_len=512),
+    ),
+    "llama-3.2-1b lora": (
+        "llama-3.2-1b",
+        dict(method="lora", r=16, targets="all-linear", batch_size=4, seq_len=512, grad_ckpt=True),
+    ),
 }
 
 
@@ -72,20 +76,29 @@ def measure(name: str, steps: int) -> dict:
     model = "default" if key == "default" else random_weights(key, Path(tempfile.gettempdir()) / "gpu-check-models")
     data = work / "rows.jsonl"
     data.write_text(demo.dataset_path(demo.DEFAULT_SKILL, "train").read_text(), encoding="utf-8")
-    plan = demo.default_plan().updated(model=model, dataset=str(data), gpu="H100", max_steps=steps,
-                                       save_steps=10_000, eval_split=0.0, **fields)
+    plan = demo.default_plan().updated(
+        model=model, dataset=str(data), gpu="H100", max_steps=steps, save_steps=10_000, eval_split=0.0, **fields
+    )
     report = check_data(plan.dataset, model=plan.model, seq_len=plan.seq_len)
     expected = memory_for(plan, lengths=report.token_lengths, label_share=report.label_share).expected
     eta = estimate(plan, lengths=report.token_lengths, label_share=report.label_share).time.seconds
     t0 = time.time()
     result = train(plan, work / "out")
-    return {"name": name, "measured": result.peak_bytes, "estimated": expected.allocated_bytes,
-            "seconds": round(time.time() - t0, 1), "eta": eta, "steps": result.steps, "out": str(work / "out")}
+    return {
+        "name": name,
+        "measured": result.peak_bytes,
+        "estimated": expected.allocated_bytes,
+        "seconds": round(time.time() - t0, 1),
+        "eta": eta,
+        "steps": result.steps,
+        "out": str(work / "out"),
+    }
 
 
 def child(name: str, steps: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", name, "--steps", str(steps)], capture_output=True,
-                         text=True, timeout=900)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", name, "--steps", str(steps)], capture_output=True, text=True, timeout=900
+    )
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if out.returncode or not lines:
         return {"name": name, "error": (out.stderr.strip().splitlines() or ["no output"])[-1][:160]}
@@ -116,9 +129,17 @@ def serve_two(adapters: list[str]) -> str:
                 time.sleep(1)
         t0 = time.time()
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(lambda i: client.chat.completions.create(
-                model=names[i % 2], messages=[{"role": "user", "content": "My printer is broken in room 4."}],
-                max_tokens=32, temperature=0), range(8)))
+            answers = list(
+                pool.map(
+                    lambda i: client.chat.completions.create(
+                        model=names[i % 2],
+                        messages=[{"role": "user", "content": "My printer is broken in room 4."}],
+                        max_tokens=32,
+                        temperature=0,
+                    ),
+                    range(8),
+                )
+            )
         answered = sum(bool(a.choices) for a in answers)
         return f"8 requests over 2 adapters in {time.time() - t0:.2f} s, {answered} answered"
     finally:
@@ -149,13 +170,17 @@ def main(argv=None) -> int:
         if "error" in r:
             print(f"{name:22s} failed: {r['error']}", flush=True)
             continue
-        print(f"{name:22s} {r['measured'] / MiB:13.1f} {r['estimated'] / MiB:13.1f} "
-              f"{r['estimated'] / r['measured']:6.3f} {r['seconds']:7.1f} {r['eta']:6.1f}", flush=True)
+        print(
+            f"{name:22s} {r['measured'] / MiB:13.1f} {r['estimated'] / MiB:13.1f} "
+            f"{r['estimated'] / r['measured']:6.3f} {r['seconds']:7.1f} {r['eta']:6.1f}",
+            flush=True,
+        )
     done = [r["out"] for r in results if "out" in r and "lora" in r["name"]][:2]
     if len(done) == 2:
         print("serving:", serve_two(done), flush=True)
-    speed = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_throughput.py"), "--repeats", "1"],
-                           capture_output=True, text=True)
+    speed = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_throughput.py"), "--repeats", "1"], capture_output=True, text=True
+    )
     print("job vs plain TRL script (bench_throughput):", *speed.stdout.strip().splitlines()[-3:], sep="\n  ")
     return 0
 

@@ -61,13 +61,31 @@ class PeakMemory(TorchDispatchMode):
 def tiny_llama_config(hidden=64, layers=2, vocab=512, heads=4, kv_heads=2, inter=128):
     from transformers import LlamaConfig
 
-    return LlamaConfig(hidden_size=hidden, num_hidden_layers=layers, vocab_size=vocab, num_attention_heads=heads,
-                       num_key_value_heads=kv_heads, intermediate_size=inter, max_position_embeddings=2048,
-                       tie_word_embeddings=True)
+    return LlamaConfig(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        vocab_size=vocab,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        intermediate_size=inter,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+    )
 
 
-def measure(config, method="lora", r=8, targets="all-linear", dropout=0.05, batch_size=4, seq_len=64,
-            steps=2, grad_ckpt=False, attention="sdpa", seed=0) -> dict:
+def measure(
+    config,
+    method="lora",
+    r=8,
+    targets="all-linear",
+    dropout=0.05,
+    batch_size=4,
+    seq_len=64,
+    steps=2,
+    grad_ckpt=False,
+    attention="sdpa",
+    seed=0,
+) -> dict:
     """Peak live bytes over `steps` steps of forward + backward + AdamW (fp32, CPU)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -91,7 +109,7 @@ def measure(config, method="lora", r=8, targets="all-linear", dropout=0.05, batc
     vocab = config.vocab_size
     ids = torch.randint(0, vocab, (batch_size, seq_len))
     mask = torch.ones_like(ids)
-    mask[0, seq_len // 2:] = 0  # one padded row: the recipe pads, so the mask reaches attention
+    mask[0, seq_len // 2 :] = 0  # one padded row: the recipe pads, so the mask reaches attention
     labels = ids.masked_fill(mask == 0, -100)
     mode = PeakMemory()
     mode.track(*model.parameters(), *model.buffers(), ids, mask, labels)
@@ -103,8 +121,12 @@ def measure(config, method="lora", r=8, targets="all-linear", dropout=0.05, batc
             opt.step()
             opt.zero_grad(set_to_none=True)
             del loss
-    return {"peak_bytes": mode.peak, "weights_bytes": weights, "dtype": str(next(model.parameters()).dtype),
-            "params": sum(p.numel() for p in model.parameters())}
+    return {
+        "peak_bytes": mode.peak,
+        "weights_bytes": weights,
+        "dtype": str(next(model.parameters()).dtype),
+        "params": sum(p.numel() for p in model.parameters()),
+    }
 
 
 def estimate_for(config, **kw) -> dict:
@@ -114,17 +136,26 @@ def estimate_for(config, **kw) -> dict:
 
     folder = Path(tempfile.mkdtemp(prefix="lp-measure-"))
     (folder / "config.json").write_text(config.to_json_string())
-    plan = TrainingPlan.build(model=str(folder), method=kw.get("method", "lora"), r=kw.get("r", 8),
-                              targets=kw.get("targets", "all-linear"), dropout=kw.get("dropout", 0.05),
-                              batch_size=kw.get("batch_size", 4), seq_len=kw.get("seq_len", 64),
-                              grad_ckpt=kw.get("grad_ckpt", False), attention=kw.get("attention", "sdpa"), gpu="cpu")
+    plan = TrainingPlan.build(
+        model=str(folder),
+        method=kw.get("method", "lora"),
+        r=kw.get("r", 8),
+        targets=kw.get("targets", "all-linear"),
+        dropout=kw.get("dropout", 0.05),
+        batch_size=kw.get("batch_size", 4),
+        seq_len=kw.get("seq_len", 64),
+        grad_ckpt=kw.get("grad_ckpt", False),
+        attention=kw.get("attention", "sdpa"),
+        gpu="cpu",
+    )
     return estimate(plan).memory.model_dump()
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=None,
-                    help="catalog name; default: a tiny Llama (hidden 64, 2 layers, vocab 512)")
+    ap.add_argument(
+        "--model", default=None, help="catalog name; default: a tiny Llama (hidden 64, 2 layers, vocab 512)"
+    )
     ap.add_argument("--layers", type=int, default=None, help="override the number of layers")
     ap.add_argument("--method", default="lora")
     ap.add_argument("--targets", default="all-linear")
@@ -146,14 +177,31 @@ def main(argv=None) -> None:
         config = tiny_llama_config()
     if ns.layers:
         config.num_hidden_layers = ns.layers
-    kw = dict(method=ns.method, r=ns.r, targets=ns.targets, dropout=ns.dropout, batch_size=ns.batch_size,
-              seq_len=ns.seq_len, grad_ckpt=ns.grad_ckpt, attention=ns.attention)
+    kw = dict(
+        method=ns.method,
+        r=ns.r,
+        targets=ns.targets,
+        dropout=ns.dropout,
+        batch_size=ns.batch_size,
+        seq_len=ns.seq_len,
+        grad_ckpt=ns.grad_ckpt,
+        attention=ns.attention,
+    )
     got = measure(config, steps=ns.steps, **kw)
     est = estimate_for(config, **kw)
     ratio = est["allocated_bytes"] / got["peak_bytes"]
-    print(json.dumps({"setting": kw, "measured_peak_bytes": got["peak_bytes"],
-                      "estimated_allocated_bytes": est["allocated_bytes"], "ratio_est_over_measured": round(ratio, 3),
-                      "terms": est["terms"]}, indent=1))
+    print(
+        json.dumps(
+            {
+                "setting": kw,
+                "measured_peak_bytes": got["peak_bytes"],
+                "estimated_allocated_bytes": est["allocated_bytes"],
+                "ratio_est_over_measured": round(ratio, 3),
+                "terms": est["terms"],
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

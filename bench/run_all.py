@@ -1,6 +1,6 @@
 """Run every benchmark in this folder, one process each, and print their figures.
 
-    python bench/run_all.py [NAME ...]      # e.g. estimate ui
+python bench/run_all.py [NAME ...]      # e.g. estimate ui
 """
 
 import subprocess

@@ -28,8 +28,10 @@ def _check_writable(path: Path) -> None:
             pass
     except OSError as exc:
         reason = exc.strerror or exc.__class__.__name__
-        raise UserError("LORAPILOT_HOME", f"{path} is not writable ({reason}); make it writable or set "
-                        "LORAPILOT_HOME to a folder you can write to") from None
+        raise UserError(
+            "LORAPILOT_HOME",
+            f"{path} is not writable ({reason}); make it writable or set LORAPILOT_HOME to a folder you can write to",
+        ) from None
 
 
 def subdir(name: str) -> Path:

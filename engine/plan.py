@@ -40,7 +40,7 @@ MIN_RANK, MAX_RANK = 4, 64
 
 @dataclass(frozen=True)
 class DifficultyLevel:
-    name: str         # the plan's value
+    name: str  # the plan's value
     title: str
     description: str  # plain words, with examples a non-expert recognises
 
@@ -51,18 +51,30 @@ DIFFICULTY_QUESTION = "How far the task is from what the model already does"
 DIFFICULTIES: dict[str, DifficultyLevel] = {
     d.name: d
     for d in (
-        DifficultyLevel("simple", "Simple",
-                        "Change how the model answers, not what it knows: a tone or style, a persona, "
-                        "a fixed output format such as JSON or a template."),
-        DifficultyLevel("balanced", "Balanced",
-                        "Most instruction tasks: answering questions in your way, summarising, "
-                        "classifying or extracting fields, writing replies."),
-        DifficultyLevel("hard", "Hard",
-                        "Multi-step reasoning or a specialised domain the model knows little of, "
-                        "such as law, medicine or your company's internal processes."),
-        DifficultyLevel("very_hard", "Very hard",
-                        "A large shift: a new language, a new programming language, or behaviour far "
-                        "from anything the model does today."),
+        DifficultyLevel(
+            "simple",
+            "Simple",
+            "Change how the model answers, not what it knows: a tone or style, a persona, "
+            "a fixed output format such as JSON or a template.",
+        ),
+        DifficultyLevel(
+            "balanced",
+            "Balanced",
+            "Most instruction tasks: answering questions in your way, summarising, "
+            "classifying or extracting fields, writing replies.",
+        ),
+        DifficultyLevel(
+            "hard",
+            "Hard",
+            "Multi-step reasoning or a specialised domain the model knows little of, "
+            "such as law, medicine or your company's internal processes.",
+        ),
+        DifficultyLevel(
+            "very_hard",
+            "Very hard",
+            "A large shift: a new language, a new programming language, or behaviour far "
+            "from anything the model does today.",
+        ),
     )
 }
 
@@ -89,25 +101,32 @@ class TrainingPlan(BaseModel):
         "better and a worse answer (prompt, chosen, rejected) which one to prefer.",
     )
     beta: float = Field(
-        0.1, gt=0, description="dpo/orpo: how strongly the preference pulls. DPO: higher keeps the adapter closer "
-        "to the base; ORPO: the weight of the preference term beside learning the chosen answer.")
+        0.1,
+        gt=0,
+        description="dpo/orpo: how strongly the preference pulls. DPO: higher keeps the adapter closer "
+        "to the base; ORPO: the weight of the preference term beside learning the chosen answer.",
+    )
     difficulty: Difficulty | None = Field(
         None,
-        description=DIFFICULTY_QUESTION + ": "
+        description=DIFFICULTY_QUESTION
+        + ": "
         + "; ".join(f"{d.name}: {d.description[0].lower()}{d.description[1:-1]}" for d in DIFFICULTIES.values())
         + ".",
     )
 
     # --- the adapter ----------------------------------------------------------------
     r: int = Field(
-        8, ge=1, le=MAX_INT,
-        description="LoRA rank: the adapter's capacity. Higher learns more, risks overfitting, grows the file."
+        8,
+        ge=1,
+        le=MAX_INT,
+        description="LoRA rank: the adapter's capacity. Higher learns more, risks overfitting, grows the file.",
     )
     alpha: float = Field(
         16, gt=0, description="LoRA alpha: the update is scaled by alpha / r, like a learning-rate multiplier."
     )
-    dropout: float = Field(0.05, ge=0, lt=1,
-        description="Dropout inside the adapter; more helps small or noisy datasets.")
+    dropout: float = Field(
+        0.05, ge=0, lt=1, description="Dropout inside the adapter; more helps small or noisy datasets."
+    )
     targets: str = Field(
         "all-linear",
         description="Which layers get adapters: all-linear, attention, mlp, or module names separated "
@@ -127,8 +146,9 @@ class TrainingPlan(BaseModel):
         "or demo:NAME for a built-in demo skill.",
     )
     data_format: DataFormat = Field(
-        "auto", description="Data layout: auto, messages (chat), alpaca, prompt_completion, text, or preference "
-        "(prompt, chosen, rejected) for dpo/orpo."
+        "auto",
+        description="Data layout: auto, messages (chat), alpaca, prompt_completion, text, or preference "
+        "(prompt, chosen, rejected) for dpo/orpo.",
     )
     columns: dict[str, str] = Field(
         default_factory=dict,
@@ -138,29 +158,43 @@ class TrainingPlan(BaseModel):
         None, ge=1, le=MAX_INT, description="Number of training examples, for estimates made before a file is given."
     )
     eval_split: float = Field(
-        0.1, ge=0, lt=1,
-        description="Share of rows held out to measure base and adapter (at least 2 rows; 0 turns it off).")
+        0.1,
+        ge=0,
+        lt=1,
+        description="Share of rows held out to measure base and adapter (at least 2 rows; 0 turns it off).",
+    )
     eval_generations: int = Field(
-        32, ge=0, description="Held-out rows answered by greedy generation, base and adapter, for exact match, F1 and "
-        "ROUGE-L (0 measures the loss only).")
+        32,
+        ge=0,
+        description="Held-out rows answered by greedy generation, base and adapter, for exact match, F1 and "
+        "ROUGE-L (0 measures the loss only).",
+    )
     eval_seconds: float = Field(
-        120, gt=0,
-        description="Time limit for scoring the base before training; the adapter is scored on the same rows.")
+        120,
+        gt=0,
+        description="Time limit for scoring the base before training; the adapter is scored on the same rows.",
+    )
 
     # --- the schedule ---------------------------------------------------------------
-    seq_len: int = Field(512, ge=1, le=MAX_INT,
-        description="Longest example in tokens; longer ones are cut. Memory grows with it.")
-    batch_size: int = Field(4, ge=1, le=MAX_INT,
-        description="Examples per step on the device (micro-batch). Memory grows with it.")
+    seq_len: int = Field(
+        512, ge=1, le=MAX_INT, description="Longest example in tokens; longer ones are cut. Memory grows with it."
+    )
+    batch_size: int = Field(
+        4, ge=1, le=MAX_INT, description="Examples per step on the device (micro-batch). Memory grows with it."
+    )
     grad_accum: int = Field(
-        1, ge=1, le=MAX_INT,
-        description="Steps whose gradients add up before one update; effective batch = batch x accumulation."
+        1,
+        ge=1,
+        le=MAX_INT,
+        description="Steps whose gradients add up before one update; effective batch = batch x accumulation.",
     )
     epochs: float = Field(3, gt=0, description="Passes over the training data.")
-    max_steps: int | None = Field(None, ge=1, le=MAX_INT,
-        description="Stop after this many updates (overrides epochs).")
-    learning_rate: float = Field(2e-4, gt=0,
-        description="Peak learning rate; LoRA takes 2-5x that of full fine-tuning.")
+    max_steps: int | None = Field(
+        None, ge=1, le=MAX_INT, description="Stop after this many updates (overrides epochs)."
+    )
+    learning_rate: float = Field(
+        2e-4, gt=0, description="Peak learning rate; LoRA takes 2-5x that of full fine-tuning."
+    )
     lr_scheduler: Scheduler = Field("cosine", description="How the learning rate changes over the run.")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent ramping the learning rate up.")
     grad_ckpt: bool = Field(
@@ -169,25 +203,33 @@ class TrainingPlan(BaseModel):
         "~30% slower.",
     )
     optimizer: Optimizer = Field("adamw_torch", description="Optimizer; 8-bit and paged variants save memory.")
-    dtype: Dtype = Field("auto",
-                         description="Compute precision: auto picks bf16 where the GPU or CPU runs it natively "
-                                "(measured once per machine), else fp16 on a GPU and fp32 on a CPU.")
+    dtype: Dtype = Field(
+        "auto",
+        description="Compute precision: auto picks bf16 where the GPU or CPU runs it natively "
+        "(measured once per machine), else fp16 on a GPU and fp32 on a CPU.",
+    )
     attention: Attention = Field(
-        "auto", description="Attention kernel: auto (eager on a CPU training in bf16 where the data's rows are "
-        "short enough that it measured faster there, else sdpa), sdpa (memory-efficient) or eager.")
+        "auto",
+        description="Attention kernel: auto (eager on a CPU training in bf16 where the data's rows are "
+        "short enough that it measured faster there, else sdpa), sdpa (memory-efficient) or eager.",
+    )
     seed: int = Field(42, ge=-MAX_INT, le=MAX_INT, description="Random seed, for repeatable runs.")
     logging_steps: int = Field(1, ge=1, le=MAX_INT, description="Write a metrics row every this many updates.")
     save_steps: int = Field(20, ge=1, le=MAX_INT, description="Save a checkpoint every this many updates.")
     patience: int = Field(
-        3, ge=0,
+        3,
+        ge=0,
         description="Stop once the held-out loss has not improved for this many evaluations in a row, keeping "
-        "the best checkpoint as the adapter (0 = always train to the end). Evaluations come every save_steps.")
+        "the best checkpoint as the adapter (0 = always train to the end). Evaluations come every save_steps.",
+    )
 
     # --- the hardware ---------------------------------------------------------------
     gpu: str | None = Field(None, description="GPU from the catalog (e.g. 'RTX 4090', 'A100 80GB') or 'cpu'.")
     budget_gb: float | None = Field(
-        None, gt=0, json_schema_extra={"unit": "GB"},
-        description="GPU memory available, in GiB (as nvidia-smi counts it), when the GPU is not in the catalog."
+        None,
+        gt=0,
+        json_schema_extra={"unit": "GB"},
+        description="GPU memory available, in GiB (as nvidia-smi counts it), when the GPU is not in the catalog.",
     )
     num_processes: int | Literal["auto"] = Field(
         1,
@@ -207,8 +249,10 @@ class TrainingPlan(BaseModel):
     @classmethod
     def _not_blank(cls, v: str | None, info) -> str | None:
         if v is not None and not v.strip():
-            accepted = {"model": "a catalog name, a hub id, a local folder, a .gguf file or 'default'",
-                        "gpu": "a GPU from the catalog (e.g. 'RTX 4090') or cpu"}[info.field_name]
+            accepted = {
+                "model": "a catalog name, a hub id, a local folder, a .gguf file or 'default'",
+                "gpu": "a GPU from the catalog (e.g. 'RTX 4090') or cpu",
+            }[info.field_name]
             raise ValueError(f"is empty; give {accepted}")
         return v.strip() if v is not None else v
 
@@ -229,8 +273,10 @@ class TrainingPlan(BaseModel):
             # preferences on an adapter, whose disabled state is the reference
             raise ValueError(f"objective {self.objective} runs with method lora or qlora, not full")
         if self.objective != "sft" and self.data_format not in ("auto", "preference"):
-            raise ValueError(f"objective {self.objective} learns from pairs: data_format must be auto or preference, "
-                             f"got {self.data_format}")
+            raise ValueError(
+                f"objective {self.objective} learns from pairs: data_format must be auto or preference, "
+                f"got {self.data_format}"
+            )
         return self
 
     # --- helpers --------------------------------------------------------------------
@@ -277,8 +323,11 @@ class TrainingPlan(BaseModel):
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise UserError(source, f"is not valid YAML ({exc.__class__.__name__} near line "
-                            f"{getattr(getattr(exc, 'problem_mark', None), 'line', 0) + 1})") from None
+            raise UserError(
+                source,
+                f"is not valid YAML ({exc.__class__.__name__} near line "
+                f"{getattr(getattr(exc, 'problem_mark', None), 'line', 0) + 1})",
+            ) from None
         if not isinstance(data, dict):
             raise UserError(source, "must be a YAML mapping of plan fields (model: ..., r: ...)")
         return cls.build(**data)
@@ -351,8 +400,9 @@ def add_plan_flags(parser, fields: list[str] | None = None) -> None:
         flags = ["--" + name.replace("_", "-"), *FLAG_ALIASES.get(name, ())]
         annotation = field.annotation
         if annotation is bool:
-            parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=None,
-                                help=field.description)
+            parser.add_argument(
+                *flags, dest=name, action=argparse.BooleanOptionalAction, default=None, help=field.description
+            )
             continue
         kind = {int: int, float: float}.get(annotation) or {int | None: int, float | None: float}.get(annotation, str)
         choices = _literal_values(annotation)
@@ -402,8 +452,10 @@ def _user_error(exc: ValidationError) -> UserError:
         msg = "is not a plan field; known fields: " + ", ".join(TrainingPlan.model_fields)
     elif err["type"] == "literal_error":
         msg = f"got {err.get('input')!r}; " + msg.replace("Input should be", "expected")
-    elif err["type"] in ("greater_than", "greater_than_equal", "less_than", "less_than_equal") and field in \
-            TrainingPlan.model_fields:
+    elif (
+        err["type"] in ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+        and field in TrainingPlan.model_fields
+    ):
         msg = _range_message(field, err["type"], err.get("input"))
     elif err["type"] == "finite_number":
         msg = f"got {err.get('input')!r}; expected a finite number"

@@ -22,7 +22,6 @@ class JobCallbacks:
     """What engine.train.train is given by the job around it: `report` turns events into rows,
     `should_stop` answers from the job's cancel flag or a SIGTERM."""
 
-
     def __init__(self, job_id: int):
         self.job_id = job_id
         self.step = 0
@@ -37,18 +36,29 @@ class JobCallbacks:
             self.step = max(self.step, event.step)
         elif isinstance(event, events.Progress):
             self.step = max(self.step, event.step)
-            store.update_job(self.job_id, step=event.step, total_steps=event.total_steps,
-                             eta_seconds=event.eta_seconds,
-                             progress=min(1.0, event.step / event.total_steps) if event.total_steps else 0.0,
-                             heartbeat_at=store.now(), step_seconds=event.step_seconds)  # jobs.stall
+            store.update_job(
+                self.job_id,
+                step=event.step,
+                total_steps=event.total_steps,
+                eta_seconds=event.eta_seconds,
+                progress=min(1.0, event.step / event.total_steps) if event.total_steps else 0.0,
+                heartbeat_at=store.now(),
+                step_seconds=event.step_seconds,
+            )  # jobs.stall
         elif isinstance(event, events.Started):
-            values: dict[str, Any] = {"total_steps": event.total_steps, "device": event.device,
-                                         "base_score": event.base_score}
+            values: dict[str, Any] = {
+                "total_steps": event.total_steps,
+                "device": event.device,
+                "base_score": event.base_score,
+            }
             store.update_job(self.job_id, **{k: v for k, v in values.items() if v is not None})
             store.append_log(self.job_id, f"training on {event.device}: {event.total_steps} steps")
         elif isinstance(event, events.Scores):
-            scores: dict[str, Any] = {k: v for k, v in (("base_score", event.base_score),
-                                                        ("adapter_score", event.adapter_score)) if v is not None}
+            scores: dict[str, Any] = {
+                k: v
+                for k, v in (("base_score", event.base_score), ("adapter_score", event.adapter_score))
+                if v is not None
+            }
             if scores:  # an UPDATE with nothing to set is a SQL error
                 store.update_job(self.job_id, **scores)
         elif isinstance(event, events.Phase):

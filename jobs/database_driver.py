@@ -22,10 +22,20 @@ FIELD = "DATABASE_URL"
 EXTRA = "pip install 'lorapilot[postgres]'"  # psycopg 3 and psycopg2, the drivers the project tests
 # SQLAlchemy's driver name -> the pip package that provides it (the PostgreSQL extra's drivers first).
 PACKAGES = {
-    "psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pg8000": "pg8000", "asyncpg": "asyncpg",
-    "psycopg2cffi": "psycopg2cffi", "mysqldb": "mysqlclient", "pymysql": "PyMySQL", "mysqlconnector":
-    "mysql-connector-python", "asyncmy": "asyncmy", "aiomysql": "aiomysql", "oracledb": "oracledb",
-    "pyodbc": "pyodbc", "pymssql": "pymssql", "aiosqlite": "aiosqlite",
+    "psycopg": "psycopg[binary]",
+    "psycopg2": "psycopg2-binary",
+    "pg8000": "pg8000",
+    "asyncpg": "asyncpg",
+    "psycopg2cffi": "psycopg2cffi",
+    "mysqldb": "mysqlclient",
+    "pymysql": "PyMySQL",
+    "mysqlconnector": "mysql-connector-python",
+    "asyncmy": "asyncmy",
+    "aiomysql": "aiomysql",
+    "oracledb": "oracledb",
+    "pyodbc": "pyodbc",
+    "pymssql": "pymssql",
+    "aiosqlite": "aiosqlite",
 }
 IN_EXTRA = ("psycopg", "psycopg2")
 
@@ -40,11 +50,17 @@ def check(url: str | None = None) -> None:
         parsed = make_url(url)
         dialect = parsed.get_dialect()
     except NoSuchModuleError:  # before ArgumentError, its base class
-        raise UserError(FIELD, f"'{_safe(url)}' names a database or driver SQLAlchemy does not know; e.g. "
-                        "postgresql://user:password@host/db (psycopg 3) or postgresql+psycopg2://...") from None
+        raise UserError(
+            FIELD,
+            f"'{_safe(url)}' names a database or driver SQLAlchemy does not know; e.g. "
+            "postgresql://user:password@host/db (psycopg 3) or postgresql+psycopg2://...",
+        ) from None
     except ArgumentError:
-        raise UserError(FIELD, f"'{_safe(url)}' is not a database URL; e.g. postgresql://user:password@host/db, "
-                        "or unset it for the SQLite store in $LORAPILOT_HOME") from None
+        raise UserError(
+            FIELD,
+            f"'{_safe(url)}' is not a database URL; e.g. postgresql://user:password@host/db, "
+            "or unset it for the SQLite store in $LORAPILOT_HOME",
+        ) from None
     try:
         dialect.import_dbapi()
     except ImportError:
@@ -53,8 +69,10 @@ def check(url: str | None = None) -> None:
         how = f"`{EXTRA}` (or `pip install '{package}'`)" if driver in IN_EXTRA else f"`pip install '{package}'`"
         if driver not in IN_EXTRA and parsed.get_backend_name() == "postgresql":
             how += f", or write postgresql:// for psycopg 3, which `{EXTRA}` installs"
-        raise UserError(FIELD, f"{parsed.drivername}:// needs the Python driver {driver}, which is not installed; "
-                        f"install it with {how}") from None
+        raise UserError(
+            FIELD,
+            f"{parsed.drivername}:// needs the Python driver {driver}, which is not installed; install it with {how}",
+        ) from None
 
 
 def _safe(url: str) -> str:

@@ -56,6 +56,7 @@ def max_concurrent() -> int:
 
 # --- submit ----------------------------------------------------------------------------
 
+
 def validate(plan: TrainingPlan):
     """Everything that can be checked before a job exists; returns the plan's `Estimate`.
 
@@ -71,8 +72,14 @@ def validate(plan: TrainingPlan):
     else:  # on a Ray cluster the nodes load the weights; this machine's files say nothing of theirs
         availability.require(plan.model)  # before the data check, whose tokenizer would fail on the same cause
 
-    report = dataset.check_data(plan.dataset, model=plan.model, seq_len=plan.seq_len, data_format=plan.data_format,
-                                columns=plan.columns, objective=plan.objective)
+    report = dataset.check_data(
+        plan.dataset,
+        model=plan.model,
+        seq_len=plan.seq_len,
+        data_format=plan.data_format,
+        columns=plan.columns,
+        objective=plan.objective,
+    )
     report.raise_if_bad()
 
     # the data's lengths and the share of them with a label: the expected peak
@@ -94,13 +101,21 @@ def refuse_misfit(plan: TrainingPlan) -> None:
     if memory.fits is not False:
         return
     found = fitting.fix(plan)
-    fix = (f"; to fit: {'; '.join(step.what for step in found[0])}" if found else
-           "; nothing in LoRA Pilot's fitting steps makes it fit: a smaller model or a larger device")
+    fix = (
+        f"; to fit: {'; '.join(step.what for step in found[0])}"
+        if found
+        else "; nothing in LoRA Pilot's fitting steps makes it fit: a smaller model or a larger device"
+    )
     raise DoesNotFit("memory", f"not queued: {memory.verdict}{fix}")
 
 
-def submit(plan: TrainingPlan, start: bool = True, parent_id: int | None = None,
-           standby: subprocess.Popen | None = None, anyway: bool = False) -> Job:
+def submit(
+    plan: TrainingPlan,
+    start: bool = True,
+    parent_id: int | None = None,
+    standby: subprocess.Popen | None = None,
+    anyway: bool = False,
+) -> Job:
     """Validate, then queue. On any UserError no row exists. `parent_id`: the run whose advice this follows.
     A plan the estimate says cannot fit is refused (DoesNotFit) unless `anyway`.
 
@@ -137,6 +152,7 @@ def _default_name(plan: TrainingPlan) -> str:
 
 # --- start ---------------------------------------------------------------------------------
 
+
 def kick(standby: subprocess.Popen | None = None) -> list[int]:
     """Start queued jobs while fewer than LORAPILOT_MAX_CONCURRENT run. Returns started ids.
     The first job started locally takes over `standby`, if given; otherwise it is let go."""
@@ -167,9 +183,15 @@ def standby() -> subprocess.Popen | None:
     if ray.address() or max_concurrent() < 1:
         return None
     try:
-        return subprocess.Popen([sys.executable, "-m", "jobs.worker", "--standby"], cwd=str(ROOT), env=_worker_env(),
-                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "jobs.worker", "--standby"],
+            cwd=str(ROOT),
+            env=_worker_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     except OSError:
         return None  # the job will start the usual way
 
@@ -189,8 +211,13 @@ def _submit_to_ray(job_id: int) -> None:
         ray.submit(job_id)
     except Exception as exc:  # the row must not stay 'running' with nothing behind it
         reason = exc.message if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
-        store.update_job(job_id, (JobStatus.RUNNING,), status=JobStatus.FAILED, finished_at=store.now(),
-                         error=f"could not submit to the Ray cluster: {reason}; resume once it is reachable")
+        store.update_job(
+            job_id,
+            (JobStatus.RUNNING,),
+            status=JobStatus.FAILED,
+            finished_at=store.now(),
+            error=f"could not submit to the Ray cluster: {reason}; resume once it is reachable",
+        )
         raise
 
 
@@ -218,12 +245,21 @@ def _spawn(job_id: int, standby: subprocess.Popen | None = None) -> None:
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "jobs.worker", str(job_id)],
-            cwd=str(ROOT), env=_worker_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            cwd=str(ROOT),
+            env=_worker_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # own session and process group: survives the UI, killable as a group
         )
     except OSError as exc:
-        store.update_job(job_id, (JobStatus.RUNNING,), status=JobStatus.FAILED, finished_at=store.now(),
-                         error=f"could not start the worker process: {exc}")
+        store.update_job(
+            job_id,
+            (JobStatus.RUNNING,),
+            status=JobStatus.FAILED,
+            finished_at=store.now(),
+            error=f"could not start the worker process: {exc}",
+        )
         raise
     finally:
         log.close()
@@ -239,6 +275,7 @@ def _reap() -> None:
 
 
 # --- liveness ------------------------------------------------------------------------------
+
 
 def worker_alive(pid: int | None, job_id: int) -> bool:
     """Is `pid` alive AND our worker for this job? (pids are reused after a process dies.)"""
@@ -265,8 +302,10 @@ def reconcile() -> list[int]:
         if job.ray_job_id:
             if ray.status(job.ray_job_id) not in ray.TERMINAL:
                 continue
-            reason = (f"the Ray job {job.ray_job_id} ended without the worker reporting: its node was lost "
-                      "or it was stopped outside LoRA Pilot. Resume to continue from the last checkpoint.")
+            reason = (
+                f"the Ray job {job.ray_job_id} ended without the worker reporting: its node was lost "
+                "or it was stopped outside LoRA Pilot. Resume to continue from the last checkpoint."
+            )
         elif job.pid is None:
             if job.started_at and store.now() - job.started_at < timedelta(seconds=SPAWN_GRACE_S):
                 continue  # claimed a moment ago; the dispatcher is still starting it
@@ -274,15 +313,23 @@ def reconcile() -> list[int]:
         elif worker_alive(job.pid, job.id):
             continue
         else:
-            reason = (f"the worker process (pid {job.pid}) ended without reporting: it was killed "
-                      "(kill -9, the host ran out of memory) or the machine restarted. "
-                      "Resume to continue from the last checkpoint.")
+            reason = (
+                f"the worker process (pid {job.pid}) ended without reporting: it was killed "
+                "(kill -9, the host ran out of memory) or the machine restarted. "
+                "Resume to continue from the last checkpoint."
+            )
         status = JobStatus.INTERRUPTED
         if job.cancel_requested and job.pid is not None:  # a cancel that had to kill the worker
-            status, reason = JobStatus.CANCELLED, ("cancelled; the worker did not stop at a step boundary and was "
-                                           "killed. Resume continues from the last checkpoint.")
-        if store.update_job(job.id, (JobStatus.RUNNING,), status=status, error=reason,
-                            finished_at=store.now(), eta_seconds=None):
+            status, reason = (
+                JobStatus.CANCELLED,
+                (
+                    "cancelled; the worker did not stop at a step boundary and was "
+                    "killed. Resume continues from the last checkpoint."
+                ),
+            )
+        if store.update_job(
+            job.id, (JobStatus.RUNNING,), status=status, error=reason, finished_at=store.now(), eta_seconds=None
+        ):
             store.append_log(job.id, f"{status}: " + reason)
             changed.append(job.id)
     return changed
@@ -290,13 +337,19 @@ def reconcile() -> list[int]:
 
 # --- cancel and resume ----------------------------------------------------------------
 
+
 def cancel(job_id, wait: bool = True, grace_s: float | None = None) -> Job:
     """Queued → cancelled now. Running → ask the worker to stop at the next step (it saves
     a checkpoint), then SIGTERM, then SIGKILL to its process group if it does not. A stalled
     worker (jobs.stall) never reaches a step: it gets the signals without the grace period."""
     job = store.get_job(job_id)
-    if job.status == JobStatus.QUEUED and store.update_job(job.id, (JobStatus.QUEUED,), status=JobStatus.CANCELLED,
-                                                    finished_at=store.now(), error="cancelled before it started"):
+    if job.status == JobStatus.QUEUED and store.update_job(
+        job.id,
+        (JobStatus.QUEUED,),
+        status=JobStatus.CANCELLED,
+        finished_at=store.now(),
+        error="cancelled before it started",
+    ):
         store.append_log(job.id, "cancelled while queued")
         return store.get_job(job.id)
     job = store.get_job(job.id)
@@ -332,8 +385,14 @@ def _enforce_cancel(job_id: int, grace: float, term_grace: float = TERM_GRACE_S)
                 os.killpg(job.pid, sig)
         if _wait_finished(job_id, wait_s):
             return
-    store.update_job(job_id, (JobStatus.RUNNING,), status=JobStatus.CANCELLED, finished_at=store.now(),
-                     eta_seconds=None, error=f"cancelled; the worker did not stop within {grace:.0f}s and was killed")
+    store.update_job(
+        job_id,
+        (JobStatus.RUNNING,),
+        status=JobStatus.CANCELLED,
+        finished_at=store.now(),
+        eta_seconds=None,
+        error=f"cancelled; the worker did not stop within {grace:.0f}s and was killed",
+    )
     kick()
 
 
@@ -369,9 +428,19 @@ def resume(job_id, start: bool = True) -> Job:
         raise UserError("job", f"job {job.id} is {job.status}; only {one_of(RESUMABLE)} jobs can resume")
     step = last_checkpoint_step(job.id) or 0
     store.delete_metrics_after(job.id, step)
-    if not store.update_job(job.id, RESUMABLE, status=JobStatus.QUEUED, queued_at=store.now(),
-                            queue_seq=store.next_queue_seq(), error=None,
-                            finished_at=None, pid=None, cancel_requested=False, eta_seconds=None, step=step):
+    if not store.update_job(
+        job.id,
+        RESUMABLE,
+        status=JobStatus.QUEUED,
+        queued_at=store.now(),
+        queue_seq=store.next_queue_seq(),
+        error=None,
+        finished_at=None,
+        pid=None,
+        cancel_requested=False,
+        eta_seconds=None,
+        step=step,
+    ):
         raise UserError("job", f"job {job.id} changed state meanwhile; look again with `show {job.id}`")
     store.append_log(job.id, f"resume requested: continuing from step {step}")
     if start:

@@ -21,8 +21,16 @@ ADAPTER = ("adapter_model.safetensors", "adapter_config.json")
 MODEL = ("config.json",)  # plus the weights: model.safetensors, or shards with their index
 MODEL_OPTIONAL = ("generation_config.json", "model.safetensors", "model.safetensors.index.json")
 _SHARD = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
-COMMON = ("plan.yaml", "README.md", "metrics.csv", "loss.png", "tokenizer_config.json",
-          "tokenizer.json", "chat_template.jinja", "special_tokens_map.json")
+COMMON = (
+    "plan.yaml",
+    "README.md",
+    "metrics.csv",
+    "loss.png",
+    "tokenizer_config.json",
+    "tokenizer.json",
+    "chat_template.jinja",
+    "special_tokens_map.json",
+)
 
 
 def code(job_id, kind: str) -> str:
@@ -42,8 +50,11 @@ def export_zip(job_id) -> Path:
     folder = store.job_dir(job.id).resolve()
     kind = _kind(folder)
     if kind is None:
-        raise UserError("job", f"job {job.id} ({job.status}) has no adapter_model.safetensors or model "
-                        "weights yet; only a job that finished training has something to export")
+        raise UserError(
+            "job",
+            f"job {job.id} ({job.status}) has no adapter_model.safetensors or model "
+            "weights yet; only a job that finished training has something to export",
+        )
     if kind == "adapter":
         names = list(ADAPTER)
     else:
@@ -67,8 +78,9 @@ def zip_name(job_id: int, kind: str) -> str:
 def _kind(folder: Path) -> str | None:
     if all(_inside(folder, n) for n in ADAPTER):
         return "adapter"
-    if _inside(folder, "config.json") and (_inside(folder, "model.safetensors") or
-                                           _inside(folder, "model.safetensors.index.json")):
+    if _inside(folder, "config.json") and (
+        _inside(folder, "model.safetensors") or _inside(folder, "model.safetensors.index.json")
+    ):
         return "model"
     return None
 

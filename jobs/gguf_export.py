@@ -53,8 +53,11 @@ def export(job_id, quant: str = "f16", progress=lambda line: None) -> dict:
         try:
             base_dir = Path(snapshot_download(str(base_dir), allow_patterns=["*.json", "*.txt", "*.model"]))
         except Exception as exc:  # offline, gated, gone: one line naming the base
-            raise UserError("model", f"could not read the config of the base '{plan.model}' "
-                            f"({exc.__class__.__name__}); connect to the hub or set HF_TOKEN") from None
+            raise UserError(
+                "model",
+                f"could not read the config of the base '{plan.model}' "
+                f"({exc.__class__.__name__}); connect to the hub or set HF_TOKEN",
+            ) from None
     archs.load(base_dir)  # an unsupported architecture is refused before any work
     start = time.monotonic()
     out = folder / FOLDER
@@ -93,8 +96,12 @@ def export(job_id, quant: str = "f16", progress=lambda line: None) -> dict:
         raise
     record = _record(job, quant, written, checks, held, time.monotonic() - start)
     _save(folder, record)
-    artifacts.set_card_section(folder, modelfile.card_section(
-        ollama_name(job), merged_file, adapter_file if base_gguf else None, base_gguf, summary(record)))
+    artifacts.set_card_section(
+        folder,
+        modelfile.card_section(
+            ollama_name(job), merged_file, adapter_file if base_gguf else None, base_gguf, summary(record)
+        ),
+    )
     return record
 
 
@@ -107,8 +114,9 @@ def _base_gguf(model: str) -> Path | None:
     return None
 
 
-def _modelfiles(job, folder: Path, out: Path, merged: Path, adapter: Path | None, base_gguf: Path | None,
-                held) -> list[Path]:
+def _modelfiles(
+    job, folder: Path, out: Path, merged: Path, adapter: Path | None, base_gguf: Path | None, held
+) -> list[Path]:
     from transformers import AutoTokenizer
 
     tokenizer = held.tokenizer if held is not None else AutoTokenizer.from_pretrained(folder)
@@ -118,21 +126,29 @@ def _modelfiles(job, folder: Path, out: Path, merged: Path, adapter: Path | None
     files = [modelfile.write(out / "Modelfile", modelfile.render(pieces, f"./{merged.name}", None, system, note))]
     if adapter is not None:
         note = f"LoRA Pilot job {job.id} ({job.name}): the base GGUF plus the adapter, as trained"
-        files.append(modelfile.write(out / "Modelfile.adapter",
-                                     modelfile.render(pieces, str(base_gguf), f"./{adapter.name}", system, note)))
+        files.append(
+            modelfile.write(
+                out / "Modelfile.adapter", modelfile.render(pieces, str(base_gguf), f"./{adapter.name}", system, note)
+            )
+        )
     return files
 
 
 def _record(job, quant: str, files: list[Path], checks: list[dict], held, seconds: float) -> dict:
     main = checks[0] if checks else {}
     return {
-        "files": [str(p) for p in files], "quant": quant,
-        "agreement": main.get("agreement"), "exact_match": main.get("exact_match"),
+        "files": [str(p) for p in files],
+        "quant": quant,
+        "agreement": main.get("agreement"),
+        "exact_match": main.get("exact_match"),
         "job_exact_match": main.get("product_exact_match"),
-        "seconds": round(seconds, 1), "flagged": any(c["flagged"] for c in checks),
+        "seconds": round(seconds, 1),
+        "flagged": any(c["flagged"] for c in checks),
         "checks": checks,
-        "note": None if held is not None else "the job held out no rows with answers, so llama.cpp could not be "
-                                              "compared with it; the files were written unchecked",
+        "note": None
+        if held is not None
+        else "the job held out no rows with answers, so llama.cpp could not be "
+        "compared with it; the files were written unchecked",
     }
 
 
@@ -140,8 +156,11 @@ def summary(record: dict) -> str:
     """One line per export for the card, the CLI and the job page."""
     if not record.get("checks"):
         return record.get("note") or "not checked"
-    parts = [f"{c['kind']}: {c['agreement']}% of {c['rows']} held-out answers identical to LoRA Pilot's, "
-             f"exact match {c['exact_match']}% (the job: {c['product_exact_match']}%)" for c in record["checks"]]
+    parts = [
+        f"{c['kind']}: {c['agreement']}% of {c['rows']} held-out answers identical to LoRA Pilot's, "
+        f"exact match {c['exact_match']}% (the job: {c['product_exact_match']}%)"
+        for c in record["checks"]
+    ]
     return "Checked with llama.cpp on the job's held-out prompts: " + "; ".join(parts) + "."
 
 

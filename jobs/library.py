@@ -60,10 +60,23 @@ def find(name_or_id) -> Adapter:
 
 def summary(a: Adapter) -> dict:
     """The stable JSON keys of `adapters --json`."""
-    return {"id": a.id, "name": a.name, "base_model": a.base_model, "path": a.path, "method": a.method,
-            "r": a.r, "alpha": a.alpha, "targets": a.targets.split(",") if a.targets else [], "bytes": a.bytes,
-            "skill": a.skill, "description": a.description, "scores": a.scores, "job_id": a.job_id,
-            "lineage": a.lineage, "created_at": views.iso(a.created_at)}
+    return {
+        "id": a.id,
+        "name": a.name,
+        "base_model": a.base_model,
+        "path": a.path,
+        "method": a.method,
+        "r": a.r,
+        "alpha": a.alpha,
+        "targets": a.targets.split(",") if a.targets else [],
+        "bytes": a.bytes,
+        "skill": a.skill,
+        "description": a.description,
+        "scores": a.scores,
+        "job_id": a.job_id,
+        "lineage": a.lineage,
+        "created_at": views.iso(a.created_at),
+    }
 
 
 # --- writes --------------------------------------------------------------------------------
@@ -110,16 +123,27 @@ def register_job_adapter(job) -> Adapter | None:
     skill = demo.skill_of(plan)
     # held-out exact match of every job (jobs.outcome), not only a demo skill's
     scores = {k: v for k, v in zip(("base", "adapter"), outcome.heldout(job)) if v is not None}
-    return add(Adapter(
-        name=_free_name(job.name or f"job-{job.id}"), base_model=plan.model, path=str(job.artifact_dir),
-        method=plan.method, r=info.r or plan.r, alpha=info.alpha or plan.alpha, targets=",".join(info.targets),
-        bytes=info.bytes, skill=skill.name if skill else None,
-        description=skill.description if skill else f"trained on {plan.dataset}",
-        scores_json=json.dumps(scores) if scores else None, job_id=job.id))
+    return add(
+        Adapter(
+            name=_free_name(job.name or f"job-{job.id}"),
+            base_model=plan.model,
+            path=str(job.artifact_dir),
+            method=plan.method,
+            r=info.r or plan.r,
+            alpha=info.alpha or plan.alpha,
+            targets=",".join(info.targets),
+            bytes=info.bytes,
+            skill=skill.name if skill else None,
+            description=skill.description if skill else f"trained on {plan.dataset}",
+            scores_json=json.dumps(scores) if scores else None,
+            job_id=job.id,
+        )
+    )
 
 
-def import_adapter(path, name: str | None = None, base: str | None = None, description: str = "",
-                   skill: str | None = None) -> Adapter:
+def import_adapter(
+    path, name: str | None = None, base: str | None = None, description: str = "", skill: str | None = None
+) -> Adapter:
     """Copy a PEFT adapter folder (or a .zip of one) into the library after checking it.
 
     Checked before anything is written: the config is LoRA, the weights exist, the base
@@ -145,15 +169,30 @@ def import_adapter(path, name: str | None = None, base: str | None = None, descr
             raise UserError("name", f"an adapter named '{name}' exists; pick another with --name")
         staged = Path(tmp) / "staged"
         # the adapter and its companions; a trainer checkpoint's optimizer/scheduler state is not the adapter
-        shutil.copytree(src, staged, ignore=shutil.ignore_patterns(
-            "checkpoints", "*.zip", "optimizer.pt", "scheduler.pt", "rng_state*.pth", "training_args.bin"))
+        shutil.copytree(
+            src,
+            staged,
+            ignore=shutil.ignore_patterns(
+                "checkpoints", "*.zip", "optimizer.pt", "scheduler.pt", "rng_state*.pth", "training_args.bin"
+            ),
+        )
         dest = _unique_dir(name)
         os.replace(staged, dest)  # same file system: atomic
         try:
-            return add(Adapter(name=name, base_model=info.base_model, path=str(dest), method=info.method,
-                               r=info.r, alpha=info.alpha, targets=",".join(info.targets),
-                               bytes=folder.folder_bytes(dest), skill=skill,
-                               description=description or f"imported from {path}"))
+            return add(
+                Adapter(
+                    name=name,
+                    base_model=info.base_model,
+                    path=str(dest),
+                    method=info.method,
+                    r=info.r,
+                    alpha=info.alpha,
+                    targets=",".join(info.targets),
+                    bytes=folder.folder_bytes(dest),
+                    skill=skill,
+                    description=description or f"imported from {path}",
+                )
+            )
         except BaseException:
             shutil.rmtree(dest, ignore_errors=True)
             raise
@@ -174,8 +213,9 @@ def _unzip(zip_path: Path, out: Path) -> Path:
             for member in zf.infolist():
                 target = (out / member.filename).resolve()
                 if not target.is_relative_to(out.resolve()):
-                    raise UserError("adapter", f"{zip_path.name} holds a path outside the archive "
-                                    f"({member.filename}); refusing it")
+                    raise UserError(
+                        "adapter", f"{zip_path.name} holds a path outside the archive ({member.filename}); refusing it"
+                    )
             zf.extractall(out)
     except zipfile.BadZipFile:
         raise UserError("adapter", f"{zip_path.name} is not a readable zip file") from None
@@ -211,8 +251,10 @@ def delete(name_or_id) -> Adapter:
         except UserError:
             job = None
         if job is not None and job.status in ("queued", "running"):
-            raise UserError("adapter", f"'{entry.name}' belongs to job {job.id}, which is {job.status}; "
-                            "cancel or wait for the job first")
+            raise UserError(
+                "adapter",
+                f"'{entry.name}' belongs to job {job.id}, which is {job.status}; cancel or wait for the job first",
+            )
     with session() as s:
         row = s.get(Adapter, entry.id)
         if row is not None:

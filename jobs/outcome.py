@@ -50,8 +50,9 @@ def _evaluation(job) -> dict:
 
 def early_stop(job) -> bool:
     """Finished before its planned steps without being cancelled: early stopping ended it."""
-    return (job.status == SUCCEEDED and bool(job.total_steps) and job.step is not None
-            and 0 < job.step < job.total_steps)
+    return (
+        job.status == SUCCEEDED and bool(job.total_steps) and job.step is not None and 0 < job.step < job.total_steps
+    )
 
 
 def progress_text(job) -> str:
@@ -93,5 +94,9 @@ def readings(job) -> dict:
     """The keys `jobs --json` and `show --json` add to a job (jobs.views): the ETA of every phase left,
     held-out exact match before/after, early stopping, and the status in words."""
     before, after = heldout(job)
-    return {"eta": eta(job), "held_out_exact_match": {"base": before, "adapter": after},
-            "stopped_early": early_stop(job), "outcome": status_text(job)}
+    return {
+        "eta": eta(job),
+        "held_out_exact_match": {"base": before, "adapter": after},
+        "stopped_early": early_stop(job),
+        "outcome": status_text(job),
+    }

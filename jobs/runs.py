@@ -22,8 +22,9 @@ def metric_dicts(job_id: int) -> list[dict]:
 
 
 def findings(job: Job) -> list[diagnose.Finding]:
-    return diagnose.diagnose(metric_dicts(job.id), store.job_evaluation(job), store.job_plan(job),
-                             finished=job.status in FINISHED)
+    return diagnose.diagnose(
+        metric_dicts(job.id), store.job_evaluation(job), store.job_plan(job), finished=job.status in FINISHED
+    )
 
 
 def next_plan(job: Job, rules: list[str] | None = None) -> tuple[TrainingPlan, dict]:
@@ -32,9 +33,12 @@ def next_plan(job: Job, rules: list[str] | None = None) -> tuple[TrainingPlan, d
         raise UserError("job", f"job {job.id} is {job.status}; the next run follows a finished one")
     found = findings(job)
     if not found:
-        raise UserError("job", f"job {job.id} has no advice to follow (verdict: "
-                        f"{diagnose.verdict(found, job.status == 'succeeded') or 'none'}); change the plan with "
-                        "`python app.py train PLAN.yaml` instead")
+        raise UserError(
+            "job",
+            f"job {job.id} has no advice to follow (verdict: "
+            f"{diagnose.verdict(found, job.status == 'succeeded') or 'none'}); change the plan with "
+            "`python app.py train PLAN.yaml` instead",
+        )
     known = list(dict.fromkeys(f.rule for f in found))
     unknown = [r for r in rules or [] if r not in known]
     if unknown:
@@ -69,14 +73,19 @@ def compare(job_ids: list) -> list[dict]:
         found = findings(job)
         evals = [(m["step"], m["eval_loss"]) for m in metrics if m["eval_loss"] is not None]
         best = min(evals, key=lambda p: p[1]) if evals else None
-        out.append({
-            "id": job.id, "name": job.name, "status": job.status, "parent_id": job.parent_id,
-            "plan": {k: plan[k] for k in differ},
-            "final_loss": next((m["loss"] for m in reversed(metrics) if m["loss"] is not None), None),
-            "best_eval_loss": {"step": best[0], "loss": best[1]} if best else None,
-            "evaluation": store.job_evaluation(job),
-            "verdict": diagnose.verdict(found, job.status == "succeeded"),
-            "advice": [f.to_json() for f in found],
-            "metrics": [{"step": m["step"], "loss": m["loss"], "eval_loss": m["eval_loss"]} for m in metrics],
-        })
+        out.append(
+            {
+                "id": job.id,
+                "name": job.name,
+                "status": job.status,
+                "parent_id": job.parent_id,
+                "plan": {k: plan[k] for k in differ},
+                "final_loss": next((m["loss"] for m in reversed(metrics) if m["loss"] is not None), None),
+                "best_eval_loss": {"step": best[0], "loss": best[1]} if best else None,
+                "evaluation": store.job_evaluation(job),
+                "verdict": diagnose.verdict(found, job.status == "succeeded"),
+                "advice": [f.to_json() for f in found],
+                "metrics": [{"step": m["step"], "loss": m["loss"], "eval_loss": m["eval_loss"]} for m in metrics],
+            }
+        )
     return out

@@ -36,10 +36,33 @@ from jobs import tables
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 FIRST = "0001"
 # The job table of revision 0001, to recognise a database made before migrations existed.
-FIRST_JOB_COLUMNS = frozenset({
-    "id", "name", "plan_json", "status", "created_at", "queue_seq", "queued_at", "started_at", "finished_at",
-    "pid", "device", "step", "total_steps", "progress", "eta_seconds", "error", "artifact_dir", "estimate_json",
-    "estimated_peak_bytes", "measured_peak_bytes", "base_score", "adapter_score", "cancel_requested"})
+FIRST_JOB_COLUMNS = frozenset(
+    {
+        "id",
+        "name",
+        "plan_json",
+        "status",
+        "created_at",
+        "queue_seq",
+        "queued_at",
+        "started_at",
+        "finished_at",
+        "pid",
+        "device",
+        "step",
+        "total_steps",
+        "progress",
+        "eta_seconds",
+        "error",
+        "artifact_dir",
+        "estimate_json",
+        "estimated_peak_bytes",
+        "measured_peak_bytes",
+        "base_score",
+        "adapter_score",
+        "cancel_requested",
+    }
+)
 _ADVISORY_LOCK_ID = 0x4C6F5261  # PostgreSQL: one migrator at a time, whatever the process
 
 
@@ -86,9 +109,12 @@ def _stamp_if_unversioned(conn, url) -> None:
         command.stamp(config(conn), FIRST)
     else:
         missing = ", ".join(sorted(FIRST_JOB_COLUMNS - have["job"]))
-        raise UserError("database", f"{url.render_as_string(hide_password=True)} was made by a LoRA Pilot too old "
-                        f"to upgrade (its job table lacks {missing}); move the file aside and start again "
-                        "(job folders under $LORAPILOT_HOME/jobs are kept)")
+        raise UserError(
+            "database",
+            f"{url.render_as_string(hide_password=True)} was made by a LoRA Pilot too old "
+            f"to upgrade (its job table lacks {missing}); move the file aside and start again "
+            "(job folders under $LORAPILOT_HOME/jobs are kept)",
+        )
 
 
 @contextmanager

@@ -77,13 +77,17 @@ def describe(job, now: datetime | None = None) -> str | None:
     now = now or datetime.now(UTC)
     quiet = _minutes((now - since).total_seconds())
     if pending:
-        return (f"stalled since {since.strftime('%Y-%m-%d %H:%M:%S')} UTC: {pending.line()}, for {quiet} (threshold "
-                f"{_minutes(threshold_s(job))}, set by {ENV}). Ray starts it when a node has what it asks; "
-                "cancel takes it off the cluster.")
+        return (
+            f"stalled since {since.strftime('%Y-%m-%d %H:%M:%S')} UTC: {pending.line()}, for {quiet} (threshold "
+            f"{_minutes(threshold_s(job))}, set by {ENV}). Ray starts it when a node has what it asks; "
+            "cancel takes it off the cluster."
+        )
     what = "no step finished" if _heartbeat(job) else "no first step"
-    return (f"stalled since {since.strftime('%Y-%m-%d %H:%M:%S')} UTC: {what} for {quiet} (threshold "
-            f"{_minutes(threshold_s(job))}, set by {ENV}). It may be hung; the log tail shows its last "
-            "words, and cancel stops it (a worker that does not stop is killed).")
+    return (
+        f"stalled since {since.strftime('%Y-%m-%d %H:%M:%S')} UTC: {what} for {quiet} (threshold "
+        f"{_minutes(threshold_s(job))}, set by {ENV}). It may be hung; the log tail shows its last "
+        "words, and cancel stops it (a worker that does not stop is killed)."
+    )
 
 
 def _minutes(seconds: float) -> str:

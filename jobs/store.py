@@ -26,6 +26,7 @@ QUEUE_LOCK = 0x4C50_5155  # 'LPQU': the advisory lock key for the job queue on P
 
 # --- job folder --------------------------------------------------------------------------
 
+
 def job_dir(job_id: int) -> Path:
     path = paths.subdir("jobs") / str(int(job_id))
     path.mkdir(parents=True, exist_ok=True)
@@ -54,6 +55,7 @@ def append_log(job_id: int, line: str) -> None:
 
 
 # --- reads ---------------------------------------------------------------------------------
+
 
 def get_job(job_id) -> Job:
     try:
@@ -93,6 +95,7 @@ def job_evaluation(job: Job) -> dict | None:
 
 
 # --- writes --------------------------------------------------------------------------------
+
 
 def next_queue_seq():
     """SQL for 'one past the last place in the queue', evaluated inside the writing statement."""
@@ -147,8 +150,9 @@ def claim_next(slots: int) -> int | None:
     One UPDATE with sub-selects: SQLite serialises writers, so two dispatchers that race
     here claim different jobs (or none), and a job is never started twice.
     """
-    oldest = (select(Job.id).where(col(Job.status) == JobStatus.QUEUED)
-              .order_by(col(Job.queue_seq), col(Job.id)).limit(1))
+    oldest = (
+        select(Job.id).where(col(Job.status) == JobStatus.QUEUED).order_by(col(Job.queue_seq), col(Job.id)).limit(1)
+    )
     running = select(Job.id).where(Job.status == JobStatus.RUNNING)
     running_count = select(func.count()).select_from(running.subquery()).scalar_subquery()
     stmt = (

@@ -89,20 +89,37 @@ def detail(row: Sweep) -> dict:
     """The stable keys of `sweep show --json`."""
     study = sweep_study.load(row.id)
     return {
-        "id": row.id, "name": row.name, "status": row.status, "metric": row.metric, "direction": row.direction,
-        "budget": {"trials": row.budget_trials,
-                   "minutes": row.budget_seconds / 60 if row.budget_seconds is not None else None},
-        "elapsed_seconds": round(row.elapsed_seconds, 1), "error": row.error, "adapter": row.adapter_name,
-        "created_at": iso(row.created_at), "finished_at": iso(row.finished_at),
-        "plan": json.loads(row.plan_json), "space": json.loads(row.space_json),
+        "id": row.id,
+        "name": row.name,
+        "status": row.status,
+        "metric": row.metric,
+        "direction": row.direction,
+        "budget": {
+            "trials": row.budget_trials,
+            "minutes": row.budget_seconds / 60 if row.budget_seconds is not None else None,
+        },
+        "elapsed_seconds": round(row.elapsed_seconds, 1),
+        "error": row.error,
+        "adapter": row.adapter_name,
+        "created_at": iso(row.created_at),
+        "finished_at": iso(row.finished_at),
+        "plan": json.loads(row.plan_json),
+        "space": json.loads(row.space_json),
         "trials": [sweep_study.trial_json(t) for t in study.get_trials(deepcopy=False)],
         "best": sweep_study.best(study),
     }
 
 
 def summary(row: Sweep) -> dict:
-    return {"id": row.id, "name": row.name, "status": row.status, "metric": row.metric,
-            "created_at": iso(row.created_at), "best_job_id": row.best_job_id, "adapter": row.adapter_name}
+    return {
+        "id": row.id,
+        "name": row.name,
+        "status": row.status,
+        "metric": row.metric,
+        "created_at": iso(row.created_at),
+        "best_job_id": row.best_job_id,
+        "adapter": row.adapter_name,
+    }
 
 
 # --- create ----------------------------------------------------------------------------------
@@ -121,8 +138,10 @@ def check_metric(metric: str, plan: TrainingPlan) -> None:
     if plan.eval_split <= 0:
         raise UserError("eval_split", "is 0: a sweep ranks its trials on held-out rows; set eval_split above 0")
     if metric != "loss" and plan.eval_generations <= 0:
-        raise UserError("metric", f"{metric} needs answers generated on held-out rows; set eval_generations "
-                        "above 0 or rank by loss")
+        raise UserError(
+            "metric",
+            f"{metric} needs answers generated on held-out rows; set eval_generations above 0 or rank by loss",
+        )
 
 
 def trial_value(job, metric: str) -> float | None:
@@ -132,9 +151,15 @@ def trial_value(job, metric: str) -> float | None:
     return float(value) if value is not None else None
 
 
-def create(plan: TrainingPlan | None = None, trials: int | None = None, minutes: float | None = None,
-           space_specs: list[str] | dict | None = None, metric: str = "loss", start: bool = True,
-           from_job: int | None = None) -> Sweep:
+def create(
+    plan: TrainingPlan | None = None,
+    trials: int | None = None,
+    minutes: float | None = None,
+    space_specs: list[str] | dict | None = None,
+    metric: str = "loss",
+    start: bool = True,
+    from_job: int | None = None,
+) -> Sweep:
     """Check everything, then write the row and the study with the plan enqueued as trial 0.
 
     `from_job`: a succeeded job is trial 0 as it ran (its plan, its measured score), and the
@@ -157,9 +182,15 @@ def create(plan: TrainingPlan | None = None, trials: int | None = None, minutes:
     if estimate.memory.fits is False:
         raise UserError("memory", f"not started: trial 0, the plan itself, does not fit: {estimate.memory.verdict}")
     dims = space.build(plan, introspect.resolve(plan.model).total_params / 1e9, overrides)
-    row = Sweep(name=plan.name or "", metric=metric, direction=METRICS[metric], budget_trials=trials,
-                budget_seconds=minutes * 60 if minutes is not None else None, plan_json=plan.model_dump_json(),
-                space_json=json.dumps([d.to_json() for d in dims.values()]))
+    row = Sweep(
+        name=plan.name or "",
+        metric=metric,
+        direction=METRICS[metric],
+        budget_trials=trials,
+        budget_seconds=minutes * 60 if minutes is not None else None,
+        plan_json=plan.model_dump_json(),
+        space_json=json.dumps([d.to_json() for d in dims.values()]),
+    )
     with session() as s:
         s.add(row)
         s.commit()
@@ -179,9 +210,13 @@ def create(plan: TrainingPlan | None = None, trials: int | None = None, minutes:
             s.delete(s.get(Sweep, row.id))
             s.commit()
         raise
-    append_log(row.id, f"created: {row.metric} ({row.direction}), budget "
-               + (f"{trials} trials" if trials else f"{minutes:g} minutes")
-               + "; space " + "; ".join(f"{d.field} {d.describe()}" for d in dims.values()))
+    append_log(
+        row.id,
+        f"created: {row.metric} ({row.direction}), budget "
+        + (f"{trials} trials" if trials else f"{minutes:g} minutes")
+        + "; space "
+        + "; ".join(f"{d.field} {d.describe()}" for d in dims.values()),
+    )
     if start:
         spawn(row.id)
     return get(row.id)
@@ -191,9 +226,15 @@ def create(plan: TrainingPlan | None = None, trials: int | None = None, minutes:
 def spawn(sweep_id: int) -> None:
     log = open(log_path(sweep_id), "ab")
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "jobs.sweep_driver", str(sweep_id)], cwd=str(dispatcher.ROOT),
-                                env=dispatcher._worker_env(), stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # outlives the CLI or UI
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jobs.sweep_driver", str(sweep_id)],
+            cwd=str(dispatcher.ROOT),
+            env=dispatcher._worker_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # outlives the CLI or UI
     except OSError as exc:
         update(sweep_id, status=SweepStatus.FAILED, error=f"could not start the sweep's driver process: {exc}")
         raise
@@ -223,8 +264,11 @@ def reconcile() -> list[int]:
     for row in list_sweeps():
         if row.status == SweepStatus.RUNNING and not driver_alive(row.pid, row.id):
             reason = f"the sweep's driver (pid {row.pid}) ended without finishing; `sweep resume {row.id}` continues"
-        elif (row.status == SweepStatus.QUEUED and row.pid is None
-              and now() - row.queued_at > timedelta(seconds=SPAWN_GRACE_S)):
+        elif (
+            row.status == SweepStatus.QUEUED
+            and row.pid is None
+            and now() - row.queued_at > timedelta(seconds=SPAWN_GRACE_S)
+        ):
             reason = f"the sweep's driver never started; `sweep resume {row.id}` starts it"
         else:
             continue
@@ -242,8 +286,13 @@ def cancel(sweep_id) -> Sweep:
     row = get(sweep_id)
     if row.status in SWEEP_FINISHED:
         raise UserError("sweep", f"sweep {row.id} is {row.status}; only a queued or running sweep can be cancelled")
-    if update(row.id, (SweepStatus.QUEUED,), status=SweepStatus.CANCELLED, finished_at=now(),
-              error="cancelled before its driver started"):
+    if update(
+        row.id,
+        (SweepStatus.QUEUED,),
+        status=SweepStatus.CANCELLED,
+        finished_at=now(),
+        error="cancelled before its driver started",
+    ):
         append_log(row.id, "cancelled while queued")
         return get(row.id)
     update(row.id, cancel_requested=True)  # the driver sees it at its next poll and stops
@@ -258,8 +307,7 @@ def cancel(sweep_id) -> Sweep:
         if store.get_job(job_id).status in (JobStatus.QUEUED, JobStatus.RUNNING):
             dispatcher.cancel(job_id, wait=False)
     if not driver_alive(get(row.id).pid, row.id):  # nobody else will write the verdict
-        update(row.id, (SweepStatus.RUNNING,), status=SweepStatus.CANCELLED, finished_at=now(),
-               error="cancelled")
+        update(row.id, (SweepStatus.RUNNING,), status=SweepStatus.CANCELLED, finished_at=now(), error="cancelled")
     append_log(row.id, "cancel requested")
     return get(row.id)
 
@@ -269,8 +317,16 @@ def resume(sweep_id, start: bool = True) -> Sweep:
     row = get(sweep_id)
     if row.status not in SWEEP_RESUMABLE:
         raise UserError("sweep", f"sweep {row.id} is {row.status}; only {one_of(SWEEP_RESUMABLE)} sweeps can resume")
-    if not update(row.id, SWEEP_RESUMABLE, status=SweepStatus.QUEUED, pid=None, cancel_requested=False,
-                  error=None, finished_at=None, queued_at=now()):
+    if not update(
+        row.id,
+        SWEEP_RESUMABLE,
+        status=SweepStatus.QUEUED,
+        pid=None,
+        cancel_requested=False,
+        error=None,
+        finished_at=None,
+        queued_at=now(),
+    ):
         raise UserError("sweep", f"sweep {row.id} changed state meanwhile; look again with `sweep show {row.id}`")
     append_log(row.id, "resume requested")
     if start:

@@ -80,8 +80,11 @@ class Driver:
         if self.row.budget_seconds is not None and eta is not None and trial.number > 0:
             left = self.row.budget_seconds - self.elapsed()
             if eta > left:
-                self.fail(trial.number, f"not started: its ETA ({human_seconds(eta)}) is more than the "
-                          f"{human_seconds(max(0.0, left))} left of the time budget")
+                self.fail(
+                    trial.number,
+                    f"not started: its ETA ({human_seconds(eta)}) is more than the "
+                    f"{human_seconds(max(0.0, left))} left of the time budget",
+                )
                 return False
         job = dispatcher.submit(plan, standby=dispatcher.standby())
         store.update_job(job.id, sweep_id=self.id)
@@ -89,8 +92,11 @@ class Driver:
         if eta is not None:
             self.study._storage.set_trial_user_attr(trial._trial_id, "eta_seconds", round(eta, 1))
         store.append_log(job.id, f"trial {trial.number} of sweep {self.id} ({self.row.name}): {params}")
-        sweep.append_log(self.id, f"trial {trial.number}: job {job.id}, {params}"
-                         + (f", ETA {human_seconds(eta)}" if eta is not None else ""))
+        sweep.append_log(
+            self.id,
+            f"trial {trial.number}: job {job.id}, {params}"
+            + (f", ETA {human_seconds(eta)}" if eta is not None else ""),
+        )
         return True
 
     def predicted_seconds(self, estimate) -> float | None:
@@ -99,9 +105,11 @@ class Driver:
         seconds = estimate.time.seconds if estimate.time is not None else None
         if seconds is None:
             return None
-        extra = [t.user_attrs["wall_seconds"] - t.user_attrs["eta_seconds"]
-                 for t in self.study.get_trials(deepcopy=False)
-                 if t.state.name == "COMPLETE" and "wall_seconds" in t.user_attrs and "eta_seconds" in t.user_attrs]
+        extra = [
+            t.user_attrs["wall_seconds"] - t.user_attrs["eta_seconds"]
+            for t in self.study.get_trials(deepcopy=False)
+            if t.state.name == "COMPLETE" and "wall_seconds" in t.user_attrs and "eta_seconds" in t.user_attrs
+        ]
         return seconds + (sum(extra) / len(extra) if extra else 0.0)
 
     def follow(self, number: int) -> None:
@@ -184,8 +192,11 @@ class Driver:
         from optuna.trial import TrialState
 
         linked = {t.user_attrs.get("job_id") for t in self.study.get_trials(deepcopy=False)}
-        orphans = [j for j in store.list_jobs() if j.sweep_id == self.id and j.id not in linked
-                   and j.status != JobStatus.CANCELLED]
+        orphans = [
+            j
+            for j in store.list_jobs()
+            if j.sweep_id == self.id and j.id not in linked and j.status != JobStatus.CANCELLED
+        ]
         if not orphans or self.study.get_trials(deepcopy=False)[number].state != TrialState.RUNNING:
             return None
         job_id = orphans[0].id  # newest first: the driver queues one trial at a time
@@ -196,14 +207,31 @@ class Driver:
     def finish(self) -> None:
         best = sweep_study.best(self.study)
         if best is None:
-            sweep.update(self.id, (SweepStatus.RUNNING,), status=SweepStatus.FAILED, finished_at=now(),
-                         elapsed_seconds=self.elapsed(), error="no trial completed; see each trial's reason")
+            sweep.update(
+                self.id,
+                (SweepStatus.RUNNING,),
+                status=SweepStatus.FAILED,
+                finished_at=now(),
+                elapsed_seconds=self.elapsed(),
+                error="no trial completed; see each trial's reason",
+            )
             return
         name = sweep.publish_best(self.row, best)
-        sweep.update(self.id, (SweepStatus.RUNNING,), status=SweepStatus.SUCCEEDED, finished_at=now(),
-                     elapsed_seconds=self.elapsed(), best_job_id=best["job_id"], adapter_name=name, error=None)
-        sweep.append_log(self.id, f"succeeded: best trial {best['number']} (job {best['job_id']}), "
-                         f"{self.row.metric} {best['value']:.4f}" + (f"; adapter '{name}'" if name else ""))
+        sweep.update(
+            self.id,
+            (SweepStatus.RUNNING,),
+            status=SweepStatus.SUCCEEDED,
+            finished_at=now(),
+            elapsed_seconds=self.elapsed(),
+            best_job_id=best["job_id"],
+            adapter_name=name,
+            error=None,
+        )
+        sweep.append_log(
+            self.id,
+            f"succeeded: best trial {best['number']} (job {best['job_id']}), "
+            f"{self.row.metric} {best['value']:.4f}" + (f"; adapter '{name}'" if name else ""),
+        )
 
     # --- bookkeeping ---------------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -248,14 +276,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         Driver(sweep_id).run()
     except Cancelled:
-        sweep.update(sweep_id, (SweepStatus.RUNNING,), status=SweepStatus.CANCELLED, finished_at=now(),
-                     error="cancelled; `sweep resume` continues from the trial that was running")
+        sweep.update(
+            sweep_id,
+            (SweepStatus.RUNNING,),
+            status=SweepStatus.CANCELLED,
+            finished_at=now(),
+            error="cancelled; `sweep resume` continues from the trial that was running",
+        )
         sweep.append_log(sweep_id, "cancelled")
     except BaseException as exc:
         traceback.print_exc()
         reason = exc.message if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
-        sweep.update(sweep_id, (SweepStatus.RUNNING,), status=SweepStatus.FAILED, finished_at=now(),
-                     error=f"the sweep's driver failed: {reason}; `sweep resume {sweep_id}` retries")
+        sweep.update(
+            sweep_id,
+            (SweepStatus.RUNNING,),
+            status=SweepStatus.FAILED,
+            finished_at=now(),
+            error=f"the sweep's driver failed: {reason}; `sweep resume {sweep_id}` retries",
+        )
         sweep.append_log(sweep_id, f"failed: {reason}")
         return 1
     return 0

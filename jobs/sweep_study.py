@@ -52,8 +52,10 @@ def storage():
             return _storages[key]
         if url.get_backend_name() == "sqlite":
             if not url.database or url.database == ":memory:":
-                raise UserError("DATABASE_URL", "sweeps need a database file or server; an in-memory SQLite "
-                                "database does not outlive the process")
+                raise UserError(
+                    "DATABASE_URL",
+                    "sweeps need a database file or server; an in-memory SQLite database does not outlive the process",
+                )
             path = Path(url.database)
             target = url.set(database=str(path.with_name(path.stem + "-optuna" + (path.suffix or ".db"))))
             kwargs = {"connect_args": {"timeout": 30}}
@@ -72,15 +74,17 @@ def storage():
 def create(sweep_id: int, direction: str, seed: int):
     import optuna
 
-    return optuna.create_study(study_name=study_name(sweep_id), storage=storage(), direction=direction,
-                               sampler=sampler(seed), pruner=pruner())
+    return optuna.create_study(
+        study_name=study_name(sweep_id), storage=storage(), direction=direction, sampler=sampler(seed), pruner=pruner()
+    )
 
 
 def load(sweep_id: int, seed: int = 0):
     import optuna
 
-    return optuna.load_study(study_name=study_name(sweep_id), storage=storage(), sampler=sampler(seed),
-                             pruner=pruner())
+    return optuna.load_study(
+        study_name=study_name(sweep_id), storage=storage(), sampler=sampler(seed), pruner=pruner()
+    )
 
 
 def delete(sweep_id: int) -> None:
@@ -113,9 +117,15 @@ def add_finished(study, job, point: dict, dims: dict, value: float) -> None:
     import optuna
 
     losses = {m.step: m.eval_loss for m in store.job_metrics(job.id) if m.eval_loss is not None}
-    study.add_trial(optuna.trial.create_trial(
-        params=point, distributions={f: distribution(d) for f, d in dims.items()}, value=value,
-        intermediate_values=losses, user_attrs={"job_id": job.id, "start": f"job {job.id}"}))
+    study.add_trial(
+        optuna.trial.create_trial(
+            params=point,
+            distributions={f: distribution(d) for f, d in dims.items()},
+            value=value,
+            intermediate_values=losses,
+            user_attrs={"job_id": job.id, "start": f"job {job.id}"},
+        )
+    )
 
 
 # --- pruning ---------------------------------------------------------------------------------
@@ -128,8 +138,10 @@ def worse_by(value: float, others: list[float]) -> str | None:
         return None
     median = statistics.median(others)
     if value > median * (1 + MARGIN):
-        return (f"held-out loss {value:.4f} is {value / median - 1:.0%} above the median of the other trials "
-                f"at this step ({median:.4f}; pruned beyond {MARGIN:.0%})")
+        return (
+            f"held-out loss {value:.4f} is {value / median - 1:.0%} above the median of the other trials "
+            f"at this step ({median:.4f}; pruned beyond {MARGIN:.0%})"
+        )
     return None
 
 
@@ -159,9 +171,14 @@ def pruner():
 def trial_json(t) -> dict:
     # a queued trial has no params yet, only the values it was enqueued with (trial 0: the plan's)
     params = dict(t.params) or dict(t.system_attrs.get("fixed_params") or {})
-    return {"number": t.number, "job_id": t.user_attrs.get("job_id"), "params": params,
-            "value": t.value, "state": STATES.get(t.state.name, t.state.name.lower()),
-            "reason": t.user_attrs.get("reason")}
+    return {
+        "number": t.number,
+        "job_id": t.user_attrs.get("job_id"),
+        "params": params,
+        "value": t.value,
+        "state": STATES.get(t.state.name, t.state.name.lower()),
+        "reason": t.user_attrs.get("reason"),
+    }
 
 
 def best(study) -> dict | None:

@@ -20,12 +20,20 @@ def iso(value: datetime | None) -> str | None:
 
 def job_summary(job: Job) -> dict:
     return {
-        "id": job.id, "name": job.name, "status": job.status,
-        "created_at": iso(job.created_at), "started_at": iso(job.started_at),
-        "finished_at": iso(job.finished_at), "step": job.step, "total_steps": job.total_steps,
-        "progress": job.progress, "eta_seconds": job.eta_seconds,
-        "base_score": job.base_score, "adapter_score": job.adapter_score,
-        "error": job.error, "artifact_dir": job.artifact_dir,
+        "id": job.id,
+        "name": job.name,
+        "status": job.status,
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "step": job.step,
+        "total_steps": job.total_steps,
+        "progress": job.progress,
+        "eta_seconds": job.eta_seconds,
+        "base_score": job.base_score,
+        "adapter_score": job.adapter_score,
+        "error": job.error,
+        "artifact_dir": job.artifact_dir,
         "stalled_since": iso(stall.stalled_since(job)),
         **outcome.readings(job),  # eta by phase, held-out before/after, stopped early, outcome
     }
@@ -41,15 +49,24 @@ def phase_seconds(job: Job) -> float | None:
 def job_detail(job: Job) -> dict:
     detail = job_summary(job)
     findings = runs.findings(job)
-    detail.update({
-        "phase": job.phase if job.status == "running" else None, "phase_seconds": phase_seconds(job),
-        "parent_id": job.parent_id, "evaluation": store.job_evaluation(job),
-        "verdict": diagnose.verdict(findings, finished=job.status == "succeeded"),
-        "advice": [f.to_json() for f in findings],
-        "pid": job.pid, "device": job.device, "cancel_requested": job.cancel_requested,
-        "host": job.host, "ray_job_id": job.ray_job_id,
-        "plan": json.loads(job.plan_json), "estimate": store.job_estimate(job),
-        "estimated_peak_bytes": job.estimated_peak_bytes, "measured_peak_bytes": job.measured_peak_bytes,
-        "metrics": runs.metric_dicts(job.id),
-    })
+    detail.update(
+        {
+            "phase": job.phase if job.status == "running" else None,
+            "phase_seconds": phase_seconds(job),
+            "parent_id": job.parent_id,
+            "evaluation": store.job_evaluation(job),
+            "verdict": diagnose.verdict(findings, finished=job.status == "succeeded"),
+            "advice": [f.to_json() for f in findings],
+            "pid": job.pid,
+            "device": job.device,
+            "cancel_requested": job.cancel_requested,
+            "host": job.host,
+            "ray_job_id": job.ray_job_id,
+            "plan": json.loads(job.plan_json),
+            "estimate": store.job_estimate(job),
+            "estimated_peak_bytes": job.estimated_peak_bytes,
+            "measured_peak_bytes": job.measured_peak_bytes,
+            "metrics": runs.metric_dicts(job.id),
+        }
+    )
     return detail

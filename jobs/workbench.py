@@ -22,8 +22,9 @@ from engine.model import catalog, default_model
 from jobs import library
 
 
-def host_for(entries: list[library.Adapter] | library.Adapter, base_model: str | None = None,
-             timings: dict | None = None):
+def host_for(
+    entries: list[library.Adapter] | library.Adapter, base_model: str | None = None, timings: dict | None = None
+):
     """The process's AdapterHost for these entries' base, with each entry loaded (name = entry name).
 
     `timings`, if given, receives the seconds each load took (0 for one already loaded).
@@ -35,12 +36,15 @@ def host_for(entries: list[library.Adapter] | library.Adapter, base_model: str |
         raise UserError("base_model", "pick a base model or at least one adapter")
     foreign = [e.name for e in entries if not same_base(e.base_model, base)]
     if foreign:
-        raise UserError("adapter", f"{', '.join(foreign)} belong to another base than {base}; "
-                        "pick adapters of one base")
+        raise UserError(
+            "adapter", f"{', '.join(foreign)} belong to another base than {base}; pick adapters of one base"
+        )
     host = host_mod.shared(base)
     if len(entries) > host.max_loaded:
-        raise UserError("adapters", f"{len(entries)} adapters at once, but at most {host.max_loaded} stay loaded "
-                        "(LORAPILOT_MAX_ADAPTERS)")
+        raise UserError(
+            "adapters",
+            f"{len(entries)} adapters at once, but at most {host.max_loaded} stay loaded (LORAPILOT_MAX_ADAPTERS)",
+        )
     for e in entries:
         seconds = host.load(e.name, e.path)
         if timings is not None:
@@ -89,14 +93,19 @@ def merged_dir(name: str) -> Path:
 def merge(ref, out: str | None = None) -> Path:
     entry = library.find(ref)
     target = Path(out).expanduser() if out else merged_dir(entry.name)
-    return merge_mod.merge(entry.path, entry.base_model, target, adapter_name=entry.name,
-                           method="qlora" if entry.method == "qlora" else "lora")
+    return merge_mod.merge(
+        entry.path,
+        entry.base_model,
+        target,
+        adapter_name=entry.name,
+        method="qlora" if entry.method == "qlora" else "lora",
+    )
 
 
-def compose(refs: list[str], weights: list[float], combination: str, name: str,
-            density: float | None = None) -> library.Adapter:
+def compose(
+    refs: list[str], weights: list[float], combination: str, name: str, density: float | None = None
+) -> library.Adapter:
     """A new library entry combining `refs`, with its lineage; nothing is left behind on failure."""
-
 
     name = library.check_name(name)
     if any(a.name == name for a in library.list_adapters()):
@@ -107,24 +116,41 @@ def compose(refs: list[str], weights: list[float], combination: str, name: str,
     base = entries[0].base_model
     foreign = [e for e in entries[1:] if not same_base(e.base_model, base)]
     if foreign:
-        raise UserError("adapters", f"'{foreign[0].name}' is an adapter of {foreign[0].base_model} but "
-                        f"'{entries[0].name}' is one of {base}; only adapters of one base compose")
+        raise UserError(
+            "adapters",
+            f"'{foreign[0].name}' is an adapter of {foreign[0].base_model} but "
+            f"'{entries[0].name}' is one of {base}; only adapters of one base compose",
+        )
     density = compose_mod.check([e.r for e in entries], weights, combination, density)
     dest = library._unique_dir(name)
     # PEFT names must not hold '.'; the host's escaping does that
 
-    compose_mod.compose([(peft_name(e.name), e.path) for e in entries], weights, combination, base, dest,
-                        density=density)
+    compose_mod.compose(
+        [(peft_name(e.name), e.path) for e in entries], weights, combination, base, dest, density=density
+    )
     try:
         info = folder.inspect(dest, base=base)
-        lineage = {"sources": [{"id": e.id, "name": e.name, "skill": e.skill} for e in entries],
-                   "weights": list(weights), "combination": combination, "density": density}
-        return library.add(library.Adapter(
-            name=name, base_model=base, path=str(dest), method="composed", r=info.r, alpha=info.alpha,
-            targets=",".join(info.targets), bytes=info.bytes,
-            description=f"{combination} of {', '.join(e.name for e in entries)} (weights "
-                        f"{', '.join(f'{w:g}' for w in weights)})",
-            lineage_json=json.dumps(lineage)))
+        lineage = {
+            "sources": [{"id": e.id, "name": e.name, "skill": e.skill} for e in entries],
+            "weights": list(weights),
+            "combination": combination,
+            "density": density,
+        }
+        return library.add(
+            library.Adapter(
+                name=name,
+                base_model=base,
+                path=str(dest),
+                method="composed",
+                r=info.r,
+                alpha=info.alpha,
+                targets=",".join(info.targets),
+                bytes=info.bytes,
+                description=f"{combination} of {', '.join(e.name for e in entries)} (weights "
+                f"{', '.join(f'{w:g}' for w in weights)})",
+                lineage_json=json.dumps(lineage),
+            )
+        )
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
@@ -137,8 +163,9 @@ def retention(ref, progress=None) -> list[dict]:
     entry = library.find(ref)
     sources = entry.lineage.get("sources") or []
     if not sources:
-        raise UserError("adapter", f"'{entry.name}' is not a composition; retention compares a composition "
-                        "with its sources")
+        raise UserError(
+            "adapter", f"'{entry.name}' is not a composition; retention compares a composition with its sources"
+        )
     found = [library.find(s["id"]) for s in sources]
     host = host_for([entry, *found])
     return retention_mod.table(host, entry.name, [(e.name, e.skill) for e in found], progress)
@@ -150,8 +177,11 @@ def recipe_adapter(ref) -> tuple[str, Path]:
     if (folder / "adapter_config.json").is_file():
         return folder.resolve().name, folder.resolve()
     if folder.is_dir():
-        raise UserError("adapter", f"{folder} is a folder without adapter_config.json; give a folder saved by "
-                        "PEFT (save_pretrained) or a library adapter's name or id")
+        raise UserError(
+            "adapter",
+            f"{folder} is a folder without adapter_config.json; give a folder saved by "
+            "PEFT (save_pretrained) or a library adapter's name or id",
+        )
     entry = library.find(ref)
     return entry.name, Path(entry.path)
 

@@ -104,23 +104,38 @@ def _run(worker: JobCallbacks) -> int:
         traceback.print_exc()
         sys.stdout.flush()
         if worker.terminated and isinstance(exc, KeyboardInterrupt):
-            _finish(job_id, JobStatus.INTERRUPTED,
-                    error="stopped by a signal before the next step; resume to continue")
+            _finish(
+                job_id, JobStatus.INTERRUPTED, error="stopped by a signal before the next step; resume to continue"
+            )
             return 1
         _finish(job_id, JobStatus.FAILED, error=explain(exc, plan, worker.step))
         return 1
 
     if result.stopped:
         if worker._cancel or store.get_job(job_id).cancel_requested:
-            _finish(job_id, JobStatus.CANCELLED, step=result.steps,
-                    error=f"cancelled at step {result.steps}; resume to continue")
+            _finish(
+                job_id,
+                JobStatus.CANCELLED,
+                step=result.steps,
+                error=f"cancelled at step {result.steps}; resume to continue",
+            )
         else:
-            _finish(job_id, JobStatus.INTERRUPTED, step=result.steps,
-                    error=f"stopped by a signal at step {result.steps}; resume to continue from the checkpoint")
+            _finish(
+                job_id,
+                JobStatus.INTERRUPTED,
+                step=result.steps,
+                error=f"stopped by a signal at step {result.steps}; resume to continue from the checkpoint",
+            )
         return 0
-    _finish(job_id, JobStatus.SUCCEEDED, step=result.steps, progress=1.0, error=None,
-            measured_peak_bytes=_int(result.peak_bytes),
-            **{k: getattr(result, k) for k in ("base_score", "adapter_score") if getattr(result, k) is not None})
+    _finish(
+        job_id,
+        JobStatus.SUCCEEDED,
+        step=result.steps,
+        progress=1.0,
+        error=None,
+        measured_peak_bytes=_int(result.peak_bytes),
+        **{k: getattr(result, k) for k in ("base_score", "adapter_score") if getattr(result, k) is not None},
+    )
     library.register_finished(job_id)
     return 0
 

@@ -37,8 +37,9 @@ def cpu_without_bf16(**numbers):
     """Inject a CPU calibration (default: fp32 only, like an AVX2 CPU) instead of measuring this one."""
     from engine.estimate import hardware
 
-    values = dict(key=hardware.cache_key(), cpu="Test CPU", threads=2, bf16_flags=[], fp32_tflops=0.1,
-                  bf16_tflops=0.001)
+    values = dict(
+        key=hardware.cache_key(), cpu="Test CPU", threads=2, bf16_flags=[], fp32_tflops=0.1, bf16_tflops=0.001
+    )
     hardware.save(hardware.Calibration(**{**values, **numbers}))
 
 

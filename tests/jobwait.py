@@ -19,8 +19,15 @@ from tests.tiny import make_tiny_model
 
 def tiny_files(folder: Path) -> dict:
     """A tiny model and a small chat dataset in `folder`: {"model": ..., "dataset": ...}."""
-    rows = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
-                          {"role": "assistant", "content": f"The answer is {2 * i}."}]} for i in range(24)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"What is {i} plus {i}?"},
+                {"role": "assistant", "content": f"The answer is {2 * i}."},
+            ]
+        }
+        for i in range(24)
+    ]
     data = Path(folder) / "sums.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     model = make_tiny_model(Path(folder) / "model", texts=[r["messages"][1]["content"] for r in rows])
@@ -28,8 +35,18 @@ def tiny_files(folder: Path) -> dict:
 
 
 def plan(tiny: dict, **kw) -> TrainingPlan:
-    values = dict(model=tiny["model"], dataset=tiny["dataset"], gpu="cpu", batch_size=1, seq_len=48,
-                  eval_split=0, logging_steps=1, save_steps=5, max_steps=20, warmup_ratio=0)
+    values = dict(
+        model=tiny["model"],
+        dataset=tiny["dataset"],
+        gpu="cpu",
+        batch_size=1,
+        seq_len=48,
+        eval_split=0,
+        logging_steps=1,
+        save_steps=5,
+        max_steps=20,
+        warmup_ratio=0,
+    )
     return TrainingPlan.build(**{**values, **kw})
 
 
@@ -54,6 +71,8 @@ def wait_for(job_id, until, quiet_s: float = 180.0, poll: float = 0.05):
         if sign != last:
             last, since = sign, time.monotonic()
         elif time.monotonic() - since > quiet_s:
-            raise AssertionError(f"job {job_id} made no progress for {quiet_s:.0f}s: {job.status} at step "
-                                 f"{job.step}; log:\n{store.log_tail(job_id)}")
+            raise AssertionError(
+                f"job {job_id} made no progress for {quiet_s:.0f}s: {job.status} at step "
+                f"{job.step}; log:\n{store.log_tail(job_id)}"
+            )
         time.sleep(poll)

@@ -36,8 +36,10 @@ class PostgresServer:
     def __init__(self):
         bin_dir = _bin_dir()
         if bin_dir is None:
-            pytest.fail("PostgreSQL binaries not found under /usr/lib/postgresql; `make test` installs "
-                        "Debian's postgresql package (apt-get install postgresql)")
+            pytest.fail(
+                "PostgreSQL binaries not found under /usr/lib/postgresql; `make test` installs "
+                "Debian's postgresql package (apt-get install postgresql)"
+            )
         self.bin = bin_dir
         self.root = Path(tempfile.mkdtemp(prefix="lorapilot-pg-"))
         self.port = _free_port()
@@ -50,13 +52,27 @@ class PostgresServer:
         subprocess.run([*self._as_user, *args], check=True, capture_output=True, timeout=120)
 
     def start(self) -> None:
-        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust",
-                  "--no-sync", "-E", "UTF8")
+        self._run(
+            str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"
+        )
         # fsync off: a crash loses a throwaway test database, nothing else; it keeps the suite fast.
-        options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"),
-                  "-o", options, "-w", "-t", "60", "start")
+        options = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
+        self._run(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "server.log"),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
 
     def stop(self) -> None:
         try:
@@ -76,8 +92,9 @@ class PostgresServer:
         name = f"t_{uuid.uuid4().hex[:12]}"
         for attempt in range(50):  # the server may still be finishing its start-up
             try:
-                conn = psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
-                                       autocommit=True)
+                conn = psycopg.connect(
+                    host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True
+                )
                 break
             except psycopg.OperationalError:
                 if attempt == 49:

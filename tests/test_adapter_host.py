@@ -126,9 +126,10 @@ def test_generate_streams_greedy_text_equal_to_a_plain_generate(host, tiny):
     tok = host.tokenizer
     with host.using("a") as model:
         ids = tok(text, return_tensors="pt", add_special_tokens=False)
-        out = model.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id,
-                             eos_token_id=tok.eos_token_id)
-    expected = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        out = model.generate(
+            **ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id
+        )
+    expected = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "".join(chunks) == expected
     assert adapters.exists()
 
@@ -139,7 +140,7 @@ def test_stop_string_cuts_the_answer_and_a_closed_stream_frees_the_host(host, ti
     assert len(full) > 3
     stop = full[2:4]
     cut = "".join(host.generate("Say something", adapter="a", max_new_tokens=16, stop=[stop]))
-    assert cut == full[:full.find(stop)]
+    assert cut == full[: full.find(stop)]
 
     stream = host.generate("Say something", adapter="a", max_new_tokens=64)
     next(stream)

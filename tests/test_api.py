@@ -34,12 +34,23 @@ def free_port() -> int:
 
 def start(args: list[str], home: Path, env: dict | None = None) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    environment = dict(os.environ, LORAPILOT_HOME=str(home), PYTHONPATH=str(ROOT), LORAPILOT_WARM="0",
-                       GRADIO_ANALYTICS_ENABLED="False", **(env or {}))
+    environment = dict(
+        os.environ,
+        LORAPILOT_HOME=str(home),
+        PYTHONPATH=str(ROOT),
+        LORAPILOT_WARM="0",
+        GRADIO_ANALYTICS_ENABLED="False",
+        **(env or {}),
+    )
     if "LORAPILOT_API_KEY" not in (env or {}):
         environment.pop("LORAPILOT_API_KEY", None)
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "serve", "--port", str(port), *args],
-                            env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "app.py"), "serve", "--port", str(port), *args],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -68,10 +79,12 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("api")
     base = make_tiny_model(root / "base")
     other = make_tiny_model(root / "other-base", seed=5)
-    folders = {"alpha": make_tiny_adapter(base, root / "alpha", seed=1),
-               "beta.v2": make_tiny_adapter(base, root / "beta", seed=2, targets=("q_proj", "v_proj", "up_proj")),
-               "gamma": make_tiny_adapter(base, root / "gamma", seed=3),
-               "foreign": make_tiny_adapter(other, root / "foreign", seed=4)}
+    folders = {
+        "alpha": make_tiny_adapter(base, root / "alpha", seed=1),
+        "beta.v2": make_tiny_adapter(base, root / "beta", seed=2, targets=("q_proj", "v_proj", "up_proj")),
+        "gamma": make_tiny_adapter(base, root / "gamma", seed=3),
+        "foreign": make_tiny_adapter(other, root / "foreign", seed=4),
+    }
     home = root / "home"
     home.mkdir()
     saved = os.environ.get("LORAPILOT_HOME")
@@ -134,21 +147,31 @@ def test_streaming_adds_up_to_the_whole_answer(client):
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finishes == [whole.choices[0].finish_reason]
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
-    streamed = "".join(c.choices[0].text for c in client.completions.create(
-        model="beta.v2", prompt="The quick brown", max_tokens=10, temperature=0, stream=True))
-    assert streamed == client.completions.create(model="beta.v2", prompt="The quick brown", max_tokens=10,
-                                                 temperature=0).choices[0].text
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(
+            model="beta.v2", prompt="The quick brown", max_tokens=10, temperature=0, stream=True
+        )
+    )
+    assert (
+        streamed
+        == client.completions.create(model="beta.v2", prompt="The quick brown", max_tokens=10, temperature=0)
+        .choices[0]
+        .text
+    )
 
 
 def test_seed_stop_and_max_tokens_are_honoured(client):
-    sampled = [chat(client, "alpha", temperature=1.0, top_p=0.9, seed=11, max_tokens=10).choices[0].message.content
-               for _ in range(2)]
+    sampled = [
+        chat(client, "alpha", temperature=1.0, top_p=0.9, seed=11, max_tokens=10).choices[0].message.content
+        for _ in range(2)
+    ]
     assert sampled[0] == sampled[1]
     full = client.completions.create(model="alpha", prompt="hello", max_tokens=16, temperature=0).choices[0]
     assert full.finish_reason == "length"
     stop = full.text[4:6]
     cut = client.completions.create(model="alpha", prompt="hello", max_tokens=16, temperature=0, stop=[stop])
-    assert cut.choices[0].text == full.text[:full.text.find(stop)] and cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].text == full.text[: full.text.find(stop)] and cut.choices[0].finish_reason == "stop"
     assert client.completions.create(model="alpha", prompt="hello", max_tokens=3).usage.completion_tokens == 3
 
 
@@ -165,8 +188,9 @@ def test_adapters_load_and_unload_at_runtime(client, world):
     with pytest.raises(openai.NotFoundError):
         chat(client, "gamma")
     with pytest.raises(openai.BadRequestError, match="trained on"):
-        client.post("/load_lora_adapter", body={"lora_name": "f2", "lora_path": str(world["folders"]["foreign"])},
-                    cast_to=str)
+        client.post(
+            "/load_lora_adapter", body={"lora_name": "f2", "lora_path": str(world["folders"]["foreign"])}, cast_to=str
+        )
     with pytest.raises(openai.BadRequestError, match="lora_path"):
         client.post("/load_lora_adapter", body={"lora_name": "nothing", "lora_path": "/no/such/folder"}, cast_to=str)
 
@@ -189,11 +213,12 @@ def test_every_bad_request_gets_a_clear_error_and_the_server_keeps_serving(clien
         client.chat.completions.create(model="alpha", messages=[{"role": "user", "content": 5}])
     with pytest.raises(openai.BadRequestError, match="n"):
         chat(client, "alpha", n=2)
-    raw = [httpx.post(server + "/chat/completions", content=b"{not json",
-                      headers={"content-type": "application/json"}),
-           httpx.post(server + "/completions", json={"model": "alpha"}),
-           httpx.post(server + "/chat/completions", json=["a list"]),
-           httpx.post(server + "/unload_lora_adapter", json={"lora_name": "ghost"})]
+    raw = [
+        httpx.post(server + "/chat/completions", content=b"{not json", headers={"content-type": "application/json"}),
+        httpx.post(server + "/completions", json={"model": "alpha"}),
+        httpx.post(server + "/chat/completions", json=["a list"]),
+        httpx.post(server + "/unload_lora_adapter", json={"lora_name": "ghost"}),
+    ]
     assert [r.status_code for r in raw] == [400, 400, 400, 404]
     assert raw[1].json()["error"]["param"] == "prompt"
     for r in raw:
@@ -245,8 +270,9 @@ def test_a_full_queue_answers_429(world, monkeypatch):
     service.scheduler().stop()
     service._scheduler = batch.Scheduler(gated, max_queue=1)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(api.build_app(service, None), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(api.build_app(service, None), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=120)

@@ -65,8 +65,9 @@ def _import_graph(paths: list[Path], root: Path = ROOT) -> dict[str, set[str]]:
                 if node.level:
                     package = name.split(".")[: len(name.split(".")) - node.level + (path.name == "__init__.py")]
                     base = ".".join([*package, *([base] if base else [])])
-                targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
-                           for alias in node.names]
+                targets = [
+                    f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names
+                ]
             else:
                 continue
             for target in targets:

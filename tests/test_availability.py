@@ -70,8 +70,9 @@ def test_a_local_folder_with_weights_is_here_and_one_without_cannot_train(tiny, 
     found = availability.weights(str(bare))
     assert found.where is Where.MISSING and "no weight file" in found.message
     # a sharded checkpoint counts only with every shard of its index
-    (bare / "model.safetensors.index.json").write_text(json.dumps(
-        {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    (bare / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}})
+    )
     (bare / "model-00001-of-00002.safetensors").write_bytes(b"x")
     assert availability.weights(str(bare)).where is Where.MISSING
     (bare / "model-00002-of-00002.safetensors").write_bytes(b"x")
@@ -88,8 +89,10 @@ def test_a_model_in_the_hub_cache_is_found_without_network(tiny, hf_home):
     assert found.where is Where.HUB_CACHE and str(hf_home / "hub") in found.message
     # the verdict matches what transformers does with the same cache, offline, in its own process
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    load = ("from transformers import AutoTokenizer, AutoModelForCausalLM; "
-            f"AutoTokenizer.from_pretrained('{HUB_ID}'); AutoModelForCausalLM.from_pretrained('{HUB_ID}')")
+    load = (
+        "from transformers import AutoTokenizer, AutoModelForCausalLM; "
+        f"AutoTokenizer.from_pretrained('{HUB_ID}'); AutoModelForCausalLM.from_pretrained('{HUB_ID}')"
+    )
     p = subprocess.run([sys.executable, "-c", load], env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
 
@@ -133,13 +136,30 @@ def test_step_one_says_where_the_weights_are_before_the_facts(hf_home):
 
 def test_train_refuses_a_plan_whose_weights_cannot_be_had_before_a_job_exists(hf_home):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    p = subprocess.run([sys.executable, str(ROOT / "app.py"), "train", "--model", "qwen2.5-0.5b", "--dataset",
-                        "demo:ticket", "--gpu", "cpu", "--max-steps", "1"], env=env, capture_output=True, text=True,
-                       timeout=240)
+    p = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "app.py"),
+            "train",
+            "--model",
+            "qwen2.5-0.5b",
+            "--dataset",
+            "demo:ticket",
+            "--gpu",
+            "cpu",
+            "--max-steps",
+            "1",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: model: Qwen/Qwen2.5-0.5B-Instruct is not on this machine")
     assert "tokenizer" not in p.stderr
-    jobs = subprocess.run([sys.executable, str(ROOT / "app.py"), "jobs", "--json"], env=env, capture_output=True,
-                          text=True, timeout=120)
+    jobs = subprocess.run(
+        [sys.executable, str(ROOT / "app.py"), "jobs", "--json"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert json.loads(jobs.stdout) == []

@@ -16,8 +16,10 @@ TARGETS = ("q_proj", "v_proj", "o_proj", "up_proj", "down_proj")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
     base_dir = make_tiny_model(root / "base")
-    return base_dir, {name: make_tiny_adapter(base_dir, root / name, seed=i + 1, targets=TARGETS)
-                      for i, name in enumerate(("alpha", "beta"))}
+    return base_dir, {
+        name: make_tiny_adapter(base_dir, root / name, seed=i + 1, targets=TARGETS)
+        for i, name in enumerate(("alpha", "beta"))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +47,7 @@ def test_each_row_of_a_mixed_batch_equals_the_request_alone(peft_model):
         Request(ids(tok, "The quick brown fox"), adapter="alpha", max_tokens=12, temperature=0),
         Request(ids(tok, "What is 2 + 2?"), adapter="beta", max_tokens=7, temperature=0),
         Request(ids(tok, "hello"), adapter=None, max_tokens=10, temperature=0),
-        Request(ids(tok, "Translate to French: hello world. Bonjour"), adapter="beta", max_tokens=12,
-                temperature=0),
+        Request(ids(tok, "Translate to French: hello world. Bonjour"), adapter="beta", max_tokens=12, temperature=0),
     ]
     together = decode_batch(model, tok, requests)
     alone = [decode_batch(model, tok, [r])[0] for r in requests]
@@ -56,8 +57,10 @@ def test_each_row_of_a_mixed_batch_equals_the_request_alone(peft_model):
         assert result.prompt_tokens == len(request.prompt_ids)
         assert result.completion_tokens <= request.max_tokens
     # The adapters really change the answer (else the comparison above proves nothing).
-    same_prompt = [Request(ids(tok, "The quick brown fox"), adapter=a, max_tokens=12, temperature=0)
-                   for a in ("alpha", "beta", None)]
+    same_prompt = [
+        Request(ids(tok, "The quick brown fox"), adapter=a, max_tokens=12, temperature=0)
+        for a in ("alpha", "beta", None)
+    ]
     texts = [r.text for r in decode_batch(model, tok, same_prompt)]
     assert len(set(texts)) == 3, texts
 
@@ -101,8 +104,10 @@ def test_stacked_lora_matches_peft_mixed_batch(tiny, tmp_path):
 
 def test_seeded_sampling_is_the_same_in_a_batch_and_alone(peft_model):
     model, tok = peft_model
-    requests = [Request(ids(tok, "Paris is"), adapter=a, max_tokens=10, temperature=0.9, top_p=0.8, seed=7)
-                for a in ("alpha", "beta")]
+    requests = [
+        Request(ids(tok, "Paris is"), adapter=a, max_tokens=10, temperature=0.9, top_p=0.8, seed=7)
+        for a in ("alpha", "beta")
+    ]
     together = decode_batch(model, tok, requests)
     alone = [decode_batch(model, tok, [r])[0] for r in requests]
     assert [r.text for r in together] == [r.text for r in alone]
@@ -117,11 +122,15 @@ def test_stop_strings_lengths_and_streaming(peft_model):
     assert full.finish_reason == "length" and full.completion_tokens == 12
     stop = full.text[3:5]  # a stop string that certainly occurs, after the first three characters
     pieces = []
-    stopped, capped = decode_batch(model, tok, [
-        Request(prompt, adapter="alpha", max_tokens=12, temperature=0, stop=(stop,), on_text=pieces.append),
-        Request(prompt, adapter="alpha", max_tokens=3, temperature=0),
-    ])
-    assert stopped.text == full.text[:full.text.find(stop)]
+    stopped, capped = decode_batch(
+        model,
+        tok,
+        [
+            Request(prompt, adapter="alpha", max_tokens=12, temperature=0, stop=(stop,), on_text=pieces.append),
+            Request(prompt, adapter="alpha", max_tokens=3, temperature=0),
+        ],
+    )
+    assert stopped.text == full.text[: full.text.find(stop)]
     assert stopped.finish_reason == "stop"
     assert "".join(pieces) == stopped.text  # streamed pieces add up to the answer, the stop held back
     assert capped.completion_tokens == 3 and capped.finish_reason == "length"
@@ -147,15 +156,18 @@ def test_scheduler_batches_what_waits_and_refuses_when_full(peft_model):
     try:
         first = sched.submit(Request(ids(tok, "hello"), adapter="alpha", max_tokens=4, temperature=0))
         assert runner.holding.wait(60)  # the decoding thread holds its first batch
-        waiting = [sched.submit(Request(ids(tok, "hello there"), adapter=a, max_tokens=5, temperature=0))
-                   for a in ("alpha", "beta", None)]
+        waiting = [
+            sched.submit(Request(ids(tok, "hello there"), adapter=a, max_tokens=5, temperature=0))
+            for a in ("alpha", "beta", None)
+        ]
         with pytest.raises(batch.QueueFull):
             sched.submit(Request(ids(tok, "one too many")))
         runner.gate.set()
         results = [f.result(timeout=60) for f in [first, *waiting]]
         assert sched.batches == [1, 3]  # the three that waited were decoded together, three adapters in one
-        alone = decode_batch(model, tok, [Request(ids(tok, "hello there"), adapter="beta", max_tokens=5,
-                                                  temperature=0)])[0]
+        alone = decode_batch(
+            model, tok, [Request(ids(tok, "hello there"), adapter="beta", max_tokens=5, temperature=0)]
+        )[0]
         assert results[2].text == alone.text
     finally:
         sched.stop()
@@ -168,8 +180,10 @@ def test_one_adapter_per_batch_when_not_mixed(peft_model):
     try:
         futures = [sched.submit(Request(ids(tok, "hi"), adapter="alpha", max_tokens=2, temperature=0))]
         assert runner.holding.wait(60)
-        futures += [sched.submit(Request(ids(tok, "hi"), adapter=a, max_tokens=2, temperature=0))
-                    for a in ("beta", "alpha", None, "beta")]
+        futures += [
+            sched.submit(Request(ids(tok, "hi"), adapter=a, max_tokens=2, temperature=0))
+            for a in ("beta", "alpha", None, "beta")
+        ]
         runner.gate.set()
         [f.result(timeout=60) for f in futures]
         assert sched.batches == [1, 2, 1, 1]  # alpha; then beta+beta, alpha, base: one adapter per batch
@@ -186,26 +200,36 @@ def test_host_runner_loads_on_first_use_and_fails_only_the_bad_adapters_requests
     sched = batch.Scheduler(batch.HostRunner(host), max_adapters=host.max_loaded)
     try:
         prompt = ids(tok, "What is 2 + 2?")
-        futures = [sched.submit(Request(prompt, adapter="alpha", adapter_path=str(adapters["alpha"]), max_tokens=6,
-                                        temperature=0)),
-                   sched.submit(Request(prompt, adapter="ghost", adapter_path=str(tmp_path / "missing"),
-                                        max_tokens=6)),
-                   sched.submit(Request(prompt, adapter=None, max_tokens=6, temperature=0))]
+        futures = [
+            sched.submit(
+                Request(prompt, adapter="alpha", adapter_path=str(adapters["alpha"]), max_tokens=6, temperature=0)
+            ),
+            sched.submit(Request(prompt, adapter="ghost", adapter_path=str(tmp_path / "missing"), max_tokens=6)),
+            sched.submit(Request(prompt, adapter=None, max_tokens=6, temperature=0)),
+        ]
         good = futures[0].result(timeout=120)
         with pytest.raises(Exception, match="adapter_config.json"):
             futures[1].result(timeout=120)
         base = futures[2].result(timeout=120)
         assert host.loaded() == ["alpha"]
         with host.using("alpha") as model:
-            expected = decode_batch(model, tok, [Request(prompt, adapter="alpha", max_tokens=6, temperature=0),
-                                                 Request(prompt, max_tokens=6, temperature=0)])
+            expected = decode_batch(
+                model,
+                tok,
+                [
+                    Request(prompt, adapter="alpha", max_tokens=6, temperature=0),
+                    Request(prompt, max_tokens=6, temperature=0),
+                ],
+            )
         assert [good.text, base.text] == [r.text for r in expected]
         assert good.text != base.text
         # the workbench's merge toggle must not break a later mixed batch
         host.activate("alpha")
         host.set_merged(True)
-        again = [sched.submit(Request(prompt, adapter=a, adapter_path=str(adapters["alpha"]), max_tokens=6,
-                                      temperature=0)) for a in ("alpha", None)]
+        again = [
+            sched.submit(Request(prompt, adapter=a, adapter_path=str(adapters["alpha"]), max_tokens=6, temperature=0))
+            for a in ("alpha", None)
+        ]
         assert [f.result(timeout=120).text for f in again] == [good.text, base.text]
     finally:
         sched.stop()
@@ -216,9 +240,12 @@ def test_requests_from_many_threads_all_complete(peft_model):
     sched = batch.Scheduler(lambda requests: decode_batch(model, tok, requests))
     results = {}
     try:
+
         def ask(i):
-            results[i] = sched.submit(Request(ids(tok, f"number {i}"), adapter=("alpha", "beta", None)[i % 3],
-                                              max_tokens=4, temperature=0)).result(timeout=120)
+            results[i] = sched.submit(
+                Request(ids(tok, f"number {i}"), adapter=("alpha", "beta", None)[i % 3], max_tokens=4, temperature=0)
+            ).result(timeout=120)
+
         threads = [threading.Thread(target=ask, args=(i,)) for i in range(9)]
         [t.start() for t in threads]
         [t.join(timeout=120) for t in threads]
@@ -236,8 +263,10 @@ def test_left_padding_keeps_absolute_positions(tmp_path):
 
     folder = make_tiny_model(tmp_path / "gpt2", arch="gpt2")
     model, tok = AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
-    requests = [Request(ids(tok, text), max_tokens=8, temperature=0)
-                for text in ("hi", "The quick brown fox jumps over the lazy dog.")]
+    requests = [
+        Request(ids(tok, text), max_tokens=8, temperature=0)
+        for text in ("hi", "The quick brown fox jumps over the lazy dog.")
+    ]
     together = decode_batch(model, tok, requests)
     alone = [decode_batch(model, tok, [r])[0] for r in requests]
     assert [r.text for r in together] == [r.text for r in alone]

@@ -26,8 +26,14 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def free_port() -> int:
@@ -39,14 +45,26 @@ def free_port() -> int:
 def start_server(home: Path, model: str | None = None, port: int | None = None, timeout: float = 120):
     """Start `python app.py` in its own process group; returns (process, url, seconds to listening)."""
     port = port or free_port()
-    env = {**os.environ, "LORAPILOT_HOME": str(home), "GRADIO_ANALYTICS_ENABLED": "False",
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "LORAPILOT_AUTH": ""}
+    env = {
+        **os.environ,
+        "LORAPILOT_HOME": str(home),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "LORAPILOT_AUTH": "",
+    }
     if model:
         env["LORAPILOT_DEFAULT_MODEL"] = model
     log = open(home / "server.log", "ab")
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "app.py", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     while time.monotonic() - start < timeout:
         if proc.poll() is not None:
             raise RuntimeError("server exited:\n" + (home / "server.log").read_text()[-3000:])
@@ -121,12 +139,16 @@ def plot_points(page, elem_id: str, trace: int = 0) -> int:
     return page.evaluate(
         """([id, i]) => { const el = document.querySelector('#' + id + ' .js-plotly-plot');
                           return el && el.data && el.data[i] ? (el.data[i].x || []).length : -1; }""",
-        [elem_id, trace])
+        [elem_id, trace],
+    )
 
 
 def plot_title(page, elem_id: str) -> str:
-    return page.evaluate("""(id) => { const el = document.querySelector('#' + id + ' .js-plotly-plot');
-                                      return el && el.layout ? el.layout.title.text : ''; }""", elem_id)
+    return page.evaluate(
+        """(id) => { const el = document.querySelector('#' + id + ' .js-plotly-plot');
+                                      return el && el.layout ? el.layout.title.text : ''; }""",
+        elem_id,
+    )
 
 
 def wait_for(predicate, timeout: float = 60, every: float = 0.2, what: str = "condition"):
@@ -200,8 +222,14 @@ def test_new_user_walks_the_wizard_launches_and_downloads(app, page, shots, tmp_
     zip_path = tmp_path / "adapter.zip"
     info.value.save_as(zip_path)
     names = set(zipfile.ZipFile(zip_path).namelist())
-    assert {"adapter_model.safetensors", "adapter_config.json", "plan.yaml", "README.md", "metrics.csv",
-            "loss.png"} <= names
+    assert {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "plan.yaml",
+        "README.md",
+        "metrics.csv",
+        "loss.png",
+    } <= names
     cfg = json.loads(zipfile.ZipFile(zip_path).read("adapter_config.json"))
     assert cfg.get("r")
 
@@ -252,9 +280,11 @@ def test_review_fits_a_narrow_window(app, shots):
         box = rule.bounding_box()
         assert box and box["x"] >= 0 and box["x"] + box["width"] <= 800, box
         # nothing is drawn over it: the topmost element at its centre is the header cell itself
-        on_top = page.evaluate("""([x, y]) => { const el = document.elementFromPoint(x, y);
+        on_top = page.evaluate(
+            """([x, y]) => { const el = document.elementFromPoint(x, y);
                                                return el ? el.closest('th')?.innerText || el.tagName : null; }""",
-                               [box["x"] + box["width"] / 2, box["y"] + box["height"] / 2])
+            [box["x"] + box["width"] / 2, box["y"] + box["height"] / 2],
+        )
         assert on_top == "Rule", on_top
         assert page.locator("#reasons .lp-rule").first.is_visible()
         # the columns stacked: the estimate column starts below the reasons panel

@@ -39,8 +39,10 @@ def test_a_one_line_file_stops_the_wizard_at_step_two(app, page, shots, tmp_path
     page.screenshot(path=shots / "d1-one-line-stops.png", full_page=True)
 
     page.get_by_role("tab", name="4 · Review").click()
-    wait_for(lambda: "no data has passed its check yet" in page.inner_text("#reasons"),
-             what="Review saying the data is missing")
+    wait_for(
+        lambda: "no data has passed its check yet" in page.inner_text("#reasons"),
+        what="Review saying the data is missing",
+    )
     body = page.inner_text("body")
     assert "1 examples" not in body and "Traceback" not in body
     page.screenshot(path=shots / "d2-review-says-data-missing.png", full_page=True)

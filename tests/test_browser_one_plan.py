@@ -14,9 +14,12 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 def _tiles(page, selector: str) -> dict[str, str]:
-    return page.evaluate("""(sel) => Object.fromEntries([...document.querySelectorAll(sel + ' .lp-tile')]
+    return page.evaluate(
+        """(sel) => Object.fromEntries([...document.querySelectorAll(sel + ' .lp-tile')]
                             .map(t => [t.querySelector('.lp-tile-k').innerText.toLowerCase(),
-                                       t.querySelector('.lp-tile-v').innerText]))""", selector)
+                                       t.querySelector('.lp-tile-v').innerText]))""",
+        selector,
+    )
 
 
 def _facts(page) -> dict[str, str]:
@@ -89,8 +92,11 @@ def test_one_estimate_a_refused_number_and_every_launch_opens_its_job(app):  # n
                 page.keyboard.type("second run")  # the plan changes (typed: Playwright's fill is no input event)
                 wait_for(lambda: page.inner_text("#launch-notice").strip() == "", what="the old notice gone")
             page.click("#launch")
-            wait_for(lambda n=expected: f"#{n} ·" in page.inner_text("#job-header .lp-jobtitle"), timeout=120,
-                     what=f"job {expected} on the page")
+            wait_for(
+                lambda n=expected: f"#{n} ·" in page.inner_text("#job-header .lp-jobtitle"),
+                timeout=120,
+                what=f"job {expected} on the page",
+            )
         page.wait_for_timeout(3500)  # several timer ticks
         assert "#2 ·" in page.inner_text("#job-header .lp-jobtitle")
         browser.close()

@@ -72,8 +72,9 @@ def test_pick_two_adapters_type_a_prompt_see_three_answers(app, shots):
         page.wait_for_selector("#pg-status .lp-ok")
         status = page.inner_text("#pg-status")
         assert "3 answers" in status
-        labels = [page.inner_text(f"#pg-answer-{i} label, #pg-answer-{i} [data-testid='block-label']")
-                  for i in range(3)]
+        labels = [
+            page.inner_text(f"#pg-answer-{i} label, #pg-answer-{i} [data-testid='block-label']") for i in range(3)
+        ]
         joined = " | ".join(labels)
         assert "Base model" in labels[0] and "ticket-bot" in joined and "date-bot" in joined, joined
         assert all("first token" in label for label in labels), joined

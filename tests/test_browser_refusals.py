@@ -56,8 +56,10 @@ def test_review_refuses_out_of_range_values_and_a_plan_that_cannot_fit(app, page
     page.click("#overrides > button, #overrides .label-wrap")
     recommended_r = page.locator("#f-r input").input_value()
     _set(page, "f-r", -3)
-    wait_for(lambda: "Rank (r): must be a whole number of 1 or more" in page.inner_text("#main-error"),
-             what="the rank's message in place")
+    wait_for(
+        lambda: "Rank (r): must be a whole number of 1 or more" in page.inner_text("#main-error"),
+        what="the rank's message in place",
+    )
     assert page.inner_text("#verdict").count("must be a whole number") == 1
     assert "Rank (r):" in page.inner_text("#verdict")
     wait_for(lambda: plot_title(page, "mem-plot") == "Memory", what="the memory chart cleared")
@@ -73,8 +75,10 @@ def test_review_refuses_out_of_range_values_and_a_plan_that_cannot_fit(app, page
     wait_for(lambda: page.inner_text("#main-error").strip() == "", what="the rank's message gone")
     wait_for(lambda: plot_title(page, "mem-plot") == good_title, what="the charts back")
     _set(page, "f-warmup_ratio", 5)
-    wait_for(lambda: "Warmup ratio: must be at least 0 and below 1" in page.inner_text("#advanced-error"),
-             what="the warmup message in the Advanced panel")
+    wait_for(
+        lambda: "Warmup ratio: must be at least 0 and below 1" in page.inner_text("#advanced-error"),
+        what="the warmup message in the Advanced panel",
+    )
     _set(page, "f-warmup_ratio", 0.03)
     wait_for(lambda: page.inner_text("#advanced-error").strip() == "", what="the warmup message gone")
 
@@ -100,8 +104,12 @@ def test_review_refuses_out_of_range_values_and_a_plan_that_cannot_fit(app, page
 
 
 @pytest.mark.timeout(600)
-def test_upload_messages_speak_the_wizards_language_and_a_rejected_file_clears_the_last(app, page, shots,  # noqa: F811
-                                                                                        tmp_path):
+def test_upload_messages_speak_the_wizards_language_and_a_rejected_file_clears_the_last(
+    app,  # noqa: F811 - the fixtures imported above
+    page,  # noqa: F811
+    shots,  # noqa: F811
+    tmp_path,
+):
     csv = tmp_path / "questions.csv"
     csv.write_text("question,answer\nWhat is 2+2?,4\nCapital of France?,Paris\n")
     png = tmp_path / "picture.png"
@@ -120,8 +128,11 @@ def test_upload_messages_speak_the_wizards_language_and_a_rejected_file_clears_t
     page.click("#upload button[aria-label=Clear]")  # as a user does before choosing another file
     wait_for(lambda: "question, answer" not in page.inner_text("#data-summary"), what="the CSV's message gone")
     page.locator("#upload input[type=file]").set_input_files(str(png))
-    wait_for(lambda: "'.png' files are not accepted" in page.inner_text("#data-summary"), timeout=120,
-             what="the .png refused in place")
+    wait_for(
+        lambda: "'.png' files are not accepted" in page.inner_text("#data-summary"),
+        timeout=120,
+        what="the .png refused in place",
+    )
     summary = page.inner_text("#data-summary")
     assert "picture.png" in summary and ".jsonl" in summary and "question, answer" not in summary
     assert not _toasts(page)

@@ -7,10 +7,32 @@ import pytest
 from engine.errors import UserError
 from engine.model import catalog, introspect
 
-REQUIRED = ["llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b", "llama-3.3-70b", "llama-2-7b", "llama-2-13b",
-            "mistral-7b", "mixtral-8x7b", "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-7b", "qwen2.5-14b",
-            "qwen2.5-32b", "qwen2.5-72b", "qwen3-8b", "gemma-2-2b", "gemma-2-9b", "gemma-3-1b", "phi-3-mini",
-            "phi-4", "smollm2-135m", "smollm2-360m", "smollm2-1.7b", "gpt2"]
+REQUIRED = [
+    "llama-3.2-1b",
+    "llama-3.2-3b",
+    "llama-3.1-8b",
+    "llama-3.3-70b",
+    "llama-2-7b",
+    "llama-2-13b",
+    "mistral-7b",
+    "mixtral-8x7b",
+    "qwen2.5-0.5b",
+    "qwen2.5-1.5b",
+    "qwen2.5-7b",
+    "qwen2.5-14b",
+    "qwen2.5-32b",
+    "qwen2.5-72b",
+    "qwen3-8b",
+    "gemma-2-2b",
+    "gemma-2-9b",
+    "gemma-3-1b",
+    "phi-3-mini",
+    "phi-4",
+    "smollm2-135m",
+    "smollm2-360m",
+    "smollm2-1.7b",
+    "gpt2",
+]
 
 
 def test_catalog_covers_required_models():
@@ -90,19 +112,22 @@ def test_gguf_file_resolves_from_its_own_metadata():
     assert info.tied_embeddings and info.total_params == 134_515_008
 
 
-@pytest.mark.parametrize("spec, hub_id, variant", [
-    ("meta-llama/Llama-3.2-3B", "meta-llama/Llama-3.2-3B", "base"),
-    ("meta-llama/Llama-3.2-3B-Instruct", "meta-llama/Llama-3.2-3B-Instruct", "instruct"),
-    ("Llama-3.2-3B-Instruct", "meta-llama/Llama-3.2-3B-Instruct", "instruct"),
-    ("Qwen3-8B-Base", "Qwen/Qwen3-8B-Base", "base"),
-    ("llama-3.2-3b-instruct", "meta-llama/Llama-3.2-3B-Instruct", "instruct"),
-    ("llama-3.2-3b-base", "meta-llama/Llama-3.2-3B", "base"),
-    ("Qwen/Qwen2.5-7B", "Qwen/Qwen2.5-7B", "base"),
-    ("google/gemma-2-2b", "google/gemma-2-2b", "base"),
-    ("mistralai/Mistral-7B-Instruct-v0.1", "mistralai/Mistral-7B-Instruct-v0.1", "instruct"),
-    ("meta-llama/Llama-2-7b-chat-hf", "meta-llama/Llama-2-7b-chat-hf", "instruct"),
-    ("HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-135M", "base"),
-])
+@pytest.mark.parametrize(
+    "spec, hub_id, variant",
+    [
+        ("meta-llama/Llama-3.2-3B", "meta-llama/Llama-3.2-3B", "base"),
+        ("meta-llama/Llama-3.2-3B-Instruct", "meta-llama/Llama-3.2-3B-Instruct", "instruct"),
+        ("Llama-3.2-3B-Instruct", "meta-llama/Llama-3.2-3B-Instruct", "instruct"),
+        ("Qwen3-8B-Base", "Qwen/Qwen3-8B-Base", "base"),
+        ("llama-3.2-3b-instruct", "meta-llama/Llama-3.2-3B-Instruct", "instruct"),
+        ("llama-3.2-3b-base", "meta-llama/Llama-3.2-3B", "base"),
+        ("Qwen/Qwen2.5-7B", "Qwen/Qwen2.5-7B", "base"),
+        ("google/gemma-2-2b", "google/gemma-2-2b", "base"),
+        ("mistralai/Mistral-7B-Instruct-v0.1", "mistralai/Mistral-7B-Instruct-v0.1", "instruct"),
+        ("meta-llama/Llama-2-7b-chat-hf", "meta-llama/Llama-2-7b-chat-hf", "instruct"),
+        ("HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-135M", "base"),
+    ],
+)
 def test_base_and_instruct_ids_both_resolve_offline(spec, hub_id, variant):
     # HF_HUB_OFFLINE=1 (conftest): these resolve from the catalog's configs alone
     found = catalog.match_model(spec)

@@ -46,8 +46,10 @@ def test_resume_skips_torn_checkpoints_sets_them_aside_and_redoes_their_steps(ti
 
     # Two ways a kill or a lying disk tears the newest checkpoint: its state file never written,
     # its weights cut short. Each time the job is marked as a kill would have left it.
-    tears = [("trainer_state.json is missing", lambda c: (c / "trainer_state.json").unlink()),
-             ("adapter_model.safetensors is unreadable", lambda c: _cut_short(c / "adapter_model.safetensors"))]
+    tears = [
+        ("trainer_state.json is missing", lambda c: (c / "trainer_state.json").unlink()),
+        ("adapter_model.safetensors is unreadable", lambda c: _cut_short(c / "adapter_model.safetensors")),
+    ]
     for why, tear in tears:
         tear(ckpts / "checkpoint-6")
         store.update_job(job.id, status="interrupted", error="killed")
@@ -108,15 +110,18 @@ def test_disk_full_in_the_final_save_resumes_to_the_adapter(tiny, monkeypatch):
 
 
 # --- which checkpoint is complete: fast, on files in the Trainer's formats --------------
-@pytest.mark.parametrize("damage, why", [
-    (lambda c: (c / "optimizer.pt").unlink(), "optimizer.pt is missing"),
-    (lambda c: _cut_short(c / "optimizer.pt"), "optimizer.pt is unreadable"),
-    (lambda c: _cut_short(c / "scheduler.pt"), "scheduler.pt is unreadable"),
-    (lambda c: (c / "rng_state.pth").unlink(), "rng_state.pth is missing"),
-    (lambda c: (c / "adapter_model.safetensors").unlink(), "no model weights"),
-    (lambda c: _cut_short(c / "adapter_model.safetensors"), "adapter_model.safetensors is unreadable"),
-    (lambda c: (c / "trainer_state.json").write_text('{"global_st'), "trainer_state.json is unreadable"),
-])
+@pytest.mark.parametrize(
+    "damage, why",
+    [
+        (lambda c: (c / "optimizer.pt").unlink(), "optimizer.pt is missing"),
+        (lambda c: _cut_short(c / "optimizer.pt"), "optimizer.pt is unreadable"),
+        (lambda c: _cut_short(c / "scheduler.pt"), "scheduler.pt is unreadable"),
+        (lambda c: (c / "rng_state.pth").unlink(), "rng_state.pth is missing"),
+        (lambda c: (c / "adapter_model.safetensors").unlink(), "no model weights"),
+        (lambda c: _cut_short(c / "adapter_model.safetensors"), "adapter_model.safetensors is unreadable"),
+        (lambda c: (c / "trainer_state.json").write_text('{"global_st'), "trainer_state.json is unreadable"),
+    ],
+)
 def test_each_part_of_a_checkpoint_is_checked(tmp_path, damage, why):
     out = tmp_path / "job"
     write_checkpoint(out / "checkpoints" / "checkpoint-3", 3)

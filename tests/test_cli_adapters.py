@@ -24,9 +24,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli-ad")
     base = make_tiny_model(root / "base")
-    return {"base": base, "a": make_tiny_adapter(base, root / "a", seed=1),
-            "b": make_tiny_adapter(base, root / "b", seed=2), "r8": make_tiny_adapter(base, root / "r8", r=8),
-            "root": root}
+    return {
+        "base": base,
+        "a": make_tiny_adapter(base, root / "a", seed=1),
+        "b": make_tiny_adapter(base, root / "b", seed=2),
+        "r8": make_tiny_adapter(base, root / "r8", r=8),
+        "root": root,
+    }
 
 
 def run(capsys, *args):
@@ -74,8 +78,9 @@ def test_generate_merge_compose(tiny, capsys, tmp_path):
     run(capsys, "adapters", "import", tiny["b"], "--name", "b1")
     run(capsys, "adapters", "import", tiny["r8"], "--name", "wide")
 
-    code, out, _ = run(capsys, "generate", "--adapter", "a1", "--prompt", "Hello", "--base", "--max-new-tokens", 6,
-                       "--json")
+    code, out, _ = run(
+        capsys, "generate", "--adapter", "a1", "--prompt", "Hello", "--base", "--max-new-tokens", 6, "--json"
+    )
     answer = json.loads(out)
     assert code == 0 and {"adapter", "base", "switch_seconds"} <= set(answer) and answer["adapter"] != answer["base"]
     code, out, _ = run(capsys, "generate", "--adapter", "a1", "--prompt", "Hello", "--max-new-tokens", 6)
@@ -94,8 +99,9 @@ def test_generate_merge_compose(tiny, capsys, tmp_path):
     assert code == 0 and "composed 'mix'" in out
     entry = [a for a in json.loads(run(capsys, "adapters", "--json")[1]) if a["name"] == "mix"][0]
     assert entry["r"] == 8 and entry["lineage"]["combination"] == "cat"
-    code, _, err = run(capsys, "compose", "a1", "wide", "--weights", "0.5,0.5", "--combination", "linear",
-                       "--name", "bad")
+    code, _, err = run(
+        capsys, "compose", "a1", "wide", "--weights", "0.5,0.5", "--combination", "linear", "--name", "bad"
+    )
     assert code == 2 and "cat or svd accept different ranks" in err
     code, _, err = run(capsys, "compose", "a1", "b1", "--weights", "1", "--name", "bad")
     assert code == 2 and "one per adapter" in err
@@ -104,9 +110,19 @@ def test_generate_merge_compose(tiny, capsys, tmp_path):
 
 def test_adapters_json_in_a_real_process(tiny, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, str(ROOT / "app.py"), "adapters", "import", str(tiny["a"]), "--name",
-                           "x"], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "app.py"), "adapters", "import", str(tiny["a"]), "--name", "x"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
-    proc = subprocess.run([sys.executable, str(ROOT / "app.py"), "adapters", "--json"], env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "app.py"), "adapters", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0 and json.loads(proc.stdout)[0]["name"] == "x"

@@ -16,13 +16,24 @@ def app(*args, home=None):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     if home:
         env["LORAPILOT_HOME"] = str(home)
-    return subprocess.run([PYTHON, "app.py", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=240, env=env)
+    return subprocess.run([PYTHON, "app.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=240, env=env)
 
 
 def test_estimate_json_has_the_stable_keys_and_the_seed_figures():
-    p = app("estimate", "--model", "meta-llama/Llama-2-7b-hf", "--r", "8", "--targets", "q_proj,v_proj",
-            "--gpu", "A100 80GB", "--dataset-rows", "1000", "--json")
+    p = app(
+        "estimate",
+        "--model",
+        "meta-llama/Llama-2-7b-hf",
+        "--r",
+        "8",
+        "--targets",
+        "q_proj,v_proj",
+        "--gpu",
+        "A100 80GB",
+        "--dataset-rows",
+        "1000",
+        "--json",
+    )
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)
     assert data["trainable_params"] == 4_194_304
@@ -45,8 +56,18 @@ def test_estimate_prints_a_readable_summary():
 
 
 def test_recommend_json_and_text():
-    p = app("recommend", "--model", "llama-3.1-8b", "--difficulty", "balanced", "--gpu", "A100 80GB",
-            "--dataset-rows", "5000", "--json")
+    p = app(
+        "recommend",
+        "--model",
+        "llama-3.1-8b",
+        "--difficulty",
+        "balanced",
+        "--gpu",
+        "A100 80GB",
+        "--dataset-rows",
+        "5000",
+        "--json",
+    )
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)
     assert set(data) >= {"plan", "reasons", "adjustments", "estimate", "fits", "advice"}
@@ -58,8 +79,16 @@ def test_recommend_json_and_text():
     # a 70B model on 24 GB: settings with rule ids, the fitting steps, and advice on the budget
     p = app("recommend", "--model", "llama-3.3-70b", "--difficulty", "hard", "--gpu", "RTX 4090")
     assert p.returncode == 0, p.stderr
-    for text in ("method", "qlora", "[M3]", "[A1]", "Fitted to the budget", "1. gradient checkpointing on",
-                 "Estimate of this plan", "Advice: Nothing fits in 24 GiB"):
+    for text in (
+        "method",
+        "qlora",
+        "[M3]",
+        "[A1]",
+        "Fitted to the budget",
+        "1. gradient checkpointing on",
+        "Estimate of this plan",
+        "Advice: Nothing fits in 24 GiB",
+    ):
         assert text in p.stdout, text
 
 

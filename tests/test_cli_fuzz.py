@@ -33,11 +33,16 @@ PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv").exists() els
 # Documented invocations (README, --help), per command; a command missing here still gets --help
 # and every nonsense value below.
 DOCUMENTED = {
-    "estimate": [["--model", "meta-llama/Llama-2-7b-hf"], ["--model", "default", "--gpu", "RTX-4090"],
-                 ["--model", "llama-3.1-8b", "--method", "qlora", "--budget-gb", "8", "--dataset-rows", "1000"],
-                 ["--model", "default", "--gpu", "cpu", "--max-steps", "10"]],
-    "recommend": [["--model", "default", "--difficulty", "simple", "--gpu", "cpu"],
-                  ["--model", "llama-3.1-8b", "--difficulty", "hard", "--budget-gb", "24", "--dataset-rows", "5000"]],
+    "estimate": [
+        ["--model", "meta-llama/Llama-2-7b-hf"],
+        ["--model", "default", "--gpu", "RTX-4090"],
+        ["--model", "llama-3.1-8b", "--method", "qlora", "--budget-gb", "8", "--dataset-rows", "1000"],
+        ["--model", "default", "--gpu", "cpu", "--max-steps", "10"],
+    ],
+    "recommend": [
+        ["--model", "default", "--difficulty", "simple", "--gpu", "cpu"],
+        ["--model", "llama-3.1-8b", "--difficulty", "hard", "--budget-gb", "24", "--dataset-rows", "5000"],
+    ],
     "check-data": [["demo:json"]],
     "jobs": [[]],
     "demo": [[], ["--skill", "json"]],
@@ -45,8 +50,10 @@ DOCUMENTED = {
 # Flags that would block (follow a job forever); they are covered by test_cli_jobs.
 NEVER = {"--wait", "--share"}
 # The fixed arguments a command needs to reach the flag under test ({data}: a good data file).
-BASE = {"recommend": ["--model", "default", "--difficulty", "simple", "--gpu", "cpu"],
-        "train": ["--dataset", "{data}", "--gpu", "cpu", "--max-steps", "1"]}
+BASE = {
+    "recommend": ["--model", "default", "--difficulty", "simple", "--gpu", "cpu"],
+    "train": ["--dataset", "{data}", "--gpu", "cpu", "--max-steps", "1"],
+}
 
 
 class _WouldServe(BaseException):  # not an Exception: the CLI's safety net must not swallow it
@@ -64,8 +71,15 @@ def _nonsense(action: argparse.Action, scratch: Path) -> list[str]:
     if action.type in (int, float):
         values += ["0", "abc", "1.5", "nan", "inf", "-inf", "99999999999999999999"]
     elif action.type is None or action.type is str:
-        values += [str(scratch / "missing.jsonl"), str(scratch / "folder"), str(scratch / "picture.png"),
-                   str(scratch / "empty.jsonl"), "nobody/no-such-model", "demo:nope", "a=b,c"]
+        values += [
+            str(scratch / "missing.jsonl"),
+            str(scratch / "folder"),
+            str(scratch / "picture.png"),
+            str(scratch / "empty.jsonl"),
+            "nobody/no-such-model",
+            "demo:nope",
+            "a=b,c",
+        ]
     return values
 
 
@@ -121,8 +135,10 @@ def scratch(tmp_path_factory):
     (folder / "folder").mkdir()
     (folder / "picture.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00binary")
     (folder / "empty.jsonl").write_text("")
-    rows = [{"messages": [{"role": "user", "content": f"Say {w}."}, {"role": "assistant", "content": w}]}
-            for w in ("yes", "no", "maybe", "red")]
+    rows = [
+        {"messages": [{"role": "user", "content": f"Say {w}."}, {"role": "assistant", "content": w}]}
+        for w in ("yes", "no", "maybe", "red")
+    ]
     (folder / "good.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder
 

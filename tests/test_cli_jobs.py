@@ -25,8 +25,10 @@ pytestmark = pytest.mark.usefixtures("no_worker_left_behind")
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-cli")
-    rows = [{"messages": [{"role": "user", "content": f"Say {w}."}, {"role": "assistant", "content": w}]}
-            for w in ("yes", "no", "maybe", "red", "green", "blue", "one", "two")]
+    rows = [
+        {"messages": [{"role": "user", "content": f"Say {w}."}, {"role": "assistant", "content": w}]}
+        for w in ("yes", "no", "maybe", "red", "green", "blue", "one", "two")
+    ]
     data = folder / "words.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     model = make_tiny_model(folder / "model")
@@ -35,13 +37,26 @@ def tiny(tmp_path_factory):
 
 def cli(*args, timeout=180):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / "app.py"), *map(str, args)], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "app.py"), *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _tiny_flags(tiny, **kw):
-    flags = {"model": tiny["model"], "dataset": tiny["dataset"], "gpu": "cpu", "max-steps": 3,
-             "batch-size": 2, "seq-len": 32, "eval-split": 0, "save-steps": 50}
+    flags = {
+        "model": tiny["model"],
+        "dataset": tiny["dataset"],
+        "gpu": "cpu",
+        "max-steps": 3,
+        "batch-size": 2,
+        "seq-len": 32,
+        "eval-split": 0,
+        "save-steps": 50,
+    }
     flags.update(kw)
     return [x for k, v in flags.items() if v is not None for x in (f"--{k}", v)]
 
@@ -60,13 +75,21 @@ GOOD = "\n".join(_row(f"q{i}", f"a{i}") for i in range(4)) + "\n"
 
 # name → (file name, content, extra flags, words the message must contain)
 BAD_FILES = {
-    "malformed_jsonl": ("broken.jsonl", _row("q", "a") + "\n{\"messages\": [\n" + _row("x", "y") + "\n", {},
-                        ["broken.jsonl", "2"]),
+    "malformed_jsonl": (
+        "broken.jsonl",
+        _row("q", "a") + '\n{"messages": [\n' + _row("x", "y") + "\n",
+        {},
+        ["broken.jsonl", "2"],
+    ),
     "not_utf8": ("latin1.jsonl", '{"text": "caf\u00e9"}\n'.encode("latin-1") * 3, {}, ["latin1.jsonl"]),
     "binary": ("blob.jsonl", bytes(range(256)) * 8, {}, ["blob.jsonl"]),
     "empty": ("empty.jsonl", b"", {}, ["empty.jsonl"]),
-    "missing_field": ("nocompletion.jsonl", "\n".join(json.dumps({"prompt": f"p{i}"}) for i in range(4)),
-                      {"data-format": "prompt_completion"}, ["nocompletion.jsonl", "completion"]),
+    "missing_field": (
+        "nocompletion.jsonl",
+        "\n".join(json.dumps({"prompt": f"p{i}"}) for i in range(4)),
+        {"data-format": "prompt_completion"},
+        ["nocompletion.jsonl", "completion"],
+    ),
     "too_few_rows": ("one.jsonl", _row("q", "a") + "\n", {}, ["one.jsonl", "rows"]),
     "all_too_long": ("long.jsonl", GOOD, {"seq-len": 3}, ["long.jsonl", "seq_len"]),
 }
@@ -80,16 +103,20 @@ def test_bad_data_creates_no_job(case, tiny, tmp_path):
     _assert_refused(out, words)
 
 
-@pytest.mark.parametrize("flags, words", [
-    ({"model": "/nonexistent/model-folder"}, ["model"]),
-    ({"model": "nobody-xyz/no-such-model"}, ["model", "nobody-xyz/no-such-model"]),
-    ({"r": 0}, ["r:"]),
-    ({"dropout": 1.5}, ["dropout"]),
-    ({"learning-rate": -1}, ["learning_rate"]),
-    ({"method": "prefix"}, ["method", "lora"]),
-    ({"dataset": "/nonexistent/data.jsonl"}, ["data.jsonl"]),
-    ({"targets": "no_such_proj"}, ["targets", "no_such_proj"]),
-], ids=["model_folder", "model_hub", "r", "dropout", "lr", "method", "no_file", "targets"])
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        ({"model": "/nonexistent/model-folder"}, ["model"]),
+        ({"model": "nobody-xyz/no-such-model"}, ["model", "nobody-xyz/no-such-model"]),
+        ({"r": 0}, ["r:"]),
+        ({"dropout": 1.5}, ["dropout"]),
+        ({"learning-rate": -1}, ["learning_rate"]),
+        ({"method": "prefix"}, ["method", "lora"]),
+        ({"dataset": "/nonexistent/data.jsonl"}, ["data.jsonl"]),
+        ({"targets": "no_such_proj"}, ["targets", "no_such_proj"]),
+    ],
+    ids=["model_folder", "model_hub", "r", "dropout", "lr", "method", "no_file", "targets"],
+)
 def test_bad_plan_values_create_no_job(flags, words, tiny):
     _assert_refused(cli("train", *_tiny_flags(tiny, **flags)), words)
 
@@ -129,8 +156,18 @@ def test_train_wait_jobs_show_export_and_errors(tiny, tmp_path):
     assert "HELD-OUT EXACT MATCH" in table and "ETA" in table and "succeeded" in table
 
     shown = json.loads(cli("show", 1, "--json").stdout)
-    assert {"id", "status", "pid", "error", "artifact_dir", "estimate", "measured_peak_bytes", "metrics",
-            "base_score", "adapter_score"} <= set(shown)
+    assert {
+        "id",
+        "status",
+        "pid",
+        "error",
+        "artifact_dir",
+        "estimate",
+        "measured_peak_bytes",
+        "metrics",
+        "base_score",
+        "adapter_score",
+    } <= set(shown)
     assert shown["plan"]["max_steps"] == 3 and shown["error"] is None
     assert shown["estimate"] and shown["measured_peak_bytes"] > 0
     assert [m["step"] for m in shown["metrics"]] == [1, 2, 3]
@@ -140,11 +177,21 @@ def test_train_wait_jobs_show_export_and_errors(tiny, tmp_path):
     out = cli("export", 1)
     assert out.returncode == 0, out.stderr
     with zipfile.ZipFile(out.stdout.strip()) as zf:
-        assert {"adapter_model.safetensors", "adapter_config.json", "plan.yaml", "README.md",
-                "metrics.csv", "loss.png"} <= set(zf.namelist())
+        assert {
+            "adapter_model.safetensors",
+            "adapter_config.json",
+            "plan.yaml",
+            "README.md",
+            "metrics.csv",
+            "loss.png",
+        } <= set(zf.namelist())
 
-    for args, word in ((("cancel", 1), "only queued or running"), (("resume", 1), "can resume"),
-                       (("show", 99), "no job with id 99"), (("export", "x"), "not a job id")):
+    for args, word in (
+        (("cancel", 1), "only queued or running"),
+        (("resume", 1), "can resume"),
+        (("show", 99), "no job with id 99"),
+        (("export", "x"), "not a job id"),
+    ):
         out = cli(*args)
         assert out.returncode == 2 and out.stderr.startswith("error: job: ") and word in out.stderr, out.stderr
 
@@ -168,8 +215,18 @@ def test_demo_rejects_an_unknown_skill():
 
 def test_a_plan_that_cannot_fit_is_not_queued_unless_anyway(tiny):
     # a full fine-tune of an 8B model on a 16 GB T4: the estimate says no, as the wizard's launch step does
-    flags = ["--model", "llama-3.1-8b", "--method", "full", "--gpu", "T4", "--dataset", tiny["dataset"],
-             "--max-steps", "3"]
+    flags = [
+        "--model",
+        "llama-3.1-8b",
+        "--method",
+        "full",
+        "--gpu",
+        "T4",
+        "--dataset",
+        tiny["dataset"],
+        "--max-steps",
+        "3",
+    ]
     _assert_refused(cli("train", *flags), ["error: memory: not queued: does not fit", "to fit:", "--anyway"])
     out = cli("train", *flags, "--anyway")  # past the memory gate; the plan's own checks still run
     assert "error: memory" not in out.stderr and "Traceback" not in out.stderr + out.stdout

@@ -21,8 +21,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def app(*args, stdout=subprocess.PIPE):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / "app.py"), *args], env=env, stdout=stdout,
-                          stderr=subprocess.PIPE, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "app.py"), *args],
+        env=env,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_lr_is_the_learning_rate_not_a_prefix_of_lr_scheduler():
@@ -35,8 +41,11 @@ def test_lr_is_the_learning_rate_not_a_prefix_of_lr_scheduler():
 
 
 def test_a_prefix_of_a_flag_is_refused_in_every_command():
-    for argv in (["train", "--lr-sched", "linear"], ["estimate", "--lear", "0.1"],
-                 ["adapters", "import", "x", "--na", "y"]):
+    for argv in (
+        ["train", "--lr-sched", "linear"],
+        ["estimate", "--lear", "0.1"],
+        ["adapters", "import", "x", "--na", "y"],
+    ):
         p = app(*argv)
         assert p.returncode == 2, (argv, p.stderr)
         assert p.stderr.startswith("error: ") and "unrecognized arguments: " + argv[-2] in p.stderr, p.stderr

@@ -55,8 +55,9 @@ def test_every_dependency_and_theirs_is_pinned_consistently():
             continue  # torch (and what it pulls in) follows TORCH_SPEC
         seen.add(key)
         assert name in pins, f"{req} is a dependency but constraints.txt does not pin it"
-        assert req.specifier.contains(pins[name], prereleases=True), \
+        assert req.specifier.contains(pins[name], prereleases=True), (
             f"constraints.txt pins {name}=={pins[name]}, which does not satisfy '{req}'"
+        )
         todo += [(Requirement(r), tuple(sorted(req.extras)) or ("",)) for r in metadata.requires(name) or []]
 
 
@@ -68,8 +69,10 @@ def test_this_run_uses_the_pinned_versions():
         except metadata.PackageNotFoundError:
             continue  # another platform's dependency
     differ = {n: (v, _pins()[n]) for n, v in installed.items() if v != _pins()[n]}
-    assert differ == {}, ("installed versions differ from constraints.txt (installed, pinned): "
-                          f"{differ}; upgrade deliberately by editing constraints.txt")
+    assert differ == {}, (
+        "installed versions differ from constraints.txt (installed, pinned): "
+        f"{differ}; upgrade deliberately by editing constraints.txt"
+    )
 
 
 def test_the_makefile_installs_the_project_from_the_constraints():

@@ -41,6 +41,7 @@ def test_reads_every_file_type_to_the_same_records(tmp_path):
     (tmp_path / "d.csv").write_text("prompt,completion\n" + "".join(f"q{i},a{i}\n" for i in range(4)))
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
     for ext in ("jsonl", "json", "csv", "parquet"):
         assert dataset.load_records(str(tmp_path / f"d.{ext}")) == rows, ext
@@ -49,17 +50,22 @@ def test_reads_every_file_type_to_the_same_records(tmp_path):
 
 def test_txt_is_one_example_per_block(tmp_path):
     (tmp_path / "t.txt").write_text("first doc\nstill first\n\nsecond doc\n")
-    assert dataset.load_records(str(tmp_path / "t.txt")) == [{"text": "first doc\nstill first"},
-                                                             {"text": "second doc"}]
+    assert dataset.load_records(str(tmp_path / "t.txt")) == [
+        {"text": "first doc\nstill first"},
+        {"text": "second doc"},
+    ]
 
 
-@pytest.mark.parametrize("content, expected", [
-    (b'{"prompt": "a", "completion": "b"}\n{"prompt": "a" "completion": "b"}\n', ["bad.jsonl", "line 2", "JSON"]),
-    (b'{"prompt": "a", "completion": "b"}\n{"prompt": "caf\xe9"}\n', ["bad.jsonl", "line 2", "UTF-8"]),
-    (b"\x00\x01\x02binary\x00", ["bad.jsonl", "binary"]),
-    (b"  \n\n", ["bad.jsonl", "empty"]),
-    (b'[1, 2]\n', ["bad.jsonl", "line 1", "object"]),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b'{"prompt": "a", "completion": "b"}\n{"prompt": "a" "completion": "b"}\n', ["bad.jsonl", "line 2", "JSON"]),
+        (b'{"prompt": "a", "completion": "b"}\n{"prompt": "caf\xe9"}\n', ["bad.jsonl", "line 2", "UTF-8"]),
+        (b"\x00\x01\x02binary\x00", ["bad.jsonl", "binary"]),
+        (b"  \n\n", ["bad.jsonl", "empty"]),
+        (b"[1, 2]\n", ["bad.jsonl", "line 1", "object"]),
+    ],
+)
 def test_unreadable_files_name_file_and_line(tmp_path, content, expected):
     (tmp_path / "bad.jsonl").write_bytes(content)
     with pytest.raises(UserError) as err:
@@ -87,7 +93,9 @@ def test_detects_formats_and_honours_column_mapping():
     mapped = [{"question": "q", "answer": "a"}]
     assert formats.detect_format(mapped, {"instruction": "question", "output": "answer"}) == "alpaca"
     assert formats.to_messages(mapped[0], "alpaca", {"instruction": "question", "output": "answer"}) == [
-        {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "a"},
+    ]
     with pytest.raises(UserError, match="question, answer.*accepted"):
         formats.detect_format(mapped)
 
@@ -96,8 +104,10 @@ def test_alpaca_input_and_sharegpt_roles_convert():
     msgs = formats.to_messages({"instruction": "Translate", "input": "hello", "output": "bonjour"}, "alpaca")
     assert msgs[0]["content"] == "Translate\n\nhello" and msgs[1] == {"role": "assistant", "content": "bonjour"}
     conv = {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}
-    assert formats.to_messages(conv, "messages") == [{"role": "user", "content": "hi"},
-                                                  {"role": "assistant", "content": "yo"}]
+    assert formats.to_messages(conv, "messages") == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "yo"},
+    ]
 
 
 # --- check_data ----------------------------------------------------------------------------------
@@ -149,10 +159,13 @@ def test_text_format_gets_eos_appended(tmp_path, tiny):
 
 def test_template_without_eos_gets_string_pairs_ending_in_eos(tmp_path, tiny):
     from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(tiny)
     # A template whose turns end with a newline only: the tuned model would never stop.
-    tok.chat_template = ("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
-                         "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}")
+    tok.chat_template = (
+        "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+    )
     path = write_jsonl(tmp_path / "a.jsonl", ALPACA)
     report = dataset.check_data(str(path), tokenizer=tok)
     assert report.eos_ok and "appended" in report.eos_message
@@ -172,9 +185,18 @@ def test_build_datasets_split_and_trl_accepts_them(tmp_path, tiny, tok):
 
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
+
     model = AutoModelForCausalLM.from_pretrained(tiny)
-    args = SFTConfig(output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=2, max_length=64,
-                     report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True)
+    args = SFTConfig(
+        output_dir=str(tmp_path / "out"),
+        max_steps=1,
+        per_device_train_batch_size=2,
+        max_length=64,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=ev, processing_class=tok)
     row = trainer.train_dataset[0]
     answer = [t for t, lab in zip(row["input_ids"], row["labels"]) if lab != -100]
@@ -194,14 +216,16 @@ def test_build_datasets_rejects_bad_rows_and_no_dataset(tmp_path, tok):
 
 def test_build_datasets_demo_uses_its_own_test_split(tok):
     from engine.data import demo
+
     train, ev = dataset.build_datasets(TrainingPlan.build(dataset="demo:isodate"), tok)
     assert len(train) == demo.TRAIN_ROWS and len(ev) == demo.TEST_ROWS
 
 
 # --- CLI ------------------------------------------------------------------------------------------
 def run_cli(*args):
-    return subprocess.run([sys.executable, "app.py", "check-data", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "app.py", "check-data", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_check_data_human_json_and_errors(tmp_path, tiny):

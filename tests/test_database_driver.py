@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.parametrize("driver", [None, "psycopg", "psycopg2"])
 def test_the_store_runs_on_postgresql_with_the_plain_url_and_with_each_installed_driver(
-        postgres_server, monkeypatch, driver):
+    postgres_server, monkeypatch, driver
+):
     url = postgres_server.new_database(driver)
     assert url.startswith("postgresql://" if driver is None else f"postgresql+{driver}://")
     monkeypatch.setenv("DATABASE_URL", url)
@@ -42,16 +43,19 @@ def test_the_store_runs_on_postgresql_with_the_plain_url_and_with_each_installed
 
 def _app(*args, url: str):
     env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / "app.py"), *args], env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "app.py"), *args], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_a_url_whose_driver_is_not_installed_is_one_line_in_the_cli_and_at_app_start():
     assert importlib.util.find_spec("pg8000") is None, "this test needs a driver that is not installed"
     url = "postgresql+pg8000://lp:secret@127.0.0.1:5432/jobs"
-    expected = ("error: DATABASE_URL: postgresql+pg8000:// needs the Python driver pg8000, which is not installed; "
-                "install it with `pip install 'pg8000'`, or write postgresql:// for psycopg 3, which "
-                "`pip install 'lorapilot[postgres]'` installs")
+    expected = (
+        "error: DATABASE_URL: postgresql+pg8000:// needs the Python driver pg8000, which is not installed; "
+        "install it with `pip install 'pg8000'`, or write postgresql:// for psycopg 3, which "
+        "`pip install 'lorapilot[postgres]'` installs"
+    )
     for args in (["jobs"], ["--port", "1"]):  # a command, and the wizard's start (refused before it listens)
         p = _app(*args, url=url)
         assert (p.returncode, p.stderr.strip(), p.stdout) == (2, expected, ""), args
@@ -59,8 +63,11 @@ def test_a_url_whose_driver_is_not_installed_is_one_line_in_the_cli_and_at_app_s
 
 def test_each_kind_of_bad_url_is_one_line_naming_what_to_write():
     assert database_driver.check("sqlite:////tmp/x.db") is None and database_driver.check("postgresql://h/db") is None
-    with pytest.raises(UserError, match=r"^DATABASE_URL: mysql:// needs the Python driver mysqldb, .* "
-                                        r"`pip install 'mysqlclient'`$"):
+    with pytest.raises(
+        UserError,
+        match=r"^DATABASE_URL: mysql:// needs the Python driver mysqldb, .* "
+        r"`pip install 'mysqlclient'`$",
+    ):
         database_driver.check("mysql://u@h/db")
     with pytest.raises(UserError, match="'nosuchdb://u:\\*\\*\\*@h/db' names a database or driver SQLAlchemy does"):
         database_driver.check("nosuchdb://u:secret@h/db")  # and the password is not printed

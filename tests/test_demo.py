@@ -50,9 +50,14 @@ def test_evaluate_is_exact_match_on_greedy_answers(tmp_path):
     prompts = [tok.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True) for r in rows]
     tok.padding_side = "left"
     batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    out = model.generate(**batch, max_new_tokens=demo.SKILLS["isodate"].max_new_tokens, do_sample=False,
-                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    said = tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    out = model.generate(
+        **batch,
+        max_new_tokens=demo.SKILLS["isodate"].max_new_tokens,
+        do_sample=False,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    said = tok.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     tok.padding_side = "right"
     for r, s in list(zip(rows, said))[:3]:
         r["messages"][-1]["content"] = s.strip()

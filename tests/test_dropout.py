@@ -10,10 +10,10 @@ from tests.tiny import make_tiny_model
 
 def test_the_threshold_keeps_the_asked_fraction_and_scales_by_its_inverse():
     threshold, scale = dropout.keep_threshold(0.1)
-    kept = (2 ** 15 - threshold) / 2 ** 16  # lanes run from -32768 to 32767
-    assert kept == pytest.approx(0.9, abs=1 / 2 ** 16)
+    kept = (2**15 - threshold) / 2**16  # lanes run from -32768 to 32767
+    assert kept == pytest.approx(0.9, abs=1 / 2**16)
     assert scale == pytest.approx(1 / kept)
-    assert dropout.keep_threshold(0.0) == (-(2 ** 15), 1.0)
+    assert dropout.keep_threshold(0.0) == (-(2**15), 1.0)
     with pytest.raises(ValueError, match="dropout must be in"):
         dropout.keep_threshold(1.0)
 
@@ -56,8 +56,9 @@ def test_peft_dropout_modules_are_swapped_and_the_model_still_trains(tmp_path):
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(make_tiny_model(tmp_path / "base"), dtype=torch.float32)
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.2, target_modules="all-linear",
-                                                  init_lora_weights=False))  # B not zero: dropout shows
+    model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.2, target_modules="all-linear", init_lora_weights=False)
+    )  # B not zero: dropout shows
     before = sum(type(m) is torch.nn.Dropout for m in model.modules())
     assert before > 0
     assert dropout.use_on_cpu(model) == before

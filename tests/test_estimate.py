@@ -10,8 +10,16 @@ from engine.plan import TrainingPlan
 
 
 def test_seed_estimate_and_json_keys():
-    e = estimate(TrainingPlan.build(model="meta-llama/Llama-2-7b-hf", r=8, targets="q_proj,v_proj",
-                                    gpu="A100 80GB", dataset_rows=1000, epochs=1))
+    e = estimate(
+        TrainingPlan.build(
+            model="meta-llama/Llama-2-7b-hf",
+            r=8,
+            targets="q_proj,v_proj",
+            gpu="A100 80GB",
+            dataset_rows=1000,
+            epochs=1,
+        )
+    )
     assert e.trainable_params == 4_194_304 and e.total_params == 6_742_609_920
     j = json.loads(json.dumps(e.to_json()))
     for key in ("trainable_params", "total_params", "adapter_bytes", "fits", "time"):
@@ -33,8 +41,9 @@ def test_no_device_no_time():
     assert estimate(TrainingPlan.build(model="default", budget_gb=8)).time is None
 
 
-@pytest.mark.parametrize("kw,field", [({"model": "nope"}, "model"), ({"gpu": "GTX 480"}, "gpu"),
-                                      ({"targets": "wq"}, "targets")])
+@pytest.mark.parametrize(
+    "kw,field", [({"model": "nope"}, "model"), ({"gpu": "GTX 480"}, "gpu"), ({"targets": "wq"}, "targets")]
+)
 def test_bad_input(kw, field):
     with pytest.raises(UserError) as e:
         estimate(TrainingPlan.build(**kw))

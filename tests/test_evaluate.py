@@ -36,9 +36,13 @@ def one_thread():
 
 
 def _chat_file(path, pairs):
-    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q},
-                                                     {"role": "assistant", "content": a}]}) + "\n"
-                            for q, a in pairs), encoding="utf-8")
+    path.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
+            for q, a in pairs
+        ),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -60,23 +64,36 @@ def files(tmp_path_factory, one_thread):
     with torch.no_grad():
         weights.get_input_embeddings().weight.mul_(SCALE)  # tied to the output head: confident logits
     weights.save_pretrained(model)
-    return {"model": str(model), "codes": str(_chat_file(root / "codes.jsonl", codes)),
-            "notes": str(_chat_file(root / "notes.jsonl", notes)),
-            "shifted": str(_chat_file(root / "shifted.jsonl", shifted))}
+    return {
+        "model": str(model),
+        "codes": str(_chat_file(root / "codes.jsonl", codes)),
+        "notes": str(_chat_file(root / "notes.jsonl", notes)),
+        "shifted": str(_chat_file(root / "shifted.jsonl", shifted)),
+    }
 
 
 def _held_out(n: int, share: float, seed: int) -> list[int]:
     """The row indices engine.data.dataset.build_datasets holds out (its seeded shuffle)."""
     order = list(range(n))
     random.Random(seed).shuffle(order)
-    return order[:split.holdout_size(n, share)]
+    return order[: split.holdout_size(n, share)]
 
 
 def _run(files, tmp_path, data, **kw):
     from engine.train.run import train
 
-    values = dict(model=files["model"], dataset=files[data], method="lora", seq_len=32, batch_size=4,
-                  logging_steps=1, warmup_ratio=0.0, gpu="cpu", eval_generations=4, dropout=0.0)
+    values = dict(
+        model=files["model"],
+        dataset=files[data],
+        method="lora",
+        seq_len=32,
+        batch_size=4,
+        logging_steps=1,
+        warmup_ratio=0.0,
+        gpu="cpu",
+        eval_generations=4,
+        dropout=0.0,
+    )
     values.update(kw)
     plan = TrainingPlan.build(**values)
     events = []
@@ -88,8 +105,18 @@ def _run(files, tmp_path, data, **kw):
 
 def test_overfitting_run_is_diagnosed_with_u2_changes(files, tmp_path):
     # four training rows, 60 epochs, a high learning rate and rank
-    plan, events, metrics, ev = _run(files, tmp_path, "shifted", r=32, alpha=64, learning_rate=5e-3, max_steps=60,
-                                     save_steps=6, eval_split=0.5, warmup_ratio=0.1)
+    plan, events, metrics, ev = _run(
+        files,
+        tmp_path,
+        "shifted",
+        r=32,
+        alpha=64,
+        learning_rate=5e-3,
+        max_steps=60,
+        save_steps=6,
+        eval_split=0.5,
+        warmup_ratio=0.1,
+    )
     assert [e.name for e in events if isinstance(e, Phase)] == PHASES
     assert ev["rows"] == 4 and ev["generated_rows"] == 4
     for side in ("base", "adapter"):
@@ -110,8 +137,18 @@ def test_overfitting_run_is_diagnosed_with_u2_changes(files, tmp_path):
 
 
 def test_clean_run_is_not_flagged(files, tmp_path):
-    plan, _, metrics, ev = _run(files, tmp_path, "notes", r=8, alpha=16, learning_rate=5e-3, max_steps=16,
-                                     save_steps=4, eval_split=0.25, warmup_ratio=0.1)
+    plan, _, metrics, ev = _run(
+        files,
+        tmp_path,
+        "notes",
+        r=8,
+        alpha=16,
+        learning_rate=5e-3,
+        max_steps=16,
+        save_steps=4,
+        eval_split=0.25,
+        warmup_ratio=0.1,
+    )
     assert ev["rows"] == 4 and ev["adapter"]["loss"] < 0.7 * ev["base"]["loss"]
     found = diagnose.diagnose(metrics, ev, plan)
     assert found == [], [f.to_json() for f in found]
@@ -121,8 +158,9 @@ def test_clean_run_is_not_flagged(files, tmp_path):
 def test_diverging_run_is_flagged_unstable(files, tmp_path):
     # 100 is ~500,000x a usual LoRA rate: the tiny model's norms keep the loss finite, so the update
     # saturates the network instead (the gradient vanishes, the loss freezes) - unstable all the same
-    plan, _, metrics, ev = _run(files, tmp_path, "notes", r=8, alpha=16, learning_rate=100.0, max_steps=8,
-                                     save_steps=4, eval_split=0.25)
+    plan, _, metrics, ev = _run(
+        files, tmp_path, "notes", r=8, alpha=16, learning_rate=100.0, max_steps=8, save_steps=4, eval_split=0.25
+    )
     found = diagnose.diagnose(metrics, ev, plan)
     assert found and found[0].finding == "unstable", [f.to_json() for f in found]
     assert found[0].rule == "U4" and found[0].change == {"learning_rate": 10}

@@ -30,9 +30,12 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     model = make_tiny_model(root / "model", vocab_texts=[q + " " + a for q, a in ROWS])
     data = root / "words.jsonl"
-    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q},
-                                                      {"role": "assistant", "content": a}]}) + "\n"
-                            for q, a in ROWS))
+    data.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
+            for q, a in ROWS
+        )
+    )
     return model, data
 
 
@@ -45,8 +48,19 @@ def _train_job(plan: TrainingPlan) -> store.Job:
 
 
 def _plan(data, **kw) -> TrainingPlan:
-    values = dict(dataset=str(data), method="lora", r=4, alpha=8, seq_len=32, batch_size=4, max_steps=2,
-                  eval_split=0, save_steps=50, gpu="cpu", learning_rate=1e-2)
+    values = dict(
+        dataset=str(data),
+        method="lora",
+        r=4,
+        alpha=8,
+        seq_len=32,
+        batch_size=4,
+        max_steps=2,
+        eval_split=0,
+        save_steps=50,
+        gpu="cpu",
+        learning_rate=1e-2,
+    )
     return TrainingPlan.build(**{**values, **kw})
 
 
@@ -96,8 +110,16 @@ def test_full_fine_tune_exports_its_model_folder(tiny, tmp_path):
     with zipfile.ZipFile(path) as zf:
         names = set(zf.namelist())
         zf.extractall(tmp_path / "elsewhere")
-    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md",
-            "plan.yaml", "metrics.csv", "loss.png"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "README.md",
+        "plan.yaml",
+        "metrics.csv",
+        "loss.png",
+    } <= names
     assert "adapter_config.json" not in names and not any(n.startswith("checkpoints") for n in names)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -123,8 +145,9 @@ def test_a_job_with_nothing_yet_still_says_so():
     assert export.export_kind(job.id) is None
 
 
-def test_base_reference_names_a_hub_id_with_its_revision_and_a_local_path_only_when_chosen(tiny, tmp_path,
-                                                                                           monkeypatch):
+def test_base_reference_names_a_hub_id_with_its_revision_and_a_local_path_only_when_chosen(
+    tiny, tmp_path, monkeypatch
+):
     model, _ = tiny
     commit = "0123456789abcdef0123456789abcdef01234567"
     import huggingface_hub.constants

@@ -27,8 +27,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def cli(*args, timeout=180):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / "app.py"), *map(str, args)], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "app.py"), *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _catalog_plan(**kw) -> TrainingPlan:
@@ -53,8 +58,10 @@ def test_cli_command_and_yaml_rebuild_the_same_plan():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-export")
-    rows = [{"instruction": f"What colour is item {i}?", "output": f"Item {i} is {c}."}
-            for i, c in enumerate(["red", "blue", "green", "black"] * 3)]
+    rows = [
+        {"instruction": f"What colour is item {i}?", "output": f"Item {i} is {c}."}
+        for i, c in enumerate(["red", "blue", "green", "black"] * 3)
+    ]
     data = folder / "alpaca.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     model = make_tiny_model(folder / "model", vocab_texts=[r["instruction"] + " " + r["output"] for r in rows])
@@ -81,17 +88,37 @@ def test_export_as_yaml_and_cli_print_the_jobs_plan(tiny):
 @pytest.mark.slow
 def test_exported_script_runs_and_writes_the_jobs_adapter(tiny, tmp_path):
     model, data = tiny
-    plan = TrainingPlan.build(model=str(model), dataset=str(data), gpu="cpu", method="lora", r=4, alpha=12,
-                              dropout=0.1, targets="attention", seq_len=64, batch_size=4, max_steps=2,
-                              eval_split=0.25, save_steps=50, warmup_ratio=0.1, learning_rate=1e-3)
+    plan = TrainingPlan.build(
+        model=str(model),
+        dataset=str(data),
+        gpu="cpu",
+        method="lora",
+        r=4,
+        alpha=12,
+        dropout=0.1,
+        targets="attention",
+        seq_len=64,
+        batch_size=4,
+        max_steps=2,
+        eval_split=0.25,
+        save_steps=50,
+        warmup_ratio=0.1,
+        learning_rate=1e-3,
+    )
     out = cli("export", _job(plan), "--as", "python")
     assert out.returncode == 0, out.stderr
     path = tmp_path / "train_job.py"
     path.write_text(out.stdout, encoding="utf-8")
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # standalone: no LoRA Pilot on the path
-    run = subprocess.run([sys.executable, str(path), str(tmp_path / "adapter")], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, str(path), str(tmp_path / "adapter")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
 
     written = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
@@ -106,8 +133,14 @@ def _run_script(code: str, folder: Path) -> subprocess.CompletedProcess:
     path = folder / "train_job.py"
     path.write_text(code, encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # standalone: no LoRA Pilot on the path
-    return subprocess.run([sys.executable, str(path), str(folder / "adapter")], cwd=folder, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(path), str(folder / "adapter")],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow
@@ -122,9 +155,24 @@ def test_the_exported_script_trains_the_jobs_adapter(tiny, tmp_path):
     model, data = tiny
     # 12 rows at 0.1: the job holds out 2 (engine.evaluate.split); an evaluation every 2 steps with
     # patience 1 stops early and keeps the best checkpoint, which the script must reproduce too.
-    plan = TrainingPlan.build(model=str(model), dataset=str(data), gpu="cpu", method="lora", r=4, alpha=8,
-                              dropout=0.0, targets="all-linear", seq_len=64, batch_size=2, epochs=3,
-                              eval_split=0.1, save_steps=2, patience=1, learning_rate=5e-3, seed=7)
+    plan = TrainingPlan.build(
+        model=str(model),
+        dataset=str(data),
+        gpu="cpu",
+        method="lora",
+        r=4,
+        alpha=8,
+        dropout=0.0,
+        targets="all-linear",
+        seq_len=64,
+        batch_size=2,
+        epochs=3,
+        eval_split=0.1,
+        save_steps=2,
+        patience=1,
+        learning_rate=5e-3,
+        seed=7,
+    )
     job_id = _job(plan)
     job_dir = store.job_dir(job_id)
     train(plan, job_dir)
@@ -140,8 +188,10 @@ def test_the_exported_script_trains_the_jobs_adapter(tiny, tmp_path):
     run = _run_script(out.stdout, tmp_path)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
 
-    ours, theirs = load_file(job_dir / "adapter_model.safetensors"), load_file(tmp_path / "adapter" /
-                                                                                 "adapter_model.safetensors")
+    ours, theirs = (
+        load_file(job_dir / "adapter_model.safetensors"),
+        load_file(tmp_path / "adapter" / "adapter_model.safetensors"),
+    )
     assert ours.keys() == theirs.keys() and ours
     for name, tensor in ours.items():
         assert torch_allclose(tensor, theirs[name]), name

@@ -60,8 +60,9 @@ def test_dataset_decode_error_points_at_check_data():
 
 def test_anything_else_is_short_and_points_at_the_log():
     msg = failures.explain(ZeroDivisionError("division by zero\nlong\ntraceback"), TrainingPlan(), step=3)
-    assert msg == ("Training failed at step 3: ZeroDivisionError: division by zero. "
-                   "The full traceback is in the job log.")
+    assert msg == (
+        "Training failed at step 3: ZeroDivisionError: division by zero. The full traceback is in the job log."
+    )
 
 
 def test_disk_full_says_the_checkpoints_are_kept():

@@ -11,8 +11,16 @@ NAMES = [rung.name for rung in fitting.LADDER]
 
 
 def test_ladder_order_is_cheapest_in_quality_first():
-    assert NAMES == ["gradient checkpointing", "smaller micro-batch", "adapters instead of full", "4-bit base",
-                     "8-bit optimizer", "fewer target modules", "lower r", "shorter sequences"]
+    assert NAMES == [
+        "gradient checkpointing",
+        "smaller micro-batch",
+        "adapters instead of full",
+        "4-bit base",
+        "8-bit optimizer",
+        "fewer target modules",
+        "lower r",
+        "shorter sequences",
+    ]
     assert [r.name for r in fitting.LADDER if not r.automatic] == ["shorter sequences"]  # cuts examples
 
 
@@ -48,8 +56,15 @@ def test_review_hint_walks_the_same_ladder_and_fits():
 def test_recommender_adjustments_follow_the_ladder():
     rec = recommend("llama-3.1-8b", "hard", budget_gb=12, dataset_rows=20_000)
     whats = [a.split(" (")[0] for a in rec.adjustments]
-    prefixes = {"gradient checkpointing": 0, "micro-batch": 1, "full fine-tuning": 2, "4-bit base": 3,
-                "optimizer": 4, "target modules": 5, "r ": 6}
+    prefixes = {
+        "gradient checkpointing": 0,
+        "micro-batch": 1,
+        "full fine-tuning": 2,
+        "4-bit base": 3,
+        "optimizer": 4,
+        "target modules": 5,
+        "r ": 6,
+    }
     order = [next(i for p, i in prefixes.items() if w.startswith(p)) for w in whats]
     assert order and order == sorted(order)
     assert not any(w.startswith("sequence length") for w in whats)  # never cut examples on its own

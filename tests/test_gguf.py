@@ -34,8 +34,10 @@ try:
     HAVE_LLAMA_CPP = True
 except ImportError:  # the `test` extra installs it; without it the llama.cpp half cannot run
     HAVE_LLAMA_CPP = False
-needs_llama_cpp = pytest.mark.skipif(not HAVE_LLAMA_CPP, reason="llama-cpp-python is not installed "
-                                     "(pip install -c constraints.txt 'llama-cpp-python==0.3.36')")
+needs_llama_cpp = pytest.mark.skipif(
+    not HAVE_LLAMA_CPP,
+    reason="llama-cpp-python is not installed (pip install -c constraints.txt 'llama-cpp-python==0.3.36')",
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +49,24 @@ def tiny_bases(tmp_path_factory):
     root = tmp_path_factory.mktemp("gguf-bases")
     llama = make_tiny_model(root / "llama")
     tok = AutoTokenizer.from_pretrained(llama)
-    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                  eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id, pad_token_id=tok.eos_token_id)
+    common = dict(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+        pad_token_id=tok.eos_token_id,
+    )
     bases = {"llama": llama}
-    for name, config in {"mistral": MistralConfig(**common, tie_word_embeddings=False),
-                         "qwen2": Qwen2Config(**common, tie_word_embeddings=True),
-                         "qwen3": Qwen3Config(**common, head_dim=32, tie_word_embeddings=False)}.items():
+    for name, config in {
+        "mistral": MistralConfig(**common, tie_word_embeddings=False),
+        "qwen2": Qwen2Config(**common, tie_word_embeddings=True),
+        "qwen3": Qwen3Config(**common, head_dim=32, tie_word_embeddings=False),
+    }.items():
         torch.manual_seed(3)
         model = AutoModelForCausalLM.from_config(config)
         with torch.no_grad():  # biases and norms away from their init values, so a lost one shows
@@ -76,16 +89,23 @@ def _hf_logits(model, ids):
 def _llama_cpp_logits(gguf_file, ids, lora=None):
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(gguf_file), lora_path=str(lora) if lora else None, n_ctx=64, logits_all=True,
-                n_threads=1, verbose=False)
+    llm = Llama(
+        model_path=str(gguf_file),
+        lora_path=str(lora) if lora else None,
+        n_ctx=64,
+        logits_all=True,
+        n_threads=1,
+        verbose=False,
+    )
     try:
         llm.eval(ids)
-        return np.array(llm.scores[:len(ids)])
+        return np.array(llm.scores[: len(ids)])
     finally:
         llm.close()
 
 
 # --- the writer ---------------------------------------------------------------------------------
+
 
 @needs_llama_cpp
 @pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])
@@ -139,9 +159,18 @@ def test_the_embedded_base_round_trips_to_the_shipped_gguf(embedded, tmp_path):
         expected = gguf.quants.dequantize(t.data, t.tensor_type)
         got = gguf.quants.dequantize(mine[t.name].data, mine[t.name].tensor_type)
         assert np.array_equal(expected, got), t.name
-    for key in ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type",
-                "tokenizer.ggml.merges", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
-                "tokenizer.ggml.padding_token_id", "tokenizer.ggml.add_bos_token", "tokenizer.chat_template"):
+    for key in (
+        "tokenizer.ggml.model",
+        "tokenizer.ggml.pre",
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.token_type",
+        "tokenizer.ggml.merges",
+        "tokenizer.ggml.bos_token_id",
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.padding_token_id",
+        "tokenizer.ggml.add_bos_token",
+        "tokenizer.chat_template",
+    ):
         assert ours.fields[key].contents() == shipped.fields[key].contents(), key
 
 
@@ -158,6 +187,7 @@ def test_an_unknown_quant_or_architecture_is_refused_and_nothing_is_left(tiny_ba
 
 # --- the adapter ------------------------------------------------------------------------------
 
+
 @needs_llama_cpp
 @pytest.mark.parametrize("family,rslora", [("llama", False), ("qwen2", True)])
 def test_the_adapter_gguf_applies_in_llama_cpp_as_peft_applies_it(family, rslora, tiny_bases, tmp_path):
@@ -169,8 +199,14 @@ def test_the_adapter_gguf_applies_in_llama_cpp_as_peft_applies_it(family, rslora
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(tiny_bases[family])
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"],
-                        init_lora_weights=False, use_rslora=rslora, task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"],
+        init_lora_weights=False,
+        use_rslora=rslora,
+        task_type="CAUSAL_LM",
+    )
     peft = get_peft_model(base, config).eval()
     peft.save_pretrained(tmp_path / "adapter")
     adapter = lora.write_adapter(tmp_path / "adapter", tiny_bases[family], tmp_path / "adapter.gguf")
@@ -195,17 +231,19 @@ def test_what_the_adapter_format_cannot_carry_is_refused(tiny_bases, tmp_path):
 
 # --- the Modelfile --------------------------------------------------------------------------
 
+
 def _go_render(template: str, system: str, prompt: str) -> str:
     """The Go text/template subset the Modelfile uses (if/else/end on .System; .System, .Prompt, .Response).
 
     No Go toolchain is on the test machine; this renders exactly that subset and fails on anything else."""
+
     def value(name):
         return {"System": system, "Prompt": prompt, "Response": ""}[name]
 
     out, pos, stack = [], 0, [True]
     for m in re.finditer(r"\{\{\s*(.*?)\s*\}\}", template):
         if all(stack):
-            out.append(template[pos:m.start()])
+            out.append(template[pos : m.start()])
         pos, action = m.end(), m.group(1)
         if action.startswith("if ."):
             stack.append(bool(value(action[4:])))
@@ -219,13 +257,14 @@ def _go_render(template: str, system: str, prompt: str) -> str:
             raise AssertionError(f"unexpected Go template action {action!r}")
     out.append(template[pos:] if all(stack) else "")
     text = "".join(out)
-    return text[:text.index("\x00")] if "\x00" in text else text
+    return text[: text.index("\x00")] if "\x00" in text else text
 
 
 LLAMA3_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
     " + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
 
 
 @pytest.mark.parametrize("template", ["chatml", "llama3", "smollm2"])
@@ -239,18 +278,24 @@ def test_the_modelfile_template_renders_the_prompt_the_chat_template_renders(tem
     else:
         tok = AutoTokenizer.from_pretrained(tiny_bases["llama"])
     if template == "llama3":
-        tok.add_special_tokens({"bos_token": "<|begin_of_text|>", "additional_special_tokens":
-                                ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]})
+        tok.add_special_tokens(
+            {
+                "bos_token": "<|begin_of_text|>",
+                "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+            }
+        )
         tok.chat_template = LLAMA3_TEMPLATE
     pieces = modelfile.chat_pieces(tok)
     text = modelfile.render(pieces, "./model.gguf", system="Answer in one line.")
     body = re.search(r'TEMPLATE """(.*?)"""', text, re.S).group(1)
     for system in ("Answer in one line.", ""):
         messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": "Printer on floor 2 is jammed"}]
+            {"role": "user", "content": "Printer on floor 2 is jammed"}
+        ]
         expected = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        rendered = _go_render(body.replace("{{ .Response }}", "{{ .Response }}\x00"), system,
-                              "Printer on floor 2 is jammed")
+        rendered = _go_render(
+            body.replace("{{ .Response }}", "{{ .Response }}\x00"), system, "Printer on floor 2 is jammed"
+        )
         assert rendered == expected
     stop = {"chatml": "<|im_end|>", "smollm2": "<|im_end|>", "llama3": "<|eot_id|>"}[template]
     assert f'PARAMETER stop "{stop}"' in text
@@ -259,10 +304,16 @@ def test_the_modelfile_template_renders_the_prompt_the_chat_template_renders(tem
 
 # --- the export of a job, checked by llama.cpp ----------------------------------------------
 
+
 def cli(*args, timeout=1800):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / "app.py"), *map(str, args)], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "app.py"), *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _job(folder: Path | None, plan, status="succeeded"):
@@ -281,9 +332,11 @@ def test_bad_export_requests_are_one_error_line(tiny_bases, tmp_path):
     running = _job(make_tiny_adapter(tiny_bases["llama"], tmp_path / "a"), plan, status="running")
     gpt2 = make_tiny_model(tmp_path / "gpt2", arch="gpt2")
     other = _job(make_tiny_adapter(gpt2, tmp_path / "b", targets=("c_attn",)), plan.updated(model=str(gpt2)))
-    for args, words in [((running.id, "--as", "gguf"), "is running; only a succeeded job"),
-                        ((running.id, "--as", "gguf", "--quant", "q3"), "unknown quantization 'q3'"),
-                        ((other.id, "--as", "gguf"), "does not cover the 'gpt2' architecture")]:
+    for args, words in [
+        ((running.id, "--as", "gguf"), "is running; only a succeeded job"),
+        ((running.id, "--as", "gguf", "--quant", "q3"), "unknown quantization 'q3'"),
+        ((other.id, "--as", "gguf"), "does not cover the 'gpt2' architecture"),
+    ]:
         out = cli("export", *args)
         assert out.returncode == 2, out.stderr
         lines = out.stderr.strip().splitlines()
@@ -314,8 +367,12 @@ def test_the_demo_exports_and_llama_cpp_answers_as_the_adapter(demo_adapter, emb
     assert out.returncode == 0, out.stderr
     files = [Path(line) for line in out.stdout.split()]
     names = sorted(p.name for p in files)
-    assert names == ["Modelfile", "Modelfile.adapter", f"lorapilot-job{job.id}-adapter.gguf",
-                     f"lorapilot-job{job.id}-f16.gguf"]
+    assert names == [
+        "Modelfile",
+        "Modelfile.adapter",
+        f"lorapilot-job{job.id}-adapter.gguf",
+        f"lorapilot-job{job.id}-f16.gguf",
+    ]
     assert all(p.is_file() for p in files)
     record = json.loads(cli("show", job.id, "--json").stdout)["exports"]["gguf"]
     assert {"files", "quant", "agreement", "exact_match", "seconds"} <= set(record)
@@ -347,8 +404,14 @@ def test_the_job_page_says_how_to_run_a_finished_job(tiny_bases, tmp_path):
     plan = TrainingPlan.build(name="my-skill", model=str(tiny_bases["llama"]), dataset="demo:ticket", r=4, alpha=8)
     done = _job(make_tiny_adapter(tiny_bases["llama"], tmp_path / "a"), plan)
     panel = run_elsewhere.how_to_run_html(done.id)
-    for words in ("Playground", "/v1", 'my-skill as the model', f"export {done.id} --as gguf",
-                  "ollama create my-skill -f Modelfile", "serve-recipe my-skill"):
+    for words in (
+        "Playground",
+        "/v1",
+        "my-skill as the model",
+        f"export {done.id} --as gguf",
+        "ollama create my-skill -f Modelfile",
+        "serve-recipe my-skill",
+    ):
         assert words in panel
     running = _job(None, plan, status="running")
     assert "Once the job has succeeded" in run_elsewhere.how_to_run_html(running.id)
@@ -361,8 +424,9 @@ def test_a_full_fine_tune_exports_its_model_with_a_record(tiny_bases):
     from engine.plan import TrainingPlan
     from jobs import gguf_export
 
-    plan = TrainingPlan.build(name="full-run", model=str(tiny_bases["qwen2"]), method="full", dataset="demo:json",
-                              eval_generations=4)
+    plan = TrainingPlan.build(
+        name="full-run", model=str(tiny_bases["qwen2"]), method="full", dataset="demo:json", eval_generations=4
+    )
     job = _job(tiny_bases["qwen2"], plan)
     record = gguf_export.export(job.id, "q8_0")
     names = sorted(Path(f).name for f in record["files"])

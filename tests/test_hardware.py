@@ -17,9 +17,9 @@ FLAGS_BUT_SLOW = {"cpu": "Odd CPU", "bf16_flags": ["avx512_bf16"], "fp32_tflops"
 
 
 def _plan(**kw) -> TrainingPlan:
-    return TrainingPlan.build(**{"model": "smollm2-135m", "gpu": "cpu", "seq_len": 96, "batch_size": 4,
-                                 "max_steps": 30,
-                                 **kw})
+    return TrainingPlan.build(
+        **{"model": "smollm2-135m", "gpu": "cpu", "seq_len": 96, "batch_size": 4, "max_steps": 30, **kw}
+    )
 
 
 def test_auto_is_bf16_where_the_cpu_runs_it_natively_and_says_why():
@@ -162,8 +162,9 @@ def test_the_job_switches_to_eager_with_the_same_rule(tmp_path):
     notes = []
 
     def choose(plan):
-        model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation=hardware.attention_to_load(
-            plan.attention))
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, attn_implementation=hardware.attention_to_load(plan.attention)
+        )
         run._choose_attention(plan, model, "cpu", (rows, None), notes.append)
         return model.config._attn_implementation
 

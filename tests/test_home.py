@@ -21,8 +21,19 @@ from engine.errors import UserError
 from ui.cli.main import run as cli
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = [["serve"], ["estimate"], ["recommend"], ["check-data", "x.jsonl"], ["train", "--dataset", "x.jsonl"],
-            ["jobs"], ["show", "1"], ["cancel", "1"], ["resume", "1"], ["export", "1"], ["demo"]]
+COMMANDS = [
+    ["serve"],
+    ["estimate"],
+    ["recommend"],
+    ["check-data", "x.jsonl"],
+    ["train", "--dataset", "x.jsonl"],
+    ["jobs"],
+    ["show", "1"],
+    ["cancel", "1"],
+    ["resume", "1"],
+    ["export", "1"],
+    ["demo"],
+]
 
 
 @pytest.fixture
@@ -38,8 +49,10 @@ def home_under_a_file(tmp_path, monkeypatch):
 def test_every_command_says_so_in_one_line(home_under_a_file, capsys, args):
     assert cli(args) == 2
     captured = capsys.readouterr()
-    assert captured.err == (f"error: LORAPILOT_HOME: {home_under_a_file} is not writable (Not a directory); "
-                            "make it writable or set LORAPILOT_HOME to a folder you can write to\n")
+    assert captured.err == (
+        f"error: LORAPILOT_HOME: {home_under_a_file} is not writable (Not a directory); "
+        "make it writable or set LORAPILOT_HOME to a folder you can write to\n"
+    )
     assert captured.out == ""
 
 
@@ -55,6 +68,12 @@ def test_a_read_only_home_is_refused(tmp_path, monkeypatch):
 
 def test_from_a_real_process_there_is_no_traceback(home_under_a_file):
     env = {**os.environ, "LORAPILOT_HOME": str(home_under_a_file)}
-    out = subprocess.run([sys.executable, str(ROOT / "app.py"), "jobs"], env=env, capture_output=True, text=True,
-                         timeout=300, check=False)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "app.py"), "jobs"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "is not writable" in out.stderr, out.stderr

@@ -81,13 +81,21 @@ def test_submitted_job_stores_the_data_based_peak_and_the_page_shows_both(tmp_pa
     from tests.tiny import make_tiny_model
     from ui.web import jobs_page
 
-    rows = [{"messages": [{"role": "user", "content": "Say " + "yes " * (2 + i % 9)},
-                          {"role": "assistant", "content": "yes"}]} for i in range(30)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": "Say " + "yes " * (2 + i % 9)},
+                {"role": "assistant", "content": "yes"},
+            ]
+        }
+        for i in range(30)
+    ]
     data = tmp_path / "short.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     model = make_tiny_model(tmp_path / "model")
-    plan = TrainingPlan.build(model=str(model), dataset=str(data), gpu="cpu", batch_size=4, seq_len=512,
-                              eval_split=0, max_steps=2)
+    plan = TrainingPlan.build(
+        model=str(model), dataset=str(data), gpu="cpu", batch_size=4, seq_len=512, eval_split=0, max_steps=2
+    )
     job = dispatcher.submit(plan, start=False)
     est = store.job_estimate(job)["memory"]
     assert est["expected"]["padded_length"] < 60 and est["expected"]["rows"] == 8  # short rows; 2 CPU steps of 4

@@ -113,8 +113,15 @@ def test_a_succeeded_job_becomes_an_entry_once(tiny, lorapilot_home):
 
     base, adapter, _ = tiny
     plan = TrainingPlan.build(name="demo-ticket", model=str(base), dataset="demo:ticket", r=4, alpha=8)
-    job = store.insert_job(store.Job(name="demo-ticket", plan_json=plan.model_dump_json(), status="succeeded",
-                                     base_score=0.0, adapter_score=75.0))
+    job = store.insert_job(
+        store.Job(
+            name="demo-ticket",
+            plan_json=plan.model_dump_json(),
+            status="succeeded",
+            base_score=0.0,
+            adapter_score=75.0,
+        )
+    )
     shutil.copytree(adapter, job.artifact_dir, dirs_exist_ok=True)
     entry = library.register_job_adapter(job)
     assert (entry.name, entry.job_id, entry.skill, entry.path) == ("demo-ticket", job.id, "ticket", job.artifact_dir)

@@ -68,20 +68,25 @@ def test_kill9_then_resume_loses_and_repeats_no_step(tiny, monkeypatch):
 def test_job_outlives_its_submitter_and_dispatcher_restarts(tiny, lorapilot_home):
     env = {**os.environ, "LORAPILOT_HOME": str(lorapilot_home)}
     cli = [sys.executable, str(ROOT / "app.py")]
-    out = subprocess.run(cli + ["train", *plan(tiny, max_steps=8).to_cli_args()], env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        cli + ["train", *plan(tiny, max_steps=8).to_cli_args()], env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     job_id = int(out.stdout.split()[1])  # "job N running: ..."
     # The submitting process has exited; a new "UI" process sees the job and its worker.
-    shown = json.loads(subprocess.run(cli + ["show", str(job_id), "--json"], env=env, capture_output=True,
-                                      text=True, timeout=60).stdout)
+    shown = json.loads(
+        subprocess.run(
+            cli + ["show", str(job_id), "--json"], env=env, capture_output=True, text=True, timeout=60
+        ).stdout
+    )
     assert shown["status"] == "running" and shown["pid"]
     assert dispatcher.reconcile() == []  # a restarted dispatcher leaves a live worker alone
     assert dispatcher.kick() == []  # and does not start the job a second time
     done = wait_for(job_id, finished)
     assert done.status == "succeeded", done.error
-    listed = json.loads(subprocess.run(cli + ["jobs", "--json"], env=env, capture_output=True,
-                                       text=True, timeout=60).stdout)
+    listed = json.loads(
+        subprocess.run(cli + ["jobs", "--json"], env=env, capture_output=True, text=True, timeout=60).stdout
+    )
     assert [(j["id"], j["status"]) for j in listed] == [(job_id, "succeeded")]
     assert [m.step for m in store.job_metrics(job_id)] == list(range(1, 9))
 

@@ -58,8 +58,10 @@ def test_eager_attention_costs_more_than_sdpa():
 
 
 def test_eight_bit_optimizer_smaller():
-    assert memory_for(plan(optimizer="adamw_8bit")).terms["optimizer states"] < \
-        memory_for(plan()).terms["optimizer states"] / 3
+    assert (
+        memory_for(plan(optimizer="adamw_8bit")).terms["optimizer states"]
+        < memory_for(plan()).terms["optimizer states"] / 3
+    )
 
 
 def test_cpu_has_no_cuda_context_and_fp32():
@@ -96,8 +98,10 @@ def test_fused_lm_head_replaces_full_logits():
     huge = fused_head(100_000, 32_000, 4096, "bf16", on_gpu=True)
     assert huge.backward - 100_000 * 4096 * 6 == TOKEN_TILE * VOCAB_TILE * 2  # buffer + fp32 grad + cast back
     # Triton folds tiles in place; the CPU fallback's fp32 temporaries cost more
-    assert fused_head(4000, 128_256, 4096, "bf16", on_gpu=True).backward < \
-        fused_head(4000, 128_256, 4096, "bf16", on_gpu=False).backward
+    assert (
+        fused_head(4000, 128_256, 4096, "bf16", on_gpu=True).backward
+        < fused_head(4000, 128_256, 4096, "bf16", on_gpu=False).backward
+    )
 
 
 def test_fused_lm_head_matches_trl_kernel_on_cpu():
@@ -115,8 +119,9 @@ def test_fused_lm_head_matches_trl_kernel_on_cpu():
     meter = LiveTensorPeak()
     with meter:
         before = meter.live
-        out = _ChunkedLogProbFunction.apply(x, weight, None, targets, 1.0, VOCAB_TILE, None, 1.0,
-                                            ("log_probs", "entropy", "is_top1"))
+        out = _ChunkedLogProbFunction.apply(
+            x, weight, None, targets, 1.0, VOCAB_TILE, None, 1.0, ("log_probs", "entropy", "is_top1")
+        )
         forward = meter.peak - before
         meter.peak = meter.live
         mid = meter.live

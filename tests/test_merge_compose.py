@@ -120,8 +120,9 @@ def test_compose_checks_and_cat_is_exact(tiny, tmp_path):
     assert compose.check([4, 4], [1, 1], "ties", None) == compose.DEFAULT_DENSITY
 
     # cat stacks the adapters: weights 1, 0 reproduce adapter a exactly, with rank 4 + 8
-    out = compose.compose([("a", str(adapters["a"])), ("r8", str(adapters["r8"]))], [1.0, 0.0], "cat", str(base),
-                          tmp_path / "cat")
+    out = compose.compose(
+        [("a", str(adapters["a"])), ("r8", str(adapters["r8"]))], [1.0, 0.0], "cat", str(base), tmp_path / "cat"
+    )
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 12
     expected, tok = _with_adapter(base, adapters["a"])
     host = AdapterHost(str(base))
@@ -129,12 +130,22 @@ def test_compose_checks_and_cat_is_exact(tiny, tmp_path):
     with host.using("cat") as model:
         assert torch.allclose(_logits(model, tok), expected, atol=1e-5)
     for combination in ("linear", "svd", "ties", "dare_ties"):
-        made = compose.compose([("a", str(adapters["a"])), ("b", str(adapters["b"]))], [0.5, 0.5], combination,
-                               str(base), tmp_path / combination)
+        made = compose.compose(
+            [("a", str(adapters["a"])), ("b", str(adapters["b"]))],
+            [0.5, 0.5],
+            combination,
+            str(base),
+            tmp_path / combination,
+        )
         assert (made / "adapter_model.safetensors").is_file()
     with pytest.raises(UserError, match="exists"):
-        compose.compose([("a", str(adapters["a"])), ("b", str(adapters["b"]))], [0.5, 0.5], "linear", str(base),
-                        tmp_path / "linear")
+        compose.compose(
+            [("a", str(adapters["a"])), ("b", str(adapters["b"]))],
+            [0.5, 0.5],
+            "linear",
+            str(base),
+            tmp_path / "linear",
+        )
 
 
 def test_library_compose_lineage_foreign_base_and_retention(tiny, tmp_path, lorapilot_home):
@@ -154,12 +165,22 @@ def test_library_compose_lineage_foreign_base_and_retention(tiny, tmp_path, lora
     with pytest.raises(UserError, match="only adapters of one base compose"):
         workbench.compose(["ticket-skill", "foreign"], [0.5, 0.5], "linear", name="mix")
     assert sorted(p.name for p in (lorapilot_home / "adapters").iterdir()) == [
-        "date.skill", "foreign", "ticket-skill", "wide"]  # nothing half-made
+        "date.skill",
+        "foreign",
+        "ticket-skill",
+        "wide",
+    ]  # nothing half-made
 
     mix = workbench.compose(["ticket-skill", "date.skill"], [0.5, 0.5], "linear", name="mix")
-    assert mix.lineage == {"sources": [{"id": a.id, "name": "ticket-skill", "skill": "ticket"},
-                                       {"id": b.id, "name": "date.skill", "skill": "isodate"}],
-                           "weights": [0.5, 0.5], "combination": "linear", "density": None}
+    assert mix.lineage == {
+        "sources": [
+            {"id": a.id, "name": "ticket-skill", "skill": "ticket"},
+            {"id": b.id, "name": "date.skill", "skill": "isodate"},
+        ],
+        "weights": [0.5, 0.5],
+        "combination": "linear",
+        "density": None,
+    }
     assert mix.base_model == a.base_model and mix.method == "composed"
 
     rows = workbench.retention("mix")

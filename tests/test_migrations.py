@@ -35,8 +35,10 @@ def _old_database(home, revision_table: bool = True, url: str | None = None):
     engine = sa.create_engine(url or f"sqlite:///{home / 'lorapilot.db'}")
     with engine.begin() as conn:
         command.upgrade(schema.config(conn), schema.FIRST)
-        conn.execute(sa.text(OLD_JOB), {"plan": TrainingPlan.build(dataset="old.jsonl").model_dump_json(),
-                                         "folder": str(home / "jobs" / "1")})
+        conn.execute(
+            sa.text(OLD_JOB),
+            {"plan": TrainingPlan.build(dataset="old.jsonl").model_dump_json(), "folder": str(home / "jobs" / "1")},
+        )
         conn.execute(sa.text("INSERT INTO metric (job_id, step, loss) VALUES (1, 10, 2.5), (1, 20, 1.5)"))
         if not revision_table:
             conn.execute(sa.text("DROP TABLE alembic_version"))
@@ -62,8 +64,9 @@ def test_a_new_database_is_created_at_the_newest_revision_matching_the_models():
         assert compare_metadata(MigrationContext.configure(conn), SQLModel.metadata) == []
 
 
-def test_a_postgres_database_of_the_first_revision_is_upgraded_and_keeps_its_jobs(lorapilot_home, postgres_server,
-                                                                                 monkeypatch, capsys):
+def test_a_postgres_database_of_the_first_revision_is_upgraded_and_keeps_its_jobs(
+    lorapilot_home, postgres_server, monkeypatch, capsys
+):
     url = postgres_server.new_database()  # the SQLite case, with a job run after the upgrade, is below
     monkeypatch.setenv("DATABASE_URL", url)
     _old_database(lorapilot_home, url=url)
@@ -110,8 +113,10 @@ def test_a_database_too_old_to_upgrade_is_refused_in_one_line(lorapilot_home, ca
 
 def test_processes_starting_at_once_on_a_new_database_migrate_it_once(lorapilot_home):
     code = "from jobs import store; print(len(store.list_jobs()))"
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
     results = [p.communicate(timeout=300) for p in procs]
     assert [(p.returncode, out.strip()) for p, (out, _) in zip(procs, results)] == [(0, "0")] * 4, results
     assert _revision() == schema.head()

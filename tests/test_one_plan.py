@@ -35,8 +35,16 @@ def tiny(tmp_path_factory):
 
 
 def _answers(tiny) -> dict:
-    return {"model": tiny, "difficulty": "simple", "dataset": "demo:ticket", "rows": demo.TRAIN_ROWS,
-            "hw_kind": "cpu", "gpu": None, "budget": None, "name": ""}
+    return {
+        "model": tiny,
+        "difficulty": "simple",
+        "dataset": "demo:ticket",
+        "rows": demo.TRAIN_ROWS,
+        "hw_kind": "cpu",
+        "gpu": None,
+        "budget": None,
+        "name": "",
+    }
 
 
 def test_the_demo_recipe_is_a_row_of_the_rules_table_so_the_texts_and_the_estimate_describe_the_plan_shown(tiny):
@@ -74,12 +82,17 @@ def test_the_review_the_launch_summary_the_job_page_and_show_give_one_estimate(t
     page = jobs_page.job_view(job.id)["header"]
     assert "Estimate with the checked data: the longest batch is padded to about" in page  # what the data changed
     for name, figure in shown.items():
-        assert f">{figure}<" in numbers[1], (name, figure)   # the review's tiles
-        assert f">{figure}<" in summary, (name, figure)      # the launch summary
-        assert f">{figure}<" in page, (name, figure)         # the job page
+        assert f">{figure}<" in numbers[1], (name, figure)  # the review's tiles
+        assert f">{figure}<" in summary, (name, figure)  # the launch summary
+        assert f">{figure}<" in page, (name, figure)  # the job page
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, str(ROOT / "app.py"), "show", str(job.id), "--json"], env=env,
-                         capture_output=True, text=True, timeout=180)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "app.py"), "show", str(job.id), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     detail = json.loads(out.stdout)
     assert detail["estimate"]["headline"] == stored
     assert set(detail["estimate"]["time"]["phases"]) == set(timing.PHASES)
@@ -98,15 +111,27 @@ def test_the_eta_counts_every_phase_and_is_not_zero_at_the_last_step_with_scorin
 
     job = dispatcher.submit(plan, start=False)
     # the trainer's last step: its own ETA is 0 while the adapter's scoring and the save are still ahead
-    store.update_job(job.id, status="running", phase="training", phase_started_at=now(), step=30,
-                     total_steps=30, eta_seconds=0.0, progress=1.0)
+    store.update_job(
+        job.id,
+        status="running",
+        phase="training",
+        phase_started_at=now(),
+        step=30,
+        total_steps=30,
+        eta_seconds=0.0,
+        progress=1.0,
+    )
     left = outcome.eta(store.get_job(job.id))
     assert left["phases"]["training"] == 0 and left["phases"]["scoring base"] == 0
     assert left["seconds"] == pytest.approx(phases["scoring adapter"] + phases["saving"], abs=0.2)
     # the adapter is scored on the rows the base pass got through: its time follows the base's measured one
     evaluation = {"rows": 24, "base": {"seconds": 40.0, "exact_match": 4.0}}
-    store.update_job(job.id, evaluation_json=json.dumps(evaluation), phase="scoring adapter",
-                     phase_started_at=now() - timedelta(seconds=10))
+    store.update_job(
+        job.id,
+        evaluation_json=json.dumps(evaluation),
+        phase="scoring adapter",
+        phase_started_at=now() - timedelta(seconds=10),
+    )
     left = outcome.eta(store.get_job(job.id))
     assert left["phases"]["scoring adapter"] == pytest.approx(40.0 * timing.ADAPTER_FORWARD - 10, abs=1.0)
     assert "ETA, every phase" in jobs_page.job_view(job.id)["header"]

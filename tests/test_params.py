@@ -30,8 +30,9 @@ def peft_counts(info, r, targets, bias="none", use_dora=False, modules_to_save=N
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(info.config)
     tl = "all-linear" if targets == "all-linear" else introspect.resolve_targets(info, targets)
-    cfg = LoraConfig(r=r, target_modules=tl, bias=bias, use_dora=use_dora, modules_to_save=modules_to_save,
-                     lora_dropout=0.0)
+    cfg = LoraConfig(
+        r=r, target_modules=tl, bias=bias, use_dora=use_dora, modules_to_save=modules_to_save, lora_dropout=0.0
+    )
     return get_peft_model(model, cfg).get_nb_trainable_parameters()
 
 

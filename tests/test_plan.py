@@ -46,8 +46,15 @@ def test_dora_is_refused_for_full_fine_tuning():
 
 def test_yaml_round_trip_keeps_every_field():
     plan = TrainingPlan.build(
-        model="qwen2.5-0.5b", method="qlora", r=32, alpha=64, targets="q_proj, v_proj",
-        columns={"instruction": "question"}, modules_to_save=["lm_head"], max_steps=50, grad_ckpt=True,
+        model="qwen2.5-0.5b",
+        method="qlora",
+        r=32,
+        alpha=64,
+        targets="q_proj, v_proj",
+        columns={"instruction": "question"},
+        modules_to_save=["lm_head"],
+        max_steps=50,
+        grad_ckpt=True,
     )
     again = TrainingPlan.from_yaml(plan.to_yaml())
     assert again == plan
@@ -63,9 +70,17 @@ def test_bad_yaml_is_a_user_error():
 
 def test_cli_flags_round_trip():
     plan = TrainingPlan.build(
-        model="llama-3.1-8b", r=16, alpha=32, dropout=0.1, targets="attention", grad_ckpt=True,
-        columns={"instruction": "q", "output": "a"}, modules_to_save=["lm_head", "embed_tokens"],
-        budget_gb=24.0, dataset_rows=1000, max_steps=10,
+        model="llama-3.1-8b",
+        r=16,
+        alpha=32,
+        dropout=0.1,
+        targets="attention",
+        grad_ckpt=True,
+        columns={"instruction": "q", "output": "a"},
+        modules_to_save=["lm_head", "embed_tokens"],
+        budget_gb=24.0,
+        dataset_rows=1000,
+        max_steps=10,
     )
     assert parse(plan.to_cli_args()) == plan
 

@@ -27,8 +27,11 @@ COLOURS = ["red", "blue", "green", "yellow"]
 
 def _pair(i: int) -> dict:
     colour, polite, rude = COLOURS[i % 4], POLITE[i % 4], RUDE[(i // 4) % 4]
-    return {"prompt": f"Item {i}: what colour is it?", "chosen": f"{polite}, item {i} is {colour}.",
-            "rejected": f"{rude}, item {i} is {colour}."}
+    return {
+        "prompt": f"Item {i}: what colour is it?",
+        "chosen": f"{polite}, item {i} is {colour}.",
+        "rejected": f"{rude}, item {i} is {colour}.",
+    }
 
 
 ROWS = [_pair(i) for i in range(64)]  # every polite word against every rude one, 4 times
@@ -51,17 +54,36 @@ def _write(path, rows) -> str:
 
 def _plan(tiny, **kw) -> TrainingPlan:
     model, data = tiny
-    values = dict(model=str(model), dataset=str(data), objective="dpo", method="lora", r=8, alpha=16, seq_len=48,
-                  batch_size=8, max_steps=10, learning_rate=2e-2, save_steps=5, logging_steps=1, eval_split=0.25,
-                  eval_generations=4, warmup_ratio=0.0, gpu="cpu", beta=0.1, patience=0)
+    values = dict(
+        model=str(model),
+        dataset=str(data),
+        objective="dpo",
+        method="lora",
+        r=8,
+        alpha=16,
+        seq_len=48,
+        batch_size=8,
+        max_steps=10,
+        learning_rate=2e-2,
+        save_steps=5,
+        logging_steps=1,
+        eval_split=0.25,
+        eval_generations=4,
+        warmup_ratio=0.0,
+        gpu="cpu",
+        beta=0.1,
+        patience=0,
+    )
     values.update(kw)
     return TrainingPlan.build(**values)
 
 
 def test_the_data_check_reports_pairs_sides_and_a_formatted_pair(tiny, tmp_path):
     model, _ = tiny
-    rows = ROWS[:6] + [{"prompt": "p", "chosen": "same", "rejected": "same"},
-                       {"prompt": "q", "chosen": "an answer", "rejected": " "}]
+    rows = ROWS[:6] + [
+        {"prompt": "p", "chosen": "same", "rejected": "same"},
+        {"prompt": "q", "chosen": "an answer", "rejected": " "},
+    ]
     report = check_data(_write(tmp_path / "p.jsonl", rows), model=str(model), seq_len=25, objective="dpo")
     pref = report.preference
     assert report.format == "preference" and pref["pairs"] == 7  # the blank side's row is not a pair
@@ -79,16 +101,23 @@ def test_the_data_check_reports_pairs_sides_and_a_formatted_pair(tiny, tmp_path)
 def test_conversational_pairs_without_a_prompt_field_are_understood(tiny, tmp_path):
     model, _ = tiny
     user = {"role": "user", "content": "Is red warm?"}
-    rows = [{"chosen": [user, {"role": "assistant", "content": "Yes."}],
-             "rejected": [user, {"role": "assistant", "content": "No."}]}] * 3
+    rows = [
+        {
+            "chosen": [user, {"role": "assistant", "content": "Yes."}],
+            "rejected": [user, {"role": "assistant", "content": "No."}],
+        }
+    ] * 3
     report = check_data(_write(tmp_path / "c.jsonl", rows), model=str(model), objective="orpo")
     assert report.format == "preference" and report.ok and report.preference["pairs"] == 3
 
 
-@pytest.mark.parametrize("rows, words", [
-    ([{"prompt": "a", "chosen": "b"}] * 4, ["rejected", "is missing"]),
-    ([{"prompt": "a", "chosen": "b", "rejected": "b"}] * 4, ["rejected", "same as chosen in every pair"]),
-])
+@pytest.mark.parametrize(
+    "rows, words",
+    [
+        ([{"prompt": "a", "chosen": "b"}] * 4, ["rejected", "is missing"]),
+        ([{"prompt": "a", "chosen": "b", "rejected": "b"}] * 4, ["rejected", "same as chosen in every pair"]),
+    ],
+)
 def test_bad_preference_data_is_refused_before_a_job_exists(tiny, tmp_path, rows, words):
     plan = _plan(tiny, dataset=_write(tmp_path / "bad.jsonl", rows))
     with pytest.raises(UserError) as exc:
@@ -98,8 +127,10 @@ def test_bad_preference_data_is_refused_before_a_job_exists(tiny, tmp_path, rows
 
 
 def test_the_objective_and_the_data_must_agree(tiny, tmp_path):
-    chat = _write(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "q"},
-                                                           {"role": "assistant", "content": "a"}]}] * 4)
+    chat = _write(
+        tmp_path / "chat.jsonl",
+        [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}] * 4,
+    )
     with pytest.raises(UserError, match="objective: dpo learns from preference pairs"):
         dispatcher.submit(_plan(tiny, dataset=chat), start=False)
     with pytest.raises(UserError, match="objective: the data holds preference pairs"):
@@ -127,8 +158,11 @@ def test_a_tiny_preference_run_moves_held_out_preference_accuracy(tiny, tmp_path
     assert adapter["preference_accuracy"] >= at_least, (base, adapter)
     # the estimate the job was queued with (jobs.dispatcher.validate) against the peak the run measured
     report = check_data(str(tiny[1]), model=str(tiny[0]), seq_len=48, objective=objective)
-    expected = estimate(_plan(tiny, objective=objective, learning_rate=lr), lengths=report.token_lengths,
-                        label_share=report.label_share).memory.expected
+    expected = estimate(
+        _plan(tiny, objective=objective, learning_rate=lr),
+        lengths=report.token_lengths,
+        label_share=report.label_share,
+    ).memory.expected
     assert 0.9 <= expected.allocated_bytes / result.peak_bytes <= 1.1, (expected.terms, result.peak_bytes)
     sample = evaluation["samples"][0]
     assert {"prompt", "chosen", "rejected", "base", "adapter"} <= set(sample)
@@ -138,8 +172,17 @@ def test_a_tiny_preference_run_moves_held_out_preference_accuracy(tiny, tmp_path
 
 def test_the_estimate_counts_both_sides_and_a_reference_pass_but_no_second_copy_of_the_base():
     def est(objective):
-        return estimate(TrainingPlan.build(model="llama-2-7b", gpu="A100 80GB", objective=objective, seq_len=512,
-                                           batch_size=4, dataset_rows=1000, epochs=1))
+        return estimate(
+            TrainingPlan.build(
+                model="llama-2-7b",
+                gpu="A100 80GB",
+                objective=objective,
+                seq_len=512,
+                batch_size=4,
+                dataset_rows=1000,
+                epochs=1,
+            )
+        )
 
     sft, dpo, orpo = est("sft"), est("dpo"), est("orpo")
     assert dpo.memory.terms["base weights"] == sft.memory.terms["base weights"]  # one copy of the weights
@@ -153,13 +196,25 @@ def test_the_estimate_counts_both_sides_and_a_reference_pass_but_no_second_copy_
 
 
 def _evaluation(base_acc, acc, curve):
-    return {"rows": 16, "base": {"preference_accuracy": base_acc, "loss": 2.0},
-            "adapter": {"preference_accuracy": acc, "loss": 1.9}, "curve": curve}
+    return {
+        "rows": 16,
+        "base": {"preference_accuracy": base_acc, "loss": 2.0},
+        "adapter": {"preference_accuracy": acc, "loss": 1.9},
+        "curve": curve,
+    }
 
 
 def _curve(margins, chosen=None, rejected=None):
-    return [{"step": i + 1, "margin": m, "chosen": (chosen or [0.0] * len(margins))[i],
-             "rejected": (rejected or [-m for m in margins])[i], "accuracy": 0.5} for i, m in enumerate(margins)]
+    return [
+        {
+            "step": i + 1,
+            "margin": m,
+            "chosen": (chosen or [0.0] * len(margins))[i],
+            "rejected": (rejected or [-m for m in margins])[i],
+            "accuracy": 0.5,
+        }
+        for i, m in enumerate(margins)
+    ]
 
 
 def test_the_diagnosis_reads_preference_curves_as_plan_changes(tiny):
@@ -170,8 +225,15 @@ def test_the_diagnosis_reads_preference_curves_as_plan_changes(tiny):
     assert coin[0].rule == "P2" and coin[0].change == {"learning_rate": 0.0003} and "coin toss" in coin[0].evidence
     assert {"beta": 0.05} in [f.change for f in coin] and {"max_steps": 200} in [f.change for f in coin]
 
-    falling = diagnose([], _evaluation(50.0, 80.0, _curve([0.1] * 6, chosen=[0, -0.1, -0.2, -0.3, -0.4, -0.5],
-                                                          rejected=[0, -0.2, -0.3, -0.4, -0.5, -0.6])), plan)
+    falling = diagnose(
+        [],
+        _evaluation(
+            50.0,
+            80.0,
+            _curve([0.1] * 6, chosen=[0, -0.1, -0.2, -0.3, -0.4, -0.5], rejected=[0, -0.2, -0.3, -0.4, -0.5, -0.6]),
+        ),
+        plan,
+    )
     assert [f.finding for f in falling] == ["unstable"] * 3 and falling[0].change == {"beta": 0.2}
     after, _ = apply(plan, falling, ["P1"])  # a higher beta, and ORPO (which keeps learning the chosen answer)
     assert after.beta == 0.2 and after.objective == "orpo"
@@ -186,16 +248,37 @@ def test_the_job_page_show_and_compare_add_the_preference_scores():
     from ui.cli.runs import show_lines
     from ui.web.evaluation_view import compare_html, evaluation_html
 
-    ev = {"rows": 16, "note": "", "base": {"loss": 2.0, "preference_accuracy": 43.8, "reward_margin": 0.0},
-          "adapter": {"loss": 1.5, "preference_accuracy": 100.0, "reward_margin": 0.59},
-          "samples": [{"prompt": "Item 3?", "reference": "Sure, red.", "chosen": "Sure, red.", "rejected": "Ugh, red.",
-                       "base": "", "adapter": "Sure, red."}]}
+    ev = {
+        "rows": 16,
+        "note": "",
+        "base": {"loss": 2.0, "preference_accuracy": 43.8, "reward_margin": 0.0},
+        "adapter": {"loss": 1.5, "preference_accuracy": 100.0, "reward_margin": 0.59},
+        "samples": [
+            {
+                "prompt": "Item 3?",
+                "reference": "Sure, red.",
+                "chosen": "Sure, red.",
+                "rejected": "Ugh, red.",
+                "base": "",
+                "adapter": "Sure, red.",
+            }
+        ],
+    }
     page = evaluation_html(ev)
     assert "preference accuracy %" in page and "reward margin" in page and "<b>rejected</b> Ugh, red." in page
     text = "\n".join(show_lines({"id": 1, "evaluation": ev}))
     assert "preference acc. %" in text and "100" in text and "rejected  Ugh, red." in text
-    row = {"id": 1, "name": "a", "status": "succeeded", "parent_id": None, "plan": {"beta": 0.1}, "final_loss": 0.3,
-           "best_eval_loss": None, "verdict": "good", "evaluation": ev}
+    row = {
+        "id": 1,
+        "name": "a",
+        "status": "succeeded",
+        "parent_id": None,
+        "plan": {"beta": 0.1},
+        "final_loss": 0.3,
+        "best_eval_loss": None,
+        "verdict": "good",
+        "evaluation": ev,
+    }
     assert "43.8 → 100" in compare_html([row, {**row, "id": 2}])
     sft = {**ev, "base": {"loss": 2.0}, "adapter": {"loss": 1.0}}
     assert "preference accuracy" not in evaluation_html(sft)
@@ -214,8 +297,14 @@ def test_the_exported_script_trains_the_same_pair_trainer(tiny, tmp_path):
     path = tmp_path / "train_pairs.py"
     path.write_text(code, encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # standalone: no LoRA Pilot on the path
-    run = subprocess.run([sys.executable, str(path), str(tmp_path / "adapter")], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, str(path), str(tmp_path / "adapter")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     assert "eval_rewards/margins" in run.stdout + run.stderr  # DPO evaluated the held-out pairs
@@ -226,8 +315,12 @@ def test_a_cancelled_dpo_job_leaves_a_checkpoint_and_resume_finishes_it(tiny, tm
     from engine.train.run import train
 
     plan, out, seen = _plan(tiny, max_steps=4, save_steps=50, eval_generations=0), tmp_path / "job", []
-    stopped = train(plan, out, report=lambda e: seen.append(e) if isinstance(e, Progress) else None,
-                    should_stop=lambda: len(seen) >= 2)
+    stopped = train(
+        plan,
+        out,
+        report=lambda e: seen.append(e) if isinstance(e, Progress) else None,
+        should_stop=lambda: len(seen) >= 2,
+    )
     assert stopped.stopped and stopped.steps == 2 and (out / "checkpoints" / "checkpoint-2").is_dir()
     events = []
     resumed = train(plan, out, report=events.append, resume=True)

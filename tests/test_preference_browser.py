@@ -17,8 +17,19 @@ DPO = "Preferences: each example pairs a better and a worse answer (DPO)"
 
 def test_a_file_of_pairs_switches_the_task_to_preferences_and_the_review_follows(app, page, shots, tmp_path):  # noqa: F811
     data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"Printer {i} is jammed.", "chosen": "Sorry, we will fix it.",
-                                        "rejected": "Not my problem."}) + "\n" for i in range(12)))
+    data.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "prompt": f"Printer {i} is jammed.",
+                    "chosen": "Sorry, we will fix it.",
+                    "rejected": "Not my problem.",
+                }
+            )
+            + "\n"
+            for i in range(12)
+        )
+    )
     page.goto(app["url"])
     page.wait_for_selector("#model-facts .lp-ok")
     page.get_by_role("tab", name="2 · Task and data").click()
@@ -29,8 +40,10 @@ def test_a_file_of_pairs_switches_the_task_to_preferences_and_the_review_follows
     page.wait_for_selector("#data-summary .lp-tiles", timeout=120_000)
     summary = page.inner_text("#data-summary")
     assert "preference" in summary and "12 pairs, 0 with identical answers" in summary, summary
-    page.wait_for_function("() => [...document.querySelectorAll('#objective input')].some("
-                           "i => i.checked && i.value === 'dpo')", timeout=30_000)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#objective input')].some(i => i.checked && i.value === 'dpo')",
+        timeout=30_000,
+    )
     assert page.get_by_label(DPO).is_checked()
     page.screenshot(path=shots / "p1-preference-data.png", full_page=True)
 

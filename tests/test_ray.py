@@ -38,10 +38,26 @@ def ray_head():
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
     gcs, dashboard = _free_port(), _free_port()
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
-    subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true",
-                    "--num-cpus=2", "--num-gpus=0", f"--temp-dir={temp}", "--disable-usage-stats"],
-                   check=True, env=env, capture_output=True, timeout=240)
+    subprocess.run(
+        [
+            RAY,
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={gcs}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            "--include-dashboard=true",
+            "--num-cpus=2",
+            "--num-gpus=0",
+            f"--temp-dir={temp}",
+            "--disable-usage-stats",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=240,
+    )
     address = f"http://127.0.0.1:{dashboard}"
     from ray.job_submission import JobSubmissionClient
 
@@ -78,7 +94,9 @@ def _ray_finished(ray_id: str, timeout: float = 120.0) -> str:
 def test_resources_follow_the_plan():
     assert ray.resources(TrainingPlan.build(gpu="cpu")) == {"entrypoint_num_cpus": 1}
     assert ray.resources(TrainingPlan.build(gpu="A100 80GB", num_processes=4)) == {
-        "entrypoint_num_cpus": 1, "entrypoint_num_gpus": 4}
+        "entrypoint_num_cpus": 1,
+        "entrypoint_num_gpus": 4,
+    }
 
 
 def test_unreachable_cluster_fails_the_job_with_a_plain_reason(tiny, monkeypatch):
@@ -115,14 +133,19 @@ def test_an_automatic_device_asks_for_a_gpu_only_where_the_cluster_has_one():
     assert ray.resources(auto, cpu_only) == {"entrypoint_num_cpus": 1}
     assert ray.resources(auto, with_gpu) == {"entrypoint_num_cpus": 1, "entrypoint_num_gpus": 1}
     assert ray.resources(TrainingPlan.build(gpu="A100 80GB"), cpu_only) == {
-        "entrypoint_num_cpus": 1, "entrypoint_num_gpus": 1}  # an explicit GPU stays a GPU: refused below
+        "entrypoint_num_cpus": 1,
+        "entrypoint_num_gpus": 1,
+    }  # an explicit GPU stays a GPU: refused below
 
 
 def test_a_plan_no_node_can_run_is_refused_before_a_job_exists(tiny, ray_head, monkeypatch):
     monkeypatch.setenv(ray.ENV, ray_head)
-    with pytest.raises(UserError, match=r"^gpu: no node of the Ray cluster at http://127\.0\.0\.1:\d+ can run this "
-                                        r"plan: it asks CPU 1, GPU 1; the largest node has CPU 2, GPU 0; set the "
-                                        r"plan's device to cpu"):
+    with pytest.raises(
+        UserError,
+        match=r"^gpu: no node of the Ray cluster at http://127\.0\.0\.1:\d+ can run this "
+        r"plan: it asks CPU 1, GPU 1; the largest node has CPU 2, GPU 0; set the "
+        r"plan's device to cpu",
+    ):
         dispatcher.submit(_plan(tiny, gpu="A100 80GB"))
     with pytest.raises(UserError, match="asks CPU 3, GPU 0"):
         dispatcher.submit(_plan(tiny, num_processes=3))
@@ -137,8 +160,7 @@ def _eventually(read, accept, timeout: float = 90.0, what: str = "condition"):
     return value
 
 
-def test_a_job_ray_holds_pending_says_what_it_waits_for_and_runs_when_a_cpu_frees(
-        tiny, ray_head, monkeypatch, capsys):
+def test_a_job_ray_holds_pending_says_what_it_waits_for_and_runs_when_a_cpu_frees(tiny, ray_head, monkeypatch, capsys):
     from ray.job_submission import JobSubmissionClient
 
     from jobs import stall
@@ -150,8 +172,11 @@ def test_a_job_ray_holds_pending_says_what_it_waits_for_and_runs_when_a_cpu_free
     try:
         _eventually(lambda: str(client.get_job_status(blocker).value), lambda s: s == "RUNNING", what="the blocker")
         job = dispatcher.submit(_plan(tiny, gpu=None))  # no device: the CPU-only cluster gets a CPU ask
-        line = _eventually(lambda: stall.describe(store.get_job(job.id)) or "",
-                           lambda text: "free CPU 0" in text, what="the autoscaler's report of the busy CPUs")
+        line = _eventually(
+            lambda: stall.describe(store.get_job(job.id)) or "",
+            lambda text: "free CPU 0" in text,
+            what="the autoscaler's report of the busy CPUs",
+        )
         assert line == "waiting for the cluster: asks CPU 1, GPU 0; free CPU 0, GPU 0"
         capsys.readouterr()
         assert cli(["show", str(job.id)]) == 0

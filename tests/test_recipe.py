@@ -31,13 +31,19 @@ def adapter(base, out, resize_vocab=None, **lora):
 
 def test_command_rounds_the_rank_and_lists_every_adapter(base, tmp_path):
     a = adapter(base, tmp_path / "support", r=4)
-    b = adapter(base, tmp_path / "sql", r=20, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                              "up_proj", "down_proj"])
+    b = adapter(
+        base,
+        tmp_path / "sql",
+        r=20,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )
     result = recipe.build([("support", a), ("sql", b)])
     assert result.issues == []
     assert result.max_rank == 20 and result.max_lora_rank == 32
-    assert result.command() == (f"vllm serve {shlex.quote(str(base))} --enable-lora --lora-modules "
-                                f"support={a} sql={b} --max-lora-rank 32 --max-loras 2")
+    assert result.command() == (
+        f"vllm serve {shlex.quote(str(base))} --enable-lora --lora-modules "
+        f"support={a} sql={b} --max-lora-rank 32 --max-loras 2"
+    )
     assert "rounded up" in result.text()
 
 
@@ -82,8 +88,10 @@ def test_cli_prints_the_recipe_and_fails_on_blocked_adapters(base, tmp_path, cap
     ok = adapter(base, tmp_path / "support")
     assert main(["serve-recipe", str(ok)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"vllm serve {shlex.quote(str(base))} --enable-lora --lora-modules support={ok} "
-                          "--max-lora-rank 8 --max-loras 1\n")
+    assert out.startswith(
+        f"vllm serve {shlex.quote(str(base))} --enable-lora --lora-modules support={ok} "
+        "--max-lora-rank 8 --max-loras 1\n"
+    )
     dora = adapter(base, tmp_path / "dora", use_dora=True)
     assert main(["serve-recipe", str(ok), str(dora)]) == 2
     assert "cannot serve: dora: it uses DoRA" in capsys.readouterr().out

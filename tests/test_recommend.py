@@ -13,14 +13,31 @@ from engine.errors import UserError
 from engine.plan import DIFFICULTIES, TrainingPlan
 from engine.units import GIB
 
-SETTINGS = ["method", "r", "alpha", "dropout", "targets", "batch_size", "grad_accum", "seq_len",
-            "grad_ckpt", "learning_rate", "epochs"]
+SETTINGS = [
+    "method",
+    "r",
+    "alpha",
+    "dropout",
+    "targets",
+    "batch_size",
+    "grad_accum",
+    "seq_len",
+    "grad_ckpt",
+    "learning_rate",
+    "epochs",
+]
 
 
 def ctx(**kw) -> RuleContext:
-    values = dict(params_b=8.0, context=131072, target_names=["q_proj", "k_proj", "v_proj", "o_proj",
-                  "gate_proj", "up_proj", "down_proj"], difficulty="balanced", rows=5000, device="gpu",
-                  budget_gb=80)
+    values = dict(
+        params_b=8.0,
+        context=131072,
+        target_names=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        difficulty="balanced",
+        rows=5000,
+        device="gpu",
+        budget_gb=80,
+    )
     values.update(kw)
     return RuleContext(**values)
 
@@ -44,9 +61,16 @@ def test_every_row_cites_a_heuristics_rule_and_every_setting_has_a_fallback():
         assert last.when(ctx(rows=None, budget_gb=1, device="gpu")), f"{field} has no fallback row"
 
 
-@pytest.mark.parametrize("c", [ctx(), ctx(device="cpu", budget_gb=None), ctx(rows=None),
-                               ctx(rows=100, difficulty="simple", budget_gb=8),
-                               ctx(params_b=70, budget_gb=24, difficulty="very_hard", rows=50_000)])
+@pytest.mark.parametrize(
+    "c",
+    [
+        ctx(),
+        ctx(device="cpu", budget_gb=None),
+        ctx(rows=None),
+        ctx(rows=100, difficulty="simple", budget_gb=8),
+        ctx(params_b=70, budget_gb=24, difficulty="very_hard", rows=50_000),
+    ],
+)
 def test_table_sets_every_field_with_a_reason_in_plain_words(c):
     chosen = decide(c)
     assert set(chosen) == set(FIELDS)
@@ -118,8 +142,13 @@ def test_big_model_under_tight_memory_targets_q_and_v():
 # --- recommendations on catalog models (need the estimator) ---------------------------
 
 STEP_PREFIXES = {  # the first words of each fitting step's adjustment line, in engine.advice.fitting.LADDER order
-    "gradient checkpointing": 0, "micro-batch": 1, "full fine-tuning": 2, "4-bit base": 3,
-    "optimizer": 4, "target modules": 5, "r ": 6,
+    "gradient checkpointing": 0,
+    "micro-batch": 1,
+    "full fine-tuning": 2,
+    "4-bit base": 3,
+    "optimizer": 4,
+    "target modules": 5,
+    "r ": 6,
 }
 
 
@@ -226,12 +255,15 @@ def test_base_plan_fields_are_kept():
     assert rec.plan.seq_len == 256 and rec.plan.gpu == "T4"
 
 
-@pytest.mark.parametrize("kwargs,field", [
-    (dict(difficulty="extreme", gpu="T4"), "difficulty"),
-    (dict(difficulty="simple", budget_gb=0), "budget_gb"),
-    (dict(difficulty="simple", gpu="GTX 9999"), "gpu"),
-    (dict(difficulty="simple"), "gpu"),
-])
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        (dict(difficulty="extreme", gpu="T4"), "difficulty"),
+        (dict(difficulty="simple", budget_gb=0), "budget_gb"),
+        (dict(difficulty="simple", gpu="GTX 9999"), "gpu"),
+        (dict(difficulty="simple"), "gpu"),
+    ],
+)
 def test_bad_arguments_raise_user_errors(kwargs, field):
     with pytest.raises(UserError) as info:
         recommend("gpt2", **kwargs)
@@ -255,8 +287,9 @@ def test_fitting_a_full_plan_switches_to_adapters_and_re_decides_their_settings(
     chosen = table(c)
     values = {f: v for f, (v, _, _) in chosen.items()}
     values["method"] = "full"
-    plan = TrainingPlan.build(model="llama-3.2-3b", budget_gb=20, dataset_rows=50_000, difficulty="very_hard",
-                              **values)
+    plan = TrainingPlan.build(
+        model="llama-3.2-3b", budget_gb=20, dataset_rows=50_000, difficulty="very_hard", **values
+    )
     reasons = {}
     fitted, adjustments, fits = fit(plan, c, reasons)
     order = [step_index(a) for a in adjustments]

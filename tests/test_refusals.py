@@ -30,8 +30,9 @@ def test_text_that_is_not_a_number_gets_the_same_one_line_refusal_naming_the_val
     with pytest.raises(UserError) as e:
         review.plan_from_values(ctx, {"learning_rate": None, "r": 8}, kept={"learning_rate": 0.002})
     assert e.value.field == "learning_rate"
-    assert e.value.message == ("is empty or not a number; expected a number from 1e-06 to 0.01 (rule L1); "
-                               "the plan keeps 0.002")
+    assert e.value.message == (
+        "is empty or not a number; expected a number from 1e-06 to 0.01 (rule L1); the plan keeps 0.002"
+    )
     verdict, memory, _, _, main, advanced = refusals.invalid_view(e.value)
     assert "Learning rate: is empty or not a number" in main and advanced == ""
     assert memory.layout["annotations"][0]["text"] == "Fix Learning rate to see the estimate"

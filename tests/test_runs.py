@@ -17,29 +17,52 @@ from jobs import dispatcher, runs, store
 from tests.tiny import make_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
-EVALUATION = {"rows": 4, "base": {"loss": 3.0, "perplexity": 20.1, "exact_match": 0.0, "f1": 5.0, "rougeL": 5.0},
-              "adapter": {"loss": 2.2, "perplexity": 9.0, "exact_match": 25.0, "f1": 40.0, "rougeL": 38.0},
-              "samples": [{"prompt": "Say yes.", "reference": "yes", "base": "", "adapter": "yes"}]}
+EVALUATION = {
+    "rows": 4,
+    "base": {"loss": 3.0, "perplexity": 20.1, "exact_match": 0.0, "f1": 5.0, "rougeL": 5.0},
+    "adapter": {"loss": 2.2, "perplexity": 9.0, "exact_match": 25.0, "f1": 40.0, "rougeL": 38.0},
+    "samples": [{"prompt": "Say yes.", "reference": "yes", "base": "", "adapter": "yes"}],
+}
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-runs")
     data = folder / "words.jsonl"
-    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Say {w}."},
-                                                     {"role": "assistant", "content": w}]}) + "\n"
-                            for w in ("yes", "no", "maybe", "red", "green", "blue", "one", "two")))
+    data.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": f"Say {w}."}, {"role": "assistant", "content": w}]})
+            + "\n"
+            for w in ("yes", "no", "maybe", "red", "green", "blue", "one", "two")
+        )
+    )
     return {"model": str(make_tiny_model(folder / "model")), "dataset": str(data)}
 
 
 def _finished_job(tiny, eval_curve, **plan_kw) -> int:
     """A succeeded job whose rows hold the given eval curve (train loss falling throughout)."""
-    plan = TrainingPlan.build(model=tiny["model"], dataset=tiny["dataset"], gpu="cpu", seq_len=32, max_steps=40,
-                              r=16, alpha=32, dropout=0.05, **plan_kw)
+    plan = TrainingPlan.build(
+        model=tiny["model"],
+        dataset=tiny["dataset"],
+        gpu="cpu",
+        seq_len=32,
+        max_steps=40,
+        r=16,
+        alpha=32,
+        dropout=0.05,
+        **plan_kw,
+    )
     job = dispatcher.submit(plan, start=False)
     for step in range(1, 41):
-        store.record_metrics(job.id, {"step": step, "loss": 2.0 * 0.95 ** step + 0.3, "grad_norm": 1.0,
-                                      "eval_loss": eval_curve(step) if step % 5 == 0 else None})
+        store.record_metrics(
+            job.id,
+            {
+                "step": step,
+                "loss": 2.0 * 0.95**step + 0.3,
+                "grad_norm": 1.0,
+                "eval_loss": eval_curve(step) if step % 5 == 0 else None,
+            },
+        )
     store.update_job(job.id, status="succeeded", finished_at=store.now(), evaluation_json=json.dumps(EVALUATION))
     return job.id
 
@@ -49,7 +72,7 @@ def overfit(s):
 
 
 def clean(s):
-    return 2.2 * 0.96 ** s + 0.7
+    return 2.2 * 0.96**s + 0.7
 
 
 def test_next_creates_the_linked_job_with_the_advice(tiny):
@@ -73,9 +96,14 @@ def test_next_creates_the_linked_job_with_the_advice(tiny):
 
 
 def cli(*args, **env):
-    return subprocess.run([sys.executable, str(ROOT / "app.py"), *map(str, args)], capture_output=True, text=True,
-                          check=False,
-                          timeout=180, env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+    return subprocess.run(
+        [sys.executable, str(ROOT / "app.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=180,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+    )
 
 
 def test_cli_next_show_and_compare(tiny):
@@ -98,7 +126,6 @@ def test_cli_next_show_and_compare(tiny):
     assert compared[0]["plan"] == {"r": 16, "alpha": 32, "max_steps": 40} and compared[1]["plan"]["r"] == 8
     assert compared[0]["best_eval_loss"] == {"step": 15, "loss": pytest.approx(1.2)}
     assert len(compared[0]["metrics"]) == 40
-
 
 
 def test_compare_as_text_and_its_errors(tiny, capsys):

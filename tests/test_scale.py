@@ -79,8 +79,14 @@ def test_a_killed_rank_interrupts_and_resume_finishes(tiny, monkeypatch):
     # wait for a checkpoint to exist, so the resume has somewhere to continue from
     # read-only while the ranks write: last_checkpoint_step() would set an unfinished checkpoint aside
     ckpts = store.job_dir(job.id) / "checkpoints"
-    job = wait_for(job.id, lambda j: j.status != "running" or any(
-        (c / "trainer_state.json").is_file() for c in ckpts.glob("checkpoint-*")) and len(_ranks(j)) == 2)
+    job = wait_for(
+        job.id,
+        lambda j: (
+            j.status != "running"
+            or any((c / "trainer_state.json").is_file() for c in ckpts.glob("checkpoint-*"))
+            and len(_ranks(j)) == 2
+        ),
+    )
     assert job.status == "running", store.log_tail(job.id, 80)
     victim = max(_ranks(job), key=lambda p: p.pid)
     os.kill(victim.pid, signal.SIGKILL)

@@ -20,9 +20,13 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny-stop")
     model_dir = make_tiny_model(root / "model", vocab_texts=[q + " " + a for q, a in ROWS])
     data = root / "dates.jsonl"
-    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q},
-                                                      {"role": "assistant", "content": a}]}) + "\n"
-                            for q, a in ROWS), encoding="utf-8")
+    data.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
+            for q, a in ROWS
+        ),
+        encoding="utf-8",
+    )
     return model_dir, data
 
 
@@ -49,9 +53,22 @@ def test_flat_held_out_loss_stops_the_run_and_says_why(tiny, tmp_path):
 
     model_dir, data = tiny
     # a learning rate too small to move the loss: every evaluation after the first is flat
-    plan = TrainingPlan.build(model=str(model_dir), dataset=str(data), r=4, alpha=8, seq_len=32, batch_size=4,
-                              max_steps=12, learning_rate=1e-9, warmup_ratio=0.0, save_steps=1, logging_steps=1,
-                              eval_split=0.25, patience=2, gpu="cpu")
+    plan = TrainingPlan.build(
+        model=str(model_dir),
+        dataset=str(data),
+        r=4,
+        alpha=8,
+        seq_len=32,
+        batch_size=4,
+        max_steps=12,
+        learning_rate=1e-9,
+        warmup_ratio=0.0,
+        save_steps=1,
+        logging_steps=1,
+        eval_split=0.25,
+        patience=2,
+        gpu="cpu",
+    )
     events = []
     result = train(plan, tmp_path / "out", report=events.append)
     assert result.steps == 3 and result.total_steps == 12 and not result.stopped

@@ -34,9 +34,21 @@ def _plan(tiny, **kw) -> TrainingPlan:
     The head trains too (modules_to_save): the tiny model's adapters alone barely move its loss,
     whose final norm and small tied embeddings keep it near log(vocabulary) whatever they do; with
     its own head it learns in a few steps (held-out loss 5.99 -> 4.45 at step 2, measured)."""
-    values = dict(model=tiny["model"], dataset=tiny["dataset"], gpu="cpu", batch_size=2, seq_len=48,
-                  eval_split=0.2, eval_generations=0, max_steps=6, save_steps=2, warmup_ratio=0, patience=0,
-                  learning_rate=1e-2, modules_to_save=["lm_head"])
+    values = dict(
+        model=tiny["model"],
+        dataset=tiny["dataset"],
+        gpu="cpu",
+        batch_size=2,
+        seq_len=48,
+        eval_split=0.2,
+        eval_generations=0,
+        max_steps=6,
+        save_steps=2,
+        warmup_ratio=0,
+        patience=0,
+        learning_rate=1e-2,
+        modules_to_save=["lm_head"],
+    )
     return TrainingPlan.build(**{**values, **kw})
 
 
@@ -66,8 +78,9 @@ def test_the_space_always_contains_the_plan_itself():
 
 def test_space_overrides_parse_lists_ranges_and_module_lists():
     plan = TrainingPlan()
-    dims = space.parse(["r=4,8,16", "learning_rate=1e-4..1e-2", "targets=attention|q_proj,v_proj",
-                        "epochs=1..3"], plan)
+    dims = space.parse(
+        ["r=4,8,16", "learning_rate=1e-4..1e-2", "targets=attention|q_proj,v_proj", "epochs=1..3"], plan
+    )
     assert dims["r"].choices == (4, 8, 16)
     assert (dims["learning_rate"].low, dims["learning_rate"].high, dims["learning_rate"].log) == (1e-4, 1e-2, True)
     assert dims["targets"].choices == ("attention", "q_proj,v_proj")
@@ -76,16 +89,19 @@ def test_space_overrides_parse_lists_ranges_and_module_lists():
     assert "alpha_ratio" not in alpha and alpha["alpha"].choices == (8.0, 32.0, 16.0)
 
 
-@pytest.mark.parametrize("spec, field, words", [
-    ("colour=red", "space", "is not a plan field"),
-    ("r=", "r", "empty space"),
-    ("r=4,,8", "r", "empty value"),
-    ("r=4,x", "r", "not a whole number"),
-    ("dropout=0.1,1.5", "dropout", "below 1"),
-    ("learning_rate=1e-2..1e-4", "learning_rate", "low end"),
-    ("dataset=a.jsonl", "dataset", "cannot be searched"),
-    ("r4", "space", "FIELD=VALUES"),
-])
+@pytest.mark.parametrize(
+    "spec, field, words",
+    [
+        ("colour=red", "space", "is not a plan field"),
+        ("r=", "r", "empty space"),
+        ("r=4,,8", "r", "empty value"),
+        ("r=4,x", "r", "not a whole number"),
+        ("dropout=0.1,1.5", "dropout", "below 1"),
+        ("learning_rate=1e-2..1e-4", "learning_rate", "low end"),
+        ("dataset=a.jsonl", "dataset", "cannot be searched"),
+        ("r4", "space", "FIELD=VALUES"),
+    ],
+)
 def test_a_bad_space_is_one_error_naming_the_field(spec, field, words):
     with pytest.raises(UserError) as err:
         space.parse([spec], TrainingPlan())
@@ -94,23 +110,38 @@ def test_a_bad_space_is_one_error_naming_the_field(spec, field, words):
 
 def test_what_mattered_names_the_settings_by_their_share():
     text = space.what_mattered({"learning_rate": 0.7, "r": 0.25, "dropout": 0.03, "targets": 0.02}, "loss")
-    assert text == ("The learning rate mattered most (70% of the variation in held-out loss), then the rank (r) "
-                    "(25%); the dropout or the target modules hardly mattered.")
+    assert text == (
+        "The learning rate mattered most (70% of the variation in held-out loss), then the rank (r) "
+        "(25%); the dropout or the target modules hardly mattered."
+    )
 
 
 # --- bad input on the command line ---------------------------------------------------------------
-@pytest.mark.parametrize("args, starts", [
-    (["--trials", "2", "--space", "r="], "error: r: empty space"),
-    (["--trials", "2", "--space", "colour=red"], "error: space: 'colour' is not a plan field"),
-    (["--trials", "0"], "error: trials: got 0"),
-    (["--budget-minutes", "0"], "error: budget_minutes: got 0"),
-    ([], "error: budget: give a number of trials"),
-    (["--trials", "2", "--eval-split", "0"], "error: eval_split: is 0"),
-    (["--trials", "2", "--metric", "exact_match"], "error: metric: exact_match needs answers"),
-])
+@pytest.mark.parametrize(
+    "args, starts",
+    [
+        (["--trials", "2", "--space", "r="], "error: r: empty space"),
+        (["--trials", "2", "--space", "colour=red"], "error: space: 'colour' is not a plan field"),
+        (["--trials", "0"], "error: trials: got 0"),
+        (["--budget-minutes", "0"], "error: budget_minutes: got 0"),
+        ([], "error: budget: give a number of trials"),
+        (["--trials", "2", "--eval-split", "0"], "error: eval_split: is 0"),
+        (["--trials", "2", "--metric", "exact_match"], "error: metric: exact_match needs answers"),
+    ],
+)
 def test_bad_sweep_input_is_one_error_line_exit_2_and_nothing_created(tiny, args, starts, capsys):
-    flags = ["--model", tiny["model"], "--dataset", tiny["dataset"], "--gpu", "cpu", "--eval-split", "0.2",
-             "--eval-generations", "0"]
+    flags = [
+        "--model",
+        tiny["model"],
+        "--dataset",
+        tiny["dataset"],
+        "--gpu",
+        "cpu",
+        "--eval-split",
+        "0.2",
+        "--eval-generations",
+        "0",
+    ]
     assert cli(["sweep", *flags, *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith(starts) and err.count("\n") == 1, err
@@ -153,8 +184,9 @@ def test_a_trial_whose_eta_does_not_fit_the_time_left_is_never_started(tiny):
     refused = sweep.detail(sweep.get(row.id))["trials"][1]
     # 40 s left when the test set it; the driver reads its clock after checking the trial's plan (seconds on a
     # loaded machine), so it finds 40 s or a little less: never more, and the 49 s trial never fits
-    left = re.fullmatch(r"not started: its ETA \(49 s\) is more than the (\d+) s left of the time budget",
-                        refused["reason"])
+    left = re.fullmatch(
+        r"not started: its ETA \(49 s\) is more than the (\d+) s left of the time budget", refused["reason"]
+    )
     assert refused["state"] == "failed" and left and 0 <= int(left[1]) <= 40, refused
     assert store.list_jobs() == []
 
@@ -164,8 +196,9 @@ def test_a_queued_sweep_cancels_at_once_and_can_resume(tiny, capsys):
     assert cli(["sweep", "cancel", str(row.id)]) == 0
     assert sweep.get(row.id).status == "cancelled" and f"sweep {row.id} cancelled" in capsys.readouterr().out
     assert cli(["sweep", "cancel", str(row.id)]) == 2
-    assert capsys.readouterr().err == (f"error: sweep: sweep {row.id} is cancelled; only a queued or running sweep "
-                                       "can be cancelled\n")
+    assert capsys.readouterr().err == (
+        f"error: sweep: sweep {row.id} is cancelled; only a queued or running sweep can be cancelled\n"
+    )
     assert sweep.resume(row.id, start=False).status == "queued"
 
 
@@ -206,8 +239,10 @@ def _wait_sweep(sweep_id, until, quiet_s: float = 240.0):
         if sign != last:
             last, since = sign, time.monotonic()
         elif time.monotonic() - since > quiet_s:
-            raise AssertionError(f"sweep {sweep_id} made no progress for {quiet_s:.0f}s: {row.status}; log:\n"
-                                 + sweep.log_path(sweep_id).read_text())
+            raise AssertionError(
+                f"sweep {sweep_id} made no progress for {quiet_s:.0f}s: {row.status}; log:\n"
+                + sweep.log_path(sweep_id).read_text()
+            )
         time.sleep(0.2)
 
 
@@ -238,8 +273,9 @@ def _page_shows(home, sweep_id: int, screenshot) -> None:
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("no_process_left_behind")
-def test_a_sweep_starts_from_the_plan_prunes_a_bad_trial_and_publishes_the_best(tiny, capsys, lorapilot_home,
-                                                                               tmp_path):
+def test_a_sweep_starts_from_the_plan_prunes_a_bad_trial_and_publishes_the_best(
+    tiny, capsys, lorapilot_home, tmp_path
+):
     plan = _plan(tiny, name="sums-search")
     row = sweep.create(plan, trials=3, start=False)
     # trial 1 is arranged to be clearly bad, through Optuna's own queue: a learning rate 100,000x too high
@@ -255,8 +291,10 @@ def test_a_sweep_starts_from_the_plan_prunes_a_bad_trial_and_publishes_the_best(
     assert [t["number"] for t in trials] == [0, 1, 2]
     first = trials[0]
     assert first["state"] == "complete" and first["params"] == space.start_point(plan, sweep.space_of(row))
-    assert json.loads(store.get_job(first["job_id"]).plan_json) == {**plan.model_dump(),
-                                                                     "name": "sums-search · trial 0"}
+    assert json.loads(store.get_job(first["job_id"]).plan_json) == {
+        **plan.model_dump(),
+        "name": "sums-search · trial 0",
+    }
     bad = trials[1]
     assert bad["params"]["learning_rate"] == 1000.0 and bad["state"] == "pruned", bad
     bad_job = store.get_job(bad["job_id"])
@@ -278,7 +316,8 @@ def test_a_sweep_starts_from_the_plan_prunes_a_bad_trial_and_publishes_the_best(
     more = sweep.create(trials=3, from_job=best["job_id"], start=False)
     again = sweep.detail(more)["trials"]
     assert [(t["number"], t["state"], t["job_id"], t["value"]) for t in again] == [
-        (0, "complete", best["job_id"], best["value"])]
+        (0, "complete", best["job_id"], best["value"])
+    ]
 
     if os.path.exists("/usr/bin/chromium"):  # `make test` installs it; the page needs nothing else
         _page_shows(lorapilot_home, row.id, tmp_path / "sweep-page.png")
@@ -292,8 +331,10 @@ def test_a_sweep_killed_mid_trial_resumes_and_finishes_within_its_time_budget(ti
     budget_minutes = 1.5
     row = sweep.create(_plan(tiny, max_steps=8), minutes=budget_minutes)
     monkeypatch.delenv(faults.DELAY)
-    first = _wait_sweep(row.id, lambda r: _finished(r) or any(
-        j.sweep_id == row.id and j.step >= 3 for j in store.list_jobs(status="running")))
+    first = _wait_sweep(
+        row.id,
+        lambda r: _finished(r) or any(j.sweep_id == row.id and j.step >= 3 for j in store.list_jobs(status="running")),
+    )
     assert first.status == "running", sweep.log_path(row.id).read_text()
     job = next(j for j in store.list_jobs(status="running") if j.sweep_id == row.id)
     _kill_tree(first.pid)  # the driver and the trial's worker both die, as in a power cut

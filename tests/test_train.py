@@ -17,8 +17,10 @@ from engine.plan import TrainingPlan
 from engine.train.events import Metrics, Progress, Started
 from tests.tiny import make_tiny_model
 
-QUESTIONS = [(f"What colour is item {i}?", f"Item {i} is {c}.") for i, c in
-             enumerate(["red", "blue", "green", "yellow", "black", "white", "orange", "purple"] * 4)]
+QUESTIONS = [
+    (f"What colour is item {i}?", f"Item {i} is {c}.")
+    for i, c in enumerate(["red", "blue", "green", "yellow", "black", "white", "orange", "purple"] * 4)
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,17 +30,34 @@ def tiny(tmp_path_factory):
     texts = [q + " " + a for q, a in QUESTIONS]
     model_dir = make_tiny_model(root / "model", vocab_texts=texts)
     data = root / "chat.jsonl"
-    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q},
-                                                      {"role": "assistant", "content": a}]}) + "\n"
-                            for q, a in QUESTIONS), encoding="utf-8")
+    data.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
+            for q, a in QUESTIONS
+        ),
+        encoding="utf-8",
+    )
     return model_dir, data
 
 
 def _plan(tiny, **kw) -> TrainingPlan:
     model_dir, data = tiny
-    values = dict(model=str(model_dir), dataset=str(data), method="lora", r=4, alpha=8, seq_len=64,
-                  batch_size=4, max_steps=6, learning_rate=1e-2, save_steps=3, logging_steps=1,
-                  eval_split=0.2, warmup_ratio=0.0, gpu="cpu")
+    values = dict(
+        model=str(model_dir),
+        dataset=str(data),
+        method="lora",
+        r=4,
+        alpha=8,
+        seq_len=64,
+        batch_size=4,
+        max_steps=6,
+        learning_rate=1e-2,
+        save_steps=3,
+        logging_steps=1,
+        eval_split=0.2,
+        warmup_ratio=0.0,
+        gpu="cpu",
+    )
     values.update(kw)
     return TrainingPlan.build(**values)
 
@@ -73,8 +92,14 @@ def test_lora_run_writes_a_loadable_adapter_and_reports_events(tiny, tmp_path):
 
     assert result.steps == 6 and not result.stopped and result.total_steps == 6
     assert result.final_loss is not None and result.peak_bytes > 0
-    for name in ("adapter_model.safetensors", "adapter_config.json", "plan.yaml", "README.md",
-                 "metrics.csv", "loss.png"):
+    for name in (
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "plan.yaml",
+        "README.md",
+        "metrics.csv",
+        "loss.png",
+    ):
         assert (out / name).is_file(), name
     assert (out / "checkpoints" / "checkpoint-6").is_dir()
     assert TrainingPlan.from_yaml((out / "plan.yaml").read_text()) == _plan(tiny)

@@ -36,10 +36,12 @@ def _bar_total(fig) -> float:
 
 # --- charts: pure figure builders ---------------------------------------------------------
 
+
 def test_memory_chart_stacks_every_term_against_the_budget():
     terms = {"base_weights": 2 * units.GIB, "adapter": 0.5 * units.GIB, "activations": 1.5 * units.GIB}
-    fig = charts.memory_breakdown(terms, budget_bytes=3 * units.GIB, fits=False,
-                                  reserved_bytes=4.5 * units.GIB, device_bytes=5 * units.GIB)
+    fig = charts.memory_breakdown(
+        terms, budget_bytes=3 * units.GIB, fits=False, reserved_bytes=4.5 * units.GIB, device_bytes=5 * units.GIB
+    )
     fig.to_plotly()  # valid Plotly
     names = [t["name"] for t in fig.data]
     assert names[:3] == ["base weights", "adapter", "activations"]
@@ -50,8 +52,10 @@ def test_memory_chart_stacks_every_term_against_the_budget():
 
 
 def test_loss_chart_has_train_eval_and_lr_series():
-    rows = [{"step": 1, "loss": 4.0, "learning_rate": 1e-4}, {"step": 2, "loss": 3.0, "eval_loss": 3.5,
-                                                             "learning_rate": 2e-4}]
+    rows = [
+        {"step": 1, "loss": 4.0, "learning_rate": 1e-4},
+        {"step": 2, "loss": 3.0, "eval_loss": 3.5, "learning_rate": 2e-4},
+    ]
     fig = charts.loss_chart(rows, total_steps=10)
     fig.to_plotly()
     train, evals, lr = fig.data
@@ -77,6 +81,7 @@ def test_human_units():
 
 # --- step 1 and 2 handlers ------------------------------------------------------------------
 
+
 def test_model_facts_for_a_catalog_model_and_a_clear_error():
     facts, ok = steps.model_facts("llama-3.1-8b")
     assert ok and "LlamaForCausalLM" in facts and "q_proj" in facts
@@ -97,8 +102,10 @@ def test_bad_upload_gives_row_numbered_problems(tmp_path, tiny):
 
 def test_good_upload_is_copied_under_a_safe_name(tmp_path, tiny, lorapilot_home):
     src = tmp_path / "my data; rm -rf ~.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
-            for i in range(6)]
+    rows = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+        for i in range(6)
+    ]
     src.write_text("\n".join(json.dumps(r) for r in rows))
     view = steps.check_data_view("upload", None, str(src), tiny, 64)
     assert view["ok"] and view["rows"] == 6
@@ -122,6 +129,7 @@ def test_upload_limits(tmp_path, monkeypatch):
 
 # --- step 4: recommendation and the live estimate -----------------------------------------------
 
+
 def _plan(**kw) -> TrainingPlan:
     return TrainingPlan.build(**{"model": "llama-3.1-8b", "dataset": "demo:ticket", "gpu": "RTX 4090", **kw})
 
@@ -139,14 +147,19 @@ def test_estimate_view_reflects_the_plan():
     assert set(small["params"].data[0]["y"]) == {"q_proj", "v_proj"}
     # the review charts only show: no toolbar over their titles, no automargin second layout pass
     assert small["params"]["config"]["displayModeBar"] is False
-    assert not any(ax.get("automargin") for fig in (small["memory"], small["params"])
-                   for k, ax in fig.layout.items() if k.startswith(("xaxis", "yaxis")))
+    assert not any(
+        ax.get("automargin")
+        for fig in (small["memory"], small["params"])
+        for k, ax in fig.layout.items()
+        if k.startswith(("xaxis", "yaxis"))
+    )
 
 
 def test_a_small_plan_under_a_large_budget_stays_visible():
     # 0.7 GiB under a 23.5 GiB line was a sliver: the axis follows the plan and the budget is named
-    fig = charts.memory_breakdown({"base_weights": 0.5 * units.GIB, "activations": 0.2 * units.GIB},
-                                  budget_bytes=23.5 * units.GIB, fits=True)
+    fig = charts.memory_breakdown(
+        {"base_weights": 0.5 * units.GIB, "activations": 0.2 * units.GIB}, budget_bytes=23.5 * units.GIB, fits=True
+    )
     assert fig.layout["yaxis"]["range"][1] < 1.0 and not fig.layout["shapes"]
     assert "budget 23.5 GiB, above this scale: the plan uses 3% of it" in fig.layout["annotations"][0]["text"]
     near = charts.memory_breakdown({"base_weights": 2 * units.GIB}, budget_bytes=3 * units.GIB, fits=True)
@@ -206,8 +219,9 @@ def test_form_controls_come_from_the_plan_help():
 
 def test_form_values_round_trip_and_bad_values_name_the_field():
     plan = _plan(r=32, max_steps=10)
-    again = review.plan_from_values({"model": plan.model, "dataset": plan.dataset, "gpu": plan.gpu},
-                                    review.values_of(plan))
+    again = review.plan_from_values(
+        {"model": plan.model, "dataset": plan.dataset, "gpu": plan.gpu}, review.values_of(plan)
+    )
     assert again == plan
     values = review.values_of(plan)
     values[review.FORM_FIELDS.index("r")] = 2.5
@@ -226,6 +240,7 @@ def test_wizard_context_requires_checked_data():
 
 
 # --- launch and the job page ----------------------------------------------------------------------
+
 
 def test_launch_creates_a_job_row_and_the_page_reads_it(tiny, monkeypatch):
     monkeypatch.setenv("LORAPILOT_MAX_CONCURRENT", "0")  # queue only: training is tested elsewhere
@@ -260,8 +275,14 @@ def test_failed_job_shows_the_plain_reason_and_metrics(tiny, monkeypatch):
     from jobs import store
 
     plan = TrainingPlan.build(model=tiny, dataset="demo:ticket", gpu="cpu")
-    job = store.insert_job(store.Job(name="x", plan_json=plan.model_dump_json(), status="failed",
-                                     error="ran out of memory at step 3; turn on gradient checkpointing"))
+    job = store.insert_job(
+        store.Job(
+            name="x",
+            plan_json=plan.model_dump_json(),
+            status="failed",
+            error="ran out of memory at step 3; turn on gradient checkpointing",
+        )
+    )
     for step, loss in ((1, 3.0), (2, 2.0)):
         store.record_metrics(job.id, {"step": step, "loss": loss, "learning_rate": 1e-4})
     view = jobs_page.job_view(job.id)
@@ -282,6 +303,7 @@ def test_notices_escape_user_text():
 
 # --- serve: safe by default ------------------------------------------------------------------------
 
+
 def test_exposure_rules():
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("example.org")
@@ -296,16 +318,24 @@ def test_exposure_rules():
 
 def test_serve_on_the_network_without_credentials_refuses_in_one_line():
     env = {**__import__("os").environ, "LORAPILOT_AUTH": ""}
-    proc = subprocess.run([sys.executable, "app.py", "--host", "0.0.0.0", "--port", "7999"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "app.py", "--host", "0.0.0.0", "--port", "7999"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: host:") and "--auth" in lines[0]
 
 
 def test_app_builds_without_heavy_imports():
-    code = ("import sys; from ui.web import server; server.build_app(); "
-            "print([m for m in ('torch', 'transformers', 'peft', 'trl') if m in sys.modules])")
+    code = (
+        "import sys; from ui.web import server; server.build_app(); "
+        "print([m for m in ('torch', 'transformers', 'peft', 'trl') if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -59,8 +59,9 @@ def _train_tokenizer(texts: list[str], vocab_size: int):
     return fast
 
 
-def make_tiny_model(path, arch: str = "llama", vocab_texts: list[str] | None = None,
-                    texts: list[str] | None = None, seed: int = 0) -> Path:
+def make_tiny_model(
+    path, arch: str = "llama", vocab_texts: list[str] | None = None, texts: list[str] | None = None, seed: int = 0
+) -> Path:
     """Write a tiny model + fast tokenizer to `path` and return it as a Path.
 
     arch: 'llama' (q/k/v/o + gate/up/down, GQA 4/2 heads) or 'gpt2' (fused c_attn, Conv1D).
@@ -79,14 +80,28 @@ def make_tiny_model(path, arch: str = "llama", vocab_texts: list[str] | None = N
 
     if arch == "llama":
         config = LlamaConfig(
-            vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-            tie_word_embeddings=True, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos,
+            vocab_size=vocab,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=2048,
+            tie_word_embeddings=True,
+            bos_token_id=bos,
+            eos_token_id=eos,
+            pad_token_id=eos,
         )
     elif arch == "gpt2":
         config = GPT2Config(
-            vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=2048,
-            bos_token_id=bos, eos_token_id=eos, pad_token_id=eos,
+            vocab_size=vocab,
+            n_embd=64,
+            n_layer=2,
+            n_head=4,
+            n_positions=2048,
+            bos_token_id=bos,
+            eos_token_id=eos,
+            pad_token_id=eos,
         )
     else:
         raise ValueError(f"arch must be 'llama' or 'gpt2', got {arch!r}")

@@ -65,7 +65,8 @@ class _Row:
         self.sent = 0  # characters already handed to on_text
         self.finish: str | None = None
         self.generator = torch.Generator().manual_seed(
-            request.seed if request.seed is not None else random.randrange(2**63))
+            request.seed if request.seed is not None else random.randrange(2**63)
+        )
 
     def pick(self, logits) -> int:
         """Next token from this row's logits (1-D, float32) under its own sampling settings."""
@@ -104,15 +105,16 @@ class _Row:
         if self.finish is None:
             end -= _held_back(self.text, self.req.stop)
         if end > self.sent:
-            piece, self.sent = self.text[self.sent:end], end
+            piece, self.sent = self.text[self.sent : end], end
             try:
                 self.req.on_text(piece)
             except Exception:  # a consumer that fails must not stop the other rows
                 self.req.cancelled.set()
 
     def result(self) -> Result:
-        return Result(self.text, len(self.req.prompt_ids), len(self.ids),
-                      "length" if self.finish == "length" else "stop")
+        return Result(
+            self.text, len(self.req.prompt_ids), len(self.ids), "length" if self.finish == "length" else "stop"
+        )
 
 
 def _held_back(text: str, stops) -> int:
@@ -129,8 +131,9 @@ def _held_back(text: str, stops) -> int:
     return hold
 
 
-def decode_batch(model, tokenizer, requests: list[Request], pad_id: int | None = None,
-                 peft_name: Callable[[str], str] = str) -> list[Result]:
+def decode_batch(
+    model, tokenizer, requests: list[Request], pad_id: int | None = None, peft_name: Callable[[str], str] = str
+) -> list[Result]:
     """Decode all `requests` together; one Result per request, in order.
 
     `model` is a PeftModel holding every adapter the requests name (or a plain model when all
@@ -144,8 +147,11 @@ def decode_batch(model, tokenizer, requests: list[Request], pad_id: int | None =
     eos = model.generation_config.eos_token_id if getattr(model, "generation_config", None) else None
     eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     eos_ids |= {tokenizer.eos_token_id} - {None}
-    pad = pad_id if pad_id is not None else (tokenizer.pad_token_id if tokenizer.pad_token_id is not None
-                                             else next(iter(eos_ids), 0))
+    pad = (
+        pad_id
+        if pad_id is not None
+        else (tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_ids), 0))
+    )
     rows = [_Row(r, tokenizer, eos_ids) for r in requests]
     mixed = hasattr(model, "peft_config")  # a PeftModel: route each row through its adapter
     if mixed:
@@ -162,8 +168,15 @@ def decode_batch(model, tokenizer, requests: list[Request], pad_id: int | None =
     with torch.inference_mode():
         while True:
             kwargs = {"adapter_names": [names[i] for i in active]} if mixed else {}
-            out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
-                        use_cache=True, logits_to_keep=1, **kwargs)
+            out = model(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+                **kwargs,
+            )
             cache = out.cache
             logits = out.logits[:, -1, :].float()
             for slot, i in enumerate(active):
@@ -197,8 +210,15 @@ class Scheduler:
     batch instead: what serving without mixed-adapter batches would do (the benchmark's baseline).
     """
 
-    def __init__(self, run_batch: Callable[[list[Request]], list], *, max_batch: int = 32, max_queue: int = 64,
-                 max_adapters: int = 8, mixed: bool = True):
+    def __init__(
+        self,
+        run_batch: Callable[[list[Request]], list],
+        *,
+        max_batch: int = 32,
+        max_queue: int = 64,
+        max_adapters: int = 8,
+        mixed: bool = True,
+    ):
         self.run_batch = run_batch
         self.max_batch, self.max_queue, self.max_adapters, self.mixed = max_batch, max_queue, max_adapters, mixed
         self._waiting: list[_Ticket] = []

@@ -35,11 +35,16 @@ def check(ranks: list[int], weights: list[float], combination: str, density: flo
     if len(ranks) < 2:
         raise UserError("adapters", "give at least two adapters to compose")
     if len(weights) != len(ranks):
-        raise UserError("weights", f"got {len(weights)} weights for {len(ranks)} adapters; give one per adapter "
-                        "(e.g. --weights 0.5,0.5)")
+        raise UserError(
+            "weights",
+            f"got {len(weights)} weights for {len(ranks)} adapters; give one per adapter (e.g. --weights 0.5,0.5)",
+        )
     if combination in SAME_RANK and len(set(ranks)) > 1:
-        raise UserError("combination", f"{combination} needs adapters of one rank, these have ranks "
-                        f"{', '.join(map(str, ranks))}; {one_of(ANY_RANK)} accept different ranks")
+        raise UserError(
+            "combination",
+            f"{combination} needs adapters of one rank, these have ranks "
+            f"{', '.join(map(str, ranks))}; {one_of(ANY_RANK)} accept different ranks",
+        )
     if combination in DENSITY:
         density = DEFAULT_DENSITY if density is None else density
         if not 0 < density <= 1:
@@ -50,12 +55,18 @@ def check(ranks: list[int], weights: list[float], combination: str, density: flo
     return None
 
 
-def compose(sources: list[tuple[str, str]], weights: list[float], combination: str, base_model: str,
-            out_dir, density: float | None = None, seed: int = 0) -> Path:
+def compose(
+    sources: list[tuple[str, str]],
+    weights: list[float],
+    combination: str,
+    base_model: str,
+    out_dir,
+    density: float | None = None,
+    seed: int = 0,
+) -> Path:
     """Combine the adapter folders `sources` [(name, path), ...] into a new adapter folder `out_dir`."""
     import torch
     from peft import PeftModel
-
 
     configs = [folder.read_config(Path(p)) for _, p in sources]
     density = check([int(c.get("r") or 0) for c in configs], weights, combination, density)
@@ -72,8 +83,9 @@ def compose(sources: list[tuple[str, str]], weights: list[float], combination: s
     new = "composed"
     torch.manual_seed(seed)  # DARE drops at random: same inputs, same result
     try:
-        peft.add_weighted_adapter([n for n, _ in sources], list(weights), new, combination_type=combination,
-                                  density=density)
+        peft.add_weighted_adapter(
+            [n for n, _ in sources], list(weights), new, combination_type=combination, density=density
+        )
     except (ValueError, TypeError) as exc:
         raise UserError("combination", f"PEFT cannot combine these with {combination}: {exc}") from None
     tmp = out_dir.parent / f".{out_dir.name}.composing-{os.getpid()}"

@@ -50,8 +50,11 @@ def read_config(folder: Path) -> dict:
     except (OSError, ValueError) as exc:
         raise UserError("adapter", f"{cfg_file} is not readable JSON ({exc.__class__.__name__})") from None
     if not isinstance(config, dict) or str(config.get("peft_type", "")).upper() != "LORA":
-        raise UserError("adapter", f"{cfg_file} is not a LoRA config (peft_type {config.get('peft_type')!r}); "
-                        "only LoRA/QLoRA adapters are accepted")
+        raise UserError(
+            "adapter",
+            f"{cfg_file} is not a LoRA config (peft_type {config.get('peft_type')!r}); "
+            "only LoRA/QLoRA adapters are accepted",
+        )
     if not any((folder / w).is_file() for w in WEIGHTS):
         raise UserError("adapter", f"{folder} has no {WEIGHTS[0]}; the adapter weights are missing")
     return config
@@ -80,9 +83,12 @@ def resolve_base(name: str | None) -> str:
             return name
         except Exception:  # not cached: fall through to the error below
             pass
-    raise UserError("base_model", f"the adapter's base model '{name}' is not a local model folder, a catalog "
-                    "model or a cached hub id here; give the base with --base (a folder, a .gguf file, a hub id "
-                    "or 'default')")
+    raise UserError(
+        "base_model",
+        f"the adapter's base model '{name}' is not a local model folder, a catalog "
+        "model or a cached hub id here; give the base with --base (a folder, a .gguf file, a hub id "
+        "or 'default')",
+    )
 
 
 def weight_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
@@ -105,8 +111,9 @@ def weight_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
 def folder_bytes(folder: Path) -> int:
     """Bytes on disk, without a job's checkpoints/ (training state, not the adapter)."""
     folder = Path(folder)
-    return sum(p.stat().st_size for p in folder.rglob("*")
-               if p.is_file() and "checkpoints" not in p.relative_to(folder).parts)
+    return sum(
+        p.stat().st_size for p in folder.rglob("*") if p.is_file() and "checkpoints" not in p.relative_to(folder).parts
+    )
 
 
 def inspect(folder, base: str | None = None) -> AdapterInfo:
@@ -118,9 +125,16 @@ def inspect(folder, base: str | None = None) -> AdapterInfo:
     targets = config.get("target_modules") or []
     targets = [targets] if isinstance(targets, str) else sorted(targets)
     quantized = _was_qlora(folder)
-    return AdapterInfo(path=folder, base_model=spec, method="qlora" if quantized else "lora",
-                       r=int(config.get("r") or 0), alpha=float(config.get("lora_alpha") or 0),
-                       targets=targets, bytes=folder_bytes(folder), config=config | {"_shapes": shapes})
+    return AdapterInfo(
+        path=folder,
+        base_model=spec,
+        method="qlora" if quantized else "lora",
+        r=int(config.get("r") or 0),
+        alpha=float(config.get("lora_alpha") or 0),
+        targets=targets,
+        bytes=folder_bytes(folder),
+        config=config | {"_shapes": shapes},
+    )
 
 
 def _was_qlora(folder: Path) -> bool:
@@ -145,13 +159,19 @@ def check_fits(info: AdapterInfo) -> None:
             module = key.split(part)[0].removeprefix("base_model.model.")
             found = modules.get(module)
             if found is None:
-                raise UserError("base_model", f"the adapter adapts '{module}', which base '{info.base_model}' "
-                                "does not have; it was trained on another base model")
+                raise UserError(
+                    "base_model",
+                    f"the adapter adapts '{module}', which base '{info.base_model}' "
+                    "does not have; it was trained on another base model",
+                )
             want = found.in_features if side == "in" else found.out_features
             got = shape[1] if side == "in" else shape[0]
             if len(shape) == 2 and got != want:
-                raise UserError("base_model", f"the adapter's '{module}' expects {got} {side}puts but base "
-                                f"'{info.base_model}' has {want}; it was trained on another base model")
+                raise UserError(
+                    "base_model",
+                    f"the adapter's '{module}' expects {got} {side}puts but base "
+                    f"'{info.base_model}' has {want}; it was trained on another base model",
+                )
 
 
 def check_fits_model(folder: Path, model, base_name: str) -> None:
@@ -164,13 +184,19 @@ def check_fits_model(folder: Path, model, base_name: str) -> None:
             try:
                 module = model.get_submodule(module_name)
             except AttributeError:
-                raise UserError("adapter", f"{folder} adapts '{module_name}', which base '{base_name}' does not "
-                                "have; it was trained on another base model") from None
+                raise UserError(
+                    "adapter",
+                    f"{folder} adapts '{module_name}', which base '{base_name}' does not "
+                    "have; it was trained on another base model",
+                ) from None
             want = _features(module, side)
             got = shape[1] if side == "in" else shape[0]
             if want is not None and got != want:
-                raise UserError("adapter", f"{folder}'s '{module_name}' expects {got} {side}puts but base "
-                                f"'{base_name}' has {want}; it was trained on another base model")
+                raise UserError(
+                    "adapter",
+                    f"{folder}'s '{module_name}' expects {got} {side}puts but base "
+                    f"'{base_name}' has {want}; it was trained on another base model",
+                )
 
 
 def _features(module, side: str) -> int | None:

@@ -71,8 +71,11 @@ def _stacks(layer, present: list[str], names: tuple[str, ...]):
     cache = getattr(layer, _ATTR)
     weights = [(layer.lora_A[n].weight, layer.lora_B[n].weight) for n in present]
     held = cache.get("stacks")
-    if held is None or held[0] != present or any(
-            a is not ha or b is not hb for (a, b), (ha, hb) in zip(weights, held[1])):
+    if (
+        held is None
+        or held[0] != present
+        or any(a is not ha or b is not hb for (a, b), (ha, hb) in zip(weights, held[1]))
+    ):
         a_stack = torch.cat([a for a, _ in weights], dim=0)  # R x in
         b_stack = torch.cat([b for _, b in weights], dim=1)  # out x R
         held = cache["stacks"] = (present, weights, a_stack, b_stack)
@@ -83,7 +86,7 @@ def _stacks(layer, present: list[str], names: tuple[str, ...]):
         start = 0
         for name, (a, _) in zip(present, weights):
             picked = [i for i, n in enumerate(names) if n == name]
-            mask[picked, start:start + a.shape[0]] = layer.scaling[name]
+            mask[picked, start : start + a.shape[0]] = layer.scaling[name]
             start += a.shape[0]
         rows = cache["mask"] = (names, mask)
     return held[2], held[3], rows[1]

@@ -46,7 +46,6 @@ def load_base_for_inference(spec: str):
     """
     import torch
 
-
     plan = TrainingPlan.build(model=spec, method="lora")
     model, tokenizer = load_base(plan, for_training=False)
     if torch.cuda.is_available():
@@ -117,8 +116,9 @@ class AdapterHost:
             if self._peft is None:
                 from peft import PeftModel
 
-                self._peft = PeftModel.from_pretrained(self._base, str(folder), adapter_name=peft_name(name),
-                                                       is_trainable=False)
+                self._peft = PeftModel.from_pretrained(
+                    self._base, str(folder), adapter_name=peft_name(name), is_trainable=False
+                )
                 self._peft.eval()
                 self._disable()  # a newly attached adapter is not active until asked for
             else:
@@ -129,8 +129,11 @@ class AdapterHost:
                     self._disable()
         except (RuntimeError, ValueError, KeyError) as exc:
             self._forget(name)
-            raise UserError("adapter", f"{path} does not fit the base {self.base_model} "
-                            f"({_first_line(exc)}); it was trained on another base model") from None
+            raise UserError(
+                "adapter",
+                f"{path} does not fit the base {self.base_model} "
+                f"({_first_line(exc)}); it was trained on another base model",
+            ) from None
         self._paths[name] = str(folder)
         return time.perf_counter() - start
 
@@ -221,9 +224,16 @@ class AdapterHost:
             raise UserError("prompt", "give text, or a list of {'role': ..., 'content': ...} messages")
         return self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def generate(self, prompt, adapter: str | None = None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                 temperature: float = 0.0, top_p: float = 1.0, stop: list[str] | str | None = None,
-                 seed: int | None = None) -> Iterator[str]:
+    def generate(
+        self,
+        prompt,
+        adapter: str | None = None,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: list[str] | str | None = None,
+        seed: int | None = None,
+    ) -> Iterator[str]:
         """Stream the answer of `adapter` (None: the base) to `prompt` as text chunks.
 
         Greedy when temperature is 0; ends at EOS, `max_new_tokens` or the first `stop`
@@ -258,9 +268,14 @@ class AdapterHost:
             model = self.model
             inputs = tok(text, return_tensors="pt", add_special_tokens=False).to(model.device)
             streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=600)
-            kwargs = dict(**inputs, max_new_tokens=max_new_tokens, streamer=streamer,
-                          stopping_criteria=StoppingCriteriaList([_Halt()]),
-                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+            kwargs = dict(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                streamer=streamer,
+                stopping_criteria=StoppingCriteriaList([_Halt()]),
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+            )
             if temperature > 0:
                 kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
             else:
@@ -289,7 +304,7 @@ class AdapterHost:
                             yield held[:cut]
                         return
                     keep = max((len(s) - 1 for s in stops), default=0)
-                    ready, held = (held[:len(held) - keep], held[len(held) - keep:]) if keep else (held, "")
+                    ready, held = (held[: len(held) - keep], held[len(held) - keep :]) if keep else (held, "")
                     if ready:
                         yield ready
                 if held:

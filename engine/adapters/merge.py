@@ -29,8 +29,9 @@ from engine.train.run import load_base, model_source, torch_dtype
 CHECKPOINT_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # config.json's name -> the plan's
 
 
-def merge(adapter_dir, base_model: str, out_dir, adapter_name: str = "adapter", method: str = "lora",
-          dtype: str = "auto") -> Path:
+def merge(
+    adapter_dir, base_model: str, out_dir, adapter_name: str = "adapter", method: str = "lora", dtype: str = "auto"
+) -> Path:
     """Write base + adapter as one model to `out_dir` (which must not exist yet); return it.
 
     `dtype` auto keeps the base checkpoint's precision (an fp32 base merges in fp32: merging in the
@@ -47,8 +48,12 @@ def merge(adapter_dir, base_model: str, out_dir, adapter_name: str = "adapter", 
         dtype = CHECKPOINT_DTYPES.get(introspect.resolve(base_model).dtype, "auto")
         if dtype == "fp16" and device == "cpu":
             dtype = "fp32"  # no fp16 arithmetic on a CPU: fp32 holds every fp16 value exactly
-    plan = TrainingPlan.build(model=base_model, method="qlora" if method == "qlora" else "lora", dtype=dtype,
-                              gpu=None if device == "cuda" else "cpu")
+    plan = TrainingPlan.build(
+        model=base_model,
+        method="qlora" if method == "qlora" else "lora",
+        dtype=dtype,
+        gpu=None if device == "cuda" else "cpu",
+    )
     target_dtype = torch_dtype(plan, device)
     model, tokenizer = load_base(plan, for_training=False)
     if method == "qlora":
@@ -66,8 +71,15 @@ def merge(adapter_dir, base_model: str, out_dir, adapter_name: str = "adapter", 
     try:
         merged.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))  # the chat template travels with the tokenizer files
-        write_card(tmp, base_model=base_model, base_source=model_source(base_model), adapter_dir=adapter_dir,
-                   adapter_name=adapter_name, method=method, dtype=str(target_dtype).removeprefix("torch."))
+        write_card(
+            tmp,
+            base_model=base_model,
+            base_source=model_source(base_model),
+            adapter_dir=adapter_dir,
+            adapter_name=adapter_name,
+            method=method,
+            dtype=str(target_dtype).removeprefix("torch."),
+        )
         if out_dir.exists():
             out_dir.rmdir()  # empty (checked above)
         os.replace(tmp, out_dir)
@@ -76,8 +88,9 @@ def merge(adapter_dir, base_model: str, out_dir, adapter_name: str = "adapter", 
     return out_dir
 
 
-def write_card(out_dir: Path, base_model: str, base_source: str, adapter_dir: Path, adapter_name: str,
-               method: str, dtype: str) -> Path:
+def write_card(
+    out_dir: Path, base_model: str, base_source: str, adapter_dir: Path, adapter_name: str, method: str, dtype: str
+) -> Path:
     hub_base = "HuggingFaceTB/SmolLM2-135M-Instruct" if base_model == "default" else base_model
     lines = [
         "---",

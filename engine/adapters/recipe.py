@@ -36,19 +36,30 @@ VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm/config/lora.py, MaxL
 # Module names vLLM's implementations of these architectures accept LoRA on: the HF names of
 # their linear layers (vLLM fuses q/k/v and gate/up, and maps the HF names back through
 # packed_modules_mapping), plus the embeddings. Other architectures are not checked (a warning).
-_LLAMA_LIKE = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-                         "embed_tokens", "lm_head"})
+_LLAMA_LIKE = frozenset(
+    {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens", "lm_head"}
+)
 VLLM_LORA_MODULES = {
-    arch: _LLAMA_LIKE for arch in (
-        "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
-        "GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM", "GraniteForCausalLM",
+    arch: _LLAMA_LIKE
+    for arch in (
+        "LlamaForCausalLM",
+        "MistralForCausalLM",
+        "Qwen2ForCausalLM",
+        "Qwen3ForCausalLM",
+        "GemmaForCausalLM",
+        "Gemma2ForCausalLM",
+        "Gemma3ForCausalLM",
+        "GraniteForCausalLM",
     )
 }
-VLLM_LORA_MODULES["Phi3ForCausalLM"] = frozenset({"qkv_proj", "o_proj", "gate_up_proj", "down_proj",
-                                                  "embed_tokens", "lm_head"})
+VLLM_LORA_MODULES["Phi3ForCausalLM"] = frozenset(
+    {"qkv_proj", "o_proj", "gate_up_proj", "down_proj", "embed_tokens", "lm_head"}
+)
 
-MERGE_FIX = ("merge it into the base (PEFT `merge_and_unload()`) and serve the merged model as its own "
-             "`vllm serve` model, or retrain without it")
+MERGE_FIX = (
+    "merge it into the base (PEFT `merge_and_unload()`) and serve the merged model as its own "
+    "`vllm serve` model, or retrain without it"
+)
 
 
 @dataclass
@@ -85,17 +96,23 @@ class Recipe:
         """The recipe as the CLI prints it: the command, then each issue with its fix."""
         lines = [self.command(), ""]
         if self.max_lora_rank != self.max_rank:
-            lines.append(f"--max-lora-rank {self.max_lora_rank}: the largest adapter rank is {self.max_rank}, "
-                         f"rounded up to a rank vLLM accepts ({', '.join(map(str, VLLM_RANKS))}).")
-        lines.append(f"--max-loras {max(1, len(self.servable))}: every adapter may be in the same batch; lower it "
-                     "to save GPU memory.")
+            lines.append(
+                f"--max-lora-rank {self.max_lora_rank}: the largest adapter rank is {self.max_rank}, "
+                f"rounded up to a rank vLLM accepts ({', '.join(map(str, VLLM_RANKS))})."
+            )
+        lines.append(
+            f"--max-loras {max(1, len(self.servable))}: every adapter may be in the same batch; lower it "
+            "to save GPU memory."
+        )
         for issue in self.issues:
             tag = "cannot serve" if issue.blocking else "note"
             lines.append(f"{tag}: {issue.adapter}: {issue.reason}; fix: {issue.fix}.")
-        lines.append("The base and adapter paths are this machine's: copy the folders to the same paths on the GPU "
-                     "box (or name the base by its Hugging Face id). "
-                     "Clients pick an adapter as the request's `model`, "
-                     "as with LoRA Pilot's /v1 endpoint.")
+        lines.append(
+            "The base and adapter paths are this machine's: copy the folders to the same paths on the GPU "
+            "box (or name the base by its Hugging Face id). "
+            "Clients pick an adapter as the request's `model`, "
+            "as with LoRA Pilot's /v1 endpoint."
+        )
         return "\n".join(lines)
 
 
@@ -107,8 +124,11 @@ def round_rank(rank: int) -> int:
 def read_config(path: Path) -> dict:
     config_file = Path(path) / "adapter_config.json"
     if not config_file.is_file():
-        raise UserError("adapter", f"{path} has no adapter_config.json; give a folder saved by PEFT "
-                        "(`save_pretrained`) or a library adapter name")
+        raise UserError(
+            "adapter",
+            f"{path} has no adapter_config.json; give a folder saved by PEFT "
+            "(`save_pretrained`) or a library adapter name",
+        )
     try:
         return json.loads(config_file.read_text())
     except (OSError, ValueError) as exc:
@@ -140,35 +160,66 @@ def check_adapter(name: str, path: Path, config: dict, base_config: dict | None)
     """vLLM's loading rules applied to one adapter (see the module docstring for the sources)."""
     issues = []
     if config.get("peft_type", "LORA") != "LORA":
-        issues.append(Issue(name, True, f"it is a {config['peft_type']} adapter; vLLM serves LoRA adapters",
-                            MERGE_FIX))
+        issues.append(
+            Issue(name, True, f"it is a {config['peft_type']} adapter; vLLM serves LoRA adapters", MERGE_FIX)
+        )
     if config.get("use_dora"):
         issues.append(Issue(name, True, "it uses DoRA, which vLLM does not yet support", MERGE_FIX))
     if config.get("modules_to_save"):
-        issues.append(Issue(name, True, f"it trains whole modules ({', '.join(config['modules_to_save'])}; "
-                            "modules_to_save, e.g. embeddings or a head), and vLLM only loads adapters without them",
-                            MERGE_FIX))
+        issues.append(
+            Issue(
+                name,
+                True,
+                f"it trains whole modules ({', '.join(config['modules_to_save'])}; "
+                "modules_to_save, e.g. embeddings or a head), and vLLM only loads adapters without them",
+                MERGE_FIX,
+            )
+        )
     if config.get("bias", "none") != "none":
-        issues.append(Issue(name, True, f"it trains biases (bias={config['bias']!r}), which vLLM does not load",
-                            "retrain with bias='none', or merge it into the base"))
+        issues.append(
+            Issue(
+                name,
+                True,
+                f"it trains biases (bias={config['bias']!r}), which vLLM does not load",
+                "retrain with bias='none', or merge it into the base",
+            )
+        )
     modules = lora_modules(path)
     arch = ((base_config or {}).get("architectures") or [None])[0]
     allowed = VLLM_LORA_MODULES.get(arch)
     if allowed is None:
-        issues.append(Issue(name, False, f"the base architecture {arch or 'unknown'} is not in LoRA Pilot's table "
-                            "of vLLM LoRA modules, so its target modules were not checked",
-                            "check vLLM's supported-models page (LoRA column) before deploying"))
+        issues.append(
+            Issue(
+                name,
+                False,
+                f"the base architecture {arch or 'unknown'} is not in LoRA Pilot's table "
+                "of vLLM LoRA modules, so its target modules were not checked",
+                "check vLLM's supported-models page (LoRA column) before deploying",
+            )
+        )
     else:
         unsupported = sorted(set(modules) - allowed)
         if unsupported:
-            issues.append(Issue(name, True, f"vLLM's {arch} takes LoRA on {', '.join(sorted(allowed))}, "
-                                f"not on {', '.join(unsupported)}",
-                                f"retrain targeting only supported modules, or {MERGE_FIX}"))
+            issues.append(
+                Issue(
+                    name,
+                    True,
+                    f"vLLM's {arch} takes LoRA on {', '.join(sorted(allowed))}, not on {', '.join(unsupported)}",
+                    f"retrain targeting only supported modules, or {MERGE_FIX}",
+                )
+            )
     vocab = (base_config or {}).get("vocab_size")
     for module, shape in modules.items():
         if module in ("embed_tokens", "wte") and vocab and len(shape) == 2 and shape[1] != vocab:
-            issues.append(Issue(name, True, f"its embedding LoRA covers {shape[1]} tokens but the base has {vocab} "
-                                "(the vocabulary was resized)", MERGE_FIX))
+            issues.append(
+                Issue(
+                    name,
+                    True,
+                    f"its embedding LoRA covers {shape[1]} tokens but the base has {vocab} "
+                    "(the vocabulary was resized)",
+                    MERGE_FIX,
+                )
+            )
     return issues
 
 
@@ -201,8 +252,11 @@ def build(adapters: list[tuple[str, Path]], base: str | None = None, base_config
     if base is None:
         if len(bases) != 1 or None in bases:
             listing = "; ".join(f"{n}: {c.get('base_model_name_or_path') or 'unknown'}" for n, c in configs.items())
-            raise UserError("adapters", "one vLLM server serves one base model, and these adapters were "
-                            f"trained on different ones ({listing}); make one recipe per base")
+            raise UserError(
+                "adapters",
+                "one vLLM server serves one base model, and these adapters were "
+                f"trained on different ones ({listing}); make one recipe per base",
+            )
         base = bases.pop()
     base_config = base_config if base_config is not None else _base_config(base)
     issues = []
@@ -210,17 +264,34 @@ def build(adapters: list[tuple[str, Path]], base: str | None = None, base_config
     for name, path in adapters:
         config = configs[name]
         if config.get("base_model_name_or_path") not in (None, base):
-            issues.append(Issue(name, True, f"it was trained on {config['base_model_name_or_path']}, not {base}",
-                                "serve it from a recipe for its own base"))
+            issues.append(
+                Issue(
+                    name,
+                    True,
+                    f"it was trained on {config['base_model_name_or_path']}, not {base}",
+                    "serve it from a recipe for its own base",
+                )
+            )
         # rank_pattern gives some modules their own rank; vLLM's limit holds for the largest.
         rank = max([int(config.get("r", 8)), *map(int, (config.get("rank_pattern") or {}).values())])
         if rank > VLLM_RANKS[-1]:
-            issues.append(Issue(name, True, f"its rank {rank} is above {VLLM_RANKS[-1]}, the largest --max-lora-rank "
-                                "vLLM accepts", f"retrain with rank {VLLM_RANKS[-1]} or less, or {MERGE_FIX}"))
+            issues.append(
+                Issue(
+                    name,
+                    True,
+                    f"its rank {rank} is above {VLLM_RANKS[-1]}, the largest --max-lora-rank vLLM accepts",
+                    f"retrain with rank {VLLM_RANKS[-1]} or less, or {MERGE_FIX}",
+                )
+            )
         else:
             ranks[name] = rank
         issues += check_adapter(name, path, config, base_config)
     blocked = {i.adapter for i in issues if i.blocking}  # the command leaves these out; so does its rank
     top = max((r for n, r in ranks.items() if n not in blocked), default=VLLM_RANKS[0])
-    return Recipe(base=base, adapters=[(n, Path(p)) for n, p in adapters], max_rank=top,
-                  max_lora_rank=round_rank(top), issues=issues)
+    return Recipe(
+        base=base,
+        adapters=[(n, Path(p)) for n, p in adapters],
+        max_rank=top,
+        max_lora_rank=round_rank(top),
+        issues=issues,
+    )

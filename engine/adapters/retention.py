@@ -31,8 +31,10 @@ def table(host, composed: str, sources: list[tuple[str, str | None]], progress=N
         nonlocal done
         done += 1
         if progress is not None:
-            progress(f"scoring {what} on {skill}: pass {done} of {passes}, {len(demo.records(skill, 'test'))} "
-                     "held-out rows…")
+            progress(
+                f"scoring {what} on {skill}: pass {done} of {passes}, {len(demo.records(skill, 'test'))} "
+                "held-out rows…"
+            )
         return score(host, adapter, skill)
 
     rows = []
@@ -40,6 +42,14 @@ def table(host, composed: str, sources: list[tuple[str, str | None]], progress=N
         alone = run(name, f"{name} alone", skill)
         mixed = run(composed, "the composition", skill)
         base = run(None, "the base", skill)
-        rows.append({"skill": skill, "source": name, "base": base, "alone": alone, "composed": mixed,
-                     "kept": round(100.0 * mixed / alone, 1) if alone else None})
+        rows.append(
+            {
+                "skill": skill,
+                "source": name,
+                "base": base,
+                "alone": alone,
+                "composed": mixed,
+                "kept": round(100.0 * mixed / alone, 1) if alone else None,
+            }
+        )
     return rows

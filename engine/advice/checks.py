@@ -20,9 +20,13 @@ def narrowest_target(plan: TrainingPlan) -> tuple[int, str] | None:
         targets = introspect.resolve_targets(info, plan.targets)
     except UserError:
         return None  # the estimate reports bad targets itself
-    adapted = [m for m in info.linear_modules
-               if not m.pseudo and m.name != info.output_name
-               and any(m.type == t or introspect.matches(m.name, t) for t in targets)]
+    adapted = [
+        m
+        for m in info.linear_modules
+        if not m.pseudo
+        and m.name != info.output_name
+        and any(m.type == t or introspect.matches(m.name, t) for t in targets)
+    ]
     if not adapted:
         return None
     layer = min(adapted, key=lambda m: min(m.in_features, m.out_features))
@@ -34,9 +38,16 @@ def plan_warnings(plan: TrainingPlan) -> list[tuple[str, str]]:
 
     info = introspect.resolve(plan.model)
     narrow = narrowest_target(plan)
-    ctx = rules.RuleContext(params_b=info.total_params / 1e9, context=info.max_position,
-                    target_names=list(info.target_names), difficulty=plan.difficulty or "balanced",
-                    rows=plan.dataset_rows, device="cpu" if plan.gpu == "cpu" else "gpu",
-                    budget_gb=plan.budget_gb, plan=plan.model_dump(),
-                    target_width=narrow[0] if narrow else None, narrowest=narrow[1] if narrow else "")
+    ctx = rules.RuleContext(
+        params_b=info.total_params / 1e9,
+        context=info.max_position,
+        target_names=list(info.target_names),
+        difficulty=plan.difficulty or "balanced",
+        rows=plan.dataset_rows,
+        device="cpu" if plan.gpu == "cpu" else "gpu",
+        budget_gb=plan.budget_gb,
+        plan=plan.model_dump(),
+        target_width=narrow[0] if narrow else None,
+        narrowest=narrow[1] if narrow else "",
+    )
     return [(r.id, r.reason(ctx, None)) for r in rules.PLAN_CHECKS if r.when(ctx)]

@@ -25,8 +25,8 @@ MIN_SEQ_LEN = 128  # shorter than this, most chat examples lose their answer
 @dataclass(frozen=True)
 class Step:
     changes: dict[str, Any]  # plan fields changed by this step
-    rule: str                # the rules-table id it follows (see docs/rules.md)
-    what: str                # "micro-batch 4 → 2, accumulation 4 → 8"
+    rule: str  # the rules-table id it follows (see docs/rules.md)
+    what: str  # "micro-batch 4 → 2, accumulation 4 → 8"
     why: str
     # fields that follow from the changed ones in the rules table (alpha from r, the
     # optimizer from the method...): the recommender re-decides them so the plan stays
@@ -36,6 +36,7 @@ class Step:
     @property
     def knobs(self) -> str:
         """The plan fields to set, as a person types them: "batch_size to 2 and grad_accum to 8"."""
+
         def show(v):
             return str(v).lower() if isinstance(v, bool) else str(v)
 
@@ -46,7 +47,7 @@ class Step:
 class Where:
     """What a rung needs to know besides the plan."""
 
-    on_cpu: bool               # no 4-bit base or 8-bit optimizer on a CPU
+    on_cpu: bool  # no 4-bit base or 8-bit optimizer on a CPU
     qv_targets: str = "attention"  # the smallest target set: q_proj,v_proj where the model has them
 
     @classmethod
@@ -71,8 +72,12 @@ def qv_targets(target_names) -> str:
 def _ckpt_on(plan: TrainingPlan, where: Where) -> Step | None:
     if plan.grad_ckpt:
         return None
-    return Step({"grad_ckpt": True}, "G1", "gradient checkpointing on",
-                "recomputes activations in the backward pass instead of keeping them (~30% slower)")
+    return Step(
+        {"grad_ckpt": True},
+        "G1",
+        "gradient checkpointing on",
+        "recomputes activations in the backward pass instead of keeping them (~30% slower)",
+    )
 
 
 def _halve_batch(plan: TrainingPlan, where: Where) -> Step | None:
@@ -80,32 +85,47 @@ def _halve_batch(plan: TrainingPlan, where: Where) -> Step | None:
         return None
     b = plan.batch_size // 2
     a = plan.grad_accum * plan.batch_size // b  # keeps the effective batch
-    return Step({"batch_size": b, "grad_accum": a}, "G1",
-                f"micro-batch {plan.batch_size} → {b}, accumulation {plan.grad_accum} → {a}",
-                f"fewer examples on the GPU at once; each update still sees {b * a}")
+    return Step(
+        {"batch_size": b, "grad_accum": a},
+        "G1",
+        f"micro-batch {plan.batch_size} → {b}, accumulation {plan.grad_accum} → {a}",
+        f"fewer examples on the GPU at once; each update still sees {b * a}",
+    )
 
 
 def _full_to_lora(plan: TrainingPlan, where: Where) -> Step | None:
     if plan.method != "full":
         return None
-    return Step({"method": "lora"}, "M2", "full fine-tuning → LoRA",
-                "only small adapters train, so no gradients or optimizer states for the base",
-                frozenset({"r", "alpha", "dropout", "targets", "optimizer", "learning_rate"}))
+    return Step(
+        {"method": "lora"},
+        "M2",
+        "full fine-tuning → LoRA",
+        "only small adapters train, so no gradients or optimizer states for the base",
+        frozenset({"r", "alpha", "dropout", "targets", "optimizer", "learning_rate"}),
+    )
 
 
 def _to_qlora(plan: TrainingPlan, where: Where) -> Step | None:
     if plan.method != "lora" or where.on_cpu:
         return None
-    return Step({"method": "qlora"}, "M3", "4-bit base (LoRA → QLoRA)",
-                "the frozen base is stored in 4-bit NF4, about a quarter of its 16-bit size; "
-                "costs a little quality", frozenset({"optimizer", "learning_rate"}))
+    return Step(
+        {"method": "qlora"},
+        "M3",
+        "4-bit base (LoRA → QLoRA)",
+        "the frozen base is stored in 4-bit NF4, about a quarter of its 16-bit size; costs a little quality",
+        frozenset({"optimizer", "learning_rate"}),
+    )
 
 
 def _paged_optimizer(plan: TrainingPlan, where: Where) -> Step | None:
     if plan.optimizer != "adamw_torch" or where.on_cpu:
         return None
-    return Step({"optimizer": "paged_adamw_8bit"}, "M3", "optimizer adamw_torch → paged_adamw_8bit",
-                "8-bit optimizer states that spill to CPU memory on spikes instead of crashing")
+    return Step(
+        {"optimizer": "paged_adamw_8bit"},
+        "M3",
+        "optimizer adamw_torch → paged_adamw_8bit",
+        "8-bit optimizer states that spill to CPU memory on spikes instead of crashing",
+    )
 
 
 def _fewer_targets(plan: TrainingPlan, where: Where) -> Step | None:
@@ -117,25 +137,37 @@ def _fewer_targets(plan: TrainingPlan, where: Where) -> Step | None:
         return None
     nxt = order[order.index(current) + 1] if current in order else order[-1]
     rule = "T4" if nxt == where.qv_targets else "T2"
-    return Step({"targets": nxt}, rule, f"target modules {current} → {nxt}",
-                "fewer adapted layers mean fewer adapter weights, gradients and optimizer states")
+    return Step(
+        {"targets": nxt},
+        rule,
+        f"target modules {current} → {nxt}",
+        "fewer adapted layers mean fewer adapter weights, gradients and optimizer states",
+    )
 
 
 def _lower_r(plan: TrainingPlan, where: Where) -> Step | None:
     if plan.method == "full" or plan.r <= MIN_RANK:
         return None
     r = max(MIN_RANK, plan.r // 2)
-    return Step({"r": r, "alpha": alpha_for(plan, r)}, "R5", f"r {plan.r} → {r}",
-                "a smaller adapter (alpha keeps alpha / r); memory drops only slightly, capacity drops more",
-                frozenset({"alpha", "learning_rate"}))  # the recommender's A1 gives the same alpha, with its reason
+    return Step(
+        {"r": r, "alpha": alpha_for(plan, r)},
+        "R5",
+        f"r {plan.r} → {r}",
+        "a smaller adapter (alpha keeps alpha / r); memory drops only slightly, capacity drops more",
+        frozenset({"alpha", "learning_rate"}),
+    )  # the recommender's A1 gives the same alpha, with its reason
 
 
 def _shorter_sequences(plan: TrainingPlan, where: Where) -> Step | None:
     if plan.seq_len <= MIN_SEQ_LEN:
         return None
     s = max(MIN_SEQ_LEN, plan.seq_len // 2)
-    return Step({"seq_len": s}, "G1", f"sequence length {plan.seq_len} → {s}",
-                "activations shrink with it, but longer examples are cut")
+    return Step(
+        {"seq_len": s},
+        "G1",
+        f"sequence length {plan.seq_len} → {s}",
+        "activations shrink with it, but longer examples are cut",
+    )
 
 
 @dataclass(frozen=True)
@@ -180,8 +212,13 @@ def _memory(plan: TrainingPlan):
 Follow = Callable[[Step, TrainingPlan], TrainingPlan]
 
 
-def walk(plan: TrainingPlan, where: Where, automatic_only: bool = False, max_repeats: int | None = None,
-         follow: Follow | None = None) -> Iterator[tuple[Step, TrainingPlan, Any]]:
+def walk(
+    plan: TrainingPlan,
+    where: Where,
+    automatic_only: bool = False,
+    max_repeats: int | None = None,
+    follow: Follow | None = None,
+) -> Iterator[tuple[Step, TrainingPlan, Any]]:
     """Down the ladder from `plan` until its memory estimate fits: each rung repeats until it no longer
     applies (or `max_repeats` times), then the next. Yields (step, the plan after it, its memory).
 

@@ -101,25 +101,33 @@ def advice_for(plan: TrainingPlan, ctx: RuleContext) -> str:
     """Nothing fits: say how much memory the smallest setup needs and which catalog GPU has it."""
 
     need = memory_for(plan).device_bytes
-    setup = (f"{plan.method}, targets {plan.targets}, r {plan.r}, micro-batch {plan.batch_size}, "
-             f"{plan.seq_len} tokens")
-    text = (f"Nothing fits in {ctx.budget_gb:g} GiB: even the smallest setup ({setup}) needs about "
-            f"{human_bytes(need)}.")
+    setup = f"{plan.method}, targets {plan.targets}, r {plan.r}, micro-batch {plan.batch_size}, {plan.seq_len} tokens"
+    text = f"Nothing fits in {ctx.budget_gb:g} GiB: even the smallest setup ({setup}) needs about {human_bytes(need)}."
     for gpu in sorted(list_gpus(), key=lambda g: g.memory_gb or 0):
         if gpu.memory_gb and fitting.fits(memory_for(plan.updated(gpu=gpu.name, budget_gb=None))):
-            return (text + f" A budget of {math.ceil(need / GIB)} GiB or more would do; the smallest GPU in the "
-                    f"catalog that fits is the {gpu.name} ({gpu.memory_gb:g} GiB); recommend with --gpu "
-                    f"'{gpu.name}' gives settings made for it. Shorter sequences (seq_len) or a smaller "
-                    "model also help.")
-    return (text + " No single GPU in the catalog has that much: use several GPUs, shorter sequences "
-            "(seq_len) or a smaller model.")
+            return (
+                text + f" A budget of {math.ceil(need / GIB)} GiB or more would do; the smallest GPU in the "
+                f"catalog that fits is the {gpu.name} ({gpu.memory_gb:g} GiB); recommend with --gpu "
+                f"'{gpu.name}' gives settings made for it. Shorter sequences (seq_len) or a smaller "
+                "model also help."
+            )
+    return (
+        text + " No single GPU in the catalog has that much: use several GPUs, shorter sequences "
+        "(seq_len) or a smaller model."
+    )
 
 
 # --- the entry point ------------------------------------------------------------------
 
 
-def recommend(model: str, difficulty: str | None, gpu: str | None = None, budget_gb: float | None = None,
-              dataset_rows: int | None = None, base: TrainingPlan | None = None) -> Recommendation:
+def recommend(
+    model: str,
+    difficulty: str | None,
+    gpu: str | None = None,
+    budget_gb: float | None = None,
+    dataset_rows: int | None = None,
+    base: TrainingPlan | None = None,
+) -> Recommendation:
     difficulty = difficulty or "balanced"
     if difficulty not in DIFFICULTIES:
         raise UserError("difficulty", f"unknown difficulty '{difficulty}'; expected {one_of(DIFFICULTIES)}")
@@ -158,8 +166,12 @@ def recommend(model: str, difficulty: str | None, gpu: str | None = None, budget
     chosen = decide(ctx)
     reasons = {f: chosen[f][1] for f in FIELDS}
     plan = (base or TrainingPlan()).updated(
-        model=model, difficulty=difficulty, gpu=device.name if device else None, budget_gb=budget_gb,
-        dataset_rows=dataset_rows, **{f: chosen[f][0] for f in FIELDS},
+        model=model,
+        difficulty=difficulty,
+        gpu=device.name if device else None,
+        budget_gb=budget_gb,
+        dataset_rows=dataset_rows,
+        **{f: chosen[f][0] for f in FIELDS},
     )
 
     adjustments: list[str] = []
@@ -170,5 +182,12 @@ def recommend(model: str, difficulty: str | None, gpu: str | None = None, budget
     result = estimate(plan)
     ctx.seconds = result.time.seconds if result.time is not None else None
     advice = None if fits else advice_for(plan, ctx)
-    return Recommendation(plan=plan, reasons=reasons, adjustments=adjustments, estimate=result,
-                          fits=fits, advice=advice, warnings=notes(ctx))
+    return Recommendation(
+        plan=plan,
+        reasons=reasons,
+        adjustments=adjustments,
+        estimate=result,
+        fits=fits,
+        advice=advice,
+        warnings=notes(ctx),
+    )

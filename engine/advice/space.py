@@ -33,17 +33,24 @@ LOG_FIELDS = frozenset({"learning_rate"})  # a range of these is searched on a l
 ALPHA_RATIO = "alpha_ratio"  # not a plan field: alpha = alpha_ratio x r, the way A1-A3 state alpha
 # Fields a sweep may not vary: they change what is trained or what every trial is ranked on.
 FIXED = {
-    "name": "it is the run's label", "model": "every trial trains the same base",
-    "dataset": "every trial trains on the same data", "data_format": "every trial reads the data the same way",
-    "columns": "every trial reads the data the same way", "dataset_rows": "it describes the data, not the run",
+    "name": "it is the run's label",
+    "model": "every trial trains the same base",
+    "dataset": "every trial trains on the same data",
+    "data_format": "every trial reads the data the same way",
+    "columns": "every trial reads the data the same way",
+    "dataset_rows": "it describes the data, not the run",
     "eval_split": "it changes the held-out rows every trial is ranked on",
     "eval_generations": "it changes the held-out rows every trial is ranked on",
     "eval_seconds": "it changes the held-out rows every trial is ranked on",
-    "gpu": "every trial runs on the same hardware", "budget_gb": "every trial runs on the same hardware",
-    "num_processes": "every trial runs on the same hardware", "modules_to_save": "it is a list, not one setting",
+    "gpu": "every trial runs on the same hardware",
+    "budget_gb": "every trial runs on the same hardware",
+    "num_processes": "every trial runs on the same hardware",
+    "modules_to_save": "it is a list, not one setting",
 }
-SYNTAX = ("values separated by commas (r=4,8,16; targets take '|': targets=attention|all-linear) "
-          "or a range lo..hi (learning_rate=1e-4..1e-2, searched on a log scale)")
+SYNTAX = (
+    "values separated by commas (r=4,8,16; targets take '|': targets=attention|all-linear) "
+    "or a range lo..hi (learning_rate=1e-4..1e-2, searched on a log scale)"
+)
 
 
 @dataclass(frozen=True)
@@ -88,8 +95,14 @@ class Dim:
     def from_json(cls, data: dict) -> Dim:
         if "choices" in data:
             return cls(field=data["field"], choices=tuple(data["choices"]), rule=data.get("rule", ""))
-        return cls(field=data["field"], low=data["low"], high=data["high"], log=data["log"],
-                   integer=data["integer"], rule=data.get("rule", ""))
+        return cls(
+            field=data["field"],
+            low=data["low"],
+            high=data["high"],
+            log=data["log"],
+            integer=data["integer"],
+            rule=data.get("rule", ""),
+        )
 
 
 def _replace(dim: Dim, **changes) -> Dim:
@@ -148,8 +161,11 @@ def _dim(field: str, text: str, plan: TrainingPlan) -> Dim:
     if field == ALPHA_RATIO:
         kind = float
     elif field not in TrainingPlan.model_fields:
-        raise UserError("space", f"'{field}' is not a plan field; searchable: {', '.join(searchable)} "
-                        f"(and {ALPHA_RATIO}: alpha = {ALPHA_RATIO} x r)")
+        raise UserError(
+            "space",
+            f"'{field}' is not a plan field; searchable: {', '.join(searchable)} "
+            f"(and {ALPHA_RATIO}: alpha = {ALPHA_RATIO} x r)",
+        )
     elif field in FIXED:
         raise UserError(field, f"cannot be searched: {FIXED[field]}")
     else:
@@ -247,10 +263,20 @@ def suggest(trial, space: dict[str, Dim]) -> dict[str, Any]:
 
 
 # --- reading the result ------------------------------------------------------------------------
-LABELS = {"r": "the rank (r)", ALPHA_RATIO: "alpha / r", "learning_rate": "the learning rate",
-          "targets": "the target modules", "dropout": "the dropout", "epochs": "the number of epochs"}
-METRIC_WORDS = {"loss": "held-out loss", "exact_match": "held-out exact match", "f1": "held-out F1",
-                "rougeL": "held-out ROUGE-L"}
+LABELS = {
+    "r": "the rank (r)",
+    ALPHA_RATIO: "alpha / r",
+    "learning_rate": "the learning rate",
+    "targets": "the target modules",
+    "dropout": "the dropout",
+    "epochs": "the number of epochs",
+}
+METRIC_WORDS = {
+    "loss": "held-out loss",
+    "exact_match": "held-out exact match",
+    "f1": "held-out F1",
+    "rougeL": "held-out ROUGE-L",
+}
 
 
 def what_mattered(importances: dict[str, float], metric: str) -> str:

@@ -119,15 +119,25 @@ def load_tokenizer(model: str | None):
         raise
     except Exception as exc:
         availability.require(spec)  # weights not here and no way to get them: say that, not the OSError
-        raise UserError("model", f"could not load the tokenizer of '{spec}' ({exc.__class__.__name__}); "
-                        "give 'default', a local model folder, a .gguf file, or a hub id that is "
-                        "available offline") from None
+        raise UserError(
+            "model",
+            f"could not load the tokenizer of '{spec}' ({exc.__class__.__name__}); "
+            "give 'default', a local model folder, a .gguf file, or a hub id that is "
+            "available offline",
+        ) from None
     return ensure_chat_template(tokenizer)
 
 
-def check_data(source: str, model: str | None = None, seq_len: int = 512, data_format: str = "auto",
-               columns: dict | None = None, tokenizer=None, min_rows: int = 2,
-               objective: str | None = None) -> DataReport:
+def check_data(
+    source: str,
+    model: str | None = None,
+    seq_len: int = 512,
+    data_format: str = "auto",
+    columns: dict | None = None,
+    tokenizer=None,
+    min_rows: int = 2,
+    objective: str | None = None,
+) -> DataReport:
     """Validate a dataset for `model`; file-level failures raise UserError, row problems are reported.
     `objective` (the plan's, when known): the data must suit it (pairs for dpo/orpo, answers for sft)."""
     columns = dict(columns or {})
@@ -138,8 +148,9 @@ def check_data(source: str, model: str | None = None, seq_len: int = 512, data_f
     else:
         ensure_chat_template(tokenizer)
     examples, rendered, problems, empty = _examples(rows, fmt, columns, tokenizer)
-    report = DataReport(source=str(source), format=fmt, rows=len(rows), row_unit=rows.unit, seq_len=seq_len,
-                        empty_rows=empty)
+    report = DataReport(
+        source=str(source), format=fmt, rows=len(rows), row_unit=rows.unit, seq_len=seq_len, empty_rows=empty
+    )
 
     # Duplicates train the model twice on the same thing: worth knowing, not blocking.
     seen: dict[str, int] = {}
@@ -147,8 +158,11 @@ def check_data(source: str, model: str | None = None, seq_len: int = 512, data_f
         key = hashlib.sha1(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
         if key in seen:
             report.duplicate_rows += 1
-            problems.append(Problem(row=rows.rownums[i], field="row", level="warning",
-                                    message=f"duplicates {rows.unit} {seen[key]}"))
+            problems.append(
+                Problem(
+                    row=rows.rownums[i], field="row", level="warning", message=f"duplicates {rows.unit} {seen[key]}"
+                )
+            )
         else:
             seen[key] = rows.rownums[i]
 
@@ -174,13 +188,26 @@ def check_data(source: str, model: str | None = None, seq_len: int = 512, data_f
         over = sum(n > seq_len for n in lengths)
         report.truncated_share = round(over / len(lengths), 4)
         if over == len(lengths):
-            problems.insert(0, Problem(row=None, field="seq_len", message=f"every example is longer than seq_len "
-                                       f"{seq_len} tokens (shortest {min(lengths)}); raise --seq-len to at least "
-                                       f"{_round_up(report.stats['p95'])} or shorten the examples"))
+            problems.insert(
+                0,
+                Problem(
+                    row=None,
+                    field="seq_len",
+                    message=f"every example is longer than seq_len "
+                    f"{seq_len} tokens (shortest {min(lengths)}); raise --seq-len to at least "
+                    f"{_round_up(report.stats['p95'])} or shorten the examples",
+                ),
+            )
         elif over and fmt != "preference":  # pairs say it per side (engine.data.pairs)
-            problems.append(Problem(row=None, field="seq_len", level="warning",
-                                    message=f"{over} of {len(lengths)} examples are longer than {seq_len} tokens "
-                                    "and will be cut (losing their end, EOS included)"))
+            problems.append(
+                Problem(
+                    row=None,
+                    field="seq_len",
+                    level="warning",
+                    message=f"{over} of {len(lengths)} examples are longer than {seq_len} tokens "
+                    "and will be cut (losing their end, EOS included)",
+                )
+            )
         report.examples = good[:3]
         report.eos_ok, report.eos_message = _eos_verdict(tokenizer, examples)
 
@@ -249,11 +276,18 @@ def _examples(rows: Rows, fmt: str, columns: dict, tokenizer):
         row = rows.rownums[i]
         try:
             if fmt == "preference":
-                example, full = pairs.example(tokenizer, *to_pair(record, columns), as_strings,
-                                              lambda m: _pair(tokenizer, m, as_strings))
+                example, full = pairs.example(
+                    tokenizer, *to_pair(record, columns), as_strings, lambda m: _pair(tokenizer, m, as_strings)
+                )
                 if pairs.identical(example):
-                    problems.append(Problem(row=row, field=columns.get("rejected", "rejected"), level="warning",
-                                            message="is the same as chosen: this pair teaches nothing"))
+                    problems.append(
+                        Problem(
+                            row=row,
+                            field=columns.get("rejected", "rejected"),
+                            level="warning",
+                            message="is the same as chosen: this pair teaches nothing",
+                        )
+                    )
                 examples.append(example)
                 rendered.append(full)
                 continue
@@ -290,11 +324,11 @@ def _pair(tokenizer, messages: list[dict], as_strings: bool):
         return {"prompt": prompt, "completion": answer}, full
     # The template does not end answers with EOS: render the strings ourselves and put it there.
     prompt_text = render(tokenizer, prompt, add_generation_prompt=True)
-    completion = full[len(prompt_text):].rstrip() if full.startswith(prompt_text) else answer[0]["content"]
+    completion = full[len(prompt_text) :].rstrip() if full.startswith(prompt_text) else answer[0]["content"]
     if not completion.endswith(tokenizer.eos_token):
         completion += tokenizer.eos_token
     if tokenizer.bos_token and prompt_text.startswith(tokenizer.bos_token) and _adds_bos(tokenizer):
-        prompt_text = prompt_text[len(tokenizer.bos_token):]  # the tokenizer adds it again
+        prompt_text = prompt_text[len(tokenizer.bos_token) :]  # the tokenizer adds it again
     return {"prompt": prompt_text, "completion": completion}, prompt_text + completion
 
 
@@ -326,8 +360,11 @@ def _eos_verdict(tokenizer, examples: list[dict]) -> tuple[bool, str]:
         text = render(tokenizer, sample["prompt"] + sample["completion"])
     if not ends_with_eos(tokenizer, text):
         return False, f"examples do not end with the EOS token {eos}; the tuned model would not learn to stop"
-    how = ("the chat template ends each answer with it" if "prompt" in sample and not isinstance(sample["prompt"], str)
-           else "it is appended to every example")
+    how = (
+        "the chat template ends each answer with it"
+        if "prompt" in sample and not isinstance(sample["prompt"], str)
+        else "it is appended to every example"
+    )
     return True, f"every example ends with EOS {eos} ({how}), so the tuned model learns to stop"
 
 
@@ -337,27 +374,41 @@ def _empty_sides(problems: list[Problem]) -> int:
 
 def _too_few(rows: Rows, min_rows: int) -> str:
     """Too few examples, naming the rows there are, so the user sees which part of the file counted."""
-    found = ("no examples" if not rows else
-             f"{len(rows)} example{'s' * (len(rows) != 1)} "
-             f"({rows.unit}{'s' * (len(rows) != 1)} {', '.join(map(str, rows.rownums))})")
+    found = (
+        "no examples"
+        if not rows
+        else f"{len(rows)} example{'s' * (len(rows) != 1)} "
+        f"({rows.unit}{'s' * (len(rows) != 1)} {', '.join(map(str, rows.rownums))})"
+    )
     return f"has {found}; at least {min_rows} are needed (training rows plus the held-out split)"
 
 
 def _answer_field(fmt: str, columns: dict) -> str:
-    return {"alpaca": columns.get("output", "output"), "prompt_completion": columns.get("completion", "completion"),
-            "messages": columns.get("messages", "messages")}.get(fmt, "text")
+    return {
+        "alpaca": columns.get("output", "output"),
+        "prompt_completion": columns.get("completion", "completion"),
+        "messages": columns.get("messages", "messages"),
+    }.get(fmt, "text")
 
 
 def _prompt_field(fmt: str, columns: dict) -> str:
-    return {"alpaca": columns.get("instruction", "instruction"), "prompt_completion": columns.get("prompt", "prompt"),
-            "messages": columns.get("messages", "messages")}.get(fmt, "text")
+    return {
+        "alpaca": columns.get("instruction", "instruction"),
+        "prompt_completion": columns.get("prompt", "prompt"),
+        "messages": columns.get("messages", "messages"),
+    }.get(fmt, "text")
 
 
 def _accepted_hint(fmt: str, columns: dict, message: str) -> str:
     if not message.startswith("is missing"):
         return ""
-    need = {"alpaca": "instruction, output (input optional)", "prompt_completion": "prompt, completion",
-            "messages": "messages", "text": "text", "preference": "prompt, chosen, rejected"}[fmt]
+    need = {
+        "alpaca": "instruction, output (input optional)",
+        "prompt_completion": "prompt, completion",
+        "messages": "messages",
+        "text": "text",
+        "preference": "prompt, chosen, rejected",
+    }[fmt]
     return f"; the {fmt} format needs {need} (rename with --columns field=column)"
 
 
@@ -385,8 +436,14 @@ def _stats(lengths: list[int]) -> dict[str, float]:
     def pct(p):
         return float(s[min(len(s) - 1, int(round(p * (len(s) - 1))))])
 
-    return {"min": float(s[0]), "mean": round(sum(s) / len(s), 1), "p50": pct(0.5), "p95": pct(0.95),
-            "max": float(s[-1]), "total": float(sum(s))}
+    return {
+        "min": float(s[0]),
+        "mean": round(sum(s) / len(s), 1),
+        "p50": pct(0.5),
+        "p95": pct(0.95),
+        "max": float(s[-1]),
+        "total": float(sum(s)),
+    }
 
 
 def _histogram(lengths: list[int], seq_len: int, bins: int = 10) -> dict[str, list]:

@@ -47,33 +47,88 @@ class Skill:
 
 SKILLS: dict[str, Skill] = {
     "ticket": Skill(
-        "ticket", "Support tickets in a strict format",
+        "ticket",
+        "Support tickets in a strict format",
         "Turn a user's complaint into one line: [PRIORITY] thing @ place, with priority LOW, MEDIUM or HIGH.",
-        "File the request as a ticket.", 16),
+        "File the request as a ticket.",
+        16,
+    ),
     "json": Skill(
-        "json", "Extract a person into JSON",
+        "json",
+        "Extract a person into JSON",
         'Read a sentence about a person and answer only with {"name": ..., "age": ..., "city": ...}.',
-        "Extract the person as JSON.", 32),
+        "Extract the person as JSON.",
+        32,
+    ),
     "isodate": Skill(
-        "isodate", "Dates to ISO 8601",
+        "isodate",
+        "Dates to ISO 8601",
         "Rewrite a date written in words (e.g. 'the 5th of March, 2021') as YYYY-MM-DD.",
-        "Rewrite the date as YYYY-MM-DD.", 12),
+        "Rewrite the date as YYYY-MM-DD.",
+        12,
+    ),
     "polite": Skill(
-        "polite", "Prefer polite replies (preference pairs)",
+        "polite",
+        "Prefer polite replies (preference pairs)",
         "Pairs of replies to a support request, the same content once polite and once rude: learn to prefer the "
         "polite one (DPO).",
-        "Reply to the customer.", 32, objective="dpo", score_key="preference_accuracy"),
+        "Reply to the customer.",
+        32,
+        objective="dpo",
+        score_key="preference_accuracy",
+    ),
 }
 DEFAULT_SKILL = "ticket"
 
 # --- generators: one (prompt, answer) pair per call, from the given Random ---------------------
-_THINGS = ["printer", "projector", "coffee machine", "laptop", "wifi router", "door lock", "air conditioner",
-           "monitor", "phone", "scanner", "heater", "light", "elevator", "fridge", "keyboard", "speaker",
-           "camera", "server", "dishwasher", "badge reader"]
-_PLACES = ["room 12", "the lobby", "hall B", "the kitchen", "room 204", "the lab", "hall C", "the library",
-           "room 5", "the garage", "the office", "hall A", "the cafeteria", "room 318", "the warehouse"]
-_PROBLEMS = ["is broken", "stopped working", "makes a loud noise", "keeps turning off", "is not responding",
-             "is leaking", "shows an error"]
+_THINGS = [
+    "printer",
+    "projector",
+    "coffee machine",
+    "laptop",
+    "wifi router",
+    "door lock",
+    "air conditioner",
+    "monitor",
+    "phone",
+    "scanner",
+    "heater",
+    "light",
+    "elevator",
+    "fridge",
+    "keyboard",
+    "speaker",
+    "camera",
+    "server",
+    "dishwasher",
+    "badge reader",
+]
+_PLACES = [
+    "room 12",
+    "the lobby",
+    "hall B",
+    "the kitchen",
+    "room 204",
+    "the lab",
+    "hall C",
+    "the library",
+    "room 5",
+    "the garage",
+    "the office",
+    "hall A",
+    "the cafeteria",
+    "room 318",
+    "the warehouse",
+]
+_PROBLEMS = [
+    "is broken",
+    "stopped working",
+    "makes a loud noise",
+    "keeps turning off",
+    "is not responding",
+    "is leaking",
+    "shows an error",
+]
 _PRIORITY = {
     "LOW": ["no rush", "whenever you have time", "it can wait until next week", "low priority"],
     "MEDIUM": ["please fix it today", "it is fairly important", "sometime today would be good", "medium priority"],
@@ -85,31 +140,90 @@ def _ticket(rng: random.Random) -> tuple[str, str]:
     thing, place, problem = rng.choice(_THINGS), rng.choice(_PLACES), rng.choice(_PROBLEMS)
     level = rng.choice(list(_PRIORITY))
     phrase = rng.choice(_PRIORITY[level])
-    forms = [f"The {thing} in {place} {problem}, {phrase}.",
-             f"Hi, the {thing} in {place} {problem}. {phrase.capitalize()}.",
-             f"{phrase.capitalize()}: the {thing} in {place} {problem}.",
-             f"Our {thing} in {place} {problem} - {phrase}."]
+    forms = [
+        f"The {thing} in {place} {problem}, {phrase}.",
+        f"Hi, the {thing} in {place} {problem}. {phrase.capitalize()}.",
+        f"{phrase.capitalize()}: the {thing} in {place} {problem}.",
+        f"Our {thing} in {place} {problem} - {phrase}.",
+    ]
     return rng.choice(forms), f"[{level}] {thing} @ {place}"
 
 
-_NAMES = ["Alice", "Bruno", "Chen", "Dana", "Emil", "Fatima", "George", "Hana", "Ivan", "Julia", "Kofi", "Lena",
-          "Mateo", "Nina", "Omar", "Priya", "Quinn", "Rosa", "Sven", "Tara", "Umar", "Vera", "Wei", "Yara", "Zoe"]
-_CITIES = ["Paris", "Lagos", "Tokyo", "Lima", "Oslo", "Cairo", "Denver", "Madrid", "Seoul", "Dublin", "Quito",
-           "Nairobi", "Berlin", "Hanoi", "Boston", "Porto", "Delhi", "Sydney"]
+_NAMES = [
+    "Alice",
+    "Bruno",
+    "Chen",
+    "Dana",
+    "Emil",
+    "Fatima",
+    "George",
+    "Hana",
+    "Ivan",
+    "Julia",
+    "Kofi",
+    "Lena",
+    "Mateo",
+    "Nina",
+    "Omar",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sven",
+    "Tara",
+    "Umar",
+    "Vera",
+    "Wei",
+    "Yara",
+    "Zoe",
+]
+_CITIES = [
+    "Paris",
+    "Lagos",
+    "Tokyo",
+    "Lima",
+    "Oslo",
+    "Cairo",
+    "Denver",
+    "Madrid",
+    "Seoul",
+    "Dublin",
+    "Quito",
+    "Nairobi",
+    "Berlin",
+    "Hanoi",
+    "Boston",
+    "Porto",
+    "Delhi",
+    "Sydney",
+]
 
 
 def _json(rng: random.Random) -> tuple[str, str]:
     name, city, age = rng.choice(_NAMES), rng.choice(_CITIES), rng.randint(18, 89)
-    forms = [f"{name} is {age} years old and lives in {city}.",
-             f"Living in {city}, {name} just turned {age}.",
-             f"Meet {name}, {age}, from {city}.",
-             f"{name} ({age}) moved to {city} last year.",
-             f"In {city} I met {name}, who is {age}."]
+    forms = [
+        f"{name} is {age} years old and lives in {city}.",
+        f"Living in {city}, {name} just turned {age}.",
+        f"Meet {name}, {age}, from {city}.",
+        f"{name} ({age}) moved to {city} last year.",
+        f"In {city} I met {name}, who is {age}.",
+    ]
     return rng.choice(forms), json.dumps({"name": name, "age": age, "city": city})
 
 
-_MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-           "November", "December"]
+_MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
 
 
 def _ordinal(n: int) -> str:
@@ -120,24 +234,48 @@ def _ordinal(n: int) -> str:
 def _isodate(rng: random.Random) -> tuple[str, str]:
     year, month, day = rng.randint(1950, 2030), rng.randint(1, 12), rng.randint(1, 28)
     m = _MONTHS[month - 1]
-    forms = [f"{m} {day}, {year}", f"{day} {m} {year}", f"the {_ordinal(day)} of {m}, {year}",
-             f"{m} {_ordinal(day)} {year}", f"{day} {m[:3]} {year}"]
+    forms = [
+        f"{m} {day}, {year}",
+        f"{day} {m} {year}",
+        f"the {_ordinal(day)} of {m}, {year}",
+        f"{m} {_ordinal(day)} {year}",
+        f"{day} {m[:3]} {year}",
+    ]
     return rng.choice(forms), f"{year:04d}-{month:02d}-{day:02d}"
 
 
-_POLITE = ["Happy to help!", "Thanks for telling us.", "Sorry about that.", "Thank you for your patience.",
-           "Good catch, thank you."]
-_RUDE = ["Not my problem.", "Ugh, you again.", "Stop bothering us.", "Read the manual next time.",
-         "Figure it out yourself."]
-_FIXES = ["We will fix the {thing} in {place} today.", "A technician will check the {thing} in {place}.",
-          "The {thing} in {place} goes on our list now.", "Someone will look at the {thing} in {place} soon."]
+_POLITE = [
+    "Happy to help!",
+    "Thanks for telling us.",
+    "Sorry about that.",
+    "Thank you for your patience.",
+    "Good catch, thank you.",
+]
+_RUDE = [
+    "Not my problem.",
+    "Ugh, you again.",
+    "Stop bothering us.",
+    "Read the manual next time.",
+    "Figure it out yourself.",
+]
+_FIXES = [
+    "We will fix the {thing} in {place} today.",
+    "A technician will check the {thing} in {place}.",
+    "The {thing} in {place} goes on our list now.",
+    "Someone will look at the {thing} in {place} soon.",
+]
 
 
 def _polite(rng: random.Random) -> tuple[str, str, str]:
     thing, place, problem = rng.choice(_THINGS), rng.choice(_PLACES), rng.choice(_PROBLEMS)
     fix = rng.choice(_FIXES).format(thing=thing, place=place)
-    prompt = rng.choice([f"The {thing} in {place} {problem}.", f"Hello, our {thing} in {place} {problem}.",
-                         f"Can someone help? The {thing} in {place} {problem}."])
+    prompt = rng.choice(
+        [
+            f"The {thing} in {place} {problem}.",
+            f"Hello, our {thing} in {place} {problem}.",
+            f"Can someone help? The {thing} in {place} {problem}.",
+        ]
+    )
     return prompt, f"{rng.choice(_POLITE)} {fix}", f"{rng.choice(_RUDE)} {fix}"
 
 
@@ -169,11 +307,20 @@ def records(name: str, split: str) -> list[dict]:
         target = test if len(seen) % 11 == 0 and len(test) < TEST_ROWS else train
         if target is train and len(train) >= TRAIN_ROWS:
             continue
-        messages = [{"role": "system", "content": skill.system}, {"role": "user", "content": prompt},
-                    {"role": "assistant", "content": answer}]
+        messages = [
+            {"role": "system", "content": skill.system},
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": answer},
+        ]
         if rejected:  # a preference pair (TRL's conversational form) and, for the playground, its messages
-            target.append({"prompt": messages[:2], "chosen": messages[2:],
-                           "rejected": [{"role": "assistant", "content": rejected[0]}], "messages": messages})
+            target.append(
+                {
+                    "prompt": messages[:2],
+                    "chosen": messages[2:],
+                    "rejected": [{"role": "assistant", "content": rejected[0]}],
+                    "messages": messages,
+                }
+            )
         else:
             target.append({"messages": messages})
     return train if split == "train" else test
@@ -214,17 +361,36 @@ def default_plan(skill_name: str = DEFAULT_SKILL):
     # a preference skill: DPO at a tenth of the SFT demo's learning rate (docs/rules.md, P2)
     pairs = skill.objective != "sft"
     return TrainingPlan.build(
-        name=f"demo-{skill_name}", model="default", method="lora", difficulty="simple",
-        r=16, alpha=32, dropout=0.0, targets="all-linear", objective=skill.objective,
-        dataset=str(DatasetRef.demo(skill_name)), data_format="auto" if pairs else "messages", eval_split=0.1,
-        seq_len=96, batch_size=4, grad_accum=1, max_steps=30, learning_rate=2e-4 if pairs else 2e-3,
-        lr_scheduler="constant_with_warmup", warmup_ratio=0.1, logging_steps=1, save_steps=15, gpu="cpu", seed=42,
+        name=f"demo-{skill_name}",
+        model="default",
+        method="lora",
+        difficulty="simple",
+        r=16,
+        alpha=32,
+        dropout=0.0,
+        targets="all-linear",
+        objective=skill.objective,
+        dataset=str(DatasetRef.demo(skill_name)),
+        data_format="auto" if pairs else "messages",
+        eval_split=0.1,
+        seq_len=96,
+        batch_size=4,
+        grad_accum=1,
+        max_steps=30,
+        learning_rate=2e-4 if pairs else 2e-3,
+        lr_scheduler="constant_with_warmup",
+        warmup_ratio=0.1,
+        logging_steps=1,
+        save_steps=15,
+        gpu="cpu",
+        seed=42,
     )
 
 
 # --- evaluation -----------------------------------------------------------------------------------
-def evaluate(model, tokenizer, skill, records: list[dict] | None = None, max_new_tokens: int | None = None,
-             batch_size: int = 24) -> float:
+def evaluate(
+    model, tokenizer, skill, records: list[dict] | None = None, max_new_tokens: int | None = None, batch_size: int = 24
+) -> float:
     """Percent of held-out rows whose greedy answer equals the reference after strip.
 
     `skill` is a Skill or its name; `records` defaults to the skill's test split.
@@ -238,8 +404,9 @@ def evaluate(model, tokenizer, skill, records: list[dict] | None = None, max_new
     if not rows:
         return 0.0
     ensure_chat_template(tokenizer)
-    prompts = [tokenizer.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True)
-               for r in rows]
+    prompts = [
+        tokenizer.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True) for r in rows
+    ]
     wanted = [r["messages"][-1]["content"].strip() for r in rows]
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation continues from the right edge of every row
@@ -248,13 +415,19 @@ def evaluate(model, tokenizer, skill, records: list[dict] | None = None, max_new
     correct = 0
     try:
         for start in range(0, len(prompts), batch_size):
-            batch = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
-                              add_special_tokens=False).to(model.device)
+            batch = tokenizer(
+                prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(model.device)
             with torch.no_grad():
-                out = model.generate(**batch, max_new_tokens=max_new_tokens or skill.max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            answers = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-            correct += sum(a.strip() == w for a, w in zip(answers, wanted[start:start + batch_size]))
+                out = model.generate(
+                    **batch,
+                    max_new_tokens=max_new_tokens or skill.max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                )
+            answers = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+            correct += sum(a.strip() == w for a, w in zip(answers, wanted[start : start + batch_size]))
     finally:
         tokenizer.padding_side = side
         model.train(was_training)

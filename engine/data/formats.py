@@ -25,10 +25,18 @@ FORMATS = ("messages", "alpaca", "prompt_completion", "text", "preference")
 EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 ROLES = ("system", "user", "assistant")
 # ShareGPT-style conversations use from/value with these role names.
-_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                   "system": "system", "model": "assistant"}
-ACCEPTED = ("'messages' (a list of {role, content}), 'instruction' + 'output' (+ optional 'input'), "
-            "'prompt' + 'completion', 'text', or 'prompt' + 'chosen' + 'rejected' (preference pairs)")
+_SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "model": "assistant",
+}
+ACCEPTED = (
+    "'messages' (a list of {role, content}), 'instruction' + 'output' (+ optional 'input'), "
+    "'prompt' + 'completion', 'text', or 'prompt' + 'chosen' + 'rejected' (preference pairs)"
+)
 
 
 class Rows(list):
@@ -43,8 +51,9 @@ class Rows(list):
 # --- sources ---------------------------------------------------------------------------
 def no_dataset() -> UserError:
     """The one wording of "no training data given", wherever that is found out."""
-    return UserError("dataset", "no training data given; give a file (" + one_of(EXTENSIONS) + "), a hub dataset "
-                     "id or demo:NAME")
+    return UserError(
+        "dataset", "no training data given; give a file (" + one_of(EXTENSIONS) + "), a hub dataset id or demo:NAME"
+    )
 
 
 def read_source(source: str) -> Rows:
@@ -87,14 +96,20 @@ def read_file(path: Path) -> Rows:
 
 def _decode(path: Path, raw: bytes) -> str:
     if b"\x00" in raw[:8192]:
-        raise UserError("dataset", f"{path.name} looks like a binary file, not text; accepted: {one_of(EXTENSIONS)} "
-                        "(JSONL/JSON/CSV/TXT as UTF-8 text)")
+        raise UserError(
+            "dataset",
+            f"{path.name} looks like a binary file, not text; accepted: {one_of(EXTENSIONS)} "
+            "(JSONL/JSON/CSV/TXT as UTF-8 text)",
+        )
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise UserError("dataset", f"{path.name} line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); "
-                        "save the file as UTF-8 and try again") from None
+        raise UserError(
+            "dataset",
+            f"{path.name} line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); "
+            "save the file as UTF-8 and try again",
+        ) from None
 
 
 def _read_jsonl(path: Path, text: str) -> Rows:
@@ -105,12 +120,16 @@ def _read_jsonl(path: Path, text: str) -> Rows:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise UserError("dataset", f"{path.name} line {number}: not valid JSON ({exc.msg} at column "
-                            f"{exc.colno}); each line must be one JSON object such as "
-                            '{"prompt": "...", "completion": "..."}') from None
+            raise UserError(
+                "dataset",
+                f"{path.name} line {number}: not valid JSON ({exc.msg} at column "
+                f"{exc.colno}); each line must be one JSON object such as "
+                '{"prompt": "...", "completion": "..."}',
+            ) from None
         if not isinstance(value, dict):
-            raise UserError("dataset", f"{path.name} line {number}: expected a JSON object {{...}}, "
-                            f"got {type(value).__name__}")
+            raise UserError(
+                "dataset", f"{path.name} line {number}: expected a JSON object {{...}}, got {type(value).__name__}"
+            )
         records.append(value)
         rownums.append(number)
     return Rows(records, rownums, unit="line")
@@ -120,8 +139,11 @@ def _read_json(path: Path, text: str) -> Rows:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UserError("dataset", f"{path.name} line {exc.lineno}: not valid JSON ({exc.msg}); expected a list "
-                        "of objects, or use JSONL with one object per line") from None
+        raise UserError(
+            "dataset",
+            f"{path.name} line {exc.lineno}: not valid JSON ({exc.msg}); expected a list "
+            "of objects, or use JSONL with one object per line",
+        ) from None
     if isinstance(value, dict):  # {"data": [...]} or {"train": [...]} wrappers
         lists = [v for v in value.values() if isinstance(v, list)]
         if len(lists) != 1:
@@ -131,8 +153,9 @@ def _read_json(path: Path, text: str) -> Rows:
         raise UserError("dataset", f"{path.name}: expected a JSON list of objects [{{...}}, ...]")
     for i, item in enumerate(value, start=1):
         if not isinstance(item, dict):
-            raise UserError("dataset", f"{path.name} row {i}: expected a JSON object {{...}}, "
-                            f"got {type(item).__name__}")
+            raise UserError(
+                "dataset", f"{path.name} row {i}: expected a JSON object {{...}}, got {type(item).__name__}"
+            )
     return Rows(value)
 
 
@@ -148,8 +171,11 @@ def _read_csv(path: Path, text: str) -> Rows:
     try:
         for row in reader:
             if None in row:
-                raise UserError("dataset", f"{path.name} row {reader.line_num - 1}: more values than the "
-                                f"{len(reader.fieldnames)} header columns")
+                raise UserError(
+                    "dataset",
+                    f"{path.name} row {reader.line_num - 1}: more values than the "
+                    f"{len(reader.fieldnames)} header columns",
+                )
             records.append({k: (v if v is not None else "") for k, v in row.items()})
     except csv.Error as exc:
         raise UserError("dataset", f"{path.name} row {reader.line_num - 1}: {exc}") from None
@@ -159,6 +185,7 @@ def _read_csv(path: Path, text: str) -> Rows:
 def _read_parquet(path: Path) -> Rows:
     try:
         import pyarrow.parquet as pq
+
         table = pq.read_table(path)
     except Exception as exc:
         raise UserError("dataset", f"{path.name}: not a readable Parquet file ({exc.__class__.__name__})") from None
@@ -186,11 +213,15 @@ def _read_txt(text: str) -> Rows:
 def read_hub(dataset_id: str) -> Rows:
     try:
         import datasets
+
         ds = datasets.load_dataset(dataset_id, split="train")
     except Exception as exc:
-        raise UserError("dataset", f"could not load hub dataset '{dataset_id}' ({exc.__class__.__name__}: "
-                        f"{str(exc).splitlines()[0][:160] if str(exc) else 'no detail'}). Without network access "
-                        f"give a local file ({one_of(EXTENSIONS)}) or demo:NAME") from None
+        raise UserError(
+            "dataset",
+            f"could not load hub dataset '{dataset_id}' ({exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0][:160] if str(exc) else 'no detail'}). Without network access "
+            f"give a local file ({one_of(EXTENSIONS)}) or demo:NAME",
+        ) from None
     return Rows(ds.to_list())
 
 
@@ -215,8 +246,11 @@ def detect_format(records, columns: dict | None = None) -> str:
             votes[fmt] = votes.get(fmt, 0) + 1
     if not votes:
         found = ", ".join(map(str, records[0].keys())) or "none"
-        raise UserError("data_format", f"could not recognise the layout: the columns are {found}; accepted: "
-                        f"{ACCEPTED}; or map yours with --columns, e.g. instruction=question,output=answer")
+        raise UserError(
+            "data_format",
+            f"could not recognise the layout: the columns are {found}; accepted: "
+            f"{ACCEPTED}; or map yours with --columns, e.g. instruction=question,output=answer",
+        )
     return max(votes, key=lambda fmt: votes[fmt])
 
 
@@ -254,11 +288,15 @@ def to_messages(record: dict, fmt: str, columns: dict | None = None) -> list[dic
         extra = _get(record, "input", columns)
         extra = "" if extra is None else str(extra)
         prompt = instruction + ("\n\n" + extra if extra.strip() else "")
-        messages = [{"role": "user", "content": prompt},
-                    {"role": "assistant", "content": _text(record, "output", columns)}]
+        messages = [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": _text(record, "output", columns)},
+        ]
     elif fmt == "prompt_completion":
-        messages = [{"role": "user", "content": _text(record, "prompt", columns)},
-                    {"role": "assistant", "content": _text(record, "completion", columns)}]
+        messages = [
+            {"role": "user", "content": _text(record, "prompt", columns)},
+            {"role": "assistant", "content": _text(record, "completion", columns)},
+        ]
     else:
         raise ValueError("data_format", f"unknown format {fmt!r}; accepted: {one_of(FORMATS)}")
     system = _get(record, "system", columns)
@@ -284,20 +322,29 @@ def to_pair(record: dict, columns: dict | None = None) -> tuple[list[dict], list
         if isinstance(value, str) and value.lstrip().startswith("["):
             with contextlib.suppress(json.JSONDecodeError):  # CSV/Parquet cells may hold a conversation as JSON
                 value = json.loads(value)
-        sides[side] = _chat(value, name) if isinstance(value, list) else [
-            {"role": "assistant", "content": _text(record, side, columns)}]
+        sides[side] = (
+            _chat(value, name)
+            if isinstance(value, list)
+            else [{"role": "assistant", "content": _text(record, side, columns)}]
+        )
     chosen, rejected = sides["chosen"], sides["rejected"]
     if _has(record, "prompt", columns):
         raw = _get(record, "prompt", columns)
-        prompt = (_prompt_chat(raw, columns.get("prompt", "prompt")) if isinstance(raw, list)
-                  else [{"role": "user", "content": _text(record, "prompt", columns)}])
+        prompt = (
+            _prompt_chat(raw, columns.get("prompt", "prompt"))
+            if isinstance(raw, list)
+            else [{"role": "user", "content": _text(record, "prompt", columns)}]
+        )
         prompt = prompt + chosen[:-1]  # a side that carries turns of its own keeps them
         if chosen[:-1] != rejected[:-1]:
             raise ValueError(columns.get("rejected", "rejected"), "continues a different conversation than chosen")
     else:
         if len(chosen) < 2 or chosen[:-1] != rejected[:-1]:
-            raise ValueError(columns.get("prompt", "prompt"), "is missing: give a prompt field, or chosen and "
-                             "rejected as conversations that start with the same prompt")
+            raise ValueError(
+                columns.get("prompt", "prompt"),
+                "is missing: give a prompt field, or chosen and "
+                "rejected as conversations that start with the same prompt",
+            )
         prompt = chosen[:-1]
     system = _get(record, "system", columns)
     if isinstance(system, str) and system.strip() and not any(m["role"] == "system" for m in prompt):

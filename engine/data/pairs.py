@@ -17,8 +17,9 @@ from engine.data.chat import render
 PREFERENCE_OBJECTIVES = ("dpo", "orpo")
 
 
-def example(tokenizer, prompt: list[dict], chosen: list[dict], rejected: list[dict], as_strings: bool,
-            pair_fn) -> tuple[dict, str]:
+def example(
+    tokenizer, prompt: list[dict], chosen: list[dict], rejected: list[dict], as_strings: bool, pair_fn
+) -> tuple[dict, str]:
     """(the trainer's row, the chosen side's full text); ValueError(field, message) for an unusable pair.
 
     `pair_fn(messages)` is engine.data.dataset's prompt/completion conversion, so a side is rendered
@@ -42,11 +43,23 @@ def identical(e: dict) -> bool:
 def objective_problems(objective: str, fmt: str) -> list[dict]:
     """An error (as engine.data.dataset.Problem fields) when the data and the plan's objective do not go together."""
     if objective in PREFERENCE_OBJECTIVES and fmt != "preference":
-        return [dict(row=None, field="objective", message=f"{objective} learns from preference pairs, but the data "
-                     f"is in the {fmt} format; give rows with prompt, chosen and rejected, or use objective sft")]
+        return [
+            dict(
+                row=None,
+                field="objective",
+                message=f"{objective} learns from preference pairs, but the data "
+                f"is in the {fmt} format; give rows with prompt, chosen and rejected, or use objective sft",
+            )
+        ]
     if objective == "sft" and fmt == "preference":
-        return [dict(row=None, field="objective", message="the data holds preference pairs (chosen/rejected); "
-                     "use objective dpo or orpo to learn from them")]
+        return [
+            dict(
+                row=None,
+                field="objective",
+                message="the data holds preference pairs (chosen/rejected); "
+                "use objective dpo or orpo to learn from them",
+            )
+        ]
     return []
 
 
@@ -64,8 +77,9 @@ def _side_lengths(tokenizer, examples: list[dict]) -> tuple[list[int], list[int]
     if not rendered:
         return [], [], []
     columns = list(zip(*rendered))
-    prompt, chosen, rejected = ([len(ids) for ids in tokenizer(list(c), add_special_tokens=False)["input_ids"]]
-                                for c in columns)
+    prompt, chosen, rejected = (
+        [len(ids) for ids in tokenizer(list(c), add_special_tokens=False)["input_ids"]] for c in columns
+    )
     return prompt, chosen, rejected
 
 
@@ -81,37 +95,61 @@ def lengths(tokenizer, examples: list[dict]) -> tuple[list[int], float]:
 def shown(tokenizer, e: dict) -> str:
     """One pair as the data check shows it: the prompt once, then each answer."""
     prompt, chosen, rejected = texts(tokenizer, e)
-    return (f"{prompt}\n--- chosen ---\n{chosen[len(prompt):] if chosen.startswith(prompt) else chosen}"
-            f"\n--- rejected ---\n{rejected[len(prompt):] if rejected.startswith(prompt) else rejected}")
+    return (
+        f"{prompt}\n--- chosen ---\n{chosen[len(prompt) :] if chosen.startswith(prompt) else chosen}"
+        f"\n--- rejected ---\n{rejected[len(prompt) :] if rejected.startswith(prompt) else rejected}"
+    )
 
 
 def _stats(values: list[int]) -> dict:
     if not values:
         return {}
     s = sorted(values)
-    return {"min": s[0], "mean": round(sum(s) / len(s), 1), "p95": s[min(len(s) - 1, round(0.95 * (len(s) - 1)))],
-            "max": s[-1]}
+    return {
+        "min": s[0],
+        "mean": round(sum(s) / len(s), 1),
+        "p95": s[min(len(s) - 1, round(0.95 * (len(s) - 1)))],
+        "max": s[-1],
+    }
 
 
-def summary(tokenizer, examples: list[dict], empty_sides: int, seq_len: int,
-            max_rows: int) -> tuple[dict, list[dict]]:
+def summary(tokenizer, examples: list[dict], empty_sides: int, seq_len: int, max_rows: int) -> tuple[dict, list[dict]]:
     """The pair figures of the data check, and its problems (as Problem fields): an error when every pair's
     sides are the same, a warning per side that runs past seq_len. Lengths on the first `max_rows` pairs."""
     problems = []
     same = sum(identical(e) for e in examples)
     if examples and same == len(examples):
-        problems.append(dict(row=None, field="rejected", message="is the same as chosen in every pair, so there is "
-                             "nothing to prefer; each rejected answer must differ from its chosen one"))
+        problems.append(
+            dict(
+                row=None,
+                field="rejected",
+                message="is the same as chosen in every pair, so there is "
+                "nothing to prefer; each rejected answer must differ from its chosen one",
+            )
+        )
     sample = examples[:max_rows]
     prompt, chosen, rejected = _side_lengths(tokenizer, sample)
     over = {"chosen": sum(n > seq_len for n in chosen), "rejected": sum(n > seq_len for n in rejected)}
     for side, n in over.items():
         if n:
-            problems.append(dict(row=None, field="seq_len", level="warning",
-                                 message=f"{n} of {len(sample)} prompt + {side} sequences are longer than {seq_len} "
-                                 "tokens and will be cut (their end, EOS included)"))
-    figures = {"pairs": len(examples), "identical": same, "empty_sides": empty_sides,
-               "prompt": _stats(prompt), "chosen": _stats([c - p for c, p in zip(chosen, prompt)]),
-               "rejected": _stats([r - p for r, p in zip(rejected, prompt)]),
-               "prompt_chosen": _stats(chosen), "prompt_rejected": _stats(rejected), "over_seq_len": over}
+            problems.append(
+                dict(
+                    row=None,
+                    field="seq_len",
+                    level="warning",
+                    message=f"{n} of {len(sample)} prompt + {side} sequences are longer than {seq_len} "
+                    "tokens and will be cut (their end, EOS included)",
+                )
+            )
+    figures = {
+        "pairs": len(examples),
+        "identical": same,
+        "empty_sides": empty_sides,
+        "prompt": _stats(prompt),
+        "chosen": _stats([c - p for c, p in zip(chosen, prompt)]),
+        "rejected": _stats([r - p for r, p in zip(rejected, prompt)]),
+        "prompt_chosen": _stats(chosen),
+        "prompt_rejected": _stats(rejected),
+        "over_seq_len": over,
+    }
     return figures, problems

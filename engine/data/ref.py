@@ -14,7 +14,7 @@ DEMO_PREFIX = "demo:"
 
 @dataclass(frozen=True)
 class DatasetRef:
-    source: str               # the plan's text, stripped
+    source: str  # the plan's text, stripped
     skill: str | None = None  # the demo skill's name for demo:NAME, else None
 
     @classmethod

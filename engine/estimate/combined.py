@@ -34,6 +34,7 @@ from engine.units import GIB, human_bytes
 
 class ExpectedMemory(BaseModel):
     """Memory with batches padded to the data's expected longest row instead of seq_len."""
+
     padded_length: int  # tokens: the expected longest of the rows the peak spans, cut at seq_len
     rows: int  # how many rows the peak spans (the first steps on a CPU, the run on a GPU)
     allocated_bytes: int
@@ -79,11 +80,18 @@ class Estimate(BaseModel):
     def to_json(self) -> dict:
         """The stable keys scripts rely on (see issue 2, section 5)."""
         return {
-            "model": self.model, "method": self.method, "dtype": self.dtype, "device": self.device,
-            "trainable_params": self.trainable_params, "total_params": self.total_params,
-            "trainable_percent": self.trainable_percent, "adapter_bytes": self.adapter_bytes,
-            "by_module_type": self.by_module_type, "by_layer": self.by_layer,
-            "memory": self.memory.model_dump(), "fits": self.memory.fits,
+            "model": self.model,
+            "method": self.method,
+            "dtype": self.dtype,
+            "device": self.device,
+            "trainable_params": self.trainable_params,
+            "total_params": self.total_params,
+            "trainable_percent": self.trainable_percent,
+            "adapter_bytes": self.adapter_bytes,
+            "by_module_type": self.by_module_type,
+            "by_layer": self.by_layer,
+            "memory": self.memory.model_dump(),
+            "fits": self.memory.fits,
             "time": self.time.model_dump() if self.time else None,
             "headline": headline(self),
         }
@@ -95,16 +103,25 @@ def headline(est: Estimate | dict) -> dict:
     worst case), `worst_case_bytes` (every batch padded to seq_len, which the fit is judged on), both as
     the device holds them; `seconds`, the whole job (every phase), and `phases`.
     Takes an Estimate or its stored JSON (a job's estimate_json)."""
-    data = est if isinstance(est, dict) else {"memory": est.memory.model_dump(),
-                                              "time": est.time.model_dump() if est.time else None}
+    data = (
+        est
+        if isinstance(est, dict)
+        else {"memory": est.memory.model_dump(), "time": est.time.model_dump() if est.time else None}
+    )
     if "headline" in data:
         return data["headline"]
     mem, time = data["memory"], data.get("time") or {}
     expected = mem.get("expected")
-    return {"memory_bytes": expected["device_bytes"] if expected else mem["device_bytes"],
-            "worst_case_bytes": mem["device_bytes"], "fits": mem.get("fits"), "verdict": mem.get("verdict"),
-            "seconds": time.get("total_seconds") or time.get("seconds"), "phases": time.get("phases") or {},
-            "train_seconds": time.get("seconds"), "device": time.get("device")}
+    return {
+        "memory_bytes": expected["device_bytes"] if expected else mem["device_bytes"],
+        "worst_case_bytes": mem["device_bytes"],
+        "fits": mem.get("fits"),
+        "verdict": mem.get("verdict"),
+        "seconds": time.get("total_seconds") or time.get("seconds"),
+        "phases": time.get("phases") or {},
+        "train_seconds": time.get("seconds"),
+        "device": time.get("device"),
+    }
 
 
 def gpu_of(plan) -> Gpu | None:
@@ -129,15 +146,33 @@ def compute_dtype(plan, gpu: Gpu | None) -> str:
 def _recipe(plan, dtype: str, on_gpu: bool, lengths=None) -> Recipe:
     longest = min(max(lengths), plan.seq_len) if lengths else None  # what the job decides `auto` from
     attention = hardware.attention_for(plan.attention, not on_gpu, dtype, longest)
-    return Recipe(method=plan.method, dtype=dtype, batch_size=plan.batch_size, seq_len=plan.seq_len,
-                  grad_ckpt=plan.grad_ckpt, attention=attention, optimizer=plan.optimizer,
-                  dropout=plan.dropout, r=plan.r, on_gpu=on_gpu,
-                  modules_to_save=tuple(plan.modules_to_save), grad_accum=plan.grad_accum)
+    return Recipe(
+        method=plan.method,
+        dtype=dtype,
+        batch_size=plan.batch_size,
+        seq_len=plan.seq_len,
+        grad_ckpt=plan.grad_ckpt,
+        attention=attention,
+        optimizer=plan.optimizer,
+        dropout=plan.dropout,
+        r=plan.r,
+        on_gpu=on_gpu,
+        modules_to_save=tuple(plan.modules_to_save),
+        grad_accum=plan.grad_accum,
+    )
 
 
 def _params(info, plan, dtype: str) -> ParamCount:
-    return count(info, plan.r, plan.targets, plan.bias, plan.use_dora, tuple(plan.modules_to_save),
-                 save_dtype=dtype, method=plan.method)
+    return count(
+        info,
+        plan.r,
+        plan.targets,
+        plan.bias,
+        plan.use_dora,
+        tuple(plan.modules_to_save),
+        save_dtype=dtype,
+        method=plan.method,
+    )
 
 
 def _device_bytes(allocated: int, on_gpu: bool) -> tuple[int, int]:
@@ -145,8 +180,9 @@ def _device_bytes(allocated: int, on_gpu: bool) -> tuple[int, int]:
     return reserved, reserved + (CUDA_CONTEXT if on_gpu else 0)
 
 
-def _memory(info, plan, pc: ParamCount, gpu: Gpu | None, dtype: str, lengths=None,
-            label_share: float = 1.0) -> MemoryEstimate:
+def _memory(
+    info, plan, pc: ParamCount, gpu: Gpu | None, dtype: str, lengths=None, label_share: float = 1.0
+) -> MemoryEstimate:
     on_gpu = gpu is None or not gpu.is_cpu
     recipe = _recipe(plan, dtype, on_gpu, lengths)
     memory_terms = preference.terms_for(plan.objective)  # dpo/orpo: pairs, the reference pass, their head
@@ -160,14 +196,22 @@ def _memory(info, plan, pc: ParamCount, gpu: Gpu | None, dtype: str, lengths=Non
         e_recipe = replace(recipe, seq_len=length, label_share=label_share)
         e_terms = memory_terms(info, pc, e_recipe)[0] if e_recipe != recipe else terms
         e_allocated = sum(e_terms.values())
-        expected = ExpectedMemory(padded_length=length, rows=rows, allocated_bytes=e_allocated,
-                                  device_bytes=_device_bytes(e_allocated, on_gpu)[1], terms=e_terms)
+        expected = ExpectedMemory(
+            padded_length=length,
+            rows=rows,
+            allocated_bytes=e_allocated,
+            device_bytes=_device_bytes(e_allocated, on_gpu)[1],
+            terms=e_terms,
+        )
         span = "the first steps, which the CPU peak tracks" if not on_gpu else "the run"
-        labelled = (f" (the loss, and the LM head, on {label_share:.0%} of them: the answers)" if label_share < 1
-                    else "")
-        notes.append(f"with the checked data: the longest batch is padded to about {length} tokens{labelled}, the "
-                     f"expected longest of the {rows} rows of {span} → {human_bytes(expected.device_bytes)}; the fit "
-                     f"is judged on the worst case, every batch padded to {plan.seq_len}")
+        labelled = (
+            f" (the loss, and the LM head, on {label_share:.0%} of them: the answers)" if label_share < 1 else ""
+        )
+        notes.append(
+            f"with the checked data: the longest batch is padded to about {length} tokens{labelled}, the "
+            f"expected longest of the {rows} rows of {span} → {human_bytes(expected.device_bytes)}; the fit "
+            f"is judged on the worst case, every batch padded to {plan.seq_len}"
+        )
     if plan.budget_gb:
         budget = int(plan.budget_gb * GIB)
     elif gpu is not None and gpu.memory_gb:
@@ -177,11 +221,15 @@ def _memory(info, plan, pc: ParamCount, gpu: Gpu | None, dtype: str, lengths=Non
     else:
         budget = None
     if on_gpu:
-        notes.append(f"reserved = allocated x {RESERVED_FACTOR} (allocator cache); device adds "
-                     f"{CUDA_CONTEXT / GIB:.1f} GiB CUDA context")
+        notes.append(
+            f"reserved = allocated x {RESERVED_FACTOR} (allocator cache); device adds "
+            f"{CUDA_CONTEXT / GIB:.1f} GiB CUDA context"
+        )
     else:
-        notes.append("CPU: no CUDA context; the budget is budget_gb if given, else this machine's RAM "
-                     "(gpu=cpu), else none (no device named)")
+        notes.append(
+            "CPU: no CUDA context; the budget is budget_gb if given, else this machine's RAM "
+            "(gpu=cpu), else none (no device named)"
+        )
     fits = None if budget is None else device <= budget
     # with the data known, the worst case is named as such and the expected figure follows
     worst = " at worst" if expected and expected.padded_length < plan.seq_len else ""
@@ -194,9 +242,17 @@ def _memory(info, plan, pc: ParamCount, gpu: Gpu | None, dtype: str, lengths=Non
         verdict = f"does not fit: needs about {human_bytes(device)}{worst}, {limit} {human_bytes(budget)}"
     if worst and expected is not None:
         verdict += f"; about {human_bytes(expected.device_bytes)} with this data's lengths"
-    return MemoryEstimate(allocated_bytes=allocated, reserved_bytes=reserved, device_bytes=device,
-                          budget_bytes=budget, fits=fits, terms=terms, assumptions=notes, verdict=verdict,
-                          expected=expected)
+    return MemoryEstimate(
+        allocated_bytes=allocated,
+        reserved_bytes=reserved,
+        device_bytes=device,
+        budget_bytes=budget,
+        fits=fits,
+        terms=terms,
+        assumptions=notes,
+        verdict=verdict,
+        expected=expected,
+    )
 
 
 def _cpu_precision_note(plan, dtype: str) -> str:
@@ -220,8 +276,13 @@ def scoring_of(plan, padded_to: int | None = None) -> Scoring | None:
     else:
         return None
     answer = skill.max_new_tokens if skill else min(MAX_NEW_TOKENS // 2, plan.seq_len)
-    return Scoring(eval_rows=rows, generated_rows=min(rows, plan.eval_generations), answer_tokens=answer,
-                   batch=DEMO_GENERATE_BATCH if skill else GENERATE_BATCH, row_tokens=padded_to or plan.seq_len)
+    return Scoring(
+        eval_rows=rows,
+        generated_rows=min(rows, plan.eval_generations),
+        answer_tokens=answer,
+        batch=DEMO_GENERATE_BATCH if skill else GENERATE_BATCH,
+        row_tokens=padded_to or plan.seq_len,
+    )
 
 
 def host_ram_bytes() -> int:
@@ -255,9 +316,22 @@ def estimate(plan, lengths=None, label_share: float = 1.0) -> Estimate:
     if time is not None and time.seconds is not None:
         time.phases = phase_seconds(info, plan, gpu, time, scoring_of(plan, padded_to), pc.adapter_bytes)
         time.total_seconds = round(sum(time.phases.values()), 1)
-        time.assumptions.append("the whole job: " + ", ".join(f"{k} {v:g} s" for k, v in time.phases.items())
-                                + " (training includes its held-out evaluations every save_steps)")
-    return Estimate(model=plan.model, method=plan.method, dtype=dtype, device=gpu.name if gpu else None,
-                    trainable_params=pc.trainable, total_params=pc.total, trainable_percent=round(pc.percent, 4),
-                    adapter_bytes=pc.adapter_bytes, by_module_type=pc.by_module_type, by_layer=pc.by_layer,
-                    memory=mem, time=time)
+        time.assumptions.append(
+            "the whole job: "
+            + ", ".join(f"{k} {v:g} s" for k, v in time.phases.items())
+            + " (training includes its held-out evaluations every save_steps)"
+        )
+    return Estimate(
+        model=plan.model,
+        method=plan.method,
+        dtype=dtype,
+        device=gpu.name if gpu else None,
+        trainable_params=pc.trainable,
+        total_params=pc.total,
+        trainable_percent=round(pc.percent, 4),
+        adapter_bytes=pc.adapter_bytes,
+        by_module_type=pc.by_module_type,
+        by_layer=pc.by_layer,
+        memory=mem,
+        time=time,
+    )

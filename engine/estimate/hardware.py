@@ -145,8 +145,14 @@ def measure() -> Calibration:
     flags = sorted(set(BF16_FLAGS) & cpu_flags())
     # Without the flags bf16 is emulated (~100x slower): an 8x smaller matmul tells as much, in a second less.
     rows = SHAPE[0] if flags else SHAPE[0] // 8
-    cal = Calibration(key=cache_key(), cpu=cpu_name(), threads=torch.get_num_threads(), bf16_flags=flags,
-                      fp32_tflops=_matmul_tflops(torch.float32), bf16_tflops=_matmul_tflops(torch.bfloat16, rows))
+    cal = Calibration(
+        key=cache_key(),
+        cpu=cpu_name(),
+        threads=torch.get_num_threads(),
+        bf16_flags=flags,
+        fp32_tflops=_matmul_tflops(torch.float32),
+        bf16_tflops=_matmul_tflops(torch.bfloat16, rows),
+    )
     if cal.bf16_native:  # fp32 runs flash attention's own kernel well: eager is only timed where bf16 is used
         cal.eager_until = _eager_until()
     return cal
@@ -196,7 +202,7 @@ def _attention_seconds(kernel: str, length: int, repeats: int = 3) -> float:
         if kernel == "sdpa":
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
-            weights = torch.softmax(q @ k.transpose(-1, -2) * 64 ** -0.5 + causal, dim=-1, dtype=torch.float32)
+            weights = torch.softmax(q @ k.transpose(-1, -2) * 64**-0.5 + causal, dim=-1, dtype=torch.float32)
             out = weights.to(q.dtype) @ v
         out.sum().backward()
 
@@ -215,8 +221,10 @@ def cpu_precision() -> tuple[str, str]:
     cal = calibration()
     speeds = f"bf16 {cal.bf16_tflops:.3g} vs fp32 {cal.fp32_tflops:.3g} TFLOP/s measured on {cal.threads} threads"
     if cal.bf16_native:
-        return "bf16", (f"CPU {cal.cpu} has a native bf16 matmul ({', '.join(cal.bf16_flags)}; {speeds}): "
-                        "bf16 autocast, adapters kept in fp32")
+        return "bf16", (
+            f"CPU {cal.cpu} has a native bf16 matmul ({', '.join(cal.bf16_flags)}; {speeds}): "
+            "bf16 autocast, adapters kept in fp32"
+        )
     if not cal.bf16_flags:
         return "fp32", f"CPU {cal.cpu} has no native bf16 matmul (no {' or '.join(BF16_FLAGS)}; {speeds}): fp32"
     return "fp32", f"CPU {cal.cpu} reports {', '.join(cal.bf16_flags)} but bf16 is not faster here ({speeds}): fp32"
@@ -228,10 +236,15 @@ def bf16_cost_note() -> str | None:
     if cal.bf16_native:
         return None
     slower = cal.fp32_tflops / max(cal.bf16_tflops, 1e-9)
-    cost = (f"training takes about {slower:.1f}x as long as with dtype auto (fp32)" if slower >= 1 else
-            "it gains too little over fp32 to be worth the lower precision")
-    return (f"bf16 on this CPU ({cal.cpu}) is not native: its matmul runs at {cal.bf16_tflops:.3g} TFLOP/s against "
-            f"{cal.fp32_tflops:.3g} in fp32, so {cost}")
+    cost = (
+        f"training takes about {slower:.1f}x as long as with dtype auto (fp32)"
+        if slower >= 1
+        else "it gains too little over fp32 to be worth the lower precision"
+    )
+    return (
+        f"bf16 on this CPU ({cal.cpu}) is not native: its matmul runs at {cal.bf16_tflops:.3g} TFLOP/s against "
+        f"{cal.fp32_tflops:.3g} in fp32, so {cost}"
+    )
 
 
 # --- the attention rule -----------------------------------------------------------------------

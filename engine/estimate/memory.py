@@ -71,8 +71,9 @@ class HeadBytes:
     backward: int  # transient inside the backward
 
 
-def fused_head(scored: int, vocab: int, hidden: int, dtype: str, on_gpu: bool, head_trains: bool = False,
-               softcap: bool = False) -> HeadBytes:
+def fused_head(
+    scored: int, vocab: int, hidden: int, dtype: str, on_gpu: bool, head_trains: bool = False, softcap: bool = False
+) -> HeadBytes:
     """Bytes of TRL 1.16's fused LM head (ChunkedLogProbFunction) for `scored` positions.
 
     `scored` is every position but the last of each row on the CPU; on CUDA only positions
@@ -92,8 +93,7 @@ def fused_head(scored: int, vocab: int, hidden: int, dtype: str, on_gpu: bool, h
     if on_gpu:  # Triton keeps a tile's math in registers and rewrites the tile in place
         return HeadBytes(saved, buffer + stats, buffer + grads)
     fold_bwd = CPU_FOLD_BWD + (4 if softcap else 0)  # tanh(y / cap) stays alive for its derivative
-    return HeadBytes(saved, buffer + stats + CPU_FOLD_FWD * rows * cols,
-                     buffer + grads + fold_bwd * rows * cols)
+    return HeadBytes(saved, buffer + stats + CPU_FOLD_FWD * rows * cols, buffer + grads + fold_bwd * rows * cols)
 
 
 def cpu_head(scored: int, vocab: int, hidden: int, dtype: str, head_trains: bool = False) -> HeadBytes:
@@ -242,8 +242,7 @@ def memory_terms(info: ModelInfo, pc: ParamCount, rc: Recipe) -> tuple[dict[str,
     return terms, notes
 
 
-def _weights_and_states(info: ModelInfo, pc: ParamCount, rc: Recipe, terms: dict[str, int],
-                        notes: list[str]) -> None:
+def _weights_and_states(info: ModelInfo, pc: ParamCount, rc: Recipe, terms: dict[str, int], notes: list[str]) -> None:
     """Base and adapter weights, gradients and optimizer states of what trains."""
     cb = _bytes(rc.dtype)
     terms["base weights"] = _base_weights(info, rc)
@@ -276,8 +275,11 @@ def _activations(info: ModelInfo, rc: Recipe, per_layer: list[float], notes: lis
 
 def _lm_head(info: ModelInfo, pc: ParamCount, rc: Recipe, terms: dict[str, int], notes: list[str]):
     """The LM head's saved tensors, as the job computes it (TRL's fused head, or the CPU's chunked one)."""
-    head_trains = (rc.method == "full" or info.output_name in rc.modules_to_save
-                   or any(m.name == info.output_name for m in pc.adapted))
+    head_trains = (
+        rc.method == "full"
+        or info.output_name in rc.modules_to_save
+        or any(m.name == info.output_name for m in pc.adapted)
+    )
     softcap = getattr(info.config, "final_logit_softcapping", None) is not None
     scored = max(1, round(rc.batch_size * max(rc.seq_len - 1, 1) * rc.label_share))
 
@@ -285,17 +287,24 @@ def _lm_head(info: ModelInfo, pc: ParamCount, rc: Recipe, terms: dict[str, int],
     if rc.on_gpu or not lm_head.applies(text_config):  # where the job keeps TRL's fused head
         head = fused_head(scored, info.vocab, info.hidden, rc.dtype, rc.on_gpu, head_trains, softcap)
         terms["fused LM head"] = head.saved
-        notes.append(f"LM head: TRL's fused chunked head, no full logits; one {min(scored, TOKEN_TILE)} x "
-                     f"{VOCAB_TILE} {rc.dtype} tile buffer, folded " + (
-                         "in Triton; only labelled positions are scored, all counted here" if rc.on_gpu
-                         else "in torch with fp32 temporaries per tile element"))
+        notes.append(
+            f"LM head: TRL's fused chunked head, no full logits; one {min(scored, TOKEN_TILE)} x "
+            f"{VOCAB_TILE} {rc.dtype} tile buffer, folded "
+            + (
+                "in Triton; only labelled positions are scored, all counted here"
+                if rc.on_gpu
+                else "in torch with fp32 temporaries per tile element"
+            )
+        )
     else:
         head = cpu_head(scored, info.vocab, info.hidden, rc.dtype, head_trains)
         terms["LM head"] = head.saved
         chunk = lm_head.ROW_CHUNK
-        notes.append(f"LM head: only labelled positions are scored, {chunk} at a time (a {chunk} x "
-                     f"{info.vocab} block), no full logits; " + ("every position counted" if rc.label_share >= 1
-                                                                  else f"{rc.label_share:.0%} of positions"))
+        notes.append(
+            f"LM head: only labelled positions are scored, {chunk} at a time (a {chunk} x "
+            f"{info.vocab} block), no full logits; "
+            + ("every position counted" if rc.label_share >= 1 else f"{rc.label_share:.0%} of positions")
+        )
     return head
 
 
@@ -311,8 +320,14 @@ def _transient(info: ModelInfo, rc: Recipe, per_layer: list[float], head) -> int
         layer_bwd += tokens * max(per_layer) - head.saved
     transient = max(head.forward, head.backward, layer_bwd)
     if rc.method == "qlora":
-        widest = max((m.in_features * m.out_features for m in info.linear_modules
-                      if m.name != info.output_name and not m.pseudo), default=0)
+        widest = max(
+            (
+                m.in_features * m.out_features
+                for m in info.linear_modules
+                if m.name != info.output_name and not m.pseudo
+            ),
+            default=0,
+        )
         transient += widest * _bytes(rc.dtype)
     return int(transient)
 
@@ -323,16 +338,23 @@ def _gradients_born_in_backward(rc: Recipe, terms: dict[str, int], notes: list[s
         # backward as the activations they replace are freed: only what outgrows those coexists.
         # With accumulation the last micro-batch's gradients stay alive through the next forward.
         terms["gradients"] = max(0, terms["gradients"] - terms["activations"] - terms["transient buffers"])
-        notes.append("gradients appear in the backward as activations are freed (no accumulation): "
-                     "only their excess over the activations is counted")
+        notes.append(
+            "gradients appear in the backward as activations are freed (no accumulation): "
+            "only their excess over the activations is counted"
+        )
 
 
 def _recipe_notes(rc: Recipe, notes: list[str]) -> None:
-    notes.append(f"compute dtype {rc.dtype}; {rc.attention} attention; batches of {rc.batch_size} x "
-                 f"{rc.seq_len} tokens: an upper bound, as each batch is padded only to its longest row")
+    notes.append(
+        f"compute dtype {rc.dtype}; {rc.attention} attention; batches of {rc.batch_size} x "
+        f"{rc.seq_len} tokens: an upper bound, as each batch is padded only to its longest row"
+    )
     if rc.method == "qlora":
-        notes.append("4-bit NF4 base" + (" with double quantization" if rc.double_quant else "")
-                     + "; embeddings, head and norms unquantized, in fp32 after PEFT's k-bit preparation, "
-                       "so the residual stream and the MLP's activations are fp32")
+        notes.append(
+            "4-bit NF4 base"
+            + (" with double quantization" if rc.double_quant else "")
+            + "; embeddings, head and norms unquantized, in fp32 after PEFT's k-bit preparation, "
+            "so the residual stream and the MLP's activations are fp32"
+        )
     if rc.optimizer.startswith("paged"):
         notes.append("paged optimizer: states can spill to CPU RAM on spikes; counted on the device here")

@@ -63,15 +63,29 @@ def _dtype_bytes(dtype: str) -> int:
     return {"float32": 4, "float16": 2, "bfloat16": 2, "fp32": 4, "fp16": 2, "bf16": 2}.get(dtype, 4)
 
 
-def count(info: ModelInfo, r: int, targets: str, bias: str = "none", use_dora: bool = False,
-          modules_to_save: list[str] | tuple[str, ...] = (), save_dtype: str | None = None,
-          method: str = "lora") -> ParamCount:
+def count(
+    info: ModelInfo,
+    r: int,
+    targets: str,
+    bias: str = "none",
+    use_dora: bool = False,
+    modules_to_save: list[str] | tuple[str, ...] = (),
+    save_dtype: str | None = None,
+    method: str = "lora",
+) -> ParamCount:
     """Trainable parameters, breakdown and adapter size for one LoRA setting (or full FT)."""
     base_bytes = _dtype_bytes(save_dtype or info.dtype)
     if method == "full":
         n = info.total_params
-        return ParamCount(trainable=n, total=n, base_total=n, adapter_bytes=n * base_bytes,
-                          by_module_type={"all": n}, by_layer=[], adapted=[])
+        return ParamCount(
+            trainable=n,
+            total=n,
+            base_total=n,
+            adapter_bytes=n * base_bytes,
+            by_module_type={"all": n},
+            by_layer=[],
+            adapted=[],
+        )
 
     target_list = resolve_targets(info, targets)
     adapted = [m for m in targeted_modules(info, target_list)]
@@ -81,8 +95,11 @@ def count(info: ModelInfo, r: int, targets: str, bias: str = "none", use_dora: b
     tensors = 0
     for m in adapted:
         if use_dora and m.pseudo:
-            raise UserError("use_dora", f"DoRA does not work on the fused MoE expert tensors of {info.spec}; "
-                            "turn DoRA off or target attention only")
+            raise UserError(
+                "use_dora",
+                f"DoRA does not work on the fused MoE expert tensors of {info.spec}; "
+                "turn DoRA off or target attention only",
+            )
         n = r * m.experts * (m.in_features + m.out_features) + (m.out_features if use_dora else 0)
         lora += n
         tensors += 3 if use_dora else 2
@@ -111,8 +128,10 @@ def count(info: ModelInfo, r: int, targets: str, bias: str = "none", use_dora: b
     for name in modules_to_save or ():
         found = _module_params(info.spec, name)
         if not found:
-            raise UserError("modules_to_save", f"no module named '{name}' in {info.spec}; e.g. "
-                            f"{one_of(['lm_head', 'embed_tokens'])}")
+            raise UserError(
+                "modules_to_save",
+                f"no module named '{name}' in {info.spec}; e.g. {one_of(['lm_head', 'embed_tokens'])}",
+            )
         for full, n in found:
             copies += n
             tensors += 1
@@ -122,6 +141,14 @@ def count(info: ModelInfo, r: int, targets: str, bias: str = "none", use_dora: b
 
     trainable = lora + extra + copies
     adapter_bytes = lora * ADAPTER_SAVE_BYTES + extra_bytes + 8 + SAFETENSORS_HEADER_PER_TENSOR * tensors
-    return ParamCount(trainable=trainable, total=info.total_params + lora + copies, base_total=info.total_params,
-                      adapter_bytes=adapter_bytes, by_module_type=by_type, by_layer=by_layer, adapted=adapted,
-                      lora_params=lora, extra_trainable=extra + copies)
+    return ParamCount(
+        trainable=trainable,
+        total=info.total_params + lora + copies,
+        base_total=info.total_params,
+        adapter_bytes=adapter_bytes,
+        by_module_type=by_type,
+        by_layer=by_layer,
+        adapted=adapted,
+        lora_params=lora,
+        extra_trainable=extra + copies,
+    )

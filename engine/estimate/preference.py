@@ -33,8 +33,10 @@ from engine.estimate.params import ParamCount
 from engine.model.introspect import ModelInfo
 
 REFERENCE_SHARE = 1 / 3  # a no-grad forward against a forward + backward step (backward ~ 2 forwards)
-REFERENCE_NOTE = ("DPO's reference model is the base with the adapter switched off (TRL does this when no ref_model "
-                  "is given to a PEFT model): no second copy of the weights, one more forward pass without gradients")
+REFERENCE_NOTE = (
+    "DPO's reference model is the base with the adapter switched off (TRL does this when no ref_model "
+    "is given to a PEFT model): no second copy of the weights, one more forward pass without gradients"
+)
 
 
 def terms_for(objective: str):
@@ -52,8 +54,11 @@ def memory_terms(info: ModelInfo, pc: ParamCount, rc: Recipe, objective: str) ->
     # positions TRL's fused head scores: on CUDA the labelled ones (the answers), on a CPU every one
     scored = max(1, round(rows * rc.label_share)) if rc.on_gpu else rows
     head_trains = any(m.name == info.output_name for m in pc.adapted) or info.output_name in rc.modules_to_save
-    notes.insert(0, f"{objective}: each pair is two sequences (prompt + chosen, prompt + rejected) in one batch: "
-                    f"{pair.batch_size} rows of {rc.seq_len} tokens per micro-batch")
+    notes.insert(
+        0,
+        f"{objective}: each pair is two sequences (prompt + chosen, prompt + rejected) in one batch: "
+        f"{pair.batch_size} rows of {rc.seq_len} tokens per micro-batch",
+    )
     transient = terms.pop("transient buffers")
     if objective == "orpo":
         terms.pop("LM head", None), terms.pop("fused LM head", None)
@@ -61,8 +66,10 @@ def memory_terms(info: ModelInfo, pc: ParamCount, rc: Recipe, objective: str) ->
         # all logits, the chosen half's contiguous copy and its log-softmax (saved for the NLL's backward)
         terms["full logits"] = int(positions * info.vocab * cb * 2)
         transient = max(transient, int(positions * info.vocab * cb * 1.5))  # the logits' gradient and its halves
-        notes.append(f"ORPO (trl.experimental.orpo): the model's own LM head, full {pair.batch_size} x {pair.seq_len} "
-                     f"x {info.vocab} logits in {rc.dtype}; no reference model")
+        notes.append(
+            f"ORPO (trl.experimental.orpo): the model's own LM head, full {pair.batch_size} x {pair.seq_len} "
+            f"x {info.vocab} logits in {rc.dtype}; no reference model"
+        )
     else:
         if "LM head" in terms:  # a CPU: the job keeps TRL's fused head for DPO
             terms.pop("LM head")
@@ -75,8 +82,11 @@ def memory_terms(info: ModelInfo, pc: ParamCount, rc: Recipe, objective: str) ->
         # the reference pass: one layer's tensors at a time (residual, q/k/v/o, the MLP's gate, up and product)
         fb = memory._flow_bytes(rc)
         tokens = pair.batch_size * pair.seq_len
-        layer = tokens * (2 * info.hidden * fb + (2 * info.heads + 2 * info.kv_heads) * info.head_dim * cb
-                          + 3 * info.intermediate * fb)
+        layer = tokens * (
+            2 * info.hidden * fb
+            + (2 * info.heads + 2 * info.kv_heads) * info.head_dim * cb
+            + 3 * info.intermediate * fb
+        )
         kept = rows * 4 * 4  # its log-probs, entropy, mean logits (fp32) and top-1, per position
         terms["reference pass"] = int(kept + max(0, max(layer, head.forward) - transient))
         notes.append(REFERENCE_NOTE)
@@ -102,7 +112,10 @@ def scale_time(time, plan):
         time.seconds = time.seconds * factor
     if time.total_tokens is not None:
         time.total_tokens = time.total_tokens * 2
-    why = ("two sequences per pair and the reference's forward pass (adapter off)" if plan.objective == "dpo"
-           else "two sequences per pair")
+    why = (
+        "two sequences per pair and the reference's forward pass (adapter off)"
+        if plan.objective == "dpo"
+        else "two sequences per pair"
+    )
     time.assumptions.append(f"{plan.objective}: {factor:.2g}x an SFT step on the same pairs ({why})")
     return time

@@ -33,15 +33,23 @@ from engine.data import demo
 from engine.evaluate import preference, split, textmetrics
 from engine.train import events
 
-SAMPLES = 5            # rows shown side by side
+SAMPLES = 5  # rows shown side by side
 MAX_NEW_TOKENS = split.MAX_NEW_TOKENS
-LOSS_SHARE = 0.5       # the loss pass may use up to this share of the base pass's time
-PROMPT_CHARS = 600     # samples show at most this much of a prompt
+LOSS_SHARE = 0.5  # the loss pass may use up to this share of the base pass's time
+PROMPT_CHARS = 600  # samples show at most this much of a prompt
 
 
 class Judge:
-    def __init__(self, plan, eval_ds, tokenizer, out_dir: Path, report: Callable[[events.Event], None],
-                 train_rows: int = 0, t0: float | None = None):
+    def __init__(
+        self,
+        plan,
+        eval_ds,
+        tokenizer,
+        out_dir: Path,
+        report: Callable[[events.Event], None],
+        train_rows: int = 0,
+        t0: float | None = None,
+    ):
         self.plan, self.eval_ds, self.tokenizer, self.report = plan, eval_ds, tokenizer, report
         self.path = Path(out_dir) / "evaluation.json"
         self.t0 = t0 if t0 is not None else time.time()
@@ -52,8 +60,11 @@ class Judge:
         self.rows = self._generation_rows()
         self.base_answers: list[str] = []
         # preference pairs (dpo/orpo): scored by engine.evaluate.preference instead of the SFT loss
-        self.pairs = (preference.PairScorer(plan, eval_ds, tokenizer)
-                      if getattr(plan, "objective", "sft") != "sft" and eval_ds is not None else None)
+        self.pairs = (
+            preference.PairScorer(plan, eval_ds, tokenizer)
+            if getattr(plan, "objective", "sft") != "sft" and eval_ds is not None
+            else None
+        )
 
     # --- the two passes ------------------------------------------------------------------
     def score_base(self, trainer) -> dict | None:
@@ -162,8 +173,9 @@ class Judge:
     def _max_new_tokens(self) -> int:
         if self.skill is not None:
             return self.skill.max_new_tokens
-        longest = max((len(self.tokenizer(r["reference"], add_special_tokens=False)["input_ids"])
-                       for r in self.rows), default=0)
+        longest = max(
+            (len(self.tokenizer(r["reference"], add_special_tokens=False)["input_ids"]) for r in self.rows), default=0
+        )
         return max(1, min(longest + 16, MAX_NEW_TOKENS, self.plan.seq_len))
 
     def _generate(self, model, count: int | None, deadline: float | None) -> list[str]:
@@ -183,17 +195,28 @@ class Judge:
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         break
-                    chunk = rows[i:i + batch_size]
-                    batch = tok([r["prompt"] for r in chunk], return_tensors="pt", padding=True,
-                                add_special_tokens=chunk[0]["add_special"]).to(device)
+                    chunk = rows[i : i + batch_size]
+                    batch = tok(
+                        [r["prompt"] for r in chunk],
+                        return_tensors="pt",
+                        padding=True,
+                        add_special_tokens=chunk[0]["add_special"],
+                    ).to(device)
                     with torch.no_grad():  # max_time: generate stops itself when the time is up
-                        out = model.generate(**batch, max_new_tokens=self._max_new_tokens(), do_sample=False,
-                                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                                             max_time=left)
+                        out = model.generate(
+                            **batch,
+                            max_new_tokens=self._max_new_tokens(),
+                            do_sample=False,
+                            pad_token_id=tok.pad_token_id,
+                            eos_token_id=tok.eos_token_id,
+                            max_time=left,
+                        )
                     if deadline is not None and time.monotonic() >= deadline:
                         break  # this batch may have been cut short: its answers would not be fair to score
-                    answers += [a.strip() for a in tok.batch_decode(out[:, batch["input_ids"].shape[1]:],
-                                                                    skip_special_tokens=True)]
+                    answers += [
+                        a.strip()
+                        for a in tok.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+                    ]
         finally:
             tok.padding_side = side
         return answers
@@ -201,32 +224,44 @@ class Judge:
     # --- results ------------------------------------------------------------------------
     def _metrics(self, loss: float | None, answers: list[str], seconds: float) -> dict:
         finite = loss if loss is not None and math.isfinite(loss) else None
-        refs = [r["reference"] for r in self.rows[:len(answers)]]
-        return {"loss": round(finite, 4) if finite is not None else loss,
-                "perplexity": round(math.exp(min(finite, 50)), 3) if finite is not None else None,
-                **textmetrics.scores(answers, refs), "seconds": round(seconds, 1)}
+        refs = [r["reference"] for r in self.rows[: len(answers)]]
+        return {
+            "loss": round(finite, 4) if finite is not None else loss,
+            "perplexity": round(math.exp(min(finite, 50)), 3) if finite is not None else None,
+            **textmetrics.scores(answers, refs),
+            "seconds": round(seconds, 1),
+        }
 
     def _samples(self, adapter_answers: list[str]) -> list[dict]:
         pairs = list(zip(self.rows, self.base_answers, adapter_answers))
         differ = [p for p in pairs if p[1] != p[2]]
         chosen = (differ + [p for p in pairs if p[1] == p[2]])[:SAMPLES]
-        return [{"prompt": r["shown"][:PROMPT_CHARS], "reference": r["reference"], "base": b, "adapter": a}
-                | ({"chosen": r["reference"], "rejected": r["rejected"]} if "rejected" in r else {})
-                for r, b, a in chosen]
+        return [
+            {"prompt": r["shown"][:PROMPT_CHARS], "reference": r["reference"], "base": b, "adapter": a}
+            | ({"chosen": r["reference"], "rejected": r["rejected"]} if "rejected" in r else {})
+            for r, b, a in chosen
+        ]
 
     def _note(self) -> str:
         base = self.result["base"]
         job_s = max(time.time() - self.t0, 1e-9)
         tokens = self.result["loss_tokens"]
-        what = (f"preference on {self.result['loss_batches']} pairs, loss on {tokens} chosen-answer tokens"
-                if self.pairs is not None else f"loss on {tokens} completion tokens")
-        text = (f"{self.result['rows']} rows held out; {what}, "
-                f"greedy answers on {self.result['generated_rows']} rows. Scoring the base took {base['seconds']} s "
-                f"before training ({100 * base['seconds'] / job_s:.0f}% of the job's time so far; limit "
-                f"{self.plan.eval_seconds:g} s, eval_seconds).")
+        what = (
+            f"preference on {self.result['loss_batches']} pairs, loss on {tokens} chosen-answer tokens"
+            if self.pairs is not None
+            else f"loss on {tokens} completion tokens"
+        )
+        text = (
+            f"{self.result['rows']} rows held out; {what}, "
+            f"greedy answers on {self.result['generated_rows']} rows. Scoring the base took {base['seconds']} s "
+            f"before training ({100 * base['seconds'] / job_s:.0f}% of the job's time so far; limit "
+            f"{self.plan.eval_seconds:g} s, eval_seconds)."
+        )
         if self.rows and self.result["generated_rows"] < len(self.rows):
-            text += (f" The time limit stopped generation after {self.result['generated_rows']} of {len(self.rows)} "
-                     "rows (raise eval_seconds for more).")
+            text += (
+                f" The time limit stopped generation after {self.result['generated_rows']} of {len(self.rows)} "
+                "rows (raise eval_seconds for more)."
+            )
         if self.eval_ds is not None and "prompt" not in self.eval_ds.column_names:
             text += " Plain-text data has no reference answers, so only the loss is measured."
         return text
@@ -273,4 +308,3 @@ class _inference:
             self.model.config.use_cache = self.use_cache
         self.model.train(self.was_training)
         return False
-

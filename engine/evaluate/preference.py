@@ -44,7 +44,7 @@ class PairScorer:
                 pair = []
                 for full in ids[1:]:
                     start = _common_prefix(ids[0], full)
-                    pair += [full[:self.seq_len], min(start, self.seq_len - 1)]
+                    pair += [full[: self.seq_len], min(start, self.seq_len - 1)]
                 out.append(tuple(pair))
             self._encoded = out
         return self._encoded
@@ -65,14 +65,15 @@ class PairScorer:
             for i in range(0, len(encoded), BATCH_PAIRS):
                 if deadline is not None and pairs and time.monotonic() > deadline:
                     break
-                chunk = encoded[i:i + BATCH_PAIRS]
+                chunk = encoded[i : i + BATCH_PAIRS]
                 seqs = [(c, cs) for c, cs, _, _ in chunk] + [(r, rs) for _, _, r, rs in chunk]
                 width = max(len(s) for s, _ in seqs)
                 ids = torch.tensor([s + [pad] * (width - len(s)) for s, _ in seqs], device=device)
                 mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s, _ in seqs], device=device)
                 # labelled positions: the answer tokens of each sequence (predicted from the position before)
-                answer = torch.tensor([[start <= j < len(s) for j in range(width)] for s, start in seqs],
-                                      device=device)[:, 1:]
+                answer = torch.tensor(
+                    [[start <= j < len(s) for j in range(width)] for s, start in seqs], device=device
+                )[:, 1:]
                 with torch.no_grad():
                     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
                     logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1) * answer
@@ -91,12 +92,14 @@ class PairScorer:
         loss = scored["nll"] / scored["tokens"] if scored["tokens"] else None
         if not pairs:
             return {"loss": loss, "preference_accuracy": None, "reward_margin": None, "logp_margin": None}
-        base = base_pairs[:len(pairs)] if base_pairs else [(c, r) for c, r in pairs]
+        base = base_pairs[: len(pairs)] if base_pairs else [(c, r) for c, r in pairs]
         margin = [(c - cb) - (r - rb) for (c, r), (cb, rb) in zip(pairs, base)]
-        return {"loss": loss,
-                "preference_accuracy": round(100.0 * sum(c > r for c, r in pairs) / len(pairs), 1),
-                "reward_margin": round(self.beta * sum(margin) / len(margin), 4),
-                "logp_margin": round(sum(c - r for c, r in pairs) / len(pairs), 4)}
+        return {
+            "loss": loss,
+            "preference_accuracy": round(100.0 * sum(c > r for c, r in pairs) / len(pairs), 1),
+            "reward_margin": round(self.beta * sum(margin) / len(margin), 4),
+            "logp_margin": round(sum(c - r for c, r in pairs) / len(pairs), 4),
+        }
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -109,8 +112,12 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 # --- the training curve, for the diagnosis ---------------------------------------------------
-CURVE_KEYS = {"margin": "rewards/margins", "chosen": "rewards/chosen", "rejected": "rewards/rejected",
-              "accuracy": "rewards/accuracies"}
+CURVE_KEYS = {
+    "margin": "rewards/margins",
+    "chosen": "rewards/chosen",
+    "rejected": "rewards/rejected",
+    "accuracy": "rewards/accuracies",
+}
 
 
 def curve(log_history: list[dict]) -> list[dict]:

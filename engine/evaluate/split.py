@@ -14,8 +14,8 @@ MIN_EVAL_ROWS = 2
 MIN_TRAIN_ROWS = 2
 # How the held-out rows are answered (engine.evaluate.heldout); here, light to import, because the
 # estimate sizes the scoring phases from them too (engine.estimate.timing).
-MAX_NEW_TOKENS = 256      # longest generated answer, whatever the references' length
-GENERATE_BATCH = 8        # rows answered together
+MAX_NEW_TOKENS = 256  # longest generated answer, whatever the references' length
+GENERATE_BATCH = 8  # rows answered together
 DEMO_GENERATE_BATCH = 24  # a demo skill's batch, so its exact match is the number it always reported
 
 
@@ -38,5 +38,7 @@ def why_none(n_rows: int, share: float) -> str:
     """The sentence a job shows when it held out nothing."""
     if share <= 0:
         return "eval_split is 0, so no rows were held out; set it to e.g. 0.1 to measure base and adapter"
-    return (f"the data has {n_rows} usable rows, too few to hold any out (at least "
-            f"{MIN_EVAL_ROWS + MIN_TRAIN_ROWS} are needed: {MIN_EVAL_ROWS} to evaluate, {MIN_TRAIN_ROWS} to train)")
+    return (
+        f"the data has {n_rows} usable rows, too few to hold any out (at least "
+        f"{MIN_EVAL_ROWS + MIN_TRAIN_ROWS} are needed: {MIN_EVAL_ROWS} to evaluate, {MIN_TRAIN_ROWS} to train)"
+    )

@@ -141,8 +141,9 @@ def load(model_dir) -> Arch:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        raise UserError("model", f"{path} is missing or not JSON; a GGUF export needs the model's "
-                        "config.json") from None
+        raise UserError(
+            "model", f"{path} is missing or not JSON; a GGUF export needs the model's config.json"
+        ) from None
     config = {**config.get("text_config", {}), **config}
     model_type = config.get("model_type", "?")
     if model_type not in ARCHITECTURES:

@@ -53,8 +53,14 @@ def held_out(plan, job_dir, method: str) -> HeldOut | None:
     prompts = list(eval_ds.select(range(len(answers)))["prompt"])
     systems = {p[0]["content"] if isinstance(p, list) and p and p[0]["role"] == "system" else None for p in prompts}
     system = systems.pop() if len(systems) == 1 else None
-    return HeldOut(prompts, [r["reference"] for r in judge.rows[:len(answers)]], answers,
-                   judge._max_new_tokens(), system, tokenizer)
+    return HeldOut(
+        prompts,
+        [r["reference"] for r in judge.rows[: len(answers)]],
+        answers,
+        judge._max_new_tokens(),
+        system,
+        tokenizer,
+    )
 
 
 def _product_model(plan, job_dir: Path, method: str):
@@ -73,12 +79,21 @@ def llama_cpp_answers(model_file, held: HeldOut, lora_file=None) -> list[str]:
     try:
         from llama_cpp import Llama
     except ImportError as exc:
-        raise UserError("gguf", f"the check needs llama-cpp-python, which did not import ({exc}); install it with "
-                        "`pip install 'lorapilot[gguf]'`") from None
+        raise UserError(
+            "gguf",
+            f"the check needs llama-cpp-python, which did not import ({exc}); install it with "
+            "`pip install 'lorapilot[gguf]'`",
+        ) from None
     # Half the cores: llama.cpp's threads spin at every barrier, and on a busy machine a thread per
     # core turned a seconds-long check into many minutes.
-    llm = Llama(model_path=str(model_file), lora_path=str(lora_file) if lora_file else None, n_ctx=2048,
-                n_threads=max(1, min(8, (os.cpu_count() or 2) // 2)), seed=0, verbose=False)
+    llm = Llama(
+        model_path=str(model_file),
+        lora_path=str(lora_file) if lora_file else None,
+        n_ctx=2048,
+        n_threads=max(1, min(8, (os.cpu_count() or 2) // 2)),
+        seed=0,
+        verbose=False,
+    )
     answers = []
     try:
         for prompt in held.prompts:
@@ -87,8 +102,9 @@ def llama_cpp_answers(model_file, held: HeldOut, lora_file=None) -> list[str]:
                 text: Any = llm.create_completion(prompt, max_tokens=held.max_new_tokens, temperature=0.0)
                 answers.append(text["choices"][0]["text"].strip())
             else:
-                chat: Any = llm.create_chat_completion(messages=prompt, max_tokens=held.max_new_tokens,
-                                                       temperature=0.0)
+                chat: Any = llm.create_chat_completion(
+                    messages=prompt, max_tokens=held.max_new_tokens, temperature=0.0
+                )
                 answers.append((chat["choices"][0]["message"]["content"] or "").strip())
     finally:
         llm.close()
@@ -99,7 +115,8 @@ def compare(file: Path, held: HeldOut, answers: list[str], seconds: float) -> di
     """The record of one checked file: agreement, exact match and, when flagged, what differs."""
     same = sum(a == b for a, b in zip(held.answers, answers))
     record: dict[str, Any] = {
-        "file": str(file), "rows": len(answers),
+        "file": str(file),
+        "rows": len(answers),
         "agreement": round(100.0 * same / len(answers), 1) if answers else None,
         "exact_match": textmetrics.scores(answers, held.references)["exact_match"] if answers else None,
         "product_exact_match": textmetrics.scores(held.answers, held.references)["exact_match"] if answers else None,
@@ -118,7 +135,7 @@ def first_difference(tokenizer, ours: str, theirs: str, row: int) -> str:
     k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
     def said(ids):
-        return repr(tokenizer.decode(ids[k:k + 1])) if k < len(ids) else "the end"
+        return repr(tokenizer.decode(ids[k : k + 1])) if k < len(ids) else "the end"
 
     return f"row {row + 1}, token {k + 1}: PEFT says {said(a)}, llama.cpp says {said(b)}"
 

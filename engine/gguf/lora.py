@@ -47,8 +47,11 @@ def write_adapter(adapter_dir, base_model_dir, out_file) -> Path:
         for key in f.keys():  # noqa: SIM118 - safe_open has keys(), it is not iterable
             match = _LORA.match(key)
             if match is None:
-                raise UserError("adapter", f"{key} in {adapter_dir.name} is not a LoRA A/B matrix (a trained bias "
-                                "or module); llama.cpp's adapter format cannot carry it: export the merged GGUF")
+                raise UserError(
+                    "adapter",
+                    f"{key} in {adapter_dir.name} is not a LoRA A/B matrix (a trained bias "
+                    "or module); llama.cpp's adapter format cannot carry it: export the merged GGUF",
+                )
             pairs.setdefault(match["module"], {})[match["ab"]] = f.get_tensor(key).float().numpy()
     uniform = _uniform_alpha(config)
     with atomic_path(out_file) as tmp:
@@ -59,8 +62,11 @@ def write_adapter(adapter_dir, base_model_dir, out_file) -> Path:
         for module, ab in sorted(pairs.items()):
             name = arch.gguf_name(module + ".weight")
             if name is None or "A" not in ab or "B" not in ab:
-                raise UserError("adapter", f"module {module} has no llama.cpp tensor for the {arch.name} architecture "
-                                f"(or misses its A or B matrix); GGUF export covers {archs.FAMILIES}")
+                raise UserError(
+                    "adapter",
+                    f"module {module} has no llama.cpp tensor for the {arch.name} architecture "
+                    f"(or misses its A or B matrix); GGUF export covers {archs.FAMILIES}",
+                )
             a, b = ab["A"], ab["B"]
             if uniform is None:
                 b = b * _scaling(config, module, a.shape[0])
@@ -72,14 +78,22 @@ def write_adapter(adapter_dir, base_model_dir, out_file) -> Path:
 
 def _refuse_unsupported(config: dict) -> None:
     if config.get("peft_type", "LORA") != "LORA":
-        raise UserError("adapter", f"a {config.get('peft_type')} adapter has no llama.cpp adapter format; "
-                        "export the merged GGUF instead")
+        raise UserError(
+            "adapter",
+            f"a {config.get('peft_type')} adapter has no llama.cpp adapter format; export the merged GGUF instead",
+        )
     if config.get("use_dora"):
-        raise UserError("adapter", "a DoRA adapter has no llama.cpp adapter format (it rescales whole columns); "
-                        "export the merged GGUF instead")
+        raise UserError(
+            "adapter",
+            "a DoRA adapter has no llama.cpp adapter format (it rescales whole columns); "
+            "export the merged GGUF instead",
+        )
     if config.get("modules_to_save"):
-        raise UserError("adapter", f"the adapter trains whole modules ({', '.join(config['modules_to_save'])}), "
-                        "which llama.cpp's adapter format cannot carry; export the merged GGUF instead")
+        raise UserError(
+            "adapter",
+            f"the adapter trains whole modules ({', '.join(config['modules_to_save'])}), "
+            "which llama.cpp's adapter format cannot carry; export the merged GGUF instead",
+        )
 
 
 def _uniform_alpha(config: dict) -> float | None:

@@ -25,26 +25,33 @@ _S, _U, _A = "LPSYSTEMMARK", "LPUSERMARK", "LPANSWERMARK"
 @dataclass
 class ChatPieces:
     """The literal text around each part of one exchange in the model's chat template."""
-    system_prefix: str   # before the system prompt
-    system_suffix: str   # between the system prompt and the user's prompt
-    no_system: str       # before the user's prompt when there is no system prompt (may hold a default one)
-    answer_prefix: str   # between the user's prompt and the answer: the generation prompt
-    answer_suffix: str   # after the answer: the end of the turn
+
+    system_prefix: str  # before the system prompt
+    system_suffix: str  # between the system prompt and the user's prompt
+    no_system: str  # before the user's prompt when there is no system prompt (may hold a default one)
+    answer_prefix: str  # between the user's prompt and the answer: the generation prompt
+    answer_suffix: str  # after the answer: the end of the turn
     stops: list[str]
 
     def go_template(self) -> str:
-        return (f"{{{{ if .System }}}}{_go(self.system_prefix)}{{{{ .System }}}}{_go(self.system_suffix)}"
-                f"{{{{ else }}}}{_go(self.no_system)}{{{{ end }}}}"
-                f"{{{{ .Prompt }}}}{_go(self.answer_prefix)}{{{{ .Response }}}}{_go(self.answer_suffix)}")
+        return (
+            f"{{{{ if .System }}}}{_go(self.system_prefix)}{{{{ .System }}}}{_go(self.system_suffix)}"
+            f"{{{{ else }}}}{_go(self.no_system)}{{{{ end }}}}"
+            f"{{{{ .Prompt }}}}{_go(self.answer_prefix)}{{{{ .Response }}}}{_go(self.answer_suffix)}"
+        )
 
 
 def chat_pieces(tokenizer) -> ChatPieces:
     """Cut the tokenizer's chat template into the pieces around system, prompt and answer."""
+
     def render(messages, generation):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
 
-    system, user, answer = ({"role": "system", "content": _S}, {"role": "user", "content": _U},
-                            {"role": "assistant", "content": _A})
+    system, user, answer = (
+        {"role": "system", "content": _S},
+        {"role": "user", "content": _U},
+        {"role": "assistant", "content": _A},
+    )
     with_system, without = render([system, user], True), render([user], True)
     full = render([system, user, answer], False)
     try:
@@ -53,21 +60,28 @@ def chat_pieces(tokenizer) -> ChatPieces:
         no_system, _ = without.split(_U)
         head, tail = full.split(_A)
     except ValueError:
-        raise UserError("chat_template", "the chat template does not place the system prompt, the prompt and "
-                        "the answer once each, so no Ollama TEMPLATE can be derived from it") from None
+        raise UserError(
+            "chat_template",
+            "the chat template does not place the system prompt, the prompt and "
+            "the answer once each, so no Ollama TEMPLATE can be derived from it",
+        ) from None
     if not head.startswith(before_s + _S + between + _U):
-        raise UserError("chat_template", "the chat template renders a conversation differently from its "
-                        "generation prompt, so no Ollama TEMPLATE can be derived from it")
+        raise UserError(
+            "chat_template",
+            "the chat template renders a conversation differently from its "
+            "generation prompt, so no Ollama TEMPLATE can be derived from it",
+        )
     bos = tokenizer.bos_token if adds_bos(tokenizer) else None
     if bos and before_s.startswith(bos) and no_system.startswith(bos):
-        before_s, no_system = before_s[len(bos):], no_system[len(bos):]
+        before_s, no_system = before_s[len(bos) :], no_system[len(bos) :]
     return ChatPieces(before_s, between, no_system, generation, tail, _stops(tokenizer, tail))
 
 
 def _stops(tokenizer, end_of_turn: str) -> list[str]:
     """Special tokens in the text after an answer (e.g. <|im_end|>, <|eot_id|>), and the EOS token."""
-    special = set(tokenizer.all_special_tokens) | {t.content for t in tokenizer.added_tokens_decoder.values()
-                                                   if t.special}
+    special = set(tokenizer.all_special_tokens) | {
+        t.content for t in tokenizer.added_tokens_decoder.values() if t.special
+    }
     stops = [t for t in sorted(special, key=end_of_turn.find) if t and t in end_of_turn]
     if tokenizer.eos_token and tokenizer.eos_token not in stops:
         stops.append(tokenizer.eos_token)
@@ -85,8 +99,9 @@ def _quote(text: str) -> str:
     return f'"""{text}"""'
 
 
-def render(pieces: ChatPieces, model_from: str, adapter: str | None = None, system: str | None = None,
-           comment: str = "") -> str:
+def render(
+    pieces: ChatPieces, model_from: str, adapter: str | None = None, system: str | None = None, comment: str = ""
+) -> str:
     """The Modelfile text: FROM, ADAPTER, TEMPLATE, SYSTEM and the stop parameters."""
     lines = [f"# {line}" for line in comment.splitlines()] + [f"FROM {model_from}"]
     if adapter:
@@ -107,20 +122,33 @@ def write(path, text: str) -> Path:
     return path
 
 
-def card_section(model_name: str, merged: Path, adapter: Path | None, base_gguf: Path | None,
-                 check_line: str) -> list[str]:
+def card_section(
+    model_name: str, merged: Path, adapter: Path | None, base_gguf: Path | None, check_line: str
+) -> list[str]:
     """'Run it with Ollama / llama.cpp' for the model card, with the files' real names."""
-    lines = ["## Run it with Ollama / llama.cpp", "",
-             "Exported by `python app.py export ID --as gguf` into the `gguf/` folder beside this card.", "",
-             "```sh", "cd gguf",
-             f"ollama create {model_name} -f Modelfile      # the merged model, template and stop tokens included",
-             f'ollama run {model_name} "your prompt"',
-             f"llama-cli -m {merged.name} -cnv             # llama.cpp applies the chat template in the file",
-             f"llama-server -m {merged.name} --port 8080   # OpenAI-compatible server"]
+    lines = [
+        "## Run it with Ollama / llama.cpp",
+        "",
+        "Exported by `python app.py export ID --as gguf` into the `gguf/` folder beside this card.",
+        "",
+        "```sh",
+        "cd gguf",
+        f"ollama create {model_name} -f Modelfile      # the merged model, template and stop tokens included",
+        f'ollama run {model_name} "your prompt"',
+        f"llama-cli -m {merged.name} -cnv             # llama.cpp applies the chat template in the file",
+        f"llama-server -m {merged.name} --port 8080   # OpenAI-compatible server",
+    ]
     if adapter is not None and base_gguf is not None:
-        lines += [f"llama-cli -m {base_gguf} --lora {adapter.name} -cnv   # the base GGUF plus the small adapter",
-                  f"ollama create {model_name}-adapter -f Modelfile.adapter"]
-    lines += ["```", "",
-              f"LM Studio: `lms import gguf/{merged.name}` (or copy the file into its models folder).", "",
-              check_line, ""]
+        lines += [
+            f"llama-cli -m {base_gguf} --lora {adapter.name} -cnv   # the base GGUF plus the small adapter",
+            f"ollama create {model_name}-adapter -f Modelfile.adapter",
+        ]
+    lines += [
+        "```",
+        "",
+        f"LM Studio: `lms import gguf/{merged.name}` (or copy the file into its models folder).",
+        "",
+        check_line,
+        "",
+    ]
     return lines

@@ -24,9 +24,14 @@ from engine.gguf import vocab
 
 # --quant value -> (ggml tensor type name, llama.cpp file type name)
 QUANTS = {
-    "f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "bf16": ("BF16", "MOSTLY_BF16"),
-    "q8_0": ("Q8_0", "MOSTLY_Q8_0"), "q5_1": ("Q5_1", "MOSTLY_Q5_1"), "q5_0": ("Q5_0", "MOSTLY_Q5_0"),
-    "q4_1": ("Q4_1", "MOSTLY_Q4_1"), "q4_0": ("Q4_0", "MOSTLY_Q4_0"),
+    "f32": ("F32", "ALL_F32"),
+    "f16": ("F16", "MOSTLY_F16"),
+    "bf16": ("BF16", "MOSTLY_BF16"),
+    "q8_0": ("Q8_0", "MOSTLY_Q8_0"),
+    "q5_1": ("Q5_1", "MOSTLY_Q5_1"),
+    "q5_0": ("Q5_0", "MOSTLY_Q5_0"),
+    "q4_1": ("Q4_1", "MOSTLY_Q4_1"),
+    "q4_0": ("Q4_0", "MOSTLY_Q4_0"),
 }
 
 
@@ -77,8 +82,11 @@ def model_tensors(model_dir: Path, arch: archs.Arch):
                 if gguf_name is None:
                     if hf_name.endswith("rotary_emb.inv_freq"):
                         continue  # recomputed by llama.cpp from rope.freq_base
-                    raise UserError("model", f"tensor {hf_name} of {model_dir} has no GGUF name for the "
-                                    f"{arch.name} architecture; GGUF export covers {archs.FAMILIES}")
+                    raise UserError(
+                        "model",
+                        f"tensor {hf_name} of {model_dir} has no GGUF name for the "
+                        f"{arch.name} architecture; GGUF export covers {archs.FAMILIES}",
+                    )
                 data = f.get_tensor(hf_name).float().numpy()
                 yield gguf_name, arch.permute_rows(gguf_name, data)
 

@@ -55,23 +55,33 @@ def weights(spec: str) -> Weights:
     if path.is_dir():
         if _has_weights(lambda name: _file_in(path, name)):
             return Weights(Where.LOCAL, f"Weights: on this machine, in {path}.")
-        return Weights(Where.MISSING, f"Weights: the folder {path} has no weight file ({', '.join(WEIGHT_FILES)} "
-                       "or a sharded index), so it can be estimated but not trained; save the model there "
-                       "with save_pretrained")
+        return Weights(
+            Where.MISSING,
+            f"Weights: the folder {path} has no weight file ({', '.join(WEIGHT_FILES)} "
+            "or a sharded index), so it can be estimated but not trained; save the model there "
+            "with save_pretrained",
+        )
     hub_id = catalog.hub_id_of(spec)
     if _in_hub_cache(hub_id):
-        return Weights(Where.HUB_CACHE, f"Weights: {hub_id} is in the Hugging Face cache on this machine "
-                       f"({hub_cache_dir()}); no download.")
+        return Weights(
+            Where.HUB_CACHE,
+            f"Weights: {hub_id} is in the Hugging Face cache on this machine ({hub_cache_dir()}); no download.",
+        )
     size = _download_size(spec)
     if hub.reachable():
-        return Weights(Where.DOWNLOAD, f"Weights: {hub_id} is not on this machine; training downloads it "
-                       f"first{size} from the Hugging Face hub.")
+        return Weights(
+            Where.DOWNLOAD,
+            f"Weights: {hub_id} is not on this machine; training downloads it first{size} from the Hugging Face hub.",
+        )
     why = "HF_HUB_OFFLINE is set" if hub.offline() else "this machine cannot reach the Hugging Face hub"
     folder = hub_id.split("/")[-1]
-    return Weights(Where.MISSING, f"Weights: {hub_id} is not on this machine and cannot be downloaded ({why}); "
-                   f"estimates work, training does not. Download it where there is a network{size}: "
-                   f"`hf download {hub_id} --local-dir {folder}`, bring that folder here and give its path as "
-                   "the model, or pick the embedded default")
+    return Weights(
+        Where.MISSING,
+        f"Weights: {hub_id} is not on this machine and cannot be downloaded ({why}); "
+        f"estimates work, training does not. Download it where there is a network{size}: "
+        f"`hf download {hub_id} --local-dir {folder}`, bring that folder here and give its path as "
+        "the model, or pick the embedded default",
+    )
 
 
 def require(spec: str) -> Weights:
@@ -123,8 +133,7 @@ def _in_hub_cache(hub_id: str) -> bool:
     if hub_id.count("/") != 1:
         return False  # not a hub id (an unknown name): nothing to look up
     lookup = lambda name: _cached(hub_id, name)  # noqa: E731 - one lookup, three uses
-    return (lookup("config.json") is not None and any(lookup(n) for n in TOKENIZER_FILES)
-            and _has_weights(lookup))
+    return lookup("config.json") is not None and any(lookup(n) for n in TOKENIZER_FILES) and _has_weights(lookup)
 
 
 def _download_size(spec: str) -> str:

@@ -50,11 +50,13 @@ class CatalogModel(BaseModel):
         """One line for cards and facts: which checkpoint this entry describes, and its siblings."""
         others = [f"{v} {hub}" for v, hub in self.variants.items() if hub != self.hub_id]
         return f"{self.variant} variant ({self.hub_id})" + (
-            f"; also answers to the {', '.join(others)} (same architecture)" if others else "")
+            f"; also answers to the {', '.join(others)} (same architecture)" if others else ""
+        )
 
 
 class CatalogMatch(BaseModel):
     """A spec found in the catalog: the entry, and the checkpoint the spec names."""
+
     entry: CatalogModel
     hub_id: str
     variant: str
@@ -80,8 +82,14 @@ class Gpu(BaseModel):
         return self.bf16_tflops if dtype == "bf16" else self.fp16_tflops
 
 
-CPU = Gpu(name="cpu", memory_gb=None, bf16_tflops=CPU_PEAK_TFLOPS, fp16_tflops=CPU_PEAK_TFLOPS,
-          bandwidth_gbs=20, supports_bf16=False)
+CPU = Gpu(
+    name="cpu",
+    memory_gb=None,
+    bf16_tflops=CPU_PEAK_TFLOPS,
+    fp16_tflops=CPU_PEAK_TFLOPS,
+    bandwidth_gbs=20,
+    supports_bf16=False,
+)
 
 
 @lru_cache(maxsize=1)
@@ -162,5 +170,7 @@ def find_gpu(name: str) -> Gpu:
     for g in _gpus():
         if key in {_norm(g.name), *(_norm(a) for a in g.aliases)}:
             return g
-    raise UserError("gpu", f"unknown GPU '{name}'; known: {one_of([g.name for g in _gpus()] + ['cpu'])} "
-                    "(or give --budget-gb instead)")
+    raise UserError(
+        "gpu",
+        f"unknown GPU '{name}'; known: {one_of([g.name for g in _gpus()] + ['cpu'])} (or give --budget-gb instead)",
+    )

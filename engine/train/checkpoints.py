@@ -75,8 +75,14 @@ def problem(path: Path) -> str | None:
 
 
 def _weights_problem(path: Path) -> str | None:
-    index = next((path / n for n in ("adapter_model.safetensors.index.json", "model.safetensors.index.json")
-                  if (path / n).is_file()), None)
+    index = next(
+        (
+            path / n
+            for n in ("adapter_model.safetensors.index.json", "model.safetensors.index.json")
+            if (path / n).is_file()
+        ),
+        None,
+    )
     if index is not None:
         try:
             shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
@@ -127,8 +133,10 @@ def resume_point(out_dir: Path, log: Log | None = None) -> Path | None:
         if why is None:
             return path
         kept = set_aside(path)
-        log(f"{path.name} is incomplete ({why}); not resuming from it, moved to {kept} (delete it yourself "
-            "when you no longer need it)")
+        log(
+            f"{path.name} is incomplete ({why}); not resuming from it, moved to {kept} (delete it yourself "
+            "when you no longer need it)"
+        )
     return None
 
 
@@ -233,8 +241,12 @@ def atomic_trainer(trainer_cls, before_publish: Callable[[Path], None] | None = 
             publish(staging / name, run_dir / name)
             shutil.rmtree(staging, ignore_errors=True)
             if self.args.should_save:
-                rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
-                                   best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+                rotate_checkpoints(
+                    output_dir=str(run_dir),
+                    save_total_limit=self.args.save_total_limit,
+                    best_model_checkpoint=self.state.best_model_checkpoint,
+                    use_mtime=False,
+                )
 
     AtomicCheckpoints.__name__ = AtomicCheckpoints.__qualname__ = f"Atomic{trainer_cls.__name__}"
     return AtomicCheckpoints

@@ -26,9 +26,17 @@ def resolve_targets(plan: TrainingPlan) -> str | list[str]:
 def lora_kwargs(plan: TrainingPlan) -> dict:
     """Keyword arguments of `peft.LoraConfig` for a lora/qlora plan."""
     alpha = int(plan.alpha) if float(plan.alpha).is_integer() else plan.alpha
-    return dict(r=plan.r, lora_alpha=alpha, lora_dropout=plan.dropout, target_modules=resolve_targets(plan),
-                bias=plan.bias, use_dora=plan.use_dora, use_rslora=plan.use_rslora,
-                modules_to_save=list(plan.modules_to_save) or None, task_type="CAUSAL_LM")
+    return dict(
+        r=plan.r,
+        lora_alpha=alpha,
+        lora_dropout=plan.dropout,
+        target_modules=resolve_targets(plan),
+        bias=plan.bias,
+        use_dora=plan.use_dora,
+        use_rslora=plan.use_rslora,
+        modules_to_save=list(plan.modules_to_save) or None,
+        task_type="CAUSAL_LM",
+    )
 
 
 def sft_kwargs(plan: TrainingPlan, out_dir: str | Path, has_eval: bool) -> dict:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 @dataclass(frozen=True)
 class Started:
     total_steps: int
-    device: str                      # "cpu" or "cuda"
+    device: str  # "cpu" or "cuda"
     base_score: float | None = None  # demo skills: the base model's held-out score before training
 
 

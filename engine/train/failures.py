@@ -59,16 +59,19 @@ def _is_model_missing(exc) -> bool:
     if exc.__class__.__name__ in names:
         return True
     text = _text(exc)
-    return isinstance(exc, OSError) and ("is not a local folder and is not a valid model identifier" in text
-                                         or "does not appear to have a file named" in text
-                                         or "can't load the configuration" in text)
+    return isinstance(exc, OSError) and (
+        "is not a local folder and is not a valid model identifier" in text
+        or "does not appear to have a file named" in text
+        or "can't load the configuration" in text
+    )
 
 
 def _is_bnb(exc, plan) -> bool:
     text = _text(exc)
     uses_bnb = plan is not None and (plan.method == "qlora" or "8bit" in plan.optimizer)
     return ("bitsandbytes" in text or "bnb" in text.split()) or (
-        uses_bnb and ("cuda setup" in text or "no gpu" in text or "libcudart" in text))
+        uses_bnb and ("cuda setup" in text or "no gpu" in text or "libcudart" in text)
+    )
 
 
 def _is_data(exc) -> bool:
@@ -85,8 +88,9 @@ def memory_knobs(plan, on_gpu: bool = True) -> list[str]:
     if plan is None:
         return ["use a smaller batch_size, a shorter seq_len, or turn on grad_ckpt"]
     steps = fitting.first_steps(plan, fitting.Where.of(plan, on_cpu=not on_gpu))
-    return [f"{s.what} (set {s.knobs}): {s.why}" for s in steps] + \
-        ["or use a GPU with more memory, or a smaller base model"]
+    return [f"{s.what} (set {s.knobs}): {s.why}" for s in steps] + [
+        "or use a GPU with more memory, or a smaller base model"
+    ]
 
 
 def explain(exc: BaseException, plan=None, step: int | None = None) -> str:
@@ -99,30 +103,41 @@ def explain(exc: BaseException, plan=None, step: int | None = None) -> str:
         on_gpu = any("cuda" in _text(e) for e in chain)
         knobs = memory_knobs(plan, on_gpu)
         where = "GPU memory" if on_gpu else "memory"
-        return (f"Ran out of {where} {_at(step)}. Try, in this order: " + "; ".join(knobs) + ". "
-                "The estimate page shows what each change saves.")
+        return (
+            f"Ran out of {where} {_at(step)}. Try, in this order: " + "; ".join(knobs) + ". "
+            "The estimate page shows what each change saves."
+        )
     if any(_is_disk_full(e) for e in chain):
-        return (f"The disk is full {_at(step)} (writing checkpoints or the model files). Checkpoints already "
-                "written are kept. Free some space (old job folders under $LORAPILOT_HOME/jobs, the model cache) "
-                "or raise save_steps so fewer checkpoints are written, then resume the job: it continues from "
-                "its last complete checkpoint.")
+        return (
+            f"The disk is full {_at(step)} (writing checkpoints or the model files). Checkpoints already "
+            "written are kept. Free some space (old job folders under $LORAPILOT_HOME/jobs, the model cache) "
+            "or raise save_steps so fewer checkpoints are written, then resume the job: it continues from "
+            "its last complete checkpoint."
+        )
     unwritable = next((w for w in map(_unwritable, chain) if w), None)
     if unwritable:
-        return (f"Could not write {unwritable} {_at(step)}: permission denied or a read-only disk. Make it writable "
-                "(or set LORAPILOT_HOME to a folder you can write to), then resume the job.")
+        return (
+            f"Could not write {unwritable} {_at(step)}: permission denied or a read-only disk. Make it writable "
+            "(or set LORAPILOT_HOME to a folder you can write to), then resume the job."
+        )
     model = getattr(plan, "model", "the model")
     if any(_is_model_missing(e) for e in chain):
-        return (f"The base model '{model}' was not found: not a local folder with config.json, not a .gguf file, "
-                "and not reachable on the Hugging Face hub. Check the name (and HF_TOKEN for gated models), or "
-                "use 'default'.")
+        return (
+            f"The base model '{model}' was not found: not a local folder with config.json, not a .gguf file, "
+            "and not reachable on the Hugging Face hub. Check the name (and HF_TOKEN for gated models), or "
+            "use 'default'."
+        )
     if any(_is_bnb(e, plan) for e in chain):
         what = "QLoRA's 4-bit base" if getattr(plan, "method", None) == "qlora" else "the 8-bit optimizer"
-        return (f"{what} needs bitsandbytes working on this device, and it failed ({_first_line(chain[-1])}). "
-                "Install it (`pip install -U bitsandbytes`), check the CUDA driver, or use method lora "
-                "with optimizer adamw_torch.")
+        return (
+            f"{what} needs bitsandbytes working on this device, and it failed ({_first_line(chain[-1])}). "
+            "Install it (`pip install -U bitsandbytes`), check the CUDA driver, or use method lora "
+            "with optimizer adamw_torch."
+        )
     if any(_is_data(e) for e in chain):
         source = getattr(plan, "dataset", None) or "the dataset"
-        return (f"The dataset {source} could not be used {_at(step)}: {_first_line(chain[0])}. "
-                f"Run `python app.py check-data {source}` to see the file, row and field at fault.")
-    return (f"Training failed {_at(step)}: {_first_line(chain[0])}. "
-            "The full traceback is in the job log.")
+        return (
+            f"The dataset {source} could not be used {_at(step)}: {_first_line(chain[0])}. "
+            f"Run `python app.py check-data {source}` to see the file, row and field at fault."
+        )
+    return f"Training failed {_at(step)}: {_first_line(chain[0])}. The full traceback is in the job log."

@@ -83,8 +83,12 @@ def _labelled_head():
                 if grad_bias is not None:
                     grad_bias += grad_logits.float().sum(0)
                 del logp, grad_logits
-            return (grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype),
-                    None if grad_bias is None else grad_bias.to(bias.dtype), None)
+            return (
+                grad_hidden,
+                None if grad_weight is None else grad_weight.to(weight.dtype),
+                None if grad_bias is None else grad_bias.to(bias.dtype),
+                None,
+            )
 
     return LabelledHead
 
@@ -99,7 +103,8 @@ def applies(text_config) -> bool:
     loss to (trl/trainer/utils.py add_fused_lm_head reads the same attributes) stay with TRL."""
     scaled = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
     return all(getattr(text_config, a, None) in (None, 1, 1.0) for a in scaled) and not getattr(
-        text_config, "output_router_logits", False)
+        text_config, "output_router_logits", False
+    )
 
 
 def use_on_cpu(model) -> bool:
@@ -115,8 +120,14 @@ def use_on_cpu(model) -> bool:
     @functools.wraps(trl_forward)
     def forward(self, *args, fused_lm_head=False, labels=None, shift_labels=None, num_items_in_batch=None, **kw):
         if not fused_lm_head or shift_labels is not None or self.device.type != "cpu":
-            return trl_forward(*args, fused_lm_head=fused_lm_head, labels=labels, shift_labels=shift_labels,
-                               num_items_in_batch=num_items_in_batch, **kw)
+            return trl_forward(
+                *args,
+                fused_lm_head=fused_lm_head,
+                labels=labels,
+                shift_labels=shift_labels,
+                num_items_in_batch=num_items_in_batch,
+                **kw,
+            )
         kw["use_cache"] = False
         hidden = self.base_model(*args, **kw).last_hidden_state[:, :-1]
         labels = labels[:, 1:].to(hidden.device)
@@ -128,8 +139,9 @@ def use_on_cpu(model) -> bool:
         entropy = entropy.new_zeros(mask.shape).masked_scatter(mask, entropy)
         top1 = top1.new_zeros(mask.shape).masked_scatter(mask, top1)
         count = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
-        return FusedCausalLMOutput(loss=-log_probs.sum() / count, log_probs=log_probs, entropy=entropy,
-                                   is_top1=top1, label_mask=mask)
+        return FusedCausalLMOutput(
+            loss=-log_probs.sum() / count, log_probs=log_probs, entropy=entropy, is_top1=top1, label_mask=mask
+        )
 
     hf.forward = types.MethodType(forward, hf)
     return True

@@ -67,8 +67,11 @@ def config_kwargs(plan: TrainingPlan, out_dir: str | Path, has_eval: bool) -> di
 def trainer_kwargs(plan: TrainingPlan, out_dir: Path, device: str, precision: str, has_eval: bool) -> dict:
     """Every `DPOConfig` / `ORPOConfig` keyword the job runs with (what engine.train.run.sft_kwargs is for SFT);
     the job's resolved.json keeps them in its `sft` entry."""
-    return {**config_kwargs(plan, out_dir, has_eval), **config.precision_kwargs(precision, device),
-            **stopping.trainer_args(plan, has_eval)}
+    return {
+        **config_kwargs(plan, out_dir, has_eval),
+        **config.precision_kwargs(precision, device),
+        **stopping.trainer_args(plan, has_eval),
+    }
 
 
 # --- the exported script -------------------------------------------------------------------------
@@ -115,7 +118,10 @@ def script_trainer(objective: str, part: str) -> str:
     name = objective.upper()
     if "SFTConfig(" in part:
         module = "trl" if objective == "dpo" else "trl.experimental.orpo"
-        why = ("# DPO's reference is the base with the adapter switched off: no ref_model, no second copy\n"
-               if objective == "dpo" else "# ORPO needs no reference model\n")
+        why = (
+            "# DPO's reference is the base with the adapter switched off: no ref_model, no second copy\n"
+            if objective == "dpo"
+            else "# ORPO needs no reference model\n"
+        )
         part = f"from {module} import {name}Config, {name}Trainer  # noqa: E402\n{why}" + part
     return part.replace("SFTConfig(", f"{name}Config(").replace("SFTTrainer(", f"{name}Trainer(")

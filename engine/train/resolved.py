@@ -47,10 +47,14 @@ class Resolved:
 
     def summary(self) -> str:
         """One line for a comment: the values a plan's `auto`s became."""
-        held = {"split": f"{len(self.eval_rows)} held-out rows", "demo": "the demo's own test rows",
-                "none": "no held-out rows"}[self.eval_source]
-        stop = f", early stopping after {self.early_stopping['patience']} flat evaluations" \
-            if self.early_stopping else ""
+        held = {
+            "split": f"{len(self.eval_rows)} held-out rows",
+            "demo": "the demo's own test rows",
+            "none": "no held-out rows",
+        }[self.eval_source]
+        stop = (
+            f", early stopping after {self.early_stopping['patience']} flat evaluations" if self.early_stopping else ""
+        )
         return f"ran on {self.device} in {self.precision}, {self.attention} attention, {held}, seed {self.seed}{stop}"
 
 

@@ -72,7 +72,6 @@ def dtype_name(plan: TrainingPlan, device: str) -> str:
     """The plan's compute precision on this device: fp32, bf16 or fp16."""
     import torch
 
-
     bf16_ok = torch.cuda.is_bf16_supported() if device == "cuda" else hardware.calibration().bf16_native
     name = resolve_dtype(plan.dtype, on_cpu=device == "cpu", bf16_ok=bf16_ok)
     if name == "fp16" and device == "cpu":
@@ -99,8 +98,10 @@ def model_source(spec: str) -> str:
         return str(default_model.gguf_to_hf(path))  # converted once, then a plain folder
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise UserError("model", f"{spec} is a folder without config.json; give a Hugging Face model "
-                            "folder, a .gguf file or a hub id")
+            raise UserError(
+                "model",
+                f"{spec} is a folder without config.json; give a Hugging Face model folder, a .gguf file or a hub id",
+            )
         return str(path)
     if path.exists():
         raise UserError("model", f"{spec} is a file; give a model folder, a .gguf file or a hub id")
@@ -112,15 +113,17 @@ def model_source(spec: str) -> str:
 
 def _hub_error(spec: str, exc: Exception) -> UserError:
     reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
-    return UserError("model", f"could not load '{spec}' ({reason}); check the hub id and your network "
-                     "(or HF_TOKEN for gated models), or give a local folder or .gguf file")
+    return UserError(
+        "model",
+        f"could not load '{spec}' ({reason}); check the hub id and your network "
+        "(or HF_TOKEN for gated models), or give a local folder or .gguf file",
+    )
 
 
 def load_base(plan: TrainingPlan, for_training: bool = True):
     """(model, tokenizer) for the plan's base, in the plan's precision; NF4 4-bit for QLoRA."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
 
     device = train_device(plan)
     dtype = torch_dtype(plan, device)
@@ -152,8 +155,10 @@ def load_base(plan: TrainingPlan, for_training: bool = True):
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(
-                model, use_gradient_checkpointing=plan.grad_ckpt,
-                gradient_checkpointing_kwargs={"use_reentrant": False})
+                model,
+                use_gradient_checkpointing=plan.grad_ckpt,
+                gradient_checkpointing_kwargs={"use_reentrant": False},
+            )
     return model, tokenizer
 
 
@@ -161,12 +166,16 @@ def _nf4_config(dtype):
     try:
         import bitsandbytes  # noqa: F401
     except Exception as exc:
-        raise UserError("method", f"qlora needs the bitsandbytes package, which did not load ({exc}); "
-                        "install it with `pip install bitsandbytes`, or use method lora") from None
+        raise UserError(
+            "method",
+            f"qlora needs the bitsandbytes package, which did not load ({exc}); "
+            "install it with `pip install bitsandbytes`, or use method lora",
+        ) from None
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=dtype)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+    )
 
 
 def _choose_attention(plan: TrainingPlan, model, device: str, datasets, report: Report) -> None:
@@ -174,27 +183,35 @@ def _choose_attention(plan: TrainingPlan, model, device: str, datasets, report: 
 
     if plan.attention != "auto":
         return
-    longest = min(plan.seq_len, max((len(ids) for ds in datasets if ds is not None for ids in ds["input_ids"]),
-                                    default=plan.seq_len))
+    longest = min(
+        plan.seq_len,
+        max((len(ids) for ds in datasets if ds is not None for ids in ds["input_ids"]), default=plan.seq_len),
+    )
     name = dtype_name(plan, device)
     kernel = hardware.attention_for("auto", device == "cpu", name, longest)
     if kernel != hardware.attention_to_load("auto"):
         model.set_attn_implementation(kernel)
-        report(events.Note(f"attention auto: {kernel}, the rows are at most {longest} tokens, where it measured "
-                           f"faster than sdpa in {name} on this CPU"))
+        report(
+            events.Note(
+                f"attention auto: {kernel}, the rows are at most {longest} tokens, where it measured "
+                f"faster than sdpa in {name} on this CPU"
+            )
+        )
 
 
 # --- plan → TRL (the keywords live in engine.train.config; the job records what it used in resolved.json) ---
 def sft_kwargs(plan: TrainingPlan, out_dir: Path, device: str, precision: str, has_eval: bool) -> dict:
     """Every `SFTConfig` keyword this job runs with: the plan's, the precision's, early stopping's."""
-    return {**config.sft_kwargs(plan, out_dir, has_eval), **config.precision_kwargs(precision, device),
-            **stopping.trainer_args(plan, has_eval)}
+    return {
+        **config.sft_kwargs(plan, out_dir, has_eval),
+        **config.precision_kwargs(precision, device),
+        **stopping.trainer_args(plan, has_eval),
+    }
 
 
 # --- reporting ---------------------------------------------------------------------------
 def _reporter_class():
     from transformers import TrainerCallback
-
 
     class _Reporter(TrainerCallback):
         """Trainer events → typed report events; cancel requests → a graceful stop with a checkpoint."""
@@ -226,11 +243,19 @@ def _reporter_class():
             # The first step carries one-off costs (allocation, peak tracking), so the pace is
             # measured from its end once a later step exists.
             rate = (now - self.t0) if done == 1 else (now - self.t_first) / (done - 1)
-            self.report(events.Progress(step=state.global_step, total_steps=state.max_steps,
-                                        eta_seconds=round(rate * (state.max_steps - state.global_step), 1),
-                                        step_seconds=round(rate, 3)))
-            if (self.should_stop is not None and state.global_step < state.max_steps
-                    and distributed.agree(self.should_stop())):
+            self.report(
+                events.Progress(
+                    step=state.global_step,
+                    total_steps=state.max_steps,
+                    eta_seconds=round(rate * (state.max_steps - state.global_step), 1),
+                    step_seconds=round(rate, 3),
+                )
+            )
+            if (
+                self.should_stop is not None
+                and state.global_step < state.max_steps
+                and distributed.agree(self.should_stop())
+            ):
                 self.stopped = True
                 control.should_training_stop = True
                 control.should_save = True  # graceful cancel leaves a checkpoint to resume from
@@ -246,16 +271,23 @@ def _reporter_class():
                 # kept in log_history so checkpoints (and metrics.csv after a resume) have them too
                 entry["tokens_per_second"] = round(tps, 1) if tps else None
                 entry["time"] = round(self.time_offset + now - self.t0, 2)
-                row = events.Metrics(step=state.global_step, epoch=logs.get("epoch"), loss=logs.get("loss"),
-                                     learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
-                                     tokens_per_second=entry["tokens_per_second"], time=entry["time"])
+                row = events.Metrics(
+                    step=state.global_step,
+                    epoch=logs.get("epoch"),
+                    loss=logs.get("loss"),
+                    learning_rate=logs.get("learning_rate"),
+                    grad_norm=logs.get("grad_norm"),
+                    tokens_per_second=entry["tokens_per_second"],
+                    time=entry["time"],
+                )
                 if control.should_evaluate:  # an eval follows at this step: send one merged row
                     self.pending = row
                 else:
                     self.report(row)
             elif "eval_loss" in logs:
-                row = self.pending or events.Metrics(step=state.global_step, epoch=logs.get("epoch"),
-                                                     time=round(self.time_offset + now - self.t0, 2))
+                row = self.pending or events.Metrics(
+                    step=state.global_step, epoch=logs.get("epoch"), time=round(self.time_offset + now - self.t0, 2)
+                )
                 row.eval_loss = logs["eval_loss"]
                 self.pending = None
                 self.report(row)
@@ -269,11 +301,14 @@ def _reporter_class():
     return _Reporter
 
 
-
-
 # --- the run -----------------------------------------------------------------------------
-def train(plan: TrainingPlan, out_dir: Path, report: Report | None = None,
-          should_stop: Callable[[], bool] | None = None, resume: bool = False) -> TrainResult:
+def train(
+    plan: TrainingPlan,
+    out_dir: Path,
+    report: Report | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    resume: bool = False,
+) -> TrainResult:
     """Train per `plan`, reporting events; write the adapter and artifacts to `out_dir`."""
     t0 = time.time()
     report = report or (lambda event: None)
@@ -323,7 +358,6 @@ def _prepare(plan: TrainingPlan, out_dir: Path, report: Report, should_stop) -> 
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
-
     device = train_device(plan)
     precision = dtype_name(plan, device)
     model, tokenizer = load_base(plan, for_training=True)
@@ -335,12 +369,22 @@ def _prepare(plan: TrainingPlan, out_dir: Path, report: Report, should_stop) -> 
     reporter = _reporter_class()(report, should_stop, device, None)
     early = stopping.callback(plan.patience) if stopping.enabled(plan, eval_ds is not None) else None
     # The trainer is built from the record, so what the record says is what ran.
-    record = _record(plan, device, precision, model.config._attn_implementation,
-                     n_examples=len(train_ds) + len(eval_ds or ()), has_eval=eval_ds is not None, replaced=[])
+    record = _record(
+        plan,
+        device,
+        precision,
+        model.config._attn_implementation,
+        n_examples=len(train_ds) + len(eval_ds or ()),
+        has_eval=eval_ds is not None,
+        replaced=[],
+    )
     # --- preference objectives (dpo, orpo): TRL's pair trainer and its config class (engine.train.preference);
     # the rest of the run is the SFT path unchanged
-    trainer_base, config_cls = (SFTTrainer, SFTConfig) if plan.objective == "sft" else (
-        preference.trainer_class(plan.objective), preference.config_class(plan.objective))
+    trainer_base, config_cls = (
+        (SFTTrainer, SFTConfig)
+        if plan.objective == "sft"
+        else (preference.trainer_class(plan.objective), preference.config_class(plan.objective))
+    )
     trainer_cls = checkpoints.atomic_trainer(trainer_base, before_publish=lambda p: faults.check_write(p.name, p))
     # The adapters' initial weights come from the global generator: seed it here, as the exported
     # script does, so the job and the script start from the same adapter whatever ran before.
@@ -356,22 +400,31 @@ def _prepare(plan: TrainingPlan, out_dir: Path, report: Report, should_stop) -> 
     )
     # the rows are tokenized now (TRL does it in the trainer's constructor); the PEFT wrapper shares the model
     # (pair trainers tokenize into other columns: their kernel is chosen for seq_len)
-    _choose_attention(plan, model, device, (trainer.train_dataset, trainer.eval_dataset)
-                      if plan.objective == "sft" else (), report)
+    _choose_attention(
+        plan, model, device, (trainer.train_dataset, trainer.eval_dataset) if plan.objective == "sft" else (), report
+    )
     record.attention = model.config._attn_implementation
     if device == "cpu":
         # TRL's fused head scores every position there, slowly; torch's CPU dropout draws a float per element.
         # DPO keeps TRL's head: it also reads the mean logits, which ours omits.
         swaps = (("lm_head", lm_head.use_on_cpu),) if plan.objective == "sft" else ()
-        record.cpu_replacements = [name for name, swap in swaps + (("dropout", dropout.use_on_cpu),)
-                                   if swap(trainer.model)]
+        record.cpu_replacements = [
+            name for name, swap in swaps + (("dropout", dropout.use_on_cpu),) if swap(trainer.model)
+        ]
     if distributed.is_main():
         record.write(out_dir)
     return _Run(trainer, tokenizer, train_ds, eval_ds, reporter, early, demo.skill_of(plan), device, record)
 
 
-def _record(plan: TrainingPlan, device: str, precision: str, attention: str, n_examples: int, has_eval: bool,
-            replaced: list[str]) -> resolved.Resolved:
+def _record(
+    plan: TrainingPlan,
+    device: str,
+    precision: str,
+    attention: str,
+    n_examples: int,
+    has_eval: bool,
+    replaced: list[str],
+) -> resolved.Resolved:
 
     if not has_eval:
         source, rows = "none", []
@@ -381,11 +434,19 @@ def _record(plan: TrainingPlan, device: str, precision: str, attention: str, n_e
         source, rows = "split", holdout_rows(n_examples, plan.eval_split, plan.seed)
     kwargs = sft_kwargs if plan.objective == "sft" else preference.trainer_kwargs  # dpo/orpo: DPOConfig/ORPOConfig's
     sft = {k: v for k, v in kwargs(plan, Path("."), device, precision, has_eval).items() if k != "output_dir"}
-    return resolved.Resolved(device=device, precision=precision, attention=attention, seed=plan.seed,
-                             eval_source=source, eval_rows=rows,
-                             lora=config.lora_kwargs(plan) if plan.method != "full" else None, sft=sft,
-                             early_stopping=stopping.settings(plan, has_eval), cpu_replacements=replaced,
-                             versions=resolved.versions())
+    return resolved.Resolved(
+        device=device,
+        precision=precision,
+        attention=attention,
+        seed=plan.seed,
+        eval_source=source,
+        eval_rows=rows,
+        lora=config.lora_kwargs(plan) if plan.method != "full" else None,
+        sft=sft,
+        early_stopping=stopping.settings(plan, has_eval),
+        cpu_replacements=replaced,
+        versions=resolved.versions(),
+    )
 
 
 def provisional_record(plan: TrainingPlan) -> resolved.Resolved:
@@ -397,8 +458,15 @@ def provisional_record(plan: TrainingPlan) -> resolved.Resolved:
     demo_data = DatasetRef.parse(plan.dataset).is_demo
     n_examples = 0 if demo_data else len(read_source(plan.dataset))
     has_eval = plan.eval_split > 0 and (demo_data or holdout_size(n_examples, plan.eval_split) > 0)
-    return _record(plan, device, dtype_name(plan, device), hardware.attention_to_load(plan.attention), n_examples,
-                   has_eval, replaced=[])
+    return _record(
+        plan,
+        device,
+        dtype_name(plan, device),
+        hardware.attention_to_load(plan.attention),
+        n_examples,
+        has_eval,
+        replaced=[],
+    )
 
 
 def _fit(run: _Run, out_dir: Path, resume: bool) -> None:
@@ -417,7 +485,6 @@ def _publish(plan: TrainingPlan, run: _Run, out_dir: Path, base_score, adapter_s
     """Weights (the adapter for lora/qlora, all of them for full), then the artifacts beside them."""
     import torch
 
-
     trainer = run.trainer
     trainer.save_model(str(out_dir))  # every rank calls it; only rank 0 writes
     faults.check_write("final", out_dir)
@@ -425,19 +492,34 @@ def _publish(plan: TrainingPlan, run: _Run, out_dir: Path, base_score, adapter_s
     artifacts.point_adapter_at(base_ref, out_dir)
     rows = artifacts.metric_rows(trainer.state.log_history)
     final_loss = next((r["loss"] for r in reversed(rows) if r.get("loss") is not None), None)
-    result = TrainResult(out_dir=out_dir, steps=trainer.state.global_step, stopped=run.reporter.stopped,
-                         peak_bytes=run.reporter.peak.peak_bytes or None, base_score=base_score,
-                         adapter_score=adapter_score,
-                         final_loss=final_loss, total_steps=trainer.state.max_steps, device=run.device,
-                         peak_marks=list(run.reporter.peak.marks) or None, stop_reason=stop_reason)
+    result = TrainResult(
+        out_dir=out_dir,
+        steps=trainer.state.global_step,
+        stopped=run.reporter.stopped,
+        peak_bytes=run.reporter.peak.peak_bytes or None,
+        base_score=base_score,
+        adapter_score=adapter_score,
+        final_loss=final_loss,
+        total_steps=trainer.state.max_steps,
+        device=run.device,
+        peak_marks=list(run.reporter.peak.marks) or None,
+        stop_reason=stop_reason,
+    )
     if not distributed.is_main():
         return result  # rank 0 writes the artifacts
     run.tokenizer.save_pretrained(str(out_dir))
     artifacts.write_plan(plan, out_dir)
     artifacts.write_metrics_csv(rows, out_dir)
     artifacts.write_loss_png(rows, out_dir, title=plan.name or out_dir.name)
-    artifacts.write_model_card(plan, out_dir, result, rows, base=base_ref, train_rows=len(run.train_ds),
-                               eval_rows=len(run.eval_ds) if run.eval_ds is not None else None)
+    artifacts.write_model_card(
+        plan,
+        out_dir,
+        result,
+        rows,
+        base=base_ref,
+        train_rows=len(run.train_ds),
+        eval_rows=len(run.eval_ds) if run.eval_ds is not None else None,
+    )
     del trainer
     run.trainer = None
     if run.device == "cuda":

@@ -63,7 +63,6 @@ def data_files(plan: TrainingPlan) -> tuple[str, str | None]:
         raise UserError("dataset", "the plan names no training data; give a file, a hub dataset id or demo:NAME")
     ref = DatasetRef.parse(plan.dataset)
     if ref.is_demo:
-
         return str(demo.dataset_path(ref.skill, "train")), str(demo.dataset_path(ref.skill, "test"))
     path = Path(ref.source).expanduser()
     return (str(path.resolve()) if path.exists() else ref.source), None
@@ -78,23 +77,33 @@ def python_script(plan: TrainingPlan, record: Resolved | None = None) -> str:
     eval_file = demo_eval if record.eval_source == "demo" else None
     title = " ".join((plan.name or f"{plan.method} on {DatasetRef.parse(plan.dataset).stem}").split())
     parts = [
-        _HEADER.format(title=title, needs=", bitsandbytes" if plan.method == "qlora" else "",
-                       resolved=_resolved_note(record)),
+        _HEADER.format(
+            title=title, needs=", bitsandbytes" if plan.method == "qlora" else "", resolved=_resolved_note(record)
+        ),
         _imports(plan, train_file),
-        _SETTINGS.format(base=run.model_source(plan.model), train=train_file, eval=eval_file,
-                         fmt=plan.data_format, columns=dict(plan.columns),
-                         eval_rows=record.eval_rows if record.eval_source == "split" else [],
-                         seed=record.seed, device=record.device, dtype=record.precision),
+        _SETTINGS.format(
+            base=run.model_source(plan.model),
+            train=train_file,
+            eval=eval_file,
+            fmt=plan.data_format,
+            columns=dict(plan.columns),
+            eval_rows=record.eval_rows if record.eval_source == "split" else [],
+            seed=record.seed,
+            device=record.device,
+            dtype=record.precision,
+        ),
         _tokenizer_block(),
         _reader(train_file),
         _CONVERT,
         _model_block(plan, record.attention),
         _SPLIT,
         ("peft_config = LoraConfig(\n" + _kwargs(record.lora) + ")\n\n") if record.lora else "",
-        "args = SFTConfig(\n    output_dir=str(Path(OUT) / \"checkpoints\"),\n" + _kwargs(record.sft) + ")\n",
+        'args = SFTConfig(\n    output_dir=str(Path(OUT) / "checkpoints"),\n' + _kwargs(record.sft) + ")\n",
         _EARLY_STOP.format(**record.early_stopping) if record.early_stopping else "",
-        _RUN.format(peft=", peft_config=peft_config" if record.lora else "",
-                    callbacks=", callbacks=[EarlyStop()]" if record.early_stopping else ""),
+        _RUN.format(
+            peft=", peft_config=peft_config" if record.lora else "",
+            callbacks=", callbacks=[EarlyStop()]" if record.early_stopping else "",
+        ),
     ]
     if plan.objective != "sft":  # dpo/orpo: pairs, and TRL's pair trainer on the record's keywords
         parts.insert(parts.index(_SPLIT), preference.SCRIPT_PAIRS)
@@ -105,8 +114,11 @@ def python_script(plan: TrainingPlan, record: Resolved | None = None) -> str:
 def _resolved_note(record: Resolved) -> str:
     lines = [f"# What the job resolved (its resolved.json): {record.summary()}."]
     if record.versions:
-        lines.append("# Library versions it ran with: "
-                     + ", ".join(f"{k} {v}" for k, v in sorted(record.versions.items())) + ".")
+        lines.append(
+            "# Library versions it ran with: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(record.versions.items()))
+            + "."
+        )
     if "dropout" in record.cpu_replacements:
         lines.append("# On the CPU the job drew its LoRA dropout masks with a faster sampler of the same drop")
         lines.append("# rate: with dropout above 0 this script's adapter matches the job's in distribution, not")
@@ -121,12 +133,19 @@ def _kwargs(values: dict, indent: str = "    ") -> str:
 def _imports(plan: TrainingPlan, train_file: str) -> str:
     csv = ["import csv", "import io"] if Path(train_file).suffix.lower() == ".csv" else []
     std = [*csv, "import json", "import sys", "from pathlib import Path"]
-    peft = {"qlora": "from peft import LoraConfig, prepare_model_for_kbit_training",
-            "lora": "from peft import LoraConfig"}.get(plan.method)
-    third = ["import torch", "from datasets import Dataset, load_dataset", *([peft] if peft else []),
-             "from transformers import AutoModelForCausalLM, AutoTokenizer"
-             + (", BitsAndBytesConfig" if plan.method == "qlora" else "") + ", TrainerCallback, set_seed",
-             "from trl import SFTConfig, SFTTrainer"]
+    peft = {
+        "qlora": "from peft import LoraConfig, prepare_model_for_kbit_training",
+        "lora": "from peft import LoraConfig",
+    }.get(plan.method)
+    third = [
+        "import torch",
+        "from datasets import Dataset, load_dataset",
+        *([peft] if peft else []),
+        "from transformers import AutoModelForCausalLM, AutoTokenizer"
+        + (", BitsAndBytesConfig" if plan.method == "qlora" else "")
+        + ", TrainerCallback, set_seed",
+        "from trl import SFTConfig, SFTTrainer",
+    ]
     return "\n".join(std) + "\n\n" + "\n".join(third) + "\n\n"
 
 
@@ -138,40 +157,40 @@ def _reader(train_file: str) -> str:
     ext = Path(train_file).suffix.lower()
     body = {
         ".jsonl": '    with open(path, encoding="utf-8-sig") as fh:\n'
-                  "        return [json.loads(line) for line in fh if line.strip()]\n",
+        "        return [json.loads(line) for line in fh if line.strip()]\n",
         ".json": '    value = json.loads(Path(path).read_text(encoding="utf-8-sig"))\n'
-                 "    if isinstance(value, dict):  # a {\"data\": [...]} wrapper\n"
-                 "        value = next(v for v in value.values() if isinstance(v, list))\n"
-                 "    return value\n",
+        '    if isinstance(value, dict):  # a {"data": [...]} wrapper\n'
+        "        value = next(v for v in value.values() if isinstance(v, list))\n"
+        "    return value\n",
         ".csv": '    text = Path(path).read_text(encoding="utf-8-sig")\n'
-                "    try:\n"
-                '        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\\t")\n'
-                "    except csv.Error:\n"
-                "        dialect = csv.excel\n"
-                "    return list(csv.DictReader(io.StringIO(text), dialect=dialect))\n",
+        "    try:\n"
+        '        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\\t")\n'
+        "    except csv.Error:\n"
+        "        dialect = csv.excel\n"
+        "    return list(csv.DictReader(io.StringIO(text), dialect=dialect))\n",
         ".parquet": '    return load_dataset("parquet", data_files=path, split="train").to_list()\n',
         ".txt": "    # blocks separated by blank lines are one example each\n"
-                "    blocks, block = [], []\n"
-                '    for line in Path(path).read_text(encoding="utf-8-sig").splitlines() + [""]:\n'
-                "        if line.strip():\n"
-                "            block.append(line)\n"
-                "        elif block:\n"
-                '            blocks.append("\\n".join(block))\n'
-                "            block = []\n"
-                '    return [{"text": b} for b in blocks]\n',
+        "    blocks, block = [], []\n"
+        '    for line in Path(path).read_text(encoding="utf-8-sig").splitlines() + [""]:\n'
+        "        if line.strip():\n"
+        "            block.append(line)\n"
+        "        elif block:\n"
+        '            blocks.append("\\n".join(block))\n'
+        "            block = []\n"
+        '    return [{"text": b} for b in blocks]\n',
     }.get(ext, '    return load_dataset(path, split="train").to_list()  # a hub dataset\n')
     return "\ndef read_rows(path):\n" + body + "\n"
 
 
-_HEADER = '''# {title}: a LoRA Pilot job as a standalone transformers + PEFT + TRL script.
+_HEADER = """# {title}: a LoRA Pilot job as a standalone transformers + PEFT + TRL script.
 #
 # The same base model, data, conversion and settings the job trained with.
 # Needs torch, transformers, peft, trl, datasets{needs}.
 # Run: python this_file.py [OUTPUT_FOLDER]   (default: ./out)
 {resolved}
-'''
+"""
 
-_SETTINGS = '''BASE = {base!r}  # where the job loads the base model from
+_SETTINGS = """BASE = {base!r}  # where the job loads the base model from
 DATA = {train!r}  # the training data the job reads
 EVAL_DATA = {eval!r}  # held-out rows, when the data comes with them
 DATA_FORMAT = {fmt!r}  # auto | messages | alpaca | prompt_completion | text
@@ -184,9 +203,9 @@ DEVICE = {device!r}  # where the job ran
 DTYPE = {dtype!r}  # the precision the job's `dtype` resolved to there
 TORCH_DTYPE = {{"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}}[DTYPE]
 
-'''
+"""
 
-_TOKENIZER = '''tokenizer = AutoTokenizer.from_pretrained(BASE)
+_TOKENIZER = """tokenizer = AutoTokenizer.from_pretrained(BASE)
 if not tokenizer.chat_template:  # no template: ChatML, with its end-of-turn token as EOS
     missing = [t for t in ("<|im_start|>", "{eos}") if t not in tokenizer.get_vocab()]
     if missing:
@@ -196,7 +215,7 @@ if not tokenizer.chat_template:  # no template: ChatML, with its end-of-turn tok
 if tokenizer.pad_token is None:
     tokenizer.pad_token = tokenizer.eos_token
 
-'''
+"""
 
 _CONVERT = '''
 def field(row, name):
@@ -271,7 +290,7 @@ def to_example(row, fmt):
 
 '''
 
-_SPLIT = '''rows = read_rows(DATA)
+_SPLIT = """rows = read_rows(DATA)
 fmt = layout(rows) if DATA_FORMAT == "auto" else DATA_FORMAT
 examples = [to_example(row, fmt) for row in rows]
 if EVAL_DATA:
@@ -282,7 +301,7 @@ else:
 train_data = Dataset.from_list(train_rows)
 eval_data = Dataset.from_list(eval_rows) if eval_rows else None
 
-'''
+"""
 
 _EARLY_STOP = '''
 
@@ -305,7 +324,7 @@ class EarlyStop(TrainerCallback):
 
 '''
 
-_RUN = '''
+_RUN = """
 set_seed(SEED)  # the adapters' initial weights: the job seeds here too
 trainer = SFTTrainer(model=model, args=args, train_dataset=train_data, eval_dataset=eval_data,
                      processing_class=tokenizer{peft}{callbacks})
@@ -313,23 +332,30 @@ trainer.train()
 trainer.save_model(OUT)
 tokenizer.save_pretrained(OUT)
 print(f"saved to {{OUT}}")
-'''
+"""
 
 
 def _model_block(plan: TrainingPlan, attention: str) -> str:
     # engine.train.run.load_base, spelled out for this plan's method
     if plan.method == "qlora":
         nf4 = dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True)
-        dtype = ("dtype=TORCH_DTYPE,\n    quantization_config=BitsAndBytesConfig(\n" + _kwargs(nf4, " " * 8)
-                 + "        bnb_4bit_compute_dtype=TORCH_DTYPE),\n"
-                 + '    device_map={"": 0 if DEVICE == "cuda" else "cpu"},')
+        dtype = (
+            "dtype=TORCH_DTYPE,\n    quantization_config=BitsAndBytesConfig(\n"
+            + _kwargs(nf4, " " * 8)
+            + "        bnb_4bit_compute_dtype=TORCH_DTYPE),\n"
+            + '    device_map={"": 0 if DEVICE == "cuda" else "cpu"},'
+        )
     elif plan.method == "full":  # fp16 gradients cannot be unscaled: fp32 master weights, autocast to fp16
         dtype = 'dtype=torch.float32 if DTYPE == "fp16" else TORCH_DTYPE,'
     else:
         dtype = "dtype=TORCH_DTYPE,"
-    out = (f"model = AutoModelForCausalLM.from_pretrained(\n    BASE, attn_implementation={attention!r},\n"
-           f"    {dtype}\n)\nmodel.config.use_cache = False\n")
+    out = (
+        f"model = AutoModelForCausalLM.from_pretrained(\n    BASE, attn_implementation={attention!r},\n"
+        f"    {dtype}\n)\nmodel.config.use_cache = False\n"
+    )
     if plan.method == "qlora":
-        out += (f"model = prepare_model_for_kbit_training(model, use_gradient_checkpointing={plan.grad_ckpt},\n"
-                '                                        gradient_checkpointing_kwargs={"use_reentrant": False})\n')
+        out += (
+            f"model = prepare_model_for_kbit_training(model, use_gradient_checkpointing={plan.grad_ckpt},\n"
+            '                                        gradient_checkpointing_kwargs={"use_reentrant": False})\n'
+        )
     return out + "\n"

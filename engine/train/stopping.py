@@ -66,8 +66,10 @@ def callback(patience: int):
             self._see(loss)
             if self.flat >= self.patience and state.global_step < state.max_steps:
                 control.should_training_stop = True
-                self.reason = (f"stopped at step {state.global_step} of {state.max_steps}: held-out loss flat for "
-                               f"{self.flat} evaluations")
+                self.reason = (
+                    f"stopped at step {state.global_step} of {state.max_steps}: held-out loss flat for "
+                    f"{self.flat} evaluations"
+                )
 
     return EarlyStop()
 

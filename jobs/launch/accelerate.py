@@ -34,11 +34,25 @@ def command(job_id: int, processes: int, resume: bool) -> list[str]:
     # on a CPU the Trainer's `use_cpu=True` then joins them with the gloo backend. accelerate's
     # `--cpu` flag would not do: it routes to its simple launcher, which starts one process unless
     # MPI is installed (accelerate 1.15, commands/launch.py, launch_command).
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-           "--num_processes", str(processes), "--num_machines", "1",
-           "--mixed_precision", "no",  # the plan's dtype decides, through the Trainer's arguments
-           "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-           "-m", "jobs.launch.rank", str(job_id)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",  # the plan's dtype decides, through the Trainer's arguments
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "jobs.launch.rank",
+        str(job_id),
+    ]
     return cmd + (["--resume"] if resume else [])
 
 
@@ -57,9 +71,11 @@ def run(job_id: int, processes: int, resume: bool) -> SimpleNamespace:
             raise RankFailed(data["error"])
         if proc.returncode == 0:
             return SimpleNamespace(**data)
-    raise RankLost(f"a training process ended without reporting (accelerate exited with code {proc.returncode}): "
-                   "one was killed (kill -9, out of memory) or lost its peers. "
-                   "Resume to continue from the last checkpoint with the same number of processes.")
+    raise RankLost(
+        f"a training process ended without reporting (accelerate exited with code {proc.returncode}): "
+        "one was killed (kill -9, out of memory) or lost its peers. "
+        "Resume to continue from the last checkpoint with the same number of processes."
+    )
 
 
 def _threads_per_rank(processes: int) -> int:

@@ -31,14 +31,22 @@ def main(argv: list[str] | None = None) -> int:
     main_rank = distributed.is_main()
     print(f"rank {distributed.rank()} of world size {distributed.world_size()} starting", flush=True)
     if main_rank:
-        store.append_log(job_id, f"training with {distributed.world_size()} processes (world size "
-                                 f"{distributed.world_size()}); rank 0 reports")
+        store.append_log(
+            job_id,
+            f"training with {distributed.world_size()} processes (world size "
+            f"{distributed.world_size()}); rank 0 reports",
+        )
     plan = store.job_plan(store.get_job(job_id))
 
     outcome = store.job_dir(job_id) / OUTCOME
     try:
-        result = train(plan, store.job_dir(job_id), report=worker.report if main_rank else _silent,
-                       should_stop=worker.should_stop if main_rank else lambda: worker.terminated, resume=resume)
+        result = train(
+            plan,
+            store.job_dir(job_id),
+            report=worker.report if main_rank else _silent,
+            should_stop=worker.should_stop if main_rank else lambda: worker.terminated,
+            resume=resume,
+        )
     except BaseException as exc:
         traceback.print_exc()
         if main_rank and not _peer_lost(exc):  # a lost peer is the launcher's to report: interrupted
@@ -47,10 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         distributed.leave()
     if main_rank:
-        outcome.write_text(json.dumps({
-            "steps": result.steps, "stopped": result.stopped, "peak_bytes": result.peak_bytes,
-            "base_score": result.base_score, "adapter_score": result.adapter_score,
-        }))
+        outcome.write_text(
+            json.dumps(
+                {
+                    "steps": result.steps,
+                    "stopped": result.stopped,
+                    "peak_bytes": result.peak_bytes,
+                    "base_score": result.base_score,
+                    "adapter_score": result.adapter_score,
+                }
+            )
+        )
     return 0
 
 
@@ -61,7 +76,8 @@ def _peer_lost(exc: BaseException) -> bool:
 
     text = str(exc)
     return isinstance(exc, getattr(dist, "DistBackendError", ())) or (
-        isinstance(exc, RuntimeError) and ("Connection closed by peer" in text or "Connection reset by peer" in text))
+        isinstance(exc, RuntimeError) and ("Connection closed by peer" in text or "Connection reset by peer" in text)
+    )
 
 
 def _silent(event) -> None:

@@ -27,8 +27,14 @@ from jobs.launch.ray_resources import ENV, address
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 # What a worker on a node must see: the same database, the same home, the same code.
-SHARED_ENV = ("DATABASE_URL", "LORAPILOT_HOME", "LORAPILOT_CANCEL_GRACE_S", "LORAPILOT_MAX_CONCURRENT",
-              "HF_HUB_OFFLINE", "HF_HOME")
+SHARED_ENV = (
+    "DATABASE_URL",
+    "LORAPILOT_HOME",
+    "LORAPILOT_CANCEL_GRACE_S",
+    "LORAPILOT_MAX_CONCURRENT",
+    "HF_HUB_OFFLINE",
+    "HF_HOME",
+)
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 

@@ -39,8 +39,11 @@ def client():
     try:
         return JobSubmissionClient(address())
     except Exception as exc:
-        raise UserError(ENV, f"cannot reach the Ray cluster at {address()} ({type(exc).__name__}: {exc}); "
-                             "start it (`ray start --head`) or unset the variable to run jobs locally") from None
+        raise UserError(
+            ENV,
+            f"cannot reach the Ray cluster at {address()} ({type(exc).__name__}: {exc}); "
+            "start it (`ray start --head`) or unset the variable to run jobs locally",
+        ) from None
 
 
 def words(resources: dict[str, float]) -> str:
@@ -58,11 +61,15 @@ def nodes() -> list[dict[str, float]]:
     from ray.util.state import list_nodes
 
     try:
-        alive = list_nodes(address=address(), filters=[("state", "=", "ALIVE")], timeout=TIMEOUT_S,
-                           raise_on_missing_output=False)
+        alive = list_nodes(
+            address=address(), filters=[("state", "=", "ALIVE")], timeout=TIMEOUT_S, raise_on_missing_output=False
+        )
     except Exception as exc:
-        raise UserError(ENV, f"cannot list the nodes of the Ray cluster at {address()} ({type(exc).__name__}); "
-                             "start it (`ray start --head`) or unset the variable to run jobs locally") from None
+        raise UserError(
+            ENV,
+            f"cannot list the nodes of the Ray cluster at {address()} ({type(exc).__name__}); "
+            "start it (`ray start --head`) or unset the variable to run jobs locally",
+        ) from None
     return [{kind: float(n.resources_total.get(kind, 0)) for kind in KINDS} for n in alive]
 
 
@@ -81,15 +88,22 @@ def refuse_unrunnable(ask: dict[str, float], cluster: list[dict[str, float]]) ->
     if any(all(node.get(kind, 0) >= ask.get(kind, 0) for kind in KINDS) for node in cluster):
         return
     largest = words(max(cluster, key=lambda n: (n["GPU"], n["CPU"]))) if cluster else "no alive node"
-    hint = ("; set the plan's device to cpu (--gpu cpu) or add a GPU node" if ask.get("GPU") else
-            "; fewer processes, or a larger node")
-    raise UserError("gpu", f"no node of the Ray cluster at {address()} can run this plan: it asks {words(ask)}; "
-                           f"the largest node has {largest}{hint}")
+    hint = (
+        "; set the plan's device to cpu (--gpu cpu) or add a GPU node"
+        if ask.get("GPU")
+        else "; fewer processes, or a larger node"
+    )
+    raise UserError(
+        "gpu",
+        f"no node of the Ray cluster at {address()} can run this plan: it asks {words(ask)}; "
+        f"the largest node has {largest}{hint}",
+    )
 
 
 @dataclass(frozen=True)
 class Pending:
     """A job Ray holds before starting it: what it asked, and what the cluster has free now."""
+
     asks: str
     free: dict[str, float] | None
 

@@ -28,8 +28,11 @@ def api_key() -> str | None:
 def check_exposure(host: str, key: str | None, share: bool = False) -> None:
     if key is None and (share or not network.is_loopback(host)):
         where = "a public share link" if share else f"{host}, which other machines can reach"
-        raise UserError("host", f"refusing to serve the /v1 API on {where} without a key; set LORAPILOT_API_KEY "
-                        "(clients then send it as a Bearer token), or keep --host 127.0.0.1")
+        raise UserError(
+            "host",
+            f"refusing to serve the /v1 API on {where} without a key; set LORAPILOT_API_KEY "
+            "(clients then send it as a Bearer token), or keep --host 127.0.0.1",
+        )
 
 
 def routes(service: Service, key: str | None) -> list:
@@ -44,7 +47,6 @@ def build_app(service: Service, key: str | None):
 
 def run_api_only(service: Service, host: str, port: int, key: str | None) -> None:
     """Serve /v1 alone until interrupted; the base model loads in the background at once."""
-
 
     threading.Thread(target=_warm, args=(service,), name="api-warm-up", daemon=True).start()
     config = uvicorn.Config(build_app(service, key), host=host, port=port, log_level="warning")

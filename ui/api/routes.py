@@ -45,8 +45,10 @@ class _Guarded(APIRoute):
                 return JSONResponse(ApiError(400, str(exc), exc.field).body(), status_code=400)
             except Exception as exc:  # logged here; the client gets one line
                 log.exception("the /v1 endpoint failed")
-                return JSONResponse(ApiError(500, f"internal error ({type(exc).__name__}); the server keeps "
-                                             "serving").body(), status_code=500)
+                return JSONResponse(
+                    ApiError(500, f"internal error ({type(exc).__name__}); the server keeps serving").body(),
+                    status_code=500,
+                )
 
         return guarded
 
@@ -57,8 +59,10 @@ def build_router(service: Service, api_key: str | None = None) -> APIRouter:
             return
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), api_key.encode()):
-            raise ApiError(401, "a valid API key is required: send the header Authorization: Bearer "
-                           "<the server's LORAPILOT_API_KEY>")
+            raise ApiError(
+                401,
+                "a valid API key is required: send the header Authorization: Bearer <the server's LORAPILOT_API_KEY>",
+            )
 
     router = APIRouter(prefix="/v1", route_class=_Guarded, dependencies=[Depends(authorize)])
     started = int(time.time())
@@ -66,14 +70,17 @@ def build_router(service: Service, api_key: str | None = None) -> APIRouter:
     @router.get("/models")
     async def models():
         entries = await asyncio.to_thread(service.models)
-        return {"object": "list", "data": [{"object": "model", "created": started, "owned_by": "lorapilot", **e}
-                                           for e in entries]}
+        return {
+            "object": "list",
+            "data": [{"object": "model", "created": started, "owned_by": "lorapilot", **e} for e in entries],
+        }
 
     @router.post("/chat/completions")
     async def chat(request: Request):
         body = schemas.parse(schemas.ChatRequest, await request.body())
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                    for m in body.messages]
+        messages = [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages
+        ]
         return await _complete(service, body, "chat", messages=messages)
 
     @router.post("/completions")
@@ -99,10 +106,19 @@ def build_router(service: Service, api_key: str | None = None) -> APIRouter:
 async def _complete(service: Service, body, kind: str, messages=None, text=None):
     target = await asyncio.to_thread(service.resolve, body.model)
     ids = await asyncio.to_thread(service.prompt_ids, messages, text)
-    max_tokens = await asyncio.to_thread(service.budget, len(ids), body.wanted_tokens(),
-                                         "messages" if kind == "chat" else "prompt")
-    request = batch.Request(ids, adapter=target.adapter, adapter_path=target.path, max_tokens=max_tokens,
-                            temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=body.stops())
+    max_tokens = await asyncio.to_thread(
+        service.budget, len(ids), body.wanted_tokens(), "messages" if kind == "chat" else "prompt"
+    )
+    request = batch.Request(
+        ids,
+        adapter=target.adapter,
+        adapter_path=target.path,
+        max_tokens=max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=body.seed,
+        stop=body.stops(),
+    )
     answer = _Answer(kind, body.model)
     if not body.stream:
         result = await asyncio.wrap_future(_submit(service, request))
@@ -129,8 +145,9 @@ def _submit(service: Service, request: batch.Request):
     try:
         return scheduler.submit(request)
     except batch.QueueFull:
-        raise ApiError(429, f"the server is busy ({scheduler.max_queue} requests are waiting); retry in a moment") \
-            from None
+        raise ApiError(
+            429, f"the server is busy ({scheduler.max_queue} requests are waiting); retry in a moment"
+        ) from None
 
 
 class _Answer:
@@ -151,13 +168,20 @@ class _Answer:
         if chunk:
             delta = ({"role": "assistant", "content": ""} if role else {}) | ({"content": text} if text else {})
             return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                "finish_reason": finish}
+        return {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": None,
+            "finish_reason": finish,
+        }
 
     @staticmethod
     def _usage(result: batch.Result) -> dict:
-        return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-                "total_tokens": result.prompt_tokens + result.completion_tokens}
+        return {
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens,
+        }
 
     def whole(self, result: batch.Result) -> dict:
         return self._envelope([self._choice(result.text, result.finish_reason)]) | {"usage": self._usage(result)}

@@ -12,8 +12,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-               429: "rate_limit_error", 500: "server_error"}
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    500: "server_error",
+}
 
 
 class ApiError(Exception):
@@ -24,8 +29,14 @@ class ApiError(Exception):
         self.status, self.message, self.param = status, message, param
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": ERROR_TYPES.get(self.status, "invalid_request_error"),
-                          "param": self.param, "code": self.status}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": ERROR_TYPES.get(self.status, "invalid_request_error"),
+                "param": self.param,
+                "code": self.status,
+            }
+        }
 
 
 class _Strict(BaseModel):
@@ -105,7 +116,10 @@ def parse(model: type[BaseModel], raw: bytes):
         first = exc.errors(include_url=False)[0]
         if first["type"] in ("json_invalid", "json_type"):
             raise ApiError(400, f"the request body is not a JSON object ({first['msg']})") from None
-        field = ".".join(str(part) for part in first["loc"]
-                         if not (isinstance(part, str) and part in ("str", "list[str]", "list[TextPart]")))
+        field = ".".join(
+            str(part)
+            for part in first["loc"]
+            if not (isinstance(part, str) and part in ("str", "list[str]", "list[TextPart]"))
+        )
         field = field or "body"
         raise ApiError(400, f"{field}: {first['msg']}", field) from None

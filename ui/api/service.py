@@ -33,8 +33,9 @@ class Target:
 
 
 class Service:
-    def __init__(self, base: str = "default", max_queue: int = 64, max_batch: int = 32,
-                 max_adapters: int | None = None):
+    def __init__(
+        self, base: str = "default", max_queue: int = 64, max_batch: int = 32, max_adapters: int | None = None
+    ):
         self.base = base
         self.max_queue, self.max_batch, self.max_adapters = max_queue, max_batch, max_adapters
         self._runtime: dict[str, str] = {}  # lora_name -> folder, added through /v1/load_lora_adapter
@@ -47,8 +48,12 @@ class Service:
         with self._lock:
             if self._host is None:
                 self._host = host.shared(self.base, self.max_adapters)
-                self._scheduler = batch.Scheduler(batch.HostRunner(self._host), max_batch=self.max_batch,
-                                                  max_queue=self.max_queue, max_adapters=self._host.max_loaded)
+                self._scheduler = batch.Scheduler(
+                    batch.HostRunner(self._host),
+                    max_batch=self.max_batch,
+                    max_queue=self.max_queue,
+                    max_adapters=self._host.max_loaded,
+                )
             return self._host
 
     def scheduler(self) -> batch.Scheduler:
@@ -93,23 +98,30 @@ class Service:
         if entry is None:
             raise ApiError(404, f"model: no model named '{model}'; this server has {', '.join(self.names())}", "model")
         if not same_base(entry.base_model, self.base):
-            raise ApiError(400, f"model: adapter '{entry.name}' was trained on {entry.base_model}, but this server "
-                           f"serves {self.base}; serve it from a server started with --model {entry.base_model}",
-                           "model")
+            raise ApiError(
+                400,
+                f"model: adapter '{entry.name}' was trained on {entry.base_model}, but this server "
+                f"serves {self.base}; serve it from a server started with --model {entry.base_model}",
+                "model",
+            )
         return Target(entry.name, entry.name, entry.path)
 
     # --- runtime loading (vLLM's /v1/load_lora_adapter) -----------------------------------------------
     def load(self, name: str, path: str) -> float:
         if name == self.base or name in self.names():
-            raise ApiError(400, f"lora_name: '{name}' is already served; unload it first or pick another name",
-                           "lora_name")
+            raise ApiError(
+                400, f"lora_name: '{name}' is already served; unload it first or pick another name", "lora_name"
+            )
         try:
             info = folder.inspect(Path(path).expanduser())
         except UserError as exc:
             raise ApiError(400, f"lora_path: {exc.message}", "lora_path") from None
         if not same_base(info.base_model, self.base):
-            raise ApiError(400, f"lora_path: the adapter was trained on {info.base_model}, but this server serves "
-                           f"{self.base}", "lora_path")
+            raise ApiError(
+                400,
+                f"lora_path: the adapter was trained on {info.base_model}, but this server serves {self.base}",
+                "lora_path",
+            )
         try:
             seconds = self.host().load(name, str(info.path))
         except UserError as exc:
@@ -124,8 +136,9 @@ class Service:
         with self._lock:
             runtime = self._runtime.pop(name, None)
         if runtime is None and name not in self.names():
-            raise ApiError(404, f"lora_name: no adapter named '{name}'; this server has {', '.join(self.names())}",
-                           "lora_name")
+            raise ApiError(
+                404, f"lora_name: no adapter named '{name}'; this server has {', '.join(self.names())}", "lora_name"
+            )
         if self._host is not None:
             self._host.unload(name)
 
@@ -145,9 +158,17 @@ class Service:
         context = self.context_length()
         room = context - prompt_tokens
         if room < 1:
-            raise ApiError(400, f"{prompt_field}: the prompt has {prompt_tokens} tokens, but this model's context "
-                           f"is {context}; shorten it", prompt_field)
+            raise ApiError(
+                400,
+                f"{prompt_field}: the prompt has {prompt_tokens} tokens, but this model's context "
+                f"is {context}; shorten it",
+                prompt_field,
+            )
         if wanted is not None and wanted > room:
-            raise ApiError(400, f"max_tokens: this model's context is {context} tokens and the prompt has "
-                           f"{prompt_tokens}, so at most {room} can be generated; got {wanted}", "max_tokens")
+            raise ApiError(
+                400,
+                f"max_tokens: this model's context is {context} tokens and the prompt has "
+                f"{prompt_tokens}, so at most {room} can be generated; got {wanted}",
+                "max_tokens",
+            )
         return wanted if wanted is not None else min(DEFAULT_MAX_TOKENS, room)

@@ -1,2 +1,1 @@
-"""The command line: one parser (`main`) and one module per command group.
-"""
+"""The command line: one parser (`main`) and one module per command group."""

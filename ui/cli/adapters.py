@@ -55,12 +55,15 @@ def register(sub) -> None:
     p.add_argument("--zip", action="store_true", help="also write DIR.zip")
     p.set_defaults(handler=cmd_merge)
 
-
     p = sub.add_parser("compose", help=commands.help_for("compose"))
     p.add_argument("refs", nargs="+", metavar="NAME|ID")
     p.add_argument("--weights", required=True, help="one per adapter, e.g. 0.5,0.5")
-    p.add_argument("--combination", default="linear", choices=COMBINATIONS,
-                   help="linear, ties, dare_ties need equal ranks; cat and svd take any")
+    p.add_argument(
+        "--combination",
+        default="linear",
+        choices=COMBINATIONS,
+        help="linear, ties, dare_ties need equal ranks; cat and svd take any",
+    )
     p.add_argument("--density", type=float, default=None, help="share of weights kept by ties/dare_ties (default 0.5)")
     p.add_argument("--name", required=True, help="library name of the new adapter")
     p.add_argument("--retention", action="store_true", help="then score it against each source's held-out split")
@@ -85,8 +88,19 @@ def cmd_list(ns) -> int:
             rows, last_base = rows[:1], a.base_model
         s = a.scores
         score = f"{s['base']:.0f}->{s['adapter']:.0f}%" if {"base", "adapter"} <= set(s) else "-"
-        rows.append((str(a.id), a.name, a.method, str(a.r), human_bytes(a.bytes), score,
-                     str(a.job_id or "-"), a.created_at.strftime("%Y-%m-%d %H:%M"), a.targets))
+        rows.append(
+            (
+                str(a.id),
+                a.name,
+                a.method,
+                str(a.r),
+                human_bytes(a.bytes),
+                score,
+                str(a.job_id or "-"),
+                a.created_at.strftime("%Y-%m-%d %H:%M"),
+                a.targets,
+            )
+        )
     _table(rows)
     return 0
 
@@ -137,8 +151,16 @@ def _print_retention(rows, as_json: bool) -> None:
     print("skill retention (held-out exact match, %):")
     table = [("SKILL", "SOURCE", "BASE", "ALONE", "COMPOSED", "KEPT")]
     for r in rows:
-        table.append((r["skill"], r["source"], f"{r['base']:.0f}", f"{r['alone']:.0f}", f"{r['composed']:.0f}",
-                      "-" if r["kept"] is None else f"{r['kept']:.0f}%"))
+        table.append(
+            (
+                r["skill"],
+                r["source"],
+                f"{r['base']:.0f}",
+                f"{r['alone']:.0f}",
+                f"{r['composed']:.0f}",
+                "-" if r["kept"] is None else f"{r['kept']:.0f}%",
+            )
+        )
     _table(table)
 
 
@@ -150,7 +172,7 @@ def cmd_generate(ns) -> int:
         return 0
     entry = library.find(ns.adapter)
     host = workbench.host_for(entry)
-    for label, name in ([(entry.name, entry.name)] + ([("base", None)] if ns.base else [])):
+    for label, name in [(entry.name, entry.name)] + ([("base", None)] if ns.base else []):
         stream = host.generate(ns.prompt, adapter=name, **settings)  # checks settings before printing
         print(f"[{label}] ", end="", flush=True)
         for chunk in stream:

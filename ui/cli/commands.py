@@ -19,9 +19,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "show": ("ui.cli.jobs", "one job: status, estimate vs measured memory, metrics, log tail"),
     "cancel": ("ui.cli.jobs", "cancel a queued job, or stop a running one at its next step"),
     "resume": ("ui.cli.jobs", "continue an interrupted or cancelled job from its last checkpoint"),
-    "export": ("ui.cli.jobs", "write the job's zip (the adapter; the whole model for method full) and print its path, "
-                          "print its plan as code (--as python|yaml|cli), or write GGUF files for llama.cpp/Ollama/"
-                          "LM Studio checked by llama.cpp (--as gguf)"),
+    "export": (
+        "ui.cli.jobs",
+        "write the job's zip (the adapter; the whole model for method full) and print its path, "
+        "print its plan as code (--as python|yaml|cli), or write GGUF files for llama.cpp/Ollama/"
+        "LM Studio checked by llama.cpp (--as gguf)",
+    ),
     "demo": ("ui.cli.jobs", "train the embedded default model on a demo skill"),
     "next": ("ui.cli.runs", "queue the next run of a job with its advice applied (linked by parent_id)"),
     "compare": ("ui.cli.runs", "two or more jobs side by side: plan differences, before/after, verdict"),
@@ -30,8 +33,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "merge": ("ui.cli.adapters", "merge an adapter into its base: a standalone Hugging Face model folder"),
     "compose": ("ui.cli.adapters", "combine adapters of one base into a new library adapter"),
     "serve-recipe": ("ui.cli.recipe", "Print the vLLM command that serves these adapters on a GPU box."),
-    "sweep": ("ui.cli.sweep", "search for better settings around a plan: trials ranked on held-out data "
-                              "(also: sweep show|cancel|resume ID)"),
+    "sweep": (
+        "ui.cli.sweep",
+        "search for better settings around a plan: trials ranked on held-out data (also: sweep show|cancel|resume ID)",
+    ),
     "sweeps": ("ui.cli.sweep", "list sweeps, newest first"),
 }
 

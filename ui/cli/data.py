@@ -19,15 +19,28 @@ DEFAULTS = TrainingPlan()  # the plan's own defaults, so check-data measures wha
 
 
 def register(sub) -> None:
-    p = sub.add_parser("check-data", help=commands.help_for("check-data"),
-                       description="Validate training data before a job exists.")
+    p = sub.add_parser(
+        "check-data", help=commands.help_for("check-data"), description="Validate training data before a job exists."
+    )
     p.add_argument("file", help="JSONL, JSON, CSV, Parquet or TXT file, a hub dataset id, or demo:NAME")
-    p.add_argument("--model", default=DEFAULTS.model, help="Model whose tokenizer and chat template to use "
-                   "(default: the embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--seq-len", dest="seq_len", type=int, default=DEFAULTS.seq_len,
-                   help="Sequence length to measure truncation against")
-    p.add_argument("--data-format", dest="data_format", default=DEFAULTS.data_format,
-                   help="auto, messages, alpaca, prompt_completion or text")
+    p.add_argument(
+        "--model",
+        default=DEFAULTS.model,
+        help="Model whose tokenizer and chat template to use (default: the embedded SmolLM2-135M-Instruct)",
+    )
+    p.add_argument(
+        "--seq-len",
+        dest="seq_len",
+        type=int,
+        default=DEFAULTS.seq_len,
+        help="Sequence length to measure truncation against",
+    )
+    p.add_argument(
+        "--data-format",
+        dest="data_format",
+        default=DEFAULTS.data_format,
+        help="auto, messages, alpaca, prompt_completion or text",
+    )
     p.add_argument("--columns", default=None, help="Column mapping, e.g. instruction=question,output=answer")
     p.add_argument("--json", action="store_true", help="Print the report as JSON")
     p.set_defaults(handler=run)
@@ -61,20 +74,25 @@ def run(ns) -> int:
 
 
 def summary(report) -> str:
-    lines = [f"source:     {report.source}",
-             f"format:     {report.format}",
-             f"rows:       {report.rows}  (empty {report.empty_rows}, duplicates {report.duplicate_rows})"]
+    lines = [
+        f"source:     {report.source}",
+        f"format:     {report.format}",
+        f"rows:       {report.rows}  (empty {report.empty_rows}, duplicates {report.duplicate_rows})",
+    ]
     if report.stats:
         s = report.stats
-        lines.append(f"tokens:     min {s['min']:.0f}  mean {s['mean']:.0f}  p50 {s['p50']:.0f}  p95 {s['p95']:.0f}  "
-                     f"max {s['max']:.0f}  (total {s['total']:.0f})")
+        lines.append(
+            f"tokens:     min {s['min']:.0f}  mean {s['mean']:.0f}  p50 {s['p50']:.0f}  p95 {s['p95']:.0f}  "
+            f"max {s['max']:.0f}  (total {s['total']:.0f})"
+        )
         lines.append(f"truncated:  {report.truncated_share:.1%} of examples are longer than seq_len {report.seq_len}")
         lines.append("histogram (tokens per example):")
         lines += histogram_lines(report.histogram)
     if report.preference:
         pref = report.preference
-        lines.append(f"pairs:      {pref['pairs']}  (identical {pref['identical']}, "
-                     f"empty sides {pref['empty_sides']})")
+        lines.append(
+            f"pairs:      {pref['pairs']}  (identical {pref['identical']}, empty sides {pref['empty_sides']})"
+        )
         for side in ("prompt", "chosen", "rejected"):
             if pref.get(side):
                 cut = f", {pref['over_seq_len'][side]} cut" if side in pref["over_seq_len"] else ""

@@ -21,9 +21,28 @@ from ui.cli import commands
 
 # The plan fields `estimate` takes as flags.
 ESTIMATE_FIELDS = [
-    "model", "method", "r", "alpha", "dropout", "targets", "bias", "use_dora", "use_rslora",
-    "modules_to_save", "batch_size", "grad_accum", "seq_len", "grad_ckpt", "optimizer", "dtype",
-    "attention", "gpu", "budget_gb", "dataset_rows", "epochs", "max_steps",
+    "model",
+    "method",
+    "r",
+    "alpha",
+    "dropout",
+    "targets",
+    "bias",
+    "use_dora",
+    "use_rslora",
+    "modules_to_save",
+    "batch_size",
+    "grad_accum",
+    "seq_len",
+    "grad_ckpt",
+    "optimizer",
+    "dtype",
+    "attention",
+    "gpu",
+    "budget_gb",
+    "dataset_rows",
+    "epochs",
+    "max_steps",
 ]
 # The plan fields `recommend` takes (difficulty is validated by the recommender, so that a
 # wrong value gets one `error: difficulty: ...` line rather than argparse's usage dump).
@@ -31,14 +50,18 @@ RECOMMEND_FIELDS = ["model", "difficulty", "gpu", "budget_gb", "dataset_rows"]
 
 
 def register(sub) -> None:
-    p = sub.add_parser("estimate", help=commands.help_for("estimate"),
-                       description="Estimate what a plan costs before running it.")
+    p = sub.add_parser(
+        "estimate", help=commands.help_for("estimate"), description="Estimate what a plan costs before running it."
+    )
     add_plan_flags(p, ESTIMATE_FIELDS)
     p.add_argument("--json", action="store_true", help="Print a JSON object with stable keys.")
     p.set_defaults(handler=run_estimate)
 
-    p = sub.add_parser("recommend", help=commands.help_for("recommend"),
-                       description="Recommend LoRA/QLoRA settings for a model, a task difficulty and a budget.")
+    p = sub.add_parser(
+        "recommend",
+        help=commands.help_for("recommend"),
+        description="Recommend LoRA/QLoRA settings for a model, a task difficulty and a budget.",
+    )
     add_plan_flags(p, RECOMMEND_FIELDS)
     p.add_argument("--json", action="store_true", help="Print a JSON object (plan, reasons, adjustments, ...).")
     p.set_defaults(handler=run_recommend)
@@ -65,8 +88,9 @@ def format_estimate(plan, est) -> str:
     if plan.method == "full":
         lines.append(f"Trainable parameters  {est.trainable_params:,} (all of {est.total_params:,})")
     else:
-        lines.append(f"Trainable parameters  {est.trainable_params:,} of {est.total_params:,} "
-                     f"({est.trainable_percent:.4f}%)")
+        lines.append(
+            f"Trainable parameters  {est.trainable_params:,} of {est.total_params:,} ({est.trainable_percent:.4f}%)"
+        )
         lines.append(f"Adapter file          {human_bytes(est.adapter_bytes)}")
     lines += ["", "Memory (peak, per device)"]
     mem = est.memory
@@ -88,8 +112,11 @@ def format_estimate(plan, est) -> str:
             line += "; total time unknown (give --dataset-rows N or --max-steps N)"
         lines += ["", line]
         if t.total_seconds:
-            lines.append(f"Whole job, every phase: ~{human_seconds(t.total_seconds)} ("
-                         + ", ".join(f"{k} {human_seconds(v)}" for k, v in t.phases.items() if v) + ")")
+            lines.append(
+                f"Whole job, every phase: ~{human_seconds(t.total_seconds)} ("
+                + ", ".join(f"{k} {human_seconds(v)}" for k, v in t.phases.items() if v)
+                + ")"
+            )
     for a in list(mem.assumptions) + (list(t.assumptions) if t is not None else []):
         lines.append(f"  · {a}")
     return "\n".join(lines)
@@ -101,8 +128,10 @@ def format_estimate(plan, est) -> str:
 def run_recommend(ns: argparse.Namespace) -> int:
     _check_exclusive(ns)
     if ns.model is None:
-        raise UserError("model", "required: a catalog name (e.g. llama-3.1-8b), a hub id, a local folder, "
-                        "a .gguf file or 'default'")
+        raise UserError(
+            "model",
+            "required: a catalog name (e.g. llama-3.1-8b), a hub id, a local folder, a .gguf file or 'default'",
+        )
     if ns.difficulty is None:
         raise UserError("difficulty", "required: simple, balanced, hard or very_hard")
     if ns.gpu is None and ns.budget_gb is None:
@@ -130,13 +159,18 @@ def format_recommendation(rec) -> str:
         lines += ["", "Worth knowing:"]
         lines += [f"  [{w.rule}] {w.text}" for w in rec.warnings]
     est = rec.estimate
-    lines += ["", "Estimate of this plan:",
-              f"  trainable {est.trainable_params:,} of {est.total_params:,} ({est.trainable_percent:.4f}%)",
-              f"  memory {human_bytes(est.memory.device_bytes)} on the device"
-              + (f" — {est.memory.verdict}" if est.memory.verdict else "")]
+    lines += [
+        "",
+        "Estimate of this plan:",
+        f"  trainable {est.trainable_params:,} of {est.total_params:,} ({est.trainable_percent:.4f}%)",
+        f"  memory {human_bytes(est.memory.device_bytes)} on the device"
+        + (f" — {est.memory.verdict}" if est.memory.verdict else ""),
+    ]
     if est.time is not None:
-        lines.append(f"  time ~{human_seconds(est.time.seconds)} on {est.time.device} "
-                     f"({est.time.tokens_per_second:,.0f} tokens/s)")
+        lines.append(
+            f"  time ~{human_seconds(est.time.seconds)} on {est.time.device} "
+            f"({est.time.tokens_per_second:,.0f} tokens/s)"
+        )
     if rec.advice:
         lines += ["", "Advice: " + rec.advice]
     lines += ["", "Run it (add --dataset FILE): " + shlex.join(["python", "app.py", "train", *plan.to_cli_args()])]

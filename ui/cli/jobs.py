@@ -27,8 +27,11 @@ def register(sub) -> None:
     p = sub.add_parser("train", help=commands.help_for("train"))
     p.add_argument("plan_file", nargs="?", metavar="PLAN.yaml", help="a plan saved by the wizard or `estimate`")
     add_plan_flags(p)
-    p.add_argument("--anyway", action="store_true",
-                   help="queue it even when the estimate says it needs more memory than the device has")
+    p.add_argument(
+        "--anyway",
+        action="store_true",
+        help="queue it even when the estimate says it needs more memory than the device has",
+    )
     _wait_flag(p)
     p.set_defaults(handler=cmd_train)
 
@@ -52,11 +55,19 @@ def register(sub) -> None:
 
     p = sub.add_parser("export", help=commands.help_for("export"))
     p.add_argument("job_id", metavar="ID")
-    p.add_argument("--as", dest="as_code", choices=(*script.FORMATS, "gguf"), default=None,
-                   help="print the plan instead: a standalone transformers+PEFT+TRL script, YAML, "
-                   "or the train command; gguf: write GGUF files and a Modelfile into the job's folder")
-    p.add_argument("--quant", default="f16", help="with --as gguf: the merged file's precision, "
-                   "f16 (default), q8_0, bf16, f32, q5_1, q5_0, q4_1 or q4_0")
+    p.add_argument(
+        "--as",
+        dest="as_code",
+        choices=(*script.FORMATS, "gguf"),
+        default=None,
+        help="print the plan instead: a standalone transformers+PEFT+TRL script, YAML, "
+        "or the train command; gguf: write GGUF files and a Modelfile into the job's folder",
+    )
+    p.add_argument(
+        "--quant",
+        default="f16",
+        help="with --as gguf: the merged file's precision, f16 (default), q8_0, bf16, f32, q5_1, q5_0, q4_1 or q4_0",
+    )
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("demo", help=commands.help_for("demo"))
@@ -70,6 +81,7 @@ def _wait_flag(p) -> None:
 
 
 # --- handlers --------------------------------------------------------------------------
+
 
 def cmd_train(ns) -> int:
     base = None
@@ -114,10 +126,17 @@ def cmd_jobs(ns) -> int:
     for j in jobs:
         left = outcome.eta(j)
         note = " (stalled)" if stall.stalled_since(j) else " (waiting for the cluster)" if stall.waiting(j) else ""
-        rows.append((str(j.id), outcome.status_text(j) + note,
-                     outcome.progress_text(j), human_seconds(left["seconds"]) if left else "-",
-                     outcome.heldout_text(j).replace("→", "->").replace("—", "-"),
-                     j.created_at.strftime("%Y-%m-%d %H:%M"), j.name))
+        rows.append(
+            (
+                str(j.id),
+                outcome.status_text(j) + note,
+                outcome.progress_text(j),
+                human_seconds(left["seconds"]) if left else "-",
+                outcome.heldout_text(j).replace("→", "->").replace("—", "-"),
+                j.created_at.strftime("%Y-%m-%d %H:%M"),
+                j.name,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
@@ -140,12 +159,22 @@ def cmd_show(ns) -> int:
     if stall.stalled_since(job):
         print(f"  STALLED    {stall.describe(job)}")
     left = detail["eta"]
-    print(f"  progress   {outcome.progress_text(job)}" + (f"  eta {human_seconds(left['seconds'])} ("
-          + ", ".join(f"{k} {human_seconds(v)}" for k, v in left["phases"].items() if v) + ")" if left else ""))
+    print(
+        f"  progress   {outcome.progress_text(job)}"
+        + (
+            f"  eta {human_seconds(left['seconds'])} ("
+            + ", ".join(f"{k} {human_seconds(v)}" for k, v in left["phases"].items() if v)
+            + ")"
+            if left
+            else ""
+        )
+    )
     for line in _estimate_lines(job):
         print(line)
-    print(f"  peak       allocated: estimated {human_bytes(job.estimated_peak_bytes)}, "
-          f"measured {human_bytes(job.measured_peak_bytes)}")
+    print(
+        f"  peak       allocated: estimated {human_bytes(job.estimated_peak_bytes)}, "
+        f"measured {human_bytes(job.measured_peak_bytes)}"
+    )
     before, after = outcome.heldout(job)
     if before is not None or after is not None:
         print(f"  held-out   exact match {waiting.pct(before)} -> {waiting.pct(after)}")
@@ -163,8 +192,10 @@ def cmd_show(ns) -> int:
     if metrics:
         print("  last metrics:")
         for m in metrics[-5:]:
-            print(f"    step {m['step']:>5}  loss {_f(m['loss'])}  eval {_f(m['eval_loss'])}  "
-                  f"lr {_f(m['learning_rate'], '.2e')}  tok/s {_f(m['tokens_per_second'], '.0f')}")
+            print(
+                f"    step {m['step']:>5}  loss {_f(m['loss'])}  eval {_f(m['eval_loss'])}  "
+                f"lr {_f(m['learning_rate'], '.2e')}  tok/s {_f(m['tokens_per_second'], '.0f')}"
+            )
     tail = store.log_tail(job.id, lines=10)
     if tail:
         print("  log (last lines):")
@@ -184,8 +215,11 @@ def _estimate_lines(job) -> list[str]:
         memory += f" with the data's lengths; worst case {human_bytes(head['worst_case_bytes'])} padded to {seq_len}"
     lines = [memory]
     if head.get("seconds"):
-        lines.append(f"             time {human_seconds(head['seconds'])}" + (f" on {head['device']}" if head.get(
-            "device") else "") + ", every phase")
+        lines.append(
+            f"             time {human_seconds(head['seconds'])}"
+            + (f" on {head['device']}" if head.get("device") else "")
+            + ", every phase"
+        )
     return lines
 
 
@@ -219,8 +253,11 @@ def _export_gguf(job_id, quant: str) -> int:
     print(f"took {record['seconds']} s", file=sys.stderr)
     flagged = [c for c in record["checks"] if c["flagged"]]
     for c in flagged:
-        print(f"FLAGGED {Path(c['file']).name}: llama.cpp disagrees with LoRA Pilot on most held-out prompts; "
-              f"first difference at {c.get('first_difference')}", file=sys.stderr)
+        print(
+            f"FLAGGED {Path(c['file']).name}: llama.cpp disagrees with LoRA Pilot on most held-out prompts; "
+            f"first difference at {c.get('first_difference')}",
+            file=sys.stderr,
+        )
     return 1 if flagged else 0
 
 

@@ -87,6 +87,9 @@ def _run(argv: list[str]) -> int:
     except Exception as exc:  # a bug, but a user still gets one line, not a traceback
         if os.environ.get("LORAPILOT_DEBUG"):
             raise
-        print(f"error: internal: {type(exc).__name__}: {str(exc)[:300]} (a bug in LoRA Pilot; "
-              "rerun with LORAPILOT_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(
+            f"error: internal: {type(exc).__name__}: {str(exc)[:300]} (a bug in LoRA Pilot; "
+            "rerun with LORAPILOT_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
         return 1

@@ -15,8 +15,9 @@ ENGINES = ("vllm",)
 
 
 def register(sub) -> None:
-    p = sub.add_parser("serve-recipe", help=commands.help_for("serve-recipe"),
-                       description=__doc__.split("\n\n")[1].replace("\n", " "))
+    p = sub.add_parser(
+        "serve-recipe", help=commands.help_for("serve-recipe"), description=__doc__.split("\n\n")[1].replace("\n", " ")
+    )
     p.add_argument("adapters", nargs="+", metavar="ADAPTER", help="library adapter name or id, or an adapter folder")
     p.add_argument("--engine", default="vllm", help="serving engine (only vllm for now)")
     p.set_defaults(handler=run)

@@ -16,8 +16,13 @@ from ui.cli import commands, waiting
 def register(sub) -> None:
     p = sub.add_parser("next", help=commands.help_for("next"))
     p.add_argument("job_id", metavar="ID")
-    p.add_argument("--apply", nargs="+", metavar="RULE", default=None,
-                   help="apply only these advice rules (e.g. U2 D2); default: all of the job's advice")
+    p.add_argument(
+        "--apply",
+        nargs="+",
+        metavar="RULE",
+        default=None,
+        help="apply only these advice rules (e.g. U2 D2); default: all of the job's advice",
+    )
     p.add_argument("--wait", action="store_true", help="stay, print progress, exit 0 only if the job succeeds")
     p.set_defaults(handler=cmd_next)
 
@@ -39,22 +44,37 @@ def cmd_compare(ns) -> int:
     if ns.json:
         print(json.dumps(rows, indent=2))
         return 0
-    table = [["", *[f"#{r['id']}" for r in rows]], ["status", *[r["status"] for r in rows]],
-             ["parent", *[f"#{r['parent_id']}" if r["parent_id"] else "-" for r in rows]]]
+    table = [
+        ["", *[f"#{r['id']}" for r in rows]],
+        ["status", *[r["status"] for r in rows]],
+        ["parent", *[f"#{r['parent_id']}" if r["parent_id"] else "-" for r in rows]],
+    ]
     for key in rows[0]["plan"]:
         table.append([key, *[str(r["plan"][key]) for r in rows]])
     for label, key in _scores(*[r["evaluation"] for r in rows]):
         table.append([label + " base -> adapter", *[_before_after(r["evaluation"], key) for r in rows]])
     table.append(["final train loss", *[_f(r["final_loss"]) for r in rows]])
-    table.append(["best eval loss", *[f"{_f(r['best_eval_loss']['loss'])} @ {r['best_eval_loss']['step']}"
-                                      if r["best_eval_loss"] else "-" for r in rows]])
+    table.append(
+        [
+            "best eval loss",
+            *[
+                f"{_f(r['best_eval_loss']['loss'])} @ {r['best_eval_loss']['step']}" if r["best_eval_loss"] else "-"
+                for r in rows
+            ],
+        ]
+    )
     table.append(["verdict", *[r["verdict"] or "-" for r in rows]])
     _print_table(table)
     return 0
 
 
-SCORES = (("loss", "loss"), ("perplexity", "perplexity"), ("exact match %", "exact_match"), ("token F1 %", "f1"),
-          ("ROUGE-L %", "rougeL"))
+SCORES = (
+    ("loss", "loss"),
+    ("perplexity", "perplexity"),
+    ("exact match %", "exact_match"),
+    ("token F1 %", "f1"),
+    ("ROUGE-L %", "rougeL"),
+)
 # a dpo/orpo job's evaluation adds these (engine.evaluate.preference)
 PREFERENCE_SCORES = (("preference acc. %", "preference_accuracy"), ("reward margin", "reward_margin"))
 
@@ -73,8 +93,9 @@ def show_lines(detail: dict) -> list[str]:
         lines.append(f"  parent     job {detail['parent_id']} (this run follows its advice)")
     ev = detail.get("evaluation")
     if ev:
-        lines.append(f"  evaluation on {ev.get('rows', 0)} held-out rows"
-                     + (f": {ev['note']}" if ev.get("note") else ""))
+        lines.append(
+            f"  evaluation on {ev.get('rows', 0)} held-out rows" + (f": {ev['note']}" if ev.get("note") else "")
+        )
         if ev.get("base"):
             lines.append(f"    {'':16}{'base':>12}{'adapter':>12}")
             for label, key in _scores(ev):
@@ -110,7 +131,7 @@ def _f(v) -> str:
 
 def _one_line(text: str, width: int = 100) -> str:
     text = " ".join(str(text).split())
-    return text if len(text) <= width else text[:width - 1] + "…"
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _print_table(rows: list[list[str]]) -> None:

@@ -21,30 +21,57 @@ DEFAULT_UPLOAD_MB = 200
 
 
 def register(sub) -> None:
-    p = sub.add_parser("serve", help=commands.help_for("serve"),
-                       description=__doc__.split("\n\n")[1].replace("\n", " "))
-    p.add_argument("--host", default="127.0.0.1",
-                   help="Address to listen on (default 127.0.0.1, this machine only). Any other address "
-                   "needs credentials.")
+    p = sub.add_parser(
+        "serve", help=commands.help_for("serve"), description=__doc__.split("\n\n")[1].replace("\n", " ")
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="Address to listen on (default 127.0.0.1, this machine only). Any other address needs credentials.",
+    )
     p.add_argument("--port", type=int, default=7860, help="Port to listen on (default 7860).")
-    p.add_argument("--ray", default=None, metavar="ADDRESS",
-                   help="Run jobs on a Ray cluster (its dashboard address, e.g. http://head:8265); "
-                        "the same as LORAPILOT_RAY_ADDRESS.")
-    p.add_argument("--auth", default=None, metavar="USER:PASSWORD",
-                   help="Require this sign-in; the environment variable LORAPILOT_AUTH works too "
-                   "(and keeps the password out of the process list).")
-    p.add_argument("--max-upload-mb", type=int, default=None,
-                   help=f"Largest data file a user may upload, in MB (default {DEFAULT_UPLOAD_MB}, "
-                   "or LORAPILOT_MAX_UPLOAD_MB).")
-    p.add_argument("--share", action="store_true",
-                   help="Also open a public Gradio share link (needs network access and credentials).")
-    p.add_argument("--api-only", action="store_true",
-                   help="Serve only the OpenAI-compatible /v1 API, without the wizard (for a server box).")
-    p.add_argument("--model", default="default",
-                   help="Base model the /v1 API serves, with every library adapter trained on it (default: the "
-                   "embedded SmolLM2-135M-Instruct). Loaded on the first request.")
-    p.add_argument("--max-queue", type=int, default=64,
-                   help="Requests the /v1 API holds waiting before it answers 429 (default 64).")
+    p.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="Run jobs on a Ray cluster (its dashboard address, e.g. http://head:8265); "
+        "the same as LORAPILOT_RAY_ADDRESS.",
+    )
+    p.add_argument(
+        "--auth",
+        default=None,
+        metavar="USER:PASSWORD",
+        help="Require this sign-in; the environment variable LORAPILOT_AUTH works too "
+        "(and keeps the password out of the process list).",
+    )
+    p.add_argument(
+        "--max-upload-mb",
+        type=int,
+        default=None,
+        help=f"Largest data file a user may upload, in MB (default {DEFAULT_UPLOAD_MB}, or LORAPILOT_MAX_UPLOAD_MB).",
+    )
+    p.add_argument(
+        "--share",
+        action="store_true",
+        help="Also open a public Gradio share link (needs network access and credentials).",
+    )
+    p.add_argument(
+        "--api-only",
+        action="store_true",
+        help="Serve only the OpenAI-compatible /v1 API, without the wizard (for a server box).",
+    )
+    p.add_argument(
+        "--model",
+        default="default",
+        help="Base model the /v1 API serves, with every library adapter trained on it (default: the "
+        "embedded SmolLM2-135M-Instruct). Loaded on the first request.",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=64,
+        help="Requests the /v1 API holds waiting before it answers 429 (default 64).",
+    )
     p.set_defaults(handler=serve)
 
 
@@ -61,8 +88,11 @@ def check_exposure(host: str, auth, share: bool) -> None:
     """Refuse to expose the app without credentials, saying why in one line."""
     if auth is None and (share or not network.is_loopback(host)):
         where = "a public share link" if share else f"{host}, which other machines can reach"
-        raise UserError("host", f"refusing to serve on {where} without credentials; add --auth user:password "
-                        "or set LORAPILOT_AUTH=user:password (or keep the default --host 127.0.0.1)")
+        raise UserError(
+            "host",
+            f"refusing to serve on {where} without credentials; add --auth user:password "
+            "or set LORAPILOT_AUTH=user:password (or keep the default --host 127.0.0.1)",
+        )
 
 
 def upload_limit_mb(flag: int | None) -> int:
@@ -92,8 +122,11 @@ def serve(ns) -> int:
         raise UserError("max_queue", f"got {ns.max_queue}; expected 1 or more")
     service = api.Service(ns.model, max_queue=ns.max_queue)
     if ns.api_only:
-        print(f"LoRA Pilot API: http://{network.shown(ns.host)}:{ns.port}/v1 (model {ns.model})"
-              + (" (key required)" if key else ""), flush=True)
+        print(
+            f"LoRA Pilot API: http://{network.shown(ns.host)}:{ns.port}/v1 (model {ns.model})"
+            + (" (key required)" if key else ""),
+            flush=True,
+        )
         api.run_api_only(service, ns.host, ns.port, key)
         return 0
     limit = upload_limit_mb(ns.max_upload_mb)
@@ -102,12 +135,20 @@ def serve(ns) -> int:
     kick()  # jobs whose worker died while no app was open become 'interrupted'; queued ones start
     from ui.web import server  # the wizard is a Gradio app: Gradio loads only when the wizard opens
 
-    print(f"LoRA Pilot: http://{network.shown(ns.host)}:{ns.port}" + (" (sign-in required)" if auth else ""),
-          flush=True)
+    print(
+        f"LoRA Pilot: http://{network.shown(ns.host)}:{ns.port}" + (" (sign-in required)" if auth else ""), flush=True
+    )
     try:
-        server.launch(host=ns.host, port=ns.port, auth=auth, max_file_size=f"{limit}mb", share=ns.share,
-                      routes=api.routes(service, key))
+        server.launch(
+            host=ns.host,
+            port=ns.port,
+            auth=auth,
+            max_file_size=f"{limit}mb",
+            share=ns.share,
+            routes=api.routes(service, key),
+        )
     except OSError as exc:
-        raise UserError("port", f"cannot listen on {ns.host}:{ns.port} ({exc.strerror or exc}); "
-                        "pick another with --port") from None
+        raise UserError(
+            "port", f"cannot listen on {ns.host}:{ns.port} ({exc.strerror or exc}); pick another with --port"
+        ) from None
     return 0

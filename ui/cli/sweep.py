@@ -25,20 +25,42 @@ ACTIONS = ("show", "cancel", "resume")
 
 def register(sub) -> None:
     p = sub.add_parser("sweep", help=commands.help_for("sweep"))
-    p.add_argument("target", nargs="*", metavar="PLAN.yaml | show|cancel|resume ID",
-                   help="a plan file to search around, or an action on an existing sweep")
+    p.add_argument(
+        "target",
+        nargs="*",
+        metavar="PLAN.yaml | show|cancel|resume ID",
+        help="a plan file to search around, or an action on an existing sweep",
+    )
     add_plan_flags(p)
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--trials", type=int, default=None, help="how many trials to run (trial 0 is the plan)")
-    budget.add_argument("--budget-minutes", type=float, default=None,
-                        help="search for this long; a trial starts only when its ETA fits the time left")
-    p.add_argument("--space", action="append", default=[], metavar="FIELD=VALUES",
-                   help=f"search these values of a plan field instead of the rules' default: {space.SYNTAX}; "
-                   "repeat for several fields")
-    p.add_argument("--from-job", type=int, default=None, metavar="ID",
-                   help="start from a succeeded job: it is trial 0 as it ran, the other trials are variations of it")
-    p.add_argument("--metric", default="loss", choices=("loss", "exact_match", "f1", "rougeL"),
-                   help="what ranks the trials, on the held-out rows (loss: lower is better; the rest: higher)")
+    budget.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=None,
+        help="search for this long; a trial starts only when its ETA fits the time left",
+    )
+    p.add_argument(
+        "--space",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUES",
+        help=f"search these values of a plan field instead of the rules' default: {space.SYNTAX}; "
+        "repeat for several fields",
+    )
+    p.add_argument(
+        "--from-job",
+        type=int,
+        default=None,
+        metavar="ID",
+        help="start from a succeeded job: it is trial 0 as it ran, the other trials are variations of it",
+    )
+    p.add_argument(
+        "--metric",
+        default="loss",
+        choices=("loss", "exact_match", "f1", "rougeL"),
+        help="what ranks the trials, on the held-out rows (loss: lower is better; the rest: higher)",
+    )
     p.add_argument("--wait", action="store_true", help="stay, print each trial, exit 0 once a best trial is found")
     p.add_argument("--json", action="store_true", help="machine-readable sweep (with --wait: once it ends)")
     p.set_defaults(handler=cmd_sweep)
@@ -64,13 +86,17 @@ def cmd_sweep(ns) -> int:
     if ns.from_job is not None:
         given = [f for f in TrainingPlan.model_fields if f != "name" and getattr(ns, f, None) is not None]
         if ns.target or given:
-            raise UserError("from_job", "trial 0 is the job as it ran; give --from-job or a plan (file or "
-                            f"flags), not both ({', '.join(ns.target + given)})")
+            raise UserError(
+                "from_job",
+                "trial 0 is the job as it ran; give --from-job or a plan (file or "
+                f"flags), not both ({', '.join(ns.target + given)})",
+            )
         plan = TrainingPlan.build(name=ns.name) if ns.name else None
     else:
         plan = plan_from_args(ns, base=read_plan_file(ns.target[0]) if ns.target else None)
-    row = sweep.create(plan, trials=ns.trials, minutes=ns.budget_minutes, space_specs=ns.space, metric=ns.metric,
-                       from_job=ns.from_job)
+    row = sweep.create(
+        plan, trials=ns.trials, minutes=ns.budget_minutes, space_specs=ns.space, metric=ns.metric, from_job=ns.from_job
+    )
     if not ns.json:
         budget = f"{row.budget_trials} trials" if row.budget_trials else f"{row.budget_seconds / 60:g} minutes"
         print(f"sweep {row.id} {row.status}: {row.name}, {budget}, ranked by held-out {row.metric}")
@@ -121,8 +147,10 @@ def _show(row, as_json: bool) -> int:
         print(line)
     best = detail["best"]
     if best:
-        print(f"  best     trial {best['number']} (job {best['job_id']}): {row.metric} {best['value']:.4f}"
-              + (f"; adapter '{row.adapter_name}'" if row.adapter_name else ""))
+        print(
+            f"  best     trial {best['number']} (job {best['job_id']}): {row.metric} {best['value']:.4f}"
+            + (f"; adapter '{row.adapter_name}'" if row.adapter_name else "")
+        )
     return 0
 
 
@@ -134,8 +162,10 @@ def _trial_lines(detail: dict) -> list[str]:
     for t in ranked:
         value = "-" if t["value"] is None else f"{t['value']:.4f}"
         params = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["params"].items())
-        lines.append(f"  #{t['number']:<3} {t['state']:<9} {value:>9}  job {t['job_id'] or '-':<5} {params}"
-                     + (f"  ({t['reason']})" if t.get("reason") else ""))
+        lines.append(
+            f"  #{t['number']:<3} {t['state']:<9} {value:>9}  job {t['job_id'] or '-':<5} {params}"
+            + (f"  ({t['reason']})" if t.get("reason") else "")
+        )
     return lines
 
 
@@ -150,22 +180,30 @@ def _follow(sweep_id: int, as_json: bool, poll_s: float = 1.0) -> int:
             for t in detail["trials"]:
                 if seen.get(t["number"]) != t["state"] and not as_json:
                     value = "" if t["value"] is None else f" {row.metric} {t['value']:.4f}"
-                    print(f"trial {t['number']} {t['state']}{value}" + (f" (job {t['job_id']})" if t["job_id"] else "")
-                          + (f": {t['reason']}" if t.get("reason") else ""), flush=True)
+                    print(
+                        f"trial {t['number']} {t['state']}{value}"
+                        + (f" (job {t['job_id']})" if t["job_id"] else "")
+                        + (f": {t['reason']}" if t.get("reason") else ""),
+                        flush=True,
+                    )
                 seen[t["number"]] = t["state"]
             if row.status in SWEEP_FINISHED:
                 break
             time.sleep(poll_s)
     except KeyboardInterrupt:
-        print(f"\nstopped waiting; sweep {sweep_id} keeps running (`python app.py sweep show {sweep_id}`)",
-              file=sys.stderr)
+        print(
+            f"\nstopped waiting; sweep {sweep_id} keeps running (`python app.py sweep show {sweep_id}`)",
+            file=sys.stderr,
+        )
         return 130
     if as_json:
         print(json.dumps(detail, indent=2))
     elif detail["best"]:
         best = detail["best"]
-        print(f"{row.status}: best trial {best['number']} (job {best['job_id']}), {row.metric} {best['value']:.4f}"
-              + (f"; adapter '{row.adapter_name}'" if row.adapter_name else ""))
+        print(
+            f"{row.status}: best trial {best['number']} (job {best['job_id']}), {row.metric} {best['value']:.4f}"
+            + (f"; adapter '{row.adapter_name}'" if row.adapter_name else "")
+        )
     if row.status == SweepStatus.SUCCEEDED:
         return 0
     print(f"{row.status}: {row.error or 'no reason recorded'} (log: {sweep.log_path(row.id)})", file=sys.stderr)

@@ -34,9 +34,12 @@ def wait_for(job_id: int, poll_s: float = 0.5) -> int:
             metrics = store.job_metrics(job_id) if job.status == JobStatus.RUNNING else []
             loss = next((m.loss for m in reversed(metrics) if m.loss is not None), None)
             left = outcome.eta(job)  # every phase left, not only the training steps
-            line = (f"{job.status}" + (f" ({job.phase})" if job.status == "running" and job.phase else "")
-                    + f"  step {job.step}/{job.total_steps or '?'}"
-                    + (f"  loss {loss:.4f}" if loss is not None else ""))
+            line = (
+                f"{job.status}"
+                + (f" ({job.phase})" if job.status == "running" and job.phase else "")
+                + f"  step {job.step}/{job.total_steps or '?'}"
+                + (f"  loss {loss:.4f}" if loss is not None else "")
+            )
             # a new line on every change of state or step; between them the ETA counts down every 10 s
             if line != last or (left and time.monotonic() - printed_at >= 10):
                 print(line + (f"  eta {human_seconds(left['seconds'])}" if left else ""), flush=True)

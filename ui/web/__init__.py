@@ -1,2 +1,1 @@
-"""The browser wizard and pages (Gradio + Plotly). Renders what engine/ and jobs/ compute; owns no domain facts.
-"""
+"""The browser wizard and pages (Gradio + Plotly). Renders what engine/ and jobs/ compute; owns no domain facts."""

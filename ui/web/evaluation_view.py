@@ -12,13 +12,18 @@ from html import escape
 from engine.units import human_seconds
 from ui.web import html
 
-METRICS = (("loss", "loss", "lower is better"), ("perplexity", "perplexity", "lower is better"),
-           ("exact_match", "exact match %", "higher is better"), ("f1", "token F1 %", "higher is better"),
-           ("rougeL", "ROUGE-L %", "higher is better"))
+METRICS = (
+    ("loss", "loss", "lower is better"),
+    ("perplexity", "perplexity", "lower is better"),
+    ("exact_match", "exact match %", "higher is better"),
+    ("f1", "token F1 %", "higher is better"),
+    ("rougeL", "ROUGE-L %", "higher is better"),
+)
 # a dpo/orpo job's evaluation adds these (engine.evaluate.preference)
-PREFERENCE_METRICS = (("preference_accuracy", "preference accuracy %", "share of pairs where the chosen answer is "
-                       "more likely"), ("reward_margin", "reward margin", "DPO's implicit reward, chosen minus "
-                                        "rejected, against the base"))
+PREFERENCE_METRICS = (
+    ("preference_accuracy", "preference accuracy %", "share of pairs where the chosen answer is more likely"),
+    ("reward_margin", "reward margin", "DPO's implicit reward, chosen minus rejected, against the base"),
+)
 
 
 def metrics_of(*evaluations) -> tuple:
@@ -50,29 +55,45 @@ def _delta(key: str, base, adapter) -> str:
 
 def evaluation_html(ev: dict | None, running: bool = False) -> str:
     if not ev:
-        return html.notice("The base is scored on held-out rows before training starts." if running else
-                           "No evaluation recorded for this job.", "info")
+        return html.notice(
+            "The base is scored on held-out rows before training starts."
+            if running
+            else "No evaluation recorded for this job.",
+            "info",
+        )
     if not ev.get("base"):
         return html.notice(ev.get("note") or "Nothing was held out.", "info", "No before/after:")
     base, adapter = ev["base"], ev.get("adapter") or {}
-    rows = [(label, _num(base.get(key)), _num(adapter.get(key)) if adapter else "…",
-             _delta(key, base.get(key), adapter.get(key)), hint) for key, label, hint in metrics_of(ev)]
-    out = [f'<div class="lp-eval"><h4>Before / after on {ev["rows"]} held-out rows</h4>',
-           html.table(["", "base", "adapter", "change", ""], rows, cls="lp-table lp-eval-table", raw_cols=[3])]
+    rows = [
+        (
+            label,
+            _num(base.get(key)),
+            _num(adapter.get(key)) if adapter else "…",
+            _delta(key, base.get(key), adapter.get(key)),
+            hint,
+        )
+        for key, label, hint in metrics_of(ev)
+    ]
+    out = [
+        f'<div class="lp-eval"><h4>Before / after on {ev["rows"]} held-out rows</h4>',
+        html.table(["", "base", "adapter", "change", ""], rows, cls="lp-table lp-eval-table", raw_cols=[3]),
+    ]
     if ev.get("note"):
         out.append(f'<div class="lp-eval-note">{escape(ev["note"])}</div>')
     samples = ev.get("samples") or []
     if samples:
         out.append("<h4>Samples (words that differ from the reference are marked)</h4>")
         for s in samples:
-            out.append('<div class="lp-sample">'
-                       f'<div><b>prompt</b> {escape(s["prompt"])}</div>'
-                       f'<div><b>{"chosen" if "rejected" in s else "reference"}</b> {escape(s["reference"])}</div>'
-                       + (f'<div><b>rejected</b> {escape(s["rejected"])}</div>' if "rejected" in s else "") +
-                       f'<div class="{_hit(s["base"], s["reference"])}"><b>base</b> '
-                       f'{_marked(s["base"], s["reference"])}</div>'
-                       f'<div class="{_hit(s["adapter"], s["reference"])}"><b>adapter</b> '
-                       f'{_marked(s["adapter"], s["reference"])}</div></div>')
+            out.append(
+                '<div class="lp-sample">'
+                f"<div><b>prompt</b> {escape(s['prompt'])}</div>"
+                f"<div><b>{'chosen' if 'rejected' in s else 'reference'}</b> {escape(s['reference'])}</div>"
+                + (f"<div><b>rejected</b> {escape(s['rejected'])}</div>" if "rejected" in s else "")
+                + f'<div class="{_hit(s["base"], s["reference"])}"><b>base</b> '
+                f"{_marked(s['base'], s['reference'])}</div>"
+                f'<div class="{_hit(s["adapter"], s["reference"])}"><b>adapter</b> '
+                f"{_marked(s['adapter'], s['reference'])}</div></div>"
+            )
     out.append("</div>")
     return "".join(out)
 
@@ -98,19 +119,26 @@ def advice_html(detail: dict) -> str:
     advice, verdict, status = detail.get("advice") or [], detail.get("verdict"), detail.get("status")
     if not advice:
         if verdict == "good":
-            return html.notice("No sign of overfitting, underperforming or instability in the curves and scores.",
-                               "ok", "Diagnosis: good run.")
+            return html.notice(
+                "No sign of overfitting, underperforming or instability in the curves and scores.",
+                "ok",
+                "Diagnosis: good run.",
+            )
         return ""
     live = status in ("queued", "running")
     title = ("Live hint: " if live else "Diagnosis: ") + advice[0]["finding"] + "."
-    items = "".join(f'<li><span class="lp-rule">{escape(a["rule"])}</span> {escape(a["remedy"])}'
-                    + (f' <code>{escape(_change(a["change"]))}</code>' if a["change"] else "") + "</li>"
-                    for a in advice)
+    items = "".join(
+        f'<li><span class="lp-rule">{escape(a["rule"])}</span> {escape(a["remedy"])}'
+        + (f" <code>{escape(_change(a['change']))}</code>" if a["change"] else "")
+        + "</li>"
+        for a in advice
+    )
     findings = {a["finding"]: a["evidence"] for a in advice}
     evidence = "".join(f"<div><b>{escape(k)}</b>: {escape(v)}</div>" for k, v in findings.items())
     kind = "warn" if live or advice[0]["finding"] != "underperforming" else "info"
-    return (f'<div class="lp-notice lp-{kind} lp-advice"><strong>{escape(title)}</strong>{evidence}'
-            f"<ol>{items}</ol></div>")
+    return (
+        f'<div class="lp-notice lp-{kind} lp-advice"><strong>{escape(title)}</strong>{evidence}<ol>{items}</ol></div>'
+    )
 
 
 def _change(change: dict) -> str:
@@ -129,8 +157,10 @@ def advice_choices(detail: dict) -> list[tuple[str, str]]:
 def compare_html(rows: list[dict]) -> str:
     """Runs side by side: plan differences, before/after, final losses, verdict."""
     heads = [""] + [f"#{r['id']} {r['name']}" for r in rows]
-    table = [["status", *[r["status"] for r in rows]],
-             ["parent", *[f"#{r['parent_id']}" if r["parent_id"] else "—" for r in rows]]]
+    table = [
+        ["status", *[r["status"] for r in rows]],
+        ["parent", *[f"#{r['parent_id']}" if r["parent_id"] else "—" for r in rows]],
+    ]
     table += [[k, *[str(r["plan"][k]) for r in rows]] for k in rows[0]["plan"]]
     for key, label, _ in metrics_of(*[r.get("evaluation") for r in rows]):
         cells = []
@@ -140,7 +170,16 @@ def compare_html(rows: list[dict]) -> str:
             cells.append(f"{_num(b)} → {_num(a)}" if ev.get("base") else "—")
         table.append([label + " (base → adapter)", *cells])
     table.append(["final train loss", *[_num(r["final_loss"]) for r in rows]])
-    table.append(["best eval loss", *[f"{_num(r['best_eval_loss']['loss'])} at step {r['best_eval_loss']['step']}"
-                                      if r["best_eval_loss"] else "—" for r in rows]])
+    table.append(
+        [
+            "best eval loss",
+            *[
+                f"{_num(r['best_eval_loss']['loss'])} at step {r['best_eval_loss']['step']}"
+                if r["best_eval_loss"]
+                else "—"
+                for r in rows
+            ],
+        ]
+    )
     table.append(["verdict", *[r["verdict"] or "—" for r in rows]])
     return html.table(heads, table, cls="lp-table lp-compare")

@@ -22,13 +22,17 @@ def error_notice(exc: Exception) -> str:
     """The one way an exception reaches the page: a UserError's own words, or a plain apology."""
     if isinstance(exc, UserError):
         return notice(exc.message, "error", title=_field_title(exc.field) + ":")
-    return notice(f"Something went wrong ({type(exc).__name__}: {str(exc)[:200]}). "
-                  "The details are in the server log.", "error", title="Unexpected problem:")
+    return notice(
+        f"Something went wrong ({type(exc).__name__}: {str(exc)[:200]}). The details are in the server log.",
+        "error",
+        title="Unexpected problem:",
+    )
 
 
 def _field_title(field: str) -> str:
     return {"model": "Base model", "dataset": "Data", "gpu": "GPU", "budget_gb": "GPU memory"}.get(
-        field, field.replace("_", " ").capitalize())
+        field, field.replace("_", " ").capitalize()
+    )
 
 
 def facts_table(rows: Iterable[tuple[str, object]], cls: str = "lp-facts") -> str:
@@ -36,8 +40,9 @@ def facts_table(rows: Iterable[tuple[str, object]], cls: str = "lp-facts") -> st
     return f'<table class="{cls}">{body}</table>'
 
 
-def table(headers: list[str], rows: Iterable[Iterable[object]], cls: str = "lp-table",
-          raw_cols: Iterable[int] = ()) -> str:
+def table(
+    headers: list[str], rows: Iterable[Iterable[object]], cls: str = "lp-table", raw_cols: Iterable[int] = ()
+) -> str:
     """A plain table; columns in raw_cols are trusted HTML built by us (badges, links)."""
     raw = set(raw_cols)
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
@@ -64,13 +69,17 @@ def badge(status: str, text: str | None = None) -> str:
 
 def progress_bar(fraction: float | None) -> str:
     pct = max(0.0, min(1.0, fraction or 0.0)) * 100
-    return (f'<div class="lp-progress" role="progressbar" aria-valuenow="{pct:.0f}">'
-            f'<div style="width:{pct:.1f}%"></div></div>')
+    return (
+        f'<div class="lp-progress" role="progressbar" aria-valuenow="{pct:.0f}">'
+        f'<div style="width:{pct:.1f}%"></div></div>'
+    )
 
 
 def stat_tiles(items: Mapping[str, str]) -> str:
-    tiles = "".join(f'<div class="lp-tile"><div class="lp-tile-v">{escape(v)}</div>'
-                    f'<div class="lp-tile-k">{escape(k)}</div></div>' for k, v in items.items())
+    tiles = "".join(
+        f'<div class="lp-tile"><div class="lp-tile-v">{escape(v)}</div><div class="lp-tile-k">{escape(k)}</div></div>'
+        for k, v in items.items()
+    )
     return f'<div class="lp-tiles">{tiles}</div>'
 
 
@@ -84,9 +93,9 @@ def model_cards(models) -> str:
             f'<div class="lp-card" role="button" tabindex="0" data-key="{escape(m.key)}" '
             f'title="Use {escape(m.name)}"><div class="lp-card-title">{escape(m.name)}</div>'
             f'<div class="lp-card-key" title="{escape(m.describes()) if hasattr(m, "describes") else ""}">'
-            f'{escape(m.key)} · {escape(getattr(m, "variant", ""))}</div>'
+            f"{escape(m.key)} · {escape(getattr(m, 'variant', ''))}</div>"
             f'<div class="lp-card-meta"><span>{_size(m.params_b)} params</span><span>{escape(m.architecture)}</span>'
-            f'<span>{escape(ctx)} context</span></div>'
+            f"<span>{escape(ctx)} context</span></div>"
             f'<div class="lp-card-lic">{escape(m.licence)}</div></div>'
         )
     return f'<div class="lp-cards">{"".join(cards)}</div>'

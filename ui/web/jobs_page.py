@@ -52,10 +52,24 @@ def jobs_table() -> str:
         left = outcome.eta(j)
         eta = units.human_seconds(left["seconds"]) if left else "—"
         link = f'<a href="?job={j.id}" class="lp-joblink">{html.escape(title(j))}</a>'
-        rows.append((link, html.badge(j.status, outcome.status_text(j)), outcome.progress_text(j), eta,
-                     outcome.heldout_text(j), model, method, _when(j.created_at)))
-    return html.table(["Job", "Status", "Progress", "ETA", "Held-out exact match", "Base model", "Method", "Created"],
-                      rows, cls="lp-table lp-jobs", raw_cols=[0, 1])
+        rows.append(
+            (
+                link,
+                html.badge(j.status, outcome.status_text(j)),
+                outcome.progress_text(j),
+                eta,
+                outcome.heldout_text(j),
+                model,
+                method,
+                _when(j.created_at),
+            )
+        )
+    return html.table(
+        ["Job", "Status", "Progress", "ETA", "Held-out exact match", "Base model", "Method", "Created"],
+        rows,
+        cls="lp-table lp-jobs",
+        raw_cols=[0, 1],
+    )
 
 
 def job_choices() -> list[tuple[str, int]]:
@@ -78,12 +92,24 @@ def signature(job_id) -> tuple | None:
     except UserError:
         return None
     log = store.log_path(job.id)
-    return (job.id, job.status, job.step, job.progress, job.eta_seconds, job.adapter_score, job.base_score,
-            job.phase, int(views.phase_seconds(job) or 0), job.evaluation_json,
-            job.measured_peak_bytes, job.cancel_requested, len(store.job_metrics(job.id)),
-            stall.stalled_since(job) is not None,  # becomes true with no row changing
-            log.stat().st_size if log.exists() else 0, tuple((j.id, j.status, round(j.progress or 0, 2))
-                                                             for j in store.list_jobs()))
+    return (
+        job.id,
+        job.status,
+        job.step,
+        job.progress,
+        job.eta_seconds,
+        job.adapter_score,
+        job.base_score,
+        job.phase,
+        int(views.phase_seconds(job) or 0),
+        job.evaluation_json,
+        job.measured_peak_bytes,
+        job.cancel_requested,
+        len(store.job_metrics(job.id)),
+        stall.stalled_since(job) is not None,  # becomes true with no row changing
+        log.stat().st_size if log.exists() else 0,
+        tuple((j.id, j.status, round(j.progress or 0, 2)) for j in store.list_jobs()),
+    )
 
 
 def _header(job, metrics, detail: dict) -> str:
@@ -96,28 +122,44 @@ def _header(job, metrics, detail: dict) -> str:
     stored = store.job_estimate(job)
     seq_len = json.loads(job.plan_json).get("seq_len")
     # the estimate stored at submit, with the same names and figures the review and the launch showed
-    estimate = {f"estimate: {k}": v for k, v in review.headline_tiles(headline(stored), seq_len).items()} \
-        if stored else {}
-    tiles = {**({"phase": phase} if phase else {}), "step": step,
-             "ETA, every phase": units.human_seconds(left["seconds"]) if left else "—",
-             "tokens / s": f"{tps:,.0f}" if tps else "—",
-             **estimate,
-             "peak allocated: estimated → measured":
-                 f"{units.human_bytes(job.estimated_peak_bytes)} → {units.human_bytes(job.measured_peak_bytes)}",
-             "device": job.device or "—",
-             "host": _where(job)}
+    estimate = (
+        {f"estimate: {k}": v for k, v in review.headline_tiles(headline(stored), seq_len).items()} if stored else {}
+    )
+    tiles = {
+        **({"phase": phase} if phase else {}),
+        "step": step,
+        "ETA, every phase": units.human_seconds(left["seconds"]) if left else "—",
+        "tokens / s": f"{tps:,.0f}" if tps else "—",
+        **estimate,
+        "peak allocated: estimated → measured": (
+            f"{units.human_bytes(job.estimated_peak_bytes)} → {units.human_bytes(job.measured_peak_bytes)}"
+        ),
+        "device": job.device or "—",
+        "host": _where(job),
+    }
     before, after = outcome.heldout(job)
     if before is not None or after is not None:
         tiles["held-out exact match: before → after"] = outcome.heldout_text(job)
-    head = (f'<div class="lp-jobhead"><span class="lp-jobtitle">Job {html.escape(title(job))}</span>'
-            f'{html.badge(job.status, outcome.status_text(job))}</div>')
+    head = (
+        f'<div class="lp-jobhead"><span class="lp-jobtitle">Job {html.escape(title(job))}</span>'
+        f"{html.badge(job.status, outcome.status_text(job))}</div>"
+    )
     eta_line = ""
     if left and left["phases"]:
-        eta_line = ('<div class="lp-hint" id="eta-phases">Left by phase: ' + html.escape(" · ".join(
-            f"{k} {units.human_seconds(v)}" for k, v in left["phases"].items() if v)) + "</div>")
+        eta_line = (
+            '<div class="lp-hint" id="eta-phases">Left by phase: '
+            + html.escape(" · ".join(f"{k} {units.human_seconds(v)}" for k, v in left["phases"].items() if v))
+            + "</div>"
+        )
     # what the data changed in the estimate, and why (its real lengths: batches padded to their longest row)
-    why = next((a for a in ((stored or {}).get("memory") or {}).get("assumptions", [])
-                if a.startswith("with the checked data")), "")
+    why = next(
+        (
+            a
+            for a in ((stored or {}).get("memory") or {}).get("assumptions", [])
+            if a.startswith("with the checked data")
+        ),
+        "",
+    )
     why_line = f'<div class="lp-hint" id="estimate-why">Estimate {html.escape(why)}.</div>' if why else ""
     return head + html.progress_bar(job.progress) + html.stat_tiles(tiles) + eta_line + why_line
 
@@ -161,10 +203,20 @@ def download_path(job_id) -> str | None:
 def job_view(job_id) -> dict:
     """Everything the job page shows, as values. Keys match the page's outputs."""
 
-    empty = {"header": html.notice("Pick a job, or launch one from the wizard.", "info"), "failure": "",
-             "evaluation": "", "advice": [],
-             "loss": charts.empty("Loss", "No job selected", 360), "log": "", "download": None,
-             "yaml": "", "cli": "", "python": "", "running": False, "status": None}
+    empty = {
+        "header": html.notice("Pick a job, or launch one from the wizard.", "info"),
+        "failure": "",
+        "evaluation": "",
+        "advice": [],
+        "loss": charts.empty("Loss", "No job selected", 360),
+        "log": "",
+        "download": None,
+        "yaml": "",
+        "cli": "",
+        "python": "",
+        "running": False,
+        "status": None,
+    }
     if job_id in (None, ""):
         return empty
     try:
@@ -174,18 +226,23 @@ def job_view(job_id) -> dict:
         return {**empty, "header": html.error_notice(exc)}
     metrics = store.job_metrics(job.id)
     detail = views.job_detail(job)
-    rows = [{"step": m.step, "loss": m.loss, "eval_loss": m.eval_loss, "learning_rate": m.learning_rate}
-            for m in metrics]
+    rows = [
+        {"step": m.step, "loss": m.loss, "eval_loss": m.eval_loss, "learning_rate": m.learning_rate} for m in metrics
+    ]
     return {
-        "header": _header(job, metrics, detail) + _failure(job), "failure": _failure(job),
+        "header": _header(job, metrics, detail) + _failure(job),
+        "failure": _failure(job),
         "evaluation": evaluation_view.advice_html(detail)
         + evaluation_view.evaluation_html(detail["evaluation"], running=job.status in ("queued", "running")),
         "advice": evaluation_view.advice_choices(detail) if job.status in FINISHED else [],
         "loss": charts.loss_chart(rows, job.total_steps),
         "log": store.log_tail(job.id, 50) or "(no log yet)",
         "download": download_path(job.id) if job.status == JobStatus.SUCCEEDED else None,
-        "yaml": export.code(job.id, "yaml"), "cli": export.code(job.id, "cli"), "python": _python(job.id),
-        "running": job.status in (JobStatus.QUEUED, JobStatus.RUNNING), "status": job.status,
+        "yaml": export.code(job.id, "yaml"),
+        "cli": export.code(job.id, "cli"),
+        "python": _python(job.id),
+        "running": job.status in (JobStatus.QUEUED, JobStatus.RUNNING),
+        "status": job.status,
     }
 
 
@@ -256,15 +313,17 @@ def build() -> SimpleNamespace:
         with gr.Row(elem_classes="lp-actions"):
             ui.cancel = gr.Button("Cancel", variant="stop", size="md", min_width=120, elem_id="cancel")
             ui.resume = gr.Button("Resume", size="md", min_width=120, elem_id="resume")
-            ui.download = gr.DownloadButton("Download zip", variant="primary", size="md", visible=False,
-                                            min_width=160, elem_id="download")
+            ui.download = gr.DownloadButton(
+                "Download zip", variant="primary", size="md", visible=False, min_width=160, elem_id="download"
+            )
         ui.loss = gr.Plot(charts.empty("Loss", "No job selected", 360), show_label=False, elem_id="loss-plot")
         ui.evaluation = gr.HTML(elem_id="job-evaluation")
         ui.elsewhere = run_elsewhere.build(ui.select)
         with gr.Row(elem_classes="lp-actions"):
             ui.advice = gr.CheckboxGroup([], label="Advice to apply", elem_id="advice-pick", visible=False)
-            ui.next = gr.Button("Next run with this advice", size="md", min_width=200, visible=False,
-                                elem_id="next-run")
+            ui.next = gr.Button(
+                "Next run with this advice", size="md", min_width=200, visible=False, elem_id="next-run"
+            )
         with gr.Accordion("Try variations of this job's settings", open=False, elem_id="variations"):
             ui.variations = sweep_page.variations_panel()  # a sweep whose trial 0 is this job (sweep_page.py)
         with gr.Accordion("Compare runs", open=False, elem_id="compare"):
@@ -282,8 +341,24 @@ def build() -> SimpleNamespace:
                 ui.python = gr.Code(language="python", show_label=False, elem_id="code-python")
     ui.sig = gr.State(None)
     ui.timer = gr.Timer(REFRESH_S)
-    ui.outputs = [ui.table, ui.select, ui.header, ui.loss, ui.log, ui.download, ui.cancel, ui.resume,
-                  ui.yaml, ui.cli, ui.python, ui.evaluation, ui.advice, ui.next, ui.compare_pick, ui.sig]
+    ui.outputs = [
+        ui.table,
+        ui.select,
+        ui.header,
+        ui.loss,
+        ui.log,
+        ui.download,
+        ui.cancel,
+        ui.resume,
+        ui.yaml,
+        ui.cli,
+        ui.python,
+        ui.evaluation,
+        ui.advice,
+        ui.next,
+        ui.compare_pick,
+        ui.sig,
+    ]
     _wire(ui)
     return ui
 
@@ -298,16 +373,29 @@ def render(job_id, sig=None, force=True) -> list:
     status = v["status"]
     # Only an explicit render (a pick, a launch, a next run) sets the selection; a timer tick that started
     # before a launch would otherwise put the old job back on the page.
-    select = gr.Dropdown(choices=job_choices(), value=None if job_id is None else str(job_id)) if force \
+    select = (
+        gr.Dropdown(choices=job_choices(), value=None if job_id is None else str(job_id))
+        if force
         else gr.Dropdown(choices=job_choices())
-    return [jobs_table(), select,
-            v["header"], v["loss"], v["log"], download,
-            gr.Button(visible=status in (JobStatus.QUEUED, JobStatus.RUNNING)),
-            gr.Button(visible=status in (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.INTERRUPTED)),
-            v["yaml"], v["cli"], v["python"],
-            v["evaluation"],
-            gr.CheckboxGroup(choices=v["advice"], value=[rule for _, rule in v["advice"]], visible=bool(v["advice"])),
-            gr.Button(visible=bool(v["advice"])), gr.Dropdown(choices=job_choices()), new_sig]
+    )
+    return [
+        jobs_table(),
+        select,
+        v["header"],
+        v["loss"],
+        v["log"],
+        download,
+        gr.Button(visible=status in (JobStatus.QUEUED, JobStatus.RUNNING)),
+        gr.Button(visible=status in (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.INTERRUPTED)),
+        v["yaml"],
+        v["cli"],
+        v["python"],
+        v["evaluation"],
+        gr.CheckboxGroup(choices=v["advice"], value=[rule for _, rule in v["advice"]], visible=bool(v["advice"])),
+        gr.Button(visible=bool(v["advice"])),
+        gr.Dropdown(choices=job_choices()),
+        new_sig,
+    ]
 
 
 def _wire(ui: SimpleNamespace) -> None:
@@ -315,7 +403,8 @@ def _wire(ui: SimpleNamespace) -> None:
     run_it = ui.elsewhere
     ui.timer.tick(run_it.refresh, [ui.select, run_it.status], [run_it.panel, run_it.status], show_progress="hidden")
     ui.select.input(lambda j: render(j), ui.select, ui.outputs, show_progress="hidden").then(
-        None, ui.select, None, js="(j) => { if (j) history.replaceState(null, '', '?job=' + j); }")
+        None, ui.select, None, js="(j) => { if (j) history.replaceState(null, '', '?job=' + j); }"
+    )
     ui.cancel.click(lambda j: _toast(cancel(j)), ui.select, None).then(lambda j: render(j), ui.select, ui.outputs)
     ui.resume.click(lambda j: _toast(resume(j)), ui.select, None).then(lambda j: render(j), ui.select, ui.outputs)
 
@@ -325,6 +414,7 @@ def _wire(ui: SimpleNamespace) -> None:
         return render(new_id if ok else job_id)
 
     ui.next.click(on_next, [ui.select, ui.advice], ui.outputs).then(
-        None, ui.select, None, js="(j) => { if (j) history.replaceState(null, '', '?job=' + j); }")
+        None, ui.select, None, js="(j) => { if (j) history.replaceState(null, '', '?job=' + j); }"
+    )
     sweep_page.wire_variations(ui.variations, ui.select)
     ui.compare_pick.input(compare_view, ui.compare_pick, [ui.compare_plot, ui.compare_table], show_progress="hidden")

@@ -34,13 +34,43 @@ def library_table() -> str:
             if {"base", "adapter"} <= set(s) and s["adapter"] < s["base"]:  # jobs.outcome.WORSE, in its colour
                 score += " " + html.badge("succeeded", outcome.WORSE)
             source = f"job #{a.job_id}" if a.job_id else ("composed" if a.lineage else "imported")
-            rows.append((a.id, a.name, a.description or a.skill or "—", a.method, a.r, f"{a.alpha:g}",
-                         a.targets.replace(",", ", "), human_bytes(a.bytes), score,
-                         a.created_at.strftime("%Y-%m-%d %H:%M"), source))
+            rows.append(
+                (
+                    a.id,
+                    a.name,
+                    a.description or a.skill or "—",
+                    a.method,
+                    a.r,
+                    f"{a.alpha:g}",
+                    a.targets.replace(",", ", "),
+                    human_bytes(a.bytes),
+                    score,
+                    a.created_at.strftime("%Y-%m-%d %H:%M"),
+                    source,
+                )
+            )
         label = base if len(base) < 60 else "…" + base[-57:]
-        parts.append(f"<h4>Base: {html.escape(label)}</h4>" + html.table(
-            ["ID", "Name", "Skill / description", "Method", "r", "alpha", "Targets", "Size", "Held-out score",
-             "Created", "Source"], rows, cls="lp-table lp-library", raw_cols=[8]))
+        parts.append(
+            f"<h4>Base: {html.escape(label)}</h4>"
+            + html.table(
+                [
+                    "ID",
+                    "Name",
+                    "Skill / description",
+                    "Method",
+                    "r",
+                    "alpha",
+                    "Targets",
+                    "Size",
+                    "Held-out score",
+                    "Created",
+                    "Source",
+                ],
+                rows,
+                cls="lp-table lp-library",
+                raw_cols=[8],
+            )
+        )
     return "".join(parts)
 
 
@@ -50,8 +80,12 @@ def names() -> list[str]:
 
 def _after_change(message: str, kind: str = "ok"):
     choices = names()
-    return (html.notice(message, kind), library_table(), gr.update(choices=choices, value=None),
-            gr.update(visible=False))
+    return (
+        html.notice(message, kind),
+        library_table(),
+        gr.update(choices=choices, value=None),
+        gr.update(visible=False),
+    )
 
 
 def import_zip(upload, name):
@@ -78,8 +112,14 @@ def rename(current, new_name):
 def ask_delete(current):
     if not current:
         return html.notice("Pick an adapter to delete.", "error"), gr.update(visible=False)
-    return (html.notice(f"Delete '{current}'? Files in the library folder go too; a job's own folder stays. "
-                        "Click 'Yes, delete' to confirm.", "warn"), gr.update(visible=True))
+    return (
+        html.notice(
+            f"Delete '{current}'? Files in the library folder go too; a job's own folder stays. "
+            "Click 'Yes, delete' to confirm.",
+            "warn",
+        ),
+        gr.update(visible=True),
+    )
 
 
 def delete(current):
@@ -98,9 +138,14 @@ def merge(current):
         if not (out / "config.json").is_file():
             out = workbench.merge(current)
         zipped = zip_folder(out)
-        return (html.notice(f"Merged model: {out}. It loads with AutoModelForCausalLM.from_pretrained and can be "
-                            "the base model of a new fine-tune (give this folder in step 1).", "ok"),
-                gr.update(value=str(zipped), visible=True))
+        return (
+            html.notice(
+                f"Merged model: {out}. It loads with AutoModelForCausalLM.from_pretrained and can be "
+                "the base model of a new fine-tune (give this folder in step 1).",
+                "ok",
+            ),
+            gr.update(value=str(zipped), visible=True),
+        )
     except Exception as exc:
         return html.error_notice(exc), gr.update(visible=False)
 
@@ -112,13 +157,18 @@ def gguf(current, quant):
             return html.notice("Pick an adapter to export.", "error"), gr.update(visible=False)
         entry = library.find(current)
         if entry.job_id is None:
-            raise UserError("adapter", f"'{entry.name}' was imported or composed, not trained here; GGUF export "
-                            "starts from a job (its held-out prompts are the check). Merge it and train from the "
-                            "merged folder, or export the job it came from")
+            raise UserError(
+                "adapter",
+                f"'{entry.name}' was imported or composed, not trained here; GGUF export "
+                "starts from a job (its held-out prompts are the check). Merge it and train from the "
+                "merged folder, or export the job it came from",
+            )
         record = gguf_export.export(entry.job_id, quant)
         zipped = run_elsewhere.downloadable(gguf_export.download_zip(entry.job_id))
-        return (html.notice(gguf_export.summary(record), "warn" if record["flagged"] else "ok"),
-                gr.update(value=zipped, visible=True))
+        return (
+            html.notice(gguf_export.summary(record), "warn" if record["flagged"] else "ok"),
+            gr.update(value=zipped, visible=True),
+        )
     except Exception as exc:
         return html.error_notice(exc), gr.update(visible=False)
 
@@ -136,16 +186,20 @@ def serve_recipe(chosen):
     unchecked = [i for i in result.issues if not i.blocking]
     # one verdict: green only when every check ran and passed
     if blocked:
-        verdict = html.notice(f"Left out of the command: {', '.join(sorted(blocked))}. vLLM cannot load them as "
-                              "they are; the fix is below.", "warn")
+        verdict = html.notice(
+            f"Left out of the command: {', '.join(sorted(blocked))}. vLLM cannot load them as "
+            "they are; the fix is below.",
+            "warn",
+        )
     elif unchecked:
-        verdict = html.notice("vLLM loads these adapters, but not every check could run; see the notes below.",
-                              "info")
+        verdict = html.notice("vLLM loads these adapters, but not every check could run; see the notes below.", "info")
     else:
         verdict = html.notice("vLLM can serve every adapter as it is.", "ok")
     notes = "".join(f"<li>{html.code_spans(line)}</li>" for line in result.text().splitlines()[2:])
-    return (verdict + f"<pre class='lp-example' id='lib-recipe-command'>{html.escape(result.command())}</pre>"
-            f"<ul class='lp-recipe-notes'>{notes}</ul>")
+    return (
+        verdict + f"<pre class='lp-example' id='lib-recipe-command'>{html.escape(result.command())}</pre>"
+        f"<ul class='lp-recipe-notes'>{notes}</ul>"
+    )
 
 
 def build() -> SimpleNamespace:
@@ -169,14 +223,17 @@ def build() -> SimpleNamespace:
             ui.merge_btn = gr.Button("Merge into a standalone model", elem_id="lib-merge")
             ui.merged_file = gr.File(label="Merged model (zip)", visible=False, elem_id="lib-merged")
             with gr.Row():
-                ui.gguf_quant = gr.Dropdown(list(QUANTS), value="f16", label="GGUF precision",
-                                            elem_id="lib-gguf-quant")
+                ui.gguf_quant = gr.Dropdown(
+                    list(QUANTS), value="f16", label="GGUF precision", elem_id="lib-gguf-quant"
+                )
                 ui.gguf_btn = gr.Button("For Ollama / llama.cpp", elem_id="lib-gguf")
             ui.gguf_file = gr.File(label="GGUF + Modelfile (zip)", visible=False, elem_id="lib-gguf-file")
     with gr.Accordion("Serve on a GPU box with vLLM", open=False, elem_id="lib-recipe"):
-        gr.Markdown("LoRA Pilot's `/v1` endpoint suits one machine; a GPU fleet runs vLLM. Pick the adapters "
-                    "to serve from one base: the command below loads them all, and adapters vLLM would refuse "
-                    "are named with the fix.")
+        gr.Markdown(
+            "LoRA Pilot's `/v1` endpoint suits one machine; a GPU fleet runs vLLM. Pick the adapters "
+            "to serve from one base: the command below loads them all, and adapters vLLM would refuse "
+            "are named with the fix."
+        )
         with gr.Row():
             ui.recipe_pick = gr.Dropdown(label="Adapters", choices=[], multiselect=True, elem_id="lib-recipe-pick")
             ui.recipe_btn = gr.Button("Write the vLLM command", elem_id="lib-recipe-go")

@@ -91,7 +91,8 @@ def compare(base, names, prompt, system, max_new_tokens, temperature, top_p, mer
         host = workbench.host_for(entries, base_model=base, timings=loads)
         prep = time.perf_counter() - started
         messages = ([{"role": "system", "content": system.strip()}] if (system or "").strip() else []) + [
-            {"role": "user", "content": prompt.strip()}]
+            {"role": "user", "content": prompt.strip()}
+        ]
         settings = dict(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p))
         texts, labels = [""] * SLOTS, [""] * SLOTS
         order = [None, *[e.name for e in entries]]
@@ -112,8 +113,10 @@ def compare(base, names, prompt, system, max_new_tokens, temperature, top_p, mer
                 labels[slot] = f"{title} · {note} · first token {_ms(first)}"
                 yield [gr.skip()] + _boxes(texts, labels, len(order))
             labels[slot] = labels[slot] or f"{title} · {note} · no text (EOS at once)"
-        done = (f"{len(order)} answers from one base ({base}); base and adapters loaded in {_ms(prep)}. "
-                f"Loaded adapters: {', '.join(host.loaded()) or 'none'} (at most {host.max_loaded}).")
+        done = (
+            f"{len(order)} answers from one base ({base}); base and adapters loaded in {_ms(prep)}. "
+            f"Loaded adapters: {', '.join(host.loaded()) or 'none'} (at most {host.max_loaded})."
+        )
         yield [html.notice(done, "ok")] + _boxes(texts, labels, len(order))
     except Exception as exc:
         yield [html.error_notice(exc)] + [gr.skip()] * SLOTS
@@ -131,11 +134,17 @@ def compose(names, weights_text, combination, density, name, score):
         try:
             weights = [float(w) for w in (weights_text or "").split(",") if w.strip()]
         except ValueError:
-            raise UserError("weights", f"got {weights_text!r}; give numbers separated by commas, "
-                            "e.g. 0.5,0.5") from None
+            raise UserError(
+                "weights", f"got {weights_text!r}; give numbers separated by commas, e.g. 0.5,0.5"
+            ) from None
         yield html.notice(f"Composing {', '.join(names or [])} ({combination})…", "info"), gr.skip()
-        entry = workbench.compose(list(names or []), weights, combination, (name or "").strip(),
-                                  density=float(density) if density and combination in ("ties", "dare_ties") else None)
+        entry = workbench.compose(
+            list(names or []),
+            weights,
+            combination,
+            (name or "").strip(),
+            density=float(density) if density and combination in ("ties", "dare_ties") else None,
+        )
         text = html.notice(f"Saved '{entry.name}' in the library: {entry.description}, rank {entry.r}.", "ok")
         if score:
             # the scoring runs on its own thread so each pass's words reach the page as it starts
@@ -164,24 +173,42 @@ def compose(names, weights_text, combination, density, name, score):
 def retention_table(rows: list[dict]) -> str:
     if not rows:
         return html.notice("No source has a demo skill with a held-out split, so there is nothing to score.", "info")
-    body = [(r["skill"], r["source"], f"{r['base']:.0f}%", f"{r['alone']:.0f}%", f"{r['composed']:.0f}%",
-             "—" if r["kept"] is None else f"{r['kept']:.0f}%") for r in rows]
-    return ("<h4>Skill retention (held-out exact match)</h4>"
-            + html.table(["Skill", "Source adapter", "Base", "Source alone", "Composed", "Kept"], body,
-                         cls="lp-table lp-retention"))
+    body = [
+        (
+            r["skill"],
+            r["source"],
+            f"{r['base']:.0f}%",
+            f"{r['alone']:.0f}%",
+            f"{r['composed']:.0f}%",
+            "—" if r["kept"] is None else f"{r['kept']:.0f}%",
+        )
+        for r in rows
+    ]
+    return "<h4>Skill retention (held-out exact match)</h4>" + html.table(
+        ["Skill", "Source adapter", "Base", "Source alone", "Composed", "Kept"], body, cls="lp-table lp-retention"
+    )
 
 
 # --- layout ----------------------------------------------------------------------------------------
 def build() -> SimpleNamespace:
     ui = SimpleNamespace()
-    gr.Markdown("Pick a base and adapters, type a prompt: the base and each adapter answer side by side. "
-                "The base stays loaded; adapters switch on it.")
+    gr.Markdown(
+        "Pick a base and adapters, type a prompt: the base and each adapter answer side by side. "
+        "The base stays loaded; adapters switch on it."
+    )
     with gr.Row():
-        ui.base = gr.Dropdown(label="Base model", choices=["default"], value="default", allow_custom_value=True,
-                              elem_id="pg-base", scale=1)
+        ui.base = gr.Dropdown(
+            label="Base model",
+            choices=["default"],
+            value="default",
+            allow_custom_value=True,
+            elem_id="pg-base",
+            scale=1,
+        )
         ui.adapters = gr.Dropdown(label="Adapters", choices=[], multiselect=True, elem_id="pg-adapters", scale=2)
-    ui.held_out = gr.Dropdown(label="Or pick a held-out prompt of the adapters' skills", choices=[],
-                              elem_id="pg-held-out")
+    ui.held_out = gr.Dropdown(
+        label="Or pick a held-out prompt of the adapters' skills", choices=[], elem_id="pg-held-out"
+    )
     ui.system = gr.Textbox(label="System prompt (optional)", lines=1, elem_id="pg-system")
     ui.prompt = gr.Textbox(label="Prompt", lines=3, elem_id="pg-prompt", placeholder="Ask something…")
     with gr.Accordion("Generation settings", open=False, elem_id="pg-settings"):
@@ -189,24 +216,33 @@ def build() -> SimpleNamespace:
             ui.max_new = gr.Slider(1, 512, value=64, step=1, label="Max new tokens", elem_id="pg-max-new")
             ui.temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature (0 = greedy)")
             ui.top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p")
-        ui.merged = gr.Checkbox(label="Merge each adapter into the weights before it answers (merge_adapter; "
-                                "unmerged at the next switch)", value=False, elem_id="pg-merged")
+        ui.merged = gr.Checkbox(
+            label="Merge each adapter into the weights before it answers (merge_adapter; unmerged at the next switch)",
+            value=False,
+            elem_id="pg-merged",
+        )
     ui.go = gr.Button("Compare answers", variant="primary", elem_id="pg-go")
     ui.status = gr.HTML(elem_id="pg-status")
     with gr.Row(equal_height=True):
-        ui.answers = [gr.Textbox(visible=False, lines=8, interactive=False, elem_id=f"pg-answer-{i}",
-                                 elem_classes=["lp-answer"]) for i in range(SLOTS)]
+        ui.answers = [
+            gr.Textbox(visible=False, lines=8, interactive=False, elem_id=f"pg-answer-{i}", elem_classes=["lp-answer"])
+            for i in range(SLOTS)
+        ]
 
     with gr.Accordion("Compose skills", open=False, elem_id="pg-compose"):
-        gr.Markdown("Combine adapters of one base into a new one (PEFT add_weighted_adapter). linear, ties and "
-                    "dare_ties need adapters of one rank; cat and svd take any ranks.")
+        gr.Markdown(
+            "Combine adapters of one base into a new one (PEFT add_weighted_adapter). linear, ties and "
+            "dare_ties need adapters of one rank; cat and svd take any ranks."
+        )
         with gr.Row():
-            ui.c_sources = gr.Dropdown(label="Adapters to compose", choices=[], multiselect=True,
-                                       elem_id="c-sources", scale=2)
+            ui.c_sources = gr.Dropdown(
+                label="Adapters to compose", choices=[], multiselect=True, elem_id="c-sources", scale=2
+            )
             ui.c_weights = gr.Textbox(label="Weights", value="0.5,0.5", elem_id="c-weights")
         with gr.Row():
-            ui.c_combination = gr.Dropdown(label="Combination", choices=list(COMBINATIONS), value="linear",
-                                           elem_id="c-combination")
+            ui.c_combination = gr.Dropdown(
+                label="Combination", choices=list(COMBINATIONS), value="linear", elem_id="c-combination"
+            )
             ui.c_density = gr.Number(label="Density (ties, dare_ties)", value=0.5, elem_id="c-density")
             ui.c_name = gr.Textbox(label="New adapter name", elem_id="c-name")
         ui.c_score = gr.Checkbox(label="Score skill retention on each source's held-out split", value=True)
@@ -217,8 +253,11 @@ def build() -> SimpleNamespace:
         bases = base_choices()
         if base not in bases or not adapter_choices(base):  # land on a base that has adapters
             base = next((b for b in bases if adapter_choices(b)), bases[0])
-        return (gr.update(choices=bases, value=base), gr.update(choices=adapter_choices(base)),
-                gr.update(choices=adapter_choices(None)))
+        return (
+            gr.update(choices=bases, value=base),
+            gr.update(choices=adapter_choices(base)),
+            gr.update(choices=adapter_choices(None)),
+        )
 
     ui.refresh = refresh
     ui.refresh_outputs = [ui.base, ui.adapters, ui.c_sources]
@@ -230,8 +269,16 @@ def build() -> SimpleNamespace:
         changed(lambda: "", None, ui.status, show_progress="hidden")
     for changed in (ui.c_name.input, ui.c_sources.input, ui.c_weights.input, ui.c_combination.input):
         changed(lambda: "", None, ui.c_result, show_progress="hidden")
-    ui.go.click(compare, [ui.base, ui.adapters, ui.prompt, ui.system, ui.max_new, ui.temperature, ui.top_p,
-                          ui.merged], [ui.status, *ui.answers], show_progress="hidden")
-    ui.c_go.click(compose, [ui.c_sources, ui.c_weights, ui.c_combination, ui.c_density, ui.c_name, ui.c_score],
-                  [ui.c_result, ui.c_sources], show_progress="hidden")  # the result box says how far, in words
+    ui.go.click(
+        compare,
+        [ui.base, ui.adapters, ui.prompt, ui.system, ui.max_new, ui.temperature, ui.top_p, ui.merged],
+        [ui.status, *ui.answers],
+        show_progress="hidden",
+    )
+    ui.c_go.click(
+        compose,
+        [ui.c_sources, ui.c_weights, ui.c_combination, ui.c_density, ui.c_name, ui.c_score],
+        [ui.c_result, ui.c_sources],
+        show_progress="hidden",
+    )  # the result box says how far, in words
     return ui

@@ -35,10 +35,17 @@ def invalid_view(exc: Exception) -> list:
     what = review.label(exc.field) if isinstance(exc, UserError) else "the plan"
     placeholder = f"Fix {what} to see the estimate"
     main, advanced = field_messages(exc)
-    verdict = html.notice(exc.message, "error", title=f"{what}:") if isinstance(exc, UserError) else \
-        html.error_notice(exc)
-    return [verdict, charts.empty(CHARTS[0][0], placeholder, CHARTS[0][1]), "",
-            charts.empty(CHARTS[1][0], placeholder, CHARTS[1][1]), main, advanced]
+    verdict = (
+        html.notice(exc.message, "error", title=f"{what}:") if isinstance(exc, UserError) else html.error_notice(exc)
+    )
+    return [
+        verdict,
+        charts.empty(CHARTS[0][0], placeholder, CHARTS[0][1]),
+        "",
+        charts.empty(CHARTS[1][0], placeholder, CHARTS[1][1]),
+        main,
+        advanced,
+    ]
 
 
 def sweep_placeholder(exc: Exception):
@@ -64,11 +71,15 @@ def misfit(plan) -> str | None:
         return None
     need, have = units.human_bytes(mem.device_bytes), units.human_bytes(mem.budget_bytes)
     if plan.gpu == "cpu":
-        return (f"Launch anyway: it needs about {need} and this machine has {have} of RAM, so the job will "
-                "most likely be killed for lack of memory (or the machine will swap until it stalls); "
-                "the job page then shows it as failed.")
-    return (f"Launch anyway: it needs about {need} of GPU memory and the budget is {have}, so the job will "
-            "most likely stop with CUDA out of memory at its first steps; the job page then shows it as failed.")
+        return (
+            f"Launch anyway: it needs about {need} and this machine has {have} of RAM, so the job will "
+            "most likely be killed for lack of memory (or the machine will swap until it stalls); "
+            "the job page then shows it as failed."
+        )
+    return (
+        f"Launch anyway: it needs about {need} of GPU memory and the budget is {have}, so the job will "
+        "most likely stop with CUDA out of memory at its first steps; the job page then shows it as failed."
+    )
 
 
 def launch_refusal(plan, override: bool) -> str | None:
@@ -76,6 +87,10 @@ def launch_refusal(plan, override: bool) -> str | None:
     consequence = misfit(plan)
     if consequence is None or override:
         return None
-    return html.notice("this plan needs more memory than it would run in. Change a setting in step 4 (the "
-                       "verdict there names the one that fixes it), or tick 'Launch anyway' above to try "
-                       "regardless.", "error", title="Not launched:")
+    return html.notice(
+        "this plan needs more memory than it would run in. Change a setting in step 4 (the "
+        "verdict there names the one that fixes it), or tick 'Launch anyway' above to try "
+        "regardless.",
+        "error",
+        title="Not launched:",
+    )

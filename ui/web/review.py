@@ -26,16 +26,51 @@ from engine.plan import TARGET_PRESETS, TrainingPlan
 from ui.web import charts, html
 
 # The recommended settings, shown with their reasons, in this order.
-MAIN_FIELDS = ["method", "r", "alpha", "dropout", "targets", "batch_size", "grad_accum", "seq_len",
-               "grad_ckpt", "learning_rate", "epochs"]
+MAIN_FIELDS = [
+    "method",
+    "r",
+    "alpha",
+    "dropout",
+    "targets",
+    "batch_size",
+    "grad_accum",
+    "seq_len",
+    "grad_ckpt",
+    "learning_rate",
+    "epochs",
+]
 # Everything else a user may override, in the Advanced panel.
-ADVANCED_FIELDS = ["max_steps", "optimizer", "dtype", "lr_scheduler", "warmup_ratio", "eval_split", "bias",
-                   "use_dora", "use_rslora", "attention", "seed", "logging_steps", "save_steps", "num_processes"]
+ADVANCED_FIELDS = [
+    "max_steps",
+    "optimizer",
+    "dtype",
+    "lr_scheduler",
+    "warmup_ratio",
+    "eval_split",
+    "bias",
+    "use_dora",
+    "use_rslora",
+    "attention",
+    "seed",
+    "logging_steps",
+    "save_steps",
+    "num_processes",
+]
 FORM_FIELDS = MAIN_FIELDS + ADVANCED_FIELDS
 SWEEP_SEQ = [128, 256, 512, 1024, 2048, 4096, 8192]
-LABELS = {"r": "Rank (r)", "alpha": "Alpha", "grad_ckpt": "Gradient checkpointing", "lr_scheduler": "LR schedule",
-          "grad_accum": "Gradient accumulation", "seq_len": "Sequence length", "use_dora": "DoRA",
-          "use_rslora": "rsLoRA", "eval_split": "Eval share", "max_steps": "Max steps", "dtype": "Precision"}
+LABELS = {
+    "r": "Rank (r)",
+    "alpha": "Alpha",
+    "grad_ckpt": "Gradient checkpointing",
+    "lr_scheduler": "LR schedule",
+    "grad_accum": "Gradient accumulation",
+    "seq_len": "Sequence length",
+    "use_dora": "DoRA",
+    "use_rslora": "rsLoRA",
+    "eval_split": "Eval share",
+    "max_steps": "Max steps",
+    "dtype": "Precision",
+}
 
 
 def _effective_batch(plan: TrainingPlan) -> str:
@@ -52,8 +87,11 @@ def label(field: str) -> str:
 def field_kind(field: str) -> tuple[str, tuple]:
     """('choice', options) | ('bool', ()) | ('int', ()) | ('float', ()) | ('text', ())."""
     ann = TrainingPlan.model_fields[field].annotation
-    args = [a for a in typing.get_args(ann) if a is not type(None)] if isinstance(ann, types.UnionType) or \
-        typing.get_origin(ann) is typing.Union else [ann]
+    args = (
+        [a for a in typing.get_args(ann) if a is not type(None)]
+        if isinstance(ann, types.UnionType) or typing.get_origin(ann) is typing.Union
+        else [ann]
+    )
     base = args[0] if args else ann
     if typing.get_origin(base) is typing.Literal:
         return "choice", typing.get_args(base)
@@ -73,8 +111,12 @@ def make_control(field: str, value: Any = None):
     common = {"label": label(field), "info": TrainingPlan.help(field), "elem_id": f"f-{field}"}
     default = TrainingPlan.model_fields[field].default if value is None else value
     if field == "targets":
-        return gr.Dropdown(choices=list(TARGET_PRESETS) + ["q_proj,v_proj", "q_proj,k_proj,v_proj,o_proj"],
-                           value=default, allow_custom_value=True, **common)
+        return gr.Dropdown(
+            choices=list(TARGET_PRESETS) + ["q_proj,v_proj", "q_proj,k_proj,v_proj,o_proj"],
+            value=default,
+            allow_custom_value=True,
+            **common,
+        )
     if kind == "choice":
         return gr.Dropdown(choices=list(options), value=default, **common)
     if kind == "bool":
@@ -89,8 +131,14 @@ def make_control(field: str, value: Any = None):
 
 
 def _step(field: str) -> float:
-    return {"learning_rate": 1e-5, "dropout": 0.01, "warmup_ratio": 0.01, "eval_split": 0.05, "epochs": 0.5,
-            "alpha": 1}.get(field, 0.1)
+    return {
+        "learning_rate": 1e-5,
+        "dropout": 0.01,
+        "warmup_ratio": 0.01,
+        "eval_split": 0.05,
+        "epochs": 0.5,
+        "alpha": 1,
+    }.get(field, 0.1)
 
 
 # Plan fields whose empty box means "none" (no step limit); any other empty number box is refused.
@@ -108,8 +156,9 @@ def not_a_number(field: str, kept: Any = None) -> UserError:
     return UserError(field, f"is empty or not a number; expected {expected}{keeps}")
 
 
-def plan_from_values(context: dict, values: typing.Mapping[str, Any] | list, kept: typing.Mapping | None = None
-                     ) -> TrainingPlan:
+def plan_from_values(
+    context: dict, values: typing.Mapping[str, Any] | list, kept: typing.Mapping | None = None
+) -> TrainingPlan:
     """A plan from the earlier steps' context and the form's values by field name (a list is taken in
     FORM_FIELDS order). `kept`: the last valid values, which a refusal names."""
     if not isinstance(values, typing.Mapping):
@@ -157,8 +206,14 @@ def recommend_for(context: dict):
         # A demo skill's plan carries its run length and schedule (max_steps, warm-up, logging).
 
         base = default_plan(ref.skill).updated(**answers)
-    rec = recommend(model=base.model, difficulty=base.difficulty or "balanced", gpu=base.gpu,
-                    budget_gb=base.budget_gb, dataset_rows=context.get("dataset_rows"), base=base)
+    rec = recommend(
+        model=base.model,
+        difficulty=base.difficulty or "balanced",
+        gpu=base.gpu,
+        budget_gb=base.budget_gb,
+        dataset_rows=context.get("dataset_rows"),
+        base=base,
+    )
     return rec, rec.plan
 
 
@@ -168,10 +223,16 @@ def reasons_html(rec) -> str:
     for field in MAIN_FIELDS:
         if field == "epochs" and rec.plan.max_steps:  # a step limit overrides epochs: show what runs
             reason = rec.reasons.get("max_steps")
-            rows.append((label("max_steps"), str(rec.plan.max_steps),
-                         reason.text if reason else f"Stops after {rec.plan.max_steps} updates "
-                         "(kept from the plan; it overrides epochs).",
-                         f'<span class="lp-rule">{reason.rule}</span>' if reason else ""))
+            rows.append(
+                (
+                    label("max_steps"),
+                    str(rec.plan.max_steps),
+                    reason.text
+                    if reason
+                    else f"Stops after {rec.plan.max_steps} updates (kept from the plan; it overrides epochs).",
+                    f'<span class="lp-rule">{reason.rule}</span>' if reason else "",
+                )
+            )
             continue
         reason = rec.reasons.get(field)
         value = getattr(rec.plan, field)
@@ -198,9 +259,11 @@ def sweep_view(plan: TrainingPlan):
     budget = None
     if plan.gpu or plan.budget_gb:
         budget = memory_for(plan).budget_bytes
-    return charts.memory_sweep(_sweep(plan.model_dump_json(exclude={"seq_len", "name", "method", "use_dora",
-                                                                     "use_rslora"})),
-                               budget, plan.seq_len)
+    return charts.memory_sweep(
+        _sweep(plan.model_dump_json(exclude={"seq_len", "name", "method", "use_dora", "use_rslora"})),
+        budget,
+        plan.seq_len,
+    )
 
 
 @functools.lru_cache(maxsize=64)
@@ -223,8 +286,10 @@ def fixing_knob(plan: TrainingPlan) -> str | None:
     if found is None:
         return None
     steps, mem = found
-    return (f"To fit: {'; '.join(s.what for s in steps)} → {units.human_bytes(mem.device_bytes)} of "
-            f"{units.human_bytes(mem.budget_bytes)}.")
+    return (
+        f"To fit: {'; '.join(s.what for s in steps)} → {units.human_bytes(mem.device_bytes)} of "
+        f"{units.human_bytes(mem.budget_bytes)}."
+    )
 
 
 @functools.lru_cache(maxsize=32)
@@ -237,8 +302,9 @@ def _estimate(plan_json: str, lengths: tuple[int, ...] | None, label_share: floa
 
 
 def estimate_of(plan: TrainingPlan, lengths=None, label_share: float | None = None):
-    return _estimate(plan.model_dump_json(), tuple(lengths) if lengths else None,
-                     1.0 if label_share is None else float(label_share))
+    return _estimate(
+        plan.model_dump_json(), tuple(lengths) if lengths else None, 1.0 if label_share is None else float(label_share)
+    )
 
 
 def headline_tiles(head: dict, seq_len: int | None) -> dict[str, str]:
@@ -274,9 +340,13 @@ def numbers_view(plan: TrainingPlan, lengths: tuple[int, ...] | None = None, lab
     verdict = html.notice(mem.verdict, verdict_kind)
     if mem.fits is False:
         knob = fixing_knob(plan)
-        verdict += html.notice(knob or "Even every memory-saving step (checkpointing, batch 1, QLoRA, fewer targets, "
-                               "lower r, short sequences) does not fit: pick a GPU with more memory or a smaller "
-                               "model.", "warn")
+        verdict += html.notice(
+            knob
+            or "Even every memory-saving step (checkpointing, batch 1, QLoRA, fewer targets, "
+            "lower r, short sequences) does not fit: pick a GPU with more memory or a smaller "
+            "model.",
+            "warn",
+        )
     t = est.time
     head = headline(est)
     # Numbers read better as tiles than as a chart, and cost the browser no Plotly redraw.
@@ -288,8 +358,9 @@ def numbers_view(plan: TrainingPlan, lengths: tuple[int, ...] | None = None, lab
         "effective batch": _effective_batch(plan),
     }
     phases = phases_text(head)
-    summary = html.stat_tiles(tiles) + (f'<div class="lp-hint" id="eta-phases">Time by phase: '
-                                        f'{html.escape(phases)}</div>' if phases else "")
+    summary = html.stat_tiles(tiles) + (
+        f'<div class="lp-hint" id="eta-phases">Time by phase: {html.escape(phases)}</div>' if phases else ""
+    )
     return {"estimate": est, "verdict": verdict, "summary": summary}
 
 
@@ -298,13 +369,13 @@ def charts_view(plan: TrainingPlan, lengths: tuple[int, ...] | None = None, labe
     est = estimate_of(plan, lengths, label_share)
     mem = est.memory
     return {
-        "memory": charts.memory_breakdown(mem.terms, mem.budget_bytes, mem.fits, mem.reserved_bytes,
-                                          mem.device_bytes),
+        "memory": charts.memory_breakdown(mem.terms, mem.budget_bytes, mem.fits, mem.reserved_bytes, mem.device_bytes),
         "params": charts.params_by_module(est.by_module_type, est.total_params),
     }
 
 
-def estimate_view(plan: TrainingPlan, lengths: tuple[int, ...] | None = None,
-                  label_share: float | None = None) -> dict:
+def estimate_view(
+    plan: TrainingPlan, lengths: tuple[int, ...] | None = None, label_share: float | None = None
+) -> dict:
     """Everything the review step shows for one plan (numbers and charts)."""
     return {**numbers_view(plan, lengths, label_share), **charts_view(plan, lengths, label_share)}

@@ -36,8 +36,11 @@ def after_training_html() -> str:
         "<b>vLLM on a GPU box</b>: <code>python app.py serve-recipe NAME</code> prints the <code>vllm serve</code> "
         "command.",
     ]
-    return ("<div class='lp-after' id='after-training'><b>When the job has finished, run it:</b><ul>"
-            + "".join(f"<li>{i}</li>" for i in items) + "</ul></div>")
+    return (
+        "<div class='lp-after' id='after-training'><b>When the job has finished, run it:</b><ul>"
+        + "".join(f"<li>{i}</li>" for i in items)
+        + "</ul></div>"
+    )
 
 
 def how_to_run_html(job_id) -> str:
@@ -50,30 +53,49 @@ def how_to_run_html(job_id) -> str:
     except UserError:
         return ""
     if job.status != JobStatus.SUCCEEDED:
-        return html.notice("Once the job has succeeded, this panel says how to run it: playground, /v1, "
-                           "Ollama / LM Studio, vLLM.", "info")
+        return html.notice(
+            "Once the job has succeeded, this panel says how to run it: playground, /v1, Ollama / LM Studio, vLLM.",
+            "info",
+        )
     full = plan.method == "full"
     name = job.name
     folder = store.job_dir(job.id)
     rows = [
-        ("Playground", "the Playground tab: pick the base and this job's adapter" if not full
-         else f"give the folder {folder} as the base model in the Playground tab"),
-        ("OpenAI API (/v1)", (f"python app.py serve, then {name} as the model of /v1/chat/completions" if not full
-                              else f"python app.py serve --model {folder}")),
-        ("Ollama / LM Studio", f"the button below, or python app.py export {job.id} --as gguf; then "
-                               f"cd {folder}/gguf && ollama create {gguf_export.ollama_name(job)} -f Modelfile"),
+        (
+            "Playground",
+            "the Playground tab: pick the base and this job's adapter"
+            if not full
+            else f"give the folder {folder} as the base model in the Playground tab",
+        ),
+        (
+            "OpenAI API (/v1)",
+            (
+                f"python app.py serve, then {name} as the model of /v1/chat/completions"
+                if not full
+                else f"python app.py serve --model {folder}"
+            ),
+        ),
+        (
+            "Ollama / LM Studio",
+            f"the button below, or python app.py export {job.id} --as gguf; then "
+            f"cd {folder}/gguf && ollama create {gguf_export.ollama_name(job)} -f Modelfile",
+        ),
         ("vLLM on a GPU box", f"python app.py serve-recipe {name}" if not full else f"vllm serve {folder}"),
     ]
     record = gguf_export.exports(job).get("gguf")
     check = ""
     if record:
         kind = "warn" if record.get("flagged") else "ok"
-        check = html.notice(gguf_export.summary(record) + f" Export took {record['seconds']} s.", kind,
-                            "Flagged:" if record.get("flagged") else "GGUF export:")
+        check = html.notice(
+            gguf_export.summary(record) + f" Export took {record['seconds']} s.",
+            kind,
+            "Flagged:" if record.get("flagged") else "GGUF export:",
+        )
         for c in record.get("checks", []):
             if c.get("flagged"):
-                check += html.notice(f"{Path(c['file']).name}: first difference at {c.get('first_difference')}",
-                                     "warn")
+                check += html.notice(
+                    f"{Path(c['file']).name}: first difference at {c.get('first_difference')}", "warn"
+                )
     return html.facts_table(rows) + check
 
 
@@ -103,8 +125,9 @@ def build(select) -> SimpleNamespace:
     with gr.Accordion("Run it: playground, /v1, Ollama / LM Studio, vLLM", open=True, elem_id="run-it"):
         ui.panel = gr.HTML(elem_id="run-it-panel")
         with gr.Row(elem_classes="lp-actions"):
-            ui.quant = gr.Dropdown(list(QUANTS), value="f16", label="GGUF precision", elem_id="gguf-quant",
-                                   min_width=120)
+            ui.quant = gr.Dropdown(
+                list(QUANTS), value="f16", label="GGUF precision", elem_id="gguf-quant", min_width=120
+            )
             ui.button = gr.Button("For Ollama / llama.cpp", elem_id="gguf-export", min_width=200)
             ui.file = gr.DownloadButton("Download GGUF + Modelfile", visible=False, elem_id="gguf-download")
     ui.button.click(export_gguf, [select, ui.quant], [ui.panel, ui.file])

@@ -26,15 +26,21 @@ SET_URL_JS = "(j) => { if (j) history.replaceState(null, '', '?job=' + j); }"
 
 def theme() -> gr.themes.Base:
     # System fonts only: a web font would be a network fetch, and the app works offline.
-    return gr.themes.Soft(primary_hue="blue", neutral_hue="slate", font=["system-ui", "Segoe UI", "sans-serif"],
-                          font_mono=["ui-monospace", "Menlo", "monospace"])
+    return gr.themes.Soft(
+        primary_hue="blue",
+        neutral_hue="slate",
+        font=["system-ui", "Segoe UI", "sans-serif"],
+        font_mono=["ui-monospace", "Menlo", "monospace"],
+    )
 
 
 def build_app() -> gr.Blocks:
     with gr.Blocks(title=TITLE, analytics_enabled=False) as app:
-        gr.HTML('<div class="lp-header"><span class="lp-logo">LoRA Pilot</span>'
-                '<span class="lp-tagline">Fine-tune a language model with LoRA or QLoRA: see the cost before '
-                'you spend it, then watch it learn.</span></div>')
+        gr.HTML(
+            '<div class="lp-header"><span class="lp-logo">LoRA Pilot</span>'
+            '<span class="lp-tagline">Fine-tune a language model with LoRA or QLoRA: see the cost before '
+            "you spend it, then watch it learn.</span></div>"
+        )
         with gr.Tabs(selected="wizard", elem_id="main-tabs") as tabs:
             with gr.Tab("New fine-tune", id="wizard"):
                 wiz = wizard.build()
@@ -52,8 +58,9 @@ def build_app() -> gr.Blocks:
             wanted = (request.query_params.get("job") if request else None) or None
             target = wanted or jobs_page.latest_job_id()
             sweep_wanted = request.query_params.get("sweep") if request else None  # ?sweep=ID: sweep_page
-            return [gr.Tabs(selected="jobs" if wanted else "sweeps" if sweep_wanted else "wizard")] + \
-                jobs_page.render(target)
+            return [gr.Tabs(selected="jobs" if wanted else "sweeps" if sweep_wanted else "wizard")] + jobs_page.render(
+                target
+            )
 
         app.load(on_load, None, [tabs] + jobs.outputs, show_progress="hidden")
 
@@ -68,7 +75,8 @@ def build_app() -> gr.Blocks:
             return [gr.Tabs(selected="jobs")] + jobs_page.render(new_id)
 
         wiz.launch_btn.click(wiz.launch, None, [job_id, wiz.launch_notice], inputs_kwargs=wiz.launch_kwargs).then(
-            after_launch, job_id, [tabs] + jobs.outputs).then(None, jobs.select, None, js=SET_URL_JS)
+            after_launch, job_id, [tabs] + jobs.outputs
+        ).then(None, jobs.select, None, js=SET_URL_JS)
     return app
 
 
@@ -87,17 +95,33 @@ def warm_up() -> None:
         pass
 
 
-def launch(host: str = "127.0.0.1", port: int = 7860, auth: tuple[str, str] | None = None,
-           max_file_size: str | int | None = None, share: bool = False, block: bool = True,
-           routes: list | None = None) -> gr.Blocks:
+def launch(
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    auth: tuple[str, str] | None = None,
+    max_file_size: str | int | None = None,
+    share: bool = False,
+    block: bool = True,
+    routes: list | None = None,
+) -> gr.Blocks:
     """`routes`: more routes for the same server (the /v1 API), placed before Gradio's own."""
     app = build_app()
     app.queue(default_concurrency_limit=8)
-    app.launch(server_name=host, server_port=port, auth=auth, max_file_size=max_file_size, share=share,
-               app_kwargs={"routes": routes} if routes else None,
-               prevent_thread_lock=True, quiet=True, show_error=False, theme=theme(),
-               css_paths=[CSS_PATH] if Path(CSS_PATH).exists() else None, footer_links=[],
-               auth_message="LoRA Pilot is shared on the network: sign in with the credentials it was started with.")
+    app.launch(
+        server_name=host,
+        server_port=port,
+        auth=auth,
+        max_file_size=max_file_size,
+        share=share,
+        app_kwargs={"routes": routes} if routes else None,
+        prevent_thread_lock=True,
+        quiet=True,
+        show_error=False,
+        theme=theme(),
+        css_paths=[CSS_PATH] if Path(CSS_PATH).exists() else None,
+        footer_links=[],
+        auth_message="LoRA Pilot is shared on the network: sign in with the credentials it was started with.",
+    )
     if os.environ.get("LORAPILOT_WARM", "1") != "0":
         threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
     if block:

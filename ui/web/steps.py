@@ -31,17 +31,20 @@ UPLOAD_TYPES = [".jsonl", ".json", ".csv", ".parquet", ".txt"]
 DIFFICULTY_CHOICES = [(f"{d.title}: {d.description}", d.name) for d in DIFFICULTIES.values()]
 # What the data teaches (the plan's `objective`), in plain words; the example shows the layout each needs.
 OBJECTIVE_QUESTION = "What does your data teach?"
-OBJECTIVE_CHOICES = [("Answers: each example shows the right answer", "sft"),
-                     ("Preferences: each example pairs a better and a worse answer (DPO)", "dpo"),
-                     ("Preferences, learning the better answer too, without a reference model (ORPO)", "orpo")]
+OBJECTIVE_CHOICES = [
+    ("Answers: each example shows the right answer", "sft"),
+    ("Preferences: each example pairs a better and a worse answer (DPO)", "dpo"),
+    ("Preferences, learning the better answer too, without a reference model (ORPO)", "orpo"),
+]
 OBJECTIVE_HELP = (
     '<div class="lp-hint" id="objective-help"><b>Answers</b> teach by example: the model learns to write the '
-    "answer you give (<code>{\"prompt\": \"Printer jammed\", \"completion\": \"[HIGH] printer\"}</code>). "
+    'answer you give (<code>{"prompt": "Printer jammed", "completion": "[HIGH] printer"}</code>). '
     "<b>Preferences</b> teach by comparison: for one prompt you give an answer you like and one you do not, and "
-    "the model learns to lean towards the first (<code>{\"prompt\": \"Printer jammed\", \"chosen\": \"Sorry "
-    "about that, we will fix it today.\", \"rejected\": \"Not my problem.\"}</code>). Use preferences when "
+    'the model learns to lean towards the first (<code>{"prompt": "Printer jammed", "chosen": "Sorry '
+    'about that, we will fix it today.", "rejected": "Not my problem."}</code>). Use preferences when '
     "a good answer is easier to recognise than to write, such as tone, politeness or safety. DPO compares against "
-    "the model as it was; ORPO learns the better answer and the preference at once.</div>")
+    "the model as it was; ORPO learns the better answer and the preference at once.</div>"
+)
 HARDWARE = [("A GPU from the list", "gpu"), ("I know my GPU's memory", "vram"), ("No GPU: train on this CPU", "cpu")]
 
 
@@ -55,6 +58,7 @@ def default_model() -> str:
 
 
 # --- step 1: base model ----------------------------------------------------------------
+
 
 def catalog_choices() -> list[tuple[str, str]]:
     return [(f"{m.name} ({m.params_b:g}B)", m.key) for m in list_models()]
@@ -79,9 +83,16 @@ def model_facts(spec: str) -> tuple[str, bool]:
         return html.error_notice(exc), False
     heads = f"{info.heads} query / {info.kv_heads} key-value" if info.kv_heads != info.heads else str(info.heads)
     rows = [
-        ("Source", {"default": "embedded default (SmolLM2-135M-Instruct)", "catalog": "catalog (offline config)",
-                    "hub": "Hugging Face hub", "local": "local folder",
-                    "gguf": "GGUF file"}.get(info.source, info.source)),
+        (
+            "Source",
+            {
+                "default": "embedded default (SmolLM2-135M-Instruct)",
+                "catalog": "catalog (offline config)",
+                "hub": "Hugging Face hub",
+                "local": "local folder",
+                "gguf": "GGUF file",
+            }.get(info.source, info.source),
+        ),
         ("Architecture", info.architecture),
         ("Parameters", f"{units.human_count(info.total_params)} ({info.total_params:,})"),
         ("Layers × hidden", f"{info.layers} × {info.hidden}"),
@@ -92,14 +103,21 @@ def model_facts(spec: str) -> tuple[str, bool]:
         ("Adapter targets", ", ".join(info.target_names)),
     ]
     if info.extra.get("card"):  # a catalog name: which checkpoint it names, which one the card describes
-        rows.insert(1, ("Checkpoint", f"{info.extra['hub_id']} ({info.extra['variant']}); the catalog card "
-                        f"describes the {info.extra['card']}"))
+        rows.insert(
+            1,
+            (
+                "Checkpoint",
+                f"{info.extra['hub_id']} ({info.extra['variant']}); the catalog card "
+                f"describes the {info.extra['card']}",
+            ),
+        )
     # where the weights are comes first: a model that cannot be trained here is said so before its numbers
     where = html.notice(weights.message, "ok" if weights.can_train else "warn")
     return where + html.notice(f"Found {spec}.", "ok") + html.facts_table(rows), True
 
 
 # --- step 2: task and data -------------------------------------------------------------
+
 
 def skill_choices() -> list[tuple[str, str]]:
     return [(s.title, name) for name, s in SKILLS.items()]
@@ -129,12 +147,17 @@ def safe_upload(path: str | None) -> str:
     src = Path(path)
     size_mb, limit = src.stat().st_size / 1024**2, max_upload_mb()
     if size_mb > limit:
-        raise UserError("dataset", f"{src.name} is {size_mb:.0f} MB; the limit is {limit} MB "
-                        "(set LORAPILOT_MAX_UPLOAD_MB to raise it)")
+        raise UserError(
+            "dataset",
+            f"{src.name} is {size_mb:.0f} MB; the limit is {limit} MB (set LORAPILOT_MAX_UPLOAD_MB to raise it)",
+        )
     suffix = src.suffix.lower()
     if suffix not in UPLOAD_TYPES:
-        raise UserError("dataset", f"{src.name}: '{suffix or 'no extension'}' files are not accepted; "
-                        "use .jsonl, .json, .csv, .parquet or .txt")
+        raise UserError(
+            "dataset",
+            f"{src.name}: '{suffix or 'no extension'}' files are not accepted; "
+            "use .jsonl, .json, .csv, .parquet or .txt",
+        )
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", src.stem).strip("._")[:60] or "data"
     dest = paths.subdir("uploads") / f"{uuid.uuid4().hex[:8]}-{stem}{suffix}"
     shutil.copyfile(src, dest)
@@ -152,9 +175,11 @@ def data_source(kind: str, skill: str | None, upload: str | None) -> str:
 # The engine's hints name the CLI's --columns flag; the wizard has no column mapping, so it says
 # what the wizard offers instead: rename the file's columns and upload it again.
 _CLI_HINTS = (
-    (re.compile(r"; or map yours with --columns, e\.g\. [^;]*$"),
-     "; rename your file's columns to one of these layouts (e.g. instruction and output, or prompt and "
-     "completion) and upload it again"),
+    (
+        re.compile(r"; or map yours with --columns, e\.g\. [^;]*$"),
+        "; rename your file's columns to one of these layouts (e.g. instruction and output, or prompt and "
+        "completion) and upload it again",
+    ),
     (re.compile(r" \(rename with --columns field=column\)"), " (rename that column in your file and upload it again)"),
 )
 
@@ -167,8 +192,14 @@ def wizard_words(text: str) -> str:
 
 def check_data_view(kind: str, skill: str | None, upload: str | None, model: str, seq_len: int = 512) -> dict:
     """The data check as the page shows it. Keys: dataset, rows, lengths, ok, summary, histogram, examples."""
-    out = {"dataset": None, "rows": None, "lengths": None, "ok": False, "examples": "",
-           "histogram": charts.empty("Token lengths", "Check the data to see token lengths", 280)}
+    out = {
+        "dataset": None,
+        "rows": None,
+        "lengths": None,
+        "ok": False,
+        "examples": "",
+        "histogram": charts.empty("Token lengths", "Check the data to see token lengths", 280),
+    }
     source = None
     try:
         source = data_source(kind, skill, upload)
@@ -181,30 +212,47 @@ def check_data_view(kind: str, skill: str | None, upload: str | None, model: str
             exc = UserError(exc.field, wizard_words(exc.message))
         out["summary"] = html.error_notice(exc)
         return out
-    out.update(dataset=source, rows=report.rows, ok=bool(report.ok), lengths=tuple(report.token_lengths) or None,
-               label_share=report.label_share,  # the estimate at submit uses both (jobs.dispatcher.validate)
-               format=report.format)
+    out.update(
+        dataset=source,
+        rows=report.rows,
+        ok=bool(report.ok),
+        lengths=tuple(report.token_lengths) or None,
+        label_share=report.label_share,  # the estimate at submit uses both (jobs.dispatcher.validate)
+        format=report.format,
+    )
     if report.errors():  # training would refuse this data: the wizard stops here, Review says data is missing
         out.update(dataset=None, rows=None, lengths=None, label_share=None)
     out["summary"] = data_summary(report, Path(upload).name if upload and kind != "demo" else None)
     hist = report.histogram
-    out["histogram"] = charts.token_histogram(hist["edges"], hist["counts"], int(seq_len or 512),
-                                              report.truncated_share)
+    out["histogram"] = charts.token_histogram(
+        hist["edges"], hist["counts"], int(seq_len or 512), report.truncated_share
+    )
     out["examples"] = "".join(f'<pre class="lp-example">{html.escape(e)}</pre>' for e in report.examples[:3])
     return out
 
 
 def data_summary(report, shown_name: str | None = None) -> str:
     name = shown_name or DatasetRef.parse(report.source).label
-    facts = html.stat_tiles({"format": str(report.format), "rows": f"{report.rows:,}",
-                             "empty": str(report.empty_rows), "duplicates": str(report.duplicate_rows),
-                             "cut at seq_len": f"{100 * (report.truncated_share or 0):.1f}%"})
+    facts = html.stat_tiles(
+        {
+            "format": str(report.format),
+            "rows": f"{report.rows:,}",
+            "empty": str(report.empty_rows),
+            "duplicates": str(report.duplicate_rows),
+            "cut at seq_len": f"{100 * (report.truncated_share or 0):.1f}%",
+        }
+    )
     parts = []
     if report.problems:
         first = report.problems[0]
-        parts.append(html.notice(f"{len(report.problems)} problem(s) in {name}. First: "
-                                 f"{first.where(report.row_unit)}, {first.field}: {wizard_words(first.message)}",
-                                 "error", title="Data problems:"))
+        parts.append(
+            html.notice(
+                f"{len(report.problems)} problem(s) in {name}. First: "
+                f"{first.where(report.row_unit)}, {first.field}: {wizard_words(first.message)}",
+                "error",
+                title="Data problems:",
+            )
+        )
         rows = [(p.where(report.row_unit), p.field, wizard_words(p.message)) for p in report.problems[:50]]
         parts.append(html.table(["Row", "Field", "Problem"], rows, cls="lp-table lp-problems"))
     else:
@@ -218,14 +266,20 @@ def data_summary(report, shown_name: str | None = None) -> str:
 
 def pair_line(report) -> str:
     pref = report.preference
-    sides = "; ".join(f"{side} {pref[side].get('mean', 0):.0f} tokens on average (max {pref[side].get('max', 0)}), "
-                      f"{pref['over_seq_len'].get(side, 0)} cut at seq_len {report.seq_len}"
-                      for side in ("chosen", "rejected") if pref.get(side))
-    return (f"{pref['pairs']:,} pairs, {pref['identical']} with identical answers, {pref['empty_sides']} with an "
-            f"empty side; prompts {pref.get('prompt', {}).get('mean', 0):.0f} tokens on average; {sides}.")
+    sides = "; ".join(
+        f"{side} {pref[side].get('mean', 0):.0f} tokens on average (max {pref[side].get('max', 0)}), "
+        f"{pref['over_seq_len'].get(side, 0)} cut at seq_len {report.seq_len}"
+        for side in ("chosen", "rejected")
+        if pref.get(side)
+    )
+    return (
+        f"{pref['pairs']:,} pairs, {pref['identical']} with identical answers, {pref['empty_sides']} with an "
+        f"empty side; prompts {pref.get('prompt', {}).get('mean', 0):.0f} tokens on average; {sides}."
+    )
 
 
 # --- step 3: hardware ------------------------------------------------------------------
+
 
 def gpu_choices() -> list[tuple[str, str]]:
     return [(f"{g.name} ({g.memory_gb:g} GiB)", g.name) for g in list_gpus() if g.memory_gb]
@@ -239,8 +293,12 @@ def detect_hardware() -> tuple[str, str | None, float | None]:
     if not shutil.which("nvidia-smi"):
         return "cpu", None, None
     try:
-        line = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
-                              capture_output=True, text=True, timeout=5).stdout.splitlines()[0]
+        line = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.splitlines()[0]
         name, mem = [s.strip() for s in line.split(",")[:2]]
     except Exception:
         return "cpu", None, None
@@ -264,6 +322,7 @@ def hardware_context(kind: str, gpu: str | None, budget_gb: float | None) -> dic
 
 
 # --- step 5: launch --------------------------------------------------------------------
+
 
 def launch(plan, anyway: bool = False) -> tuple[int | None, str]:
     """Submit the plan; (job id, notice). The job row is the truth from here on."""

@@ -21,8 +21,12 @@ from jobs import sweep
 from ui.web import charts, html
 
 REFRESH_S = 2.0
-METRIC_CHOICES = [("Held-out loss (lower is better)", "loss"), ("Exact match", "exact_match"), ("Token F1", "f1"),
-                  ("ROUGE-L", "rougeL")]
+METRIC_CHOICES = [
+    ("Held-out loss (lower is better)", "loss"),
+    ("Exact match", "exact_match"),
+    ("Token F1", "f1"),
+    ("ROUGE-L", "rougeL"),
+]
 BUDGET_CHOICES = [("A number of trials", "trials"), ("A time in minutes", "minutes")]
 
 
@@ -31,9 +35,11 @@ def search_panel() -> SimpleNamespace:
     """The review step's panel: a budget and what to optimise (placed by the wizard)."""
     ui = SimpleNamespace()
     with gr.Accordion("Search for better settings", open=False, elem_id="search"):
-        gr.Markdown("Try variations of these settings (rank, alpha, learning rate, targets, dropout, chosen "
-                    "around the recommendation by the same rules), stop the clearly worse ones early, and keep "
-                    "the best adapter. The plan above is trial 0, so the search can only match or beat it.")
+        gr.Markdown(
+            "Try variations of these settings (rank, alpha, learning rate, targets, dropout, chosen "
+            "around the recommendation by the same rules), stop the clearly worse ones early, and keep "
+            "the best adapter. The plan above is trial 0, so the search can only match or beat it."
+        )
         with gr.Row():
             ui.kind = gr.Radio(BUDGET_CHOICES, value="trials", label="Budget", elem_id="search-kind")
             ui.amount = gr.Number(6, label="Trials, or minutes", minimum=1, precision=None, elem_id="search-amount")
@@ -45,6 +51,7 @@ def search_panel() -> SimpleNamespace:
 
 def wire_search(ui: SimpleNamespace, plan_inputs: list, plan_of: Callable) -> None:
     """`plan_of(*values)` turns the values of `plan_inputs` into the plan to search around."""
+
     def start(kind, amount, metric, *values):
         try:
             return _started(_create(plan_of(*values), kind, amount, metric))
@@ -90,19 +97,29 @@ def _create(plan, kind: str, amount, metric: str):
 
 
 def _started(row) -> str:
-    return html.notice(f"Sweep {row.id} started: {row.name}. Its trials are queued as ordinary jobs.", "ok") + \
-        f'<a href="?sweep={row.id}" class="lp-joblink">Open sweep {row.id} →</a>'
+    return (
+        html.notice(f"Sweep {row.id} started: {row.name}. Its trials are queued as ordinary jobs.", "ok")
+        + f'<a href="?sweep={row.id}" class="lp-joblink">Open sweep {row.id} →</a>'
+    )
 
 
 # --- the sweep page --------------------------------------------------------------------------------
 def sweeps_table() -> str:
-    rows = [(f'<a href="?sweep={r.id}" class="lp-joblink">#{r.id} {html.escape(r.name)}</a>', html.badge(r.status),
-             space.METRIC_WORDS[r.metric], f"job {r.best_job_id}" if r.best_job_id else "—", r.adapter_name or "—")
-            for r in sweep.list_sweeps()]
+    rows = [
+        (
+            f'<a href="?sweep={r.id}" class="lp-joblink">#{r.id} {html.escape(r.name)}</a>',
+            html.badge(r.status),
+            space.METRIC_WORDS[r.metric],
+            f"job {r.best_job_id}" if r.best_job_id else "—",
+            r.adapter_name or "—",
+        )
+        for r in sweep.list_sweeps()
+    ]
     if not rows:
-        return html.notice("No sweeps yet: the review step's \"Search for better settings\" starts one.", "info")
-    return html.table(["Sweep", "Status", "Ranked by", "Best", "Adapter"], rows, cls="lp-table lp-jobs",
-                      raw_cols=[0, 1])
+        return html.notice('No sweeps yet: the review step\'s "Search for better settings" starts one.', "info")
+    return html.table(
+        ["Sweep", "Status", "Ranked by", "Best", "Adapter"], rows, cls="lp-table lp-jobs", raw_cols=[0, 1]
+    )
 
 
 def sweep_view(sweep_id) -> dict:
@@ -114,21 +131,28 @@ def sweep_view(sweep_id) -> dict:
     sweep.reconcile()
     row = sweep.get(sweep_id)
     detail = sweep.detail(row)
-    budget = (f"{row.budget_trials} trials" if row.budget_trials
-              else f"{units.human_seconds(row.budget_seconds)}")
+    budget = f"{row.budget_trials} trials" if row.budget_trials else f"{units.human_seconds(row.budget_seconds)}"
     best = detail["best"]
-    facts = [("Status", row.status + (f" — {row.error}" if row.error else "")),
-             ("Ranked by", f"{space.METRIC_WORDS[row.metric]} ({'lower' if row.direction == 'minimize' else 'higher'}"
-                           " is better)"),
-             ("Budget", f"{budget}; spent {units.human_seconds(row.elapsed_seconds)}"),
-             ("Best", f"trial {best['number']} (job {best['job_id']}): {best['value']:.4f}" if best else "—"),
-             ("Adapter", row.adapter_name or "—")]
+    facts = [
+        ("Status", row.status + (f" — {row.error}" if row.error else "")),
+        (
+            "Ranked by",
+            f"{space.METRIC_WORDS[row.metric]} ({'lower' if row.direction == 'minimize' else 'higher'} is better)",
+        ),
+        ("Budget", f"{budget}; spent {units.human_seconds(row.elapsed_seconds)}"),
+        ("Best", f"trial {best['number']} (job {best['job_id']}): {best['value']:.4f}" if best else "—"),
+        ("Adapter", row.adapter_name or "—"),
+    ]
     out["header"] = f"<h3>Sweep {row.id}: {html.escape(row.name)}</h3>" + html.facts_table(facts)
     out["trials"] = _trials_table(detail)
     if any(t["state"] == "complete" for t in detail["trials"]):
         figs = sweep.figures(row)
-        out.update(history=figs["history"], parallel=figs.get("parallel"), importances=figs.get("importances"),
-                   mattered=html.notice(figs["what_mattered"], "info", title="What mattered:"))
+        out.update(
+            history=figs["history"],
+            parallel=figs.get("parallel"),
+            importances=figs.get("importances"),
+            mattered=html.notice(figs["what_mattered"], "info", title="What mattered:"),
+        )
     return out
 
 
@@ -164,8 +188,17 @@ def build() -> SimpleNamespace:
             ui.importances = gr.Plot(show_label=False, elem_id="sweep-importances")
     ui.timer = gr.Timer(REFRESH_S)
     ui.sig = gr.State(None)
-    ui.outputs = [ui.table, ui.select, ui.header, ui.trials, ui.mattered, ui.history, ui.parallel, ui.importances,
-                  ui.sig]
+    ui.outputs = [
+        ui.table,
+        ui.select,
+        ui.header,
+        ui.trials,
+        ui.mattered,
+        ui.history,
+        ui.parallel,
+        ui.importances,
+        ui.sig,
+    ]
     _wire(ui)
     return ui
 
@@ -199,9 +232,17 @@ def render(sweep_id) -> list:
         v = sweep_view(sweep_id)
     except Exception as exc:
         v = {**sweep_view(None), "header": html.error_notice(exc)}
-    return [sweeps_table(), gr.Dropdown(choices=choices(), value=str(sweep_id) if sweep_id else None), v["header"],
-            v["trials"], v["mattered"], v["history"], gr.Plot(v["parallel"], visible=v["parallel"] is not None),
-            gr.Plot(v["importances"], visible=v["importances"] is not None), signature(sweep_id)]
+    return [
+        sweeps_table(),
+        gr.Dropdown(choices=choices(), value=str(sweep_id) if sweep_id else None),
+        v["header"],
+        v["trials"],
+        v["mattered"],
+        v["history"],
+        gr.Plot(v["parallel"], visible=v["parallel"] is not None),
+        gr.Plot(v["importances"], visible=v["importances"] is not None),
+        signature(sweep_id),
+    ]
 
 
 def on_load(request: gr.Request) -> list:
@@ -220,6 +261,7 @@ def _act(action: str, sweep_id) -> str:
 def _wire(ui: SimpleNamespace) -> None:
     ui.timer.tick(tick, [ui.select, ui.sig], ui.outputs, show_progress="hidden")
     ui.select.input(render, ui.select, ui.outputs, show_progress="hidden").then(
-        None, ui.select, None, js="(s) => { if (s) history.replaceState(null, '', '?sweep=' + s); }")
+        None, ui.select, None, js="(s) => { if (s) history.replaceState(null, '', '?sweep=' + s); }"
+    )
     ui.cancel.click(lambda s: _act("cancel", s), ui.select, ui.notice)
     ui.resume.click(lambda s: _act("resume", s), ui.select, ui.notice)
