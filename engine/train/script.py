@@ -15,7 +15,7 @@ import pprint
 import shlex
 from pathlib import Path
 
-from engine.data import demo
+from engine.data import demo, formats
 from engine.data.chat import CHATML_EOS, CHATML_TEMPLATE
 from engine.data.ref import DatasetRef
 from engine.errors import UserError
@@ -60,7 +60,7 @@ def render(plan: TrainingPlan, kind: str, record: Resolved | None = None) -> str
 def data_files(plan: TrainingPlan) -> tuple[str, str | None]:
     """(training data, held-out data or None): the files (or hub id) the job reads."""
     if not plan.dataset:
-        raise UserError("dataset", "the plan names no training data; give a file, a hub dataset id or demo:NAME")
+        raise formats.no_dataset()
     ref = DatasetRef.parse(plan.dataset)
     if ref.is_demo:
         return str(demo.dataset_path(ref.skill, "train")), str(demo.dataset_path(ref.skill, "test"))
