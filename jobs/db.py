@@ -12,10 +12,12 @@ import os
 import threading
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, make_url
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, create_engine
 
 from engine import paths
+from engine.errors import UserError
 from jobs import database_driver, schema
 
 _engines: dict[str, Engine] = {}
@@ -48,9 +50,23 @@ def db_engine():
             event.listen(eng, "connect", _sqlite_pragmas)
         else:
             eng = create_engine(url, pool_pre_ping=True)
-        schema.upgrade(eng)  # Alembic: creates a new database, migrates an older one, keeps its jobs
+        try:
+            schema.upgrade(eng)  # Alembic: creates a new database, migrates an older one, keeps its jobs
+        except OperationalError as exc:  # a server that is down, a wrong password, a database that is missing
+            eng.dispose()
+            raise _unreachable(url, exc) from None
         _engines[url] = eng
         return eng
+
+
+def _unreachable(url: str, exc: OperationalError) -> UserError:
+    shown = make_url(url).render_as_string(hide_password=True)
+    reason = next((line.strip() for line in str(exc.orig or exc).splitlines() if line.strip()), type(exc).__name__)
+    return UserError(
+        "DATABASE_URL",
+        f"cannot open {shown} ({reason[:200]}); start the database server or fix the URL, "
+        "or unset DATABASE_URL to use the SQLite file in LORAPILOT_HOME",
+    )
 
 
 def dispose(url: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,18 @@ def test_a_url_whose_driver_is_not_installed_is_one_line_in_the_cli_and_at_app_s
     for args in (["jobs"], ["--port", "1"]):  # a command, and the wizard's start (refused before it listens)
         p = _app(*args, url=url)
         assert (p.returncode, p.stderr.strip(), p.stdout) == (2, expected, ""), args
+
+
+def test_a_server_that_is_not_there_is_one_line_that_hides_the_password():
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = _app("jobs", url=f"postgresql://lp:secret@127.0.0.1:{port}/jobs")
+    assert p.returncode == 2 and p.stdout == "", p.stderr
+    line = p.stderr.strip()
+    assert len(line.splitlines()) == 1 and "internal" not in line and "secret" not in line, line
+    assert line.startswith(f"error: DATABASE_URL: cannot open postgresql://lp:***@127.0.0.1:{port}/jobs (")
+    assert "start the database server or fix the URL" in line
 
 
 def test_each_kind_of_bad_url_is_one_line_naming_what_to_write():
