@@ -85,6 +85,20 @@ def test_export_as_yaml_and_cli_print_the_jobs_plan(tiny):
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--as" in bad.stderr
 
 
+def _run_script(code: str, folder: Path) -> subprocess.CompletedProcess:
+    path = folder / "train_job.py"
+    path.write_text(code, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # standalone: no LoRA Pilot on the path
+    return subprocess.run(
+        [sys.executable, str(path), str(folder / "adapter")],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 @pytest.mark.slow
 def test_exported_script_runs_and_writes_the_jobs_adapter(tiny, tmp_path):
     model, data = tiny
@@ -107,18 +121,7 @@ def test_exported_script_runs_and_writes_the_jobs_adapter(tiny, tmp_path):
     )
     out = cli("export", _job(plan), "--as", "python")
     assert out.returncode == 0, out.stderr
-    path = tmp_path / "train_job.py"
-    path.write_text(out.stdout, encoding="utf-8")
-
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # standalone: no LoRA Pilot on the path
-    run = subprocess.run(
-        [sys.executable, str(path), str(tmp_path / "adapter")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = _run_script(out.stdout, tmp_path)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
 
     written = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
@@ -127,20 +130,6 @@ def test_exported_script_runs_and_writes_the_jobs_adapter(tiny, tmp_path):
     assert written["base_model_name_or_path"] == str(model)  # the folder the job loads the base from
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     assert "eval_loss" in run.stdout + run.stderr  # the held-out share of the job's rows was evaluated
-
-
-def _run_script(code: str, folder: Path) -> subprocess.CompletedProcess:
-    path = folder / "train_job.py"
-    path.write_text(code, encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # standalone: no LoRA Pilot on the path
-    return subprocess.run(
-        [sys.executable, str(path), str(folder / "adapter")],
-        cwd=folder,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 @pytest.mark.slow
