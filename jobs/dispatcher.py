@@ -277,19 +277,28 @@ def _reap() -> None:
 # --- liveness ------------------------------------------------------------------------------
 
 
-def worker_alive(pid: int | None, job_id: int) -> bool:
-    """Is `pid` alive AND our worker for this job? (pids are reused after a process dies.)"""
+def live_cmdline(pid: int | None) -> list[str] | None:
+    """A live process's command line; None when it is gone (or a zombie), [] when it exists but is
+    not ours to inspect (so a caller never declares it dead)."""
     if not pid:
-        return False
-
+        return None
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        cmd = proc.cmdline()
+            return None
+        return proc.cmdline()
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return False
+        return None
     except psutil.AccessDenied:
+        return []
+
+
+def worker_alive(pid: int | None, job_id: int) -> bool:
+    """Is `pid` alive AND our worker for this job? (pids are reused after a process dies.)"""
+    cmd = live_cmdline(pid)
+    if cmd is None:
+        return False
+    if not cmd:
         return True  # exists but not ours to inspect: do not declare it dead
     # a standby worker (started before its job existed) names no id; the pid the row holds is its own
     return "jobs.worker" in cmd and (str(job_id) in cmd or "--standby" in cmd)

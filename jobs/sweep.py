@@ -20,7 +20,6 @@ import subprocess
 import sys
 from datetime import timedelta
 
-import psutil
 from sqlalchemy import update as sql_update
 from sqlmodel import col, select
 
@@ -244,17 +243,11 @@ def spawn(sweep_id: int) -> None:
 
 
 def driver_alive(pid: int | None, sweep_id: int) -> bool:
-    if not pid:
+    cmd = dispatcher.live_cmdline(pid)
+    if cmd is None:
         return False
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        cmd = proc.cmdline()
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return False
-    except psutil.AccessDenied:
-        return True
+    if not cmd:
+        return True  # exists but not ours to inspect
     return "jobs.sweep_driver" in cmd and str(sweep_id) in cmd
 
 
