@@ -134,3 +134,27 @@ def test_unreadable_and_unsupported_configs(tmp_path):
     p = app("recommend", "--model", str(odd), "--difficulty", "simple", "--gpu", "T4")
     assert p.returncode == 2 and p.stderr.startswith("error: model: "), p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_estimate_with_the_data_shows_the_figure_the_job_stores(tmp_path):
+    """`estimate --dataset` measures the data's lengths as submit does, so it prints the job's own figure."""
+    from engine.estimate.combined import headline
+    from engine.plan import TrainingPlan
+    from jobs import dispatcher
+    from tests.tiny import make_tiny_model
+
+    rows = [{"prompt": f"Say {w} twice.", "completion": f"{w} {w}."} for w in "red blue green black white".split() * 4]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    model = make_tiny_model(tmp_path / "model", vocab_texts=[r["prompt"] + " " + r["completion"] for r in rows])
+    args = ["--model", str(model), "--dataset", str(data), "--gpu", "cpu", "--seq-len", "256", "--r", "4"]
+
+    p = app("estimate", *args, "--json")
+    assert p.returncode == 0, p.stderr
+    shown = json.loads(p.stdout)["headline"]
+    stored = headline(
+        dispatcher.validate(TrainingPlan.build(model=str(model), dataset=str(data), gpu="cpu", seq_len=256, r=4))
+    )
+    assert shown["memory_bytes"] == stored["memory_bytes"] < shown["worst_case_bytes"] == stored["worst_case_bytes"]
+    text = app("estimate", *args).stdout
+    assert "with your data (batches padded to" in text and "the worst case" in text

@@ -13,6 +13,7 @@ import shlex
 from engine.advice.checks import plan_warnings
 from engine.advice.recommend import recommend
 from engine.advice.rules import FIELDS
+from engine.data.dataset import check_data
 from engine.errors import UserError
 from engine.estimate.combined import estimate
 from engine.plan import add_plan_flags, plan_from_args
@@ -40,6 +41,8 @@ ESTIMATE_FIELDS = [
     "attention",
     "gpu",
     "budget_gb",
+    "dataset",
+    "data_format",
     "dataset_rows",
     "epochs",
     "max_steps",
@@ -74,13 +77,30 @@ def run_estimate(ns: argparse.Namespace) -> int:
     _check_exclusive(ns)
     plan = plan_from_args(ns)
 
-    est = estimate(plan)
+    est = estimate(plan, **_data_lengths(plan))
     warnings = plan_warnings(plan)  # e.g. a rank above the width of the layers it adapts (R6)
     if ns.json:
         print(json.dumps({**est.to_json(), "warnings": [{"rule": r, "text": t} for r, t in warnings]}, indent=2))
     else:
         print(format_estimate(plan, est) + "".join(f"\n\n[{r}] {t}" for r, t in warnings))
     return 0
+
+
+def _data_lengths(plan) -> dict:
+    """With --dataset, the data's token lengths and label share: the same inputs the job's stored
+    estimate (jobs.dispatcher.validate) and the wizard's review use, so all three show one figure."""
+    if not plan.dataset:
+        return {}
+    report = check_data(
+        plan.dataset,
+        model=plan.model,
+        seq_len=plan.seq_len,
+        data_format=plan.data_format,
+        columns=plan.columns,
+        objective=plan.objective,
+    )
+    report.raise_if_bad()
+    return {"lengths": report.token_lengths, "label_share": report.label_share}
 
 
 def format_estimate(plan, est) -> str:
@@ -101,6 +121,12 @@ def format_estimate(plan, est) -> str:
     lines.append(f"  {'allocated':<{width}} {human_bytes(mem.allocated_bytes):>10}")
     lines.append(f"  {'reserved (allocator)':<{width}} {human_bytes(mem.reserved_bytes):>10}")
     lines.append(f"  {'device total':<{width}} {human_bytes(mem.device_bytes):>10}")
+    if mem.expected is not None:  # the figure above is the worst case, every batch padded to seq_len
+        lines.append(
+            f"  with your data (batches padded to {mem.expected.padded_length} tokens): "
+            f"{human_bytes(mem.expected.allocated_bytes)} allocated, {human_bytes(mem.expected.device_bytes)} "
+            "on the device; the figures above are the worst case, every batch padded to seq_len"
+        )
     if mem.verdict:
         lines.append(f"  {mem.verdict}")
     t = est.time
