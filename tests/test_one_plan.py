@@ -20,6 +20,7 @@ from engine.advice.rules import DEMO_FIELDS
 from engine.data import demo
 from engine.estimate import timing
 from engine.estimate.combined import estimate, headline
+from engine.plan import TrainingPlan
 from jobs import dispatcher, outcome, store
 from jobs.tables import now
 from ui.web import jobs_page, review, steps, wizard
@@ -135,3 +136,14 @@ def test_the_eta_counts_every_phase_and_is_not_zero_at_the_last_step_with_scorin
     left = outcome.eta(store.get_job(job.id))
     assert left["phases"]["scoring adapter"] == pytest.approx(40.0 * timing.ADAPTER_FORWARD - 10, abs=1.0)
     assert "ETA, every phase" in jobs_page.job_view(job.id)["header"]
+
+
+def test_the_memory_by_length_chart_says_where_qlora_passes_full_fine_tuning_and_why():
+    below = {"full": [(128, 5.0), (256, 6.0)], "qlora": [(128, 2.0), (256, 3.0)]}
+    assert review.qlora_crossing(below) is None
+    crossing = {"full": [(128, 5.0), (256, 6.0), (512, 8.0)], "qlora": [(128, 2.0), (256, 6.5), (512, 11.0)]}
+    assert review.qlora_crossing(crossing).startswith("QLoRA passes full fine-tuning from 256 tokens")
+    # a catalog model on a GPU (bf16): the estimator's own curves cross, and the chart says so under its title
+    figure = review.sweep_view(TrainingPlan.build(model="qwen2.5-0.5b", gpu="RTX 4090", dataset="demo:ticket"))
+    notes = [a["text"] for a in figure.layout.get("annotations", [])]
+    assert any("QLoRA passes full fine-tuning from" in n and "fp32" in n for n in notes), notes

@@ -262,8 +262,10 @@ def memory_sweep(
     budget_bytes: float | None,
     current_x: float | None = None,
     x_label: str = "sequence length (tokens)",
+    caption: str | None = None,
 ) -> Figure:
-    """Memory (GB) against a knob (sequence length or batch) for each method."""
+    """Memory (GB) against a knob (sequence length or batch) for each method; `caption`, a line under
+    the title that explains the curves."""
     data = []
     for method, points in series.items():
         pts = list(points)
@@ -286,6 +288,21 @@ def memory_sweep(
         # the line marks the plan; its value goes in the axis title, where no budget label can hide it
         shapes.append(_vline(current_x, "#9ca3af", "", dash="dot")[0])
         x_label += f" · this plan {current_x:g}"
+    if caption:
+        notes.append(
+            {
+                "text": caption,
+                "xref": "paper",
+                "yref": "paper",
+                "x": 0,
+                "y": 1.02,
+                "xanchor": "left",
+                "yanchor": "bottom",
+                "align": "left",
+                "showarrow": False,
+                "font": {"size": 10, "color": GREY},
+            }
+        )
     xs = [p for t in data for p in t["x"]] + ([current_x] if current_x else [])
     span = [math.log10(min(xs)) - 0.05, math.log10(max(xs)) + 0.05] if xs else None
     ticks = sorted({p for t in data for p in t["x"]})
@@ -297,7 +314,7 @@ def memory_sweep(
         config=STATIC,
         shapes=shapes,
         annotations=notes,
-        margin={"l": 48, "r": 16, "t": 44, "b": 84},
+        margin={"l": 48, "r": 16, "t": 84 if caption else 44, "b": 84},
         legend={"orientation": "h", "x": 0, "xanchor": "left", "y": -0.3, "yanchor": "top"},
         xaxis={
             "title": {"text": x_label},

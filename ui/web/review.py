@@ -259,10 +259,20 @@ def sweep_view(plan: TrainingPlan):
     budget = None
     if plan.gpu or plan.budget_gb:
         budget = memory_for(plan).budget_bytes
-    return charts.memory_sweep(
-        _sweep(plan.model_dump_json(exclude={"seq_len", "name", "method", "use_dora", "use_rslora"})),
-        budget,
-        plan.seq_len,
+    series = _sweep(plan.model_dump_json(exclude={"seq_len", "name", "method", "use_dora", "use_rslora"}))
+    return charts.memory_sweep(series, budget, plan.seq_len, caption=qlora_crossing(series))
+
+
+def qlora_crossing(series: dict[str, list[tuple[int, float]]]) -> str | None:
+    """Why QLoRA's curve can pass full fine-tuning's, said where it does (else None)."""
+    full = dict(series.get("full", []))
+    past = [s for s, q in series.get("qlora", []) if s in full and q > full[s]]
+    if not past:
+        return None
+    return (
+        f"QLoRA passes full fine-tuning from {past[0]:,} tokens: PEFT's k-bit preparation keeps the residual<br>"
+        "stream in fp32, and at these lengths activations outweigh what 4-bit weights save (the estimate<br>"
+        "is checked against measured peaks, bench/bench_memory.py)."
     )
 
 
