@@ -152,7 +152,10 @@ class Driver:
         self.set_attr(trial, "reason", f"pruned at step {step}: {why}")
         store.append_log(job.id, f"pruned by sweep {self.id} at step {step}: {why}; stopping the job")
         sweep.append_log(self.id, f"trial {trial.number} pruned at step {step}: {why}")
-        dispatcher.cancel(job.id, wait=False)
+        try:
+            dispatcher.cancel(job.id, wait=False)
+        except UserError:  # the job ran its last steps before the cancel: the prune decision stands
+            store.append_log(job.id, "the job had already finished; the trial stays pruned")
 
     def conclude(self, trial, job) -> bool:
         """Tell the study how the trial's job ended; False when the job was resumed instead."""
