@@ -35,8 +35,14 @@ COMMON = (
 
 def code(job_id, kind: str) -> str:
     """The job as `kind` (python | yaml | cli), stating what the job resolved once it has (resolved.json)."""
+    return codes(job_id, (kind,))[kind]
+
+
+def codes(job_id, kinds=script.FORMATS) -> dict[str, str]:
+    """The job as each of `kinds`, from one read of its plan and its record."""
     job = store.get_job(job_id)
-    return script.render(store.job_plan(job), kind, resolved.read(store.job_dir(job.id)))
+    plan, record = store.job_plan(job), resolved.read(store.job_dir(job.id))
+    return {kind: script.render(plan, kind, record) for kind in kinds}
 
 
 def export_kind(job_id) -> str | None:

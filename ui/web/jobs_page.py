@@ -238,19 +238,18 @@ def job_view(job_id) -> dict:
         "loss": charts.loss_chart(rows, job.total_steps),
         "log": store.log_tail(job.id, 50) or "(no log yet)",
         "download": download_path(job.id) if job.status == JobStatus.SUCCEEDED else None,
-        "yaml": export.code(job.id, "yaml"),
-        "cli": export.code(job.id, "cli"),
-        "python": _python(job.id),
+        **_code(job.id),
         "running": job.status in (JobStatus.QUEUED, JobStatus.RUNNING),
         "status": job.status,
     }
 
 
-def _python(job_id) -> str:
+def _code(job_id) -> dict[str, str]:
+    """Export as code's three tabs, from one read of the job's plan and record."""
     try:
-        return export.code(job_id, "python")
-    except UserError as exc:  # e.g. the base model's folder is gone since the job ran
-        return f"# no script: {exc}\n"
+        return export.codes(job_id)
+    except UserError as exc:  # only the script can fail: e.g. the base model's folder is gone since the job ran
+        return {**export.codes(job_id, ("yaml", "cli")), "python": f"# no script: {exc}\n"}
 
 
 def cancel(job_id) -> tuple[bool, str]:
