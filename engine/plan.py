@@ -28,6 +28,7 @@ Dtype = Literal["auto", "bf16", "fp16", "fp32"]
 Attention = Literal["auto", "sdpa", "eager"]
 Bias = Literal["none", "all", "lora_only"]
 Scheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]
+ReportTo = Literal["none", "tensorboard", "trackio", "mlflow"]
 
 MAX_INT = 2**31 - 1  # the largest whole-number setting (SQLite, torch and the hub all take it)
 
@@ -221,6 +222,16 @@ class TrainingPlan(BaseModel):
         ge=0,
         description="Stop once the held-out loss has not improved for this many evaluations in a row, keeping "
         "the best checkpoint as the adapter (0 = always train to the end). Evaluations come every save_steps.",
+    )
+
+    # --- where else the run is recorded -----------------------------------------------
+    report_to: ReportTo = Field(
+        "none",
+        description="Also send the run to an experiment tracker: the trainer's metrics, the plan, the held-out "
+        "before/after and the adapter card. tensorboard (the job folder's tensorboard/), trackio (project "
+        "lorapilot) or mlflow (experiment lorapilot), kept under LORAPILOT_HOME unless the tool's own variable "
+        "(TENSORBOARD_LOGGING_DIR, TRACKIO_DIR, MLFLOW_TRACKING_URI) says where. Each is an optional extra, "
+        "e.g. pip install 'lorapilot[mlflow]'.",
     )
 
     # --- the hardware ---------------------------------------------------------------

@@ -31,7 +31,7 @@ from engine.errors import UserError, one_of
 from engine.estimate import combined
 from engine.model import availability, introspect
 from engine.plan import TrainingPlan
-from engine.train import checkpoints
+from engine.train import checkpoints, tracking
 from jobs import stall, store
 from jobs.launch import ray
 from jobs.tables import Job, JobStatus
@@ -81,6 +81,7 @@ def validate(plan: TrainingPlan):
         objective=plan.objective,
     )
     report.raise_if_bad()
+    tracking.require(plan)  # a tracker whose package is missing: the extra to install
 
     # the data's lengths and the share of them with a label: the expected peak
     return combined.estimate(plan, lengths=report.token_lengths, label_share=report.label_share)

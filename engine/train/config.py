@@ -13,6 +13,7 @@ from pathlib import Path
 
 from engine.model import introspect
 from engine.plan import TrainingPlan
+from engine.train import tracking
 
 
 def resolve_targets(plan: TrainingPlan) -> str | list[str]:
@@ -62,7 +63,8 @@ def sft_kwargs(plan: TrainingPlan, out_dir: str | Path, has_eval: bool) -> dict:
         save_total_limit=2,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=plan.save_steps if has_eval else None,
-        report_to="none",
+        report_to=plan.report_to,  # transformers' own callback logs the metrics (engine.train.tracking)
+        **tracking.trainer_settings(plan),
         disable_tqdm=True,
         dataloader_num_workers=0,
         packing=False,

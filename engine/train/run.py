@@ -38,6 +38,7 @@ from engine.train import (
     preference,
     resolved,
     stopping,
+    tracking,
 )
 from engine.train.peak import PeakMeter
 
@@ -391,7 +392,7 @@ def _prepare(plan: TrainingPlan, out_dir: Path, report: Report, should_stop) -> 
     set_seed(plan.seed)
     trainer = trainer_cls(
         model=model,
-        args=config_cls(output_dir=str(out_dir / "checkpoints"), **record.sft),
+        args=config_cls(output_dir=str(out_dir / "checkpoints"), **tracking.destination(plan, out_dir), **record.sft),
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
@@ -520,6 +521,7 @@ def _publish(plan: TrainingPlan, run: _Run, out_dir: Path, base_score, adapter_s
         train_rows=len(run.train_ds),
         eval_rows=len(run.eval_ds) if run.eval_ds is not None else None,
     )
+    tracking.publish(plan, out_dir, result.steps, base_score, adapter_score)  # a failure is a line in the log
     del trainer
     run.trainer = None
     if run.device == "cuda":
