@@ -104,11 +104,12 @@ def field_kind(field: str) -> tuple[str, tuple]:
     return "text", ()
 
 
-def make_control(field: str, value: Any = None):
-    """The Gradio control for one plan field; label and help come from the plan."""
+def make_control(field: str, value: Any = None, render: bool = True):
+    """The Gradio control for one plan field; label and help come from the plan. `render=False`: one outside
+    the page, for its preprocessing (ui/web/live_numbers.py)."""
 
     kind, options = field_kind(field)
-    common = {"label": label(field), "info": TrainingPlan.help(field), "elem_id": f"f-{field}"}
+    common = {"label": label(field), "info": TrainingPlan.help(field), "elem_id": f"f-{field}", "render": render}
     default = TrainingPlan.model_fields[field].default if value is None else value
     if field == "targets":
         return gr.Dropdown(

@@ -17,7 +17,7 @@ from engine.data.dataset import load_tokenizer
 from engine.model import default_model
 from engine.model.introspect import resolve
 from engine.paths import ASSETS
-from ui.web import first_run, jobs_page, library_page, playground, steps, sweep_page, wizard
+from ui.web import first_run, jobs_page, library_page, live_numbers, playground, steps, sweep_page, wizard
 
 TITLE = "LoRA Pilot"
 CSS_PATH = ASSETS / "style.css"
@@ -104,7 +104,9 @@ def launch(
     block: bool = True,
     routes: list | None = None,
 ) -> gr.Blocks:
-    """`routes`: more routes for the same server (the /v1 API), placed before Gradio's own."""
+    """`routes`: more routes for the same server (the /v1 API), placed before Gradio's own, beside the
+    review's numbers endpoint (ui/web/live_numbers.py)."""
+    routes = [*live_numbers.routes(wizard.update_numbers), *(routes or [])]
     app = build_app()
     app.queue(default_concurrency_limit=8)
     app.launch(
@@ -113,7 +115,8 @@ def launch(
         auth=auth,
         max_file_size=max_file_size,
         share=share,
-        app_kwargs={"routes": routes} if routes else None,
+        app_kwargs={"routes": routes},
+        head=live_numbers.head(),
         prevent_thread_lock=True,
         quiet=True,
         show_error=False,

@@ -17,7 +17,7 @@ import gradio as gr
 from engine.errors import UserError
 from engine.estimate.combined import headline
 from engine.plan import DIFFICULTY_QUESTION, TrainingPlan
-from ui.web import charts, first_run, html, refusals, review, run_elsewhere, steps, sweep_page
+from ui.web import charts, first_run, html, live_numbers, refusals, review, run_elsewhere, steps, sweep_page
 
 # The earlier steps' answers, by the names handlers receive them under.
 ANSWERS = ("model", "difficulty", "dataset", "rows", "hw_kind", "gpu", "budget", "name", "objective")
@@ -364,14 +364,18 @@ def _review_plan(ctx, form: dict, kept: dict | None = None) -> TrainingPlan:
 
 
 def update_numbers(ctx, lengths, label_share, valid, **form) -> list:
-    """[verdict, tiles, main panel's line, Advanced panel's line, last valid form values]."""
+    """[verdict, tiles, main panel's line, Advanced panel's line, last valid form values].
+
+    Also the answer of the page's own endpoint (ui/web/live_numbers.py), so the tiles carry their plan's key."""
     try:
         plan = _review_plan(ctx, form, valid)
         v = review.numbers_view(plan, lengths, label_share)
     except Exception as exc:
         verdict, _, summary, _, main, advanced = refusals.invalid_view(exc)
         return [verdict, summary, main, advanced, gr.skip()]
-    return [v["verdict"] + refusals.warnings_html(plan), v["summary"], "", "", review.form_of(plan)]
+    shown = review.form_of(plan)
+    tiles = live_numbers.tagged(v["summary"], live_numbers.remember(ctx, lengths, label_share, shown))
+    return [v["verdict"] + refusals.warnings_html(plan), tiles, "", "", shown]
 
 
 def update_charts(ctx, lengths, label_share, shown, **form) -> list:
@@ -434,8 +438,12 @@ def _wire_review(ui: SimpleNamespace) -> None:
     for event in (ui.next3.click(_goto("s4"), None, ui.steps), ui.tab4.select(lambda: None, None, None)):
         event.then(**entered).then(**numbers).then(**charts_)
     for field, control in ui.form.items():
-        # queue=False: direct requests, no queue round trips, for the < 150 ms change-to-numbers budget
-        control.input(**numbers, trigger_mode="always_last", queue=False).then(**charts_, queue=False)
+        # The page's script paints the numbers first (ui/web/live_numbers.py); this event waits for that
+        # paint, then brings the same numbers, the last valid values and the charts. queue=False: direct
+        # requests, no queue round trips.
+        control.input(**numbers, js=live_numbers.AFTER_PAINT_JS, trigger_mode="always_last", queue=False).then(
+            **charts_, queue=False
+        )
         if review.field_kind(field)[0] in ("int", "float"):
             # the box shows the plan's value again, and the refusal line goes with the numbers' redraw
             control.blur(restore(field), [control, ui.valid], control, show_progress="hidden", queue=False).then(
@@ -498,7 +506,8 @@ def _wire_launch(ui: SimpleNamespace) -> None:
     ui.next4.click(_goto("s5"), None, ui.steps).then(**summary)
     ui.tab5.select(**summary)
     # a launch's notice is about the plan it launched: it goes when the plan or its data changes
+    # in the page only (js, no request): an edit's frame is the numbers' (ui/web/live_numbers.py)
     for changed in (ui.name.input, ui.dataset.change, *(control.input for control in ui.form.values())):
-        changed(lambda: "", None, ui.launch_notice, show_progress="hidden", queue=False)
+        changed(None, None, ui.launch_notice, js="() => ''", show_progress="hidden", queue=False)
     ui.launch = launch
     ui.launch_kwargs = {**ui.plan_inputs, "override": ui.override}  # the plan, and the "launch anyway" box
