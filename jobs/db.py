@@ -69,6 +69,15 @@ def _unreachable(url: str, exc: OperationalError) -> UserError:
     )
 
 
+def forget_engines() -> None:
+    """In a forked child: drop the parent's engines without closing their connections, which stay the parent's
+    (SQLAlchemy's advice for os.fork: dispose(close=False))."""
+    with _lock:
+        for eng in _engines.values():
+            eng.dispose(close=False)
+        _engines.clear()
+
+
 def dispose(url: str) -> None:
     """Close the pooled connections of one database (a test's throwaway server, say)."""
     with _lock:

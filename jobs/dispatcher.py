@@ -33,7 +33,7 @@ from engine.model import availability, introspect
 from engine.plan import TrainingPlan
 from engine.train import checkpoints, tracking
 from jobs import stall, store
-from jobs.launch import ray
+from jobs.launch import ray, resident
 from jobs.tables import Job, JobStatus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,6 +146,18 @@ def submit(
     return store.get_job(job.id)
 
 
+def submit_in_resident(plan: TrainingPlan, anyway: bool = False) -> Job | None:
+    """`submit` done by a child of the resident worker, whose libraries are imported already (the CLI then
+    never imports torch); the same errors are raised here. None when no resident answers: submit here."""
+    answer = resident.ask({"op": "submit", "plan": plan.model_dump_json(), "anyway": anyway}, resident.SUBMIT_S)
+    if answer is None or ("job" not in answer and "error" not in answer):
+        return None
+    if "error" in answer:
+        error = answer["error"]
+        raise (DoesNotFit if error.get("kind") == "does_not_fit" else UserError)(error["field"], error["message"])
+    return store.get_job(int(answer["job"]))
+
+
 def _default_name(plan: TrainingPlan) -> str:
     data = DatasetRef.parse(plan.dataset).stem if plan.dataset else plan.dataset
     return f"{plan.method} {Path(plan.model).name} on {data}"
@@ -187,7 +199,7 @@ def standby() -> subprocess.Popen | None:
         return subprocess.Popen(
             [sys.executable, "-m", "jobs.worker", "--standby"],
             cwd=str(ROOT),
-            env=_worker_env(),
+            env=worker_env(),
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -222,7 +234,7 @@ def _submit_to_ray(job_id: int) -> None:
         raise
 
 
-def _worker_env() -> dict:
+def worker_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -231,6 +243,13 @@ def _worker_env() -> dict:
 
 
 def _spawn(job_id: int, standby: subprocess.Popen | None = None) -> None:
+    """Start a claimed job's worker: in the standby given, else forked by the resident worker, else a
+    new process (whose end starts a resident for the jobs that come next: jobs.worker)."""
+    if standby is None or standby.poll() is not None:
+        pid = resident.run(job_id)
+        if pid is not None:
+            store.update_job(job_id, (JobStatus.RUNNING,), pid=pid)
+            return
     if standby is not None and standby.poll() is None:
         assert standby.stdin is not None  # made with stdin=PIPE
         try:  # the standby worker sends its output to the job's log once it has the id
@@ -247,7 +266,7 @@ def _spawn(job_id: int, standby: subprocess.Popen | None = None) -> None:
         proc = subprocess.Popen(
             [sys.executable, "-m", "jobs.worker", str(job_id)],
             cwd=str(ROOT),
-            env=_worker_env(),
+            env=worker_env(),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -301,8 +320,9 @@ def worker_alive(pid: int | None, job_id: int) -> bool:
         return False
     if not cmd:
         return True  # exists but not ours to inspect: do not declare it dead
-    # a standby worker (started before its job existed) names no id; the pid the row holds is its own
-    return "jobs.worker" in cmd and (str(job_id) in cmd or "--standby" in cmd)
+    # a standby worker (started before its job existed) names no id, nor does a child forked by the
+    # resident worker (jobs.resident); the pid the row holds is its own
+    return ("jobs.worker" in cmd and (str(job_id) in cmd or "--standby" in cmd)) or "jobs.resident" in cmd
 
 
 def reconcile() -> list[int]:

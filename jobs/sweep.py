@@ -228,7 +228,7 @@ def spawn(sweep_id: int) -> None:
         proc = subprocess.Popen(
             [sys.executable, "-m", "jobs.sweep_driver", str(sweep_id)],
             cwd=str(dispatcher.ROOT),
-            env=dispatcher._worker_env(),
+            env=dispatcher.worker_env(),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -21,7 +21,7 @@ from engine.train.run import TrainResult, train
 from jobs import dispatcher, library, store
 from jobs.callbacks import JobCallbacks, explain
 from jobs.dispatcher import last_checkpoint_step
-from jobs.launch import accelerate
+from jobs.launch import accelerate, resident
 from jobs.tables import JobStatus
 
 
@@ -61,6 +61,7 @@ def run_job(job_id: int) -> int:
     finally:
         try:
             dispatcher.kick()  # start the next queued job before this process goes away
+            resident.ensure()  # and have the libraries imported for the one after
         except Exception:  # a failed kick must not hide the job's own verdict
             traceback.print_exc()
 

@@ -8,6 +8,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# No resident worker (jobs.resident) unless a test asks for one: one per temporary home would outlive its test.
+os.environ.setdefault("LORAPILOT_RESIDENT", "0")
 
 
 @pytest.fixture(scope="session", autouse=True)

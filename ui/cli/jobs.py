@@ -104,9 +104,12 @@ def cmd_demo(ns) -> int:
 
 
 def _submit(plan: TrainingPlan, wait: bool, anyway: bool = False) -> int:
-    # Waiting means the user wants the result soon: start the worker's imports alongside validation.
+    # The resident worker validates with its libraries imported; without one, waiting means the user wants
+    # the result soon: start the worker's imports alongside validation.
     try:
-        job = dispatcher.submit(plan, standby=dispatcher.standby() if wait else None, anyway=anyway)
+        job = dispatcher.submit_in_resident(plan, anyway=anyway) or dispatcher.submit(
+            plan, standby=dispatcher.standby() if wait else None, anyway=anyway
+        )
     except dispatcher.DoesNotFit as exc:
         raise UserError(exc.field, f"{exc.message}. Add --anyway to queue it regardless") from None
     print(f"job {job.id} {job.status}: {job.name}")
