@@ -1,14 +1,16 @@
 """Adapter switching and time to first token on the embedded default (SmolLM2-135M-Instruct).
 
-Targets (issue 12, two otherwise idle cores): switch to an already loaded adapter <= 50 ms,
-load one from disk <= 500 ms, playground's first streamed token <= 1 s. For contrast, the
-cost of the alternative without an adapter host: reloading the base model.
+Targets (issue 12, two otherwise idle cores; issue 25 on a loaded machine): switch to an already
+loaded adapter <= 50 ms, load one from disk <= 500 ms, and in the playground every answer's first
+streamed token (the base's and each adapter's, answered together) <= 1 s after the click when the
+adapters are loaded. For contrast, the cost of the alternative without an adapter host: reloading
+the base model.
 
 The adapters are made here (PEFT, random non-zero weights, r 16 on all linear layers: the
 demo plan's shape), so the figures do not depend on any job having run. The machine load
 is printed beside the figures: on a shared machine they are upper bounds.
 
-    python bench/bench_adapters.py [--repeat N]
+    python bench/bench_adapters.py [--repeat N] [--threads N]
 """
 
 import argparse
@@ -29,6 +31,7 @@ def _median_ms(values) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads")
     args = ap.parse_args()
     os.environ.setdefault("LORAPILOT_HOME", tempfile.mkdtemp(prefix="bench-adapters-"))
 
@@ -37,7 +40,7 @@ def main() -> None:
 
     from engine.adapters.host import AdapterHost, load_base_for_inference
 
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="adapters-"))
     folders = []
     for i in range(4):  # adapters shaped like the demo's (r 16, all linear layers)
@@ -89,20 +92,24 @@ def main() -> None:
         first_cpu.append(time.process_time() - c)  # all threads: up to `threads` x wall on idle cores
         stream.close()
 
-    # the playground's own path: the click handler, to its first yield with text in an answer box
+    # the playground's own path: the click handler, to the first text in each answer box (base, bench-a, bench-b);
+    # the issue's figure is the last adapter's: every answer's first token after the click
     from jobs import library
     from ui.web import playground
 
     library.import_adapter(folders[0], name="bench-a", base="default")
     library.import_adapter(folders[1], name="bench-b", base="default")
-    pg_first = []
-    for _ in range(3):
-        t = time.perf_counter()
-        for update in playground.compare("default", ["bench-a", "bench-b"], prompt, "", 16, 0.0, 1.0, False):
-            if any(isinstance(u, dict) and u.get("value") for u in update[1:]):
-                pg_first.append(time.perf_counter() - t)
-                break
 
+    def click() -> list[float]:
+        t, first = time.perf_counter(), {}
+        for update in playground.compare("default", ["bench-a", "bench-b"], prompt, "", 64, 0.0, 1.0, False):
+            for slot, box in enumerate(update[1:4]):
+                if isinstance(box, dict) and box.get("value"):
+                    first.setdefault(slot, time.perf_counter() - t)
+        return [first.get(slot, float("nan")) for slot in range(3)]
+
+    pg_cold = click()  # the host's adapters a0..a3 are other names: bench-a and bench-b load from disk
+    pg_warm = [click() for _ in range(3)]
     load = os.getloadavg()
     print(
         f"machine: {os.cpu_count()} cores, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}, "
@@ -119,8 +126,10 @@ def main() -> None:
         (f"switch, worst of {len(switches)}", round(max(switches) * 1000, 1), "-"),
         ("first streamed token, host.generate (median)", _median_ms(first_tokens), "<= 1000 ms"),
         ("  its CPU time, all threads (median)", _median_ms(first_cpu), "-"),
-        ("playground click to first token, cold (loads base)", round(pg_first[0] * 1000, 1), "-"),
-        ("playground click to first token, warm (median)", _median_ms(pg_first[1:]), "<= 1000 ms"),
+        ("playground click to base's first token, 2 adapters from disk", round(pg_cold[0] * 1000, 1), "-"),
+        ("playground click to last adapter's first token, from disk", round(max(pg_cold) * 1000, 1), "-"),
+        ("playground click to base's first token, warm (median)", _median_ms([c[0] for c in pg_warm]), "-"),
+        ("playground click to last adapter's first token, warm", _median_ms([max(c) for c in pg_warm]), "<= 1000 ms"),
     ]
     width = max(len(r[0]) for r in rows)
     for name, ms, target in rows:

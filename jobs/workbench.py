@@ -16,10 +16,12 @@ from engine.adapters import folder, recipe
 from engine.adapters import host as host_mod
 from engine.adapters import merge as merge_mod
 from engine.adapters import retention as retention_mod
-from engine.adapters.host import peft_name
+from engine.data import demo
 from engine.errors import UserError
 from engine.model import catalog, default_model
-from jobs import library
+from engine.train import resolved
+from jobs import library, store
+from jobs.tables import JobStatus
 
 
 def host_for(
@@ -122,12 +124,9 @@ def compose(
             f"'{entries[0].name}' is one of {base}; only adapters of one base compose",
         )
     density = compose_mod.check([e.r for e in entries], weights, combination, density)
+    host = host_for(entries)  # the playground's host: the sources are often loaded on it already
     dest = library._unique_dir(name)
-    # PEFT names must not hold '.'; the host's escaping does that
-
-    compose_mod.compose(
-        [(peft_name(e.name), e.path) for e in entries], weights, combination, base, dest, density=density
-    )
+    compose_mod.compose(host, [(e.name, e.path) for e in entries], weights, combination, dest, name, density=density)
     try:
         info = folder.inspect(dest, base=base)
         lineage = {
@@ -152,13 +151,14 @@ def compose(
             )
         )
     except BaseException:
+        host.unload(name)
         shutil.rmtree(dest, ignore_errors=True)
         raise
 
 
 def retention(ref, progress=None) -> list[dict]:
     """The skill-retention table of a composed entry (its sources with a known demo skill); `progress(text)`
-    hears each scoring pass in words."""
+    hears what is scored, in words."""
 
     entry = library.find(ref)
     sources = entry.lineage.get("sources") or []
@@ -168,7 +168,55 @@ def retention(ref, progress=None) -> list[dict]:
         )
     found = [library.find(s["id"]) for s in sources]
     host = host_for([entry, *found])
-    return retention_mod.table(host, entry.name, [(e.name, e.skill) for e in found], progress)
+    known: dict[retention_mod.Pass, float] = {}
+    for source in found:
+        known |= job_scores(source, host)
+    return retention_mod.table(host, entry.name, [(e.name, e.skill) for e in found], progress, known=known)
+
+
+def job_scores(entry: library.Adapter, host) -> dict:
+    """The figures the entry's training job recorded, as retention passes, where they mean what retention
+    would score: {Pass(None, skill): base %, Pass(entry.name, skill): adapter %}, or {}.
+
+    A demo job scores the base and its adapter on the skill's whole test split, greedily with the skill's
+    answer length (engine.evaluate.heldout), as retention does. They count only when the job answered every
+    row (no time limit cut it), ran on this device in the host's precision on the same base, with plain LoRA
+    (QLoRA scored a 4-bit base; the host serves its compute precision), and the adapter is the job's own
+    folder. What can still differ is rounding: the job scored inside its trainer, which may run the LoRA
+    matmuls under autocast, so a row whose greedy token is a near tie could go the other way here; these are
+    the figures the library shows for the adapter, so the table agrees with it.
+    """
+
+    if entry.job_id is None or entry.method != "lora" or not entry.skill or entry.skill not in demo.SKILLS:
+        return {}
+    try:
+        job = store.get_job(entry.job_id)
+    except UserError:  # the job was deleted
+        return {}
+    evaluation = store.job_evaluation(job) or {}
+    record = resolved.read(store.job_dir(job.id))
+    plan = store.job_plan(job)
+    usable = (
+        job.status == JobStatus.SUCCEEDED
+        and record is not None
+        and record.eval_source == "demo"
+        and record.device == host.model.device.type
+        and record.precision == _precision(host.model.dtype)
+        and evaluation.get("rows") == evaluation.get("generated_rows") == len(demo.records(entry.skill, "test"))
+        and demo.skill_of(plan) == demo.get(entry.skill)
+        and job.artifact_dir is not None
+        and Path(job.artifact_dir).resolve() == Path(entry.path).resolve()
+        and same_base(plan.model, host.base_model)
+    )
+    base = (evaluation.get("base") or {}).get("exact_match")
+    adapter = (evaluation.get("adapter") or {}).get("exact_match")
+    if not usable or base is None or adapter is None:
+        return {}
+    return {retention_mod.Pass(None, entry.skill): base, retention_mod.Pass(entry.name, entry.skill): adapter}
+
+
+def _precision(dtype) -> str:
+    return {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(str(dtype), str(dtype))
 
 
 def recipe_adapter(ref) -> tuple[str, Path]:

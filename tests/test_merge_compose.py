@@ -120,31 +120,36 @@ def test_compose_checks_and_cat_is_exact(tiny, tmp_path):
     assert compose.check([4, 4], [1, 1], "ties", None) == compose.DEFAULT_DENSITY
 
     # cat stacks the adapters: weights 1, 0 reproduce adapter a exactly, with rank 4 + 8
-    out = compose.compose(
-        [("a", str(adapters["a"])), ("r8", str(adapters["r8"]))], [1.0, 0.0], "cat", str(base), tmp_path / "cat"
-    )
+    host = AdapterHost(str(base))
+    sources = [("a", str(adapters["a"])), ("r8", str(adapters["r8"]))]
+    out = compose.compose(host, sources, [1.0, 0.0], "cat", tmp_path / "cat", "cat")
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 12
     expected, tok = _with_adapter(base, adapters["a"])
-    host = AdapterHost(str(base))
-    host.load("cat", str(out))
+    assert host.loaded() == ["a", "r8", "cat"] and host.path_of("cat") == str(out)  # made on the host, kept there
     with host.using("cat") as model:
+        assert torch.allclose(_logits(model, tok), expected, atol=1e-5)
+    fresh = AdapterHost(str(base))
+    fresh.load("cat", str(out))  # the saved folder is the same adapter
+    with fresh.using("cat") as model:
         assert torch.allclose(_logits(model, tok), expected, atol=1e-5)
     for combination in ("linear", "svd", "ties", "dare_ties"):
         made = compose.compose(
+            host,
             [("a", str(adapters["a"])), ("b", str(adapters["b"]))],
             [0.5, 0.5],
             combination,
-            str(base),
             tmp_path / combination,
+            combination,
         )
         assert (made / "adapter_model.safetensors").is_file()
     with pytest.raises(UserError, match="exists"):
         compose.compose(
+            host,
             [("a", str(adapters["a"])), ("b", str(adapters["b"]))],
             [0.5, 0.5],
             "linear",
-            str(base),
             tmp_path / "linear",
+            "linear-again",
         )
 
 
@@ -216,3 +221,31 @@ def test_a_merged_fp32_base_stays_fp32_even_where_training_would_use_bf16(tiny, 
     expected, tok = _with_adapter(base, adapters["a"])
     assert (_logits(model, AutoTokenizer.from_pretrained(str(out))) - expected).abs().max().item() < 1e-5
     assert "float32" in (out / "README.md").read_text()
+
+
+def test_a_composition_answers_on_the_host_as_it_will_after_a_reload(tiny, tmp_path, monkeypatch):
+    """On a bf16 base PEFT makes a combination's weights in bf16, while a load from disk upcasts an adapter to
+    fp32: the composition kept on the host is upcast the same way, so its answers do not change at a reload."""
+    import torch
+
+    from engine.adapters import compose
+    from engine.adapters.host import AdapterHost, peft_name
+    from engine.estimate import hardware
+
+    cal = hardware.calibration()
+    native = cal.model_copy(update={"bf16_flags": ["avx512_bf16"], "bf16_tflops": 4 * cal.fp32_tflops})
+    monkeypatch.setattr(hardware, "calibration", lambda: native)
+    base, adapters = tiny
+    host = AdapterHost(str(base))
+    assert host.model.dtype == torch.bfloat16
+    sources = [("a", str(adapters["a"])), ("b", str(adapters["b"]))]
+    out = compose.compose(host, sources, [0.7, 0.6], "svd", tmp_path / "mix", "mix")
+    fresh = AdapterHost(str(base))
+    fresh.load("mix", str(out))
+    layer = host.model.base_model.model.model.layers[0].self_attn.q_proj
+    assert layer.lora_A[peft_name("mix")].weight.dtype == torch.float32
+    tok = host.tokenizer
+    with host.using("mix") as kept:
+        made_here = _logits(kept, tok)
+    with fresh.using("mix") as loaded:
+        assert torch.equal(made_here, _logits(loaded, tok))

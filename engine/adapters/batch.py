@@ -7,6 +7,9 @@ read once for all rows. We call the forward pass ourselves rather than `model.ge
 max_tokens, stop strings, temperature, top_p and seed. Rows are left-padded; position ids follow
 each row's own tokens, so a row's greedy output equals the same request decoded alone.
 
+`stream` answers one prompt with several adapters side by side (the playground): every answer's
+first token comes after one prefill, not after the answers before it.
+
 `Scheduler` feeds it: requests queue up (bounded: `QueueFull` when full), and a single thread
 takes everything waiting at each tick and decodes it as one batch, off the caller's event loop;
 `HostRunner` runs those batches on the process's AdapterHost.
@@ -14,14 +17,16 @@ takes everything waiting at each tick and decodes it as one batch, off the calle
 
 from __future__ import annotations
 
+import functools
+import queue
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from engine.adapters import gathered
-from engine.adapters.host import peft_name
+from engine.adapters.host import check_settings, peft_name
 
 
 @dataclass
@@ -94,9 +99,9 @@ class _Row:
                 self.text, self.finish = self.text[:cut], "stop"
             elif len(self.ids) >= self.req.max_tokens:
                 self.finish = "length"
-        if self.req.cancelled.is_set():
-            self.finish = self.finish or "cancelled"
         self._emit()
+        if self.req.cancelled.is_set():  # also by on_text just now: the row leaves before its next token
+            self.finish = self.finish or "cancelled"
 
     def _emit(self) -> None:
         if self.req.on_text is None:
@@ -132,12 +137,19 @@ def _held_back(text: str, stops) -> int:
 
 
 def decode_batch(
-    model, tokenizer, requests: list[Request], pad_id: int | None = None, peft_name: Callable[[str], str] = str
+    model,
+    tokenizer,
+    requests: list[Request],
+    pad_id: int | None = None,
+    peft_name: Callable[[str], str] = str,
+    mixed: bool | None = None,
 ) -> list[Result]:
     """Decode all `requests` together; one Result per request, in order.
 
     `model` is a PeftModel holding every adapter the requests name (or a plain model when all
     rows are base); `peft_name` maps a request's adapter to its name inside the PeftModel.
+    mixed=False runs the model as it is set (one adapter active, or none) for every row: the
+    caller has set it to the only adapter the rows name, and PEFT skips its per-call hooks.
     The caller keeps the model from changing meanwhile (the host's lock).
     """
     import torch
@@ -153,7 +165,8 @@ def decode_batch(
         else (tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_ids), 0))
     )
     rows = [_Row(r, tokenizer, eos_ids) for r in requests]
-    mixed = hasattr(model, "peft_config")  # a PeftModel: route each row through its adapter
+    if mixed is None:
+        mixed = hasattr(model, "peft_config")  # a PeftModel: route each row through its adapter
     if mixed:
         gathered.install(model)  # two matmuls per layer instead of PEFT's loop over the batch's adapters
     names = [peft_name(r.adapter) if r.adapter else gathered.BASE for r in requests]
@@ -293,7 +306,8 @@ class Scheduler:
 
 class HostRunner:
     """Runs a batch on an AdapterHost: loads each adapter the batch names (from its request's
-    adapter_path, on first use; the host's LRU evicts), then decodes the batch under the host's lock.
+    adapter_path, on first use; the host's LRU evicts; a request without one names an adapter the
+    caller loaded), then decodes the batch under the host's lock.
 
     PEFT ignores `adapter_names` while adapter layers are disabled and refuses it while an
     adapter is merged, so the batch unmerges and runs inside `host.using(<one of its adapters>)`,
@@ -306,6 +320,8 @@ class HostRunner:
     def __call__(self, requests: list[Request]) -> list:
         failed: dict[str, Exception] = {}
         for name, path in {r.adapter: r.adapter_path for r in requests if r.adapter}.items():
+            if path is None:  # loaded by the caller; if evicted since, the check under the lock says so
+                continue
             try:
                 self.host.load(name, path)
             except Exception as exc:  # becomes those requests' error; the others go on
@@ -315,6 +331,7 @@ class HostRunner:
         results: dict[int, object] = {}
         if live:
             self.host.set_merged(False)  # a merged adapter (the workbench's toggle) refuses adapter_names
+            mixed = len({r.adapter for r in live}) > 1  # else the one adapter (or the base) is set for all rows
             with self.host.using(names[0] if names else None) as model:
                 if self.host.merged:
                     raise RuntimeError("an adapter was merged meanwhile; send the request again")
@@ -323,6 +340,68 @@ class HostRunner:
                 for name in gone:
                     failed[name] = RuntimeError(f"adapter '{name}' was unloaded meanwhile; send the request again")
                 live = [r for r in live if r.adapter not in failed]
-                for request, result in zip(live, decode_batch(model, self.host.tokenizer, live, peft_name=peft_name)):
+                decoded = decode_batch(model, self.host.tokenizer, live, peft_name=peft_name, mixed=mixed)
+                for request, result in zip(live, decoded):
                     results[id(request)] = result
         return [failed[r.adapter] if r.adapter in failed else results[id(r)] for r in requests]
+
+
+def stream(
+    host,
+    prompt,
+    adapters: list[str | None],
+    max_tokens: int = 64,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+) -> Iterator[list[tuple[int, str]]]:
+    """Answer `prompt` (text or chat messages) with each of `adapters` (loaded on `host`; None: the base) in
+    one mixed batch. Yields what arrived since the last yield, as [(index into adapters, text), ...], so a
+    slow consumer gets fewer, larger pieces; greedy rows equal each adapter's answer alone. Closing the
+    iterator stops the batch at its next token."""
+
+    check_settings(max_tokens, temperature, top_p)
+    ids = host.tokenizer(host.prompt_text(prompt), add_special_tokens=False)["input_ids"]
+    heard: queue.SimpleQueue = queue.SimpleQueue()
+    requests = [
+        Request(
+            ids,
+            adapter=name,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            on_text=functools.partial(lambda i, text: heard.put((i, text)), i),
+        )
+        for i, name in enumerate(adapters)
+    ]
+    outcome: dict = {}
+
+    def work():
+        try:
+            outcome["results"] = HostRunner(host)(requests)
+        except BaseException as exc:  # re-raised to the consumer
+            outcome["error"] = exc
+        finally:
+            heard.put(None)
+
+    worker = threading.Thread(target=work, name="adapter-stream", daemon=True)
+    worker.start()
+    try:
+        done = False
+        while not done:
+            pieces = [heard.get()]
+            while not heard.empty():
+                pieces.append(heard.get())
+            done = pieces[-1] is None
+            if pieces := [p for p in pieces if p is not None]:
+                yield pieces
+    finally:
+        for request in requests:
+            request.cancelled.set()  # a consumer that left early stops the batch at its next token
+        worker.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    for result in outcome["results"]:
+        if isinstance(result, Exception):  # the adapter was unloaded meanwhile, or its load failed
+            raise result

@@ -9,6 +9,10 @@
   drop-and-rescale before it (DARE); meant to reduce interference between skills.
 
 linear, ties and dare_ties need every source at the same rank; cat and svd take any ranks.
+
+The combination is made on the process's AdapterHost (engine.adapters.host): the sources are
+attached to the base it already holds (most often they are, from the playground), the new
+adapter is added beside them and saved, and it stays loaded there, ready to answer or be scored.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import shutil
 from pathlib import Path
 
 from engine.adapters import folder
-from engine.adapters.host import load_base_for_inference
+from engine.adapters.host import AdapterHost, peft_name
 from engine.errors import UserError, one_of
 
 COMBINATIONS = ("linear", "cat", "svd", "ties", "dare_ties")
@@ -56,44 +60,47 @@ def check(ranks: list[int], weights: list[float], combination: str, density: flo
 
 
 def compose(
+    host: AdapterHost,
     sources: list[tuple[str, str]],
     weights: list[float],
     combination: str,
-    base_model: str,
     out_dir,
+    name: str,
     density: float | None = None,
     seed: int = 0,
 ) -> Path:
-    """Combine the adapter folders `sources` [(name, path), ...] into a new adapter folder `out_dir`."""
-    import torch
-    from peft import PeftModel
-
+    """Combine the adapter folders `sources` [(name, path), ...] into a new adapter folder `out_dir`, loaded on
+    `host` as `name`."""
     configs = [folder.read_config(Path(p)) for _, p in sources]
     density = check([int(c.get("r") or 0) for c in configs], weights, combination, density)
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise UserError("name", f"{out_dir} exists; pick another name")
-    model, _ = load_base_for_inference(base_model)
-    (first_name, first_path), rest = sources[0], sources[1:]
-    for _, path in sources:
-        folder.check_fits_model(Path(path), model, base_model)
-    peft = PeftModel.from_pretrained(model, first_path, adapter_name=first_name)
-    for name, path in rest:
-        peft.load_adapter(path, adapter_name=name)
-    new = "composed"
-    torch.manual_seed(seed)  # DARE drops at random: same inputs, same result
-    try:
-        peft.add_weighted_adapter(
-            [n for n, _ in sources], list(weights), new, combination_type=combination, density=density
-        )
-    except (ValueError, TypeError) as exc:
-        raise UserError("combination", f"PEFT cannot combine these with {combination}: {exc}") from None
-    tmp = out_dir.parent / f".{out_dir.name}.composing-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        peft.save_pretrained(str(tmp), selected_adapters=[new])
-        saved = tmp / new  # PEFT writes a non-default adapter into a subfolder named after it
-        os.replace(saved, out_dir)
-    finally:
+    for source, path in sources:
+        host.load(source, path)  # checks that it fits the base; a loaded one costs nothing
+
+    def make(peft, new: str) -> None:
+        import torch
+        from peft.tuners.tuners_utils import cast_adapter_dtype
+
+        torch.manual_seed(seed)  # DARE drops at random: same inputs, same result
+        try:
+            peft.add_weighted_adapter(
+                [peft_name(n) for n, _ in sources], list(weights), new, combination_type=combination, density=density
+            )
+        except (ValueError, TypeError) as exc:
+            raise UserError("combination", f"PEFT cannot combine these with {combination}: {exc}") from None
+        tmp = out_dir.parent / f".{out_dir.name}.composing-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            peft.save_pretrained(str(tmp), selected_adapters=[new])
+            os.replace(tmp / new, out_dir)  # PEFT writes a non-default adapter into a subfolder named after it
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        # add_weighted_adapter makes the new weights in the base's dtype (bf16 on a bf16 base) and saves them so;
+        # a load from disk upcasts them to fp32 (autocast_adapter_dtype), so do the same here: the composition
+        # answers on this host exactly as it will after any reload
+        cast_adapter_dtype(peft, new)
+
+    host.create(name, out_dir, make, keep=[n for n, _ in sources])
     return out_dir

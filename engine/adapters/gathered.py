@@ -62,7 +62,9 @@ def _stacked_forward(self, x, *args, adapter_names: list[str], **kwargs):
     a_stack, b_stack, mask = _stacks(self, present, names)
     hidden = self._cast_input_dtype(x, a_stack.dtype) @ a_stack.T
     hidden = hidden * mask.view(mask.shape[0], *([1] * (x.dim() - 2)), mask.shape[1])
-    return result + (hidden @ b_stack.T).to(result.dtype)
+    # added in the adapters' precision, then rounded once, as PEFT's single-adapter forward does: a row answers
+    # as it would alone (PEFT's mixed batch rounds the update to a bf16 base's dtype before adding)
+    return (result + hidden @ b_stack.T).to(result.dtype)
 
 
 def _stacks(layer, present: list[str], names: tuple[str, ...]):

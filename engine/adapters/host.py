@@ -3,7 +3,10 @@
 `AdapterHost` keeps a single base model per process and attaches adapters to it with
 PEFT's `load_adapter` / `set_adapter` / `delete_adapter`, holding at most `max_loaded`
 of them (least recently used goes first). Switching never reloads the base: an already
-loaded adapter is a pointer change, one from disk costs reading its few megabytes.
+loaded adapter is a pointer change, one from disk costs reading its few megabytes and PEFT
+attaching it (PEFT itself is imported with the base). The process keeps one host per base
+(`shared`): the playground, Compose and its retention scoring all use it, so the base and the
+tokenizer are read once (`BASE_LOADS` counts the reads, per base).
 
 Thread safety: one lock guards every change of state *and* a whole generation, so a
 request never sees its adapter switched under it mid-answer. The lock is a plain Lock
@@ -18,8 +21,8 @@ import os
 import re
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Iterator
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,7 @@ from engine.plan import TrainingPlan
 from engine.train.run import load_base
 
 DEFAULT_MAX_NEW_TOKENS = 128
+BASE_LOADS: Counter[str] = Counter()  # base spec -> times its weights were read for inference
 
 
 def peft_name(name: str) -> str:
@@ -48,11 +52,21 @@ def load_base_for_inference(spec: str):
 
     plan = TrainingPlan.build(model=spec, method="lora")
     model, tokenizer = load_base(plan, for_training=False)
+    BASE_LOADS[spec] += 1
     if torch.cuda.is_available():
         model.to("cuda")
     model.eval()
     model.config.use_cache = True
     return model, tokenizer
+
+
+def check_settings(max_new_tokens: int, temperature: float, top_p: float) -> None:
+    if max_new_tokens < 1:
+        raise UserError("max_new_tokens", f"got {max_new_tokens}; give 1 or more")
+    if temperature < 0:
+        raise UserError("temperature", f"got {temperature}; give 0 (greedy) or more")
+    if not 0 < top_p <= 1:
+        raise UserError("top_p", f"got {top_p}; give a number above 0 and at most 1")
 
 
 class AdapterHost:
@@ -63,10 +77,15 @@ class AdapterHost:
         self.max_loaded = max_loaded
         self._lock = threading.Lock()
         self._base, self._tokenizer = load_base_for_inference(base_model)
+        # PEFT's first import costs ~1.5 s on a CPU (bitsandbytes sets up torch.compile): pay it with the
+        # base, where a user waits anyway, not on the first adapter's load from disk
+        import peft  # noqa: F401
+
         self._peft: Any = None  # the PeftModel, made by the first load
         self._paths: OrderedDict[str, str] = OrderedDict()  # name -> folder, oldest use first
         self._active: str | None = None
         self._merged = False
+        self.disk_loads = 0  # adapters read from disk so far (a name already loaded costs none)
         self._enabled = False  # adapter layers on; PEFT's toggle walks every module, so skip needless ones
 
     # --- properties -------------------------------------------------------------------
@@ -92,6 +111,13 @@ class AdapterHost:
         with self._lock:
             return list(self._paths)
 
+    def path_of(self, name: str) -> str:
+        """The folder the loaded adapter `name` came from."""
+        with self._lock:
+            if name not in self._paths:
+                raise UserError("adapter", f"'{name}' is not loaded; loaded: {one_of(self._paths) or 'none'}")
+            return self._paths[name]
+
     # --- loading -------------------------------------------------------------------------
     def load(self, name: str, path: str) -> float:
         """Attach the adapter folder `path` as `name`; seconds taken (0 if it was loaded)."""
@@ -112,6 +138,9 @@ class AdapterHost:
         check_fits_model(folder, self._base, self.base_model)  # before PEFT changes the base in place
         while len(self._paths) >= self.max_loaded:
             self._evict()
+        # Not PEFT's low_cpu_mem_usage: in PEFT 0.21 it makes the new weights in the base's dtype before they take
+        # the file's, so an fp32 adapter on a bf16 base is rounded to bf16 (and its answers change); for a
+        # demo-sized adapter it saved nothing measurable either (bench/bench_adapters.py).
         try:
             if self._peft is None:
                 from peft import PeftModel
@@ -120,13 +149,8 @@ class AdapterHost:
                     self._base, str(folder), adapter_name=peft_name(name), is_trainable=False
                 )
                 self._peft.eval()
-                self._disable()  # a newly attached adapter is not active until asked for
             else:
                 self._peft.load_adapter(str(folder), adapter_name=peft_name(name), is_trainable=False)
-                if self._active is not None:  # load_adapter must not change who answers
-                    self._peft.set_adapter(peft_name(self._active))
-                else:
-                    self._disable()
         except (RuntimeError, ValueError, KeyError) as exc:
             self._forget(name)
             raise UserError(
@@ -134,8 +158,48 @@ class AdapterHost:
                 f"{path} does not fit the base {self.base_model} "
                 f"({_first_line(exc)}); it was trained on another base model",
             ) from None
+        self._keep_who_answers()
         self._paths[name] = str(folder)
+        self.disk_loads += 1
         return time.perf_counter() - start
+
+    def _keep_who_answers(self) -> None:
+        """After PEFT attached an adapter: the one that answered before still does (or the base alone)."""
+        if self._active is not None:
+            self._peft.set_adapter(peft_name(self._active))
+        else:
+            self._disable()  # a newly attached adapter is not active until asked for
+
+    def create(self, name: str, folder, make: Callable[[Any, str], None], keep: Iterable[str] = ()) -> float:
+        """Attach as `name` an adapter that `make(peft_model, peft_name)` adds to the PeftModel in place from
+        loaded ones (a weighted combination) and saves into `folder`, which later loads of `name` read.
+        The adapters named in `keep` (what `make` reads) are not evicted to make room. Seconds taken."""
+        kept = set(keep)
+        with self._lock:
+            missing = [n for n in kept if n not in self._paths]
+            if missing or self._peft is None:
+                raise UserError("adapter", f"load {', '.join(missing or sorted(kept))} before combining")
+            start = time.perf_counter()
+            if self._merged:
+                self._unmerge()  # a combination is made from the adapters' own weights, not merged ones
+            if name in self._paths:
+                self._unload(name)
+            while len(self._paths) >= self.max_loaded:
+                if not self._evict(kept):
+                    raise UserError(
+                        "adapters",
+                        f"{len(kept)} sources and their combination do not fit the {self.max_loaded} adapters "
+                        "that stay loaded (LORAPILOT_MAX_ADAPTERS)",
+                    )
+            try:
+                make(self._peft, peft_name(name))
+            except BaseException:
+                self._forget(name)
+                self._keep_who_answers()
+                raise
+            self._keep_who_answers()
+            self._paths[name] = str(folder)
+            return time.perf_counter() - start
 
     def unload(self, name: str) -> None:
         with self._lock:
@@ -156,9 +220,13 @@ class AdapterHost:
         if self._peft is not None and peft_name(name) in self._peft.peft_config:
             self._peft.delete_adapter(peft_name(name))
 
-    def _evict(self) -> None:
-        victim = next((n for n in self._paths if n != self._active), None) or next(iter(self._paths))
-        self._unload(victim)
+    def _evict(self, keep: frozenset[str] | set[str] = frozenset()) -> bool:
+        """Unload the least recently used adapter not in `keep` (the active one last); False if none may go."""
+        free = [n for n in self._paths if n not in keep]
+        if not free:
+            return False
+        self._unload(next((n for n in free if n != self._active), free[0]))
+        return True
 
     # --- switching ---------------------------------------------------------------------------
     def activate(self, name: str | None) -> float:
@@ -240,12 +308,7 @@ class AdapterHost:
         string (which is not included). The host stays locked until the iterator ends or
         is closed; closing it early stops the generation at the next token.
         """
-        if max_new_tokens < 1:
-            raise UserError("max_new_tokens", f"got {max_new_tokens}; give 1 or more")
-        if temperature < 0:
-            raise UserError("temperature", f"got {temperature}; give 0 (greedy) or more")
-        if not 0 < top_p <= 1:
-            raise UserError("top_p", f"got {top_p}; give a number above 0 and at most 1")
+        check_settings(max_new_tokens, temperature, top_p)
         stops = [stop] if isinstance(stop, str) else [s for s in (stop or []) if s]
         text = self.prompt_text(prompt)
         if adapter is not None and adapter not in self._paths:

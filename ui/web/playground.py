@@ -1,11 +1,12 @@
 """The playground tab: one base, several adapters, one prompt, answers side by side as they stream.
 
-The base model is loaded once per process (engine.adapters.host.shared); each answer
-switches adapters on it with PEFT, and the label above an answer says how long the
-switch (and a first load from disk) took and when the first token came. "Merged" folds
-each adapter into the weights before it answers (PEFT merge_adapter) and takes it out
-again (unmerge_adapter) at the next switch. The compose form combines adapters into a
-new library entry and can score how much of each source skill the mix keeps.
+The base model is loaded once per process (engine.adapters.host.shared) and the adapters
+are attached to it with PEFT; the base and every adapter answer together, in one batch,
+and the label above an answer says how long a first load from disk took and when, after
+the click, its first token came. "Merged" folds each adapter into the weights before it
+answers (PEFT merge_adapter) and takes it out again (unmerge_adapter) at the next switch,
+so there the answers come in turn. The compose form combines adapters into a new library
+entry on the same host and can score how much of each source skill the mix keeps.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from engine.adapters import batch
 from engine.adapters.compose import COMBINATIONS
 from engine.data import demo
 from engine.errors import UserError
@@ -74,7 +76,11 @@ def _ms(seconds: float) -> str:
 
 
 def compare(base, names, prompt, system, max_new_tokens, temperature, top_p, merged):
-    """Generator: yields [status, *SLOTS answer boxes] while the answers stream in turn."""
+    """Generator: yields [status, *SLOTS answer boxes] while the answers stream in.
+
+    The base and the adapters answer together, in one mixed-adapter batch (engine.adapters.batch), so
+    every answer's first token comes one prefill after the click. "Merged" folds one adapter at a time
+    into the weights, so there the answers come one after another."""
 
     boxes = [gr.update(visible=False, value="", label="")] * SLOTS
     try:
@@ -94,25 +100,11 @@ def compare(base, names, prompt, system, max_new_tokens, temperature, top_p, mer
             {"role": "user", "content": prompt.strip()}
         ]
         settings = dict(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p))
-        texts, labels = [""] * SLOTS, [""] * SLOTS
         order = [None, *[e.name for e in entries]]
-        for slot, name in enumerate(order):
-            t0 = time.perf_counter()
-            switch = host.activate(name)
-            note = f"switch {_ms(switch)}"
-            if name is not None and loads.get(name):
-                note = f"loaded from disk {_ms(loads[name])}, " + note
-            if name is not None and merged:
-                note += f", merged in {_ms(host.set_merged(True))}"
-            title = "Base model" if name is None else f"Adapter {name}"
-            first = None
-            for chunk in host.generate(messages, adapter=name, **settings):
-                if first is None:
-                    first = time.perf_counter() - t0
-                texts[slot] += chunk
-                labels[slot] = f"{title} · {note} · first token {_ms(first)}"
-                yield [gr.skip()] + _boxes(texts, labels, len(order))
-            labels[slot] = labels[slot] or f"{title} · {note} · no text (EOS at once)"
+        answers = _one_by_one if merged else _together
+        texts, labels = [""] * SLOTS, [""] * SLOTS
+        for texts, labels in answers(host, order, messages, settings, loads, started):
+            yield [gr.skip()] + _boxes(texts, labels, len(order))
         done = (
             f"{len(order)} answers from one base ({base}); base and adapters loaded in {_ms(prep)}. "
             f"Loaded adapters: {', '.join(host.loaded()) or 'none'} (at most {host.max_loaded})."
@@ -120,6 +112,61 @@ def compare(base, names, prompt, system, max_new_tokens, temperature, top_p, mer
         yield [html.notice(done, "ok")] + _boxes(texts, labels, len(order))
     except Exception as exc:
         yield [html.error_notice(exc)] + [gr.skip()] * SLOTS
+
+
+def _title(name: str | None) -> str:
+    return "Base model" if name is None else f"Adapter {name}"
+
+
+def _together(host, order, messages, settings, loads, started):
+    """All answers in one batch; each label says when its first token came after the click."""
+    texts, labels, first = [""] * SLOTS, [""] * SLOTS, {}
+    notes = [
+        ", ".join(
+            ([f"loaded from disk {_ms(loads[name])}"] if name is not None and loads.get(name) else [])
+            + [f"one batch with {len(order) - 1} other{'s' if len(order) > 2 else ''}" if len(order) > 1 else "alone"]
+        )
+        for name in order
+    ]
+    pieces = batch.stream(
+        host,
+        messages,
+        order,
+        max_tokens=settings["max_new_tokens"],
+        temperature=settings["temperature"],
+        top_p=settings["top_p"],
+    )
+    for arrived in pieces:
+        for slot, text in arrived:
+            first.setdefault(slot, time.perf_counter() - started)
+            texts[slot] += text
+            labels[slot] = f"{_title(order[slot])} · {notes[slot]} · first token {_ms(first[slot])}"
+        yield texts, labels
+    for slot, name in enumerate(order):
+        labels[slot] = labels[slot] or f"{_title(name)} · {notes[slot]} · no text (EOS at once)"
+    yield texts, labels
+
+
+def _one_by_one(host, order, messages, settings, loads, started):
+    """Each answer after the last, its adapter merged into the weights first (merge_adapter)."""
+    texts, labels = [""] * SLOTS, [""] * SLOTS
+    for slot, name in enumerate(order):
+        t0 = time.perf_counter()
+        switch = host.activate(name)
+        note = f"switch {_ms(switch)}"
+        if name is not None and loads.get(name):
+            note = f"loaded from disk {_ms(loads[name])}, " + note
+        if name is not None:
+            note += f", merged in {_ms(host.set_merged(True))}"
+        first = None
+        for chunk in host.generate(messages, adapter=name, **settings):
+            if first is None:
+                first = time.perf_counter() - t0
+            texts[slot] += chunk
+            labels[slot] = f"{_title(name)} · {note} · first token {_ms(first)}"
+            yield texts, labels
+        labels[slot] = labels[slot] or f"{_title(name)} · {note} · no text (EOS at once)"
+    yield texts, labels
 
 
 def _boxes(texts, labels, shown):
