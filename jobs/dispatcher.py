@@ -192,8 +192,8 @@ def standby() -> subprocess.Popen | None:
     """A worker process started before its job exists: it imports torch, transformers, PEFT and
     TRL (about 4 s on 2 cores) while the submitter validates the plan (as long again: the model's
     introspection imports much the same), then reads its job id on stdin. None when jobs run on a
-    Ray cluster or may not start here."""
-    if ray.address() or max_concurrent() < 1:
+    Ray cluster or may not start here, or when the resident worker answers (its children start warm)."""
+    if ray.address() or max_concurrent() < 1 or resident.ask({"op": "ping"}, resident.CONNECT_S) is not None:
         return None
     try:
         return subprocess.Popen(
