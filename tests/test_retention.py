@@ -87,9 +87,9 @@ def test_a_row_that_cannot_match_stops_as_soon_as_it_deviates(tiny):
 
     def decode(reference: str):
         verdict = retention._Verdict(reference)
-        verdict.request = batch.Request(prompt, "a", max_tokens=ANSWER_TOKENS, temperature=0.0, on_text=verdict.hear)
+        request = batch.Request(prompt, "a", max_tokens=ANSWER_TOKENS, temperature=0.0, until=verdict.settled)
         with host.using("a") as model:
-            (result,) = batch.decode_batch(model, host.tokenizer, [verdict.request], peft_name=peft_name)
+            (result,) = batch.decode_batch(model, host.tokenizer, [request], peft_name=peft_name)
         return result, verdict
 
     with host.using("a") as model:

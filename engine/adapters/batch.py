@@ -41,6 +41,9 @@ class Request:
     stop: tuple[str, ...] = ()
     # Called from the decoding thread with each new piece of text (streaming); must not block.
     on_text: Callable[[str], None] | None = None
+    # Called from the decoding thread with the whole answer so far after each token; True ends the row there
+    # (a scorer that already knows its verdict). Must not block.
+    until: Callable[[str], bool] | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
@@ -99,9 +102,11 @@ class _Row:
                 self.text, self.finish = self.text[:cut], "stop"
             elif len(self.ids) >= self.req.max_tokens:
                 self.finish = "length"
-        self._emit()
-        if self.req.cancelled.is_set():  # also by on_text just now: the row leaves before its next token
+        if self.finish is None and self.req.until is not None and self.req.until(self.text):
+            self.finish = "stop"
+        if self.req.cancelled.is_set():
             self.finish = self.finish or "cancelled"
+        self._emit()
 
     def _emit(self) -> None:
         if self.req.on_text is None:

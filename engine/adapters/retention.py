@@ -90,15 +90,15 @@ def exact_matches(host, jobs: list[tuple[str | None, list[dict], int]]) -> list[
         for record in records:
             prompt = tok.apply_chat_template(record["messages"][:-1], tokenize=False, add_generation_prompt=True)
             verdict = _Verdict(record["messages"][-1]["content"])
-            request = batch.Request(
-                tok(prompt, add_special_tokens=False)["input_ids"],
-                adapter=adapter,
-                max_tokens=max_new_tokens,
-                temperature=0.0,
-                on_text=verdict.hear,
+            requests.append(
+                batch.Request(
+                    tok(prompt, add_special_tokens=False)["input_ids"],
+                    adapter=adapter,
+                    max_tokens=max_new_tokens,
+                    temperature=0.0,
+                    until=verdict.settled,
+                )
             )
-            verdict.request = request
-            requests.append(request)
             verdicts.append(verdict)
     run = batch.HostRunner(host)
     results = []
@@ -117,23 +117,19 @@ def exact_matches(host, jobs: list[tuple[str | None, list[dict], int]]) -> list[
 
 
 class _Verdict:
-    """Follows one row's streamed answer and stops the row once it cannot equal the reference."""
+    """Follows one row's answer and ends the row once it cannot equal the reference."""
 
     def __init__(self, reference: str):
         self.reference = reference.strip()
         self.squeezed = _squeeze(self.reference)
-        self.text = ""
         self.hopeless = False
-        self.request: batch.Request | None = None
 
-    def hear(self, piece: str) -> None:
-        # Whitespace is left out of the comparison: the tokenizer's decode may drop a space before punctuation
-        # once the next token arrives, so only the other characters of a prefix are final.
-        self.text += piece
-        if not self.squeezed.startswith(_squeeze(self.text)):
-            self.hopeless = True
-            if self.request is not None:
-                self.request.cancelled.set()
+    def settled(self, answer: str) -> bool:
+        """True once `answer` (so far) cannot grow into the reference. Whitespace is left out of the comparison,
+        as the decode may drop a space before punctuation once the next token arrives; a trailing U+FFFD is a
+        character whose bytes are still coming."""
+        self.hopeless = not self.squeezed.startswith(_squeeze(answer.rstrip("\ufffd")))
+        return self.hopeless
 
     def right(self, answer: str) -> bool:
         return not self.hopeless and textmetrics.exact_match(answer, self.reference)
