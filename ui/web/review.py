@@ -55,6 +55,7 @@ ADVANCED_FIELDS = [
     "logging_steps",
     "save_steps",
     "num_processes",
+    "report_to",
 ]
 FORM_FIELDS = MAIN_FIELDS + ADVANCED_FIELDS
 SWEEP_SEQ = [128, 256, 512, 1024, 2048, 4096, 8192]
@@ -62,6 +63,7 @@ LABELS = {
     "r": "Rank (r)",
     "alpha": "Alpha",
     "grad_ckpt": "Gradient checkpointing",
+    "report_to": "Send metrics to (tracker)",
     "lr_scheduler": "LR schedule",
     "grad_accum": "Gradient accumulation",
     "seq_len": "Sequence length",
