@@ -22,7 +22,7 @@ def follow(job, wait: bool) -> int:
     return wait_for(job.id)
 
 
-def wait_for(job_id: int, poll_s: float = 0.5) -> int:
+def wait_for(job_id: int, poll_s: float = 0.2) -> int:
     """Follow the job's rows until it finishes; 0 only if it succeeded. Ctrl-C leaves the job running."""
     last, printed_at = None, 0.0
     try:
