@@ -34,6 +34,18 @@ def tiny_files(folder: Path) -> dict:
     return {"model": str(model), "dataset": str(data)}
 
 
+def tiny_alpaca(folder: Path) -> tuple[Path, Path]:
+    """A tiny model and 12 instruction/output rows ("What colour is item 3?" -> "Item 3 is black.")."""
+    rows = [
+        {"instruction": f"What colour is item {i}?", "output": f"Item {i} is {c}."}
+        for i, c in enumerate(["red", "blue", "green", "black"] * 3)
+    ]
+    data = Path(folder) / "alpaca.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    model = make_tiny_model(Path(folder) / "model", vocab_texts=[r["instruction"] + " " + r["output"] for r in rows])
+    return model, data
+
+
 def plan(tiny: dict, **kw) -> TrainingPlan:
     values = dict(
         model=tiny["model"],

@@ -20,7 +20,7 @@ import pytest
 from engine.plan import TrainingPlan, add_plan_flags, plan_from_args
 from engine.train import script
 from jobs import store
-from tests.tiny import make_tiny_model
+from tests.jobwait import tiny_alpaca
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,15 +57,7 @@ def test_cli_command_and_yaml_rebuild_the_same_plan():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-export")
-    rows = [
-        {"instruction": f"What colour is item {i}?", "output": f"Item {i} is {c}."}
-        for i, c in enumerate(["red", "blue", "green", "black"] * 3)
-    ]
-    data = folder / "alpaca.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    model = make_tiny_model(folder / "model", vocab_texts=[r["instruction"] + " " + r["output"] for r in rows])
-    return model, data
+    return tiny_alpaca(tmp_path_factory.mktemp("tiny-export"))
 
 
 def _job(plan: TrainingPlan) -> int:

@@ -19,7 +19,7 @@ from engine.errors import UserError
 from engine.plan import TrainingPlan, add_plan_flags, plan_from_args
 from engine.train import resolved, script, tracking
 from jobs import store
-from tests.tiny import make_tiny_model
+from tests.jobwait import tiny_alpaca
 
 pytestmark = pytest.mark.slow
 
@@ -29,15 +29,7 @@ STEPS = 4
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-report-to")
-    rows = [
-        {"instruction": f"What colour is item {i}?", "output": f"Item {i} is {c}."}
-        for i, c in enumerate(["red", "blue", "green", "black"] * 3)
-    ]
-    data = folder / "alpaca.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    model = make_tiny_model(folder / "model", vocab_texts=[r["instruction"] + " " + r["output"] for r in rows])
-    return model, data
+    return tiny_alpaca(tmp_path_factory.mktemp("tiny-report-to"))
 
 
 @pytest.fixture(autouse=True)
