@@ -64,6 +64,7 @@ def main(argv=None) -> int:
     from engine.advice import recommend
     from engine.plan import TrainingPlan
     from jobs import dispatcher, sweep
+    from jobs.launch import resident
 
     data = make_task(args.rows, Path(tempfile.mkdtemp(prefix="bench-sweep-data-")))
     rec = recommend.recommend(
@@ -80,6 +81,7 @@ def main(argv=None) -> int:
         dispatcher._reap()
         time.sleep(2)
     wall = time.time() - start
+    resident.stop()  # the bench's home is temporary: its resident worker goes with it
     detail = sweep.detail(sweep.get(row.id))
     trials = detail["trials"]
     print(
