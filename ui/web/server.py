@@ -17,6 +17,7 @@ from engine.data.dataset import load_tokenizer
 from engine.model import default_model
 from engine.model.introspect import resolve
 from engine.paths import ASSETS
+from jobs.launch import resident
 from ui.web import first_run, jobs_page, library_page, live_numbers, playground, steps, sweep_page, wizard
 
 TITLE = "LoRA Pilot"
@@ -91,6 +92,7 @@ def warm_up() -> None:
 
         resolve(steps.default_model())
         load_tokenizer(steps.default_model())
+        resident.ensure()  # the first job launched from the page then starts with its libraries imported
     except Exception:  # the page reports problems when the user asks; warming is best effort
         pass
 
