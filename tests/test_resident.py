@@ -123,4 +123,5 @@ def test_its_address_depends_on_the_home_and_the_environment(lorapilot_home, mon
     assert resident.address() != here  # another database: another resident
     monkeypatch.delenv("DATABASE_URL")
     monkeypatch.setenv("PYTHONPATH", "/somewhere")  # the resident's own children get the project on their path
+    monkeypatch.setenv("LORAPILOT_MAX_UPLOAD_MB", "5")  # the wizard's own setting: the wizard's resident is the CLI's
     assert resident.address() == here

@@ -31,6 +31,16 @@ SUBMIT_S = 900.0  # a submit's child validates the plan and reads the whole data
 # What a job's outcome depends on besides its plan: a resident started with other values is another resident.
 _KEYED = ("DATABASE_URL", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
 _KEYED_PREFIXES = ("LORAPILOT_", "HF_", "TRANSFORMERS_")
+# ...except what only the wizard or the API reads (the wizard sets the first two itself when it starts, and its
+# resident must be the one a CLI in the same shell finds)
+_UNKEYED = {
+    "HF_HUB_DISABLE_TELEMETRY",
+    "LORAPILOT_MAX_UPLOAD_MB",
+    "LORAPILOT_AUTH",
+    "LORAPILOT_API_KEY",
+    "LORAPILOT_WARM",
+    "LORAPILOT_DEFAULT_MODEL",
+}
 
 
 def enabled() -> bool:
@@ -40,7 +50,7 @@ def enabled() -> bool:
 
 def address() -> bytes:
     """An abstract-namespace socket name (Linux): no file to clean up, no path-length limit."""
-    env = {k: v for k, v in os.environ.items() if k in _KEYED or k.startswith(_KEYED_PREFIXES)}
+    env = {k: v for k, v in os.environ.items() if (k in _KEYED or k.startswith(_KEYED_PREFIXES)) and k not in _UNKEYED}
     key = json.dumps([str(paths.home()), sys.executable, str(ROOT), sorted(env.items())])
     return b"\0lorapilot-resident-" + hashlib.sha256(key.encode()).hexdigest()[:24].encode()
 
