@@ -57,7 +57,7 @@ def serve() -> int:
         listener.bind(resident.address())
     except OSError:
         return 0
-    _import_libraries()
+    worker.import_libraries()
     os.environ.update(dispatcher.worker_env())  # what a spawned worker's environment would add
     stamp = source_stamp()
     listener.listen(16)
@@ -101,15 +101,6 @@ def serve() -> int:
                 _reply(conn, {"pid": pid})
 
 
-def _import_libraries() -> None:
-    """What a job imports first, paid here once. Imports only: no tensor is made in this process."""
-    import peft  # noqa: F401
-    import torch  # noqa: F401
-    import transformers.models.llama.modeling_llama  # noqa: F401 - the embedded model's classes
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
-    from trl import SFTTrainer  # noqa: F401
-
-
 def _child(listener: socket.socket, conn: socket.socket, request: dict) -> None:
     code = 1
     try:
@@ -119,7 +110,7 @@ def _child(listener: socket.socket, conn: socket.socket, request: dict) -> None:
         db.forget_engines()  # nothing was opened before the fork; make sure nothing is shared
         if request["op"] == "run":
             conn.close()
-            code = _run(int(request["job"]))
+            code = worker.run_job_into_its_log(int(request["job"]))
         else:
             code = _submit(conn, request)
     except BaseException:
@@ -129,13 +120,6 @@ def _child(listener: socket.socket, conn: socket.socket, request: dict) -> None:
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
-
-
-def _run(job_id: int) -> int:
-    with open(store.log_path(job_id), "ab") as log:  # from here on, output goes where a spawned worker's would
-        os.dup2(log.fileno(), sys.stdout.fileno())
-        os.dup2(log.fileno(), sys.stderr.fileno())
-    return worker.run_job(job_id)
 
 
 def _submit(conn: socket.socket, request: dict) -> int:

@@ -38,15 +38,27 @@ def main(argv: list[str] | None = None) -> int:
 def _standby() -> int:
     """Import what training needs first, then take a job id from stdin (dispatcher.standby).
     End of input means the submit did not start a job here (a bad plan, a full queue)."""
-    import peft  # noqa: F401 - the imports engine.train.run makes first, paid ahead of the job
-    import torch  # noqa: F401
-    from trl import SFTTrainer  # noqa: F401
-
+    import_libraries()
     line = sys.stdin.readline().strip()
     if not line.isdigit():
         return 0
-    job_id = int(line)
-    with open(store.log_path(job_id), "ab") as log:  # from here on, output goes where _spawn's would
+    return run_job_into_its_log(int(line))
+
+
+def import_libraries() -> None:
+    """The imports engine.train.run makes first, paid ahead of the job (a standby worker, the resident).
+    Imports only: no tensor is made, so a process forked after them starts its own OpenMP pool."""
+    import peft  # noqa: F401
+    import torch  # noqa: F401
+    import transformers.models.llama.modeling_llama  # noqa: F401 - the embedded model's classes
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+    from trl import SFTTrainer  # noqa: F401
+
+
+def run_job_into_its_log(job_id: int) -> int:
+    """`run_job` in a process that started before its job existed: from here on, its output goes to the
+    job's log, where a spawned worker's goes (dispatcher._spawn)."""
+    with open(store.log_path(job_id), "ab") as log:
         os.dup2(log.fileno(), sys.stdout.fileno())
         os.dup2(log.fileno(), sys.stderr.fileno())
     return run_job(job_id)
