@@ -15,6 +15,12 @@ class UserError(Exception):
         super().__init__(f"{field}: {message}")
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception as one short reason: the first line of its message, else its class name."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
 def one_of(values) -> str:
     """'a, b or c' — for messages that list what is accepted."""
     values = [str(v) for v in values]

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.adapters.folder import check_fits_model
-from engine.errors import UserError, one_of
+from engine.errors import UserError, first_line, one_of
 from engine.plan import TrainingPlan
 from engine.train.run import load_base
 
@@ -156,7 +156,7 @@ class AdapterHost:
             raise UserError(
                 "adapter",
                 f"{path} does not fit the base {self.base_model} "
-                f"({_first_line(exc)}); it was trained on another base model",
+                f"({first_line(exc)}); it was trained on another base model",
             ) from None
         self._keep_who_answers()
         self._paths[name] = str(folder)
@@ -377,11 +377,6 @@ class AdapterHost:
             finally:
                 halt.set()
                 worker.join()
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
 # --- the process's host ------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from engine.errors import UserError, one_of
+from engine.errors import UserError, first_line, one_of
 from engine.model import catalog, hub
 
 # Parent-module names that mark attention and MLP blocks across architectures.
@@ -100,7 +100,7 @@ def load_config(spec: str):
         try:  # reads only the GGUF metadata, no tensors
             return AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name), "gguf", None
         except Exception as exc:  # any failure is the user's file
-            raise UserError("model", f"cannot read the config inside '{spec}': {_short(exc)}") from None
+            raise UserError("model", f"cannot read the config inside '{spec}': {first_line(exc)}") from None
     if path.is_dir():
         cfg_file = path / "config.json"
         if not cfg_file.is_file():
@@ -108,13 +108,13 @@ def load_config(spec: str):
         try:
             raw = json.loads(cfg_file.read_text())
         except (OSError, ValueError) as exc:
-            raise UserError("model", f"'{cfg_file}' is not readable JSON ({_short(exc)})") from None
+            raise UserError("model", f"'{cfg_file}' is not readable JSON ({first_line(exc)})") from None
         if not isinstance(raw, dict) or "model_type" not in raw:
             raise UserError("model", f"'{cfg_file}' has no model_type; it is not a transformers config")
         try:
             return AutoConfig.from_pretrained(str(path)), "local", None
         except Exception as exc:
-            raise UserError("model", f"unsupported config in '{cfg_file}': {_short(exc)}") from None
+            raise UserError("model", f"unsupported config in '{cfg_file}': {first_line(exc)}") from None
     if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
         raise _unknown(spec, "not a catalog name, an existing folder or .gguf file, or an owner/name hub id")
     try:  # a config cached by an earlier download needs no network
@@ -125,12 +125,7 @@ def load_config(spec: str):
     try:
         return AutoConfig.from_pretrained(spec), "hub", None
     except Exception as exc:  # gated, missing, bad config: all one message
-        raise _unknown(spec, f"hub config not available: {_short(exc)}") from None
-
-
-def _short(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-    return text[:200]
+        raise _unknown(spec, f"hub config not available: {first_line(exc)}") from None
 
 
 @lru_cache(maxsize=32)
@@ -146,7 +141,8 @@ def meta_model(spec: str):
     except Exception as exc:
         raise UserError(
             "model",
-            f"'{spec}' ({getattr(cfg, 'model_type', '?')}) cannot be built as a causal language model: {_short(exc)}",
+            f"'{spec}' ({getattr(cfg, 'model_type', '?')}) cannot be built as a causal language model: "
+            f"{first_line(exc)}",
         ) from None
 
 

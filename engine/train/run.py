@@ -20,7 +20,7 @@ from engine.data.chat import ensure_chat_template
 from engine.data.dataset import build_datasets
 from engine.data.formats import read_source
 from engine.data.ref import DatasetRef
-from engine.errors import UserError
+from engine.errors import UserError, first_line
 from engine.estimate import hardware
 from engine.evaluate.heldout import Judge
 from engine.evaluate.split import holdout_rows, holdout_size
@@ -113,7 +113,7 @@ def model_source(spec: str) -> str:
 
 
 def _hub_error(spec: str, exc: Exception) -> UserError:
-    reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
+    reason = first_line(exc)
     return UserError(
         "model",
         f"could not load '{spec}' ({reason}); check the hub id and your network "

@@ -30,7 +30,7 @@ from typing import Protocol
 
 from engine import paths
 from engine.data import demo
-from engine.errors import UserError
+from engine.errors import UserError, first_line
 from engine.plan import TrainingPlan
 from engine.train import distributed
 
@@ -113,8 +113,7 @@ def publish(
     try:
         TRACKERS[plan.report_to].publish(record(plan, Path(out_dir), step, base_score, adapter_score))
     except Exception as exc:  # the job has finished: a tracker that fails costs a line in its log, not the job
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
-        log(f"report_to: could not send the plan, evaluation and card to {plan.report_to} ({reason})")
+        log(f"report_to: could not send the plan, evaluation and card to {plan.report_to} ({first_line(exc)})")
 
 
 def record(plan: TrainingPlan, out_dir: Path, step: int, base_score, adapter_score) -> Record:
