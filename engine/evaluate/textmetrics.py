@@ -9,19 +9,23 @@ so words and single punctuation marks are split here, in any script, and lower-c
 
 from __future__ import annotations
 
+import functools
 import re
-
-from rouge_score import rouge_scorer, tokenizers
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
-class _Words(tokenizers.Tokenizer):
-    def tokenize(self, text):
-        return _TOKEN.findall(text.lower())
+@functools.cache
+def _scorer():
+    """ROUGE-1 and ROUGE-L on lower-cased words and punctuation; made on first use, since rouge_score
+    imports nltk (0.2 s), which every CLI command would pay otherwise."""
+    from rouge_score import rouge_scorer, tokenizers
 
+    class Words(tokenizers.Tokenizer):
+        def tokenize(self, text):
+            return _TOKEN.findall(text.lower())
 
-_SCORER = rouge_scorer.RougeScorer(["rouge1", "rougeL"], tokenizer=_Words())
+    return rouge_scorer.RougeScorer(["rouge1", "rougeL"], tokenizer=Words())
 
 
 def exact_match(answer: str, reference: str) -> bool:
@@ -35,7 +39,7 @@ def scores(answers: list[str], references: list[str]) -> dict[str, float | None]
     em = f1 = rl = 0.0
     for answer, reference in zip(answers, references):
         em += exact_match(answer, reference)
-        both = _SCORER.score(reference, answer)  # (target, prediction)
+        both = _scorer().score(reference, answer)  # (target, prediction)
         f1 += both["rouge1"].fmeasure
         rl += both["rougeL"].fmeasure
     n = len(answers)

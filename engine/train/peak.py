@@ -13,6 +13,7 @@ step's activations have all coexisted, which is where the peak of a steady run l
 
 from __future__ import annotations
 
+import functools
 import gc
 import weakref
 
@@ -25,54 +26,62 @@ class LiveTensorPeak:
     def __init__(self):
         self.live = 0
         self.peak = 0
-        self._seen: set[int] = set()  # ids of storages we count (removed when freed)
+        self._refs: dict[int, weakref.ref] = {}  # storages we count, by id (removed when freed)
         self._mode = None
 
     # --- counting -------------------------------------------------------------------
     def _track(self, tensor) -> None:
-        import torch
-
-        if not isinstance(tensor, torch.Tensor) or tensor.device.type != "cpu" or tensor.is_meta:
+        if tensor.is_meta or tensor.device.type != "cpu":
             return
         try:
             storage = tensor.untyped_storage()
         except Exception:  # sparse or otherwise storage-less tensors
             return
         key = id(storage)
-        if key in self._seen:
+        if key in self._refs:
             return
-        # PyTorch keeps one Python object per storage for as long as the storage lives,
-        # so a finalizer on it runs exactly when the memory is released.
+        # PyTorch keeps one Python object per storage for as long as the storage lives, so a
+        # weak reference's callback runs exactly when the memory is released.
         nbytes = storage.nbytes()
-        self._seen.add(key)
+        self._refs[key] = weakref.ref(storage, functools.partial(self._free, key, nbytes))
         self.live += nbytes
         if self.live > self.peak:
             self.peak = self.live
-        weakref.finalize(storage, self._free, key, nbytes)
 
-    def _free(self, key: int, nbytes: int) -> None:
-        if key in self._seen:
-            self._seen.discard(key)
+    def _free(self, key: int, nbytes: int, _ref=None) -> None:
+        if self._refs.pop(key, None) is not None:
             self.live -= nbytes
 
     # --- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
         import torch
         from torch.utils._python_dispatch import TorchDispatchMode
-        from torch.utils._pytree import tree_map_only
 
-        tracker = self
+        tensor, track = torch.Tensor, self._track
 
         class _Watch(TorchDispatchMode):
+            # Runs for every operator while tracking, so it is kept to plain type checks
+            # (pytree's tree_map made a tracked step twice as slow as this).
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 out = func(*args, **(kwargs or {}))
-                tree_map_only(torch.Tensor, tracker._track, out)
+                if isinstance(out, tensor):
+                    track(out)
+                elif isinstance(out, (tuple, list)):
+                    for item in out:
+                        if isinstance(item, tensor):
+                            track(item)
                 return out
 
-        # Everything already alive (weights, optimizer states, data) counts from the start.
+        # Everything already alive (weights, optimizer states, data) counts from the start. A set
+        # lookup of the exact type is the cheapest test over the half a million objects a job holds.
+        kinds, subclasses = set(), [tensor]
+        while subclasses:
+            kind = subclasses.pop()
+            kinds.add(kind)
+            subclasses += kind.__subclasses__()
         for obj in gc.get_objects():
-            if issubclass(type(obj), torch.Tensor):  # type(), not isinstance: no __class__ lookups
-                self._track(obj)
+            if type(obj) in kinds:
+                track(obj)
         self._mode = _Watch()
         self._mode.__enter__()
 

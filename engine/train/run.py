@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -477,9 +478,21 @@ def _fit(run: _Run, out_dir: Path, resume: bool) -> None:
         if checkpoint is not None and checkpoints.finished(checkpoint):  # every step done, the final save failed
             checkpoints.load_finished(run.trainer, checkpoint)
         else:
-            run.trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+            with adapter_inputs_left_to_autocast(run.trainer.model, run.resolved.precision, run.resolved.lora):
+                run.trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     finally:
         run.reporter.peak.finish()  # never leave the CPU tracker watching after a failure
+
+
+def adapter_inputs_left_to_autocast(model, precision: str, lora: dict | None):
+    """While the trainer runs under bf16/fp16 autocast, PEFT's cast of each adapter's input to the
+    adapters' fp32 is undone at once by autocast's cast back for the matmul: two copies per adapted
+    layer and pass for a bit-identical result (a bf16 value survives the round trip; dropout scales in
+    fp32 either way). Skipping them measured 3-9% of a demo step on this CPU. Outside the trainer
+    (the held-out scoring, the playground) nothing autocasts, so PEFT's cast stays on there."""
+    from peft.helpers import disable_input_dtype_casting
+
+    return disable_input_dtype_casting(model) if precision in ("bf16", "fp16") and lora else nullcontext()
 
 
 def _publish(plan: TrainingPlan, run: _Run, out_dir: Path, base_score, adapter_score, stop_reason) -> TrainResult:
