@@ -212,3 +212,35 @@ def test_cpu_peak_counts_live_tensors_and_frees_them():
     assert meter.peak - start >= 8_000_000
     assert meter.live - start < 1_000_000  # freed storages leave the live count
     del c
+
+
+def test_the_adapters_held_out_loss_comes_from_the_final_evaluation_only_when_it_saw_the_final_weights(tiny, tmp_path):
+    import time
+
+    from engine.evaluate.heldout import Judge
+    from engine.train import run
+
+    plan = _plan(tiny, dtype="fp32", max_steps=6, save_steps=3)  # evaluations at steps 3 and 6
+    prepared = run._prepare(plan, tmp_path / "job", lambda event: None, None)
+    trainer = prepared.trainer
+    judge = Judge(plan, prepared.eval_ds, prepared.tokenizer, tmp_path / "job", lambda event: None, t0=time.time())
+    trainer.train()
+
+    own, tokens, batches = judge._loss(trainer, None, None)  # the Judge's own pass over the final weights
+    assert batches >= 1 and tokens > 0
+    step, tally = trainer.last_evaluation
+    assert step == 6 and len(tally) == batches and sum(count for _, count in tally) == tokens
+    judge.result["loss_batches"] = batches
+    assert judge._evaluated_loss(trainer) == pytest.approx(own, rel=1e-6)
+
+    judge.result["loss_batches"] = 1  # the base pass stopped after one batch: the same one batch
+    first, _, _ = judge._loss(trainer, 1, None)
+    assert judge._evaluated_loss(trainer) == pytest.approx(first, rel=1e-6)
+
+    judge.result["loss_batches"] = batches
+    trainer.state.best_model_checkpoint = str(tmp_path / "job" / "checkpoints" / "checkpoint-3")
+    assert judge._evaluated_loss(trainer) is None  # the best (earlier) weights were loaded back: score them afresh
+    trainer.state.best_model_checkpoint = str(tmp_path / "job" / "checkpoints" / "checkpoint-6")
+    assert judge._evaluated_loss(trainer) is not None
+    trainer.state.global_step += 1  # trained on after that evaluation
+    assert judge._evaluated_loss(trainer) is None

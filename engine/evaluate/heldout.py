@@ -6,7 +6,9 @@ sees the base's numbers early; it is bounded by the plan's `eval_seconds` and
 through, so the two columns compare like with like. Per model it measures:
 
 - loss and perplexity on the completions (the tokens the trainer learns from), through the
-  trainer's own eval data loader, so it is the measure the eval-loss curve shows;
+  trainer's own eval data loader, so it is the measure the eval-loss curve shows. The
+  adapter's is read from the trainer's own evaluation at the final step when that ran on the
+  final weights (`remembering_evaluations`), rather than running the same rows again;
 - by greedy generation: exact match, token F1 and ROUGE-L (engine.evaluate.textmetrics);
 - K samples side by side (prompt, reference, base answer, adapter answer), rows where the
   two answers differ first.
@@ -111,7 +113,9 @@ class Judge:
             loss = extra.pop("loss")
             self.result["curve"] = preference.curve(trainer.state.log_history)
         else:
-            loss, _, _ = self._loss(trainer, self.result["loss_batches"], None)
+            loss = self._evaluated_loss(trainer)
+            if loss is None:
+                loss, _, _ = self._loss(trainer, self.result["loss_batches"], None)
         answers = self._generate(trainer.model, len(self.base_answers), None)
         self.result["adapter"] = self._metrics(loss, answers, time.monotonic() - start)
         if self.pairs is not None:
@@ -149,6 +153,18 @@ class Judge:
                 tokens += int(out.label_mask.sum())
                 batches += 1
         return (total / tokens if tokens else None), tokens, batches
+
+    def _evaluated_loss(self, trainer) -> float | None:
+        """The adapter's loss from the trainer's evaluation at the final step, over the batches the base
+        pass scored; None where that evaluation did not see the final weights, or saw other batches."""
+        step, tally = getattr(trainer, "last_evaluation", None) or (None, [])
+        state, n = trainer.state, self.result["loss_batches"]
+        best = state.best_model_checkpoint if trainer.args.load_best_model_at_end else None
+        reloaded = best is not None and Path(best).name != f"checkpoint-{step}"  # an earlier step's weights
+        if step != state.global_step or reloaded or len(tally) < n or trainer.accelerator.num_processes != 1:
+            return None
+        tokens = sum(count for _, count in tally[:n])
+        return sum(total for total, _ in tally[:n]) / tokens if tokens else None
 
     # --- greedy answers ------------------------------------------------------------------
     def _generation_rows(self) -> list[dict]:
@@ -283,6 +299,35 @@ class Judge:
         answers = data.pop("base_answers", [])
         data.pop("adapter", None), data.pop("samples", None)
         return data, answers
+
+
+def remembering_evaluations(trainer_cls):
+    """`trainer_cls` (an SFT trainer) whose evaluations also keep each batch's summed completion loss
+    and token count, as `last_evaluation` = (step, [(loss sum, tokens), ...]): the Judge's loss pass
+    over the same loader, so the final step's evaluation also gives the adapter's held-out loss."""
+
+    class RememberingEvaluations(trainer_cls):
+        last_evaluation: tuple[int, list[tuple[float, int]]] | None = None
+        _tally: list[tuple[float, int]] | None = None
+
+        def evaluate(self, *args, **kwargs):
+            self._tally = []
+            try:
+                metrics = super().evaluate(*args, **kwargs)
+                self.last_evaluation = (self.state.global_step, self._tally)
+                return metrics
+            finally:
+                self._tally = None
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            # not return_outputs=True for the token count: TRL then runs a second forward for the logits
+            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if self._tally is not None:
+                tokens = int((inputs["labels"][:, 1:] != -100).sum())  # the batch's loss is the mean over these
+                self._tally.append((float(result[0] if return_outputs else result) * tokens, tokens))
+            return result
+
+    return RememberingEvaluations
 
 
 def _adapters_off(model):

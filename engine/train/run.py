@@ -23,7 +23,7 @@ from engine.data.formats import read_source
 from engine.data.ref import DatasetRef
 from engine.errors import UserError, first_line
 from engine.estimate import hardware
-from engine.evaluate.heldout import Judge
+from engine.evaluate.heldout import Judge, remembering_evaluations
 from engine.evaluate.split import holdout_rows, holdout_size
 from engine.model import catalog, default_model, head_input
 from engine.plan import TrainingPlan, resolve_dtype
@@ -387,6 +387,8 @@ def _prepare(plan: TrainingPlan, out_dir: Path, report: Report, should_stop) -> 
         if plan.objective == "sft"
         else (preference.trainer_class(plan.objective), preference.config_class(plan.objective))
     )
+    if plan.objective == "sft":  # its evaluation at the last step doubles as the adapter's held-out loss pass
+        trainer_base = remembering_evaluations(trainer_base)
     trainer_cls = checkpoints.atomic_trainer(trainer_base, before_publish=lambda p: faults.check_write(p.name, p))
     # The adapters' initial weights come from the global generator: seed it here, as the exported
     # script does, so the job and the script start from the same adapter whatever ran before.
