@@ -4,7 +4,8 @@
 2. process start to listening (target < 10 s);
 3. first page load in a real browser (target < 3 s);
 4. a change in the form to the new numbers drawn in the browser (target < 150 ms), in the page's
-   own clock: from the input event the edit fires (its timeStamp) to the first animation frame
+   own clock: from the input event the edit fires (its timeStamp; for a dropdown's choice, the
+   option's pointerdown) to the first animation frame
    after the tiles' numbers have changed in the DOM (when the browser paints them), whichever path
    brought them: the page's script and our endpoint (ui/web/live_numbers.py) or Gradio's event.
    Beside it, the same seen from Playwright, which adds its own round trips (filling the box takes
@@ -170,6 +171,10 @@ def bench_browser(runs: int = 24) -> None:
                     f"  in the page: input event → new numbers in the DOM {ms(dom)}; → the frame that paints them "
                     f"{ms(frame)}  [target < 150 ms]"
                 )
+            choice = bench_choice(page, runs=max(4, runs // 2))
+            print(f"a dropdown's choice (method lora <-> qlora) → new numbers, by Playwright: {ms(choice['seen'])}")
+            if choice["frame"]:
+                print(f"  in the page: the option's pointerdown → the frame that paints them {ms(choice['frame'])}")
             for name in ("ours", "Gradio's"):  # the first request of each kind after each edit
                 first = [
                     min((r for r in requests if r[0] == name and r[1] >= t), key=lambda r: r[1], default=None)
@@ -184,6 +189,34 @@ def bench_browser(runs: int = 24) -> None:
             browser.close()
     finally:
         stop_server(proc)
+
+
+# The same for a dropdown: its clock starts at the option's pointerdown, the first event of the choice.
+WATCH_CHOICE_JS = WATCH_JS.replace(
+    "document.querySelector('#f-r input').addEventListener('input',",
+    "document.addEventListener('pointerdown',",
+)
+
+
+def bench_choice(page, runs: int) -> dict:
+    """Alternate the method dropdown between lora and qlora; Playwright's and the page's times to the numbers."""
+    seen, frame = [], []
+    for i in range(runs):
+        page.focus("#f-r input")  # away from the dropdown, so choosing starts from a closed box
+        page.wait_for_timeout(1500)  # the previous change's charts drawn
+        tiles = page.evaluate(TILES_JS)
+        page.focus("#f-method input")  # opens its options
+        page.wait_for_timeout(300)
+        page.evaluate(WATCH_CHOICE_JS)
+        t = time.perf_counter()
+        page.get_by_role("option", name="qlora" if i % 2 == 0 else "lora", exact=True).click()
+        page.wait_for_function(f"(b) => ({TILES_JS})() !== b", arg=tiles, polling="raf")
+        seen.append(time.perf_counter() - t)
+        page.wait_for_timeout(100)
+        timed = page.evaluate("() => window.__lpTimes")
+        if timed.get("change") is not None and timed.get("frame") is not None:
+            frame.append((timed["frame"] - timed["change"]) / 1000)
+    return {"seen": seen, "frame": frame}
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""The review's numbers after an edit come from the page's own endpoint (ui/web/live_numbers.py), painted
-before Gradio's event for the edit has sent its request, and they are the numbers of the plan edited: the
+"""The review's numbers after an edit (a box typed in, a dropdown's choice) come from the page's own endpoint
+(ui/web/live_numbers.py), painted before Gradio's event for the edit has sent its request, and they are the numbers of the plan edited: the
 figures `headline()` gives for it, the same as Gradio's path shows once it settles. A refused value paints
 no numbers. Timings are bench/bench_ui.py's (item 4), never asserted here.
 
@@ -146,6 +146,20 @@ def test_an_edit_paints_its_plans_numbers_first_from_the_endpoint_and_a_refused_
             shown = page.evaluate(TILES)  # and Gradio's path, settled, shows the same: no second truth
             assert shown == tiles, (field, shown, tiles)
             assert head.items() <= shown.items(), (head, shown)  # the headline figures of the plan edited
+
+        # a dropdown's choice fires no input event; leaving the box sends it, and paints first all the same
+        page.focus("#f-method input")  # opens its options; leaving r asks Gradio for numbers: not this edit's
+        page.wait_for_timeout(1000)
+        page.evaluate(WATCH)
+        page.get_by_role("option", name="qlora", exact=True).click()
+        wait_for(lambda: page.evaluate(SETTLED) >= 2, what="Gradio's numbers and charts for the choice")
+        page.wait_for_timeout(300)
+        seen = page.evaluate("() => window.__lpSeen")
+        assert page.input_value("#f-method input") == "qlora"
+        tiles, head = expected(**edits, method="qlora")
+        assert len(seen) == 1 and seen[0]["ours"] >= 1 and seen[0]["gradio"] == 0, seen
+        assert page.evaluate(TILES) == tiles and head.items() <= tiles.items()
+        edits["method"] = "qlora"
 
         # a refused value: the refusal in place, and at no moment numbers (of any plan) in the tiles
         seen = edit("r", "0")
