@@ -1,7 +1,8 @@
-"""The review's numbers after an edit (a box typed in, a dropdown's choice) come from the page's own endpoint
-(ui/web/live_numbers.py), painted before Gradio's event for the edit has sent its request, and they are the numbers of the plan edited: the
-figures `headline()` gives for it, the same as Gradio's path shows once it settles. A refused value paints
-no numbers. Timings are bench/bench_ui.py's (item 4), never asserted here.
+"""The review's numbers after an edit (a box typed in, a dropdown's choice) come from the page's own
+endpoint (ui/web/live_numbers.py), painted before Gradio's event for the edit has sent its request, and
+they are the numbers of the plan edited: the figures `headline()` gives for it, the same as Gradio's path
+shows once it settles. A refused value paints no numbers. Timings are bench/bench_ui.py's (item 4), never
+asserted here.
 
 The harness (a server on a free port, a tiny local model, Debian's chromium) is tests/test_browser.py's.
 """
