@@ -78,9 +78,7 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:
-        subprocess.run(
-            [sys.executable, "-c", "from jobs.launch import resident; resident.stop()"], cwd=ROOT, env=env
-        )
+        subprocess.run([sys.executable, "-c", "from jobs.launch import resident; resident.stop()"], cwd=ROOT, env=env)
     warm = [r["wall_s"] for r in rows if r["run"] == "warm"]
     if warm:
         print(
