@@ -331,7 +331,7 @@ def test_a_sweep_starts_from_the_plan_prunes_a_bad_trial_and_publishes_the_best(
 def test_a_sweep_killed_mid_trial_resumes_and_finishes_within_its_time_budget(tiny, monkeypatch, capsys):
     # Steps take at least 0.3 s until the kill, so the kill lands mid-trial however fast the machine.
     monkeypatch.setenv(faults.DELAY, "0.3")
-    budget_minutes = 1.5
+    budget_minutes = 0.75
     row = sweep.create(_plan(tiny, max_steps=8), minutes=budget_minutes)
     monkeypatch.delenv(faults.DELAY)
     first = _wait_sweep(

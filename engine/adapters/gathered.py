@@ -42,7 +42,8 @@ def install(model) -> int:
     for module in model.modules():
         if isinstance(module, Linear) and not hasattr(module, _ATTR):
             setattr(module, _ATTR, {})
-            module._mixed_batch_forward = types.MethodType(_stacked_forward, module)  # type: ignore[method-assign]  # the point: PEFT's method replaced on this layer
+            # the point: PEFT's method replaced on this layer
+            module._mixed_batch_forward = types.MethodType(_stacked_forward, module)
             count += 1
     return count
 
