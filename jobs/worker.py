@@ -49,6 +49,7 @@ def import_libraries() -> None:
     """The imports engine.train.run makes first, paid ahead of the job (a standby worker, the resident).
     Imports only: no tensor is made, so a process forked after them starts its own OpenMP pool."""
     import peft  # noqa: F401
+    import rouge_score.rouge_scorer  # noqa: F401 - the held-out answers' metrics (engine.evaluate.textmetrics)
     import torch  # noqa: F401
     import transformers.models.llama.modeling_llama  # noqa: F401 - the embedded model's classes
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
