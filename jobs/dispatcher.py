@@ -25,7 +25,7 @@ import psutil
 
 from engine.advice import fitting
 from engine.data import dataset
-from engine.data.formats import no_dataset
+from engine.data.formats import dataset_of
 from engine.data.ref import DatasetRef
 from engine.errors import UserError, one_of
 from engine.estimate import combined
@@ -63,8 +63,7 @@ def validate(plan: TrainingPlan):
     Order matters for the message a user sees: the plan, then the model (an unknown model
     is the root cause of any later failure), then the data, then the estimate.
     """
-    if not plan.dataset:
-        raise no_dataset()
+    source = dataset_of(plan)  # no data: said before anything else is looked at
 
     introspect.resolve(plan.model)
     if ray.address():
@@ -73,7 +72,7 @@ def validate(plan: TrainingPlan):
         availability.require(plan.model)  # before the data check, whose tokenizer would fail on the same cause
 
     report = dataset.check_data(
-        plan.dataset,
+        source,
         model=plan.model,
         seq_len=plan.seq_len,
         data_format=plan.data_format,

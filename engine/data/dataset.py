@@ -23,8 +23,8 @@ from engine.data.chat import ends_with_eos, ensure_chat_template, render
 from engine.data.formats import (
     FORMATS,
     Rows,
+    dataset_of,
     detect_format,
-    no_dataset,
     read_source,
     to_messages,
     to_pair,
@@ -230,10 +230,9 @@ def build_datasets(plan, tokenizer):
     """
     from datasets import Dataset
 
-    if not plan.dataset:
-        raise no_dataset()
+    source = dataset_of(plan)
     ensure_chat_template(tokenizer)
-    rows = read_source(plan.dataset)
+    rows = read_source(source)
     fmt = _resolve_format(rows, plan.data_format, dict(plan.columns))
     examples, _, problems, _ = _examples(rows, fmt, dict(plan.columns), tokenizer)
     problems[:0] = [Problem(**p) for p in pairs.objective_problems(plan.objective, fmt)]

@@ -56,6 +56,13 @@ def no_dataset() -> UserError:
     )
 
 
+def dataset_of(plan) -> str:
+    """The plan's training data, which every step past the data check needs: no_dataset() without it."""
+    if not plan.dataset:
+        raise no_dataset()
+    return plan.dataset
+
+
 def read_source(source: str) -> Rows:
     """Records from a file, 'demo:NAME' or a hub dataset id; UserError names file and row."""
     if not source or not str(source).strip():

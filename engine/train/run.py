@@ -15,11 +15,12 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine.data import demo
 from engine.data.chat import ensure_chat_template
 from engine.data.dataset import build_datasets
-from engine.data.formats import read_source
+from engine.data.formats import dataset_of, read_source
 from engine.data.ref import DatasetRef
 from engine.errors import UserError, first_line
 from engine.estimate import hardware
@@ -343,13 +344,13 @@ def train(
 class _Run:
     """A job between its phases: the trainer built, the record of what it resolved written."""
 
-    trainer: object
-    tokenizer: object
-    train_ds: object
-    eval_ds: object
-    reporter: object
-    early: object
-    skill: object
+    trainer: Any  # a TRL trainer (the libraries' types are Any to mypy)
+    tokenizer: Any
+    train_ds: Any
+    eval_ds: Any | None
+    reporter: Any  # _reporter_class()'s instance
+    early: Any | None
+    skill: demo.Skill | None
     device: str
     resolved: resolved.Resolved
 
@@ -430,10 +431,11 @@ def _record(
     replaced: list[str],
 ) -> resolved.Resolved:
 
+    rows: list[int] = []
     if not has_eval:
-        source, rows = "none", []
-    elif DatasetRef.parse(plan.dataset).is_demo:
-        source, rows = "demo", []
+        source = "none"
+    elif DatasetRef.parse(dataset_of(plan)).is_demo:
+        source = "demo"
     else:  # the same rule and seed build_datasets draws them with
         source, rows = "split", holdout_rows(n_examples, plan.eval_split, plan.seed)
     kwargs = sft_kwargs if plan.objective == "sft" else preference.trainer_kwargs  # dpo/orpo: DPOConfig/ORPOConfig's
@@ -459,8 +461,8 @@ def provisional_record(plan: TrainingPlan) -> resolved.Resolved:
     since the choice waits for the tokenized rows."""
 
     device = train_device(plan)
-    demo_data = DatasetRef.parse(plan.dataset).is_demo
-    n_examples = 0 if demo_data else len(read_source(plan.dataset))
+    demo_data = DatasetRef.parse(dataset_of(plan)).is_demo
+    n_examples = 0 if demo_data else len(read_source(dataset_of(plan)))
     has_eval = plan.eval_split > 0 and (demo_data or holdout_size(n_examples, plan.eval_split) > 0)
     return _record(
         plan,

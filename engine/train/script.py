@@ -59,9 +59,7 @@ def render(plan: TrainingPlan, kind: str, record: Resolved | None = None) -> str
 # --- the standalone script ---------------------------------------------------------------
 def data_files(plan: TrainingPlan) -> tuple[str, str | None]:
     """(training data, held-out data or None): the files (or hub id) the job reads."""
-    if not plan.dataset:
-        raise formats.no_dataset()
-    ref = DatasetRef.parse(plan.dataset)
+    ref = DatasetRef.parse(formats.dataset_of(plan))
     if ref.is_demo:
         return str(demo.dataset_path(ref.skill, "train")), str(demo.dataset_path(ref.skill, "test"))
     path = Path(ref.source).expanduser()
@@ -75,7 +73,7 @@ def python_script(plan: TrainingPlan, record: Resolved | None = None) -> str:
     record = record or run.provisional_record(plan)
     train_file, demo_eval = data_files(plan)
     eval_file = demo_eval if record.eval_source == "demo" else None
-    title = " ".join((plan.name or f"{plan.method} on {DatasetRef.parse(plan.dataset).stem}").split())
+    title = " ".join((plan.name or f"{plan.method} on {DatasetRef.parse(formats.dataset_of(plan)).stem}").split())
     parts = [
         _HEADER.format(
             title=title, needs=", bitsandbytes" if plan.method == "qlora" else "", resolved=_resolved_note(record)
