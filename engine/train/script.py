@@ -60,7 +60,7 @@ def render(plan: TrainingPlan, kind: str, record: Resolved | None = None) -> str
 def data_files(plan: TrainingPlan) -> tuple[str, str | None]:
     """(training data, held-out data or None): the files (or hub id) the job reads."""
     ref = DatasetRef.parse(formats.dataset_of(plan))
-    if ref.is_demo:
+    if ref.skill is not None:  # demo:NAME
         return str(demo.dataset_path(ref.skill, "train")), str(demo.dataset_path(ref.skill, "test"))
     path = Path(ref.source).expanduser()
     return (str(path.resolve()) if path.exists() else ref.source), None
