@@ -104,6 +104,35 @@ def test_calibration_measures_once_and_is_cached_per_machine(monkeypatch, lorapi
     assert hardware.calibration().fp32_tflops == 9.0
 
 
+def test_callers_at_once_share_one_measurement(monkeypatch, lorapilot_home):
+    """The wizard's first estimate runs several handlers at once: each measuring on its own gave the
+    same plan different numbers (eager_until differs between timings) once a later measurement landed."""
+    import threading
+    import time
+
+    hardware.cache_path().unlink()
+    hardware._memo.clear()
+    timings = iter(range(100, 200))
+
+    def measure():  # a slow measurement whose result differs every time, as real timings do
+        time.sleep(0.3)
+        return hardware.Calibration(
+            key=hardware.cache_key(), cpu="x", threads=2, bf16_flags=[], fp32_tflops=0.1, bf16_tflops=0.001,
+            eager_until=next(timings),
+        )  # fmt: skip
+
+    monkeypatch.setattr(hardware, "measure", measure)
+    seen: list[int] = []
+    callers = [threading.Thread(target=lambda: seen.append(hardware.calibration().eager_until)) for _ in range(4)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    assert seen == [100] * 4  # one measurement, one truth
+    hardware._memo.clear()
+    assert hardware.calibration().eager_until == 100  # and the file holds the same
+
+
 # --- the attention rule: `auto` is eager only on a CPU in bf16 with rows this CPU measured it faster for ----
 SHORT_ROWS = [30 + i % 40 for i in range(60)]  # 30..69 tokens
 

@@ -17,10 +17,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+import threading
 import time
 from importlib.metadata import version
 from pathlib import Path
 
+from filelock import FileLock
 from pydantic import BaseModel
 
 from engine import paths
@@ -74,6 +76,7 @@ class Calibration(BaseModel):
 
 
 _memo: dict[str, Calibration] = {}
+_measuring = threading.Lock()
 
 
 def cpu_name() -> str:
@@ -109,15 +112,23 @@ def cache_path() -> Path:
 
 
 def calibration() -> Calibration:
-    """This machine's numbers: from memory, else the cache file, else measured now (and cached)."""
+    """This machine's numbers: from memory, else the cache file, else measured now (and cached).
+
+    Measured once per home, whoever asks first: the wizard's warm-up and its first estimate (two
+    threads), or a CLI and a worker (two processes), could otherwise measure side by side, and two
+    timings differ (`eager_until` most of all), so the same plan's numbers would change once the
+    second measurement landed."""
     key = cache_key()
     if key in _memo:
         return _memo[key]
-    cal = _read(key)
-    if cal is None:
-        cal = measure()
-        save(cal)
-    _memo[key] = cal
+    path = cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _measuring, FileLock(str(path) + ".lock"):
+        cal = _memo.get(key) or _read(key)  # measured by another thread or process while this one waited
+        if cal is None:
+            cal = measure()
+            save(cal)
+        _memo[key] = cal
     return cal
 
 
