@@ -461,8 +461,9 @@ def provisional_record(plan: TrainingPlan) -> resolved.Resolved:
     since the choice waits for the tokenized rows."""
 
     device = train_device(plan)
-    demo_data = DatasetRef.parse(dataset_of(plan)).is_demo
-    n_examples = 0 if demo_data else len(read_source(dataset_of(plan)))
+    source = dataset_of(plan)
+    demo_data = DatasetRef.parse(source).is_demo
+    n_examples = 0 if demo_data else len(read_source(source))
     has_eval = plan.eval_split > 0 and (demo_data or holdout_size(n_examples, plan.eval_split) > 0)
     return _record(
         plan,
