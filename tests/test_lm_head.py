@@ -82,3 +82,18 @@ def test_other_calls_still_go_to_the_models_forward(folder):
     ids, mask, _ = batch(model.config.vocab_size)
     out = model(input_ids=ids, attention_mask=mask)  # generation and evaluation: full logits as before
     assert out.logits.shape == (3, 17, model.config.vocab_size)
+
+
+def test_top1_under_bf16_matches_the_bf16_logits_argmax_ties_included():
+    """The head ranks by its fp32 log-probabilities (a faster argmax than bf16's); under bf16 autocast
+    they must pick what the bf16 logits pick, including the first of tied maxima, which bf16's
+    coarse steps make common."""
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(64, 16, generator=g)
+    # few distinct weight rows: many vocabulary entries share the top logit exactly
+    weight = torch.randn(5, 16, generator=g)[torch.randint(0, 5, (300,), generator=g)]
+    logits, logp = lm_head._log_softmax(hidden, weight, None, torch.bfloat16)
+    assert logits.dtype == torch.bfloat16 and logp.dtype == torch.float32
+    top = logits.max(-1, keepdim=True).values
+    assert ((logits == top).sum(-1) > 1).all()  # every row has a tie at its maximum
+    assert torch.equal(logp.argmax(-1), logits.argmax(-1))

@@ -40,6 +40,13 @@ def lora_kwargs(plan: TrainingPlan) -> dict:
     )
 
 
+# The plan's optimizer → the trainer's `optim`. "adamw_torch" runs as torch's fused AdamW: the same update in
+# one kernel over all tensors instead of a dozen ops per tensor (420 adapter tensors on the embedded model:
+# 16 → 3.4 ms a step on 2 cores). It is `TrainingArguments`' own default since torch 2.8, so a plain TRL
+# script runs it too (transformers 5 training_args.py, `default_optim`).
+TRAINER_OPTIM = {"adamw_torch": "adamw_torch_fused"}
+
+
 def sft_kwargs(plan: TrainingPlan, out_dir: str | Path, has_eval: bool) -> dict:
     """Keyword arguments of `trl.SFTConfig`, all but the device and precision ones."""
     return dict(
@@ -55,7 +62,7 @@ def sft_kwargs(plan: TrainingPlan, out_dir: str | Path, has_eval: bool) -> dict:
         warmup_steps=plan.warmup_ratio,  # below 1 = a share of the steps (transformers 5)
         activation_checkpointing=plan.grad_ckpt,  # TRL turns it on by default; the plan decides
         activation_checkpointing_kwargs={"use_reentrant": False} if plan.grad_ckpt else None,
-        optim=plan.optimizer,
+        optim=TRAINER_OPTIM.get(plan.optimizer, plan.optimizer),
         seed=plan.seed,
         logging_steps=plan.logging_steps,
         save_strategy="steps",

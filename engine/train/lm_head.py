@@ -57,7 +57,9 @@ def _labelled_head():
                 logits, logp = _log_softmax(hidden[a:b], weight, bias, ctx.dtype)
                 log_p[a:b] = logp.gather(1, targets[a:b, None]).squeeze(1)
                 entropy[a:b] = -(logp.exp() * logp).sum(-1)
-                top1[a:b] = logits.argmax(-1) == targets[a:b]
+                # the fp32 log-probabilities keep the bf16 logits' order and ties (they differ by at least
+                # one bf16 step, far above fp32's rounding), and argmax over fp32 runs ~4x faster on a CPU
+                top1[a:b] = logp.argmax(-1) == targets[a:b]
                 del logits, logp  # before the next block is built: one block alive at a time
             ctx.save_for_backward(hidden, weight, bias, targets)
             ctx.mark_non_differentiable(entropy, top1)
