@@ -101,7 +101,8 @@ def main() -> None:
             row = {"run": "cold" if i == 0 else "warm" if ready else "warm (no resident yet)", **one_run(home, env)}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    finally:
+    finally:  # the resident the last job's end started imports for seconds: let it finish before the rates
+        _resident_answers(env)
         subprocess.run([sys.executable, "-c", "from jobs.launch import resident; resident.stop()"], cwd=ROOT, env=env)
     warm = [r["wall_s"] for r in rows if r["run"] == "warm"]
     if warm:

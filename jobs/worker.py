@@ -48,6 +48,10 @@ def _standby() -> int:
 def import_libraries() -> None:
     """The imports engine.train.run makes first, paid ahead of the job (a standby worker, the resident).
     Imports only: no tensor is made, so a process forked after them starts its own OpenMP pool."""
+    import matplotlib  # the loss chart a job's end draws (engine.train.artifacts)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
     import peft  # noqa: F401
     import rouge_score.rouge_scorer  # noqa: F401 - the held-out answers' metrics (engine.evaluate.textmetrics)
     import torch  # noqa: F401
