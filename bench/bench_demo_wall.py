@@ -101,9 +101,11 @@ def main() -> None:
             row = {"run": "cold" if i == 0 else "warm" if ready else "warm (no resident yet)", **one_run(home, env)}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    finally:  # the resident the last job's end started imports for seconds: let it finish before the rates
+    finally:  # the resident imports for seconds after a job's end, and its exit takes ~2 s of CPU (seen with
+        # ps): both were read as the machine's speed (0.07 TFLOP/s fp32), so the rates wait for them
         _resident_answers(env)
         subprocess.run([sys.executable, "-c", "from jobs.launch import resident; resident.stop()"], cwd=ROOT, env=env)
+        time.sleep(5)
     warm = [r["wall_s"] for r in rows if r["run"] == "warm"]
     if warm:
         print(
