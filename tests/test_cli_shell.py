@@ -82,3 +82,27 @@ def test_help_and_json_into_a_closed_pipe_end_quietly(lorapilot_home):
     p = _closed_pipe_run("train", "--help")
     # argparse itself swallows the failed write of its help (so 0 or 141); what matters is silence
     assert p.returncode in (0, 141) and p.stderr == "", p.stderr
+
+
+def test_a_command_that_loaded_torch_ends_with_its_code_its_output_and_its_exit_handlers(tmp_path):
+    # app.end_process skips the interpreter's teardown once torch is loaded: the code, everything
+    # printed (unflushed too) and the atexit handlers must still come through
+    script = (
+        "import atexit, sys, torch\n"
+        "import app\n"
+        f"atexit.register(lambda: open({str(tmp_path / 'ran')!r}, 'w').write('yes'))\n"
+        "sys.stdout.write('last words without a newline')\n"
+        "app.end_process(3)\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (p.returncode, p.stdout) == (3, "last words without a newline"), p.stderr
+    assert (tmp_path / "ran").read_text() == "yes"
+    p = app("estimate", "--model", "default")  # builds the model on the meta device: torch is loaded
+    assert p.returncode == 0 and p.stdout.rstrip().endswith("total time unknown"), (p.stdout[-300:], p.stderr)
