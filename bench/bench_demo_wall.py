@@ -72,12 +72,15 @@ def _rates(env: dict) -> str:
     return done.stdout.strip()
 
 
-def _resident_answers(env: dict, wait_s: float = 30.0) -> bool:
-    """Wait until the home's resident worker answers (it imports for about 8 s after a job's end)."""
-    probe = "from jobs.launch import resident; import sys; sys.exit(resident.ask({'op': 'ping'}, 1.0) is None)"
+def _resident_answers(wait_s: float = 30.0) -> bool:
+    """Wait until the home's resident worker answers (it imports for about 8 s after a job's end). Asked from
+    this process, whose environment is the runs' (the resident's address depends on it): a probe process
+    every half second would take CPU from the imports it waits for."""
+    from jobs.launch import resident
+
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        if subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env).returncode == 0:
+        if resident.ask({"op": "ping"}, 1.0) is not None:
             return True
         time.sleep(0.5)
     return False
@@ -89,22 +92,25 @@ def main() -> None:
     args = ap.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="lorapilot-demo-bench-"))
-    env = {**os.environ, "LORAPILOT_HOME": str(home), "GRADIO_ANALYTICS_ENABLED": "False"}
-    env.pop("LORAPILOT_RESIDENT", None)  # the resident is part of what a user gets
+    os.environ.update(LORAPILOT_HOME=str(home), GRADIO_ANALYTICS_ENABLED="False")
+    os.environ.pop("LORAPILOT_RESIDENT", None)  # the resident is part of what a user gets
+    env = dict(os.environ)
     subprocess.run([sys.executable, "-m", "engine.model.default_model"], cwd=ROOT, env=env, check=True)
     print(f"home {home}; load average before: {os.getloadavg()[0]:.2f}; {_rates(env)}", flush=True)
     rows = []
     try:
         for i in range(args.runs):
             if i:  # as a user's next demo finds it: the resident the last job's end started has its libraries in
-                ready = _resident_answers(env)
+                ready = _resident_answers()
             row = {"run": "cold" if i == 0 else "warm" if ready else "warm (no resident yet)", **one_run(home, env)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:  # the resident imports for seconds after a job's end, and its exit takes ~2 s of CPU (seen with
         # ps): both were read as the machine's speed (0.07 TFLOP/s fp32), so the rates wait for them
-        _resident_answers(env)
-        subprocess.run([sys.executable, "-c", "from jobs.launch import resident; resident.stop()"], cwd=ROOT, env=env)
+        from jobs.launch import resident
+
+        _resident_answers()
+        resident.stop()
         time.sleep(5)
     warm = [r["wall_s"] for r in rows if r["run"] == "warm"]
     if warm:
